@@ -1,0 +1,138 @@
+"""Anti-entropy: make the catalog's view of this node equal the agent's local state.
+
+Every local change triggers a sync at once; changes that arrive while a sync is in flight are
+coalesced into the next one, so a burst of registrations becomes one Raft entry (a `Batch`).
+A periodic full sync, staggered, repairs anything the catalog lost or anyone else changed.
+Entries on this node that the agent does not own are removed, except the servers' `serfHealth`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any
+
+import msgspec
+
+from agent.backend import CatalogBackend
+from agent.local import LocalState
+from meshd import queries as q
+from meshd.structs import SERF_CHECK_ID, Batch, Deregister, HealthCheck, NodeService, Register
+
+log = logging.getLogger("meshd.antientropy")
+replace = msgspec.structs.replace
+
+
+def _bare(x: Any) -> Any:
+    return replace(x, CreateIndex=0, ModifyIndex=0)
+
+
+def _same_service(a: NodeService, b: NodeService) -> bool:
+    return _bare(replace(a, Datacenter="")) == _bare(replace(b, Datacenter=""))
+
+
+def _same_check(a: HealthCheck, b: HealthCheck) -> bool:
+    return _bare(replace(a, Definition={})) == _bare(replace(b, Definition={}))
+
+
+def diff_node(local: LocalState, remote: Any) -> list[Register | Deregister]:
+    """Pure: the catalog operations that turn `remote` (NodeInfo answer) into `local`."""
+    ops: list[Register | Deregister] = []
+    node_reg = Register(Node=local.node, Address=local.address, ID=local.node_id,
+                        Datacenter=local.datacenter, TaggedAddresses=local.tagged_addresses,
+                        NodeMeta=local.node_meta)
+    rnode, rsvcs, rchecks = remote if remote else (None, [], [])
+    if rnode is None or (rnode.Address, rnode.ID, rnode.TaggedAddresses, rnode.Meta) != (
+            local.address, local.node_id, local.tagged_addresses, local.node_meta):
+        ops.append(node_reg)
+    remote_svcs = {s.ID: s for s in rsvcs}
+    remote_checks = {c.CheckID: c for c in rchecks}
+    for sid in remote_svcs.keys() - local.services.keys():
+        ops.append(Deregister(Node=local.node, ServiceID=sid))
+    for cid, c in remote_checks.items():
+        if cid not in local.checks and cid != SERF_CHECK_ID and c.ServiceID not in (
+                remote_svcs.keys() - local.services.keys()):
+            ops.append(Deregister(Node=local.node, CheckID=cid))
+    for sid, svc in local.services.items():
+        r = remote_svcs.get(sid)
+        if r is None or not _same_service(svc, r):
+            ops.append(Register(Node=local.node, Address=local.address, Service=svc,
+                                SkipNodeUpdate=True))
+    changed_checks = [lc.check for cid, lc in local.checks.items()
+                      if cid not in remote_checks or not _same_check(lc.check,
+                                                                     remote_checks[cid])]
+    if changed_checks:
+        ops.append(Register(Node=local.node, Address=local.address, Checks=changed_checks,
+                            SkipNodeUpdate=True))
+    return ops
+
+
+class AntiEntropy:
+    def __init__(self, local: LocalState, backend: CatalogBackend,
+                 interval: float = 60.0) -> None:
+        self.local = local
+        self.backend = backend
+        self.interval = interval
+        self._wake = asyncio.Event()
+        self._synced_gen = -1
+        self._cond = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+        self.last_error: str = ""
+
+    def trigger(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="anti-entropy")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def wait_synced(self, timeout: float = 10.0) -> bool:
+        """Wait until everything changed so far is committed; False on timeout."""
+        target = self.local.generation
+        self.trigger()
+        try:
+            async with self._cond:
+                await asyncio.wait_for(
+                    self._cond.wait_for(lambda: self._synced_gen >= target), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def _run(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(),
+                                       self.interval * random.uniform(0.5, 1.0))
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.sync_once()
+                backoff = 0.2
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # keep retrying: the servers may be down or electing
+                self.last_error = str(e)
+                log.warning("anti-entropy sync failed: %s", e)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                self._wake.set()
+
+    async def sync_once(self) -> None:
+        gen = self.local.generation
+        res = await self.backend.read(q.NodeInfo(Node=self.local.node))
+        ops = diff_node(self.local, res.value)
+        if ops:
+            await self.backend.write(ops[0] if len(ops) == 1 else Batch(Ops=list(ops)))
+        async with self._cond:
+            self._synced_gen = max(self._synced_gen, gen)
+            self._cond.notify_all()

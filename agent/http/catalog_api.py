@@ -1,0 +1,242 @@
+"""`/v1/catalog/*` and `/v1/health/*`: reads of the replicated catalog, blocking-capable."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from aiohttp import web
+
+from agent.definitions import parse_check, parse_service
+from agent.http.common import (
+    BadRequest,
+    blocking_read,
+    filtered,
+    flag,
+    json_body,
+    json_response,
+    query_options,
+    to_builtins,
+)
+from meshd import queries as q
+from meshd.structs import HEALTH_PASSING, HEALTH_STATES, CheckServiceNode, Deregister, Register
+
+if TYPE_CHECKING:
+    from agent.agent import Agent
+
+routes = web.RouteTableDef()
+
+
+def _agent(request: web.Request) -> Agent:
+    return request.app["agent"]
+
+
+def _tags(request: web.Request) -> list[str]:
+    return request.query.getall("tag", [])
+
+
+def _has_tags(row: CheckServiceNode, tags: list[str]) -> bool:
+    have = {t.lower() for t in row.Service.Tags}
+    return all(t.lower() in have for t in tags)
+
+
+def service_node(row: CheckServiceNode, dc: str) -> dict[str, Any]:
+    """The flat ServiceNode shape of /v1/catalog/service."""
+    n, s = row.Node, row.Service
+    return {
+        "ID": n.ID, "Node": n.Node, "Address": n.Address, "Datacenter": n.Datacenter or dc,
+        "TaggedAddresses": n.TaggedAddresses, "NodeMeta": n.Meta, "ServiceKind": s.Kind,
+        "ServiceID": s.ID, "ServiceName": s.Service, "ServiceTags": s.Tags,
+        "ServiceAddress": s.Address, "ServiceTaggedAddresses": s.TaggedAddresses,
+        "ServiceWeights": to_builtins(s.Weights), "ServiceMeta": s.Meta, "ServicePort": s.Port,
+        "ServiceEnableTagOverride": s.EnableTagOverride, "ServiceProxy": s.Proxy or {},
+        "ServiceConnect": s.Connect or {}, "CreateIndex": s.CreateIndex,
+        "ModifyIndex": s.ModifyIndex,
+    }
+
+
+def _with_dc(row: Any, dc: str) -> dict[str, Any]:
+    d = to_builtins(row)
+    if not d.get("Datacenter"):
+        d["Datacenter"] = dc
+    return d
+
+
+# ---- catalog writes -------------------------------------------------------------------------
+
+
+@routes.put("/v1/catalog/register")
+async def catalog_register(request: web.Request) -> web.Response:
+    agent = _agent(request)
+    body = await json_body(request)
+    folded = {k.lower(): v for k, v in body.items()}
+    node = folded.get("node")
+    if not isinstance(node, str) or not node:
+        raise BadRequest("Must provide node")
+    address = folded.get("address")
+    if not isinstance(address, str) or not address:
+        raise BadRequest("Must provide address")
+    svc = None
+    checks = []
+    if folded.get("service"):
+        svc = parse_service(folded["service"]).service
+    raw_checks = ([folded["check"]] if folded.get("check") else []) + list(
+        folded.get("checks") or [])
+    for i, rc in enumerate(raw_checks):
+        if not isinstance(rc, dict):
+            raise BadRequest("Check must be an object")
+        rc = {k: v for k, v in rc.items() if k.lower() not in ("node",)}
+        if not any(k.lower() in ("ttl", "http", "tcp", "udp", "grpc", "args", "aliasservice")
+                   for k in rc):
+            rc = {**rc, "TTL": "0s"}  # catalog checks carry no definition; status is given
+        d = parse_check(rc, index=i)
+        checks.append(msgspec.structs.replace(d.to_health_check(node, None),
+                                              ServiceID=d.ServiceID, Output=str(rc.get(
+                                                  "Output", "")), Type=""))
+    for key, kind in (("taggedaddresses", dict), ("nodemeta", dict)):
+        if folded.get(key) is not None and not isinstance(folded[key], kind):
+            raise BadRequest(f"{key} must be an object")
+    reg = Register(Node=node, Address=address, ID=str(folded.get("id") or ""),
+                   Datacenter=str(folded.get("datacenter") or agent.config.datacenter),
+                   TaggedAddresses=folded.get("taggedaddresses") or {},
+                   NodeMeta=folded.get("nodemeta") or {}, Service=svc, Checks=checks,
+                   SkipNodeUpdate=bool(folded.get("skipnodeupdate", False)))
+    return json_response(await agent.backend.write(reg))
+
+
+@routes.put("/v1/catalog/deregister")
+async def catalog_deregister(request: web.Request) -> web.Response:
+    body = {k.lower(): v for k, v in (await json_body(request)).items()}
+    node = body.get("node")
+    if not isinstance(node, str) or not node:
+        raise BadRequest("Must provide node")
+    d = Deregister(Node=node, ServiceID=str(body.get("serviceid") or ""),
+                   CheckID=str(body.get("checkid") or ""))
+    return json_response(await _agent(request).backend.write(d))
+
+
+# ---- catalog reads --------------------------------------------------------------------------
+
+
+@routes.get("/v1/catalog/datacenters")
+async def datacenters(request: web.Request) -> web.Response:
+    return json_response([_agent(request).config.datacenter])
+
+
+@routes.get("/v1/catalog/services")
+async def catalog_services(request: web.Request) -> web.Response:
+    agent = _agent(request)
+    opts = query_options(request)
+    res = await blocking_read(agent.backend, q.Services(), opts)
+    value = res.value
+    if opts.filter:  # Consul filters /catalog/services over ServiceNode rows
+        value = {}
+        for name in res.value:
+            rows = (await agent.backend.read(q.ServiceNodes(Service=name))).value
+            for r in filtered(opts, [service_node(x, agent.config.datacenter) for x in rows]):
+                value.setdefault(name, set()).update(r["ServiceTags"])
+        value = {k: sorted(v) for k, v in value.items()}
+    return json_response(value, result=res)
+
+
+@routes.get("/v1/catalog/service/{name}")
+async def catalog_service(request: web.Request) -> web.Response:
+    agent = _agent(request)
+    opts = query_options(request)
+    res = await blocking_read(agent.backend, q.ServiceNodes(Service=request.match_info["name"]),
+                              opts)
+    tags = _tags(request)
+    rows = [service_node(r, agent.config.datacenter) for r in res.value if _has_tags(r, tags)]
+    return json_response(filtered(opts, rows), result=res)
+
+
+@routes.get("/v1/catalog/connect/{name}")
+async def catalog_connect(request: web.Request) -> web.Response:
+    agent = _agent(request)
+    opts = query_options(request)
+    res = await blocking_read(
+        agent.backend, q.ServiceNodes(Service=request.match_info["name"], Connect=True), opts)
+    rows = [service_node(r, agent.config.datacenter) for r in res.value]
+    return json_response(filtered(opts, rows), result=res)
+
+
+@routes.get("/v1/catalog/nodes")
+async def catalog_nodes(request: web.Request) -> web.Response:
+    agent = _agent(request)
+    opts = query_options(request)
+    res = await blocking_read(agent.backend, q.Nodes(), opts)
+    rows = [_with_dc(n, agent.config.datacenter) for n in res.value]
+    return json_response(filtered(opts, rows), result=res)
+
+
+@routes.get("/v1/catalog/node/{node}")
+async def catalog_node(request: web.Request) -> web.Response:
+    agent = _agent(request)
+    opts = query_options(request)
+    res = await blocking_read(agent.backend, q.NodeInfo(Node=request.match_info["node"]), opts)
+    if res.value is None:
+        return json_response(None, result=res)
+    node, svcs, _ = res.value
+    services = {s.ID: s for s in svcs}
+    return json_response({"Node": _with_dc(node, agent.config.datacenter),
+                          "Services": services}, result=res)
+
+
+# ---- health ---------------------------------------------------------------------------------
+
+
+def _all_passing(row: CheckServiceNode) -> bool:
+    return all(c.Status == HEALTH_PASSING for c in row.Checks)
+
+
+@routes.get("/v1/health/service/{name}")
+async def health_service(request: web.Request) -> web.Response:
+    return await _health_rows(request, connect=False)
+
+
+@routes.get("/v1/health/connect/{name}")
+async def health_connect(request: web.Request) -> web.Response:
+    return await _health_rows(request, connect=True)
+
+
+async def _health_rows(request: web.Request, connect: bool) -> web.Response:
+    agent = _agent(request)
+    opts = query_options(request)
+    res = await blocking_read(
+        agent.backend, q.ServiceNodes(Service=request.match_info["name"], Connect=connect), opts)
+    tags = _tags(request)
+    passing = flag(request, "passing")
+    rows = [r for r in res.value if _has_tags(r, tags) and (not passing or _all_passing(r))]
+    if opts.filter:
+        rows = filtered(opts, rows)
+    return json_response(rows, result=res)
+
+
+@routes.get("/v1/health/checks/{service}")
+async def health_checks(request: web.Request) -> web.Response:
+    agent = _agent(request)
+    opts = query_options(request)
+    res = await blocking_read(agent.backend, q.ServiceChecks(Service=request.match_info["service"]),
+                              opts)
+    return json_response(filtered(opts, res.value), result=res)
+
+
+@routes.get("/v1/health/node/{node}")
+async def health_node(request: web.Request) -> web.Response:
+    agent = _agent(request)
+    opts = query_options(request)
+    res = await blocking_read(agent.backend, q.NodeInfo(Node=request.match_info["node"]), opts)
+    checks = res.value[2] if res.value else []
+    return json_response(filtered(opts, checks), result=res)
+
+
+@routes.get("/v1/health/state/{state}")
+async def health_state(request: web.Request) -> web.Response:
+    agent = _agent(request)
+    state = request.match_info["state"]
+    if state not in (*HEALTH_STATES, "any"):
+        raise BadRequest(f"Invalid state {state!r}: must be one of any, passing, warning, "
+                         "critical")
+    opts = query_options(request)
+    res = await blocking_read(agent.backend, q.ChecksInState(State=state), opts)
+    return json_response(filtered(opts, res.value), result=res)

@@ -1,0 +1,142 @@
+"""Shared plumbing of the HTTP API: JSON encoding, Consul's headers, query options, errors.
+
+Consul reports a client error as HTTP 400 with a plain-text reason and never half-applies it;
+handlers raise typed errors and `error_middleware` turns each into that shape in one place.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from agent.backend import CatalogBackend, ReadResult
+from agent.definitions import DefinitionError
+from agent.local import UnknownCheck, UnknownService
+from meshd import queries as q
+from meshd.config import ConfigError, parse_duration
+from meshd.filter import FilterError, apply_filter
+from server.raft import RaftError
+from server.store import CommandError
+
+_encoder = msgspec.json.Encoder()
+DEFAULT_WAIT = 300.0
+MAX_WAIT = 600.0
+
+
+class BadRequest(Exception):
+    """400 with this text."""
+
+
+class NotFound(Exception):
+    """404 with this text."""
+
+
+def to_builtins(obj: Any) -> Any:
+    return msgspec.to_builtins(obj)
+
+
+def json_response(obj: Any, status: int = 200, result: ReadResult | None = None) -> web.Response:
+    resp = web.Response(body=_encoder.encode(obj), status=status, content_type="application/json")
+    if result is not None:
+        set_read_headers(resp, result)
+    return resp
+
+
+def set_read_headers(resp: web.StreamResponse, result: ReadResult) -> None:
+    resp.headers["X-Consul-Index"] = str(result.index)
+    resp.headers["X-Consul-KnownLeader"] = "true" if result.known_leader else "false"
+    resp.headers["X-Consul-LastContact"] = str(result.last_contact_ms)
+
+
+def flag(request: web.Request, name: str) -> bool:
+    """Consul treats `?passing`, `?passing=`, `?passing=true` as set; `=false` as unset."""
+    if name not in request.query:
+        return False
+    return request.query[name].lower() not in ("false", "0")
+
+
+@dataclass
+class QueryOptions:
+    index: int = 0
+    wait: float = 0.0
+    consistency: str = "default"
+    filter: str | None = None
+
+
+def query_options(request: web.Request) -> QueryOptions:
+    qs = request.query
+    opts = QueryOptions(filter=qs.get("filter") or None)
+    if "index" in qs:
+        try:
+            opts.index = int(qs["index"])
+        except ValueError:
+            raise BadRequest("Invalid index value") from None
+        if opts.index < 0:
+            raise BadRequest("Invalid index value")
+        opts.wait = DEFAULT_WAIT
+    if "wait" in qs:
+        try:
+            opts.wait = min(parse_duration(qs["wait"]), MAX_WAIT)
+        except (ConfigError, ValueError):
+            raise BadRequest(f"Invalid wait time {qs['wait']!r}") from None
+    if flag(request, "stale") and flag(request, "consistent"):
+        raise BadRequest("Cannot specify ?stale with ?consistent, conflicting semantics.")
+    if flag(request, "stale"):
+        opts.consistency = "stale"
+    elif flag(request, "consistent"):
+        opts.consistency = "consistent"
+    return opts
+
+
+async def blocking_read(backend: CatalogBackend, query: q.Query, opts: QueryOptions) -> ReadResult:
+    return await backend.read(query, min_index=opts.index, wait=opts.wait,
+                              consistency=opts.consistency)
+
+
+def filtered(opts: QueryOptions, rows: list[Any]) -> list[Any]:
+    if not opts.filter:
+        return rows
+    return apply_filter(opts.filter, rows, to_builtins)
+
+
+async def json_body(request: web.Request, kind: type | None = dict) -> Any:
+    raw = await request.read()
+    if not raw.strip():
+        if kind is None:
+            return None
+        raise BadRequest("Request decode failed: empty body")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(f"Request decode failed: {e}") from None
+    if kind is not None and not isinstance(data, kind):
+        raise BadRequest(f"Request decode failed: expected a JSON {kind.__name__}")
+    return data
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _text(status: int, msg: str) -> web.Response:
+    return web.Response(status=status, text=msg if msg.endswith("\n") else msg + "\n")
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except (BadRequest, DefinitionError, FilterError, CommandError, ConfigError) as e:
+        return _text(400, str(e))
+    except (NotFound, UnknownService, UnknownCheck) as e:
+        return _text(404, str(e))
+    except msgspec.ValidationError as e:
+        return _text(400, f"Request decode failed: {e}")
+    except RaftError as e:
+        return _text(500, str(e))
+    except web.HTTPRequestEntityTooLarge as e:
+        return _text(413, f"Request body too large: {e.text}")

@@ -1,0 +1,119 @@
+"""`/v1/kv/*` and `/v1/status/*`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from agent.http.common import (
+    BadRequest,
+    blocking_read,
+    flag,
+    json_response,
+    query_options,
+    set_read_headers,
+)
+from meshd import queries as q
+from meshd.structs import KVOp
+
+if TYPE_CHECKING:
+    from agent.agent import Agent
+
+routes = web.RouteTableDef()
+MAX_VALUE = 512 * 1024  # Consul's kv_max_value_size
+
+
+def _agent(request: web.Request) -> Agent:
+    return request.app["agent"]
+
+
+def _key(request: web.Request) -> str:
+    return request.match_info.get("key", "")
+
+
+def _uint(request: web.Request, name: str) -> int | None:
+    v = request.query.get(name)
+    if v is None:
+        return None
+    try:
+        n = int(v)
+    except ValueError:
+        raise BadRequest(f"Invalid {name} value: {v!r}") from None
+    if n < 0 or n >= 2**64:
+        raise BadRequest(f"Invalid {name} value: {v!r}")
+    return n
+
+
+@routes.get("/v1/kv/{key:.*}")
+async def kv_get(request: web.Request) -> web.Response:
+    agent = _agent(request)
+    opts = query_options(request)
+    key = _key(request)
+    if flag(request, "keys"):
+        sep = request.query.get("separator", "")
+        res = await blocking_read(agent.backend, q.KVKeys(Prefix=key, Separator=sep), opts)
+        if not res.value:
+            resp = web.Response(status=404)
+            set_read_headers(resp, res)
+            return resp
+        return json_response(res.value, result=res)
+    recurse = flag(request, "recurse")
+    if not key and not recurse:
+        raise BadRequest("Missing key name")
+    res = await blocking_read(agent.backend, q.KVGet(Key=key, Recurse=recurse), opts)
+    if not res.value:
+        resp = web.Response(status=404)
+        set_read_headers(resp, res)
+        return resp
+    if flag(request, "raw"):
+        resp = web.Response(body=res.value[0].Value or b"",
+                            content_type="application/octet-stream")
+        set_read_headers(resp, res)
+        return resp
+    return json_response(res.value, result=res)
+
+
+@routes.put("/v1/kv/{key:.*}")
+async def kv_put(request: web.Request) -> web.Response:
+    key = _key(request)
+    if not key:
+        raise BadRequest("Missing key name")
+    if len(key) > 512 or "\x00" in key:
+        raise BadRequest("Invalid key name")
+    if request.content_length is not None and request.content_length > MAX_VALUE:
+        return web.Response(status=413, text=f"Value exceeds {MAX_VALUE} byte limit\n")
+    value = await request.read()
+    if len(value) > MAX_VALUE:
+        return web.Response(status=413, text=f"Value exceeds {MAX_VALUE} byte limit\n")
+    flags = _uint(request, "flags") or 0
+    cas = _uint(request, "cas")
+    op = KVOp(Verb="cas" if cas is not None else "set", Key=key, Value=value, Flags=flags,
+              Index=cas or 0)
+    return json_response(await _agent(request).backend.write(op))
+
+
+@routes.delete("/v1/kv/{key:.*}")
+async def kv_delete(request: web.Request) -> web.Response:
+    key = _key(request)
+    recurse = flag(request, "recurse")
+    cas = _uint(request, "cas")
+    if not key and not recurse:
+        raise BadRequest("Missing key name")
+    if recurse:
+        op = KVOp(Verb="delete-tree", Key=key)
+    elif cas is not None:
+        op = KVOp(Verb="delete-cas", Key=key, Index=cas)
+    else:
+        op = KVOp(Verb="delete", Key=key)
+    return json_response(await _agent(request).backend.write(op))
+
+
+@routes.get("/v1/status/leader")
+async def status_leader(request: web.Request) -> web.Response:
+    return json_response(_agent(request).backend.leader())
+
+
+@routes.get("/v1/status/peers")
+async def status_peers(request: web.Request) -> web.Response:
+    return json_response(_agent(request).backend.peers())

@@ -1,0 +1,21 @@
+"""The aiohttp application: routes, limits and error handling wired together."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from agent.http import agent_api, catalog_api, kv_api
+from agent.http.common import error_middleware
+
+if TYPE_CHECKING:
+    from agent.agent import Agent
+
+
+def make_app(agent: Agent, max_body: int = 1024 * 1024) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=max_body)
+    app["agent"] = agent
+    for mod in (agent_api, catalog_api, kv_api):
+        app.add_routes(mod.routes)
+    return app

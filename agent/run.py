@@ -1,0 +1,41 @@
+"""`meshd agent`: run an agent until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from agent.agent import Agent
+from meshd.config import Config
+
+
+async def _main(cfg: Config) -> int:
+    agent = Agent(cfg)
+    try:
+        await agent.start()
+        await agent.wait_ready(15.0)
+    except OSError as e:
+        print(f"Error: cannot start agent: {e}", file=sys.stderr)
+        await agent.stop()
+        return 1
+    print(f"==> meshd agent running (node {cfg.node_name}, datacenter {cfg.datacenter})",
+          flush=True)
+    print(f"    HTTP: {cfg.client_addr}:{cfg.ports.http}  DNS: {cfg.client_addr}:{cfg.ports.dns}"
+          f"  gRPC: {cfg.client_addr}:{cfg.ports.grpc}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("==> shutting down", flush=True)
+    await agent.stop()
+    return 0
+
+
+def run_agent(cfg: Config) -> int:
+    logging.basicConfig(level=getattr(logging, cfg.log_level.upper(), logging.INFO),
+                        format="%(asctime)s [%(levelname)s] %(name)s: %(message)s")
+    logging.getLogger("pysyncobj").setLevel(logging.WARNING)
+    return asyncio.run(_main(cfg))

@@ -1,0 +1,54 @@
+"""Catalog reads as values.
+
+A read is a tagged struct rather than a method call so that the same read can be executed by the
+local store (dev mode, servers) or shipped to a remote server by a client agent without a second
+API; the store answers each with (index, rows) and the watch topics that can change it.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+# ruff: noqa: N815
+
+
+class Services(msgspec.Struct, tag="services"):
+    pass
+
+
+class ServiceNodes(msgspec.Struct, tag="service_nodes"):
+    """Instances of a service with their node and checks; `Connect` asks for its proxies."""
+
+    Service: str
+    Connect: bool = False
+
+
+class Nodes(msgspec.Struct, tag="nodes"):
+    pass
+
+
+class NodeInfo(msgspec.Struct, tag="node_info"):
+    """One node, its services and its checks."""
+
+    Node: str
+
+
+class ServiceChecks(msgspec.Struct, tag="service_checks"):
+    Service: str
+
+
+class ChecksInState(msgspec.Struct, tag="checks_in_state"):
+    State: str
+
+
+class KVGet(msgspec.Struct, tag="kv_get"):
+    Key: str
+    Recurse: bool = False
+
+
+class KVKeys(msgspec.Struct, tag="kv_keys"):
+    Prefix: str
+    Separator: str = ""
+
+
+Query = Services | ServiceNodes | Nodes | NodeInfo | ServiceChecks | ChecksInState | KVGet | KVKeys

@@ -1,0 +1,153 @@
+"""The catalog's data model.
+
+Attribute names are Consul's JSON field names on purpose: the same struct is the Raft payload,
+the stored row and (after `msgspec.to_builtins`) the HTTP body, so there is no translation layer
+in which a field could be renamed wrongly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+# ruff: noqa: N815  (Consul's PascalCase field names are the wire contract)
+
+
+class Weights(msgspec.Struct, omit_defaults=False):
+    Passing: int = 1
+    Warning: int = 1
+
+
+class Node(msgspec.Struct):
+    Node: str
+    Address: str
+    ID: str = ""
+    Datacenter: str = ""
+    TaggedAddresses: dict[str, str] = {}
+    Meta: dict[str, str] = {}
+    CreateIndex: int = 0
+    ModifyIndex: int = 0
+
+
+class NodeService(msgspec.Struct):
+    ID: str
+    Service: str
+    Tags: list[str] = []
+    Address: str = ""
+    Port: int = 0
+    Meta: dict[str, str] = {}
+    Weights: Weights = msgspec.field(default_factory=Weights)
+    EnableTagOverride: bool = False
+    Kind: str = ""
+    Proxy: dict[str, Any] | None = None
+    Connect: dict[str, Any] | None = None
+    TaggedAddresses: dict[str, Any] = {}
+    Datacenter: str = ""
+    CreateIndex: int = 0
+    ModifyIndex: int = 0
+
+
+class HealthCheck(msgspec.Struct):
+    Node: str
+    CheckID: str
+    Name: str
+    Status: str = "critical"
+    Notes: str = ""
+    Output: str = ""
+    ServiceID: str = ""
+    ServiceName: str = ""
+    ServiceTags: list[str] = []
+    Type: str = ""
+    Interval: str = ""
+    Timeout: str = ""
+    Definition: dict[str, Any] = {}
+    CreateIndex: int = 0
+    ModifyIndex: int = 0
+
+
+class KVEntry(msgspec.Struct):
+    Key: str
+    Value: bytes | None = None
+    Flags: int = 0
+    LockIndex: int = 0
+    Session: str = ""
+    CreateIndex: int = 0
+    ModifyIndex: int = 0
+
+
+HEALTH_PASSING = "passing"
+HEALTH_WARNING = "warning"
+HEALTH_CRITICAL = "critical"
+HEALTH_MAINT = "maintenance"
+HEALTH_STATES = (HEALTH_PASSING, HEALTH_WARNING, HEALTH_CRITICAL)
+SERF_CHECK_ID = "serfHealth"
+NODE_MAINT_CHECK_ID = "_node_maintenance"
+
+
+def service_maint_check_id(service_id: str) -> str:
+    return f"_service_maintenance:{service_id}"
+
+
+# --- Raft commands: tagged so one union decodes every log entry. -------------------------------
+
+
+class Register(msgspec.Struct, tag="register"):
+    """Catalog register: upsert a node and optionally one service and some checks."""
+
+    Node: str
+    Address: str
+    ID: str = ""
+    Datacenter: str = ""
+    TaggedAddresses: dict[str, str] = {}
+    NodeMeta: dict[str, str] = {}
+    Service: NodeService | None = None
+    Check: HealthCheck | None = None
+    Checks: list[HealthCheck] = []
+    SkipNodeUpdate: bool = False
+
+
+class Deregister(msgspec.Struct, tag="deregister"):
+    """Catalog deregister: the whole node, one service (and its checks) or one check."""
+
+    Node: str
+    ServiceID: str = ""
+    CheckID: str = ""
+
+
+class KVOp(msgspec.Struct, tag="kv"):
+    """One KV verb; `Index` carries the CAS index for the *-cas verbs."""
+
+    Verb: str  # set | cas | delete | delete-tree | delete-cas
+    Key: str
+    Value: bytes | None = None
+    Flags: int = 0
+    Index: int = 0
+
+
+class Batch(msgspec.Struct, tag="batch"):
+    """Several commands applied at one Raft index (anti-entropy pushes a node's diff at once)."""
+
+    Ops: list[Register | Deregister | KVOp]
+
+
+Command = Register | Deregister | KVOp | Batch
+
+_cmd_encoder = msgspec.msgpack.Encoder()
+_cmd_decoder = msgspec.msgpack.Decoder(Command)
+
+
+def encode_command(cmd: Command) -> bytes:
+    return _cmd_encoder.encode(cmd)
+
+
+def decode_command(data: bytes) -> Command:
+    return _cmd_decoder.decode(data)
+
+
+class CheckServiceNode(msgspec.Struct):
+    """One row of /v1/health/service: an instance with its node and every check that covers it."""
+
+    Node: Node
+    Service: NodeService
+    Checks: list[HealthCheck] = []

@@ -1,0 +1,104 @@
+"""Answering `meshd.queries` reads from the store.
+
+Each answer names the topics it depends on, so a blocking query sleeps on exactly those and its
+X-Consul-Index is the highest modify index among them (Consul's semantics, per-service not
+per-table).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meshd import queries as q
+from meshd.structs import CheckServiceNode, HealthCheck, KVEntry, Node, NodeService
+from server.store import Store
+
+
+def _index(store: Store, topics: list[str], fallback: str) -> int:
+    idx = max((store.topics.get(t, 0) for t in topics), default=0)
+    return max(idx or store.topics.get(fallback, 0), 1)
+
+
+def _instances(store: Store, keys: set[tuple[str, str]]) -> list[CheckServiceNode]:
+    out = []
+    for node_name, sid in sorted(keys):
+        node = store.nodes.get(node_name)
+        svc = store.services.get(node_name, {}).get(sid)
+        if node is None or svc is None:
+            continue
+        checks = [c for c in store.checks.get(node_name, {}).values()
+                  if not c.ServiceID or c.ServiceID == sid]
+        out.append(CheckServiceNode(Node=node, Service=svc, Checks=checks))
+    return out
+
+
+def run_query(store: Store, query: q.Query) -> tuple[int, Any, list[str]]:
+    """Execute a read under the store lock; returns (index, value, topics)."""
+    with store.lock:
+        return _run(store, query)
+
+
+def _run(store: Store, query: q.Query) -> tuple[int, Any, list[str]]:
+    if isinstance(query, q.ServiceNodes):
+        if query.Connect:
+            topics = [f"connect:{query.Service}"]
+            keys = set(store.by_dest.get(query.Service, ()))
+            keys |= {k for k in store.by_name.get(query.Service, ())
+                     if (store.services[k[0]][k[1]].Connect or {}).get("Native")}
+        else:
+            topics = [f"svc:{query.Service}"]
+            keys = store.by_name.get(query.Service, set())
+        return _index(store, topics, "tbl:services"), _instances(store, keys), topics
+    if isinstance(query, q.Services):
+        names: dict[str, set[str]] = {}
+        for m in store.services.values():
+            for s in m.values():
+                names.setdefault(s.Service, set()).update(s.Tags)
+        value = {k: sorted(v) for k, v in sorted(names.items())}
+        return _index(store, ["tbl:services"], "tbl:services"), value, ["tbl:services"]
+    if isinstance(query, q.Nodes):
+        nodes: list[Node] = sorted(store.nodes.values(), key=lambda n: n.Node)
+        return _index(store, ["tbl:nodes"], "tbl:nodes"), nodes, ["tbl:nodes"]
+    if isinstance(query, q.NodeInfo):
+        topics = [f"node:{query.Node}"]
+        node = store.nodes.get(query.Node)
+        value: Any = None
+        if node is not None:
+            svcs: list[NodeService] = sorted(store.services.get(query.Node, {}).values(),
+                                             key=lambda s: s.ID)
+            checks: list[HealthCheck] = sorted(store.checks.get(query.Node, {}).values(),
+                                               key=lambda c: c.CheckID)
+            value = (node, svcs, checks)
+        return _index(store, topics, "tbl:nodes"), value, topics
+    if isinstance(query, q.ServiceChecks):
+        topics = [f"svc:{query.Service}"]
+        out = [c for node, sid in sorted(store.by_name.get(query.Service, ()))
+               for c in store.checks.get(node, {}).values() if c.ServiceID == sid]
+        return _index(store, topics, "tbl:checks"), out, topics
+    if isinstance(query, q.ChecksInState):
+        out = [c for m in store.checks.values() for c in m.values()
+               if query.State == "any" or c.Status == query.State]
+        out.sort(key=lambda c: (c.Node, c.CheckID))
+        return _index(store, ["tbl:checks"], "tbl:checks"), out, ["tbl:checks"]
+    if isinstance(query, q.KVGet):
+        if not query.Recurse:
+            topics = [f"kv:{query.Key}"]
+            e = store.kv.get(query.Key)
+            return _index(store, topics, "tbl:kv"), [e] if e else [], topics
+        keys = store._kv_range(query.Key)
+        entries: list[KVEntry] = [store.kv[k] for k in keys if k in store.kv]
+        idx = max((store.topics.get(f"kv:{k}", 0) for k in keys), default=0)
+        return max(idx or store.topics.get("tbl:kv", 0), 1), entries, [f"kv:{query.Key}*"]
+    if isinstance(query, q.KVKeys):
+        keys = store._kv_range(query.Prefix)
+        idx = max((store.topics.get(f"kv:{k}", 0) for k in keys), default=0)
+        live = [k for k in keys if k in store.kv]
+        if query.Separator:
+            seen: dict[str, None] = {}
+            for k in live:
+                rest = k[len(query.Prefix):]
+                cut = rest.find(query.Separator)
+                seen[k if cut < 0 else query.Prefix + rest[: cut + len(query.Separator)]] = None
+            live = list(seen)
+        return max(idx or store.topics.get("tbl:kv", 0), 1), live, [f"kv:{query.Prefix}*"]
+    raise TypeError(f"unknown query {type(query).__name__}")

@@ -1,0 +1,293 @@
+"""The replicated catalog: tables, secondary indexes and per-topic modify indexes.
+
+`apply` runs on pysyncobj's thread with the Raft index of the entry, so every node computes the
+same CreateIndex/ModifyIndex. Stored structs are never mutated after insertion (updates replace
+them), which lets readers hand out references under a short lock instead of copying.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import defaultdict
+from typing import Any
+
+import msgspec
+
+from meshd.structs import (
+    Batch,
+    Command,
+    Deregister,
+    HealthCheck,
+    KVEntry,
+    KVOp,
+    Node,
+    NodeService,
+    Register,
+)
+from server.watch import WatchSet
+
+replace = msgspec.structs.replace
+
+
+class CommandError(Exception):
+    """A write the state machine rejected; the text is shown to the user (HTTP 400/500)."""
+
+
+def _same(a: msgspec.Struct, b: msgspec.Struct) -> bool:
+    return replace(a, CreateIndex=0, ModifyIndex=0) == replace(b, CreateIndex=0, ModifyIndex=0)
+
+
+def connect_destination(svc: NodeService) -> str:
+    if svc.Kind == "connect-proxy" and svc.Proxy:
+        return str(svc.Proxy.get("DestinationServiceName", ""))
+    return ""
+
+
+class _Snapshot(msgspec.Struct):
+    index: int
+    nodes: list[Node]
+    services: list[tuple[str, NodeService]]
+    checks: list[HealthCheck]
+    kv: list[KVEntry]
+    topics: dict[str, int]
+
+
+class Store:
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.watches = WatchSet()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.index = 0
+        self.nodes: dict[str, Node] = {}
+        self.services: dict[str, dict[str, NodeService]] = defaultdict(dict)
+        self.by_name: dict[str, set[tuple[str, str]]] = defaultdict(set)
+        self.by_dest: dict[str, set[tuple[str, str]]] = defaultdict(set)
+        self.checks: dict[str, dict[str, HealthCheck]] = defaultdict(dict)
+        self.kv: dict[str, KVEntry] = {}
+        self.kv_keys: list[str] = []  # sorted, live keys and tombstones (their topics keep indexes)
+        self.topics: dict[str, int] = {}
+
+    # ---- writes -------------------------------------------------------------------------------
+
+    def apply(self, cmd: Command, index: int) -> Any:
+        changed: set[str] = set()
+        with self.lock:
+            self.index = max(self.index, index)
+            try:
+                result = self._apply(cmd, index, changed)
+            except CommandError as e:
+                result = e
+            for t in changed:
+                self.topics[t] = index
+        if changed:
+            self.watches.notify(changed)
+        return result
+
+    def _apply(self, cmd: Command, index: int, changed: set[str]) -> Any:
+        if isinstance(cmd, Batch):
+            for op in cmd.Ops:  # validated by the agent; an invalid op is skipped, not fatal
+                try:
+                    self._apply(op, index, changed)
+                except CommandError:
+                    pass
+            return True
+        if isinstance(cmd, Register):
+            return self._register(cmd, index, changed)
+        if isinstance(cmd, Deregister):
+            return self._deregister(cmd, index, changed)
+        if isinstance(cmd, KVOp):
+            return self._kv(cmd, index, changed)
+        raise CommandError(f"unknown command {type(cmd).__name__}")
+
+    def _touch_service(self, node: str, svc: NodeService, changed: set[str]) -> None:
+        changed.update((f"svc:{svc.Service}", f"node:{node}", "tbl:services"))
+        dest = connect_destination(svc)
+        if dest:
+            changed.add(f"connect:{dest}")
+
+    def _touch_node_services(self, node: str, changed: set[str]) -> None:
+        for svc in self.services.get(node, {}).values():
+            self._touch_service(node, svc, changed)
+
+    def _register(self, r: Register, index: int, changed: set[str]) -> bool:
+        if not r.Node or not r.Address and r.Node not in self.nodes:
+            raise CommandError("Must provide node and address")
+        for c in [*([r.Check] if r.Check else []), *r.Checks]:
+            sid = c.ServiceID
+            if sid and not (r.Service and r.Service.ID == sid) and \
+                    sid not in self.services.get(r.Node, {}):
+                raise CommandError(f'Unknown service ID "{sid}" for check ID "{c.CheckID}"')
+        old = self.nodes.get(r.Node)
+        if not (r.SkipNodeUpdate and old):
+            node = Node(Node=r.Node, Address=r.Address or (old.Address if old else ""), ID=r.ID,
+                        Datacenter=r.Datacenter, TaggedAddresses=dict(r.TaggedAddresses),
+                        Meta=dict(r.NodeMeta))
+            if old is None or not _same(old, node):
+                self.nodes[r.Node] = replace(node, CreateIndex=old.CreateIndex if old else index,
+                                             ModifyIndex=index)
+                changed.update(("tbl:nodes", f"node:{r.Node}"))
+                self._touch_node_services(r.Node, changed)
+        if r.Service:
+            self._put_service(r.Node, r.Service, index, changed)
+        for c in [*([r.Check] if r.Check else []), *r.Checks]:
+            self._put_check(r.Node, c, index, changed)
+        return True
+
+    def _put_service(self, node: str, svc: NodeService, index: int, changed: set[str]) -> None:
+        old = self.services[node].get(svc.ID)
+        svc = replace(svc, Datacenter="")
+        if old is not None and _same(old, svc):
+            return
+        if old is not None:
+            self._unindex_service(node, old)
+            self._touch_service(node, old, changed)
+        new = replace(svc, CreateIndex=old.CreateIndex if old else index, ModifyIndex=index)
+        self.services[node][svc.ID] = new
+        self.by_name[new.Service].add((node, new.ID))
+        dest = connect_destination(new)
+        if dest:
+            self.by_dest[dest].add((node, new.ID))
+        self._touch_service(node, new, changed)
+        # service checks carry the service's name and tags: keep them in step
+        for c in list(self.checks.get(node, {}).values()):
+            if c.ServiceID == svc.ID and (c.ServiceName != new.Service or c.ServiceTags != new.Tags):
+                self.checks[node][c.CheckID] = replace(c, ServiceName=new.Service,
+                                                       ServiceTags=list(new.Tags), ModifyIndex=index)
+
+    def _unindex_service(self, node: str, svc: NodeService) -> None:
+        s = self.by_name.get(svc.Service)
+        if s is not None:
+            s.discard((node, svc.ID))
+            if not s:
+                del self.by_name[svc.Service]
+        dest = connect_destination(svc)
+        if dest and dest in self.by_dest:
+            self.by_dest[dest].discard((node, svc.ID))
+            if not self.by_dest[dest]:
+                del self.by_dest[dest]
+
+    def _put_check(self, node: str, c: HealthCheck, index: int, changed: set[str]) -> None:
+        svc = self.services.get(node, {}).get(c.ServiceID) if c.ServiceID else None
+        c = replace(c, Node=node, ServiceName=svc.Service if svc else "",
+                    ServiceTags=list(svc.Tags) if svc else [])
+        old = self.checks[node].get(c.CheckID)
+        if old is not None and _same(old, c):
+            return
+        self.checks[node][c.CheckID] = replace(
+            c, CreateIndex=old.CreateIndex if old else index, ModifyIndex=index)
+        self._touch_check(node, c, changed)
+        if old is not None and old.ServiceID != c.ServiceID:
+            self._touch_check(node, old, changed)
+
+    def _touch_check(self, node: str, c: HealthCheck, changed: set[str]) -> None:
+        changed.update(("tbl:checks", f"node:{node}"))
+        if c.ServiceID:
+            svc = self.services.get(node, {}).get(c.ServiceID)
+            if svc:
+                self._touch_service(node, svc, changed)
+        else:
+            self._touch_node_services(node, changed)
+
+    def _deregister(self, d: Deregister, index: int, changed: set[str]) -> bool:
+        if d.Node not in self.nodes:
+            return True
+        if d.CheckID:
+            c = self.checks.get(d.Node, {}).pop(d.CheckID, None)
+            if c:
+                self._touch_check(d.Node, c, changed)
+            return True
+        if d.ServiceID:
+            self._drop_service(d.Node, d.ServiceID, changed)
+            return True
+        for sid in list(self.services.get(d.Node, {})):
+            self._drop_service(d.Node, sid, changed)
+        for c in self.checks.pop(d.Node, {}).values():
+            self._touch_check(d.Node, c, changed)
+        self.services.pop(d.Node, None)
+        del self.nodes[d.Node]
+        changed.update(("tbl:nodes", f"node:{d.Node}"))
+        return True
+
+    def _drop_service(self, node: str, sid: str, changed: set[str]) -> None:
+        svc = self.services.get(node, {}).pop(sid, None)
+        if svc is None:
+            return
+        self._unindex_service(node, svc)
+        self._touch_service(node, svc, changed)
+        for cid, c in list(self.checks.get(node, {}).items()):
+            if c.ServiceID == sid:
+                del self.checks[node][cid]
+                changed.add("tbl:checks")
+
+    def _kv(self, op: KVOp, index: int, changed: set[str]) -> bool:
+        old = self.kv.get(op.Key)
+        if op.Verb in ("set", "cas"):
+            if op.Verb == "cas" and (old.ModifyIndex if old else 0) != op.Index:
+                return False
+            self.kv[op.Key] = KVEntry(Key=op.Key, Value=op.Value, Flags=op.Flags,
+                                      CreateIndex=old.CreateIndex if old else index,
+                                      ModifyIndex=index)
+            self._kv_key(op.Key)
+            changed.update((f"kv:{op.Key}", "tbl:kv"))
+            return True
+        if op.Verb in ("delete", "delete-cas"):
+            if op.Verb == "delete-cas" and (old is None or old.ModifyIndex != op.Index):
+                return False
+            if old is not None:
+                del self.kv[op.Key]
+                changed.update((f"kv:{op.Key}", "tbl:kv"))
+            return True
+        if op.Verb == "delete-tree":
+            for key in self._kv_range(op.Key):
+                if self.kv.pop(key, None) is not None:
+                    changed.update((f"kv:{key}", "tbl:kv"))
+            return True
+        raise CommandError(f"unknown KV verb {op.Verb!r}")
+
+    def _kv_key(self, key: str) -> None:
+        i = bisect.bisect_left(self.kv_keys, key)
+        if i == len(self.kv_keys) or self.kv_keys[i] != key:
+            self.kv_keys.insert(i, key)
+
+    def _kv_range(self, prefix: str) -> list[str]:
+        i = bisect.bisect_left(self.kv_keys, prefix)
+        out = []
+        while i < len(self.kv_keys) and self.kv_keys[i].startswith(prefix):
+            out.append(self.kv_keys[i])
+            i += 1
+        return out
+
+    # ---- snapshots ------------------------------------------------------------------------------
+
+    def dump(self) -> bytes:
+        with self.lock:
+            snap = _Snapshot(
+                index=self.index, nodes=list(self.nodes.values()),
+                services=[(n, s) for n, m in self.services.items() for s in m.values()],
+                checks=[c for m in self.checks.values() for c in m.values()],
+                kv=list(self.kv.values()), topics=dict(self.topics))
+            return msgspec.msgpack.encode(snap)
+
+    def load(self, data: bytes) -> None:
+        snap = msgspec.msgpack.decode(data, type=_Snapshot)
+        with self.lock:
+            self._reset()
+            self.index = snap.index
+            self.nodes = {n.Node: n for n in snap.nodes}
+            for node, s in snap.services:
+                self.services[node][s.ID] = s
+                self.by_name[s.Service].add((node, s.ID))
+                dest = connect_destination(s)
+                if dest:
+                    self.by_dest[dest].add((node, s.ID))
+            for c in snap.checks:
+                self.checks[c.Node][c.CheckID] = c
+            for e in snap.kv:
+                self.kv[e.Key] = e
+            self.topics = dict(snap.topics)
+            self.kv_keys = sorted({t[3:] for t in self.topics if t.startswith("kv:")} | set(self.kv))
+            changed = set(self.topics)
+        self.watches.notify(changed | {"tbl:nodes", "tbl:services", "tbl:checks", "tbl:kv"})

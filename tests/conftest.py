@@ -1,0 +1,16 @@
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from helpers import MeshdProcess, dev_agent  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def agent() -> MeshdProcess:
+    """One shared `meshd agent -dev`; tests use distinct service names and keys."""
+    a = dev_agent(env={"MESHD_TEST": "1"}).start()
+    yield a
+    a.stop()
