@@ -8,6 +8,8 @@ is lost, and a read right after a register sees it.
 from __future__ import annotations
 
 import asyncio
+import base64
+import ipaddress
 import logging
 import os
 import time
@@ -17,18 +19,30 @@ from typing import Any
 from aiohttp import web
 
 from agent.antientropy import AntiEntropy
-from agent.backend import CatalogBackend, LocalBackend, StoreView
+from agent.backend import CatalogBackend, LocalBackend, RemoteBackend
+from agent.cache import CatalogCache
 from agent.checks import CheckRunner
-from agent.definitions import CheckDefinition, DefinitionError, ServiceDefinition, parse_check, parse_service
+from agent.definitions import (
+    CheckDefinition,
+    DefinitionError,
+    ServiceDefinition,
+    parse_check,
+    parse_service,
+)
 from agent.dns import DNSSettings
 from agent.dns_server import DNSServer
 from agent.http.server import make_app
-from agent.local import LocalCheck, LocalState, UnknownCheck
+from agent.local import LocalState, UnknownCheck
+from agent.views import CacheView, StoreView
 from meshd import __version__
 from meshd.config import Config
-from meshd.structs import HEALTH_CRITICAL, HEALTH_PASSING, SERF_CHECK_ID, HealthCheck
-from server.raft import RaftNode, RaftSettings, free_loopback_port
-from server.store import Store
+from meshd.rpc import Heartbeat
+from meshd.rpc_client import RPCClient
+from meshd.structs import HEALTH_CRITICAL, Deregister, HealthCheck
+from meshd.tls import tls_contexts
+from server.cluster import Server, ServerSettings
+from server.raft import free_loopback_port
+from server.rpc import make_rpc_app
 
 log = logging.getLogger("meshd.agent")
 
@@ -49,6 +63,17 @@ def _node_id(cfg: Config) -> str:
         return nid
 
 
+class StartError(Exception):
+    """The agent cannot start with this configuration; the text says why."""
+
+
+def _loopback(addr: str) -> bool:
+    try:
+        return ipaddress.ip_address(addr).is_loopback
+    except ValueError:
+        return addr == "localhost"
+
+
 def dns_settings(cfg: Config) -> DNSSettings:
     d = cfg.dns_config
     soa = d.soa or {}
@@ -66,8 +91,6 @@ class Agent:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.started = time.time()
-        self.store: Store | None = None
-        self.raft: RaftNode | None = None
         self.backend: CatalogBackend
         self.address = config.advertise_addr or config.bind_addr
         self.local = LocalState(node=config.node_name, address=self.address,
@@ -79,25 +102,52 @@ class Agent:
                                   alias_source=self._alias_source)
         self._runner: web.AppRunner | None = None
         self.dns: DNSServer | None = None
-        self._reaper: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._rpc_runner: web.AppRunner | None = None
+        self.server: Server | None = None
+        self.rpc: RPCClient | None = None
+        self.cache: CatalogCache | None = None
+        self.view: StoreView | CacheView
         self.ae: AntiEntropy
 
     # ---- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
         cfg = self.config
-        if cfg.server or cfg.dev:
-            self.store = Store()
-            raft_port = cfg.ports.raft if not cfg.dev else free_loopback_port()
-            self.raft = RaftNode(self.store, RaftSettings(
-                self_addr=f"{self.address}:{raft_port}", peers=[],
-                data_dir=cfg.data_dir, password=cfg.encrypt))
-            self.backend = LocalBackend(self.store, self.raft)
-            self.local.checks[SERF_CHECK_ID] = LocalCheck(HealthCheck(
-                Node=cfg.node_name, CheckID=SERF_CHECK_ID, Name="Serf Health Status",
-                Status=HEALTH_PASSING, Output="Agent alive and reachable", Type=""))
+        key = base64.b64decode(cfg.encrypt) if cfg.encrypt else None
+        ssl_server, ssl_client = tls_contexts(cfg)
+        if cfg.server:
+            if not cfg.dev and not key and not _loopback(self.address):
+                raise StartError(
+                    "refusing to start a server on a non-loopback address without a cluster "
+                    "key: Raft peers exchange pickled messages, so an open Raft port is remote "
+                    "code execution. Generate a key with `meshd keygen` and set `encrypt`.")
+            self.local.node_meta.setdefault("meshd-server", "true")
+            self.server = Server(ServerSettings(
+                node_name=cfg.node_name, datacenter=cfg.datacenter, advertise=self.address,
+                rpc_port=cfg.ports.server,
+                raft_port=free_loopback_port() if cfg.dev else cfg.ports.raft,
+                data_dir=cfg.data_dir, key=key, password=cfg.encrypt,
+                bootstrap_expect=cfg.bootstrap_expect or 1, retry_join=list(cfg.retry_join),
+                failure_timeout=cfg.limits.get("failure_timeout_seconds", 5),
+                reap_after=cfg.reconnect_timeout, ssl_client=ssl_client,
+                bind=cfg.bind_addr if cfg.bind_addr != self.address else None))
+            await self.server.start()
+            self.backend = LocalBackend(self.server)
+            self.view = StoreView(self.server.store, cfg.datacenter, cfg.node_name)
+            if not cfg.dev:
+                self._rpc_runner = web.AppRunner(make_rpc_app(self.server), access_log=None)
+                await self._rpc_runner.setup()
+                await web.TCPSite(self._rpc_runner, cfg.bind_addr, cfg.ports.server,
+                                  ssl_context=ssl_server).start()
         else:
-            raise NotImplementedError("client agents need -server or -dev for now")
+            if not cfg.retry_join:
+                raise StartError("a client agent needs -retry-join with the servers' addresses")
+            self.rpc = RPCClient(list(cfg.retry_join), key, default_port=cfg.ports.server,
+                                 ssl_context=ssl_client)
+            self.backend = RemoteBackend(self.rpc)
+            self.cache = CatalogCache(self.backend)
+            self.view = CacheView(self.cache, cfg.datacenter, cfg.node_name)
         self.ae = AntiEntropy(self.local, self.backend)
         self.local.on_change = self.ae.trigger
         for raw in cfg.services:
@@ -106,40 +156,71 @@ class Agent:
             await self.register_check(parse_check(raw), wait=False)
         self.ae.start()
         self.ae.trigger()
-        self._reaper = asyncio.create_task(self._reap_critical(), name="critical-reaper")
+        self._tasks.append(asyncio.create_task(self._reap_critical(), name="critical-reaper"))
+        self._tasks.append(asyncio.create_task(self._heartbeats(), name="heartbeats"))
         app = make_app(self, max_body=cfg.http_max_body)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         http_addr = cfg.addresses.get("http", cfg.client_addr)
         for host in http_addr.split():
             await web.TCPSite(self._runner, host, cfg.ports.http).start()
-        if cfg.ports.dns > 0 and self.store is not None:
-            view = StoreView(self.store, cfg.datacenter, cfg.node_name, [cfg.node_name])
+        if cfg.ports.dns > 0:
             dns_addr = cfg.addresses.get("dns", cfg.client_addr).split()[0]
-            self.dns = DNSServer(view, dns_settings(cfg), dns_addr, cfg.ports.dns)
+            self.dns = DNSServer(self.view, dns_settings(cfg), dns_addr, cfg.ports.dns)
             await self.dns.start()
         log.info("meshd agent running: node=%s dc=%s http=%s:%d dns=%d", cfg.node_name,
                  cfg.datacenter, http_addr, cfg.ports.http, cfg.ports.dns)
 
+    async def _heartbeats(self) -> None:
+        cfg = self.config
+        hb = Heartbeat(Node=cfg.node_name, Address=self.address, Datacenter=cfg.datacenter,
+                       Role="consul" if cfg.server else "node",
+                       RPCAddr=f"{self.address}:{cfg.ports.server}" if cfg.server else "",
+                       RaftAddr=self.server.raft_addr if self.server else "")
+        while True:
+            try:
+                await self.backend.heartbeat(hb)
+            except Exception as e:  # noqa: BLE001 - keep beating; the servers may be electing
+                log.debug("heartbeat failed: %s", e)
+            await asyncio.sleep(1.0)
+
+    async def leave(self) -> None:
+        """Graceful leave: the leader marks the node left and removes it from the catalog."""
+        cfg = self.config
+        hb = Heartbeat(Node=cfg.node_name, Address=self.address, Datacenter=cfg.datacenter,
+                       Role="consul" if cfg.server else "node", Leaving=True)
+        for t in self._tasks:
+            t.cancel()
+        await self.ae.stop()
+        await self.backend.heartbeat(hb)
+        await self.backend.write(Deregister(Node=cfg.node_name))
+
     async def wait_ready(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
-        while self.raft is not None and not self.raft.ready():
+        while self.server is not None and (self.server.raft is None or
+                                           not self.server.raft.ready()):
             if time.monotonic() > deadline:
-                raise TimeoutError("no Raft leader elected")
+                return
             await asyncio.sleep(0.01)
-        await self.ae.wait_synced(timeout)
+        await self.ae.wait_synced(max(deadline - time.monotonic(), 0.1))
 
     async def stop(self) -> None:
-        if self._reaper:
-            self._reaper.cancel()
+        for t in self._tasks:
+            t.cancel()
         await self.ae.stop()
+        if self.cache:
+            await self.cache.close()
+        if self.rpc:
+            await self.rpc.close()
         await self.checks.close()
         if self.dns:
             await self.dns.stop()
         if self._runner:
             await self._runner.cleanup()
-        if self.raft:
-            self.raft.close()
+        if self._rpc_runner:
+            await self._rpc_runner.cleanup()
+        if self.server:
+            await self.server.close()
 
     # ---- services and checks ------------------------------------------------------------
 
@@ -212,12 +293,13 @@ class Agent:
                 return None
             return [lc.check for lc in self.local.checks.values()
                     if lc.check.ServiceID == service_id]
-        if self.store is None:
+        if self.server is None:
             return None
-        with self.store.lock:
-            if service_id not in self.store.services.get(node, {}):
+        store = self.server.store
+        with store.lock:
+            if service_id not in store.services.get(node, {}):
                 return None
-            return [c for c in self.store.checks.get(node, {}).values()
+            return [c for c in store.checks.get(node, {}).values()
                     if c.ServiceID in ("", service_id)]
 
     async def _reap_critical(self) -> None:
@@ -242,14 +324,17 @@ class Agent:
 
     async def members(self) -> list[dict[str, Any]]:
         cfg = self.config
-        return [{
-            "Name": cfg.node_name, "Addr": self.address, "Port": cfg.ports.raft,
-            "Tags": {"role": "consul" if (cfg.server or cfg.dev) else "node",
-                     "dc": cfg.datacenter, "build": __version__, "id": self.local.node_id,
-                     "port": str(cfg.ports.server), "vsn": "2"},
-            "Status": 1, "ProtocolMin": 1, "ProtocolMax": 5, "ProtocolCur": 2,
-            "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4,
-        }]
+        out = []
+        for m in await self.backend.members():
+            port = int(m.RPCAddr.rsplit(":", 1)[1]) if m.RPCAddr else cfg.ports.server
+            out.append({
+                "Name": m.Name, "Addr": m.Addr, "Port": port,
+                "Tags": {"role": m.Role, "dc": m.Datacenter or cfg.datacenter,
+                         "build": __version__, "port": str(port), "vsn": "2"},
+                "Status": m.Status, "ProtocolMin": 1, "ProtocolMax": 5, "ProtocolCur": 2,
+                "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4,
+            })
+        return out
 
     def self_info(self) -> dict[str, Any]:
         cfg = self.config

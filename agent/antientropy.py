@@ -108,6 +108,8 @@ class AntiEntropy:
 
     async def _run(self) -> None:
         backoff = 0.2
+        failing_since: float | None = None
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(),
@@ -118,11 +120,15 @@ class AntiEntropy:
             try:
                 await self.sync_once()
                 backoff = 0.2
+                failing_since = None
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # keep retrying: the servers may be down or electing
                 self.last_error = str(e)
-                log.warning("anti-entropy sync failed: %s", e)
+                failing_since = failing_since or loop.time()
+                # an election at start-up is normal; only a lasting failure is worth a warning
+                level = logging.WARNING if loop.time() - failing_since > 5 else logging.DEBUG
+                log.log(level, "anti-entropy sync failed: %s", e)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 self._wake.set()

@@ -1,23 +1,32 @@
 """The one narrow interface between the agent's API layers and the catalog.
 
-HTTP and DNS never touch the store or Raft directly: they call `CatalogBackend`. Dev mode and
-servers use `LocalBackend` (the in-process store behind Raft); a client agent on another host
-swaps in a backend that forwards the same commands and queries to remote servers.
+HTTP and DNS never touch the store or Raft directly: they call a `CatalogBackend`. An agent on a
+server uses `LocalBackend` (the in-process server); a client agent on another host uses
+`RemoteBackend`, which sends the same commands and queries to the servers over RPC.
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from meshd import queries as q
-from meshd.structs import CheckServiceNode, Command, Node
-from server.raft import RaftNode
-from server.reads import run_query
-from server.store import Store
-from server.watch import Waiter
+from meshd.rpc import (
+    Heartbeat,
+    Member,
+    ReadReply,
+    ReadRequest,
+    ServerInfo,
+    WriteReply,
+    WriteRequest,
+    decode_value,
+)
+from meshd.rpc_client import RPCClient, RPCError
+from meshd.structs import Command
+from server.cluster import Server
+from server.raft import RaftError
+from server.store import CommandError
 
 
 @dataclass
@@ -34,9 +43,11 @@ class CatalogBackend(Protocol):
     async def read(self, query: q.Query, *, min_index: int = 0, wait: float = 0.0,
                    consistency: str = "default") -> ReadResult: ...
 
-    def leader(self) -> str: ...
+    async def status(self) -> tuple[str, list[str]]: ...
 
-    def peers(self) -> list[str]: ...
+    async def heartbeat(self, hb: Heartbeat) -> None: ...
+
+    async def members(self) -> list[Member]: ...
 
 
 def blocking_wait(wait: float) -> float:
@@ -45,71 +56,65 @@ def blocking_wait(wait: float) -> float:
 
 
 class LocalBackend:
-    def __init__(self, store: Store, raft: RaftNode) -> None:
-        self.store = store
-        self.raft = raft
+    def __init__(self, server: Server) -> None:
+        self.server = server
 
     async def write(self, cmd: Command) -> Any:
-        return await self.raft.apply(cmd)
+        return await self.server.write(cmd)
 
     async def read(self, query: q.Query, *, min_index: int = 0, wait: float = 0.0,
                    consistency: str = "default") -> ReadResult:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + blocking_wait(wait)
-        while True:
-            index, value, topics = run_query(self.store, query)
-            if min_index <= 0 or index > min_index or wait <= 0:
-                return self._result(index, value)
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return self._result(index, value)
-            waiter = Waiter(loop)
-            self.store.watches.add(waiter, topics)
-            try:
-                # re-check after subscribing: a write may have landed in between
-                index, value, _ = run_query(self.store, query)
-                if index > min_index:
-                    return self._result(index, value)
-                try:
-                    await asyncio.wait_for(waiter.future, remaining)
-                except TimeoutError:
-                    pass
-            finally:
-                self.store.watches.remove(waiter, topics)
+        ans = await self.server.read(query, min_index, blocking_wait(wait), consistency)
+        return ReadResult(ans.index, ans.value, ans.known_leader, ans.last_contact_ms)
 
-    def _result(self, index: int, value: Any) -> ReadResult:
-        leader = self.raft.leader()
-        return ReadResult(index, value, known_leader=bool(leader),
-                          last_contact_ms=self.raft.last_contact_ms())
+    async def status(self) -> tuple[str, list[str]]:
+        raft = self.server.raft
+        if raft is None:
+            return "", []
+        return raft.leader(), raft.peers()
 
-    def leader(self) -> str:
-        return self.raft.leader()
+    async def heartbeat(self, hb: Heartbeat) -> None:
+        await self.server.heartbeat(hb)
 
-    def peers(self) -> list[str]:
-        return self.raft.peers()
+    async def members(self) -> list[Member]:
+        return await self.server.member_list()
 
 
-class StoreView:
-    """DNS's synchronous, in-memory view over the local store (no Raft round-trip per query)."""
+class RemoteBackend:
+    """A client agent's view: every call is an RPC to some server (failover inside RPCClient)."""
 
-    def __init__(self, store: Store, datacenter: str, node_name: str,
-                 server_names: list[str]) -> None:
-        self.store = store
-        self.datacenter = datacenter
-        self.node_name = node_name
-        self._servers = server_names
+    def __init__(self, rpc: RPCClient) -> None:
+        self.rpc = rpc
 
-    def service_instances(self, name: str) -> list[CheckServiceNode]:
-        return run_query(self.store, q.ServiceNodes(Service=name))[1]
+    async def write(self, cmd: Command) -> Any:
+        try:
+            reply = await self.rpc.call("write", WriteRequest(Command=cmd), WriteReply)
+        except RPCError as e:
+            raise RaftError(str(e)) from None
+        if reply.Code == 400:
+            raise CommandError(reply.Error)
+        if reply.Error:
+            raise RaftError(reply.Error)
+        return reply.Result
 
-    def connect_instances(self, name: str) -> list[CheckServiceNode]:
-        return run_query(self.store, q.ServiceNodes(Service=name, Connect=True))[1]
+    async def read(self, query: q.Query, *, min_index: int = 0, wait: float = 0.0,
+                   consistency: str = "default") -> ReadResult:
+        wait = blocking_wait(wait)
+        try:
+            reply = await self.rpc.call(
+                "read", ReadRequest(Query=query, MinIndex=min_index, Wait=wait,
+                                    Consistency=consistency), ReadReply, timeout=wait + 10.0)
+        except RPCError as e:
+            raise RaftError(str(e)) from None
+        return ReadResult(reply.Index, decode_value(query, reply.Value), reply.KnownLeader,
+                          reply.LastContact)
 
-    def node(self, name: str) -> Node | None:
-        return self.store.nodes.get(name)
+    async def status(self) -> tuple[str, list[str]]:
+        info = await self.rpc.call("info", b"", ServerInfo)
+        return info.Leader, info.Peers
 
-    def nodes(self) -> list[Node]:
-        return list(self.store.nodes.values())
+    async def heartbeat(self, hb: Heartbeat) -> None:
+        await self.rpc.call("heartbeat", hb, bool, timeout=3.0)
 
-    def server_nodes(self) -> list[Node]:
-        return [n for n in (self.store.nodes.get(s) for s in self._servers) if n is not None]
+    async def members(self) -> list[Member]:
+        return await self.rpc.call("members", b"", list[Member])

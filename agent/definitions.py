@@ -28,7 +28,8 @@ def _fold(d: dict[str, Any], where: str) -> dict[str, Any]:
     return {k.lower().replace("_", ""): v for k, v in d.items()}
 
 
-def _typed(d: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any) -> Any:
+def _typed(d: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str,
+           default: Any) -> Any:
     v = d.get(key, default)
     if v is None:
         return default
@@ -36,7 +37,8 @@ def _typed(d: dict[str, Any], key: str, kind: type | tuple[type, ...], where: st
         raise DefinitionError(f"{where}: field {key!r} must be a number")
     if not isinstance(v, kind):
         name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-        raise DefinitionError(f"{where}: field {key!r} must be of type {name}, got {type(v).__name__}")
+        raise DefinitionError(
+            f"{where}: field {key!r} must be of type {name}, got {type(v).__name__}")
     return v
 
 
@@ -221,7 +223,8 @@ def parse_service(raw: dict[str, Any]) -> ServiceDefinition:
         ID=sid, Service=name, Tags=list(tags), Address=_typed(d, "address", str, where, ""),
         Port=port, Meta=_str_map(d.get("meta"), "Meta", where), Weights=weights,
         EnableTagOverride=bool(d.get("enabletagoverride", False)), Kind=kind,
-        Proxy=_typed(d, "proxy", dict, where, None), Connect=_typed(d, "connect", dict, where, None),
+        Proxy=_typed(d, "proxy", dict, where, None),
+        Connect=_typed(d, "connect", dict, where, None),
         TaggedAddresses=_typed(d, "taggedaddresses", dict, where, {}),
     )
     raw_checks: list[Any] = []

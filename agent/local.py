@@ -75,7 +75,7 @@ class LocalState:
                     dropped.append(cid)
         for d in checks:
             self.add_check(d, notify=False)
-        for cid, lc in self.checks.items():  # checks carry the service's name and tags
+        for lc in self.checks.values():  # checks carry the service's name and tags
             if lc.check.ServiceID == svc.ID:
                 lc.check = replace(lc.check, ServiceName=svc.Service, ServiceTags=list(svc.Tags))
         self._changed()

@@ -131,7 +131,11 @@ class Batch(msgspec.Struct, tag="batch"):
     Ops: list[Register | Deregister | KVOp]
 
 
-Command = Register | Deregister | KVOp | Batch
+class Barrier(msgspec.Struct, tag="barrier"):
+    """A no-op entry: its commit proves the leader still holds a quorum (consistent reads)."""
+
+
+Command = Register | Deregister | KVOp | Batch | Barrier
 
 _cmd_encoder = msgspec.msgpack.Encoder()
 _cmd_decoder = msgspec.msgpack.Decoder(Command)

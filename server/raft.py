@@ -61,6 +61,7 @@ class RaftSettings:
     peers: list[str]  # the other servers' Raft addresses
     data_dir: str | None = None  # None: in-memory journal (dev mode)
     password: str | None = None  # cluster key; encrypts and authenticates every Raft connection
+    bind: str | None = None  # listen address when it differs from self_addr (e.g. 0.0.0.0:8301)
     append_entries_period: float = 0.05
     raft_min_timeout: float = 0.4
     raft_max_timeout: float = 1.2
@@ -92,7 +93,8 @@ class RaftNode:
             raftMinTimeout=settings.raft_min_timeout, raftMaxTimeout=settings.raft_max_timeout,
             leaderFallbackTimeout=settings.leader_fallback_timeout, autoTickPeriod=0.05,
             dynamicMembershipChange=True, useFork=False, commandsWaitLeader=True,
-            connectionRetryTime=1.0, logCompactionMinEntries=20000, logCompactionMinTime=600,
+            connectionRetryTime=1.0, bindAddress=settings.bind, logCompactionMinEntries=20000,
+            logCompactionMinTime=600,
         )
         self._single = not settings.peers
         self._pending = 0
@@ -126,6 +128,22 @@ class RaftNode:
         if isinstance(result, CommandError):
             raise result
         return result
+
+    async def _membership(self, fn: Any, addr: str) -> None:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        fn(addr, callback=lambda res, err: loop.call_soon_threadsafe(_settle, fut, res, err))
+        await asyncio.wait_for(fut, 10.0)
+
+    async def add_peer(self, addr: str) -> None:
+        if addr in self.peers():
+            return
+        await self._membership(self._sync.addNodeToCluster, addr)
+
+    async def remove_peer(self, addr: str) -> None:
+        if addr not in self.peers():
+            raise RaftError(f"address {addr!r} is not a Raft peer")
+        await self._membership(self._sync.removeNodeFromCluster, addr)
 
     # ---- status -------------------------------------------------------------------------------
 

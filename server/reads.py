@@ -7,11 +7,13 @@ per-table).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from meshd import queries as q
 from meshd.structs import CheckServiceNode, HealthCheck, KVEntry, Node, NodeService
 from server.store import Store
+from server.watch import Waiter
 
 
 def _index(store: Store, topics: list[str], fallback: str) -> int:
@@ -102,3 +104,30 @@ def _run(store: Store, query: q.Query) -> tuple[int, Any, list[str]]:
             live = list(seen)
         return max(idx or store.topics.get("tbl:kv", 0), 1), live, [f"kv:{query.Prefix}*"]
     raise TypeError(f"unknown query {type(query).__name__}")
+
+
+async def blocking_query(store: Store, query: q.Query, min_index: int,
+                         deadline: float) -> tuple[int, Any]:
+    """Consul's blocking query: answer once the index passes `min_index` or the deadline hits.
+
+    The waiter subscribes before the re-check so that a write landing between the first read and
+    the subscription cannot be missed.
+    """
+    loop = asyncio.get_running_loop()
+    while True:
+        index, value, topics = run_query(store, query)
+        remaining = deadline - loop.time()
+        if min_index <= 0 or index > min_index or remaining <= 0:
+            return index, value
+        waiter = Waiter(loop)
+        store.watches.add(waiter, topics)
+        try:
+            index, value, _ = run_query(store, query)
+            if index > min_index:
+                return index, value
+            try:
+                await asyncio.wait_for(waiter.future, remaining)
+            except TimeoutError:
+                pass
+        finally:
+            store.watches.remove(waiter, topics)

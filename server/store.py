@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from meshd.structs import (
+    Barrier,
     Batch,
     Command,
     Deregister,
@@ -94,6 +95,8 @@ class Store:
                 except CommandError:
                     pass
             return True
+        if isinstance(cmd, Barrier):
+            return True
         if isinstance(cmd, Register):
             return self._register(cmd, index, changed)
         if isinstance(cmd, Deregister):
@@ -153,9 +156,10 @@ class Store:
         self._touch_service(node, new, changed)
         # service checks carry the service's name and tags: keep them in step
         for c in list(self.checks.get(node, {}).values()):
-            if c.ServiceID == svc.ID and (c.ServiceName != new.Service or c.ServiceTags != new.Tags):
-                self.checks[node][c.CheckID] = replace(c, ServiceName=new.Service,
-                                                       ServiceTags=list(new.Tags), ModifyIndex=index)
+            stale = c.ServiceName != new.Service or c.ServiceTags != new.Tags
+            if c.ServiceID == svc.ID and stale:
+                self.checks[node][c.CheckID] = replace(
+                    c, ServiceName=new.Service, ServiceTags=list(new.Tags), ModifyIndex=index)
 
     def _unindex_service(self, node: str, svc: NodeService) -> None:
         s = self.by_name.get(svc.Service)
@@ -288,6 +292,7 @@ class Store:
             for e in snap.kv:
                 self.kv[e.Key] = e
             self.topics = dict(snap.topics)
-            self.kv_keys = sorted({t[3:] for t in self.topics if t.startswith("kv:")} | set(self.kv))
+            tombstones = {t[3:] for t in self.topics if t.startswith("kv:")}
+            self.kv_keys = sorted(tombstones | set(self.kv))
             changed = set(self.topics)
         self.watches.notify(changed | {"tbl:nodes", "tbl:services", "tbl:checks", "tbl:kv"})

@@ -111,9 +111,11 @@ async def kv_delete(request: web.Request) -> web.Response:
 
 @routes.get("/v1/status/leader")
 async def status_leader(request: web.Request) -> web.Response:
-    return json_response(_agent(request).backend.leader())
+    leader, _ = await _agent(request).backend.status()
+    return json_response(leader)
 
 
 @routes.get("/v1/status/peers")
 async def status_peers(request: web.Request) -> web.Response:
-    return json_response(_agent(request).backend.peers())
+    _, peers = await _agent(request).backend.status()
+    return json_response(peers)

@@ -1,0 +1,256 @@
+"""The agent's DNS listeners: UDP and TCP on one port, plus forwarding to recursors.
+
+All DNS semantics live in `agent.dns` (pure); this module only moves bytes. Local answers are
+computed synchronously inside the datagram callback (they take tens of microseconds and touch
+only memory, so a task per query would cost more than the answer); only forwarding, which waits
+on the network, runs as a task, and the number of those in flight is capped so a flood of
+external names cannot exhaust sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import secrets
+import socket
+from typing import Any
+
+from agent.dns import (
+    SERVFAIL,
+    TCP_MAX,
+    UDP_PLAIN,
+    DNSSettings,
+    DNSView,
+    answer,
+    error_response,
+    parse_packet,
+)
+
+log = logging.getLogger("meshd.dns")
+
+MAX_FORWARDS = 1024  # concurrent forwarded queries; beyond that, SERVFAIL at once
+MAX_TCP_CONNS = 512
+TCP_IDLE_TIMEOUT = 10.0  # between queries on a kept-open connection (RFC 7766 allows closing)
+TCP_IO_TIMEOUT = 5.0  # to finish reading one message once its length arrived (slowloris)
+
+
+def parse_recursor(spec: str) -> tuple[str, int]:
+    """"ip", "ip:port", "[v6]:port" or a bare IPv6 address -> (ip, port); ValueError if not."""
+    spec = spec.strip()
+    host, port = spec, 53
+    if spec.startswith("["):
+        host, _, rest = spec[1:].partition("]")
+        if rest:
+            port = int(rest.removeprefix(":"))
+    elif spec.count(":") == 1:
+        host, _, p = spec.partition(":")
+        port = int(p)
+    ipaddress.ip_address(host)  # recursors are addresses: resolving a name here could loop
+    if not 0 < port < 65536:
+        raise ValueError(f"bad port in recursor {spec!r}")
+    return host, port
+
+
+class _UpstreamProtocol(asyncio.DatagramProtocol):
+    """One forwarded query's socket: accepts only a response carrying the ID we chose."""
+
+    def __init__(self, qid: bytes, done: asyncio.Future[bytes]) -> None:
+        self.qid = qid
+        self.done = done
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if len(data) >= 12 and data[:2] == self.qid and data[2] & 0x80 and not self.done.done():
+            self.done.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc or ConnectionError("closed"))
+
+
+class _UDPProtocol(asyncio.DatagramProtocol):
+    def __init__(self, server: DNSServer) -> None:
+        self.server = server
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        try:
+            reply = self.server.local_reply(data, UDP_PLAIN)
+            if reply is None:
+                self.server.spawn_forward(data, addr, self)
+            elif reply and self.transport is not None:
+                self.transport.sendto(reply, addr)
+        except Exception:
+            log.exception("dns: failed to answer a UDP query from %s", addr)
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP errors about earlier replies to clients that went away
+
+
+class DNSServer:
+    def __init__(self, view: DNSView, cfg: DNSSettings, host: str, port: int) -> None:
+        self.view = view
+        self.cfg = cfg
+        self.host = host
+        self.port = port
+        self.udp_port = 0
+        self.tcp_port = 0
+        self.recursors: list[tuple[str, int]] = []
+        for spec in cfg.recursors:
+            try:
+                self.recursors.append(parse_recursor(spec))
+            except ValueError:
+                log.warning("dns: ignoring recursor %r: not ip, ip:port or [ip6]:port", spec)
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        """Bind TCP first, then UDP on the same port (with port 0, the port TCP got), so clients
+        that fall back to TCP after a truncated UDP answer find us where they asked."""
+        loop = asyncio.get_running_loop()
+        self._tcp = await asyncio.start_server(self._serve_tcp, self.host, self.port,
+                                               reuse_address=True)
+        self.tcp_port = self._tcp.sockets[0].getsockname()[1]
+        family = self._tcp.sockets[0].family
+        try:
+            self._udp, _ = await loop.create_datagram_endpoint(
+                lambda: _UDPProtocol(self), local_addr=(self.host, self.tcp_port), family=family)
+        except OSError:
+            if self.port:
+                self._tcp.close()
+                raise
+            self._udp, _ = await loop.create_datagram_endpoint(
+                lambda: _UDPProtocol(self), local_addr=(self.host, 0), family=family)
+        self.udp_port = self._udp.get_extra_info("sockname")[1]
+        log.info("dns: listening on %s udp/%d tcp/%d", self.host, self.udp_port, self.tcp_port)
+
+    async def stop(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp is not None:
+            self._tcp.close()
+        for writer in list(self._writers):
+            writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tcp is not None:
+            await self._tcp.wait_closed()
+
+    # ---- answering -------------------------------------------------------------------------
+
+    def local_reply(self, data: bytes, max_size: int) -> bytes | None:
+        """The bytes to send (b"" = send nothing), or None when the query must be forwarded."""
+        request = parse_packet(data)
+        if isinstance(request, bytes):
+            return request
+        try:
+            outcome = answer(request, self.view, self.cfg, max_size=max_size)
+        except Exception:
+            log.exception("dns: answering %s failed", request.q.qname if request.questions else "?")
+            return error_response(request, SERVFAIL, self.cfg)
+        if outcome.forward:
+            return None if self.recursors else error_response(request, SERVFAIL, self.cfg)
+        return outcome.wire
+
+    def spawn_forward(self, data: bytes, addr: Any, proto: _UDPProtocol) -> None:
+        if len(self._tasks) >= MAX_FORWARDS:
+            if proto.transport is not None:
+                proto.transport.sendto(self._servfail(data), addr)
+            return
+
+        async def run() -> None:
+            reply = await self.forward(data, tcp=False)
+            if proto.transport is not None and not proto.transport.is_closing():
+                proto.transport.sendto(reply, addr)
+
+        self._track(run())
+
+    def _track(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _servfail(self, data: bytes) -> bytes:
+        request = parse_packet(data)
+        return request if isinstance(request, bytes) else error_response(
+            request, SERVFAIL, self.cfg)
+
+    async def forward(self, data: bytes, *, tcp: bool) -> bytes:
+        """Ask each recursor in turn; the first response wins, SERVFAIL if none gives one.
+        The upstream sees a fresh random ID (anti-spoofing) and the client gets its own back."""
+        for host, port in self.recursors:
+            try:
+                reply = await self._ask_udp(data, host, port)
+                if tcp and len(reply) > 2 and reply[2] & 0x02:  # upstream truncated: retry TCP
+                    reply = await self._ask_tcp(data, host, port)
+                return data[:2] + reply[2:]
+            except (OSError, TimeoutError, EOFError, asyncio.IncompleteReadError) as exc:
+                log.debug("dns: recursor %s:%d failed: %r", host, port, exc)
+        return self._servfail(data)
+
+    async def _ask_udp(self, data: bytes, host: str, port: int) -> bytes:
+        loop = asyncio.get_running_loop()
+        qid = secrets.token_bytes(2)
+        done: asyncio.Future[bytes] = loop.create_future()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _UpstreamProtocol(qid, done), remote_addr=(host, port))
+        try:
+            transport.sendto(qid + data[2:])
+            return await asyncio.wait_for(done, self.cfg.recursor_timeout)
+        finally:
+            transport.close()
+
+    async def _ask_tcp(self, data: bytes, host: str, port: int) -> bytes:
+        async def exchange() -> bytes:
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                writer.write(len(data).to_bytes(2, "big") + data)
+                await writer.drain()
+                size = int.from_bytes(await reader.readexactly(2), "big")
+                return await reader.readexactly(size)
+            finally:
+                writer.close()
+
+        return await asyncio.wait_for(exchange(), self.cfg.recursor_timeout)
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """RFC 7766: several length-prefixed queries per connection, answered in order."""
+        if len(self._writers) >= MAX_TCP_CONNS:
+            writer.close()
+            return
+        self._writers.add(writer)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            while True:
+                head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_TIMEOUT)
+                size = int.from_bytes(head, "big")
+                data = await asyncio.wait_for(reader.readexactly(size), TCP_IO_TIMEOUT)
+                reply = self.local_reply(data, TCP_MAX)
+                if reply is None:
+                    reply = await self.forward(data, tcp=True)
+                if reply:
+                    writer.write(len(reply).to_bytes(2, "big") + reply)
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError, OSError):
+            pass
+        except Exception:
+            log.exception("dns: TCP connection failed")
+        finally:
+            self._writers.discard(writer)
+            writer.close()

@@ -1,0 +1,127 @@
+"""The agent<->server and server<->server RPC contract.
+
+RPC is HTTP/1.1 (HTTPS with the `tls` config) on the server port, POST /rpc/<method>, msgpack
+bodies. HTTP was chosen over gRPC for this channel because aiohttp is already the agent's stack,
+keep-alive pooling and TLS come with it, and a blocking query is simply a long request.
+When the cluster key (`encrypt`) is set every request carries an HMAC of its body under that key,
+so only holders of the key can write to or read from the servers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from typing import Any
+
+import msgspec
+
+from meshd import queries as q
+from meshd.structs import CheckServiceNode, Command, HealthCheck, KVEntry, Node, NodeService
+
+# ruff: noqa: N815
+
+AUTH_HEADER = "X-Meshd-Auth"
+MAX_SKEW = 300.0
+
+
+class ReadRequest(msgspec.Struct):
+    Query: q.Query
+    MinIndex: int = 0
+    Wait: float = 0.0
+    Consistency: str = "default"
+
+
+class ReadReply(msgspec.Struct):
+    Index: int
+    Value: msgspec.Raw
+    KnownLeader: bool = True
+    LastContact: int = 0
+
+
+class WriteRequest(msgspec.Struct):
+    Command: Command
+
+
+class WriteReply(msgspec.Struct):
+    Result: Any = None
+    Error: str = ""
+    Code: int = 0  # HTTP-ish: 400 rejected by the state machine, 500 cluster error
+
+
+class Heartbeat(msgspec.Struct):
+    Node: str
+    Address: str
+    Datacenter: str
+    Role: str = "node"  # "consul" for servers, as Consul's member tags say
+    RPCAddr: str = ""
+    RaftAddr: str = ""
+    Leaving: bool = False
+
+
+class Member(msgspec.Struct):
+    Name: str
+    Addr: str
+    Role: str
+    Status: int  # 1 alive, 3 left, 4 failed (Consul's serf codes)
+    Datacenter: str = ""
+    RPCAddr: str = ""
+
+
+class ServerInfo(msgspec.Struct):
+    """What a server says about itself when another server joins."""
+
+    RaftAddr: str
+    RPCAddr: str
+    Started: bool
+    Peers: list[str] = []  # raft addresses in the cluster (when started)
+    Known: list[list[str]] = []  # [raft, rpc] pairs of servers it knows (before bootstrap)
+    Leader: str = ""
+    Datacenter: str = ""
+
+
+class PeerChange(msgspec.Struct):
+    RaftAddr: str
+    Remove: bool = False
+
+
+VALUE_TYPES: dict[type, Any] = {
+    q.Services: dict[str, list[str]],
+    q.ServiceNodes: list[CheckServiceNode],
+    q.Nodes: list[Node],
+    q.NodeInfo: tuple[Node, list[NodeService], list[HealthCheck]] | None,
+    q.ServiceChecks: list[HealthCheck],
+    q.ChecksInState: list[HealthCheck],
+    q.KVGet: list[KVEntry],
+    q.KVKeys: list[str],
+}
+
+encoder = msgspec.msgpack.Encoder()
+
+
+def decode_value(query: q.Query, raw: bytes) -> Any:
+    return msgspec.msgpack.decode(raw, type=VALUE_TYPES[type(query)])
+
+
+def sign(key: bytes | None, path: str, body: bytes, now: float | None = None) -> str:
+    if not key:
+        return ""
+    ts = str(int(now if now is not None else time.time()))
+    mac = hmac.new(key, ts.encode() + b"\n" + path.encode() + b"\n" + body, hashlib.sha256)
+    return f"{ts}:{mac.hexdigest()}"
+
+
+def verify(key: bytes | None, path: str, body: bytes, header: str | None) -> bool:
+    """Constant-time check of a request's HMAC, with a bounded clock skew against replays."""
+    if not key:
+        return True
+    if not header or ":" not in header:
+        return False
+    ts, _, _ = header.partition(":")
+    try:
+        if abs(time.time() - int(ts)) > MAX_SKEW:
+            return False
+    except ValueError:
+        return False
+    expected = sign(key, path, body, float(ts))
+    return hmac.compare_digest(expected, header)

@@ -1,0 +1,266 @@
+"""A server: the store behind Raft, cluster formation, forwarding, and the leader's loops.
+
+Formation follows Consul's `bootstrap_expect`: a fresh server learns its peers through
+`retry_join` (transitively: each server tells what servers it knows) and starts Raft only once it
+knows `bootstrap_expect` servers, all with the same peer set. A server whose data dir holds a peer
+list restarts with it; a server that reaches an already running cluster asks its leader to add it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshd import queries as q
+from meshd.rpc import (
+    Heartbeat,
+    Member,
+    PeerChange,
+    ReadReply,
+    ReadRequest,
+    ServerInfo,
+    decode_value,
+)
+from meshd.rpc_client import RPCClient, RPCError, normalize_addr
+from meshd.structs import Barrier, Command
+from server.members import Membership
+from server.raft import RaftError, RaftNode, RaftSettings
+from server.reads import blocking_query
+from server.store import Store
+
+log = logging.getLogger("meshd.server")
+
+
+@dataclass
+class ServerSettings:
+    node_name: str
+    datacenter: str
+    advertise: str  # address other servers and agents reach this one at
+    rpc_port: int
+    raft_port: int
+    data_dir: str | None
+    key: bytes | None
+    password: str | None
+    bootstrap_expect: int = 1
+    retry_join: list[str] = field(default_factory=list)
+    retry_interval: float = 1.0
+    failure_timeout: float = 5.0
+    reap_after: float = 72 * 3600.0
+    ssl_client: ssl.SSLContext | None = None
+    bind: str | None = None  # Raft listen host when it differs from `advertise`
+
+
+@dataclass
+class ReadAnswer:
+    index: int
+    value: Any
+    known_leader: bool
+    last_contact_ms: int
+
+
+class Server:
+    def __init__(self, settings: ServerSettings) -> None:
+        self.s = settings
+        self.store = Store()
+        self.raft: RaftNode | None = None
+        self.raft_addr = f"{settings.advertise}:{settings.raft_port}"
+        self.rpc_addr = f"{settings.advertise}:{settings.rpc_port}"
+        self.known: dict[str, str] = {self.raft_addr: self.rpc_addr}  # raft -> rpc
+        self.members = Membership(settings.failure_timeout, settings.reap_after)
+        self.rpc = RPCClient(settings.retry_join, settings.key, default_port=settings.rpc_port,
+                             ssl_context=settings.ssl_client)
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._was_leader = False
+
+    # ---- formation ----------------------------------------------------------------------
+
+    def _peers_file(self) -> str | None:
+        return os.path.join(self.s.data_dir, "raft", "peers.json") if self.s.data_dir else None
+
+    def _load_peers(self) -> dict[str, str] | None:
+        path = self._peers_file()
+        if path and os.path.exists(path):
+            with open(path) as f:
+                return dict(json.load(f))
+        return None
+
+    def save_peers(self) -> None:
+        path = self._peers_file()
+        if not path or self.raft is None:
+            return
+        peers = {p: self.known.get(p, _rpc_for(p, self.s.rpc_port)) for p in self.raft.peers()}
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(peers, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def _start_raft(self, peers: list[str]) -> None:
+        others = sorted(p for p in peers if p != self.raft_addr)
+        log.info("starting raft at %s with peers %s", self.raft_addr, others)
+        self.raft = RaftNode(self.store, RaftSettings(
+            self_addr=self.raft_addr, peers=others, data_dir=self.s.data_dir,
+            password=self.s.password,
+            bind=f"{self.s.bind}:{self.s.raft_port}" if self.s.bind else None))
+        self.save_peers()
+
+    async def start(self) -> None:
+        stored = self._load_peers()
+        if stored:
+            self.known.update(stored)
+            self._start_raft(list(stored))
+        elif self.s.bootstrap_expect <= 1 and not self.s.retry_join:
+            self._start_raft([self.raft_addr])
+        else:
+            self._tasks.append(asyncio.create_task(self._form(), name="raft-formation"))
+        self._tasks.append(asyncio.create_task(self._leader_loop(), name="leader-loop"))
+
+    async def _form(self) -> None:
+        delay = 0.2
+        while self.raft is None:
+            for addr in list(self.s.retry_join) + list(self.known.values()):
+                addr = normalize_addr(addr, self.s.rpc_port)
+                if addr == self.rpc_addr:
+                    continue
+                try:
+                    info = await self.rpc.call("info", b"", ServerInfo, timeout=2.0, addr=addr)
+                except RPCError as e:
+                    log.debug("retry-join %s: %s", addr, e)
+                    continue
+                self.known[info.RaftAddr] = info.RPCAddr
+                for raft, rpc in info.Known:
+                    self.known.setdefault(raft, rpc)
+                if info.Started and self.raft is None:
+                    await self._join_running(info)
+                    return
+            if len(self.known) >= self.s.bootstrap_expect:
+                self._start_raft(list(self.known))
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, self.s.retry_interval)
+
+    async def _join_running(self, info: ServerInfo) -> None:
+        """Ask the running cluster to add us, then start Raft with its members as peers."""
+        for raft, rpc in info.Known:
+            self.known[raft] = rpc
+        await self.rpc.call("peer", PeerChange(RaftAddr=self.raft_addr), bool,
+                            addr=info.RPCAddr, timeout=10.0)
+        self._start_raft(list(info.Peers) + [self.raft_addr])
+
+    def info(self) -> ServerInfo:
+        return ServerInfo(
+            RaftAddr=self.raft_addr, RPCAddr=self.rpc_addr, Started=self.raft is not None,
+            Peers=self.raft.peers() if self.raft else [],
+            Known=[[r, p] for r, p in self.known.items()],
+            Leader=self.raft.leader() if self.raft else "", Datacenter=self.s.datacenter)
+
+    # ---- reads and writes ---------------------------------------------------------------
+
+    def _raft(self) -> RaftNode:
+        if self.raft is None:
+            raise RaftError("No cluster leader (the cluster has not bootstrapped yet)")
+        return self.raft
+
+    def leader_rpc(self) -> str:
+        leader = self._raft().leader()
+        if not leader:
+            raise RaftError("No cluster leader")
+        return self.known.get(leader, _rpc_for(leader, self.s.rpc_port))
+
+    async def write(self, cmd: Command) -> Any:
+        return await self._raft().apply(cmd)
+
+    async def read(self, query: q.Query, min_index: int, wait: float,
+                   consistency: str) -> ReadAnswer:
+        raft = self._raft()
+        if consistency != "stale" and not raft.is_leader:
+            reply = await self.rpc.call(
+                "read", ReadRequest(Query=query, MinIndex=min_index, Wait=wait,
+                                    Consistency=consistency),
+                ReadReply, addr=self.leader_rpc(), timeout=wait * 1.1 + 10)
+            return ReadAnswer(reply.Index, decode_value(query, reply.Value), reply.KnownLeader,
+                              reply.LastContact)
+        if consistency == "consistent":
+            await raft.apply(Barrier())  # a quorum round: we are still the leader
+        loop = asyncio.get_running_loop()
+        index, value = await blocking_query(self.store, query, min_index if wait > 0 else 0,
+                                            loop.time() + wait)
+        return ReadAnswer(index, value, bool(raft.leader()), raft.last_contact_ms())
+
+    async def change_peer(self, change: PeerChange) -> bool:
+        raft = self._raft()
+        if not raft.is_leader:
+            return await self.rpc.call("peer", change, bool, addr=self.leader_rpc())
+        if change.Remove:
+            await raft.remove_peer(change.RaftAddr)
+        else:
+            await raft.add_peer(change.RaftAddr)
+        return True
+
+    # ---- liveness -----------------------------------------------------------------------
+
+    async def heartbeat(self, hb: Heartbeat) -> bool:
+        raft = self._raft()
+        if not raft.is_leader:
+            return await self.rpc.call("heartbeat", hb, bool, addr=self.leader_rpc(),
+                                       timeout=3.0)
+        self.members.heartbeat(hb)
+        if hb.Role == "consul" and hb.RaftAddr:
+            self.known[hb.RaftAddr] = hb.RPCAddr
+        return True
+
+    async def member_list(self) -> list[Member]:
+        raft = self._raft()
+        if not raft.is_leader:
+            return await self.rpc.call("members", b"", list[Member], addr=self.leader_rpc())
+        return self.members.members(self.s.datacenter)
+
+    async def _leader_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            raft = self.raft
+            if raft is None:
+                continue
+            try:
+                self._peers_changed(raft)
+                if not raft.is_leader:
+                    self._was_leader = False
+                    continue
+                if not self._was_leader:
+                    self._was_leader = True
+                    with self.store.lock:
+                        nodes = [(n.Node, n.Address) for n in self.store.nodes.values()]
+                    self.members.nodes.clear()
+                    self.members.adopt(nodes)
+                ops = self.members.tick()
+                for op in ops:
+                    await raft.apply(op)
+            except (RaftError, RPCError) as e:
+                log.warning("leader loop: %s", e)
+                for st in self.members.nodes.values():
+                    st.synced_status = 0
+
+    def _peers_changed(self, raft: RaftNode) -> None:
+        peers = raft.peers()
+        if peers != getattr(self, "_last_peers", None):
+            self._last_peers = peers
+            self.save_peers()
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await self.rpc.close()
+        if self.raft:
+            self.raft.close()
+
+
+def _rpc_for(raft_addr: str, rpc_port: int) -> str:
+    host = raft_addr.rsplit(":", 1)[0]
+    return f"{host}:{rpc_port}"

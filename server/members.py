@@ -1,0 +1,100 @@
+"""Node liveness, held by the leader in memory.
+
+Agents heartbeat to the leader; the leader keeps one timestamp per node and writes to Raft only
+when a node changes state (alive -> failed, failed -> alive, left), as the design requires: no Raft
+write per heartbeat. A new leader starts every known node as alive with a fresh timer (a grace
+period), since heartbeat times are not replicated.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from meshd.rpc import Heartbeat, Member
+from meshd.structs import (
+    HEALTH_CRITICAL,
+    HEALTH_PASSING,
+    SERF_CHECK_ID,
+    Deregister,
+    HealthCheck,
+    Register,
+)
+
+ALIVE, LEFT, FAILED = 1, 3, 4
+
+
+@dataclass
+class NodeState:
+    name: str
+    address: str
+    datacenter: str
+    role: str
+    rpc_addr: str = ""
+    last_seen: float = field(default_factory=time.monotonic)
+    status: int = ALIVE
+    failed_at: float = 0.0
+    synced_status: int = 0  # the status last committed to Raft (0: never)
+
+
+def serf_check(node: str, passing: bool) -> HealthCheck:
+    return HealthCheck(
+        Node=node, CheckID=SERF_CHECK_ID, Name="Serf Health Status",
+        Status=HEALTH_PASSING if passing else HEALTH_CRITICAL,
+        Output="Agent alive and reachable" if passing else "Agent not live or unreachable")
+
+
+class Membership:
+    def __init__(self, failure_timeout: float = 5.0, reap_after: float = 72 * 3600.0) -> None:
+        self.failure_timeout = failure_timeout
+        self.reap_after = reap_after
+        self.nodes: dict[str, NodeState] = {}
+
+    def heartbeat(self, hb: Heartbeat, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        st = self.nodes.get(hb.Node)
+        if st is None:
+            st = self.nodes[hb.Node] = NodeState(hb.Node, hb.Address, hb.Datacenter, hb.Role,
+                                                 hb.RPCAddr)
+        st.address, st.role, st.rpc_addr = hb.Address, hb.Role, hb.RPCAddr or st.rpc_addr
+        st.last_seen = now
+        if hb.Leaving:
+            st.status = LEFT
+        elif st.status != ALIVE:
+            st.status = ALIVE
+
+    def adopt(self, names_and_addrs: list[tuple[str, str]], now: float | None = None) -> None:
+        """On becoming leader: give catalog nodes we have no timer for a full grace period."""
+        now = time.monotonic() if now is None else now
+        for name, addr in names_and_addrs:
+            if name not in self.nodes:
+                self.nodes[name] = NodeState(name, addr, "", "node", last_seen=now,
+                                             synced_status=0)
+
+    def tick(self, now: float | None = None) -> list[Register | Deregister]:
+        """Pure-ish: the Raft writes that the elapsed time calls for."""
+        now = time.monotonic() if now is None else now
+        ops: list[Register | Deregister] = []
+        for name, st in list(self.nodes.items()):
+            if st.status == ALIVE and now - st.last_seen > self.failure_timeout:
+                st.status = FAILED
+                st.failed_at = now
+            if st.status == LEFT:
+                if st.synced_status != LEFT:
+                    ops.append(Deregister(Node=name))
+                    st.synced_status = LEFT
+                continue
+            if st.status == FAILED and now - st.failed_at > self.reap_after:
+                ops.append(Deregister(Node=name))
+                del self.nodes[name]
+                continue
+            if st.status != st.synced_status:
+                ops.append(Register(Node=name, Address=st.address, SkipNodeUpdate=True,
+                                    Check=serf_check(name, st.status == ALIVE)))
+                st.synced_status = st.status
+        return ops
+
+    def members(self, datacenter: str) -> list[Member]:
+        return [Member(Name=s.name, Addr=s.address, Role=s.role, Status=s.status,
+                       Datacenter=s.datacenter or datacenter, RPCAddr=s.rpc_addr)
+                for s in sorted(self.nodes.values(), key=lambda s: s.name)]

@@ -1,0 +1,83 @@
+"""The servers' RPC endpoint (see meshd/rpc.py for the contract)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from meshd.rpc import (
+    AUTH_HEADER,
+    Heartbeat,
+    PeerChange,
+    ReadReply,
+    ReadRequest,
+    WriteReply,
+    WriteRequest,
+    encoder,
+    verify,
+)
+from meshd.rpc_client import RPCError
+from server.cluster import Server
+from server.raft import RaftError
+from server.store import CommandError
+
+MAX_RPC_BODY = 8 * 1024 * 1024
+
+
+def _reply(obj: Any) -> web.Response:
+    return web.Response(body=encoder.encode(obj), content_type="application/msgpack")
+
+
+def make_rpc_app(server: Server) -> web.Application:
+    @web.middleware
+    async def auth(request: web.Request,
+                   handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                   ) -> web.StreamResponse:
+        body = await request.read()
+        if not verify(server.s.key, request.path, body, request.headers.get(AUTH_HEADER)):
+            return web.Response(status=403, text="RPC refused: missing or wrong cluster key\n")
+        try:
+            return await handler(request)
+        except msgspec.DecodeError as e:
+            return web.Response(status=400, text=f"bad RPC body: {e}\n")
+        except (RaftError, RPCError) as e:
+            return web.Response(status=503, text=f"{e}\n")
+
+    async def info(request: web.Request) -> web.Response:
+        return _reply(server.info())
+
+    async def read(request: web.Request) -> web.Response:
+        req = msgspec.msgpack.decode(await request.read(), type=ReadRequest)
+        ans = await server.read(req.Query, req.MinIndex, min(req.Wait, 600.0), req.Consistency)
+        return _reply(ReadReply(Index=ans.index, Value=msgspec.Raw(encoder.encode(ans.value)),
+                                KnownLeader=ans.known_leader, LastContact=ans.last_contact_ms))
+
+    async def write(request: web.Request) -> web.Response:
+        req = msgspec.msgpack.decode(await request.read(), type=WriteRequest)
+        try:
+            return _reply(WriteReply(Result=await server.write(req.Command)))
+        except CommandError as e:
+            return _reply(WriteReply(Error=str(e), Code=400))
+
+    async def heartbeat(request: web.Request) -> web.Response:
+        hb = msgspec.msgpack.decode(await request.read(), type=Heartbeat)
+        return _reply(await server.heartbeat(hb))
+
+    async def members(request: web.Request) -> web.Response:
+        return _reply(await server.member_list())
+
+    async def peer(request: web.Request) -> web.Response:
+        change = msgspec.msgpack.decode(await request.read(), type=PeerChange)
+        return _reply(await server.change_peer(change))
+
+    app = web.Application(middlewares=[auth], client_max_size=MAX_RPC_BODY)
+    app.router.add_post("/rpc/info", info)
+    app.router.add_post("/rpc/read", read)
+    app.router.add_post("/rpc/write", write)
+    app.router.add_post("/rpc/heartbeat", heartbeat)
+    app.router.add_post("/rpc/members", members)
+    app.router.add_post("/rpc/peer", peer)
+    return app
