@@ -36,9 +36,9 @@ from agent.local import LocalState, UnknownCheck
 from agent.views import CacheView, StoreView
 from meshd import __version__
 from meshd.config import Config
-from meshd.rpc import Heartbeat
+from meshd.rpc import Heartbeat, PeerChange
 from meshd.rpc_client import RPCClient
-from meshd.structs import HEALTH_CRITICAL, Deregister, HealthCheck
+from meshd.structs import HEALTH_CRITICAL, Barrier, Deregister, HealthCheck, Restore
 from meshd.tls import tls_contexts
 from server.cluster import Server, ServerSettings
 from server.raft import free_loopback_port
@@ -352,3 +352,28 @@ class Agent:
     def _members_now(self) -> dict[str, Any]:
         return {"Name": self.config.node_name, "Addr": self.address,
                 "Port": self.config.ports.raft, "Status": 1}
+
+    # ---- operating the servers ------------------------------------------------------------
+
+    def _require_server(self) -> Server:
+        if self.server is None or self.server.raft is None:
+            raise DefinitionError("this operation needs a server agent; run it against a server")
+        return self.server
+
+    def server_name(self, raft_addr: str) -> str:
+        if self.server is not None and raft_addr == self.server.raft_addr:
+            return self.config.node_name
+        return raft_addr.rsplit(":", 1)[0]
+
+    async def remove_peer(self, addr: str) -> None:
+        await self._require_server().change_peer(PeerChange(RaftAddr=addr, Remove=True))
+
+    async def snapshot(self) -> tuple[int, bytes]:
+        """A consistent point-in-time copy: a barrier first, so every committed write is in."""
+        server = self._require_server()
+        await server.write(Barrier())
+        data = server.store.dump()
+        return server.store.index, data
+
+    async def restore(self, data: bytes) -> None:
+        await self._require_server().write(Restore(Data=data))

@@ -155,7 +155,7 @@ class _Invalid(Exception):
 
 
 Validator = Callable[[Any], Any]
-Schema = dict[str, tuple[Union[tuple[str, ...], None], Union[Validator, "Schema"]]]
+Schema = dict[str, tuple[tuple[str, ...] | None, Union[Validator, "Schema"]]]
 
 
 def _show(v: Any) -> str:

@@ -135,7 +135,13 @@ class Barrier(msgspec.Struct, tag="barrier"):
     """A no-op entry: its commit proves the leader still holds a quorum (consistent reads)."""
 
 
-Command = Register | Deregister | KVOp | Batch | Barrier
+class Restore(msgspec.Struct, tag="restore"):
+    """Replace the whole state with a snapshot taken by `meshd snapshot save`."""
+
+    Data: bytes
+
+
+Command = Register | Deregister | KVOp | Batch | Barrier | Restore
 
 _cmd_encoder = msgspec.msgpack.Encoder()
 _cmd_decoder = msgspec.msgpack.Decoder(Command)

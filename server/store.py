@@ -25,6 +25,7 @@ from meshd.structs import (
     Node,
     NodeService,
     Register,
+    Restore,
 )
 from server.watch import WatchSet
 
@@ -97,6 +98,8 @@ class Store:
             return True
         if isinstance(cmd, Barrier):
             return True
+        if isinstance(cmd, Restore):
+            return self._restore(cmd.Data, index, changed)
         if isinstance(cmd, Register):
             return self._register(cmd, index, changed)
         if isinstance(cmd, Deregister):
@@ -264,6 +267,19 @@ class Store:
             i += 1
         return out
 
+    def _restore(self, data: bytes, index: int, changed: set[str]) -> bool:
+        try:
+            snap = msgspec.msgpack.decode(data, type=_Snapshot)
+        except msgspec.DecodeError as e:
+            raise CommandError(f"not a meshd snapshot: {e}") from None
+        old_topics = set(self.topics)
+        self._load(snap)
+        self.index = index
+        # every topic moves to this index so blocking readers see the change
+        changed.update(old_topics | set(self.topics) |
+                       {"tbl:nodes", "tbl:services", "tbl:checks", "tbl:kv"})
+        return True
+
     # ---- snapshots ------------------------------------------------------------------------------
 
     def dump(self) -> bytes:
@@ -278,21 +294,24 @@ class Store:
     def load(self, data: bytes) -> None:
         snap = msgspec.msgpack.decode(data, type=_Snapshot)
         with self.lock:
-            self._reset()
-            self.index = snap.index
-            self.nodes = {n.Node: n for n in snap.nodes}
-            for node, s in snap.services:
-                self.services[node][s.ID] = s
-                self.by_name[s.Service].add((node, s.ID))
-                dest = connect_destination(s)
-                if dest:
-                    self.by_dest[dest].add((node, s.ID))
-            for c in snap.checks:
-                self.checks[c.Node][c.CheckID] = c
-            for e in snap.kv:
-                self.kv[e.Key] = e
-            self.topics = dict(snap.topics)
-            tombstones = {t[3:] for t in self.topics if t.startswith("kv:")}
-            self.kv_keys = sorted(tombstones | set(self.kv))
+            self._load(snap)
             changed = set(self.topics)
         self.watches.notify(changed | {"tbl:nodes", "tbl:services", "tbl:checks", "tbl:kv"})
+
+    def _load(self, snap: _Snapshot) -> None:
+        self._reset()
+        self.index = snap.index
+        self.nodes = {n.Node: n for n in snap.nodes}
+        for node, s in snap.services:
+            self.services[node][s.ID] = s
+            self.by_name[s.Service].add((node, s.ID))
+            dest = connect_destination(s)
+            if dest:
+                self.by_dest[dest].add((node, s.ID))
+        for c in snap.checks:
+            self.checks[c.Node][c.CheckID] = c
+        for e in snap.kv:
+            self.kv[e.Key] = e
+        self.topics = dict(snap.topics)
+        tombstones = {t[3:] for t in self.topics if t.startswith("kv:")}
+        self.kv_keys = sorted(tombstones | set(self.kv))

@@ -325,9 +325,10 @@ def test_parse_packet_malformed() -> None:
     good = DNSRecord.question("web.service.consul")
     assert isinstance(parse_packet(good.pack()), DNSRecord)
     assert parse_packet(b"") == b"" and parse_packet(b"\x01") == b""
-    for junk in (b"\xab\xcd", b"\xab\xcd\x01\x00\x00\x01", b"\xab\xcd\x01\x00\x00\x01\x00\x00"
-                 b"\x00\x00\x00\x00\x05abc", b"\xab\xcd\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
-                 b"\xc0\x0c\x00\x01\x00\x01"):
+    header = b"\xab\xcd\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+    short_label = header + b"\x05abc"
+    pointer_loop = header + b"\xc0\x0c\x00\x01\x00\x01"
+    for junk in (b"\xab\xcd", header[:6], short_label, pointer_loop):
         out = parse_packet(junk)
         assert isinstance(out, bytes) and len(out) == 12
         ident, flags = struct.unpack("!HH", out[:4])

@@ -1,0 +1,72 @@
+"""`/v1/operator/raft/*`, `/v1/snapshot` and `/v1/agent/leave`: operating the server cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from agent.http.common import BadRequest, json_response
+
+if TYPE_CHECKING:
+    from agent.agent import Agent
+
+routes = web.RouteTableDef()
+MAX_SNAPSHOT = 512 * 1024 * 1024
+
+
+def _agent(request: web.Request) -> Agent:
+    return request.app["agent"]
+
+
+@routes.get("/v1/operator/raft/configuration")
+async def raft_configuration(request: web.Request) -> web.Response:
+    agent = _agent(request)
+    leader, peers = await agent.backend.status()
+    servers = []
+    for addr in peers:
+        servers.append({"ID": addr, "Node": agent.server_name(addr), "Address": addr,
+                        "Leader": addr == leader, "ProtocolVersion": "3", "Voter": True})
+    return json_response({"Servers": servers, "Index": 0})
+
+
+@routes.delete("/v1/operator/raft/peer")
+async def raft_remove_peer(request: web.Request) -> web.Response:
+    addr = request.query.get("address") or request.query.get("id")
+    if not addr:
+        raise BadRequest("Must specify ?address with IP:port of peer to remove")
+    await _agent(request).remove_peer(addr)
+    return web.Response(status=200)
+
+
+@routes.get("/v1/snapshot")
+async def snapshot_save(request: web.Request) -> web.Response:
+    index, data = await _agent(request).snapshot()
+    return web.Response(body=data, content_type="application/octet-stream",
+                        headers={"X-Consul-Index": str(index)})
+
+
+@routes.put("/v1/snapshot")
+async def snapshot_restore(request: web.Request) -> web.Response:
+    chunks, size = [], 0
+    async for chunk in request.content.iter_chunked(1 << 20):  # past the general body limit
+        size += len(chunk)
+        if size > MAX_SNAPSHOT:
+            return web.Response(status=413, text="snapshot too large\n")
+        chunks.append(chunk)
+    data = b"".join(chunks)
+    if not data:
+        raise BadRequest("snapshot body is empty")
+    await _agent(request).restore(data)
+    return web.Response(status=200)
+
+
+@routes.put("/v1/agent/leave")
+async def agent_leave(request: web.Request) -> web.Response:
+    await _agent(request).leave()
+    # answer first, then stop the process the way a SIGTERM would
+    asyncio.get_running_loop().call_later(0.2, os.kill, os.getpid(), signal.SIGTERM)
+    return web.Response(status=200)
