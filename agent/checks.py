@@ -135,6 +135,7 @@ class _Entry:
     task: asyncio.Task[None] | None = None
     ttl_timer: asyncio.TimerHandle | None = None
     ttl_output: str = ""
+    stopped: bool = False  # besides cancel(), so a cancel swallowed by a library can't leak
 
 
 class CheckRunner:
@@ -178,6 +179,7 @@ class CheckRunner:
         e = self._checks.pop(check_id, None)
         if e is None:
             return
+        e.stopped = True
         if e.ttl_timer is not None:
             e.ttl_timer.cancel()
         if e.task is not None and not e.task.done():
@@ -248,8 +250,10 @@ class CheckRunner:
             ALIAS_INTERVAL if d.Type == "alias" else DEFAULT_INTERVAL)
         # Consul staggers the first run so an agent restart doesn't fire every check at once.
         await asyncio.sleep(random.uniform(0, interval))
-        while True:
+        while not e.stopped:
             status, output = await self._probe(d)
+            if e.stopped:
+                return
             if d.Type == "alias":
                 self._emit(e, status, output)
             else:

@@ -46,15 +46,11 @@ class DNSView(Protocol):
     datacenter: str
     node_name: str  # this agent's node (for NS/SOA answers)
 
-    def service_instances(self, name: str) -> list[CheckServiceNode]: ...
-
-    def connect_instances(self, name: str) -> list[CheckServiceNode]: ...
-
+    def service_instances(self, name: str) -> list[CheckServiceNode]: ...  # health unfiltered
+    def connect_instances(self, name: str) -> list[CheckServiceNode]: ...  # proxies / native
     def node(self, name: str) -> Node | None: ...
-
     def nodes(self) -> list[Node]: ...
-
-    def server_nodes(self) -> list[Node]: ...
+    def server_nodes(self) -> list[Node]: ...  # the servers, for NS records
 
 
 @dataclass
@@ -164,6 +160,7 @@ def _zones(cfg: DNSSettings) -> tuple[tuple[Labels, Labels], ...]:
     if zones is None:
         found = (_labels(d) if d else None for d in (cfg.domain, cfg.alt_domain))
         zones = tuple((tuple(x.lower() for x in z), z) for z in found if z)
+        zones = zones or (((b"consul",), (b"consul",)),)  # an unusable domain: Consul's default
         _memo_put(_zone_memo, key, zones)
     return zones
 

@@ -1,10 +1,10 @@
 """The agent's DNS listeners: UDP and TCP on one port, plus forwarding to recursors.
 
-All DNS semantics live in `agent.dns` (pure); this module only moves bytes. Local answers are
-computed synchronously inside the datagram callback (they take tens of microseconds and touch
-only memory, so a task per query would cost more than the answer); only forwarding, which waits
-on the network, runs as a task, and the number of those in flight is capped so a flood of
-external names cannot exhaust sockets.
+All DNS semantics live in `agent.dns` (pure); this module only moves bytes. A local answer is
+computed synchronously inside the datagram callback (it takes tens of microseconds and touches
+only memory, so a task per query would cost more than the answer). Only waiting runs as a task:
+forwarding, and a view's `prepare` hook when it really has to fetch; the number of those in
+flight is capped so a flood of external or cold names cannot exhaust sockets or memory.
 """
 
 from __future__ import annotations
@@ -15,7 +15,11 @@ import ipaddress
 import logging
 import secrets
 import socket
+import struct
+from collections.abc import Coroutine
 from typing import Any
+
+from dnslib import DNSRecord
 
 from agent.dns import (
     SERVFAIL,
@@ -29,9 +33,11 @@ from agent.dns import (
 )
 
 log = logging.getLogger("meshd.dns")
+_U16 = struct.Struct("!H")
 
-MAX_FORWARDS = 1024  # concurrent forwarded queries; beyond that, SERVFAIL at once
+MAX_PENDING = 1024  # queries waiting on a recursor or a cache fill; beyond that, SERVFAIL at once
 MAX_TCP_CONNS = 512
+PARSE_CACHE_MAX = 4096  # distinct questions whose parse we keep (cleared wholesale when full)
 TCP_IDLE_TIMEOUT = 10.0  # between queries on a kept-open connection (RFC 7766 allows closing)
 TCP_IO_TIMEOUT = 5.0  # to finish reading one message once its length arrived (slowloris)
 
@@ -51,6 +57,28 @@ def parse_recursor(spec: str) -> tuple[str, int]:
     if not 0 < port < 65536:
         raise ValueError(f"bad port in recursor {spec!r}")
     return host, port
+
+
+async def _finish(coro: Coroutine[Any, Any, Any], pending: Any) -> None:
+    """Drive a coroutine whose first step already ran and suspended on `pending`, as a Task
+    would: lets `prepare` run its first step inline, so a warm cache costs no task."""
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            if pending is None:
+                await asyncio.sleep(0)
+            else:
+                pending._asyncio_future_blocking = False
+                waiter = loop.create_future()
+                pending.add_done_callback(lambda _f: waiter.done() or waiter.set_result(None))
+                await waiter
+            pending = coro.send(None)
+    except StopIteration:
+        pass
+    except Exception:
+        log.debug("dns: view prepare failed", exc_info=True)
+    finally:
+        coro.close()
 
 
 class _UpstreamProtocol(asyncio.DatagramProtocol):
@@ -83,16 +111,16 @@ class _UDPProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         try:
-            reply = self.server.local_reply(data, UDP_PLAIN)
-            if reply is None:
-                self.server.spawn_forward(data, addr, self)
-            elif reply and self.transport is not None:
-                self.transport.sendto(reply, addr)
+            self.server.on_datagram(data, addr, self)
         except Exception:
             log.exception("dns: failed to answer a UDP query from %s", addr)
 
     def error_received(self, exc: Exception) -> None:
         pass  # ICMP errors about earlier replies to clients that went away
+
+    def send(self, reply: bytes, addr: Any) -> None:
+        if reply and self.transport is not None and not self.transport.is_closing():
+            self.transport.sendto(reply, addr)
 
 
 class DNSServer:
@@ -109,10 +137,14 @@ class DNSServer:
                 self.recursors.append(parse_recursor(spec))
             except ValueError:
                 log.warning("dns: ignoring recursor %r: not ip, ip:port or [ip6]:port", spec)
+        # Optional hook: `async prepare(qname, domains)` warms a client agent's cache.
+        self._prepare = getattr(view, "prepare", None)
+        self._domains = tuple(d for d in (cfg.domain, cfg.alt_domain) if d)
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._parsed: dict[bytes, DNSRecord] = {}
 
     async def start(self) -> None:
         """Bind TCP first, then UDP on the same port (with port 0, the port TCP got), so clients
@@ -150,9 +182,44 @@ class DNSServer:
 
     # ---- answering -------------------------------------------------------------------------
 
+    def _parse(self, data: bytes) -> DNSRecord | bytes:
+        """dnslib's parse is a third of a cached answer's cost, and clients repeat the same
+        few questions with only the ID changing: memoize on the bytes after the ID. Safe to
+        share because answering is synchronous and only reads the request; code that awaits
+        re-parses afterwards (a cache hit) instead of keeping the object."""
+        key = bytes(data[2:])  # hashable even when a caller passes a bytearray
+        request = self._parsed.get(key)
+        if request is None:
+            request = parse_packet(data)
+            if isinstance(request, bytes):
+                return request
+            if len(self._parsed) >= PARSE_CACHE_MAX:
+                self._parsed.clear()
+            self._parsed[key] = request
+        else:
+            request.header.id = _U16.unpack_from(data)[0]
+        return request
+
+    def _warm(self, request: DNSRecord) -> Coroutine[Any, Any, None] | None:
+        """Run the view's prepare hook as far as it goes without waiting; None when it is done
+        (the usual case), else a coroutine to await before answering."""
+        if self._prepare is None or len(request.questions) != 1:
+            return None
+        try:
+            coro = self._prepare(str(request.q.qname), self._domains)
+            if not asyncio.iscoroutine(coro):
+                return None
+            pending = coro.send(None)
+        except StopIteration:
+            return None
+        except Exception:
+            log.debug("dns: view prepare failed", exc_info=True)
+            return None
+        return _finish(coro, pending)
+
     def local_reply(self, data: bytes, max_size: int) -> bytes | None:
         """The bytes to send (b"" = send nothing), or None when the query must be forwarded."""
-        request = parse_packet(data)
+        request = self._parse(data)
         if isinstance(request, bytes):
             return request
         try:
@@ -164,24 +231,31 @@ class DNSServer:
             return None if self.recursors else error_response(request, SERVFAIL, self.cfg)
         return outcome.wire
 
-    def spawn_forward(self, data: bytes, addr: Any, proto: _UDPProtocol) -> None:
-        if len(self._tasks) >= MAX_FORWARDS:
-            if proto.transport is not None:
-                proto.transport.sendto(self._servfail(data), addr)
-            return
+    def on_datagram(self, data: bytes, addr: Any, proto: _UDPProtocol) -> None:
+        request = self._parse(data)
+        if isinstance(request, bytes):
+            return proto.send(request, addr)
+        waiting = self._warm(request)
+        if waiting is None:
+            reply = self.local_reply(data, UDP_PLAIN)
+            if reply is not None:
+                return proto.send(reply, addr)
+        if len(self._tasks) >= MAX_PENDING:
+            if waiting is not None:
+                waiting.close()
+            return proto.send(self._servfail(data), addr)
 
-        async def run() -> None:
-            reply = await self.forward(data, tcp=False)
-            if proto.transport is not None and not proto.transport.is_closing():
-                proto.transport.sendto(reply, addr)
+        async def slow() -> None:
+            if waiting is not None:
+                await waiting
+                reply = self.local_reply(data, UDP_PLAIN)
+                if reply is not None:
+                    return proto.send(reply, addr)
+            proto.send(await self.forward(data, tcp=False), addr)
 
-        self._track(run())
-
-    def _track(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro)
+        task = asyncio.get_running_loop().create_task(slow())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return task
 
     def _servfail(self, data: bytes) -> bytes:
         request = parse_packet(data)
@@ -194,7 +268,7 @@ class DNSServer:
         for host, port in self.recursors:
             try:
                 reply = await self._ask_udp(data, host, port)
-                if tcp and len(reply) > 2 and reply[2] & 0x02:  # upstream truncated: retry TCP
+                if tcp and reply[2] & 0x02:  # the upstream truncated: a TCP client wants it all
                     reply = await self._ask_tcp(data, host, port)
                 return data[:2] + reply[2:]
             except (OSError, TimeoutError, EOFError, asyncio.IncompleteReadError) as exc:
@@ -241,6 +315,9 @@ class DNSServer:
                 head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_TIMEOUT)
                 size = int.from_bytes(head, "big")
                 data = await asyncio.wait_for(reader.readexactly(size), TCP_IO_TIMEOUT)
+                request = self._parse(data)
+                if not isinstance(request, bytes) and (waiting := self._warm(request)):
+                    await waiting
                 reply = self.local_reply(data, TCP_MAX)
                 if reply is None:
                     reply = await self.forward(data, tcp=True)

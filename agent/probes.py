@@ -24,6 +24,9 @@ from meshd.structs import HEALTH_CRITICAL, HEALTH_PASSING, HEALTH_WARNING
 
 Result = tuple[str, str]  # (status, output)
 
+# Timeouts use asyncio.timeout, never wait_for: on 3.11 wait_for can swallow a cancellation
+# that races with completion, and a swallowed cancel is a check that can never be removed.
+
 DEFAULT_OUTPUT_MAX = 4096
 USER_AGENT = "Consul Health Check"  # servers may special-case Consul's probe; stay recognisable
 _REASONS = {200: "OK", 429: "Too Many Requests"}
@@ -40,6 +43,13 @@ def http_status(code: int) -> str:
 
 def output_max(d: CheckDefinition) -> int:
     return d.OutputMaxSize if d.OutputMaxSize > 0 else DEFAULT_OUTPUT_MAX
+
+
+def timeout_of(d: CheckDefinition) -> float:
+    """Hand-built definitions may carry 0; Consul then uses 10s (30s for scripts)."""
+    if d.Timeout > 0:
+        return d.Timeout
+    return 30.0 if d.Type == "script" else 10.0
 
 
 def split_host_port(addr: str) -> tuple[str, int]:
@@ -86,7 +96,7 @@ async def probe_http(session: aiohttp.ClientSession, d: CheckDefinition) -> Resu
     limit = output_max(d)
     prefix = f"HTTP {method} {d.HTTP}"
     try:
-        async with asyncio.timeout(d.Timeout):
+        async with asyncio.timeout(timeout_of(d)):
             async with session.request(
                 method, d.HTTP, headers=headers, data=d.Body.encode() if d.Body else None,
                 ssl=not d.TLSSkipVerify,
@@ -100,7 +110,7 @@ async def probe_http(session: aiohttp.ClientSession, d: CheckDefinition) -> Resu
                     body += chunk
                 reason = resp.reason or _REASONS.get(resp.status, "")
     except TimeoutError:
-        return HEALTH_CRITICAL, f"{prefix}: timed out after {_secs(d.Timeout)}"
+        return HEALTH_CRITICAL, f"{prefix}: timed out after {_secs(timeout_of(d))}"
     except (aiohttp.ClientError, OSError, ValueError) as e:
         return HEALTH_CRITICAL, f"{prefix}: {e or type(e).__name__}"
     text = bytes(body[:limit]).decode("utf-8", "replace")
@@ -113,10 +123,10 @@ async def probe_http(session: aiohttp.ClientSession, d: CheckDefinition) -> Resu
 async def probe_tcp(d: CheckDefinition) -> Result:
     try:
         host, port = split_host_port(d.TCP)
-        async with asyncio.timeout(d.Timeout):
+        async with asyncio.timeout(timeout_of(d)):
             _, writer = await asyncio.open_connection(host, port)
     except TimeoutError:
-        return HEALTH_CRITICAL, f"dial tcp {d.TCP}: i/o timeout after {_secs(d.Timeout)}"
+        return HEALTH_CRITICAL, f"dial tcp {d.TCP}: i/o timeout after {_secs(timeout_of(d))}"
     except (OSError, ValueError) as e:
         return HEALTH_CRITICAL, f"dial tcp {d.TCP}: {_oserror_text(e)}"
     writer.close()
@@ -137,8 +147,8 @@ async def probe_udp(d: CheckDefinition) -> Result:
     ok = (HEALTH_PASSING, f"UDP connect {d.UDP}: Success")
     try:
         host, port = split_host_port(d.UDP)
-        infos = await asyncio.wait_for(
-            loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM), d.Timeout)
+        async with asyncio.timeout(timeout_of(d)):
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     except (OSError, ValueError, TimeoutError) as e:
         return HEALTH_CRITICAL, f"dial udp {d.UDP}: {_oserror_text(e)}"
     family, _, proto, _, sockaddr = infos[0]
@@ -147,7 +157,8 @@ async def probe_udp(d: CheckDefinition) -> Result:
     try:
         await loop.sock_connect(sock, sockaddr)
         await loop.sock_sendall(sock, b"")
-        await asyncio.wait_for(loop.sock_recv(sock, 1), d.Timeout)
+        async with asyncio.timeout(timeout_of(d)):
+            await loop.sock_recv(sock, 1)
     except TimeoutError:
         return ok
     except OSError as e:
@@ -176,10 +187,10 @@ async def probe_grpc(d: CheckDefinition) -> Result:
     try:
         stub = health_pb2_grpc.HealthStub(channel)
         req = health_pb2.HealthCheckRequest(service=service)
-        async with asyncio.timeout(d.Timeout):
-            resp: Any = await stub.Check(req, timeout=d.Timeout)
+        async with asyncio.timeout(timeout_of(d)):
+            resp: Any = await stub.Check(req, timeout=timeout_of(d))
     except TimeoutError:
-        return HEALTH_CRITICAL, f"gRPC {d.GRPC}: timed out after {_secs(d.Timeout)}"
+        return HEALTH_CRITICAL, f"gRPC {d.GRPC}: timed out after {_secs(timeout_of(d))}"
     except grpc.aio.AioRpcError as e:
         return HEALTH_CRITICAL, (f"gRPC {d.GRPC}: rpc error: code = {e.code().name} "
                                  f"desc = {e.details()}")
@@ -226,7 +237,8 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
 
 async def _reap(proc: asyncio.subprocess.Process) -> None:
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(proc.wait(), 2.0)
+        async with asyncio.timeout(2.0):
+            await proc.wait()
 
 
 async def probe_script(d: CheckDefinition) -> Result:
@@ -254,12 +266,12 @@ async def probe_script(d: CheckDefinition) -> Result:
             out.write(chunk)
 
     try:
-        async with asyncio.timeout(d.Timeout):
+        async with asyncio.timeout(timeout_of(d)):
             await asyncio.gather(pump(), proc.wait())
     except TimeoutError:
         _kill_group(proc)
         await _reap(proc)
-        msg = f"Timed out ({_secs(d.Timeout)}) running check"
+        msg = f"Timed out ({_secs(timeout_of(d))}) running check"
         text = out.text()
         return HEALTH_CRITICAL, msg + ("\n\n" + text if text else "")
     except asyncio.CancelledError:

@@ -235,3 +235,29 @@ def test_parse_recursor() -> None:
     for bad in ("dns.google", "1.2.3.4:0", "1.2.3.4:x"):
         with pytest.raises(ValueError):
             parse_recursor(bad)
+
+
+class ColdView(MemView):
+    """A client agent's view: `prepare` must fetch before the service is known (cold), and
+    returns without waiting once it is (warm)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prepared: list[str] = []
+
+    async def prepare(self, qname: str, domains: tuple[str, ...]) -> None:
+        self.prepared.append(qname)
+        if "web" in qname and "web" not in self.services:
+            await asyncio.sleep(0.05)  # the fetch from the servers
+            self.add("web", 1, prefix="10.5.5")
+
+
+def test_view_prepare_hook_warms_before_answering(start: Any) -> None:
+    view = ColdView()
+    server = start(view, DNSSettings())
+    assert addresses(udp(server, "web.service.consul")) == ["10.5.5.1"]  # cold: waited
+    assert addresses(udp(server, "web.service.consul")) == ["10.5.5.1"]  # warm: inline
+    view.services.clear()
+    assert addresses(tcp(server, "web.service.consul")) == ["10.5.5.1"]
+    assert view.prepared == ["web.service.consul."] * 3 and view.prepared[0] == "web.service.consul."
+    assert udp(server, "nope.service.consul").rcode() == dns.rcode.NXDOMAIN

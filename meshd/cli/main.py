@@ -1,0 +1,69 @@
+"""The `meshd` command: one binary that is both the agent and its operator CLI, like `consul`.
+
+Subcommands live in small modules and are attached here; the agent itself is imported only when
+`meshd agent` runs, so `meshd kv get` stays quick and works without the server dependencies.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from meshd.api import APIError
+from meshd.cli import CLIError, http_options
+from meshd.cli.agent_cmd import agent
+from meshd.cli.catalog import catalog
+from meshd.cli.info import info, members, meshd_version, version
+from meshd.cli.kv import kv
+from meshd.cli.services import services
+
+CONTEXT_SETTINGS: dict[str, Any] = {
+    "help_option_names": ["-h", "-help", "--help"],
+    "max_content_width": 100,
+}
+
+
+class MeshdGroup(click.Group):
+    """Turns API failures from any nested command into one `Error: ...` line and exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except APIError as e:
+            raise CLIError.from_api(e) from None
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"meshd v{meshd_version()}")
+        ctx.exit(0)
+
+
+@click.group(cls=MeshdGroup, context_settings=CONTEXT_SETTINGS)
+@click.option("-version", "--version", "-v", is_flag=True, expose_value=False, is_eager=True,
+              callback=_print_version, help="Print the version and exit.")
+@http_options
+def cli() -> None:
+    """meshd: service discovery and service mesh, compatible with Consul's API, DNS and CLI."""
+
+
+for command in (agent, catalog, info, kv, members, services, version):
+    cli.add_command(command)
+
+
+def main() -> None:
+    """Console-script entry point (`meshd = meshd.cli.main:main`)."""
+    try:
+        cli.main(prog_name="meshd")
+    except BrokenPipeError:
+        # `meshd kv get -recurse | head`: the reader left; exit quietly like other Unix tools.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
