@@ -62,16 +62,13 @@ def parse_recursor(spec: str) -> tuple[str, int]:
 async def _finish(coro: Coroutine[Any, Any, Any], pending: Any) -> None:
     """Drive a coroutine whose first step already ran and suspended on `pending`, as a Task
     would: lets `prepare` run its first step inline, so a warm cache costs no task."""
-    loop = asyncio.get_running_loop()
     try:
         while True:
             if pending is None:
                 await asyncio.sleep(0)
             else:
                 pending._asyncio_future_blocking = False
-                waiter = loop.create_future()
-                pending.add_done_callback(lambda _f: waiter.done() or waiter.set_result(None))
-                await waiter
+                await asyncio.wait((pending,))  # its outcome reaches `coro` through send()
             pending = coro.send(None)
     except StopIteration:
         pass

@@ -259,5 +259,5 @@ def test_view_prepare_hook_warms_before_answering(start: Any) -> None:
     assert addresses(udp(server, "web.service.consul")) == ["10.5.5.1"]  # warm: inline
     view.services.clear()
     assert addresses(tcp(server, "web.service.consul")) == ["10.5.5.1"]
-    assert view.prepared == ["web.service.consul."] * 3 and view.prepared[0] == "web.service.consul."
+    assert view.prepared == ["web.service.consul."] * 3
     assert udp(server, "nope.service.consul").rcode() == dns.rcode.NXDOMAIN
