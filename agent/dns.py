@@ -41,7 +41,9 @@ _U16, _RR_FIXED, _HEADER = struct.Struct("!H"), struct.Struct("!HHIH"), struct.S
 
 
 class DNSView(Protocol):
-    """What DNS reads; implemented by the agent over its in-memory catalog (sync, fast, no I/O)."""
+    """What DNS reads; implemented by the agent over its in-memory catalog (sync, fast, no I/O).
+    A view may also define `async prepare(qname, domains)`: `DNSServer` runs it before
+    answering so a client agent can warm its cache (answer() itself never awaits)."""
 
     datacenter: str
     node_name: str  # this agent's node (for NS/SOA answers)
@@ -337,10 +339,12 @@ class _Query:
         self.answers.clear()
         self.soa()
 
-    def target(self, node_name: str) -> Labels | None:
-        labels = _labels(node_name)
-        return None if labels is None else (*labels, b"node", self.view.datacenter.encode(),
-                                            *self.zone)
+    def target(self, first: Labels | None, kind: bytes = b"node") -> Labels | None:
+        """`FIRST.KIND.DC.DOMAIN`, or None when that would exceed DNS's 255-byte limit."""
+        if first is None:
+            return None
+        name = (*first, kind, self.view.datacenter.encode(), *self.zone)
+        return name if sum(map(len, name)) + len(name) < 255 else None
 
     # ---- the query forms ----
 
@@ -423,10 +427,10 @@ class _Query:
         if kind == 0:
             return value, ()
         if address == inst.Node.Address:
-            target = self.target(inst.Node.Node)
+            target = self.target(_labels(inst.Node.Node))
         else:
-            target = (value.hex().encode(), b"addr", self.view.datacenter.encode(), *self.zone)
-        if target is None or sum(map(len, target)) + len(target) > 254:
+            target = self.target((value.hex().encode(),), b"addr")
+        if target is None:
             return None, ()
         return target, (self.rr(target, T_A if kind == 4 else T_AAAA, ttl, value),)
 
@@ -470,7 +474,7 @@ class _Query:
                 me = self.view.node(self.view.node_name)
                 servers = [me] if me is not None else []
             for server in servers:
-                target = self.target(server.Node)
+                target = self.target(_labels(server.Node))
                 kind, value = _addr(server.Address)
                 if target is not None:
                     rtype = T_A if kind == 4 else T_AAAA
@@ -498,7 +502,7 @@ class _Query:
         self.aa = True
         if self.qtype in (T_PTR, T_ANY):
             for node in found:
-                target = self.target(node.Node)
+                target = self.target(_labels(node.Node))
                 if target is not None:
                     self.add(T_PTR, ttl, _rdata(PTR, target))
         if not self.answers:

@@ -217,8 +217,9 @@ class DNSServer:
     def local_reply(self, data: bytes, max_size: int) -> bytes | None:
         """The bytes to send (b"" = send nothing), or None when the query must be forwarded."""
         request = self._parse(data)
-        if isinstance(request, bytes):
-            return request
+        return request if isinstance(request, bytes) else self._answer(request, max_size)
+
+    def _answer(self, request: DNSRecord, max_size: int) -> bytes | None:
         try:
             outcome = answer(request, self.view, self.cfg, max_size=max_size)
         except Exception:
@@ -234,7 +235,7 @@ class DNSServer:
             return proto.send(request, addr)
         waiting = self._warm(request)
         if waiting is None:
-            reply = self.local_reply(data, UDP_PLAIN)
+            reply = self._answer(request, UDP_PLAIN)
             if reply is not None:
                 return proto.send(reply, addr)
         if len(self._tasks) >= MAX_PENDING:

@@ -24,7 +24,7 @@ import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import hcl
 
@@ -43,7 +43,7 @@ class ConfigError(ValueError):
     """Invalid configuration; the message names the file or flag and the dotted key."""
 
 
-def parse_duration(v: str | int | float) -> float:
+def parse_duration(v: str | float) -> float:
     """Seconds from a Go duration ("1m30s") or a bare number; shared by config, HTTP and checks."""
     try:
         return parse_duration_seconds(v)
@@ -155,7 +155,7 @@ class _Invalid(Exception):
 
 
 Validator = Callable[[Any], Any]
-Schema = dict[str, tuple[tuple[str, ...] | None, Union[Validator, "Schema"]]]
+Schema = dict[str, tuple[tuple[str, ...] | None, "Validator | Schema"]]
 
 
 def _show(v: Any) -> str:
@@ -168,15 +168,10 @@ def _bool(v: Any) -> bool:
     return v
 
 
-def _int_at_least(low: int) -> Validator:
-    def check(v: Any) -> int:
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise _Invalid(f"must be an integer >= {low}, got {_show(v)}")
-        return v
-    return check
-
-
-_count = _int_at_least(0)
+def _count(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise _Invalid(f"must be a non-negative integer, got {_show(v)}")
+    return v
 
 
 def _port(v: Any) -> int:
@@ -196,12 +191,10 @@ def _optional(check: Validator) -> Validator:
     return lambda v: "" if _str(v) == "" else check(v)
 
 
-def _choice(*allowed: str) -> Validator:
-    def check(v: Any) -> str:
-        if _str(v).lower() not in allowed:
-            raise _Invalid(f"must be one of {', '.join(allowed)}; got {v!r}")
-        return v.lower()
-    return check
+def _policy(v: Any) -> str:
+    if _str(v).lower() not in ("allow", "deny"):
+        raise _Invalid(f"must be allow or deny, got {v!r}")
+    return v.lower()
 
 
 def _duration(minimum: float = 0.0, *, positive: bool = False) -> Validator:
@@ -235,20 +228,20 @@ def _ip_list(v: Any) -> str:
     return v
 
 
-_DC_RE = re.compile(r"^[A-Za-z0-9_-]+$")
-_NODE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,255}$")
-_DOMAIN_RE = re.compile(r"^(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)+$")
-_META_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_DC_RE = re.compile(r"[A-Za-z0-9_-]+")
+_NODE_RE = re.compile(r"[A-Za-z0-9_.-]{1,255}")
+_DOMAIN_RE = re.compile(r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)+")
+_META_KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 def _datacenter(v: Any) -> str:
-    if not _DC_RE.match(_str(v)):
+    if not _DC_RE.fullmatch(_str(v)):
         raise _Invalid(f"may only contain letters, digits, '-' and '_'; got {v!r}")
     return v.lower()  # Consul lowercases datacenter names
 
 
 def _node_name(v: Any) -> str:
-    if not _NODE_RE.match(_str(v)):
+    if not _NODE_RE.fullmatch(_str(v)):
         raise _Invalid(f"must be 1-255 letters, digits, '.', '-' or '_'; got {v!r}")
     return v
 
@@ -256,7 +249,7 @@ def _node_name(v: Any) -> str:
 def _domain(v: Any) -> str:
     name = _str(v).strip().lower()
     name = name if name.endswith(".") else name + "."
-    if not _DOMAIN_RE.match(name):
+    if not _DOMAIN_RE.fullmatch(name):
         raise _Invalid(f"must be a DNS domain such as 'consul.'; got {v!r}")
     return name
 
@@ -313,7 +306,7 @@ def _map(v: Any) -> dict[str, Any]:
 def _node_meta(v: Any) -> dict[str, str]:
     meta = _map(v)
     for key, value in meta.items():
-        if not _META_KEY_RE.match(str(key)):
+        if not _META_KEY_RE.fullmatch(str(key)):
             raise _Invalid(f"key {key!r} must be 1-128 letters, digits, '-' or '_'")
         if key.startswith("consul-"):
             raise _Invalid(f"key {key!r} uses the reserved prefix 'consul-'")
@@ -380,7 +373,7 @@ _TOP: Schema = {
               enable_script_checks=_bool, encrypt=_optional(_encrypt), retry_join=_str_list,
               retry_interval=_duration(positive=True), reconnect_timeout=_duration(8 * 3600.0),
               log_level=_log_level, node_meta=_node_meta, leave_on_terminate=_bool,
-              default_intention_policy=_choice("allow", "deny"), raft_fsync=_bool),
+              default_intention_policy=_policy, raft_fsync=_bool),
     "service": (("services",), _object_list), "check": (("checks",), _object_list),
     "ports": (None, _PORTS), "addresses": (None, _ADDRESSES), "dns_config": (None, _DNS),
     "tls": (None, _TLS), "limits": (None, _LIMITS),
@@ -388,7 +381,7 @@ _TOP: Schema = {
 }
 
 _FLAGS: Schema = {
-    **{name: (_TOP[key][0], _TOP[key][1]) for name, key in {
+    **{name: _TOP[key] for name, key in {
         "server": "server", "bootstrap": "bootstrap", "bootstrap-expect": "bootstrap_expect",
         "node": "node_name", "datacenter": "datacenter", "data-dir": "data_dir",
         "client": "client_addr", "bind": "bind_addr", "advertise": "advertise_addr",
@@ -459,7 +452,7 @@ def _read_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"{source}: cannot read: {e}") from None
     try:
         raw = json.loads(text) if suffix == ".json" else hcl.loads(text)
-    except Exception as e:  # pyhcl raises a variety of types for malformed input
+    except Exception as e:  # noqa: BLE001 - pyhcl raises undocumented types, ZeroDivisionError too
         raise ConfigError(f"{source}: invalid {suffix[1:].upper()}: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be an object")
@@ -514,11 +507,11 @@ def _build(merged: dict[str, Any], dev: bool) -> Config:
                   tls=TLSConfig(**tls), **merged)
 
 
-def _check(cfg: Config, merged: Mapping[str, Any]) -> None:
+def _check(cfg: Config) -> None:
     """Rules spanning several keys, checked once every source has been merged."""
     if cfg.dev and cfg.bootstrap_expect:
         raise ConfigError("bootstrap_expect is not allowed in dev mode (dev mode bootstraps)")
-    if merged.get("bootstrap") and cfg.bootstrap_expect:
+    if cfg.bootstrap and cfg.bootstrap_expect:
         raise ConfigError("bootstrap and bootstrap_expect are mutually exclusive")
     if not cfg.server and (cfg.bootstrap or cfg.bootstrap_expect):
         raise ConfigError("bootstrap and bootstrap_expect require server = true (-server)")
@@ -559,7 +552,6 @@ def load_config(*, files: Sequence[str | os.PathLike[str]] = (),
     for path in paths:
         _merge(merged, _read_file(path))
     _merge(merged, _read_flags(flags))
-    explicit = dict(merged)
     cfg = _build(merged, dev)
-    _check(cfg, explicit)
+    _check(cfg)
     return cfg

@@ -34,7 +34,7 @@ _NUMBER = re.compile(r"\+?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _HINT = "expected e.g. '10s', '1m30s', '500ms', '72h' or a number of seconds"
 
 
-def parse_duration_seconds(value: str | int | float) -> float:
+def parse_duration_seconds(value: str | float) -> float:
     """Return `value` in seconds; see the module docstring for the accepted forms."""
     if isinstance(value, bool):  # bool is an int subclass; `true` is never a duration
         raise DurationError(f"invalid duration {value!r}: {_HINT}")

@@ -15,7 +15,7 @@ import click
 
 from meshd.api import APIError, Client
 
-__all__ = ["CLIError", "FORMATS", "client", "format_option", "http_options"]
+__all__ = ["FORMATS", "CLIError", "client", "format_option", "http_options"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 

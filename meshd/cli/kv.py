@@ -25,8 +25,7 @@ def _kv_error(message: str) -> CLIError:
 
 def _normalize_key(key: str | None) -> str:
     """Consul drops one leading slash, so `/app/x` and `app/x` name the same key."""
-    key = key or ""
-    return key[1:] if key.startswith("/") else key
+    return (key or "").removeprefix("/")
 
 
 def _detail(entry: dict[str, Any], as_base64: bool) -> str:

@@ -36,14 +36,12 @@ def _as_list(value: Any, where: str) -> list[dict[str, Any]]:
 
 def parse_definitions(text: str, source: str) -> list[dict[str, Any]]:
     """Service definitions in a JSON or HCL document (HCL is a superset, so it parses both)."""
-    try:
-        if source.lower().endswith(".json"):
-            data = json.loads(text)
-        else:
-            import hcl  # pyhcl; imported here so other commands don't pay for it
+    import hcl  # pyhcl; imported here so other commands don't pay for it
 
-            data = hcl.loads(text)
-    except Exception as e:  # both parsers raise assorted types for malformed input
+    parse = json.loads if source.lower().endswith(".json") else hcl.loads
+    try:
+        data = parse(text)
+    except (ValueError, TypeError) as e:  # pyhcl's lexer and parser both raise ValueError
         raise CLIError(f"{source}: cannot parse: {e}") from None
     if not isinstance(data, dict):
         raise CLIError(f"{source}: the top level must be an object")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import struct
 import time
 from dataclasses import dataclass, field
@@ -340,3 +341,25 @@ def test_parse_packet_malformed() -> None:
 
 def test_nxdomain_constant_matches() -> None:
     assert NXDOMAIN == RCODE.NXDOMAIN
+
+
+def test_mutated_packets_never_raise(view: MemView) -> None:
+    rng = random.Random(7)
+    seeds = [DNSRecord.question(n, t).pack() for n, t in (
+        ("web.service.consul", "A"), ("_web._tcp.service.dc1.consul", "SRV"),
+        ("5.0.0.10.in-addr.arpa", "PTR"), ("n5.node.consul", "ANY"), ("consul", "NS"))]
+    cfgs = [DNSSettings(), DNSSettings(recursors=["127.0.0.1"], alt_domain="alt.")]
+    for i in range(3000):
+        pkt = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 4)):
+            pkt[rng.randrange(len(pkt))] = rng.randrange(256)
+        if i % 5 == 0:
+            pkt = pkt[: rng.randrange(len(pkt) + 1)]
+        req = parse_packet(bytes(pkt))
+        if isinstance(req, bytes):
+            continue
+        out = answer(req, view, cfgs[i % 2], max_size=rng.choice((UDP_PLAIN, TCP_MAX)))
+        if not out.forward:
+            assert out.response.header.id == req.header.id
+            if out.rcode != NOTIMP:  # dnspython reads other opcodes (UPDATE) by their own rules
+                dns.message.from_wire(out.wire)

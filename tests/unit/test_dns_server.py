@@ -261,3 +261,15 @@ def test_view_prepare_hook_warms_before_answering(start: Any) -> None:
     assert addresses(tcp(server, "web.service.consul")) == ["10.5.5.1"]
     assert view.prepared == ["web.service.consul."] * 3
     assert udp(server, "nope.service.consul").rcode() == dns.rcode.NXDOMAIN
+
+
+class BrokenView(MemView):
+    def service_instances(self, name: str) -> list[CheckServiceNode]:
+        raise RuntimeError("catalog exploded")
+
+
+def test_view_failure_is_servfail_not_a_crash(start: Any) -> None:
+    server = start(BrokenView(), DNSSettings())
+    assert udp(server, "web.service.consul").rcode() == dns.rcode.SERVFAIL
+    assert tcp(server, "web.service.consul").rcode() == dns.rcode.SERVFAIL
+    assert udp(server, "consul", "SOA").rcode() == dns.rcode.NOERROR
