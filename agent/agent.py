@@ -103,6 +103,7 @@ class Agent:
         self._runner: web.AppRunner | None = None
         self.dns: DNSServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._heartbeat_ok = asyncio.Event()
         self._rpc_runner: web.AppRunner | None = None
         self.server: Server | None = None
         self.rpc: RPCClient | None = None
@@ -129,7 +130,7 @@ class Agent:
                 raft_port=free_loopback_port() if cfg.dev else cfg.ports.raft,
                 data_dir=cfg.data_dir, key=key, password=cfg.encrypt,
                 bootstrap_expect=cfg.bootstrap_expect or 1, retry_join=list(cfg.retry_join),
-                failure_timeout=cfg.limits.get("failure_timeout_seconds", 5),
+                failure_timeout=float(cfg.limits.get("node_failure_timeout", 5.0)),
                 reap_after=cfg.reconnect_timeout, ssl_client=ssl_client,
                 bind=cfg.bind_addr if cfg.bind_addr != self.address else None))
             await self.server.start()
@@ -180,9 +181,10 @@ class Agent:
         while True:
             try:
                 await self.backend.heartbeat(hb)
+                self._heartbeat_ok.set()
             except Exception as e:  # noqa: BLE001 - keep beating; the servers may be electing
                 log.debug("heartbeat failed: %s", e)
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0 if self._heartbeat_ok.is_set() else 0.1)
 
     async def leave(self) -> None:
         """Graceful leave: the leader marks the node left and removes it from the catalog."""
@@ -203,6 +205,10 @@ class Agent:
                 return
             await asyncio.sleep(0.01)
         await self.ae.wait_synced(max(deadline - time.monotonic(), 0.1))
+        try:
+            await asyncio.wait_for(self._heartbeat_ok.wait(), max(deadline - time.monotonic(), 0.1))
+        except TimeoutError:
+            log.warning("no server has answered a heartbeat yet")
 
     async def stop(self) -> None:
         for t in self._tasks:

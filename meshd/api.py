@@ -9,6 +9,7 @@ what an operator needs to read.
 from __future__ import annotations
 
 import base64
+import http.client
 import ipaddress
 import json
 import os
@@ -104,7 +105,7 @@ def _reason(err: BaseException) -> str:
         return "connection refused"
     if isinstance(err, socket.gaierror):
         return f"unknown host ({err.strerror or err})"
-    if isinstance(err, TimeoutError | socket.timeout):
+    if isinstance(err, TimeoutError):
         return "timed out"
     if isinstance(err, ssl.SSLError):
         return f"TLS error: {getattr(err, 'reason', None) or err}"
@@ -170,7 +171,7 @@ class Client:
             except OSError:
                 text = ""
             raise APIError(e.code, text or f"unexpected response code {e.code}") from None
-        except (urllib.error.URLError, OSError) as e:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
             raise APIConnectionError(self.address, _reason(e)) from None
 
     @staticmethod

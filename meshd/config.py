@@ -363,6 +363,7 @@ _TLS: Schema = {
     **_TLS_FILES, **_TLS_HOSTNAME,  # meshd shorthand: tls { ca_file = "..." }
 }
 _LIMITS = _fields(("limits",), http_max_body_bytes=_count, http_max_conns_per_client=_count,
+                  node_failure_timeout=_duration(positive=True),
                   rpc_max_conns_per_client=_count, kv_max_value_size=_count,
                   txn_max_req_len=_count)
 _TOP: Schema = {
@@ -451,7 +452,7 @@ def _read_file(path: str) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{source}: cannot read: {e}") from None
     try:
-        raw = json.loads(text) if suffix == ".json" else hcl.loads(text)
+        raw = json.loads(text) if suffix == ".json" else _hcl(text)
     except Exception as e:  # noqa: BLE001 - pyhcl raises undocumented types, ZeroDivisionError too
         raise ConfigError(f"{source}: invalid {suffix[1:].upper()}: {e}") from None
     if not isinstance(raw, dict):
@@ -534,6 +535,14 @@ def _check(cfg: Config) -> None:
     if cfg.ports.https != -1 and not tls.cert_file:
         raise ConfigError("ports.https is enabled but tls cert_file/key_file are not set")
 
+
+
+def _hcl(text: str) -> Any:
+    """pyhcl 0.4.5 merges fields of repeated top-level blocks (two `service {}` blocks come
+    back with the second's fields on the first); nested inside one wrapper block they parse
+    right, so parse them there and unwrap."""
+    raw = hcl.loads("meshd_wrapper {\n" + text + "\n}")
+    return raw.get("meshd_wrapper", {}) if isinstance(raw, dict) else raw
 
 def load_config(*, files: Sequence[str | os.PathLike[str]] = (),
                 dirs: Sequence[str | os.PathLike[str]] = (),

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 from aiohttp import web
 
-from agent.definitions import parse_check, parse_service
+from agent.definitions import parse_service
 from agent.http.common import (
     BadRequest,
     blocking_read,
@@ -19,7 +18,14 @@ from agent.http.common import (
     to_builtins,
 )
 from meshd import queries as q
-from meshd.structs import HEALTH_PASSING, HEALTH_STATES, CheckServiceNode, Deregister, Register
+from meshd.structs import (
+    HEALTH_PASSING,
+    HEALTH_STATES,
+    CheckServiceNode,
+    Deregister,
+    HealthCheck,
+    Register,
+)
 
 if TYPE_CHECKING:
     from agent.agent import Agent
@@ -62,6 +68,28 @@ def _with_dc(row: Any, dc: str) -> dict[str, Any]:
     return d
 
 
+def _catalog_check(node: str, raw: Any) -> HealthCheck:
+    """A check written straight into the catalog: a status record, nothing for an agent to run."""
+    if not isinstance(raw, dict):
+        raise BadRequest("Check must be an object")
+    d = {k.lower(): v for k, v in raw.items()}
+    fields = {}
+    for key, name in (("checkid", "CheckID"), ("name", "Name"), ("status", "Status"),
+                      ("serviceid", "ServiceID"), ("notes", "Notes"), ("output", "Output")):
+        v = d.get(key, "")
+        if not isinstance(v, str):
+            raise BadRequest(f"Check.{name} must be a string")
+        fields[name] = v
+    fields["CheckID"] = fields["CheckID"] or fields["Name"]
+    if not fields["CheckID"]:
+        raise BadRequest("Check must have a CheckID or Name")
+    fields["Name"] = fields["Name"] or fields["CheckID"]
+    fields["Status"] = fields["Status"] or "critical"
+    if fields["Status"] not in HEALTH_STATES:
+        raise BadRequest(f"Invalid check status: {fields['Status']!r}")
+    return HealthCheck(Node=node, **fields)
+
+
 # ---- catalog writes -------------------------------------------------------------------------
 
 
@@ -77,22 +105,16 @@ async def catalog_register(request: web.Request) -> web.Response:
     if not isinstance(address, str) or not address:
         raise BadRequest("Must provide address")
     svc = None
-    checks = []
     if folded.get("service"):
-        svc = parse_service(folded["service"]).service
+        raw_svc = folded["service"]
+        if not isinstance(raw_svc, dict):
+            raise BadRequest("Service must be an object")
+        # the catalog body names the service `Service` (an AgentService), the agent's `Name`
+        raw_svc = {("Name" if k.lower() == "service" else k): v for k, v in raw_svc.items()}
+        svc = parse_service(raw_svc).service
     raw_checks = ([folded["check"]] if folded.get("check") else []) + list(
         folded.get("checks") or [])
-    for i, rc in enumerate(raw_checks):
-        if not isinstance(rc, dict):
-            raise BadRequest("Check must be an object")
-        rc = {k: v for k, v in rc.items() if k.lower() not in ("node",)}
-        if not any(k.lower() in ("ttl", "http", "tcp", "udp", "grpc", "args", "aliasservice")
-                   for k in rc):
-            rc = {**rc, "TTL": "0s"}  # catalog checks carry no definition; status is given
-        d = parse_check(rc, index=i)
-        checks.append(msgspec.structs.replace(d.to_health_check(node, None),
-                                              ServiceID=d.ServiceID, Output=str(rc.get(
-                                                  "Output", "")), Type=""))
+    checks = [_catalog_check(node, rc) for rc in raw_checks]
     for key, kind in (("taggedaddresses", dict), ("nodemeta", dict)):
         if folded.get(key) is not None and not isinstance(folded[key], kind):
             raise BadRequest(f"{key} must be an object")

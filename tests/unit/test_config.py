@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -577,3 +578,15 @@ def test_error_in_a_dir_names_that_file(tmp_path: Path) -> None:
     write(tmp_path / "d" / "b.hcl", "dns_config { max_stale = \"forever\" }")
     with pytest.raises(ConfigError, match=r"b\.hcl: invalid 'dns_config\.max_stale'"):
         load_config(dirs=[str(tmp_path / "d")])
+
+
+def test_examples_in_the_configuration_reference_load(tmp_path: Path) -> None:
+    doc = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+    if not doc.exists():
+        pytest.skip("docs/configuration.md not present")
+    examples = re.findall(r"```(json|hcl)\n(.*?)```", doc.read_text(), re.DOTALL)
+    assert {lang for lang, _ in examples} == {"json", "hcl"}
+    loaded = [load_config(files=[write(tmp_path / f"ex{i}.{lang}", body)])
+              for i, (lang, body) in enumerate(examples)]
+    assert all(cfg == loaded[0] for cfg in loaded)
+    assert loaded[0].services[0]["name"] == "web"

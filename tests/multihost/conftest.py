@@ -1,0 +1,43 @@
+"""Fixtures that hand out namespace networks and guarantee their teardown."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from netns import Network, cleanup_stale, free_subnet  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def _stale_netns_cleaned() -> None:
+    """Aborted earlier runs may hold our names or subnets; clear them once, before any build."""
+    if os.geteuid() == 0:
+        cleanup_stale("mh")
+
+
+@pytest.fixture
+def network_factory(_stale_netns_cleaned: None) -> Iterator[Callable[..., Network]]:
+    """Picks a free subnet unless one is given, so several networks can coexist."""
+    nets: list[Network] = []
+
+    def make(n_hosts: int, **kw: Any) -> Network:
+        kw.setdefault("subnet", free_subnet())
+        net = Network(n_hosts, **kw)
+        nets.append(net)
+        return net
+
+    yield make
+    errors = []
+    for net in reversed(nets):
+        try:
+            net.close()
+        except Exception as e:  # close every network even if one fails, then report
+            errors.append(e)
+    if errors:
+        raise errors[0]

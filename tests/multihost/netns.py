@@ -1,0 +1,304 @@
+"""Network-namespace "hosts" on a private bridge, for multi-host tests of real meshd processes.
+
+Every host is a netns with one veth into a bridge that lives in the root namespace. The bridge
+has `<subnet>.1` so the test process itself can reach hosts; nothing is routed anywhere else:
+no default route in the namespaces, no IP forwarding, no NAT.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ipaddress
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+IFNAMSIZ = 15  # usable characters of a Linux interface name
+OWNER_TAG = "meshd-mh"  # bridge alias prefix; marks who owns a network so cleanup can tell
+ROUTE_TYPES = {"unicast", "local", "broadcast", "multicast", "anycast", "unreachable",
+               "blackhole", "prohibit", "throw", "nat"}
+
+
+def _sh(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Fail loudly with stderr included: a half-built network gives baffling test failures."""
+    r = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()}")
+    return r
+
+
+def _signal_group(proc: subprocess.Popen[Any], sig: int) -> None:
+    """Signal the whole group so helpers a process spawned cannot outlive or ignore the fault."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+def _start_time(pid: int) -> str:
+    """Pair with the pid so a recycled pid is not mistaken for a still-running owner."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _netns_names() -> list[str]:
+    r = _sh("ip", "netns", "list", check=False)
+    return [line.split()[0] for line in r.stdout.splitlines() if line.strip()]
+
+
+def _link_names() -> list[str]:
+    r = _sh("ip", "-o", "link", "show", check=False)
+    return [m.group(1) for m in re.finditer(r"^\d+: ([^:@\s]+)", r.stdout, re.M)]
+
+
+def _kill_netns_pids(ns: str) -> None:
+    """Processes keep a deleted netns (and its veth) alive, so nothing may be left inside."""
+    r = _sh("ip", "netns", "pids", ns, check=False)
+    for pid in r.stdout.split():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), signal.SIGKILL)
+
+
+def netns_available() -> bool:
+    """Tests need root plus a working `ip netns`; anything else should fail, not skip."""
+    if os.geteuid() != 0:
+        return False
+    try:
+        return _sh("ip", "netns", "list", check=False).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def _owner_alive(bridge: str) -> bool:
+    r = _sh("ip", "-d", "link", "show", bridge, check=False)
+    m = re.search(rf"alias {OWNER_TAG} pid=(\d+) start=(\S*)", r.stdout)
+    if not m:
+        return False
+    pid, start = int(m.group(1)), m.group(2)
+    return os.path.exists(f"/proc/{pid}") and _start_time(pid) == start
+
+
+def cleanup_stale(prefix: str = "mh") -> None:
+    """Remove networks of aborted runs (owner process gone) while sparing live parallel runs."""
+    links = _link_names()
+    live = {b[len(prefix) + 2:] for b in links
+            if re.fullmatch(rf"{re.escape(prefix)}br[0-9a-f]{{4}}", b) and _owner_alive(b)}
+    for ns in _netns_names():
+        m = re.fullmatch(rf"{re.escape(prefix)}-([0-9a-f]{{4}})-\d+", ns)
+        if m and m.group(1) not in live:
+            _kill_netns_pids(ns)
+            _sh("ip", "netns", "del", ns, check=False)
+    pat = rf"{re.escape(prefix)}(?:br([0-9a-f]{{4}})|-([0-9a-f]{{4}})v\d+)"
+    for link in _link_names():
+        m = re.fullmatch(pat, link)
+        if m and (m.group(1) or m.group(2)) not in live:
+            _sh("ip", "link", "del", link, check=False)
+
+
+class Host:
+    """One namespace; every fault injected here is undone by Network.heal/close."""
+
+    def __init__(self, name: str, ns: str, addr: str, veth: str) -> None:
+        self.name, self.ns, self.addr, self.veth = name, ns, addr, veth
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._blocked: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"Host({self.name!r}, ns={self.ns!r}, addr={self.addr!r})"
+
+    def run(self, *cmd: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+        """Default to captured text and a timeout so a hung probe can't stall the suite."""
+        opts: dict[str, Any] = {"capture_output": True, "text": True, "timeout": 30}
+        opts.update(kw)
+        return subprocess.run(["ip", "netns", "exec", self.ns, *cmd], **opts)
+
+    def popen(self, cmd: list[str], log_path: str,
+              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Own process group so kill/pause hit exactly this process tree and nothing of pytest."""
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(["ip", "netns", "exec", self.ns, *cmd],
+                                    stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def kill(self, proc: subprocess.Popen[Any], sig: int = signal.SIGKILL) -> None:
+        _signal_group(proc, sig)
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            _signal_group(proc, signal.SIGCONT)  # a paused process would never act on SIGTERM
+
+    def pause(self, proc: subprocess.Popen[Any]) -> None:
+        _signal_group(proc, signal.SIGSTOP)
+
+    def resume(self, proc: subprocess.Popen[Any]) -> None:
+        _signal_group(proc, signal.SIGCONT)
+
+    def link_down(self) -> None:
+        """Cut at the bridge port so the host looks unplugged, not firewalled."""
+        _sh("ip", "link", "set", self.veth, "down")
+
+    def link_up(self) -> None:
+        _sh("ip", "link", "set", self.veth, "up")
+
+    def _rules(self, other: str) -> list[list[str]]:
+        return [["INPUT", "-s", other, "-j", "DROP"], ["OUTPUT", "-d", other, "-j", "DROP"]]
+
+    def block(self, other: Host) -> None:
+        """Both directions, so neither side sees a half-open link it could half-use."""
+        for rule in self._rules(other.addr):
+            if self.run("iptables", "-w", "-C", *rule).returncode != 0:
+                self.run("iptables", "-w", "-I", *rule, check=True)
+        self._blocked.add(other.addr)
+
+    def unblock(self, other: Host) -> None:
+        self._unblock_addr(other.addr)
+
+    def _unblock_addr(self, addr: str) -> None:
+        for rule in self._rules(addr):
+            while self.run("iptables", "-w", "-C", *rule).returncode == 0:
+                self.run("iptables", "-w", "-D", *rule, check=True)
+        self._blocked.discard(addr)
+
+    def unblock_all(self) -> None:
+        for addr in list(self._blocked):
+            self._unblock_addr(addr)
+
+
+def _check_subnet_free(subnet: str) -> ipaddress.IPv4Network:
+    """Refuse a /24 the machine already routes, so test traffic can never leak to a real net."""
+    net = ipaddress.IPv4Network(f"{subnet}.0/24")
+    out = _sh("ip", "-4", "-o", "route", "show", "table", "all").stdout
+    for line in out.splitlines():
+        words = line.split()
+        dest = words[1] if words[0] in ROUTE_TYPES else words[0]
+        if dest == "default":
+            continue
+        with contextlib.suppress(ValueError):
+            if ipaddress.IPv4Network(dest, strict=False).overlaps(net):
+                raise RuntimeError(f"subnet {net} already in use here ({line.strip()}); "
+                                   "pass another subnet=")
+    return net
+
+
+def free_subnet(base: str = "10.213") -> str:
+    """Let concurrent runs (or several Networks in one test) each get their own /24."""
+    for third in range(256):
+        with contextlib.suppress(RuntimeError):
+            _check_subnet_free(f"{base}.{third}")
+            return f"{base}.{third}"
+    raise RuntimeError(f"no free /24 under {base}.0.0/16")
+
+
+def _disable_bridge_netfilter() -> None:
+    """With br_netfilter loaded, bridged frames hit the root FORWARD chain and may be dropped."""
+    path = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+    if os.path.exists(path):
+        with open(path, "r+") as f:
+            if f.read().strip() != "0":
+                f.seek(0)
+                f.write("0\n")
+
+
+class Network:
+    """A private L2 segment with n hosts; always closes, even when the test run is aborted."""
+
+    def __init__(self, n_hosts: int, prefix: str = "mh", subnet: str = "10.213.0") -> None:
+        if not 1 <= n_hosts <= 200:
+            raise ValueError("n_hosts must be in 1..200")
+        if len(f"{prefix}-xxxxv{n_hosts - 1}") > IFNAMSIZ:
+            raise ValueError(f"prefix {prefix!r} too long for {IFNAMSIZ}-char interface names")
+        self.prefix, self.suffix, self.bridge, self._closed = prefix, "", "", False
+        self.hosts: list[Host] = []
+        _check_subnet_free(subnet)
+        atexit.register(self.close)
+        try:
+            self._build(n_hosts, subnet)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, n_hosts: int, subnet: str) -> None:
+        _disable_bridge_netfilter()
+        for _ in range(20):  # `ip link add` is atomic, so the bridge name claims the suffix
+            self.suffix = secrets.token_hex(2)
+            bridge = f"{self.prefix}br{self.suffix}"
+            if any(n.startswith(f"{self.prefix}-{self.suffix}-") for n in _netns_names()):
+                continue
+            if _sh("ip", "link", "add", bridge, "type", "bridge", check=False).returncode == 0:
+                self.bridge = bridge
+                break
+        else:
+            raise RuntimeError("could not find a free bridge name")
+        pid = os.getpid()
+        _sh("ip", "link", "set", bridge, "alias", f"{OWNER_TAG} pid={pid} start={_start_time(pid)}")
+        _sh("ip", "link", "set", bridge, "type", "bridge", "forward_delay", "0")
+        _sh("ip", "addr", "add", f"{subnet}.1/24", "dev", bridge)
+        _sh("ip", "link", "set", bridge, "up")
+        for i in range(n_hosts):
+            ns, veth = f"{self.prefix}-{self.suffix}-{i}", f"{self.prefix}-{self.suffix}v{i}"
+            host = Host(f"h{i}", ns, f"{subnet}.{10 + i}", veth)
+            self.hosts.append(host)
+            _sh("ip", "netns", "add", ns)
+            _sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            _sh("ip", "link", "set", veth, "master", bridge, "up")
+            _sh("ip", "-n", ns, "addr", "add", f"{host.addr}/24", "dev", "eth0")
+            _sh("ip", "-n", ns, "link", "set", "eth0", "up")
+            _sh("ip", "-n", ns, "link", "set", "lo", "up")
+
+    def __enter__(self) -> Network:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def partition(self, side_a: list[Host], side_b: list[Host]) -> None:
+        for a in side_a:
+            for b in side_b:
+                a.block(b)
+                b.block(a)
+
+    def heal(self) -> None:
+        """Undo every partition/block; link_down is a separate fault, undone by link_up."""
+        for h in self.hosts:
+            h.unblock_all()
+
+    def close(self) -> None:
+        """Best effort on every step, then verify: a leaked namespace would poison later runs."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.close)
+        for h in self.hosts:
+            for p in h.procs:
+                _signal_group(p, signal.SIGKILL)
+        for h in self.hosts:
+            for p in h.procs:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(5)
+            _kill_netns_pids(h.ns)
+            _sh("ip", "netns", "del", h.ns, check=False)
+        our_ns = {h.ns for h in self.hosts}
+        our_links = {h.veth for h in self.hosts} | ({self.bridge} - {""})
+        deadline = time.monotonic() + 5
+        while True:  # netns teardown is asynchronous in the kernel; veths linger briefly
+            left_ns = [n for n in _netns_names() if n in our_ns]
+            left_links = [n for n in _link_names() if n in our_links]
+            left = left_ns + left_links
+            if not left or time.monotonic() > deadline:
+                break
+            for ns in left_ns:
+                _sh("ip", "netns", "del", ns, check=False)
+            for link in left_links:
+                _sh("ip", "link", "del", link, check=False)
+            time.sleep(0.05)
+        if left:
+            print(f"netns harness: could not remove {left}", file=sys.stderr)
+            raise RuntimeError(f"netns harness left behind {left}")
