@@ -159,6 +159,9 @@ class Agent:
         self.ae.trigger()
         self._tasks.append(asyncio.create_task(self._reap_critical(), name="critical-reaper"))
         self._tasks.append(asyncio.create_task(self._heartbeats(), name="heartbeats"))
+        # serve only once the node is in the catalog and known to the leader (bounded wait:
+        # a client agent whose servers are down still starts, and keeps retrying)
+        await self.wait_ready(15.0)
         app = make_app(self, max_body=cfg.http_max_body)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()

@@ -7,7 +7,7 @@ import logging
 import signal
 import sys
 
-from agent.agent import Agent
+from agent.agent import Agent, StartError
 from meshd.config import Config
 
 
@@ -15,8 +15,7 @@ async def _main(cfg: Config) -> int:
     agent = Agent(cfg)
     try:
         await agent.start()
-        await agent.wait_ready(15.0)
-    except OSError as e:
+    except (OSError, StartError) as e:
         print(f"Error: cannot start agent: {e}", file=sys.stderr)
         await agent.stop()
         return 1

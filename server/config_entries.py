@@ -159,7 +159,9 @@ def _regex(value: str, field: str) -> None:
 
 def _wildcard_name(name: str, field: str) -> None:
     if name != WILDCARD and WILDCARD in name:
-        raise ConfigEntryError(f"{field}: wildcard character '*' cannot be used with partial values")
+        raise ConfigEntryError(
+            f"{field}: wildcard character '*' cannot be used with partial values"
+        )
 
 
 def _default_scope(entry: dict[str, Any], where: str) -> None:

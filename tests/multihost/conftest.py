@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import random
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,8 +29,14 @@ def network_factory(_stale_netns_cleaned: None) -> Iterator[Callable[..., Networ
     nets: list[Network] = []
 
     def make(n_hosts: int, **kw: Any) -> Network:
-        kw.setdefault("subnet", free_subnet())
-        net = Network(n_hosts, **kw)
+        for attempt in range(5):
+            try:
+                net = Network(n_hosts, **{"subnet": free_subnet(), **kw})
+                break
+            except RuntimeError:
+                if "subnet" in kw or attempt == 4:
+                    raise
+                time.sleep(random.random() / 4)  # lost a race for a subnet to a parallel run
         nets.append(net)
         return net
 

@@ -21,8 +21,6 @@ from typing import Any
 
 IFNAMSIZ = 15  # usable characters of a Linux interface name
 OWNER_TAG = "meshd-mh"  # bridge alias prefix; marks who owns a network so cleanup can tell
-ROUTE_TYPES = {"unicast", "local", "broadcast", "multicast", "anycast", "unreachable",
-               "blackhole", "prohibit", "throw", "nat"}
 
 
 def _sh(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -171,28 +169,24 @@ class Host:
             self._unblock_addr(addr)
 
 
-def _check_subnet_free(subnet: str) -> ipaddress.IPv4Network:
+def _check_subnet_free(subnet: str, own_dev: str = "") -> None:
     """Refuse a /24 the machine already routes, so test traffic can never leak to a real net."""
     net = ipaddress.IPv4Network(f"{subnet}.0/24")
-    out = _sh("ip", "-4", "-o", "route", "show", "table", "all").stdout
-    for line in out.splitlines():
-        words = line.split()
-        dest = words[1] if words[0] in ROUTE_TYPES else words[0]
-        if dest == "default":
+    for line in _sh("ip", "-4", "-o", "route", "show", "table", "all").stdout.splitlines():
+        dest = next((w for w in line.split() if w[0].isdigit() or w == "default"), "default")
+        if dest == "default" or (own_dev and f" dev {own_dev} " in f"{line} "):
             continue
-        with contextlib.suppress(ValueError):
-            if ipaddress.IPv4Network(dest, strict=False).overlaps(net):
-                raise RuntimeError(f"subnet {net} already in use here ({line.strip()}); "
-                                   "pass another subnet=")
-    return net
+        if ipaddress.IPv4Network(dest, strict=False).overlaps(net):
+            raise RuntimeError(f"subnet {net} already in use ({line.strip()}); pass another")
 
 
 def free_subnet(base: str = "10.213") -> str:
     """Let concurrent runs (or several Networks in one test) each get their own /24."""
-    for third in range(256):
+    start = secrets.randbelow(256)  # random start: parallel runs rarely race for the same /24
+    for k in range(256):
         with contextlib.suppress(RuntimeError):
-            _check_subnet_free(f"{base}.{third}")
-            return f"{base}.{third}"
+            _check_subnet_free(f"{base}.{(start + k) % 256}")
+            return f"{base}.{(start + k) % 256}"
     raise RuntimeError(f"no free /24 under {base}.0.0/16")
 
 
@@ -240,6 +234,7 @@ class Network:
         _sh("ip", "link", "set", bridge, "alias", f"{OWNER_TAG} pid={pid} start={_start_time(pid)}")
         _sh("ip", "link", "set", bridge, "type", "bridge", "forward_delay", "0")
         _sh("ip", "addr", "add", f"{subnet}.1/24", "dev", bridge)
+        _check_subnet_free(subnet, own_dev=bridge)  # a parallel run may have raced us to it
         _sh("ip", "link", "set", bridge, "up")
         for i in range(n_hosts):
             ns, veth = f"{self.prefix}-{self.suffix}-{i}", f"{self.prefix}-{self.suffix}v{i}"
