@@ -33,6 +33,7 @@ from agent.dns import DNSSettings
 from agent.dns_server import DNSServer
 from agent.http.server import make_app
 from agent.local import LocalState, UnknownCheck
+from agent.persist import Persisted
 from agent.views import CacheView, StoreView
 from meshd import __version__
 from meshd.config import Config
@@ -100,6 +101,8 @@ class Agent:
         self.checks = CheckRunner(self._on_check_update,
                                   enable_script_checks=config.enable_script_checks,
                                   alias_source=self._alias_source)
+        self.persisted = Persisted(os.path.join(config.data_dir, "agent")
+                                   if config.data_dir else None)
         self._runner: web.AppRunner | None = None
         self.dns: DNSServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -152,9 +155,10 @@ class Agent:
         self.ae = AntiEntropy(self.local, self.backend)
         self.local.on_change = self.ae.trigger
         for raw in cfg.services:
-            await self.register_service(parse_service(raw), wait=False)
+            await self.register_service(parse_service(raw), wait=False, persist=False)
         for raw in cfg.checks:
-            await self.register_check(parse_check(raw), wait=False)
+            await self.register_check(parse_check(raw), wait=False, persist=False)
+        await self._restore_persisted()
         self.ae.start()
         self.ae.trigger()
         self._tasks.append(asyncio.create_task(self._reap_critical(), name="critical-reaper"))
@@ -174,6 +178,21 @@ class Agent:
             await self.dns.start()
         log.info("meshd agent running: node=%s dc=%s http=%s:%d dns=%d", cfg.node_name,
                  cfg.datacenter, http_addr, cfg.ports.http, cfg.ports.dns)
+
+    async def _restore_persisted(self) -> None:
+        """Services and checks registered over the API survive a restart, as in Consul."""
+        for sid, raw in self.persisted.services().items():
+            try:
+                await self.register_service(parse_service(raw), wait=False, persist=False)
+            except (DefinitionError, KeyError) as e:
+                log.warning("dropping persisted service %s: %s", sid, e)
+                self.persisted.drop_service(sid)
+        for cid, raw in self.persisted.checks().items():
+            try:
+                await self.register_check(parse_check(raw), wait=False, persist=False)
+            except (DefinitionError, KeyError) as e:
+                log.warning("dropping persisted check %s: %s", cid, e)
+                self.persisted.drop_check(cid)
 
     async def _heartbeats(self) -> None:
         cfg = self.config
@@ -238,7 +257,7 @@ class Agent:
             log.warning("change accepted locally; catalog sync pending: %s", self.ae.last_error)
 
     async def register_service(self, defn: ServiceDefinition, replace_checks: bool = False,
-                               wait: bool = True) -> None:
+                               wait: bool = True, persist: bool = True) -> None:
         for d in defn.checks:
             self._validate_check(d)
         dropped = self.local.add_service(defn.service, defn.checks, replace_checks)
@@ -246,6 +265,8 @@ class Agent:
             self.checks.remove(cid)
         for d in defn.checks:
             self.checks.add(d)
+        if persist:
+            self.persisted.put_service(defn.service.ID, defn.raw)
         await self._commit(wait)
 
     def _validate_check(self, d: CheckDefinition) -> None:
@@ -256,17 +277,22 @@ class Agent:
     async def deregister_service(self, sid: str) -> None:
         for cid in self.local.remove_service(sid):
             self.checks.remove(cid)
+        self.persisted.drop_service(sid)
         await self._commit(True)
 
-    async def register_check(self, d: CheckDefinition, wait: bool = True) -> None:
+    async def register_check(self, d: CheckDefinition, wait: bool = True,
+                             persist: bool = True) -> None:
         self._validate_check(d)
         self.local.add_check(d)
         self.checks.add(d)
+        if persist:
+            self.persisted.put_check(d.CheckID, d.raw)
         await self._commit(wait)
 
     async def deregister_check(self, cid: str) -> None:
         self.local.remove_check(cid)
         self.checks.remove(cid)
+        self.persisted.drop_check(cid)
         await self._commit(True)
 
     async def update_ttl(self, cid: str, status: str, output: str) -> None:

@@ -189,6 +189,7 @@ class ServiceDefinition:
     service: NodeService
     checks: list[CheckDefinition]
     sidecar: dict[str, Any] | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_service(raw: dict[str, Any]) -> ServiceDefinition:
@@ -239,4 +240,4 @@ def parse_service(raw: dict[str, Any]) -> ServiceDefinition:
     if svc.Connect:
         sidecar = {k.lower().replace("_", ""): v for k, v in svc.Connect.items()}.get(
             "sidecarservice")
-    return ServiceDefinition(service=svc, checks=checks, sidecar=sidecar)
+    return ServiceDefinition(service=svc, checks=checks, sidecar=sidecar, raw=dict(raw))

@@ -285,7 +285,7 @@ def rbac_for_destination(
     earlier: list[str] = []
     for ixn in _applicable(intentions, None, destination):
         if ixn.SourceName in seen:
-            pass  # a lower-precedence rule for the same source never applies
+            continue  # a lower-precedence rule for the same source never applies
         seen.add(ixn.SourceName)
         excluded = list(earlier) if ixn.SourceName == WILDCARD else []
         earlier.append(ixn.SourceName)

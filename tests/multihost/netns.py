@@ -15,12 +15,11 @@ import re
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from typing import Any
 
 IFNAMSIZ = 15  # usable characters of a Linux interface name
-OWNER_TAG = "meshd-mh"  # bridge alias prefix; marks who owns a network so cleanup can tell
+OWNER_DIR = "/run/meshd-mh"  # one file per network suffix: "<pid> <start time>" of its owner
 
 
 def _sh(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -66,38 +65,59 @@ def _kill_netns_pids(ns: str) -> None:
 
 def netns_available() -> bool:
     """Tests need root plus a working `ip netns`; anything else should fail, not skip."""
-    if os.geteuid() != 0:
-        return False
     try:
-        return _sh("ip", "netns", "list", check=False).returncode == 0
+        return os.geteuid() == 0 and _sh("ip", "netns", "list", check=False).returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
 
 
-def _owner_alive(bridge: str) -> bool:
-    r = _sh("ip", "-d", "link", "show", bridge, check=False)
-    m = re.search(rf"alias {OWNER_TAG} pid=(\d+) start=(\S*)", r.stdout)
-    if not m:
+def _claim_suffix() -> str:
+    """Owner file exists before any resource and appears atomically (link), so cleanup in a
+    parallel run can never mistake a network that is still being built for a leftover."""
+    os.makedirs(OWNER_DIR, exist_ok=True)
+    pid = os.getpid()
+    tmp = os.path.join(OWNER_DIR, f".{pid}-{secrets.token_hex(4)}")
+    with open(tmp, "w") as f:
+        f.write(f"{pid} {_start_time(pid)}\n")
+    try:
+        for _ in range(100):
+            suffix = secrets.token_hex(2)
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, os.path.join(OWNER_DIR, suffix))
+                return suffix
+        raise RuntimeError(f"no free network suffix in {OWNER_DIR}")
+    finally:
+        os.unlink(tmp)
+
+
+def _owner_alive(suffix: str) -> bool:
+    try:
+        with open(os.path.join(OWNER_DIR, suffix)) as f:
+            pid, start = f.read().split()
+    except (OSError, ValueError):
         return False
-    pid, start = int(m.group(1)), m.group(2)
-    return os.path.exists(f"/proc/{pid}") and _start_time(pid) == start
+    return os.path.exists(f"/proc/{pid}") and _start_time(int(pid)) == start
 
 
 def cleanup_stale(prefix: str = "mh") -> None:
-    """Remove networks of aborted runs (owner process gone) while sparing live parallel runs."""
-    links = _link_names()
-    live = {b[len(prefix) + 2:] for b in links
-            if re.fullmatch(rf"{re.escape(prefix)}br[0-9a-f]{{4}}", b) and _owner_alive(b)}
+    """Remove networks of aborted runs (owner process gone) while sparing live parallel runs.
+
+    Ownership is checked afresh per resource, after seeing it: its owner file predates it.
+    """
     for ns in _netns_names():
         m = re.fullmatch(rf"{re.escape(prefix)}-([0-9a-f]{{4}})-\d+", ns)
-        if m and m.group(1) not in live:
+        if m and not _owner_alive(m.group(1)):
             _kill_netns_pids(ns)
             _sh("ip", "netns", "del", ns, check=False)
     pat = rf"{re.escape(prefix)}(?:br([0-9a-f]{{4}})|-([0-9a-f]{{4}})v\d+)"
     for link in _link_names():
         m = re.fullmatch(pat, link)
-        if m and (m.group(1) or m.group(2)) not in live:
+        if m and not _owner_alive(m.group(1) or m.group(2)):
             _sh("ip", "link", "del", link, check=False)
+    for s in os.listdir(OWNER_DIR) if os.path.isdir(OWNER_DIR) else []:
+        if not s.startswith(".") and not _owner_alive(s):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(OWNER_DIR, s))
 
 
 class Host:
@@ -193,11 +213,9 @@ def free_subnet(base: str = "10.213") -> str:
 def _disable_bridge_netfilter() -> None:
     """With br_netfilter loaded, bridged frames hit the root FORWARD chain and may be dropped."""
     path = "/proc/sys/net/bridge/bridge-nf-call-iptables"
-    if os.path.exists(path):
-        with open(path, "r+") as f:
-            if f.read().strip() != "0":
-                f.seek(0)
-                f.write("0\n")
+    if os.path.exists(path):  # absent when br_netfilter is not loaded: nothing to do then
+        with open(path, "w") as f:
+            f.write("0\n")
 
 
 class Network:
@@ -209,6 +227,7 @@ class Network:
         if len(f"{prefix}-xxxxv{n_hosts - 1}") > IFNAMSIZ:
             raise ValueError(f"prefix {prefix!r} too long for {IFNAMSIZ}-char interface names")
         self.prefix, self.suffix, self.bridge, self._closed = prefix, "", "", False
+        self._owner_pid = os.getpid()  # a forked child's atexit must not tear our network down
         self.hosts: list[Host] = []
         _check_subnet_free(subnet)
         atexit.register(self.close)
@@ -220,18 +239,9 @@ class Network:
 
     def _build(self, n_hosts: int, subnet: str) -> None:
         _disable_bridge_netfilter()
-        for _ in range(20):  # `ip link add` is atomic, so the bridge name claims the suffix
-            self.suffix = secrets.token_hex(2)
-            bridge = f"{self.prefix}br{self.suffix}"
-            if any(n.startswith(f"{self.prefix}-{self.suffix}-") for n in _netns_names()):
-                continue
-            if _sh("ip", "link", "add", bridge, "type", "bridge", check=False).returncode == 0:
-                self.bridge = bridge
-                break
-        else:
-            raise RuntimeError("could not find a free bridge name")
-        pid = os.getpid()
-        _sh("ip", "link", "set", bridge, "alias", f"{OWNER_TAG} pid={pid} start={_start_time(pid)}")
+        self.suffix = _claim_suffix()
+        self.bridge = bridge = f"{self.prefix}br{self.suffix}"
+        _sh("ip", "link", "add", bridge, "type", "bridge")
         _sh("ip", "link", "set", bridge, "type", "bridge", "forward_delay", "0")
         _sh("ip", "addr", "add", f"{subnet}.1/24", "dev", bridge)
         _check_subnet_free(subnet, own_dev=bridge)  # a parallel run may have raced us to it
@@ -266,7 +276,7 @@ class Network:
 
     def close(self) -> None:
         """Best effort on every step, then verify: a leaked namespace would poison later runs."""
-        if self._closed:
+        if self._closed or os.getpid() != self._owner_pid:
             return
         self._closed = True
         with contextlib.suppress(Exception):
@@ -294,6 +304,8 @@ class Network:
             for link in left_links:
                 _sh("ip", "link", "del", link, check=False)
             time.sleep(0.05)
+        if self.suffix and not left:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(OWNER_DIR, self.suffix))
         if left:
-            print(f"netns harness: could not remove {left}", file=sys.stderr)
             raise RuntimeError(f"netns harness left behind {left}")

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from netns import Host, Network, cleanup_stale
+from netns import OWNER_DIR, Host, Network, cleanup_stale
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="network namespaces, veths and iptables need root")
@@ -126,8 +126,8 @@ def test_cleanup_stale_spares_live_networks(network_factory: Factory, tmp_path: 
     dead, live = network_factory(1, prefix="mhs"), network_factory(1, prefix="mhs")
     orphan = start_echo(dead.hosts[0], tmp_path)
     # Pretend the owning test run died: a start time that can never match.
-    subprocess.run(["ip", "link", "set", dead.bridge, "alias", "meshd-mh pid=1 start=x"],
-                   check=True)
+    with open(os.path.join(OWNER_DIR, dead.suffix), "w") as f:
+        f.write("1 never\n")
     cleanup_stale("mhs")
     ns_list = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert dead.hosts[0].ns not in ns_list and live.hosts[0].ns in ns_list
