@@ -73,24 +73,24 @@ def ads_source() -> config_source_pb2.ConfigSource:
         resource_api_version=config_source_pb2.V3)
 
 
-def _sds(name: str) -> common_pb2.SdsSecretConfig:
-    return common_pb2.SdsSecretConfig(name=name, sds_config=ads_source())
+def _sds(name: str) -> secret_pb2.SdsSecretConfig:
+    return secret_pb2.SdsSecretConfig(name=name, sds_config=ads_source())
 
 
 def _tls_params() -> common_pb2.TlsParameters:
     return common_pb2.TlsParameters(tls_minimum_protocol_version=common_pb2.TlsParameters.TLSv1_2)
 
 
-def _common_tls(expected_san: str | None, alpn: list[str]) -> common_pb2.CommonTlsContext:
+def _common_tls(expected_san: str | None, alpn: list[str]) -> tls_pb2.CommonTlsContext:
     default_vc = common_pb2.CertificateValidationContext()
     if expected_san:
         default_vc.match_typed_subject_alt_names.append(common_pb2.SubjectAltNameMatcher(
             san_type=common_pb2.SubjectAltNameMatcher.URI,
             matcher=string_pb2.StringMatcher(exact=expected_san)))
-    return common_pb2.CommonTlsContext(
+    return tls_pb2.CommonTlsContext(
         tls_params=_tls_params(),
         tls_certificate_sds_secret_configs=[_sds(LEAF_SECRET)],
-        combined_validation_context=common_pb2.CommonTlsContext.CombinedCertificateValidationContext(
+        combined_validation_context=tls_pb2.CommonTlsContext.CombinedCertificateValidationContext(
             default_validation_context=default_vc,
             validation_context_sds_secret_config=_sds(ROOTS_SECRET)),
         alpn_protocols=alpn)
