@@ -21,8 +21,8 @@ WILDCARD = "*"
 
 
 def _regex(pattern: str) -> regex_pb2.RegexMatcher:
-    return regex_pb2.RegexMatcher(
-        google_re2=regex_pb2.RegexMatcher.GoogleRE2(), regex=pattern)
+    # No engine field: `google_re2` is deprecated and RE2 is the default.
+    return regex_pb2.RegexMatcher(regex=pattern)
 
 
 def _string_matcher(kind: str, value: str) -> string_pb2.StringMatcher:

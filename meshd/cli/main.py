@@ -18,6 +18,7 @@ from meshd.cli.agent_cmd import agent
 from meshd.cli.catalog import catalog
 from meshd.cli.info import info, members, meshd_version, version
 from meshd.cli.kv import kv
+from meshd.cli.operator import keygen, leave, operator, snapshot
 from meshd.cli.services import services
 
 CONTEXT_SETTINGS: dict[str, Any] = {
@@ -50,7 +51,8 @@ def cli() -> None:
     """meshd: service discovery and service mesh, compatible with Consul's API, DNS and CLI."""
 
 
-for command in (agent, catalog, info, kv, members, services, version):
+for command in (agent, catalog, info, keygen, kv, leave, members, operator, services,
+                snapshot, version):
     cli.add_command(command)
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from netns import OWNER_DIR, Host, Network, cleanup_stale
@@ -53,9 +54,9 @@ def eventually(pred: Callable[[], bool], timeout: float = 5.0) -> bool:
     return False
 
 
-def start_echo(host: Host, tmp_path: object) -> subprocess.Popen[bytes]:
+def start_echo(host: Host, tmp_path: Path) -> subprocess.Popen[bytes]:
     proc = host.popen([sys.executable, "-u", "-c", ECHO_SERVER, str(PORT)],
-                      os.path.join(str(tmp_path), f"echo-{host.name}.log"))
+                      str(tmp_path / f"echo-{host.name}.log"))
     assert eventually(lambda: echo_ok(host, "127.0.0.1")), "echo server did not come up"
     return proc
 
@@ -68,7 +69,7 @@ def test_names_addresses_and_isolation(network_factory: Factory) -> None:
     assert "default" not in routes, "namespaces must never get a way out"
 
 
-def test_reachability_partition_heal(network_factory: Factory, tmp_path: object) -> None:
+def test_reachability_partition_heal(network_factory: Factory, tmp_path: Path) -> None:
     net = network_factory(3)
     a, b, c = net.hosts
     start_echo(a, tmp_path)
@@ -85,7 +86,7 @@ def test_reachability_partition_heal(network_factory: Factory, tmp_path: object)
     assert a.run("iptables", "-w", "-S", check=True).stdout.count("DROP") == 0
 
 
-def test_link_down_cuts_host(network_factory: Factory, tmp_path: object) -> None:
+def test_link_down_cuts_host(network_factory: Factory, tmp_path: Path) -> None:
     net = network_factory(2)
     a, b = net.hosts
     start_echo(a, tmp_path)
@@ -96,7 +97,7 @@ def test_link_down_cuts_host(network_factory: Factory, tmp_path: object) -> None
     assert eventually(lambda: echo_ok(b, a.addr))
 
 
-def test_pause_and_resume(network_factory: Factory, tmp_path: object) -> None:
+def test_pause_and_resume(network_factory: Factory, tmp_path: Path) -> None:
     net = network_factory(2)
     a, b = net.hosts
     server = start_echo(a, tmp_path)
@@ -108,7 +109,7 @@ def test_pause_and_resume(network_factory: Factory, tmp_path: object) -> None:
     assert server.wait(5) is not None
 
 
-def test_close_leaves_nothing(network_factory: Factory, tmp_path: object) -> None:
+def test_close_leaves_nothing(network_factory: Factory, tmp_path: Path) -> None:
     net = network_factory(3)
     procs = [start_echo(h, tmp_path) for h in net.hosts]
     names = [h.ns for h in net.hosts]
@@ -122,7 +123,7 @@ def test_close_leaves_nothing(network_factory: Factory, tmp_path: object) -> Non
     assert not [n for n in links if f" {n}:" in link_list or f" {n}@" in link_list]
 
 
-def test_cleanup_stale_spares_live_networks(network_factory: Factory, tmp_path: object) -> None:
+def test_cleanup_stale_spares_live_networks(network_factory: Factory, tmp_path: Path) -> None:
     dead, live = network_factory(1, prefix="mhs"), network_factory(1, prefix="mhs")
     orphan = start_echo(dead.hosts[0], tmp_path)
     # Pretend the owning test run died: a start time that can never match.

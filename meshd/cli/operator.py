@@ -1,0 +1,87 @@
+"""Operating a cluster: `keygen`, `leave`, `operator raft ...`, `snapshot save|restore`."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import click
+
+from meshd.cli import CLIError, client, format_option, http_options
+from meshd.cli.output import format_json, format_table
+
+
+@click.command()
+def keygen() -> None:
+    """Print a new cluster key for `encrypt` (32 random bytes, base64)."""
+    click.echo(base64.b64encode(os.urandom(32)).decode())
+
+
+@click.command()
+@http_options
+def leave() -> None:
+    """Gracefully leave the cluster and shut the agent down."""
+    client().put("/v1/agent/leave")
+    click.echo("Graceful leave complete")
+
+
+@click.group()
+def operator() -> None:
+    """Cluster-level operations."""
+
+
+@operator.group()
+def raft() -> None:
+    """Inspect and change the Raft peer set."""
+
+
+@raft.command("list-peers")
+@http_options
+@format_option
+def list_peers(fmt: str) -> None:
+    conf = client().get("/v1/operator/raft/configuration")
+    if fmt == "json":
+        click.echo(format_json(conf))
+        return
+    rows = [(s["Node"], s["ID"], s["Address"], "leader" if s["Leader"] else "follower",
+             str(s["Voter"]).lower(), "3") for s in conf.get("Servers", [])]
+    click.echo(format_table(("Node", "ID", "Address", "State", "Voter", "RaftProtocol"), rows))
+
+
+@raft.command("remove-peer")
+@http_options
+@click.option("-address", "--address", required=True, help="IP:port of the Raft peer to remove.")
+def remove_peer(address: str) -> None:
+    client().delete("/v1/operator/raft/peer", {"address": address})
+    click.echo(f'Removed peer with address "{address}"')
+
+
+@click.group()
+def snapshot() -> None:
+    """Save or restore a point-in-time copy of the servers' state."""
+
+
+@snapshot.command("save")
+@http_options
+@click.argument("file", type=click.Path(dir_okay=False))
+def snapshot_save(file: str) -> None:
+    data = client().get("/v1/snapshot", raw=True)
+    if not data:
+        raise CLIError("the server returned an empty snapshot")
+    tmp = file + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, file)
+    click.echo(f"Saved and verified snapshot to {file}")
+
+
+@snapshot.command("restore")
+@http_options
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+def snapshot_restore(file: str) -> None:
+    with open(file, "rb") as f:
+        data = f.read()
+    client().put("/v1/snapshot", data)
+    click.echo("Restored snapshot")
