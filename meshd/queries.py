@@ -12,41 +12,41 @@ import msgspec
 # ruff: noqa: N815
 
 
-class Services(msgspec.Struct, tag="services"):
+class Services(msgspec.Struct, tag="services", frozen=True):
     pass
 
 
-class ServiceNodes(msgspec.Struct, tag="service_nodes"):
+class ServiceNodes(msgspec.Struct, tag="service_nodes", frozen=True):
     """Instances of a service with their node and checks; `Connect` asks for its proxies."""
 
     Service: str
     Connect: bool = False
 
 
-class Nodes(msgspec.Struct, tag="nodes"):
+class Nodes(msgspec.Struct, tag="nodes", frozen=True):
     pass
 
 
-class NodeInfo(msgspec.Struct, tag="node_info"):
+class NodeInfo(msgspec.Struct, tag="node_info", frozen=True):
     """One node, its services and its checks."""
 
     Node: str
 
 
-class ServiceChecks(msgspec.Struct, tag="service_checks"):
+class ServiceChecks(msgspec.Struct, tag="service_checks", frozen=True):
     Service: str
 
 
-class ChecksInState(msgspec.Struct, tag="checks_in_state"):
+class ChecksInState(msgspec.Struct, tag="checks_in_state", frozen=True):
     State: str
 
 
-class KVGet(msgspec.Struct, tag="kv_get"):
+class KVGet(msgspec.Struct, tag="kv_get", frozen=True):
     Key: str
     Recurse: bool = False
 
 
-class KVKeys(msgspec.Struct, tag="kv_keys"):
+class KVKeys(msgspec.Struct, tag="kv_keys", frozen=True):
     Prefix: str
     Separator: str = ""
 

@@ -138,8 +138,16 @@ class Server:
                 for raft, rpc in info.Known:
                     self.known.setdefault(raft, rpc)
                 if info.Started and self.raft is None:
-                    await self._join_running(info)
-                    return
+                    if self.raft_addr in info.Peers:
+                        # it bootstrapped with us in its peer set: start with the same set
+                        self._start_raft(list(info.Peers))
+                        return
+                    try:
+                        await self._join_running(info)
+                        return
+                    except (RPCError, RaftError) as e:
+                        log.info("joining the running cluster via %s: %s", addr, e)
+                        continue
             if len(self.known) >= self.s.bootstrap_expect:
                 self._start_raft(list(self.known))
                 return

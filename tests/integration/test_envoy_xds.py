@@ -1,0 +1,374 @@
+"""The ADS server against two real Envoys: mTLS, SPIFFE identities, RBAC, NACK handling.
+
+web-sidecar-proxy has an upstream "api" on a local port; api-sidecar-proxy fronts a tiny echo
+app. Everything runs on loopback with a throwaway CA made here. One Envoy speaks SotW, the other
+delta xDS, so both ADS variants meet a real client in each scenario.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import logging
+import os
+import ssl
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from envoy.config.cluster.v3 import cluster_pb2
+from google.protobuf import duration_pb2
+from helpers import free_port
+
+from proxy.ads import ADSServer
+from proxy.bootstrap import EnvoyNotFoundError, bootstrap_config, envoy_argv, envoy_binary
+from proxy.common import CLUSTER
+from proxy.resources import build_resources
+from proxy.snapshot import Endpoint, ProxySnapshot, RBACPlan, RBACRule, Upstream
+
+TD = "7f3c2a10-5b1e-4c2d-9a8b-0123456789ab.consul"
+DC = "dc1"
+pytestmark = pytest.mark.timeout(120)
+
+
+def _envoy() -> str:
+    try:
+        return envoy_binary()
+    except EnvoyNotFoundError as e:
+        pytest.skip(str(e))
+
+
+# --- a throwaway CA ------------------------------------------------------------------------------
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> str:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+def make_ca() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "meshd test CA")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(
+                digital_signature=True, key_cert_sign=True, crl_sign=True,
+                content_commitment=False, key_encipherment=False, data_encipherment=False,
+                key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(f"spiffe://{TD}")]), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    return cert, key
+
+
+def make_leaf(ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+              service: str) -> tuple[str, str]:
+    ca_cert, ca_key = ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    spiffe = f"spiffe://{TD}/ns/default/dc/{DC}/svc/{service}"
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, service)]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(
+                digital_signature=True, key_agreement=True, key_cert_sign=False,
+                crl_sign=False, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, encipher_only=False, decipher_only=False),
+                critical=True)
+            .add_extension(x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe)]),
+                           critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), _pem_key(key)
+
+
+# --- processes -----------------------------------------------------------------------------------
+
+class EnvoyProc:
+    def __init__(self, tmp: str, node_id: str, service: str, ads_port: int, delta: bool) -> None:
+        self.node_id = node_id
+        self.admin_port = free_port()
+        self.config = os.path.join(tmp, f"{node_id}.json")
+        self.log_path = os.path.join(tmp, f"{node_id}.log")
+        cfg = bootstrap_config(node_id=node_id, cluster=service, ads_host="127.0.0.1",
+                               ads_port=ads_port, admin_bind=f"127.0.0.1:{self.admin_port}",
+                               delta=delta)
+        with open(self.config, "w") as f:
+            json.dump(cfg, f)
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        with open(self.log_path, "wb") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                *envoy_argv(self.config, binary=_envoy(), drain_time_s=1, concurrency=1),
+                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log)
+
+    def log(self) -> str:
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")[-3000:]
+
+    async def stop(self) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        self.proc.terminate()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 5)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+async def _echo_app() -> tuple[web.AppRunner, int]:
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response({"path": request.path,
+                                  "xfcc": request.headers.get("x-forwarded-client-cert", "")})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, port
+
+
+@dataclass
+class Mesh:
+    ads: ADSServer
+    api: ProxySnapshot
+    web_snap: ProxySnapshot
+    api_envoy: EnvoyProc
+    web_envoy: EnvoyProc
+    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
+    session: aiohttp.ClientSession
+
+    @property
+    def upstream_url(self) -> str:
+        return f"http://127.0.0.1:{self.web_snap.upstreams[0].local_bind_port}"
+
+    async def get(self, path: str = "/", **kw: Any) -> tuple[int, Any]:
+        async with self.session.get(self.upstream_url + path, **kw) as r:
+            body = await r.json() if r.content_type == "application/json" else await r.text()
+            return r.status, body
+
+    def push_api(self, **changes: Any) -> None:
+        self.api = replace(self.api, version=self.api.version + 1, **changes)
+        self.ads.set_snapshot(self.api.proxy_id, self.api)
+
+
+async def _wait(pred: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = await pred()
+            if last:
+                return last
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            last = e
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{what} not reached in {timeout}s (last: {last!r})")
+
+
+@asynccontextmanager
+async def mesh(protocol: str, *, api_delta: bool, web_delta: bool) -> AsyncIterator[Mesh]:
+    _envoy()
+    ca = make_ca()
+    roots = [ca[0].public_bytes(serialization.Encoding.PEM).decode()]
+    runner, app_port = await _echo_app()
+    ads = ADSServer("127.0.0.1", 0)
+    await ads.start()
+    api_public = free_port()
+    api_cert, api_key = make_leaf(ca, "api")
+    web_cert, web_key = make_leaf(ca, "web")
+    api = ProxySnapshot(
+        proxy_id="api-sidecar-proxy", service="api", trust_domain=TD, datacenter=DC,
+        public_listener_address="127.0.0.1", public_listener_port=api_public,
+        local_app_port=app_port, protocol=protocol,
+        rbac=RBACPlan("ALLOW", [RBACRule(["web"])]),
+        leaf_cert_pem=api_cert, leaf_key_pem=api_key, roots_pem=roots, version=1)
+    web_snap = ProxySnapshot(
+        proxy_id="web-sidecar-proxy", service="web", trust_domain=TD, datacenter=DC,
+        public_listener_address="127.0.0.1", public_listener_port=free_port(),
+        local_app_port=free_port(), protocol=protocol,
+        upstreams=[Upstream("api", free_port(), protocol=protocol, endpoints=[
+            Endpoint("127.0.0.1", api_public), Endpoint("127.0.0.1", free_port(), healthy=False)])],
+        leaf_cert_pem=web_cert, leaf_key_pem=web_key, roots_pem=roots, version=1)
+    ads.set_snapshot(api.proxy_id, api)
+    ads.set_snapshot(web_snap.proxy_id, web_snap)
+    tmp = tempfile.mkdtemp(prefix="meshd-envoy-")
+    envoys = [EnvoyProc(tmp, "api-sidecar-proxy", "api", ads.port, api_delta),
+              EnvoyProc(tmp, "web-sidecar-proxy", "web", ads.port, web_delta)]
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True),
+                                    timeout=aiohttp.ClientTimeout(total=3))
+    try:
+        await asyncio.gather(*(e.start() for e in envoys))
+        m = Mesh(ads, api, web_snap, envoys[0], envoys[1], ca, session)
+        try:
+            await _wait(lambda: _ok(m), 20, "a request through the mesh")
+            await ads.wait_synced(api.proxy_id)
+            await ads.wait_synced(web_snap.proxy_id)
+        except AssertionError:
+            raise AssertionError("\n".join(f"--- {e.node_id}\n{e.log()}" for e in envoys)) from None
+        yield m
+    finally:
+        await session.close()
+        for e in envoys:
+            await e.stop()
+        await ads.stop()
+        await runner.cleanup()
+
+
+async def _ok(m: Mesh) -> bool:
+    status, _ = await m.get("/ping")
+    return status == 200
+
+
+def _client_ctx(m: Mesh, service: str | None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(
+        cadata=m.ca[0].public_bytes(serialization.Encoding.PEM).decode())
+    ctx.check_hostname = False
+    if service is not None:
+        cert, key = make_leaf(m.ca, service)
+        with tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False) as f:
+            f.write(cert + key)
+        ctx.load_cert_chain(f.name)
+        os.unlink(f.name)
+    return ctx
+
+
+async def _direct(m: Mesh, ctx: ssl.SSLContext | None) -> int | str:
+    """Status of a request straight to api's public listener, or the failure's name."""
+    url = f"{'https' if ctx else 'http'}://127.0.0.1:{m.api.public_listener_port}/direct"
+    try:
+        async with m.session.get(url, ssl=ctx if ctx else False) as r:
+            await r.read()
+            return r.status
+    except (aiohttp.ClientError, OSError, TimeoutError) as e:
+        return type(e).__name__
+
+
+async def _plaintext_reply(port: int) -> bytes:
+    """What a plaintext HTTP request to a TLS-only port gets back (a TLS alert or nothing)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(100), 3)
+    except (ConnectionResetError, TimeoutError):
+        return b""
+    finally:
+        writer.close()
+
+
+async def _nack_keeps_last_good(m: Mesh, caplog: pytest.LogCaptureFixture) -> None:
+    acked_before = m.ads.stats(m.api.proxy_id)["acked"][CLUSTER]
+    bad = build_resources(m.api)
+    bad[CLUSTER].append(cluster_pb2.Cluster(  # negative timeout fails Envoy's proto validation
+        name="bad", type=cluster_pb2.Cluster.STATIC,
+        connect_timeout=duration_pb2.Duration(seconds=-1)))
+    with caplog.at_level(logging.WARNING, logger="meshd.proxy.ads"):
+        m.ads.set_resources(m.api.proxy_id, bad, "bad-1")
+        await _wait(lambda: _has_nack(m), 10, "a NACK")
+    nack = m.ads.stats(m.api.proxy_id)["nacks"][-1]
+    assert nack["type_url"] == CLUSTER and nack["version"] == "bad-1" and nack["message"]
+    assert any("Envoy rejected Cluster" in r.getMessage() for r in caplog.records)
+    assert m.ads.stats(m.api.proxy_id)["acked"][CLUSTER] == acked_before
+    for _ in range(3):  # the last good config keeps serving
+        assert (await m.get("/still"))[0] == 200
+    m.push_api()  # a good snapshot again: accepted, in sync
+    await m.ads.wait_synced(m.api.proxy_id)
+    assert m.ads.stats(m.api.proxy_id)["acked"][CLUSTER] == str(m.api.version)
+
+
+async def _has_nack(m: Mesh) -> bool:
+    return bool(m.ads.stats(m.api.proxy_id)["nacks"])
+
+
+async def test_http_mesh_sotw_and_delta(caplog: pytest.LogCaptureFixture) -> None:
+    async with mesh("http", api_delta=False, web_delta=True) as m:
+        # web -> api through both sidecars; the app sees web's identity, not a forged one
+        status, body = await m.get("/hello", headers={"X-Forwarded-Client-Cert": "URI=evil"})
+        assert status == 200 and body["path"] == "/hello"
+        assert f"URI=spiffe://{TD}/ns/default/dc/{DC}/svc/web" in body["xfcc"]
+        assert "evil" not in body["xfcc"]
+        # api's public port: no plaintext, no TLS without a client cert, no stranger identity
+        assert not (await _plaintext_reply(m.api.public_listener_port)).startswith(b"HTTP/")
+        assert await _direct(m, None) != 200
+        assert await _direct(m, _client_ctx(m, None)) != 200
+        assert await _direct(m, _client_ctx(m, "evil")) == 403
+        assert await _direct(m, _client_ctx(m, "web")) == 200
+
+        await _nack_keeps_last_good(m, caplog)
+
+        # revoke: deny web. Applies to the next request, even on kept-alive connections.
+        t0 = time.monotonic()
+        m.push_api(rbac=RBACPlan("DENY", [RBACRule(["web"])]))
+        await _wait(lambda: _status_is(m, 403), 1.0, "403 after the deny")
+        assert time.monotonic() - t0 < 1.0
+        # L7: allow only GET under /public
+        m.push_api(rbac=RBACPlan("ALLOW", [RBACRule(["web"], permissions=[
+            {"Action": "deny", "HTTP": {"PathPrefix": "/public/secret"}},
+            {"Action": "allow", "HTTP": {"PathPrefix": "/public", "Methods": ["GET"]}}])]))
+        await _wait(lambda: _status_is(m, 200, "/public/x"), 2.0, "L7 allow")
+        assert (await m.get("/private"))[0] == 403
+        assert (await m.get("/public/secret/x"))[0] == 403
+        async with m.session.post(m.upstream_url + "/public/x") as r:
+            assert r.status == 403
+
+
+async def _status_is(m: Mesh, want: int, path: str = "/") -> bool:
+    return (await m.get(path))[0] == want
+
+
+async def test_tcp_mesh_delta_and_sotw(caplog: pytest.LogCaptureFixture) -> None:
+    async with mesh("tcp", api_delta=True, web_delta=False) as m:
+        status, body = await m.get("/hello")
+        assert status == 200 and body["xfcc"] == ""  # L4: no HTTP processing in the sidecars
+        assert await _direct(m, _client_ctx(m, "evil")) != 200
+        assert await _direct(m, _client_ctx(m, "web")) == 200
+
+        await _nack_keeps_last_good(m, caplog)
+
+        t0 = time.monotonic()
+        m.push_api(rbac=RBACPlan("DENY", [RBACRule(["web"])]))
+        await _wait(lambda: _refused(m), 1.0, "refusal after the deny")
+        assert time.monotonic() - t0 < 1.0
+        # endpoints: the upstream's only healthy instance goes unhealthy -> no route to api
+        web_up = m.web_snap.upstreams[0]
+        m.web_snap = replace(m.web_snap, version=m.web_snap.version + 1, upstreams=[
+            replace(web_up, endpoints=[replace(e, healthy=False) for e in web_up.endpoints])])
+        m.ads.set_snapshot(m.web_snap.proxy_id, m.web_snap)
+        await m.ads.wait_synced(m.web_snap.proxy_id)
+
+
+async def _refused(m: Mesh) -> bool:
+    try:
+        status, _ = await m.get("/")
+    except (aiohttp.ClientError, OSError, TimeoutError):
+        return True
+    return status != 200
