@@ -172,8 +172,8 @@ class ADSServer:
 
     def stats(self, node_id: str) -> dict[str, Any]:
         """acked: type URL -> last version the client ACKed (kept after the stream ends);
-        synced: every live stream has ACKed exactly the current resources; nacks: recent
-        rejections, newest last."""
+        synced: every live stream has ACKed exactly the current resources; kinds: "sotw" or
+        "delta" per live stream; nacks: recent rejections, newest last."""
         with self._lock:
             streams = list(self._streams.get(node_id, ()))
             acked = dict(self._acked.get(node_id, {}))
@@ -181,7 +181,8 @@ class ADSServer:
             res = self._nodes.get(node_id) or self._provided.get(node_id)
         synced = bool(streams) and res is not None and all(s.synced(res) for s in streams)
         return {"version": res.version if res else None, "streams": len(streams),
-                "acked": acked, "synced": synced, "nacks": nacks}
+                "kinds": sorted(s.kind for s in streams), "acked": acked, "synced": synced,
+                "nacks": nacks}
 
     async def wait_synced(self, node_id: str, timeout: float = 10.0) -> dict[str, Any]:
         """Poll until the node's streams have ACKed the current resources (tests, tooling)."""

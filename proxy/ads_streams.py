@@ -89,6 +89,8 @@ class StreamHost(Protocol):
 class BaseStream:
     """Request intake, the wake loop, and the CDS-before-LDS gate shared by both variants."""
 
+    kind = ""
+
     def __init__(self, host: StreamHost, request_iterator: AsyncIterator[Any]) -> None:
         self.host = host
         self.node_id: str | None = None
@@ -177,6 +179,8 @@ class SotwType:
 class SotwStream(BaseStream):
     """StreamAggregatedResources: every response carries the full selection for its type."""
 
+    kind = "sotw"
+
     def __init__(self, host: StreamHost, request_iterator: AsyncIterator[Any]) -> None:
         super().__init__(host, request_iterator)
         self.types: dict[str, SotwType] = {}
@@ -252,6 +256,8 @@ class DeltaType:
 
 class DeltaStream(BaseStream):
     """DeltaAggregatedResources: only changed resources travel, removals are named."""
+
+    kind = "delta"
 
     def __init__(self, host: StreamHost, request_iterator: AsyncIterator[Any]) -> None:
         super().__init__(host, request_iterator)

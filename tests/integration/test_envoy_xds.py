@@ -12,6 +12,7 @@ import datetime
 import json
 import logging
 import os
+import shutil
 import ssl
 import tempfile
 import time
@@ -232,6 +233,8 @@ async def mesh(protocol: str, *, api_delta: bool, web_delta: bool) -> AsyncItera
             await _wait(lambda: _ok(m), 20, "a request through the mesh")
             await ads.wait_synced(api.proxy_id)
             await ads.wait_synced(web_snap.proxy_id)
+            assert ads.stats(api.proxy_id)["kinds"] == ["delta" if api_delta else "sotw"]
+            assert ads.stats(web_snap.proxy_id)["kinds"] == ["delta" if web_delta else "sotw"]
         except AssertionError:
             raise AssertionError("\n".join(f"--- {e.node_id}\n{e.log()}" for e in envoys)) from None
         yield m
@@ -241,6 +244,7 @@ async def mesh(protocol: str, *, api_delta: bool, web_delta: bool) -> AsyncItera
             await e.stop()
         await ads.stop()
         await runner.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 async def _ok(m: Mesh) -> bool:
@@ -325,6 +329,14 @@ async def test_http_mesh_sotw_and_delta(caplog: pytest.LogCaptureFixture) -> Non
 
         await _nack_keeps_last_good(m, caplog)
 
+        # leaf rotation: a Secret push; the public listener serves the new certificate
+        cert_pem, key_pem = make_leaf(m.ca, "api")
+        serial = x509.load_pem_x509_certificate(cert_pem.encode()).serial_number
+        m.push_api(leaf_cert_pem=cert_pem, leaf_key_pem=key_pem)
+        await m.ads.wait_synced(m.api.proxy_id)
+        await _wait(lambda: _serves_serial(m.api_envoy, serial), 2.0, "the rotated leaf")
+        assert (await m.get("/rotated"))[0] == 200
+
         # revoke: deny web. Applies to the next request, even on kept-alive connections.
         t0 = time.monotonic()
         m.push_api(rbac=RBACPlan("DENY", [RBACRule(["web"])]))
@@ -341,6 +353,16 @@ async def test_http_mesh_sotw_and_delta(caplog: pytest.LogCaptureFixture) -> Non
             assert r.status == 403
 
 
+async def _serves_serial(envoy: EnvoyProc, serial: int) -> bool:
+    async with aiohttp.ClientSession() as s, s.get(
+            f"http://127.0.0.1:{envoy.admin_port}/certs") as r:
+        certs = await r.json()
+    serials = {c["serial_number"].lower().lstrip("0")
+               for entry in certs.get("certificates", [])
+               for c in entry.get("cert_chain", [])}
+    return format(serial, "x") in serials
+
+
 async def _status_is(m: Mesh, want: int, path: str = "/") -> bool:
     return (await m.get(path))[0] == want
 
@@ -354,16 +376,24 @@ async def test_tcp_mesh_delta_and_sotw(caplog: pytest.LogCaptureFixture) -> None
 
         await _nack_keeps_last_good(m, caplog)
 
+        # EDS: the only healthy instance turns unhealthy -> nowhere to go; back -> served again
+        def set_health(healthy: bool) -> None:
+            up = m.web_snap.upstreams[0]
+            eps = [replace(up.endpoints[0], healthy=healthy), *up.endpoints[1:]]
+            m.web_snap = replace(m.web_snap, version=m.web_snap.version + 1,
+                                 upstreams=[replace(up, endpoints=eps)])
+            m.ads.set_snapshot(m.web_snap.proxy_id, m.web_snap)
+
+        set_health(False)
+        await _wait(lambda: _refused(m), 2.0, "refusal without healthy endpoints")
+        set_health(True)
+        await _wait(lambda: _ok(m), 2.0, "service with the endpoint back")
+
+        # revoke: new connections are refused at once
         t0 = time.monotonic()
         m.push_api(rbac=RBACPlan("DENY", [RBACRule(["web"])]))
         await _wait(lambda: _refused(m), 1.0, "refusal after the deny")
         assert time.monotonic() - t0 < 1.0
-        # endpoints: the upstream's only healthy instance goes unhealthy -> no route to api
-        web_up = m.web_snap.upstreams[0]
-        m.web_snap = replace(m.web_snap, version=m.web_snap.version + 1, upstreams=[
-            replace(web_up, endpoints=[replace(e, healthy=False) for e in web_up.endpoints])])
-        m.ads.set_snapshot(m.web_snap.proxy_id, m.web_snap)
-        await m.ads.wait_synced(m.web_snap.proxy_id)
 
 
 async def _refused(m: Mesh) -> bool:

@@ -118,11 +118,13 @@ class Cluster:
     def _node(self, host: Any, name: str, args: list[str]) -> Node:
         data_dir = os.path.join(self.tmp, name)
         os.makedirs(data_dir, exist_ok=True)
-        full = [*args, f"-data-dir={data_dir}"]
+        conf = os.path.join(data_dir, "test.json")
+        with open(conf, "w") as f:
+            json.dump({"limits": {"node_failure_timeout": "3s"}}, f)
+        full = [*args, f"-data-dir={data_dir}", f"-config-file={conf}"]
         if self.key:
             full.append(f"-encrypt={self.key}")
-        return Node(host, name, full, data_dir, os.path.join(self.tmp, f"{name}.log"),
-                    env={"MESHD_FAILURE_TIMEOUT": "3"})
+        return Node(host, name, full, data_dir, os.path.join(self.tmp, f"{name}.log"))
 
     def start(self, clients: bool = True) -> Cluster:
         for s in self.servers:
