@@ -40,7 +40,7 @@ from meshd.config import Config
 from meshd.rpc import Heartbeat, PeerChange
 from meshd.rpc_client import RPCClient
 from meshd.structs import HEALTH_CRITICAL, Barrier, Deregister, HealthCheck, Restore
-from meshd.tls import tls_contexts
+from meshd.tls import server_hostname, tls_contexts
 from server.cluster import Server, ServerSettings
 from server.raft import free_loopback_port
 from server.rpc import make_rpc_app
@@ -120,6 +120,7 @@ class Agent:
         cfg = self.config
         key = base64.b64decode(cfg.encrypt) if cfg.encrypt else None
         ssl_server, ssl_client = tls_contexts(cfg)
+        server_name = server_hostname(cfg) if cfg.tls.verify_server_hostname else None
         if cfg.server:
             if not cfg.dev and not key and not _loopback(self.address):
                 raise StartError(
@@ -135,7 +136,8 @@ class Agent:
                 bootstrap_expect=cfg.bootstrap_expect or 1, retry_join=list(cfg.retry_join),
                 failure_timeout=float(cfg.limits.get("node_failure_timeout", 5.0)),
                 reap_after=cfg.reconnect_timeout, ssl_client=ssl_client,
-                bind=cfg.bind_addr if cfg.bind_addr != self.address else None))
+                bind=cfg.bind_addr if cfg.bind_addr != self.address else None,
+                server_name=server_name))
             await self.server.start()
             self.backend = LocalBackend(self.server)
             self.view = StoreView(self.server.store, cfg.datacenter, cfg.node_name)
@@ -148,7 +150,7 @@ class Agent:
             if not cfg.retry_join:
                 raise StartError("a client agent needs -retry-join with the servers' addresses")
             self.rpc = RPCClient(list(cfg.retry_join), key, default_port=cfg.ports.server,
-                                 ssl_context=ssl_client)
+                                 ssl_context=ssl_client, server_name=server_name)
             self.backend = RemoteBackend(self.rpc)
             self.cache = CatalogCache(self.backend)
             self.view = CacheView(self.cache, cfg.datacenter, cfg.node_name)

@@ -33,7 +33,7 @@ def _same_service(a: NodeService, b: NodeService) -> bool:
 
 
 def _same_check(a: HealthCheck, b: HealthCheck) -> bool:
-    return _bare(replace(a, Definition={})) == _bare(replace(b, Definition={}))
+    return _bare(a) == _bare(b)
 
 
 def diff_node(local: LocalState, remote: Any) -> list[Register | Deregister]:

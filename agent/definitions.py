@@ -109,6 +109,9 @@ class CheckDefinition:
             ServiceTags=list(service.Tags) if service else [], Type=self.Type,
             Interval=f"{self.Interval:g}s" if self.Interval else "",
             Timeout=f"{self.Timeout:g}s" if self.Type not in ("ttl", "alias") else "",
+            Definition={"DeregisterCriticalServiceAfter":
+                        f"{self.DeregisterCriticalServiceAfter:g}s"}
+            if self.DeregisterCriticalServiceAfter else {},
         )
 
 

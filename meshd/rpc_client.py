@@ -33,10 +33,12 @@ def normalize_addr(addr: str, default_port: int) -> str:
 
 class RPCClient:
     def __init__(self, servers: list[str], key: bytes | None, *, default_port: int = 8300,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None,
+                 server_name: str | None = None) -> None:
         self.servers = [normalize_addr(s, default_port) for s in servers]
         self.key = key
         self.ssl = ssl_context
+        self.server_name = server_name  # verify_server_hostname: the name servers must present
         self._session: aiohttp.ClientSession | None = None
         self._preferred: str | None = None
 
@@ -75,7 +77,8 @@ class RPCClient:
                         f"{scheme}://{server}{path}", data=body,
                         headers={AUTH_HEADER: sign(self.key, path, body),
                                  "Content-Type": "application/msgpack"},
-                        timeout=aiohttp.ClientTimeout(total=timeout, connect=2.0)) as resp:
+                        timeout=aiohttp.ClientTimeout(total=timeout, connect=2.0),
+                        server_hostname=self.server_name if self.ssl else None) as resp:
                     data = await resp.read()
                     if resp.status != 200:
                         raise RPCError(f"{server}: {data.decode(errors='replace').strip()}",

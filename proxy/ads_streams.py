@@ -40,7 +40,7 @@ class Prepared:
     version: str  # content hash of this one resource (delta xDS per-resource version)
 
 
-def _unpack_name(a: any_pb2.Any) -> str:
+def unpack_name(a: any_pb2.Any) -> str:
     full = a.type_url.rsplit("/", 1)[-1]
     cls = message_factory.GetMessageClass(descriptor_pool.Default().FindMessageTypeByName(full))
     msg = cls()
@@ -58,7 +58,7 @@ class NodeResources:
             items: dict[str, Prepared] = {}
             for r in resources[type_url]:
                 if isinstance(r, any_pb2.Any):
-                    packed, name = r, _unpack_name(r)
+                    packed, name = r, unpack_name(r)
                 else:
                     packed, name = any_pb2.Any(), resource_name(r)
                     packed.Pack(r, deterministic=True)

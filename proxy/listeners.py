@@ -9,6 +9,7 @@ denies everything, so a listener whose routes are missing fails closed.
 
 from __future__ import annotations
 
+from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2 as lc
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
@@ -20,7 +21,6 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as net_rbac
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
-from envoy.config.core.v3 import base_pb2
 
 from .common import (
     LOCAL_APP_CLUSTER,
@@ -72,8 +72,8 @@ def _hcm(stat_prefix: str, route_name: str, *, inbound: bool) -> lc.Filter:
         http_filters=filters,
         upgrade_configs=[hcm.HttpConnectionManager.UpgradeConfig(upgrade_type="websocket")],
         # The app must never trust an XFCC its caller made up: Envoy strips it and sets its own.
-        forward_client_cert_details=(
-            hcm.HttpConnectionManager.SANITIZE_SET if inbound else hcm.HttpConnectionManager.SANITIZE),
+        forward_client_cert_details=(hcm.HttpConnectionManager.SANITIZE_SET if inbound
+                                     else hcm.HttpConnectionManager.SANITIZE),
     )
     if inbound:
         m.set_current_client_cert_details.uri = True

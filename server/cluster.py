@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import ssl
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,7 @@ from meshd.structs import Barrier, Command
 from server.members import Membership
 from server.raft import RaftError, RaftNode, RaftSettings
 from server.reads import blocking_query
+from server.reaper import CriticalReaper
 from server.store import Store
 
 log = logging.getLogger("meshd.server")
@@ -53,6 +55,7 @@ class ServerSettings:
     reap_after: float = 72 * 3600.0
     ssl_client: ssl.SSLContext | None = None
     bind: str | None = None  # Raft listen host when it differs from `advertise`
+    server_name: str | None = None  # TLS name servers present to each other
 
 
 @dataclass
@@ -73,9 +76,11 @@ class Server:
         self.known: dict[str, str] = {self.raft_addr: self.rpc_addr}  # raft -> rpc
         self.members = Membership(settings.failure_timeout, settings.reap_after)
         self.rpc = RPCClient(settings.retry_join, settings.key, default_port=settings.rpc_port,
-                             ssl_context=settings.ssl_client)
+                             ssl_context=settings.ssl_client,
+                             server_name=settings.server_name)
         self._tasks: list[asyncio.Task[Any]] = []
         self._was_leader = False
+        self.reaper = CriticalReaper()
 
     # ---- formation ----------------------------------------------------------------------
 
@@ -247,7 +252,9 @@ class Server:
                         nodes = [(n.Node, n.Address) for n in self.store.nodes.values()]
                     self.members.nodes.clear()
                     self.members.adopt(nodes)
+                    self.reaper.reset()
                 ops = self.members.tick()
+                ops += self.reaper.tick(self.store, time.monotonic())
                 for op in ops:
                     await raft.apply(op)
             except (RaftError, RPCError) as e:

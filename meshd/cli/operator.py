@@ -56,6 +56,42 @@ def remove_peer(address: str) -> None:
     click.echo(f'Removed peer with address "{address}"')
 
 
+@raft.command("recover")
+@click.option("-data-dir", "--data-dir", "data_dir", required=True,
+              type=click.Path(exists=True, file_okay=False),
+              help="The stopped server's data directory.")
+@click.option("-peers", "--peers", required=True,
+              help="Comma-separated Raft addresses (IP:port) of the servers that remain.")
+def recover(data_dir: str, peers: str) -> None:
+    """Offline recovery after quorum loss: rewrite a stopped server's peer set.
+
+    Run it on every surviving server while all of them are stopped, with the same list, then
+    start them. Writes that only the lost servers had are gone; everything the survivors
+    committed stays.
+    """
+    import json
+
+    addrs = [p.strip() for p in peers.split(",") if p.strip()]
+    if not addrs or any(":" not in a for a in addrs):
+        raise CLIError("-peers must list IP:port Raft addresses, e.g. 10.0.0.1:8301")
+    raft_dir = os.path.join(data_dir, "raft")
+    if not os.path.isdir(raft_dir):
+        raise CLIError(f"{data_dir} holds no Raft state (no raft/ directory)")
+    path = os.path.join(raft_dir, "peers.json")
+    old = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+    new = {a: old.get(a, a.rsplit(":", 1)[0] + ":8300") for a in addrs}
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(new, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    click.echo(f"Peer set of {data_dir} is now: {', '.join(addrs)}")
+
+
 @click.group()
 def snapshot() -> None:
     """Save or restore a point-in-time copy of the servers' state."""

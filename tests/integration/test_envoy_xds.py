@@ -1,14 +1,13 @@
 """The ADS server against two real Envoys: mTLS, SPIFFE identities, RBAC, NACK handling.
 
 web-sidecar-proxy has an upstream "api" on a local port; api-sidecar-proxy fronts a tiny echo
-app. Everything runs on loopback with a throwaway CA made here. One Envoy speaks SotW, the other
-delta xDS, so both ADS variants meet a real client in each scenario.
+app. Everything runs on loopback with a throwaway CA (tests/certs.py). One Envoy speaks SotW,
+the other delta xDS, so both ADS variants meet a real client in each scenario.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
 import json
 import logging
 import os
@@ -24,10 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from certs import TestCA, make_ca
 from envoy.config.cluster.v3 import cluster_pb2
 from google.protobuf import duration_pb2
 from helpers import free_port
@@ -48,63 +44,6 @@ def _envoy() -> str:
         return envoy_binary()
     except EnvoyNotFoundError as e:
         pytest.skip(str(e))
-
-
-# --- a throwaway CA ------------------------------------------------------------------------------
-
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> str:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).decode()
-
-
-def make_ca() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "meshd test CA")])
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True,
-                content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.UniformResourceIdentifier(f"spiffe://{TD}")]), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
-    return cert, key
-
-
-def make_leaf(ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
-              service: str) -> tuple[str, str]:
-    ca_cert, ca_key = ca
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    spiffe = f"spiffe://{TD}/ns/default/dc/{DC}/svc/{service}"
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, service)]))
-            .issuer_name(ca_cert.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(
-                digital_signature=True, key_agreement=True, key_cert_sign=False,
-                crl_sign=False, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, encipher_only=False, decipher_only=False),
-                critical=True)
-            .add_extension(x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                critical=False)
-            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe)]),
-                           critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    return cert.public_bytes(serialization.Encoding.PEM).decode(), _pem_key(key)
 
 
 # --- processes -----------------------------------------------------------------------------------
@@ -164,7 +103,7 @@ class Mesh:
     web_snap: ProxySnapshot
     api_envoy: EnvoyProc
     web_envoy: EnvoyProc
-    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
+    ca: TestCA
     session: aiohttp.ClientSession
 
     @property
@@ -198,14 +137,14 @@ async def _wait(pred: Any, timeout: float, what: str) -> Any:
 @asynccontextmanager
 async def mesh(protocol: str, *, api_delta: bool, web_delta: bool) -> AsyncIterator[Mesh]:
     _envoy()
-    ca = make_ca()
-    roots = [ca[0].public_bytes(serialization.Encoding.PEM).decode()]
+    ca = make_ca(TD)
+    roots = [ca.pem]
     runner, app_port = await _echo_app()
     ads = ADSServer("127.0.0.1", 0)
     await ads.start()
     api_public = free_port()
-    api_cert, api_key = make_leaf(ca, "api")
-    web_cert, web_key = make_leaf(ca, "web")
+    api_cert, api_key, _ = ca.leaf("api")
+    web_cert, web_key, _ = ca.leaf("web")
     api = ProxySnapshot(
         proxy_id="api-sidecar-proxy", service="api", trust_domain=TD, datacenter=DC,
         public_listener_address="127.0.0.1", public_listener_port=api_public,
@@ -235,8 +174,9 @@ async def mesh(protocol: str, *, api_delta: bool, web_delta: bool) -> AsyncItera
             await ads.wait_synced(web_snap.proxy_id)
             assert ads.stats(api.proxy_id)["kinds"] == ["delta" if api_delta else "sotw"]
             assert ads.stats(web_snap.proxy_id)["kinds"] == ["delta" if web_delta else "sotw"]
-        except AssertionError:
-            raise AssertionError("\n".join(f"--- {e.node_id}\n{e.log()}" for e in envoys)) from None
+        except (AssertionError, TimeoutError) as err:
+            logs = "\n".join(f"--- {e.node_id}\n{e.log()}" for e in envoys)
+            raise AssertionError(f"{err}\n{logs}") from None
         yield m
     finally:
         await session.close()
@@ -253,11 +193,10 @@ async def _ok(m: Mesh) -> bool:
 
 
 def _client_ctx(m: Mesh, service: str | None) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(
-        cadata=m.ca[0].public_bytes(serialization.Encoding.PEM).decode())
+    ctx = ssl.create_default_context(cadata=m.ca.pem)
     ctx.check_hostname = False
     if service is not None:
-        cert, key = make_leaf(m.ca, service)
+        cert, key, _ = m.ca.leaf(service)
         with tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False) as f:
             f.write(cert + key)
         ctx.load_cert_chain(f.name)
@@ -330,8 +269,8 @@ async def test_http_mesh_sotw_and_delta(caplog: pytest.LogCaptureFixture) -> Non
         await _nack_keeps_last_good(m, caplog)
 
         # leaf rotation: a Secret push; the public listener serves the new certificate
-        cert_pem, key_pem = make_leaf(m.ca, "api")
-        serial = x509.load_pem_x509_certificate(cert_pem.encode()).serial_number
+        cert_pem, key_pem, cert = m.ca.leaf("api")
+        serial = cert.serial_number
         m.push_api(leaf_cert_pem=cert_pem, leaf_key_pem=key_pem)
         await m.ads.wait_synced(m.api.proxy_id)
         await _wait(lambda: _serves_serial(m.api_envoy, serial), 2.0, "the rotated leaf")
@@ -402,3 +341,58 @@ async def _refused(m: Mesh) -> bool:
     except (aiohttp.ClientError, OSError, TimeoutError):
         return True
     return status != 200
+
+
+async def test_bootstrap_variants_validate(tmp_path: Any) -> None:
+    """Every bootstrap flavour passes Envoy's own config validation."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text(make_ca(TD).pem)
+    variants = [
+        {},
+        {"delta": True, "admin_bind": "[::1]:19000"},
+        {"ads_tls": True, "ads_ca_file": str(ca), "ads_token": "t", "ads_host": "localhost"},
+    ]
+    for i, extra in enumerate(variants):
+        kw: dict[str, Any] = {"node_id": "n", "cluster": "c", "ads_host": "127.0.0.1",
+                              "ads_port": 8502, **extra}
+        path = tmp_path / f"b{i}.json"
+        path.write_text(json.dumps(bootstrap_config(**kw)))
+        proc = await asyncio.create_subprocess_exec(
+            _envoy(), "--mode", "validate", "-c", str(path), "-l", "error",
+            "--disable-hot-restart", stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT)
+        out, _ = await proc.communicate()
+        assert proc.returncode == 0, (extra, out.decode())
+
+
+async def test_h2_and_grpc_resources_accepted(tmp_path: Any) -> None:
+    """Envoy ACKs every type for http2/grpc listeners, routes and clusters (no NACK)."""
+    ca = make_ca(TD)
+    cert, key, _ = ca.leaf("billing")
+    roots = [ca.pem]
+    ads = ADSServer("127.0.0.1", 0)
+    await ads.start()
+    s = ProxySnapshot(
+        proxy_id="billing-sidecar-proxy", service="billing", trust_domain=TD, datacenter=DC,
+        public_listener_address="127.0.0.1", public_listener_port=free_port(),
+        local_app_port=free_port(), protocol="grpc",
+        upstreams=[Upstream("api", free_port(), protocol="http2",
+                            endpoints=[Endpoint("127.0.0.1", free_port())]),
+                   Upstream("db", free_port(), endpoints=[Endpoint("127.0.0.1", free_port())]),
+                   Upstream("ledger", free_port(), protocol="grpc", datacenter="dc2")],
+        rbac=RBACPlan("ALLOW", [RBACRule(["*"], ["api"], permissions=[
+            {"Action": "allow", "HTTP": {"PathRegex": "/billing\\.v1\\..*",
+                                         "Header": [{"Name": "te", "Exact": "trailers"}]}}])]),
+        leaf_cert_pem=cert, leaf_key_pem=key, roots_pem=roots, version=1)
+    ads.set_snapshot(s.proxy_id, s)
+    envoy = EnvoyProc(str(tmp_path), s.proxy_id, "billing", ads.port, delta=False)
+    try:
+        await envoy.start()
+        try:
+            st = await ads.wait_synced(s.proxy_id, 15)
+        except TimeoutError:
+            raise AssertionError(envoy.log()) from None
+        assert st["nacks"] == [] and len(st["acked"]) == 5, st
+    finally:
+        await envoy.stop()
+        await ads.stop()

@@ -15,6 +15,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
+from certs import TestCA
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -99,10 +101,11 @@ def _maybe_json(raw: bytes) -> Any:
 
 class Cluster:
     def __init__(self, net: Any, n_servers: int = 3, key: str | None = None,
-                 extra: list[str] | None = None) -> None:
+                 extra: list[str] | None = None, tls: bool = True) -> None:
         self.net = net
         self.key = key if key is not None else keygen()
         self.tmp = tempfile.mkdtemp(prefix="meshd-mh-")
+        self.ca = TestCA(os.path.join(self.tmp, "tls")) if tls else None
         self.servers: list[Node] = []
         self.clients: list[Node] = []
         hosts = net.hosts
@@ -119,8 +122,17 @@ class Cluster:
         data_dir = os.path.join(self.tmp, name)
         os.makedirs(data_dir, exist_ok=True)
         conf = os.path.join(data_dir, "test.json")
+        doc: dict[str, Any] = {"limits": {"node_failure_timeout": "3s"}}
+        if self.ca is not None:
+            server = "-server" in args
+            cert, key = self.ca.issue(name, ["server.dc1.consul"] if server else
+                                      [f"{name}.client.dc1.consul"], [host.addr])
+            doc["tls"] = {"defaults": {"ca_file": self.ca.ca_file, "cert_file": cert,
+                                       "key_file": key, "verify_incoming": True,
+                                       "verify_outgoing": True},
+                          "internal_rpc": {"verify_server_hostname": True}}
         with open(conf, "w") as f:
-            json.dump({"limits": {"node_failure_timeout": "3s"}}, f)
+            json.dump(doc, f)
         full = [*args, f"-data-dir={data_dir}", f"-config-file={conf}"]
         if self.key:
             full.append(f"-encrypt={self.key}")

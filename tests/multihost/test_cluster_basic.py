@@ -90,3 +90,24 @@ def test_server_without_key_is_refused(network_factory):
         rogue.kill()
     finally:
         c.close()
+
+
+def test_rpc_requires_tls_and_client_cert(cluster):
+    import ssl
+    import urllib.error
+    import urllib.request
+    server = cluster.servers[0].host.addr
+    with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+        urllib.request.urlopen(f"http://{server}:8300/rpc/info", data=b"", timeout=3)
+    ctx = ssl.create_default_context(cafile=cluster.ca.ca_file)
+    ctx.check_hostname = False
+    with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError, OSError)):
+        urllib.request.urlopen(f"https://{server}:8300/rpc/info", data=b"", timeout=3,
+                               context=ctx)
+    # with a client certificate but without the cluster key: refused by the HMAC check
+    cert, key = cluster.ca.issue("probe", ["probe.client.dc1.consul"], [])
+    ctx.load_cert_chain(cert, key)
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(f"https://{server}:8300/rpc/info", data=b"", timeout=3,
+                               context=ctx)
+    assert e.value.code == 403

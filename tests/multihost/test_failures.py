@@ -189,6 +189,10 @@ def test_client_agent_dies_and_returns(network_factory):
         a, b = c.clients
         assert a.put("/v1/agent/service/register", {
             "Name": "flaky", "Port": 80, "Check": {"TTL": "1h", "Status": "passing"}})[0] == 200
+        assert a.put("/v1/agent/service/register", {
+            "Name": "ephemeral", "Port": 81,
+            "Check": {"TTL": "1h", "Status": "passing",
+                      "DeregisterCriticalServiceAfter": "2s"}})[0] == 200
         wait(lambda: b.get("/v1/health/service/flaky?passing")[1], 10, "flaky not visible")
 
         def dns_rcode() -> int:
@@ -204,6 +208,9 @@ def test_client_agent_dies_and_returns(network_factory):
         wait(lambda: dns_rcode() == dns.rcode.NXDOMAIN, 10, "dead agent's service still in DNS")
         members = {m["Name"]: m["Status"] for m in b.get("/v1/agent/members")[1]}
         assert members[a.name] == 4  # failed
+        # no zombie: the leader reaps the dead agent's service once critical for 2s
+        wait(lambda: b.get("/v1/catalog/service/ephemeral")[1] == [], 15, "zombie service")
+        assert b.get("/v1/catalog/service/flaky")[1]  # no deregister-after: stays, critical
         a.start()
         wait(lambda: b.get("/v1/health/service/flaky?passing")[1], 20, "service did not return")
         wait(lambda: dns_rcode() == dns.rcode.NOERROR, 10, "service not back in DNS")
