@@ -51,4 +51,18 @@ class KVKeys(msgspec.Struct, tag="kv_keys", frozen=True):
     Separator: str = ""
 
 
-Query = Services | ServiceNodes | Nodes | NodeInfo | ServiceChecks | ChecksInState | KVGet | KVKeys
+
+
+class ConfigEntries(msgspec.Struct, tag="config_entries", frozen=True):
+    """Entries of one kind (Name "" for all of that kind; Kind "" for every kind)."""
+
+    Kind: str = ""
+    Name: str = ""
+
+
+class CARoots(msgspec.Struct, tag="ca_roots", frozen=True):
+    pass
+
+
+Query = (Services | ServiceNodes | Nodes | NodeInfo | ServiceChecks | ChecksInState | KVGet
+         | KVKeys | ConfigEntries | CARoots)

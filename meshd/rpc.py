@@ -94,7 +94,22 @@ VALUE_TYPES: dict[type, Any] = {
     q.ChecksInState: list[HealthCheck],
     q.KVGet: list[KVEntry],
     q.KVKeys: list[str],
+    q.ConfigEntries: list[dict[str, Any]],
+    q.CARoots: dict[str, Any],
 }
+
+
+class SignRequest(msgspec.Struct):
+    CSR: str
+    Service: str
+
+
+class SignReply(msgspec.Struct):
+    CertPEM: str  # the leaf followed by any cross-signed intermediates
+    SerialNumber: str
+    ValidAfter: str
+    ValidBefore: str
+    RootID: str
 
 encoder = msgspec.msgpack.Encoder()
 

@@ -141,7 +141,25 @@ class Restore(msgspec.Struct, tag="restore"):
     Data: bytes
 
 
-Command = Register | Deregister | KVOp | Batch | Barrier | Restore
+class ConfigEntryOp(msgspec.Struct, tag="config_entry"):
+    """Set (already validated by the server) or delete one config entry; CAS on ModifyIndex."""
+
+    Op: str  # set | delete
+    Kind: str
+    Name: str
+    Entry: dict[str, Any] = {}
+    CASIndex: int = -1  # -1: unconditional
+
+
+class CASetRoots(msgspec.Struct, tag="ca_roots"):
+    """The CA state: cluster id (trust domain), roots (msgpack of server.ca.CARoot), config."""
+
+    ClusterID: str
+    Roots: bytes
+    Config: dict[str, Any] = {}
+
+
+Command = Register | Deregister | KVOp | Batch | Barrier | Restore | ConfigEntryOp | CASetRoots
 
 _cmd_encoder = msgspec.msgpack.Encoder()
 _cmd_decoder = msgspec.msgpack.Decoder(Command)

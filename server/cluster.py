@@ -25,10 +25,14 @@ from meshd.rpc import (
     ReadReply,
     ReadRequest,
     ServerInfo,
+    SignReply,
+    SignRequest,
     decode_value,
 )
 from meshd.rpc_client import RPCClient, RPCError, normalize_addr
 from meshd.structs import Barrier, Command
+from server import connect_ca
+from server.ca import CAError
 from server.members import Membership
 from server.raft import RaftError, RaftNode, RaftSettings
 from server.reads import blocking_query
@@ -217,6 +221,21 @@ class Server:
             await raft.add_peer(change.RaftAddr)
         return True
 
+    # ---- mesh CA ------------------------------------------------------------------------
+
+    async def sign(self, req: SignRequest) -> SignReply:
+        self._raft()
+        if not self.store.mesh.roots:
+            if not self.raft or not self.raft.is_leader:
+                return await self.rpc.call("sign", req, SignReply, addr=self.leader_rpc())
+            await connect_ca.ensure_ca(self)
+        return await connect_ca.sign(self, req)
+
+    async def set_ca_config(self, config: dict[str, Any], force_rotate: bool) -> None:
+        if not self._raft().is_leader:
+            raise RaftError("CA configuration must be changed on the leader")
+        await connect_ca.set_config(self, config, force_rotate)
+
     # ---- liveness -----------------------------------------------------------------------
 
     async def heartbeat(self, hb: Heartbeat) -> bool:
@@ -253,11 +272,12 @@ class Server:
                     self.members.nodes.clear()
                     self.members.adopt(nodes)
                     self.reaper.reset()
+                    await connect_ca.ensure_ca(self)
                 ops = self.members.tick()
                 ops += self.reaper.tick(self.store, time.monotonic())
                 for op in ops:
                     await raft.apply(op)
-            except (RaftError, RPCError) as e:
+            except (RaftError, RPCError, CAError) as e:
                 log.warning("leader loop: %s", e)
                 for st in self.members.nodes.values():
                     st.synced_status = 0

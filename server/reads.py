@@ -11,7 +11,9 @@ import asyncio
 from typing import Any
 
 from meshd import queries as q
+from meshd.spiffe import trust_domain
 from meshd.structs import CheckServiceNode, HealthCheck, KVEntry, Node, NodeService
+from server.ca import public_view
 from server.store import Store
 from server.watch import Waiter
 
@@ -103,6 +105,23 @@ def _run(store: Store, query: q.Query) -> tuple[int, Any, list[str]]:
                 seen[k if cut < 0 else query.Prefix + rest[: cut + len(query.Separator)]] = None
             live = list(seen)
         return max(idx or store.topics.get("tbl:kv", 0), 1), live, [f"kv:{query.Prefix}*"]
+    if isinstance(query, q.ConfigEntries):
+        if query.Name:
+            topics = [f"config:{query.Kind}:{query.Name}"]
+            e = store.mesh.entries.get((query.Kind, query.Name))
+            rows = [e] if e else []
+        else:
+            topics = [f"config:{query.Kind}"] if query.Kind else ["tbl:config"]
+            rows = [e for (k, _), e in sorted(store.mesh.entries.items())
+                    if not query.Kind or k == query.Kind]
+        return _index(store, topics, "tbl:config"), rows, topics
+    if isinstance(query, q.CARoots):
+        m = store.mesh
+        active = m.active_root()
+        value = {"TrustDomain": trust_domain(m.cluster_id) if m.cluster_id else "",
+                 "ActiveRootID": active.ID if active else "",
+                 "Roots": [public_view(r) for r in m.roots], "Config": dict(m.ca_config)}
+        return max(store.topics.get("ca", 0), 1), value, ["ca"]
     raise TypeError(f"unknown query {type(query).__name__}")
 
 

@@ -14,12 +14,14 @@ from meshd.rpc import (
     PeerChange,
     ReadReply,
     ReadRequest,
+    SignRequest,
     WriteReply,
     WriteRequest,
     encoder,
     verify,
 )
 from meshd.rpc_client import RPCError
+from server.ca import CAError
 from server.cluster import Server
 from server.raft import RaftError
 from server.store import CommandError
@@ -73,7 +75,15 @@ def make_rpc_app(server: Server) -> web.Application:
         change = msgspec.msgpack.decode(await request.read(), type=PeerChange)
         return _reply(await server.change_peer(change))
 
+    async def sign(request: web.Request) -> web.Response:
+        req = msgspec.msgpack.decode(await request.read(), type=SignRequest)
+        try:
+            return _reply(await server.sign(req))
+        except CAError as e:
+            return web.Response(status=400, text=f"{e}\n")
+
     app = web.Application(middlewares=[auth], client_max_size=MAX_RPC_BODY)
+    app.router.add_post("/rpc/sign", sign)
     app.router.add_post("/rpc/info", info)
     app.router.add_post("/rpc/read", read)
     app.router.add_post("/rpc/write", write)

@@ -17,7 +17,9 @@ import msgspec
 from meshd.structs import (
     Barrier,
     Batch,
+    CASetRoots,
     Command,
+    ConfigEntryOp,
     Deregister,
     HealthCheck,
     KVEntry,
@@ -27,6 +29,7 @@ from meshd.structs import (
     Register,
     Restore,
 )
+from server.mesh_state import CommandRejected, MeshState
 from server.watch import WatchSet
 
 replace = msgspec.structs.replace
@@ -53,6 +56,7 @@ class _Snapshot(msgspec.Struct):
     checks: list[HealthCheck]
     kv: list[KVEntry]
     topics: dict[str, int]
+    mesh: dict[str, Any] = {}
 
 
 class Store:
@@ -71,6 +75,7 @@ class Store:
         self.kv: dict[str, KVEntry] = {}
         self.kv_keys: list[str] = []  # sorted, live keys and tombstones (their topics keep indexes)
         self.topics: dict[str, int] = {}
+        self.mesh = MeshState()
 
     # ---- writes -------------------------------------------------------------------------------
 
@@ -98,6 +103,13 @@ class Store:
             return True
         if isinstance(cmd, Barrier):
             return True
+        if isinstance(cmd, ConfigEntryOp | CASetRoots):
+            try:
+                if isinstance(cmd, ConfigEntryOp):
+                    return self.mesh.apply_entry(cmd, index, changed)
+                return self.mesh.apply_roots(cmd, index, changed)
+            except CommandRejected as e:
+                raise CommandError(str(e)) from None
         if isinstance(cmd, Restore):
             return self._restore(cmd.Data, index, changed)
         if isinstance(cmd, Register):
@@ -288,7 +300,7 @@ class Store:
                 index=self.index, nodes=list(self.nodes.values()),
                 services=[(n, s) for n, m in self.services.items() for s in m.values()],
                 checks=[c for m in self.checks.values() for c in m.values()],
-                kv=list(self.kv.values()), topics=dict(self.topics))
+                kv=list(self.kv.values()), topics=dict(self.topics), mesh=self.mesh.dump())
             return msgspec.msgpack.encode(snap)
 
     def load(self, data: bytes) -> None:
@@ -313,5 +325,6 @@ class Store:
         for e in snap.kv:
             self.kv[e.Key] = e
         self.topics = dict(snap.topics)
+        self.mesh.load(snap.mesh)
         tombstones = {t[3:] for t in self.topics if t.startswith("kv:")}
         self.kv_keys = sorted(tombstones | set(self.kv))

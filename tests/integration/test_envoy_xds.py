@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
+import grpc
 import pytest
 from aiohttp import web
 from certs import TestCA, make_ca
@@ -49,14 +50,15 @@ def _envoy() -> str:
 # --- processes -----------------------------------------------------------------------------------
 
 class EnvoyProc:
-    def __init__(self, tmp: str, node_id: str, service: str, ads_port: int, delta: bool) -> None:
+    def __init__(self, tmp: str, node_id: str, service: str, ads_port: int,
+                 **bootstrap_kw: Any) -> None:
         self.node_id = node_id
         self.admin_port = free_port()
         self.config = os.path.join(tmp, f"{node_id}.json")
         self.log_path = os.path.join(tmp, f"{node_id}.log")
         cfg = bootstrap_config(node_id=node_id, cluster=service, ads_host="127.0.0.1",
                                ads_port=ads_port, admin_bind=f"127.0.0.1:{self.admin_port}",
-                               delta=delta)
+                               **bootstrap_kw)
         with open(self.config, "w") as f:
             json.dump(cfg, f)
         self.proc: asyncio.subprocess.Process | None = None
@@ -161,8 +163,8 @@ async def mesh(protocol: str, *, api_delta: bool, web_delta: bool) -> AsyncItera
     ads.set_snapshot(api.proxy_id, api)
     ads.set_snapshot(web_snap.proxy_id, web_snap)
     tmp = tempfile.mkdtemp(prefix="meshd-envoy-")
-    envoys = [EnvoyProc(tmp, "api-sidecar-proxy", "api", ads.port, api_delta),
-              EnvoyProc(tmp, "web-sidecar-proxy", "web", ads.port, web_delta)]
+    envoys = [EnvoyProc(tmp, "api-sidecar-proxy", "api", ads.port, delta=api_delta),
+              EnvoyProc(tmp, "web-sidecar-proxy", "web", ads.port, delta=web_delta)]
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True),
                                     timeout=aiohttp.ClientTimeout(total=3))
     try:
@@ -385,7 +387,7 @@ async def test_h2_and_grpc_resources_accepted(tmp_path: Any) -> None:
                                          "Header": [{"Name": "te", "Exact": "trailers"}]}}])]),
         leaf_cert_pem=cert, leaf_key_pem=key, roots_pem=roots, version=1)
     ads.set_snapshot(s.proxy_id, s)
-    envoy = EnvoyProc(str(tmp_path), s.proxy_id, "billing", ads.port, delta=False)
+    envoy = EnvoyProc(str(tmp_path), s.proxy_id, "billing", ads.port)
     try:
         await envoy.start()
         try:
@@ -393,6 +395,33 @@ async def test_h2_and_grpc_resources_accepted(tmp_path: Any) -> None:
         except TimeoutError:
             raise AssertionError(envoy.log()) from None
         assert st["nacks"] == [] and len(st["acked"]) == 5, st
+    finally:
+        await envoy.stop()
+        await ads.stop()
+
+
+async def test_ads_over_tls_with_token(tmp_path: Any) -> None:
+    """bootstrap_config(ads_tls=True) reaches an ADSServer with TLS credentials."""
+    ca = make_ca(TD)
+    (tmp_path / "ca.pem").write_text(ca.pem)
+    srv_cert, srv_key, _ = ca.leaf("meshd-agent")
+    creds = grpc.ssl_server_credentials([(srv_key.encode(), srv_cert.encode())])
+    ads = ADSServer("127.0.0.1", 0, server_credentials=creds)
+    await ads.start()
+    cert, key, _ = ca.leaf("solo")
+    s = ProxySnapshot(
+        proxy_id="solo-sidecar-proxy", service="solo", trust_domain=TD, datacenter=DC,
+        public_listener_address="127.0.0.1", public_listener_port=free_port(),
+        local_app_port=free_port(), leaf_cert_pem=cert, leaf_key_pem=key, roots_pem=[ca.pem])
+    ads.set_snapshot(s.proxy_id, s)
+    envoy = EnvoyProc(str(tmp_path), s.proxy_id, "solo", ads.port, ads_tls=True,
+                      ads_ca_file=str(tmp_path / "ca.pem"), ads_token="tok")
+    try:
+        await envoy.start()
+        try:
+            await ads.wait_synced(s.proxy_id, 15)
+        except TimeoutError:
+            raise AssertionError(envoy.log()) from None
     finally:
         await envoy.stop()
         await ads.stop()

@@ -1,0 +1,79 @@
+"""The mesh's replicated state: config entries and the CA, kept beside the catalog tables.
+
+Kept apart from `server/store.py` so the catalog stays readable; the store delegates the mesh
+commands here. CA signing keys are in this state, which is why it only ever lives on servers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from meshd.structs import CASetRoots, ConfigEntryOp
+from server.ca import CARoot
+
+
+class CommandRejected(Exception):
+    """Raised inside apply; the store turns it into its CommandError."""
+
+
+class MeshState:
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, str], dict[str, Any]] = {}
+        self.cluster_id = ""
+        self.roots: list[CARoot] = []
+        self.ca_config: dict[str, Any] = {}
+        self.ca_index = 0
+
+    def apply_entry(self, op: ConfigEntryOp, index: int, changed: set[str]) -> bool:
+        key = (op.Kind, op.Name)
+        old = self.entries.get(key)
+        if op.CASIndex >= 0 and (old["ModifyIndex"] if old else 0) != op.CASIndex:
+            return False
+        if op.Op == "set":
+            entry = dict(op.Entry)
+            entry["CreateIndex"] = old["CreateIndex"] if old else index
+            entry["ModifyIndex"] = index
+            self.entries[key] = entry
+        elif op.Op == "delete":
+            if old is None:
+                return True
+            del self.entries[key]
+        else:
+            raise CommandRejected(f"unknown config entry op {op.Op!r}")
+        changed.update((f"config:{op.Kind}", f"config:{op.Kind}:{op.Name}", "tbl:config"))
+        return True
+
+    def apply_roots(self, cmd: CASetRoots, index: int, changed: set[str]) -> bool:
+        try:
+            roots = msgspec.msgpack.decode(cmd.Roots, type=list[CARoot])
+        except msgspec.DecodeError as e:
+            raise CommandRejected(f"bad CA roots: {e}") from None
+        if self.cluster_id and cmd.ClusterID != self.cluster_id:
+            raise CommandRejected("the cluster id (trust domain) cannot change")
+        self.cluster_id = cmd.ClusterID
+        self.roots = [msgspec.structs.replace(r, ModifyIndex=index,
+                                              CreateIndex=r.CreateIndex or index) for r in roots]
+        self.ca_config = dict(cmd.Config)
+        self.ca_index = index
+        changed.add("ca")
+        return True
+
+    def active_root(self) -> CARoot | None:
+        return next((r for r in self.roots if r.Active), None)
+
+    def dump(self) -> dict[str, Any]:
+        return {"entries": list(self.entries.values()), "cluster_id": self.cluster_id,
+                "roots": msgspec.msgpack.encode(self.roots), "ca_config": self.ca_config,
+                "ca_index": self.ca_index}
+
+    def load(self, data: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+        for e in data.get("entries", []):
+            self.entries[(e["Kind"], e["Name"])] = e
+        self.cluster_id = data.get("cluster_id", "")
+        raw = data.get("roots")
+        self.roots = msgspec.msgpack.decode(raw, type=list[CARoot]) if raw else []
+        self.ca_config = data.get("ca_config", {})
+        self.ca_index = data.get("ca_index", 0)
