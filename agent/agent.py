@@ -33,7 +33,9 @@ from agent.dns import DNSSettings
 from agent.dns_server import DNSServer
 from agent.http.server import make_app
 from agent.local import LocalState, UnknownCheck
+from agent.mesh import MeshManager
 from agent.persist import Persisted
+from agent.sidecar import expand_sidecar
 from agent.views import CacheView, StoreView
 from meshd import __version__
 from meshd.config import Config
@@ -107,6 +109,8 @@ class Agent:
         self.dns: DNSServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._heartbeat_ok = asyncio.Event()
+        self._mesh_started = False
+        self.mesh: MeshManager
         self._rpc_runner: web.AppRunner | None = None
         self.server: Server | None = None
         self.rpc: RPCClient | None = None
@@ -155,7 +159,14 @@ class Agent:
             self.cache = CatalogCache(self.backend)
             self.view = CacheView(self.cache, cfg.datacenter, cfg.node_name)
         self.ae = AntiEntropy(self.local, self.backend)
-        self.local.on_change = self.ae.trigger
+        self.mesh = MeshManager(self, cfg.addresses.get("grpc", cfg.client_addr).split()[0],
+                                cfg.ports.grpc)
+
+        def changed() -> None:
+            self.ae.trigger()
+            self.mesh.trigger()
+
+        self.local.on_change = changed
         for raw in cfg.services:
             await self.register_service(parse_service(raw), wait=False, persist=False)
         for raw in cfg.checks:
@@ -174,6 +185,9 @@ class Agent:
         http_addr = cfg.addresses.get("http", cfg.client_addr)
         for host in http_addr.split():
             await web.TCPSite(self._runner, host, cfg.ports.http).start()
+        if cfg.ports.grpc > 0:
+            await self.mesh.start()
+            self._mesh_started = True
         if cfg.ports.dns > 0:
             dns_addr = cfg.addresses.get("dns", cfg.client_addr).split()[0]
             self.dns = DNSServer(self.view, dns_settings(cfg), dns_addr, cfg.ports.dns)
@@ -238,6 +252,8 @@ class Agent:
         for t in self._tasks:
             t.cancel()
         await self.ae.stop()
+        if self._mesh_started:
+            await self.mesh.stop()
         if self.cache:
             await self.cache.close()
         if self.rpc:
@@ -260,6 +276,16 @@ class Agent:
 
     async def register_service(self, defn: ServiceDefinition, replace_checks: bool = False,
                                wait: bool = True, persist: bool = True) -> None:
+        used = {s.Port for s in self.local.services.values()
+                if s.Kind == "connect-proxy" and s.ID != f"{defn.service.ID}-sidecar-proxy"}
+        sidecar = expand_sidecar(defn, used)
+        await self._register_one(defn, replace_checks, persist)
+        if sidecar is not None:
+            await self._register_one(sidecar, replace_checks, persist=False)
+        await self._commit(wait)
+
+    async def _register_one(self, defn: ServiceDefinition, replace_checks: bool,
+                            persist: bool) -> None:
         for d in defn.checks:
             self._validate_check(d)
         dropped = self.local.add_service(defn.service, defn.checks, replace_checks)
@@ -269,7 +295,6 @@ class Agent:
             self.checks.add(d)
         if persist:
             self.persisted.put_service(defn.service.ID, defn.raw)
-        await self._commit(wait)
 
     def _validate_check(self, d: CheckDefinition) -> None:
         if d.Type == "script" and not self.config.enable_script_checks:
@@ -277,9 +302,11 @@ class Agent:
                                   "'enable_script_checks' to true")
 
     async def deregister_service(self, sid: str) -> None:
-        for cid in self.local.remove_service(sid):
-            self.checks.remove(cid)
-        self.persisted.drop_service(sid)
+        sidecar = f"{sid}-sidecar-proxy"
+        for s in ([sid, sidecar] if sidecar in self.local.services else [sid]):
+            for cid in self.local.remove_service(s):
+                self.checks.remove(cid)
+            self.persisted.drop_service(s)
         await self._commit(True)
 
     async def register_check(self, d: CheckDefinition, wait: bool = True,

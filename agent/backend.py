@@ -13,11 +13,14 @@ from typing import Any, Protocol
 
 from meshd import queries as q
 from meshd.rpc import (
+    CAConfigRequest,
     Heartbeat,
     Member,
     ReadReply,
     ReadRequest,
     ServerInfo,
+    SignReply,
+    SignRequest,
     WriteReply,
     WriteRequest,
     decode_value,
@@ -49,6 +52,10 @@ class CatalogBackend(Protocol):
 
     async def members(self) -> list[Member]: ...
 
+    async def sign(self, req: SignRequest) -> SignReply: ...
+
+    async def set_ca_config(self, config: dict[str, Any], force_rotate: bool) -> None: ...
+
 
 def blocking_wait(wait: float) -> float:
     """Consul adds up to wait/16 of jitter so that many watchers do not wake in lockstep."""
@@ -78,6 +85,12 @@ class LocalBackend:
 
     async def members(self) -> list[Member]:
         return await self.server.member_list()
+
+    async def sign(self, req: SignRequest) -> SignReply:
+        return await self.server.sign(req)
+
+    async def set_ca_config(self, config: dict[str, Any], force_rotate: bool) -> None:
+        await self.server.set_ca_config(config, force_rotate)
 
 
 class RemoteBackend:
@@ -118,3 +131,15 @@ class RemoteBackend:
 
     async def members(self) -> list[Member]:
         return await self.rpc.call("members", b"", list[Member])
+
+    async def sign(self, req: SignRequest) -> SignReply:
+        try:
+            return await self.rpc.call("sign", req, SignReply)
+        except RPCError as e:
+            if e.code == 400:
+                raise CommandError(str(e)) from None
+            raise RaftError(str(e)) from None
+
+    async def set_ca_config(self, config: dict[str, Any], force_rotate: bool) -> None:
+        await self.rpc.call("caconfig", CAConfigRequest(Config=config, ForceRotate=force_rotate),
+                            bool)

@@ -176,23 +176,42 @@ def self_cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def machine_busy_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat (all cores)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal
+    idle = fields[3] + fields[4]
+    return (total - idle) / _CLK_TCK, total / _CLK_TCK
+
+
 @dataclass
 class CpuMeter:
-    """CPU used by process `pid` (with descendants) between start() and stop(), vs wall time."""
+    """CPU used by process `pid` (with descendants) between start() and stop(), vs wall time.
+
+    Also records how busy the whole machine was, so a reader can tell when something else
+    (another test run, the kernel's network softirqs) competed for the cores.
+    """
 
     pid: int
     cpu0: float = 0.0
     wall0: float = 0.0
     cpu: float = 0.0
     wall: float = 0.0
+    machine0: tuple[float, float] = (0.0, 0.0)
+    machine_cores: float = math.nan
 
     def start(self) -> CpuMeter:
         self.cpu0, self.wall0 = cpu_seconds(self.pid), time.monotonic()
+        self.machine0 = machine_busy_seconds()
         return self
 
     def stop(self) -> CpuMeter:
         self.cpu = cpu_seconds(self.pid) - self.cpu0
         self.wall = time.monotonic() - self.wall0
+        busy, total = machine_busy_seconds()
+        d_total = total - self.machine0[1]
+        if d_total > 0:
+            self.machine_cores = (busy - self.machine0[0]) / d_total * (os.cpu_count() or 1)
         return self
 
     @property
@@ -409,10 +428,23 @@ def managed_process(args: Sequence[str], **kwargs: Any) -> Iterator[subprocess.P
                 proc.wait(timeout=5)
 
 
-def run_bounded(args: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    """Run a load generator to completion with a hard time limit (killed if it overruns)."""
+def run_bounded(args: Sequence[str], timeout: float,
+                stdout_path: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a load generator to completion with a hard time limit (killed if it overruns).
+
+    With `stdout_path`, its stdout goes to that file and is read back only after it exits: a
+    pipe drained by this (Python) process while the load runs steals CPU from the server.
+    """
     try:
-        return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout,
-                              preexec_fn=_child_dies_with_parent, check=False)
+        if stdout_path is None:
+            return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout,
+                                  preexec_fn=_child_dies_with_parent, check=False)
+        with open(stdout_path, "wb") as out:
+            proc = subprocess.run(list(args), stdout=out, stderr=subprocess.PIPE,
+                                  timeout=timeout, preexec_fn=_child_dies_with_parent,
+                                  check=False)
+        text = Path(stdout_path).read_text(errors="replace")
+        return subprocess.CompletedProcess(proc.args, proc.returncode, text,
+                                           proc.stderr.decode(errors="replace"))
     except subprocess.TimeoutExpired as e:
         raise BenchError(f"{args[0]} did not finish within {timeout:.0f}s") from e

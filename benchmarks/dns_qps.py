@@ -152,6 +152,7 @@ class PerfResult:
     per_query: bool = False
     server_cores: float = math.nan
     dnsperf_cores: float = math.nan
+    machine_cores: float = math.nan
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -198,10 +199,11 @@ def run_dnsperf(dnsperf: str, port: int, qfile: Path, server_pid: int, res: Perf
     print(f"  running: {' '.join(args)}", flush=True)
     meter = CpuMeter(server_pid).start()
     kids0 = children_cpu_seconds()
-    proc = run_bounded(args, timeout=duration + 60)
+    proc = run_bounded(args, timeout=duration + 60, stdout_path=qfile.with_suffix('.out'))
     meter.stop()
     res.server_cores = meter.cores
     res.dnsperf_cores = (children_cpu_seconds() - kids0) / meter.wall if meter.wall else math.nan
+    res.machine_cores = meter.machine_cores
     if proc.returncode != 0 or "Queries per second" not in proc.stdout:
         raise BenchError(f"dnsperf failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}"
                          f"\n{proc.stdout[-2000:]}")
@@ -225,14 +227,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="dnsperf -q: queries in flight at saturation")
     p.add_argument("--max-qps", type=int, default=100_000,
                    help="dnsperf -Q for the saturation runs")
-    p.add_argument("--latency-qps", type=int, default=TARGET_QPS,
-                   help="offered rate (dnsperf -Q) of the fixed-rate latency run; 0 skips it")
+    p.add_argument("--latency-qps", default=f"{TARGET_QPS},5000",
+                   help="comma-separated offered rates (dnsperf -Q) for fixed-rate latency runs "
+                        "with the A+SRV file; empty or 0 skips them")
     p.add_argument("--latency-duration", type=float, default=10.0,
-                   help="seconds of the fixed-rate latency run")
+                   help="seconds of each fixed-rate latency run")
     p.add_argument("--no-dnsmasq", action="store_true", help="skip the dnsmasq comparison")
     p.add_argument("--no-per-query", action="store_true",
                    help="do not pass -v to dnsperf (no p50/p99, only avg/max)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        args.latency_rates = [int(x) for x in str(args.latency_qps).split(",") if x.strip()]
+    except ValueError:
+        p.error("--latency-qps takes comma-separated integers")
+    args.latency_rates = [r for r in args.latency_rates if r > 0]
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,11 +269,11 @@ def main(argv: list[str] | None = None) -> int:
                 res = PerfResult("meshd", label, f"max {args.max_qps}")
                 results.append(run_dnsperf(dnsperf, agent.dns_port, qfiles[label], agent.pid,
                                            res, max_qps=args.max_qps, **common))
-            if args.latency_qps > 0:
-                res = PerfResult("meshd", "A+SRV", f"fixed {args.latency_qps}")
+            for rate in args.latency_rates:
+                res = PerfResult("meshd", "A+SRV", f"fixed {rate}")
                 fixed = dict(common, duration=args.latency_duration)
                 results.append(run_dnsperf(dnsperf, agent.dns_port, qfiles["A+SRV"], agent.pid,
-                                           res, max_qps=args.latency_qps, **fixed))
+                                           res, max_qps=rate, **fixed))
             if agent.proc is not None and agent.proc.poll() is not None:
                 raise BenchError(f"meshd died during the run:\n{agent.log_tail()}")
 
@@ -290,63 +299,69 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _key(r: PerfResult) -> str:
+    q = {"A": "a", "SRV": "srv", "A+SRV": "mix"}[r.queries]
+    suffix = r.offered.split()[1] if r.offered.startswith("fixed") else ""
+    return f"{r.server}_{q}" + (f"_at{suffix}" if suffix else "")
+
+
 def report(results: list[PerfResult], args: argparse.Namespace, per_query: bool) -> None:
     rows = []
     for r in results:
+        other = r.machine_cores - r.server_cores - r.dnsperf_cores
         rows.append([r.server, r.queries, r.offered, fmt(r.qps, 0), fmt(r.server_cores, 2),
-                     fmt(r.qps_per_core, 0), fmt(r.dnsperf_cores, 2), fmt(r.avg_ms, 3),
-                     fmt(r.p50_ms, 3), fmt(r.p99_ms, 3), fmt(r.max_ms, 3),
+                     fmt(r.qps_per_core, 0), fmt(r.dnsperf_cores, 2), fmt(other, 2),
+                     fmt(r.avg_ms, 3), fmt(r.p50_ms, 3), fmt(r.p99_ms, 3), fmt(r.max_ms, 3),
                      f"{r.lost}/{r.sent}"])
     print()
     print(table(["server", "queries", "dnsperf -Q", "QPS", "srv cores", "QPS/core",
-                 "dnsperf cores", "avg ms", "p50 ms", "p99 ms", "max ms", "lost/sent"], rows,
-                title=f"DNS (dnsperf -c {args.clients} -T {args.threads} -q {args.outstanding}, "
-                      f"{args.duration:g}s per saturation run, "
-                      f"{args.latency_duration:g}s fixed-rate run)"))
+                 "dnsperf cores", "other cores", "avg ms", "p50 ms", "p99 ms", "max ms",
+                 "lost/sent"], rows,
+                title=f"DNS (dnsperf -c {args.clients} -T {args.threads} -q {args.outstanding}; "
+                      f"{args.duration:g}s per 'max' run, {args.latency_duration:g}s per "
+                      f"'fixed' run)"))
     for r in results:
         for note in r.notes:
             print(f"note ({r.server} {r.queries} {r.offered}): {note}")
     if not per_query:
         print("note: per-query latencies disabled (--no-per-query): p50/p99 not measured")
 
-    def pick(server: str, queries: str, fixed: bool) -> PerfResult | None:
-        for r in results:
-            if r.server == server and r.queries == queries and r.offered.startswith("fixed") \
-                    == fixed:
-                return r
-        return None
+    by_key = {_key(r): r for r in results}
+    targets: list[list[str]] = []
 
-    m_a, m_srv, m_mix = pick("meshd", "A", False), pick("meshd", "SRV", False), \
-        pick("meshd", "A+SRV", False)
-    m_fixed, d_a = pick("meshd", "A+SRV", True), pick("dnsmasq", "A", False)
+    def verdict(ok: bool | None) -> str:
+        return "n/a" if ok is None else "met" if ok else "NOT met"
+
+    for key in ("meshd_a", "meshd_srv", "meshd_mix"):
+        r = by_key.get(key)
+        if r is not None:
+            ok = r.qps >= TARGET_QPS and r.server_cores <= 1.05
+            targets.append([f">= {TARGET_QPS:,} QPS on one core ({r.queries})",
+                            f"{fmt(r.qps, 0)} QPS on {fmt(r.server_cores)} cores "
+                            f"({fmt(r.qps_per_core, 0)}/core)", verdict(ok)])
+    fixed = by_key.get(f"meshd_mix_at{TARGET_QPS}")
+    if fixed is not None and per_query:
+        ok = fixed.qps >= 0.98 * TARGET_QPS and fixed.p99_ms < TARGET_P99_MS
+        targets.append([f"p99 < {TARGET_P99_MS:g} ms at {TARGET_QPS:,} q/s offered (A+SRV)",
+                        f"p99 {fmt(fixed.p99_ms, 3)} ms, achieved {fmt(fixed.qps, 0)} QPS",
+                        verdict(ok)])
+    m_a, d_a = by_key.get("meshd_a"), by_key.get("dnsmasq_a")
     ratio = m_a.qps / d_a.qps if m_a and d_a and d_a.qps else math.nan
+    if d_a is not None:
+        targets.append([f">= {TARGET_RATIO}x dnsmasq (same A-only file)",
+                        f"{fmt(ratio, 3)}x ({fmt(m_a.qps if m_a else math.nan, 0)} vs "
+                        f"{fmt(d_a.qps, 0)} QPS)", verdict(None if math.isnan(ratio) else
+                                                           ratio >= TARGET_RATIO)])
     print()
-    if m_a:
-        print(f"meshd A-only:      {fmt(m_a.qps, 0)} QPS using {fmt(m_a.server_cores)} cores "
-              f"= {fmt(m_a.qps_per_core, 0)} QPS per core "
-              f"(target >= {TARGET_QPS:,} on one core)")
-    if m_srv:
-        print(f"meshd SRV-only:    {fmt(m_srv.qps, 0)} QPS, {fmt(m_srv.qps_per_core, 0)} per core")
-    if m_mix:
-        print(f"meshd A+SRV mix:   {fmt(m_mix.qps, 0)} QPS, {fmt(m_mix.qps_per_core, 0)} per core,"
-              f" p99 {fmt(m_mix.p99_ms, 3)} ms at saturation ({args.outstanding} in flight)")
-    if m_fixed:
-        print(f"meshd at {m_fixed.offered} q/s offered: achieved {fmt(m_fixed.qps, 0)} QPS, "
-              f"p50 {fmt(m_fixed.p50_ms, 3)} ms, p99 {fmt(m_fixed.p99_ms, 3)} ms "
-              f"(target p99 < {TARGET_P99_MS} ms)")
-    if d_a:
-        print(f"dnsmasq A-only:    {fmt(d_a.qps, 0)} QPS using {fmt(d_a.server_cores)} cores")
-        print(f"ratio meshd/dnsmasq (A-only): {fmt(ratio, 3)} (target >= {TARGET_RATIO})")
+    print(table(["target (docs: DESIGN.md)", "measured", "verdict"], targets,
+                title="DNS targets"))
     values: dict[str, float | int | str] = {}
-    for key, r in (("meshd_a", m_a), ("meshd_srv", m_srv), ("meshd_mix", m_mix),
-                   ("meshd_fixed", m_fixed), ("dnsmasq_a", d_a)):
-        if r is None:
-            continue
+    for key, r in by_key.items():
         values[f"{key}_qps"] = r.qps
         values[f"{key}_cores"] = r.server_cores
         values[f"{key}_qps_per_core"] = r.qps_per_core
+        values[f"{key}_p50_ms"] = r.p50_ms
         values[f"{key}_p99_ms"] = r.p99_ms
-        values[f"{key}_avg_ms"] = r.avg_ms
     values["ratio_meshd_dnsmasq"] = ratio
     print(result_line("dns_qps", values))
 

@@ -99,6 +99,11 @@ VALUE_TYPES: dict[type, Any] = {
 }
 
 
+class CAConfigRequest(msgspec.Struct):
+    Config: dict[str, Any]
+    ForceRotate: bool = False
+
+
 class SignRequest(msgspec.Struct):
     CSR: str
     Service: str

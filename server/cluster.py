@@ -19,6 +19,7 @@ from typing import Any
 
 from meshd import queries as q
 from meshd.rpc import (
+    CAConfigRequest,
     Heartbeat,
     Member,
     PeerChange,
@@ -233,7 +234,10 @@ class Server:
 
     async def set_ca_config(self, config: dict[str, Any], force_rotate: bool) -> None:
         if not self._raft().is_leader:
-            raise RaftError("CA configuration must be changed on the leader")
+            await self.rpc.call("caconfig", CAConfigRequest(Config=config,
+                                                            ForceRotate=force_rotate),
+                                bool, addr=self.leader_rpc())
+            return
         await connect_ca.set_config(self, config, force_rotate)
 
     # ---- liveness -----------------------------------------------------------------------

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from meshd.rpc import (
     AUTH_HEADER,
+    CAConfigRequest,
     Heartbeat,
     PeerChange,
     ReadReply,
@@ -82,7 +83,16 @@ def make_rpc_app(server: Server) -> web.Application:
         except CAError as e:
             return web.Response(status=400, text=f"{e}\n")
 
+    async def caconfig(request: web.Request) -> web.Response:
+        req = msgspec.msgpack.decode(await request.read(), type=CAConfigRequest)
+        try:
+            await server.set_ca_config(req.Config, req.ForceRotate)
+        except CAError as e:
+            return web.Response(status=400, text=f"{e}\n")
+        return _reply(True)
+
     app = web.Application(middlewares=[auth], client_max_size=MAX_RPC_BODY)
+    app.router.add_post("/rpc/caconfig", caconfig)
     app.router.add_post("/rpc/sign", sign)
     app.router.add_post("/rpc/info", info)
     app.router.add_post("/rpc/read", read)

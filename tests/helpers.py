@@ -66,12 +66,18 @@ class MeshdProcess:
                 raise RuntimeError(f"meshd exited {self.proc.returncode}: {self.read_log()}")
             try:
                 r = self.request("GET", "/v1/status/leader")
-                if r.status == 200 and r.json():
+                if r.status == 200 and r.json() and self._settled():
                     return self
             except OSError:
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"meshd did not become ready: {self.read_log()}")
+
+    def _settled(self) -> bool:
+        """The leader has marked this node alive (its serfHealth write is behind us)."""
+        node = self.request("GET", "/v1/agent/self").json()["Config"]["NodeName"]
+        checks = self.request("GET", f"/v1/health/node/{node}").json()
+        return any(c["CheckID"] == "serfHealth" and c["Status"] == "passing" for c in checks)
 
     def read_log(self) -> str:
         with open(self.log_path, "rb") as f:

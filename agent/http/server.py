@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from agent.http import agent_api, catalog_api, kv_api, operator_api
+from agent.http import agent_api, catalog_api, connect_api, kv_api, operator_api
 from agent.http.common import error_middleware
 
 if TYPE_CHECKING:
@@ -16,6 +16,6 @@ if TYPE_CHECKING:
 def make_app(agent: Agent, max_body: int = 1024 * 1024) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=max_body)
     app["agent"] = agent
-    for mod in (agent_api, catalog_api, kv_api, operator_api):
+    for mod in (agent_api, catalog_api, connect_api, kv_api, operator_api):
         app.add_routes(mod.routes)
     return app

@@ -1,0 +1,275 @@
+"""`/v1/connect/*`, `/v1/config*` and the agent's leaf/authorize endpoints (Consul's paths)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from agent.http.common import (
+    BadRequest,
+    NotFound,
+    blocking_read,
+    json_body,
+    json_response,
+    query_options,
+)
+from meshd import queries as q
+from meshd.structs import ConfigEntryOp
+from server.config_entries import KINDS, ConfigEntryError, normalize_entry
+from server.intentions import check, flatten, match
+
+if TYPE_CHECKING:
+    from agent.agent import Agent
+
+routes = web.RouteTableDef()
+INTENTIONS = "service-intentions"
+
+
+def _agent(request: web.Request) -> Agent:
+    return request.app["agent"]
+
+
+def _kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise BadRequest(f"invalid config entry kind: {kind}")
+    return kind
+
+
+async def _entries(agent: Agent, kind: str = "", name: str = "") -> list[dict[str, Any]]:
+    return (await agent.backend.read(q.ConfigEntries(Kind=kind, Name=name))).value
+
+
+async def _put_entry(agent: Agent, raw: dict[str, Any], cas: int = -1) -> bool:
+    try:
+        entry = normalize_entry(raw)
+    except ConfigEntryError as e:
+        raise BadRequest(str(e)) from None
+    return bool(await agent.backend.write(ConfigEntryOp(
+        Op="set", Kind=entry["Kind"], Name=entry["Name"], Entry=entry, CASIndex=cas)))
+
+
+# ---- config entries -------------------------------------------------------------------------
+
+
+@routes.put("/v1/config")
+async def config_write(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    cas = request.query.get("cas")
+    try:
+        cas_index = int(cas) if cas is not None else -1
+    except ValueError:
+        raise BadRequest(f"invalid cas value {cas!r}") from None
+    return json_response(await _put_entry(_agent(request), body, cas_index))
+
+
+@routes.get("/v1/config/{kind}")
+async def config_list(request: web.Request) -> web.Response:
+    kind = _kind(request.match_info["kind"])
+    res = await blocking_read(_agent(request).backend, q.ConfigEntries(Kind=kind),
+                              query_options(request))
+    return json_response(res.value, result=res)
+
+
+@routes.get("/v1/config/{kind}/{name}")
+async def config_get(request: web.Request) -> web.Response:
+    kind, name = _kind(request.match_info["kind"]), request.match_info["name"]
+    res = await blocking_read(_agent(request).backend, q.ConfigEntries(Kind=kind, Name=name),
+                              query_options(request))
+    if not res.value:
+        raise NotFound(f"Config entry not found for {kind!r} / {name!r}")
+    return json_response(res.value[0], result=res)
+
+
+@routes.delete("/v1/config/{kind}/{name}")
+async def config_delete(request: web.Request) -> web.Response:
+    kind, name = _kind(request.match_info["kind"]), request.match_info["name"]
+    await _agent(request).backend.write(ConfigEntryOp(Op="delete", Kind=kind, Name=name))
+    return json_response(True)
+
+
+# ---- intentions -----------------------------------------------------------------------------
+
+
+def _pair(request: web.Request) -> tuple[str, str]:
+    src, dst = request.query.get("source", ""), request.query.get("destination", "")
+    if not src or not dst:
+        raise BadRequest("required query parameters 'source' and 'destination' are missing")
+    return src, dst
+
+
+async def _upsert_source(agent: Agent, src: str, dst: str, source: dict[str, Any] | None,
+                         *, replace: bool = True) -> bool:
+    """Change one source of a destination's service-intentions entry, CAS-retried."""
+    for _ in range(10):
+        rows = await _entries(agent, INTENTIONS, dst)
+        entry = rows[0] if rows else {"Kind": INTENTIONS, "Name": dst, "Sources": []}
+        cas = entry.get("ModifyIndex", 0)
+        sources = [s for s in entry.get("Sources", []) if s.get("Name") != src]
+        existing = len(sources) != len(entry.get("Sources", []))
+        if source is None:
+            if not existing:
+                return True
+        else:
+            if existing and not replace:
+                raise BadRequest(f"an intention from {src} to {dst} already exists")
+            sources.append({"Name": src, **source})
+        entry = {k: v for k, v in entry.items() if k not in ("CreateIndex", "ModifyIndex")}
+        if not sources:
+            ok = await agent.backend.write(ConfigEntryOp(Op="delete", Kind=INTENTIONS,
+                                                         Name=dst, CASIndex=cas))
+        else:
+            ok = await _put_entry(agent, {**entry, "Sources": sources}, cas)
+        if ok:
+            return True
+    raise BadRequest("intention changed concurrently; try again")
+
+
+def _source_body(body: dict[str, Any]) -> dict[str, Any]:
+    allowed = {"Action", "Description", "Meta", "Permissions"}
+    out = {k: v for k, v in body.items() if k in allowed and v not in (None, "")}
+    unknown = set(body) - allowed - {"SourceName", "DestinationName", "SourceNS",
+                                     "DestinationNS", "SourceType", "SourcePartition",
+                                     "DestinationPartition"}
+    if unknown:
+        raise BadRequest(f"unknown intention field {sorted(unknown)[0]!r}")
+    return out
+
+
+@routes.put("/v1/connect/intentions/exact")
+async def intention_put(request: web.Request) -> web.Response:
+    src, dst = _pair(request)
+    body = await json_body(request)
+    return json_response(await _upsert_source(_agent(request), src, dst, _source_body(body)))
+
+
+@routes.post("/v1/connect/intentions")
+async def intention_create(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    src, dst = body.get("SourceName", ""), body.get("DestinationName", "")
+    if not isinstance(src, str) or not isinstance(dst, str) or not src or not dst:
+        raise BadRequest("SourceName and DestinationName are required")
+    await _upsert_source(_agent(request), src, dst, _source_body(body), replace=False)
+    ixn = next(i for i in flatten(await _entries(_agent(request), INTENTIONS, dst))
+               if i.SourceName == src)
+    return json_response({"ID": ixn.ID})
+
+
+@routes.get("/v1/connect/intentions/exact")
+async def intention_get(request: web.Request) -> web.Response:
+    src, dst = _pair(request)
+    for ixn in flatten(await _entries(_agent(request), INTENTIONS, dst)):
+        if ixn.SourceName == src:
+            return json_response(ixn.to_api())
+    raise NotFound("Intention not found")
+
+
+@routes.delete("/v1/connect/intentions/exact")
+async def intention_delete(request: web.Request) -> web.Response:
+    src, dst = _pair(request)
+    return json_response(await _upsert_source(_agent(request), src, dst, None))
+
+
+@routes.get("/v1/connect/intentions")
+async def intention_list(request: web.Request) -> web.Response:
+    agent = _agent(request)
+    res = await blocking_read(agent.backend, q.ConfigEntries(Kind=INTENTIONS),
+                              query_options(request))
+    return json_response([i.to_api() for i in flatten(res.value)], result=res)
+
+
+@routes.get("/v1/connect/intentions/match")
+async def intention_match(request: web.Request) -> web.Response:
+    by = request.query.get("by", "")
+    names = request.query.getall("name", [])
+    if by not in ("source", "destination"):
+        raise BadRequest("'by' must be 'source' or 'destination'")
+    if not names:
+        raise BadRequest("required query parameter 'name' not set")
+    ixns = flatten(await _entries(_agent(request), INTENTIONS))
+    return json_response({n: [i.to_api() for i in match(ixns, by=by, name=n)] for n in names})
+
+
+def default_allow(agent: Agent) -> bool:
+    return agent.config.default_intention_policy == "allow"
+
+
+@routes.get("/v1/connect/intentions/check")
+async def intention_check(request: web.Request) -> web.Response:
+    src, dst = _pair(request)
+    agent = _agent(request)
+    ixns = flatten(await _entries(agent, INTENTIONS))
+    return json_response({"Allowed": check(ixns, src, dst, default_allow(agent)).allowed})
+
+
+# ---- CA -------------------------------------------------------------------------------------
+
+
+@routes.get("/v1/connect/ca/roots")
+async def ca_roots(request: web.Request) -> web.Response:
+    res = await blocking_read(_agent(request).backend, q.CARoots(), query_options(request))
+    v = res.value
+    return json_response({"ActiveRootID": v["ActiveRootID"], "TrustDomain": v["TrustDomain"],
+                          "Roots": v["Roots"]}, result=res)
+
+
+@routes.get("/v1/connect/ca/configuration")
+async def ca_config_get(request: web.Request) -> web.Response:
+    res = await _agent(request).backend.read(q.CARoots())
+    return json_response({"Provider": "consul", "Config": res.value["Config"],
+                          "CreateIndex": res.index, "ModifyIndex": res.index})
+
+
+@routes.put("/v1/connect/ca/configuration")
+async def ca_config_put(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    provider = body.get("Provider", "consul")
+    if provider != "consul":
+        raise BadRequest(f"unsupported CA provider {provider!r}: only 'consul' (built-in)")
+    config = body.get("Config") or {}
+    if not isinstance(config, dict):
+        raise BadRequest("Config must be an object")
+    force = bool(body.get("ForceRotateRoot", False) or config.pop("RotateRoot", False))
+    await _agent(request).backend.set_ca_config(config, force)
+    return web.Response(status=200)
+
+
+# ---- agent-local connect endpoints ----------------------------------------------------------
+
+
+@routes.get("/v1/agent/connect/ca/leaf/{service}")
+async def agent_leaf(request: web.Request) -> web.Response:
+    agent = _agent(request)
+    opts = query_options(request)
+    service = request.match_info["service"]
+    leaves = agent.mesh.leaves
+    leaf = await (leaves.wait_change(service, opts.index, opts.wait) if opts.index
+                  else leaves.get(service))
+    body = {"SerialNumber": leaf.serial, "CertPEM": leaf.cert_pem,
+            "PrivateKeyPEM": leaf.key_pem, "Service": service, "ServiceURI": leaf.spiffe_id,
+            "ValidAfter": leaf.valid_after.isoformat(), "ValidBefore":
+            leaf.valid_before.isoformat(), "CreateIndex": leaf.index, "ModifyIndex": leaf.index}
+    resp = json_response(body)
+    resp.headers["X-Consul-Index"] = str(leaf.index)
+    return resp
+
+
+@routes.post("/v1/agent/connect/authorize")
+async def agent_authorize(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    target, uri = body.get("Target", ""), body.get("ClientCertURI", "")
+    if not target or not uri:
+        raise BadRequest("Target and ClientCertURI are required")
+    from meshd.spiffe import parse_service_id
+    try:
+        caller = parse_service_id(uri)
+    except ValueError as e:
+        return json_response({"Authorized": False, "Reason": f"invalid client cert URI: {e}"})
+    agent = _agent(request)
+    roots = (await agent.backend.read(q.CARoots())).value
+    if caller.trust_domain != roots["TrustDomain"]:
+        return json_response({"Authorized": False,
+                              "Reason": "client certificate is from another trust domain"})
+    ixns = flatten(await _entries(agent, INTENTIONS))
+    d = check(ixns, caller.service, target, default_allow(agent))
+    return json_response({"Authorized": d.allowed, "Reason": d.reason})

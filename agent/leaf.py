@@ -1,0 +1,132 @@
+"""Leaf certificates for this agent's services: key and CSR here, signature from the servers.
+
+The private key is generated on the agent and never sent anywhere; only the CSR goes to the
+servers. Each leaf is renewed at a random point between 60% and 90% of its lifetime (spreading
+the fleet's renewals), and at once when the CA's active root changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.backend import CatalogBackend
+from agent.leafkeys import new_key_and_csr, renew_at
+from meshd.rpc import SignRequest
+
+log = logging.getLogger("meshd.leaf")
+
+
+@dataclass
+class Leaf:
+    service: str
+    key_pem: str
+    cert_pem: str  # leaf followed by any cross-signed intermediate
+    serial: str
+    valid_after: dt.datetime
+    valid_before: dt.datetime
+    root_id: str
+    index: int
+    spiffe_id: str
+
+
+class LeafManager:
+    def __init__(self, backend: CatalogBackend, datacenter: str,
+                 on_change: Callable[[], None]) -> None:
+        self.backend = backend
+        self.datacenter = datacenter
+        self.on_change = on_change
+        self.trust_domain = ""
+        self.active_root = ""
+        self.leaves: dict[str, Leaf] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._ready: dict[str, asyncio.Event] = {}
+        self._counter = 0
+        self._changed = asyncio.Condition()
+
+    def set_roots(self, trust_domain: str, active_root: str) -> None:
+        """Called when the CA roots change; a new active root re-signs every leaf now."""
+        rotated = self.active_root and active_root and active_root != self.active_root
+        self.trust_domain, self.active_root = trust_domain, active_root
+        if rotated:
+            for service in list(self._tasks):
+                self._restart(service)
+
+    def _restart(self, service: str) -> None:
+        task = self._tasks.get(service)
+        if task:
+            task.cancel()
+        self._tasks[service] = asyncio.create_task(self._loop(service), name=f"leaf {service}")
+
+    async def get(self, service: str, timeout: float = 15.0) -> Leaf:
+        if service not in self._tasks:
+            self._ready[service] = asyncio.Event()
+            self._restart(service)
+        await asyncio.wait_for(self._ready[service].wait(), timeout)
+        return self.leaves[service]
+
+    async def wait_change(self, service: str, index: int, timeout: float) -> Leaf:
+        """Blocking-query semantics for /v1/agent/connect/ca/leaf: wait for a newer leaf."""
+        leaf = await self.get(service)
+        if leaf.index > index:
+            return leaf
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(
+                    lambda: self.leaves[service].index > index), timeout)
+            except TimeoutError:
+                pass
+        return self.leaves[service]
+
+    async def _loop(self, service: str) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                leaf = await self._issue(service)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # servers unreachable or CA not ready: retry
+                log.warning("leaf for %s: %s", service, e)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            backoff = 0.2
+            self.leaves[service] = leaf
+            self._ready[service].set()
+            async with self._changed:
+                self._changed.notify_all()
+            self.on_change()
+            when = renew_at(leaf.valid_after, leaf.valid_before, random)
+            delay = (when - dt.datetime.now(dt.UTC)).total_seconds()
+            await asyncio.sleep(max(delay, 1.0))
+
+    async def _issue(self, service: str) -> Leaf:
+        while not self.trust_domain:
+            await asyncio.sleep(0.1)
+        key_pem, csr_pem = await asyncio.to_thread(
+            new_key_and_csr, self.trust_domain, self.datacenter, service)
+        reply = await self.backend.sign(SignRequest(CSR=csr_pem, Service=service))
+        self._counter += 1
+        return Leaf(service=service, key_pem=key_pem, cert_pem=reply.CertPEM,
+                    serial=reply.SerialNumber,
+                    valid_after=dt.datetime.fromisoformat(reply.ValidAfter),
+                    valid_before=dt.datetime.fromisoformat(reply.ValidBefore),
+                    root_id=reply.RootID, index=self._counter,
+                    spiffe_id=f"spiffe://{self.trust_domain}/ns/default/dc/{self.datacenter}"
+                              f"/svc/{service}")
+
+    def drop(self, service: str) -> None:
+        task = self._tasks.pop(service, None)
+        if task:
+            task.cancel()
+        self.leaves.pop(service, None)
+        self._ready.pop(service, None)
+
+    async def close(self) -> None:
+        for t in self._tasks.values():
+            t.cancel()
+        self._tasks.clear()

@@ -1,0 +1,207 @@
+"""The agent's side of the mesh: watches -> per-proxy snapshots -> the ADS server.
+
+For every local `connect-proxy` service the agent keeps a snapshot built from: the destination's
+leaf certificate, the CA roots, the intentions that apply to the destination, the protocol from
+`service-defaults`, and each upstream's healthy sidecar endpoints. Every input is a blocking
+watch on the catalog, so a change anywhere becomes a new snapshot (and an xDS push) at once; the
+translation to Envoy resources is the pure `proxy.resources.build_resources`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from agent.backend import CatalogBackend
+from agent.leaf import LeafManager
+from meshd import queries as q
+from meshd.structs import HEALTH_CRITICAL, CheckServiceNode, NodeService
+from proxy.ads import ADSServer
+from proxy.snapshot import Endpoint, ProxySnapshot, RBACPlan, RBACRule, Upstream
+from server.intentions import flatten, rbac_for_destination
+
+if TYPE_CHECKING:
+    from agent.agent import Agent
+
+log = logging.getLogger("meshd.mesh")
+
+
+class Watch:
+    """One blocking query kept running; `value` is the latest answer."""
+
+    def __init__(self, backend: CatalogBackend, query: Any, on_change: Callable[[], None]):
+        self.query = query
+        self.value: Any = None
+        self.index = 0
+        self.ready = asyncio.Event()
+        self._backend = backend
+        self._on_change = on_change
+        self._task = asyncio.create_task(self._run(), name=f"mesh watch {query}")
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                res = await self._backend.read(self.query, min_index=self.index, wait=300.0,
+                                               consistency="stale")
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # keep the last value; the servers may be electing
+                log.debug("watch %s: %s", self.query, e)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = 0.1
+            changed = res.index != self.index or not self.ready.is_set()
+            self.index = res.index if res.index >= self.index else 0
+            if changed:
+                self.value = res.value
+                self.ready.set()
+                self._on_change()
+
+    def cancel(self) -> None:
+        self._task.cancel()
+
+
+def healthy_endpoints(rows: list[CheckServiceNode]) -> list[Endpoint]:
+    """Pure: the sidecars of a destination that may receive traffic (no critical check)."""
+    out = []
+    for r in rows:
+        if any(c.Status == HEALTH_CRITICAL for c in r.Checks):
+            continue
+        out.append(Endpoint(address=r.Service.Address or r.Node.Address, port=r.Service.Port,
+                            weight=max(r.Service.Weights.Passing, 1)))
+    out.sort(key=lambda e: (e.address, e.port))
+    return out
+
+
+def protocol_of(entries: list[dict[str, Any]], service: str) -> str:
+    for e in entries:
+        if e.get("Name") == service:
+            return str(e.get("Protocol") or "tcp")
+    return "tcp"
+
+
+def to_plan(plan: Any) -> RBACPlan:
+    return RBACPlan(mode=plan.mode, rules=[
+        RBACRule(sources_included=list(r.sources_included),
+                 sources_excluded=list(r.sources_excluded),
+                 permissions=None if r.permissions is None else list(r.permissions))
+        for r in plan.rules])
+
+
+class MeshManager:
+    def __init__(self, agent: Agent, host: str, port: int) -> None:
+        self.agent = agent
+        self.backend = agent.backend
+        self.ads = ADSServer(host, port)
+        self.leaves = LeafManager(agent.backend, agent.config.datacenter, self.trigger)
+        self._watches: dict[Any, Watch] = {}
+        self._dirty = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._snapshots: dict[str, ProxySnapshot] = {}
+        self._version = 0
+
+    async def start(self) -> None:
+        await self.ads.start()
+        for query in (q.CARoots(), q.ConfigEntries(Kind="service-intentions"),
+                      q.ConfigEntries(Kind="service-defaults")):
+            self._watch(query)
+        self._task = asyncio.create_task(self._builder(), name="mesh builder")
+        self.trigger()
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+        for w in self._watches.values():
+            w.cancel()
+        await self.leaves.close()
+        await self.ads.stop()
+
+    def trigger(self) -> None:
+        self._dirty.set()
+
+    def _watch(self, query: Any) -> Watch:
+        w = self._watches.get(query)
+        if w is None:
+            w = self._watches[query] = Watch(self.backend, query, self.trigger)
+        return w
+
+    def _value(self, query: Any) -> Any:
+        return self._watch(query).value
+
+    async def _builder(self) -> None:
+        while True:
+            await self._dirty.wait()
+            await asyncio.sleep(0.005)  # coalesce a burst of changes into one push
+            self._dirty.clear()
+            try:
+                self._rebuild()
+            except Exception:  # never let one bad input stop every proxy's updates
+                log.exception("building proxy snapshots failed")
+
+    def _rebuild(self) -> None:
+        roots = self._value(q.CARoots())
+        if roots:
+            self.leaves.set_roots(roots["TrustDomain"], roots["ActiveRootID"])
+        proxies = {sid: s for sid, s in self.agent.local.services.items()
+                   if s.Kind == "connect-proxy"}
+        for gone in set(self._snapshots) - set(proxies):
+            del self._snapshots[gone]
+            self.ads.set_snapshot(gone, None)
+        wanted = {q.CARoots(), q.ConfigEntries(Kind="service-intentions"),
+                  q.ConfigEntries(Kind="service-defaults")}
+        for sid, svc in proxies.items():
+            for up in (svc.Proxy or {}).get("Upstreams") or []:
+                wanted.add(q.ServiceNodes(Service=up["DestinationName"], Connect=True))
+            snap = self._snapshot(sid, svc, roots)
+            if snap is None:
+                continue
+            old = self._snapshots.get(sid)
+            if old is None or dataclasses.replace(old, version=0) != snapshot_key(snap):
+                self._version += 1
+                snap.version = self._version
+                self._snapshots[sid] = snap
+                self.ads.set_snapshot(sid, snap)
+        for query in set(self._watches) - wanted:
+            self._watches.pop(query).cancel()
+
+    def _snapshot(self, sid: str, svc: NodeService, roots: Any) -> ProxySnapshot | None:
+        proxy = svc.Proxy or {}
+        dest = proxy.get("DestinationServiceName", "")
+        if not dest or not roots or not roots["TrustDomain"]:
+            return None
+        leaf = self.leaves.leaves.get(dest)
+        if leaf is None:
+            asyncio.ensure_future(self.leaves.get(dest))  # arrives later via trigger()
+            return None
+        defaults = self._value(q.ConfigEntries(Kind="service-defaults")) or []
+        intentions = flatten(self._value(q.ConfigEntries(Kind="service-intentions")) or [])
+        protocol = protocol_of(defaults, dest)
+        plan = rbac_for_destination(intentions, dest,
+                                    self.agent.config.default_intention_policy == "allow",
+                                    http=protocol != "tcp")
+        upstreams = []
+        for up in proxy.get("Upstreams") or []:
+            name = up["DestinationName"]
+            rows = self._value(q.ServiceNodes(Service=name, Connect=True)) or []
+            upstreams.append(Upstream(
+                destination_name=name, local_bind_port=int(up["LocalBindPort"]),
+                local_bind_address=up.get("LocalBindAddress") or "127.0.0.1",
+                protocol=protocol_of(defaults, name), endpoints=healthy_endpoints(rows)))
+        return ProxySnapshot(
+            proxy_id=sid, service=dest, trust_domain=roots["TrustDomain"],
+            datacenter=self.agent.config.datacenter,
+            public_listener_address=svc.Address or "0.0.0.0",
+            public_listener_port=svc.Port,
+            local_app_address=proxy.get("LocalServiceAddress") or "127.0.0.1",
+            local_app_port=int(proxy.get("LocalServicePort") or 0), protocol=protocol,
+            upstreams=upstreams, rbac=to_plan(plan), leaf_cert_pem=leaf.cert_pem,
+            leaf_key_pem=leaf.key_pem, roots_pem=[r["RootCert"] for r in roots["Roots"]])
+
+
+def snapshot_key(snap: ProxySnapshot) -> ProxySnapshot:
+    return dataclasses.replace(snap, version=0)
