@@ -100,7 +100,10 @@ class LeafManager:
             async with self._changed:
                 self._changed.notify_all()
             self.on_change()
-            when = renew_at(leaf.valid_after, leaf.valid_before, random)
+            # the certificate's NotBefore is backdated for clock skew; the renewal window is a
+            # share of the lifetime from when we got it
+            issued = dt.datetime.now(dt.UTC)
+            when = renew_at(min(issued, leaf.valid_before), leaf.valid_before, random)
             delay = (when - dt.datetime.now(dt.UTC)).total_seconds()
             await asyncio.sleep(max(delay, 1.0))
 

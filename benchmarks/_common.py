@@ -257,7 +257,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], title: str = ""
 def result_line(name: str, values: dict[str, float | int | str]) -> str:
     def one(v: float | int | str) -> str:
         if isinstance(v, float):
-            return "nan" if math.isnan(v) else f"{v:.4g}" if abs(v) < 1 else f"{v:.1f}"
+            return "nan" if math.isnan(v) else f"{v:.4g}" if abs(v) < 100 else f"{v:.1f}"
         return str(v)
 
     return "RESULT " + " ".join([f"bench={name}", *(f"{k}={one(v)}" for k, v in values.items())])
@@ -321,12 +321,15 @@ class MeshdAgent:
     (`-server -bootstrap-expect=1 -data-dir=...`), so writes pay for the Raft journal flushes.
     """
 
-    mode: str = "dev"
+    mode: str = "dev"  # "dev", "data-dir" (single non-dev server) or "client" (needs retry_join)
+    node: str = "bench"
+    retry_join: str = ""  # "127.0.0.1:<server port>" of a data-dir server, for mode "client"
     dns: bool = True
     data_dir: str | None = None  # parent directory for the data-dir mode's temporary data dir
     startup_timeout: float = 60.0
     http_port: int = 0
     dns_port: int = -1
+    server_port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     workdir: str = ""
     log_path: str = ""
@@ -347,13 +350,19 @@ class MeshdAgent:
 
     def command(self) -> list[str]:
         http_port, grpc_port, server_port, raft_port = free_ports(4)
-        self.http_port = http_port
+        self.http_port, self.server_port = http_port, server_port
         self.dns_port = free_port(udp_too=True) if self.dns else -1
-        args = [sys.executable, "-m", "meshd", "agent", "-node", "bench", "-log-level", "warn",
+        args = [sys.executable, "-m", "meshd", "agent", "-node", self.node, "-log-level", "warn",
                 f"-http-port={http_port}", f"-dns-port={self.dns_port}",
-                f"-grpc-port={grpc_port}", f"-server-port={server_port}"]
+                f"-grpc-port={grpc_port}"]
+        if self.mode != "client":
+            args.append(f"-server-port={server_port}")
         if self.mode == "dev":
             args.insert(4, "-dev")
+        elif self.mode == "client":
+            if not self.retry_join:
+                raise BenchError("a client agent needs retry_join")
+            args += [f"-retry-join={self.retry_join}"]
         elif self.mode == "data-dir":
             cfg = Path(self.workdir) / "ports.json"
             cfg.write_text(json.dumps({"ports": {"raft": raft_port}}))
@@ -375,8 +384,10 @@ class MeshdAgent:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise BenchError(f"meshd exited with {self.proc.returncode} while starting:\n"
-                                 f"{self.log_tail()}")
+                tail = self.log_tail()
+                code = self.proc.returncode
+                self.stop()
+                raise BenchError(f"meshd exited with {code} while starting:\n{tail}")
             try:
                 leader = http("GET", self.http_port, "/v1/status/leader", timeout=2.0)
                 if leader:
@@ -384,9 +395,10 @@ class MeshdAgent:
             except (OSError, BenchError):
                 pass
             time.sleep(0.1)
+        tail = self.log_tail()
         self.stop()
         raise BenchError(f"meshd did not elect a leader within {self.startup_timeout:.0f}s:\n"
-                         f"{self.log_tail()}")
+                         f"{tail}")
 
     def log_tail(self, lines: int = 20) -> str:
         try:

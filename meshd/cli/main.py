@@ -16,7 +16,10 @@ from meshd.api import APIError
 from meshd.cli import CLIError, http_options
 from meshd.cli.agent_cmd import agent
 from meshd.cli.catalog import catalog
+from meshd.cli.config_cmd import config
+from meshd.cli.connect import connect
 from meshd.cli.info import info, members, meshd_version, version
+from meshd.cli.intention import intention
 from meshd.cli.kv import kv
 from meshd.cli.operator import keygen, leave, operator, snapshot
 from meshd.cli.services import services
@@ -51,8 +54,8 @@ def cli() -> None:
     """meshd: service discovery and service mesh, compatible with Consul's API, DNS and CLI."""
 
 
-for command in (agent, catalog, info, keygen, kv, leave, members, operator, services,
-                snapshot, version):
+for command in (agent, catalog, config, connect, info, intention, keygen, kv, leave, members,
+                operator, services, snapshot, version):
     cli.add_command(command)
 
 
