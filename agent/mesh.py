@@ -20,6 +20,7 @@ from agent.leaf import LeafManager
 from meshd import queries as q
 from meshd.structs import HEALTH_CRITICAL, CheckServiceNode, NodeService
 from proxy.ads import ADSServer
+from proxy.proxyless import proxyless_resources
 from proxy.snapshot import Endpoint, ProxySnapshot, RBACPlan, RBACRule, Upstream
 from server.intentions import flatten, rbac_for_destination
 
@@ -104,9 +105,14 @@ class MeshManager:
         self._task: asyncio.Task[None] | None = None
         self._snapshots: dict[str, ProxySnapshot] = {}
         self._version = 0
+        # proxyless gRPC clients (gRFC A27): served from every service's healthy instances,
+        # watched only once such a client has connected
+        self._proxyless_active = False
+        self._proxyless: dict[str, list[object]] | None = None
 
     async def start(self) -> None:
         await self.ads.start()
+        self.ads.set_default_provider(self._provide_proxyless)
         for query in (q.CARoots(), q.ConfigEntries(Kind="service-intentions"),
                       q.ConfigEntries(Kind="service-defaults")):
             self._watch(query)
@@ -166,8 +172,33 @@ class MeshManager:
                 snap.version = self._version
                 self._snapshots[sid] = snap
                 self.ads.set_snapshot(sid, snap)
+        if self._proxyless_active:
+            self._rebuild_proxyless(wanted)
         for query in set(self._watches) - wanted:
             self._watches.pop(query).cancel()
+
+    def _provide_proxyless(self, node_id: str) -> dict[str, list[object]] | None:
+        if not self._proxyless_active:
+            self._proxyless_active = True
+            self.trigger()
+        return self._proxyless
+
+    def _rebuild_proxyless(self, wanted: set[Any]) -> None:
+        wanted.add(q.Services())
+        names = sorted(self._value(q.Services()) or {})
+        services: dict[str, list[Endpoint]] = {}
+        for name in names:
+            query = q.ServiceNodes(Service=name)
+            wanted.add(query)
+            watch = self._watch(query)
+            if not watch.ready.is_set():
+                continue  # absent rather than empty: a client waits instead of failing
+            rows = [r for r in watch.value or [] if r.Service.Kind == ""]
+            services[name] = healthy_endpoints(rows)
+        resources = proxyless_resources(services)
+        if resources != self._proxyless:
+            self._proxyless = resources
+            self.ads.invalidate()
 
     def _snapshot(self, sid: str, svc: NodeService, roots: Any) -> ProxySnapshot | None:
         proxy = svc.Proxy or {}

@@ -9,6 +9,7 @@ destination's entry.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import click
@@ -134,7 +135,7 @@ def get(args: tuple[str, ...], fmt: str) -> None:
                              ["Destination:", ixn.get("DestinationName")]]
     perms = ixn.get("Permissions") or []
     if perms:
-        rows.append(["Permissions:", format_json(perms).replace("\n", " ")])
+        rows.append(["Permissions:", json.dumps(perms)])
     else:
         rows.append(["Action:", ixn.get("Action")])
     rows += [["ID:", ixn.get("ID")], ["Precedence:", ixn.get("Precedence")]]

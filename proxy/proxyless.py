@@ -1,0 +1,66 @@
+"""Resources for proxyless gRPC clients (gRFC A27): `xds:///NAME` resolved straight from meshd.
+
+A gRPC client asks for the listener NAME; it must be an API listener whose HTTP connection
+manager carries an inline route to a cluster of type EDS, whose endpoints are the service's
+healthy instances. No sidecar is involved, so these endpoints are the instances themselves.
+Pure translation; the agent decides which services and endpoints go in.
+"""
+
+from __future__ import annotations
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2 as ec
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import api_listener_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm,
+)
+
+from .common import CLUSTER, ENDPOINT, LISTENER, ads_source, pack, socket_address
+from .snapshot import Endpoint
+
+ROUTER = "envoy.filters.http.router"
+
+
+def _listener(name: str) -> listener_pb2.Listener:
+    manager = hcm.HttpConnectionManager(
+        stat_prefix=name,
+        route_config=route_pb2.RouteConfiguration(name=name, virtual_hosts=[
+            rc.VirtualHost(name=name, domains=["*"], routes=[rc.Route(
+                match=rc.RouteMatch(prefix=""),
+                route=rc.RouteAction(cluster=name))])]),
+        http_filters=[hcm.HttpFilter(name=ROUTER, typed_config=pack(router_pb2.Router()))])
+    return listener_pb2.Listener(
+        name=name, api_listener=api_listener_pb2.ApiListener(api_listener=pack(manager)))
+
+
+def _cluster(name: str) -> cluster_pb2.Cluster:
+    return cluster_pb2.Cluster(
+        name=name, type=cluster_pb2.Cluster.EDS,
+        eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=ads_source()),
+        lb_policy=cluster_pb2.Cluster.ROUND_ROBIN)
+
+
+def _assignment(name: str, endpoints: list[Endpoint]) -> endpoint_pb2.ClusterLoadAssignment:
+    lb = []
+    for e in sorted(endpoints, key=lambda e: (e.address, e.port)):
+        ep = ec.LbEndpoint(endpoint=ec.Endpoint(address=socket_address(e.address, e.port)))
+        ep.load_balancing_weight.value = max(1, e.weight)
+        lb.append(ep)
+    locality = ec.LocalityLbEndpoints(lb_endpoints=lb, locality=base_pb2.Locality(zone="meshd"))
+    locality.load_balancing_weight.value = 1  # gRPC ignores localities without a weight
+    return endpoint_pb2.ClusterLoadAssignment(cluster_name=name,
+                                              endpoints=[locality] if lb else [])
+
+
+def proxyless_resources(services: dict[str, list[Endpoint]]) -> dict[str, list[object]]:
+    names = sorted(services)
+    return {
+        LISTENER: [_listener(n) for n in names],
+        CLUSTER: [_cluster(n) for n in names],
+        ENDPOINT: [_assignment(n, services[n]) for n in names],
+    }
