@@ -237,16 +237,18 @@ def fmt(value: float, digits: int = 2) -> str:
     return f"{value:,.{digits}f}"
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]], title: str = "") -> str:
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], title: str = "",
+          left: int = 1) -> str:
+    """A plain-text table: the first `left` columns left-aligned, the rest (numbers) right."""
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
     line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
 
-    def render(cells: Sequence[str], left_first: bool = True) -> str:
+    def render(cells: Sequence[str]) -> str:
         out = []
         for i, (c, w) in enumerate(zip(cells, widths, strict=True)):
-            out.append(c.ljust(w) if i == 0 and left_first else c.rjust(w))
+            out.append(c.ljust(w) if i < left else c.rjust(w))
         return "| " + " | ".join(out) + " |"
 
     parts = [title] if title else []

@@ -316,7 +316,7 @@ def report(results: list[PerfResult], args: argparse.Namespace, per_query: bool)
     print()
     print(table(["server", "queries", "dnsperf -Q", "QPS", "srv cores", "QPS/core",
                  "dnsperf cores", "other cores", "avg ms", "p50 ms", "p99 ms", "max ms",
-                 "lost/sent"], rows,
+                 "lost/sent"], rows, left=3,
                 title=f"DNS (dnsperf -c {args.clients} -T {args.threads} -q {args.outstanding}; "
                       f"{args.duration:g}s per 'max' run, {args.latency_duration:g}s per "
                       f"'fixed' run)"))
@@ -354,7 +354,7 @@ def report(results: list[PerfResult], args: argparse.Namespace, per_query: bool)
                                                            ratio >= TARGET_RATIO)])
     print()
     print(table(["target (docs: DESIGN.md)", "measured", "verdict"], targets,
-                title="DNS targets"))
+                title="DNS targets", left=2))
     values: dict[str, float | int | str] = {}
     for key, r in by_key.items():
         values[f"{key}_qps"] = r.qps

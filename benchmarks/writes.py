@@ -20,7 +20,8 @@ it measures
 2. concurrent throughput: 64 requests in flight on keep-alive connections for 10 s (also capped
    by a request count), requests/s and the latency of those requests.
 
-Every request must answer 200 with body `true`; anything else is counted in "errors". All
+Every request must answer 200 (and a KV put the body `true`); anything else is counted in
+"errors" and the first few are printed. All
 traffic goes to 127.0.0.1. The client is aiohttp in this process; its CPU is reported too,
 because on a small machine it competes with the agent.
 """
@@ -91,10 +92,22 @@ async def _one(session: object, op: str, port: int, tag: str, n: int) -> tuple[f
     try:
         async with session.put(url, data=body) as r:
             text = await r.read()
-            ok = r.status == 200 and text.strip() == b"true"
-    except (TimeoutError, aiohttp.ClientError):
+            # Consul's register answers 200 with an empty body; a KV put answers `true`.
+            ok = r.status == 200 and (op == "register" or text.strip() == b"true")
+            if not ok:
+                _note_error(f"HTTP {r.status}: {text[:200]!r}")
+    except (TimeoutError, aiohttp.ClientError) as e:
         ok = False
+        _note_error(f"{type(e).__name__}: {e}")
     return time.perf_counter() - t0, ok
+
+
+_first_errors: list[str] = []
+
+
+def _note_error(text: str) -> None:
+    if len(_first_errors) < 3:
+        _first_errors.append(text)
 
 
 async def sequential(port: int, op: str, mode: str, count: int, max_seconds: float,
@@ -249,11 +262,13 @@ def report(results: list[PhaseResult], args: argparse.Namespace) -> None:
             f"{fs_type(args.data_dir or tempfile.gettempdir())})" \
         if "data-dir" in args.mode_list else ""
     print(table(["mode", "op", "load", "requests", "errors", "req/s", "p50 ms", "p99 ms",
-                 "max ms", "agent CPU", "client CPU"], rows,
+                 "max ms", "agent CPU", "client CPU"], rows, left=3,
                 title=f"Writes{where}; CPU 100% = one core"))
     for r in results:
         for note in r.notes:
             print(f"note ({r.mode} {r.op} {r.kind}): {note}")
+    for err in _first_errors:
+        print(f"first errors: {err}")
     values: dict[str, float | int | str] = {}
     for r in results:
         key = f"{r.mode.replace('-', '')}_{r.op}_{r.kind}"

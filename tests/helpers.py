@@ -127,3 +127,34 @@ def wait_for(pred: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
             return last
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+
+
+class BackgroundHTTP:
+    """aiohttp servers on loopback, run on their own loop in a thread (test stand-ins)."""
+
+    def __init__(self) -> None:
+        import asyncio
+        import threading
+
+        self._asyncio = asyncio
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self.runners: list[Any] = []
+
+    def serve(self, port: int, handler: Any, path: str = "/{tail:.*}") -> None:
+        from aiohttp import web
+
+        async def start() -> None:
+            app = web.Application()
+            app.router.add_route("*", path, handler)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+            self.runners.append(runner)
+
+        self._asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
+
+    def close(self) -> None:
+        for r in self.runners:
+            self._asyncio.run_coroutine_threadsafe(r.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
 from aiohttp import web
-from helpers import wait_for
+from helpers import BackgroundHTTP, free_port, wait_for
 
 
 def test_register_then_visible_everywhere(agent):
@@ -112,29 +109,15 @@ def test_http_check_runs(agent):
         hits.append(1)
         return web.Response(text="fine")
 
-    import asyncio
-
-    from helpers import free_port
     port = free_port()
-    loop = asyncio.new_event_loop()
-
-    def serve():
-        asyncio.set_event_loop(loop)
-        app = web.Application()
-        app.router.add_get("/health", ok)
-        runner = web.AppRunner(app)
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-        loop.run_forever()
-
-    threading.Thread(target=serve, daemon=True).start()
-    time.sleep(0.2)
+    servers = BackgroundHTTP()
+    servers.serve(port, ok)
     agent.put("/v1/agent/service/register", {
         "Name": "httpc", "Port": port,
         "Check": {"HTTP": f"http://127.0.0.1:{port}/health", "Interval": "200ms"}})
     wait_for(lambda: agent.get("/v1/health/service/httpc?passing").json(), 10)
     assert hits
-    loop.call_soon_threadsafe(loop.stop)
+    servers.close()
 
 
 def test_self_and_members(agent):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import subprocess
@@ -13,7 +12,7 @@ import time
 import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from helpers import MeshdProcess, dev_agent, free_port, wait_for
+from helpers import BackgroundHTTP, MeshdProcess, dev_agent, free_port, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -171,22 +170,11 @@ def test_http_check_statuses(agent):
     from aiohttp import web
     codes = {"code": 200}
     port = free_port()
-    loop = asyncio.new_event_loop()
-
     async def handler(request):
         return web.Response(status=codes["code"], text="x")
 
-    def serve():
-        asyncio.set_event_loop(loop)
-        app = web.Application()
-        app.router.add_get("/", handler)
-        runner = web.AppRunner(app)
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-        loop.run_forever()
-
-    threading.Thread(target=serve, daemon=True).start()
-    time.sleep(0.2)
+    servers = BackgroundHTTP()
+    servers.serve(port, handler)
     agent.put("/v1/agent/service/register", {
         "Name": "httpstat", "Check": {"HTTP": f"http://127.0.0.1:{port}/", "Interval": "200ms"}})
     wait_for(lambda: status(agent, "httpstat") == "passing", 10)
@@ -194,4 +182,4 @@ def test_http_check_statuses(agent):
     wait_for(lambda: status(agent, "httpstat") == "warning", 10)
     codes["code"] = 500
     wait_for(lambda: status(agent, "httpstat") == "critical", 10)
-    loop.call_soon_threadsafe(loop.stop)
+    servers.close()
