@@ -427,7 +427,13 @@ class Agent:
     def server_name(self, raft_addr: str) -> str:
         if self.server is not None and raft_addr == self.server.raft_addr:
             return self.config.node_name
-        return raft_addr.rsplit(":", 1)[0]
+        host = raft_addr.rsplit(":", 1)[0]
+        if self.server is not None:
+            with self.server.store.lock:
+                for n in self.server.store.nodes.values():
+                    if n.Address == host and n.Meta.get("meshd-server") == "true":
+                        return n.Node
+        return host
 
     async def remove_peer(self, addr: str) -> None:
         await self._require_server().change_peer(PeerChange(RaftAddr=addr, Remove=True))

@@ -53,7 +53,8 @@ def expand_sidecar(defn: ServiceDefinition, used_ports: set[int]) -> ServiceDefi
             "LocalServicePort": proxy.get("localserviceport") or svc.Port,
             "Upstreams": upstreams, "Config": dict(proxy.get("config") or {}),
         },
-        "Checks": sc.get("checks") or [
+        # an explicit `checks = []` means none; absent means Consul's two defaults
+        "Checks": sc["checks"] if sc.get("checks") is not None else [
             {"Name": "Connect Sidecar Listening", "CheckID": f"service:{sid}:1",
              "TCP": f"{(sc.get('address') or '127.0.0.1')}:{port}", "Interval": "1s"},
             {"Name": "Connect Sidecar Aliasing", "CheckID": f"service:{sid}:2",

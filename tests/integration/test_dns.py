@@ -128,3 +128,44 @@ def test_dig(dns_services):
                           "many.service.consul", "SRV"], capture_output=True, text=True,
                          timeout=10)
     assert len(out.stdout.split("\n")) >= 40  # dig retried over TCP after TC
+
+
+def test_connect_form_answers_sidecars(dns_services):
+    a = dns_services
+    r = a.put("/v1/agent/service/register", {
+        "Name": "dnsconn", "ID": "dnsconn", "Port": 9000, "Address": "127.0.4.1",
+        "Connect": {"SidecarService": {"Port": 21999, "Checks": []}}})
+    assert r.status == 200, r.body
+    resp = ask(a, "dnsconn.connect.consul", "SRV")
+    assert [rr.port for rrset in resp.answer for rr in rrset] == [21999]
+    assert addrs(ask(a, "dnsconn.connect.consul")) == {"127.0.4.1"}
+
+
+def test_node_txt_from_meta(dns_services):
+    a = dns_services
+    a.put("/v1/catalog/register", {"Node": "metanode", "Address": "127.0.5.1",
+                                   "NodeMeta": {"rack": "r9"}})
+    resp = ask(a, "metanode.node.consul", "TXT")
+    txt = {b"".join(rr.strings).decode() for rrset in resp.answer for rr in rrset}
+    assert "rack=r9" in txt
+
+
+@pytest.fixture(scope="module")
+def custom_domain_agent(dns_services):
+    """An agent with its own domain and alt domain that forwards other names to `agent`."""
+    from helpers import dev_agent
+    b = dev_agent("-domain=mesh.internal", "-alt-domain=alt.test",
+                  f"-recursor=127.0.0.1:{dns_services.dns_port}").start()
+    b.put("/v1/agent/service/register", {"Name": "local", "Address": "127.0.6.1", "Port": 1})
+    yield b
+    b.stop()
+
+
+def test_configured_domain_alt_domain_and_recursor(custom_domain_agent, dns_services):
+    b = custom_domain_agent
+    assert addrs(ask(b, "local.service.mesh.internal")) == {"127.0.6.1"}
+    assert addrs(ask(b, "local.service.alt.test")) == {"127.0.6.1"}
+    # consul. is not b's domain: forwarded to the recursor (the first agent), answered there
+    forwarded = ask(b, "dnsweb.service.consul")
+    assert forwarded.rcode() == dns.rcode.NOERROR
+    assert addrs(forwarded) == {"127.0.1.1", "127.0.1.2", "127.0.1.3"}
