@@ -146,3 +146,22 @@ def test_status(agent):
     leader = agent.get("/v1/status/leader").json()
     assert leader and ":" in leader
     assert agent.get("/v1/status/peers").json() == [leader]
+
+
+def test_filters_on_service_and_health_endpoints(agent):
+    from urllib.parse import quote
+    for i, env in enumerate(("prod", "dev")):
+        agent.put("/v1/agent/service/register", {
+            "Name": "filt", "ID": f"filt-{env}", "Port": 100 + i, "Tags": [env],
+            "Meta": {"env": env}})
+    f = quote('ServiceMeta.env == "prod"')
+    assert [r["ServiceID"] for r in agent.get(f"/v1/catalog/service/filt?filter={f}").json()] \
+        == ["filt-prod"]
+    f = quote('Service.Tags contains "dev"')
+    rows = agent.get(f"/v1/health/service/filt?filter={f}").json()
+    assert [r["Service"]["ID"] for r in rows] == ["filt-dev"]
+    f = quote('Checks.Status == "passing" or Service.ID matches "^filt-"')
+    assert len(agent.get(f"/v1/health/service/filt?filter={f}").json()) == 2
+    assert agent.get("/v1/health/service/filt?filter=" + quote("(Service.ID ==")).status == 400
+    assert agent.get("/v1/catalog/services?filter=" + quote('ServiceMeta.env == "dev"')).json() \
+        == {"filt": ["dev"]}
