@@ -70,7 +70,13 @@ def install_sigterm_as_interrupt() -> None:
 
 
 def _child_dies_with_parent() -> None:
-    """preexec_fn: SIGTERM this child if the benchmark process disappears (Linux only)."""
+    """preexec_fn: SIGTERM this child if the benchmark process disappears (Linux only).
+
+    Also give the child default SIGINT/SIGTERM handling: a benchmark started in the background
+    by a non-interactive shell inherits an ignored SIGINT, which the agent would inherit too.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG

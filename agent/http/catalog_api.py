@@ -90,6 +90,11 @@ def _catalog_check(node: str, raw: Any) -> HealthCheck:
     return HealthCheck(Node=node, **fields)
 
 
+_REGISTER_KEYS = {"id", "node", "address", "datacenter", "taggedaddresses", "nodemeta",
+                  "service", "check", "checks", "skipnodeupdate", "partition", "namespace",
+                  "locality", "token"}
+
+
 # ---- catalog writes -------------------------------------------------------------------------
 
 
@@ -98,6 +103,9 @@ async def catalog_register(request: web.Request) -> web.Response:
     agent = _agent(request)
     body = await json_body(request)
     folded = {k.lower(): v for k, v in body.items()}
+    unknown = sorted(k for k in body if k.lower() not in _REGISTER_KEYS)
+    if unknown:
+        raise BadRequest(f"Request decode failed: unknown field {unknown[0]!r}")
     node = folded.get("node")
     if not isinstance(node, str) or not node:
         raise BadRequest("Must provide node")

@@ -42,6 +42,8 @@ def test_catalog_register_deregister_and_reads(agent):
 def test_catalog_register_rejects_bad_input(agent):
     assert agent.put("/v1/catalog/register", {"Address": "1.2.3.4"}).status == 400
     assert agent.put("/v1/catalog/register", {"Node": "n"}).status == 400
+    r = agent.put("/v1/catalog/register", {"Node": "n-bad", "Address": "1.1.1.1", "Bogus": 1})
+    assert r.status == 400 and b"Bogus" in r.body
     r = agent.put("/v1/catalog/register", {
         "Node": "n-bad", "Address": "1.1.1.1", "Check": {"CheckID": "c", "ServiceID": "nope"}})
     assert r.status == 400
