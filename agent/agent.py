@@ -77,6 +77,18 @@ def _loopback(addr: str) -> bool:
         return addr == "localhost"
 
 
+def _raft_password(cfg: Config) -> str | None:
+    """The Raft transport key. A server with no peers to come (dev, or a lone server) gets a
+    random one per start when none is configured: nobody else needs it, and it closes the
+    pickle-speaking Raft port to other local users, whom loopback does not keep out."""
+    if cfg.encrypt:
+        return cfg.encrypt
+    if cfg.dev or (cfg.bootstrap_expect <= 1 and not cfg.retry_join):
+        return base64.b64encode(os.urandom(32)).decode()
+    log.warning("Raft traffic is unauthenticated: set `encrypt` (see `meshd keygen`)")
+    return None
+
+
 def dns_settings(cfg: Config) -> DNSSettings:
     d = cfg.dns_config
     soa = d.soa or {}
@@ -136,7 +148,7 @@ class Agent:
                 node_name=cfg.node_name, datacenter=cfg.datacenter, advertise=self.address,
                 rpc_port=cfg.ports.server,
                 raft_port=free_loopback_port() if cfg.dev else cfg.ports.raft,
-                data_dir=cfg.data_dir, key=key, password=cfg.encrypt,
+                data_dir=cfg.data_dir, key=key, password=_raft_password(cfg),
                 bootstrap_expect=cfg.bootstrap_expect or 1, retry_join=list(cfg.retry_join),
                 failure_timeout=float(cfg.limits.get("node_failure_timeout", 5.0)),
                 reap_after=cfg.reconnect_timeout, ssl_client=ssl_client,
