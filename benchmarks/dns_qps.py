@@ -353,7 +353,7 @@ def report(results: list[PerfResult], args: argparse.Namespace, per_query: bool)
                         f"{fmt(d_a.qps, 0)} QPS)", verdict(None if math.isnan(ratio) else
                                                            ratio >= TARGET_RATIO)])
     print()
-    print(table(["target (docs: DESIGN.md)", "measured", "verdict"], targets,
+    print(table(["target", "measured", "verdict"], targets,
                 title="DNS targets", left=2))
     values: dict[str, float | int | str] = {}
     for key, r in by_key.items():

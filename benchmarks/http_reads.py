@@ -313,7 +313,7 @@ def report(results: list[LoadResult], args: argparse.Namespace, path: str) -> No
         if args.topology == "client":
             values[f"{key}_server_cpu_pct"] = r.server_cores * 100
     print()
-    print(table(["target (docs: DESIGN.md)", "measured", "verdict"], targets,
+    print(table(["target", "measured", "verdict"], targets,
                 title="HTTP read target", left=2))
     print(result_line("http_reads", values))
 
