@@ -128,7 +128,7 @@ class Agent:
         self.rpc: RPCClient | None = None
         self.cache: CatalogCache | None = None
         self.view: StoreView | CacheView
-        self.ae: AntiEntropy
+        self.ae: AntiEntropy  # set in start(); stop() copes with a start that failed first
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -150,6 +150,7 @@ class Agent:
                 raft_port=free_loopback_port() if cfg.dev else cfg.ports.raft,
                 data_dir=cfg.data_dir, key=key, password=_raft_password(cfg),
                 bootstrap_expect=cfg.bootstrap_expect or 1, retry_join=list(cfg.retry_join),
+                retry_interval=min(cfg.retry_interval, 30.0), fsync=cfg.raft_fsync,
                 failure_timeout=float(cfg.limits.get("node_failure_timeout", 5.0)),
                 reap_after=cfg.reconnect_timeout, ssl_client=ssl_client,
                 bind=cfg.bind_addr if cfg.bind_addr != self.address else None,
@@ -228,10 +229,14 @@ class Agent:
                        Role="consul" if cfg.server else "node",
                        RPCAddr=f"{self.address}:{cfg.ports.server}" if cfg.server else "",
                        RaftAddr=self.server.raft_addr if self.server else "")
+        beats = 0
         while True:
             try:
                 await self.backend.heartbeat(hb)
                 self._heartbeat_ok.set()
+                beats += 1
+                if isinstance(self.backend, RemoteBackend) and beats % 30 == 1:
+                    await self.backend.refresh_servers()
             except Exception as e:  # noqa: BLE001 - keep beating; the servers may be electing
                 log.debug("heartbeat failed: %s", e)
             await asyncio.sleep(1.0 if self._heartbeat_ok.is_set() else 0.1)
@@ -263,7 +268,9 @@ class Agent:
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
-        await self.ae.stop()
+        ae = getattr(self, "ae", None)
+        if ae is not None:
+            await ae.stop()
         if self._mesh_started:
             await self.mesh.stop()
         if self.cache:

@@ -98,6 +98,13 @@ class RemoteBackend:
 
     def __init__(self, rpc: RPCClient) -> None:
         self.rpc = rpc
+        self._joined = list(rpc.servers)
+
+    async def refresh_servers(self) -> None:
+        """Learn the current server set, so servers added later are used and failed over to."""
+        info = await self.rpc.call("info", b"", ServerInfo)
+        current = [rpc for raft, rpc in info.Known if raft in info.Peers]
+        self.rpc.set_servers(current + [s for s in self._joined if s not in current])
 
     async def write(self, cmd: Command) -> Any:
         try:

@@ -53,6 +53,14 @@ class CatalogCache:
                 pass
         return e.value
 
+    async def get_indexed(self, query: Any, timeout: float = 5.0) -> tuple[int, Any] | None:
+        """(index, value) once the watch has answered; None if it has not within `timeout`."""
+        value = await self.get(query, timeout)
+        e = self._entries.get(query)
+        if e is None or not e.ready.is_set():
+            return None
+        return e.index, value
+
     def peek(self, query: Any) -> Any:
         e = self._entries.get(query)
         if e is None:

@@ -28,6 +28,12 @@ async def _main(cfg: Config) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    if cfg.leave_on_terminate:
+        print("==> leaving the cluster", flush=True)
+        try:
+            await asyncio.wait_for(agent.leave(), 10)
+        except Exception as e:  # noqa: BLE001 - shutting down anyway; say why the leave failed
+            print(f"    leave failed: {e}", flush=True)
     print("==> shutting down", flush=True)
     await agent.stop()
     return 0

@@ -9,8 +9,9 @@ directory). Each run:
 3. starts a `PUT /v1/kv/x` try every 20 ms, alternating between the two survivors, each try
    with its own short timeout (0.5 s by default); tries overlap, so a try that hangs while
    there is no leader does not delay the next one. The first try answered 200 `true` ends
-   the measurement (its answer time counts). GET /v1/status/leader on one survivor is polled
-   every 20 ms too, to show when the new leader became visible;
+   the measurement (its answer time counts). GET /v1/status/leader on both survivors is polled
+   every 20 ms too, to show when a survivor first named the new leader (polled independently,
+   so with 20 ms granularity it can come out a little after the first accepted write);
 4. restarts the killed server on the same data dir and waits until all three servers report
    3 Raft peers and agree on one leader, then lets the cluster settle briefly.
 
@@ -40,7 +41,8 @@ class Run:
     new_leader: str = ""
     via: str = ""  # the survivor that accepted the first write
     tries: int = 0
-    failed_tries: int = 0
+    failed_tries: int = 0  # answered, but not 200 `true` (or the connection failed)
+    timed_out: int = 0  # no answer within the try timeout
     rejoin_s: float = math.nan  # restart -> 3 peers and an agreed leader again
 
 
@@ -63,27 +65,35 @@ async def measure(cluster: MeshdCluster, victim: MeshdNode, survivors: list[Mesh
                         if not done.done():
                             done.set_result((time.perf_counter(), node.name))
                         return
-            except (TimeoutError, aiohttp.ClientError):
+            except TimeoutError:
+                run.timed_out += 1
+                return
+            except aiohttp.ClientError:
                 pass
             run.failed_tries += 1
 
-        async def watch_leader(node: MeshdNode, t0: float) -> None:
+        async def leader_of(node: MeshdNode) -> str:
             url = f"http://{LOOPBACK}:{node.http_port}/v1/status/leader"
-            while not done.done() and time.perf_counter() - t0 < max_wait:
-                try:
-                    async with session.get(url) as r:
-                        leader = await r.json()
-                    if leader and leader != victim.raft_addr and math.isnan(run.leader_s):
+            try:
+                async with session.get(url) as r:
+                    leader = await r.json()
+            except (TimeoutError, aiohttp.ClientError, ValueError):
+                return ""
+            return leader if isinstance(leader, str) and leader != victim.raft_addr else ""
+
+        async def watch_leader(t0: float) -> None:
+            # independent of the write tries: ends when a survivor names a new leader
+            while time.perf_counter() - t0 < max_wait:
+                for leader in await asyncio.gather(*(leader_of(s) for s in survivors)):
+                    if leader:
                         run.leader_s = time.perf_counter() - t0
                         run.new_leader = raft_to_name.get(leader, leader)
                         return
-                except (TimeoutError, aiohttp.ClientError, ValueError):
-                    pass
                 await asyncio.sleep(interval)
 
         t0 = time.perf_counter()
         victim.proc.kill9()
-        watcher = asyncio.create_task(watch_leader(survivors[0], t0))
+        watcher = asyncio.create_task(watch_leader(t0))
         tasks: set[asyncio.Task[None]] = set()
         i = 0
         while not done.done() and time.perf_counter() - t0 < max_wait:
@@ -103,8 +113,11 @@ async def measure(cluster: MeshdCluster, victim: MeshdNode, survivors: list[Mesh
             run.write_s, run.via = t_ok - t0, via
         for task in list(tasks):
             task.cancel()
-        watcher.cancel()
-        await asyncio.gather(*tasks, watcher, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await asyncio.wait_for(watcher, max(1.0, max_wait - (time.perf_counter() - t0)))
+        except TimeoutError:
+            pass
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -168,18 +181,18 @@ def main(argv: list[str] | None = None) -> int:
 def report(runs: list[Run], args: argparse.Namespace, load0: float) -> None:
     rows = [[str(r.n), r.old_leader, fmt(r.leader_s * 1000, 0), r.new_leader or "-",
              fmt(r.write_s * 1000, 0), r.via or "-", str(r.tries), str(r.failed_tries),
-             fmt(r.rejoin_s, 1)] for r in runs]
+             str(r.timed_out), fmt(r.rejoin_s, 1)] for r in runs]
     ok = sorted(r.write_s for r in runs if not math.isnan(r.write_s))
     elected = sorted(r.leader_s for r in runs if not math.isnan(r.leader_s))
     median = statistics.median(ok) if ok else math.nan
     worst = ok[-1] if ok else math.nan
     rows.append(["median", "", fmt(statistics.median(elected) * 1000, 0) if elected else "n/a",
-                 "", fmt(median * 1000, 0), "", "", "", ""])
+                 "", fmt(median * 1000, 0), "", "", "", "", ""])
     rows.append(["max", "", fmt(elected[-1] * 1000, 0) if elected else "n/a", "",
-                 fmt(worst * 1000, 0), "", "", "", ""])
+                 fmt(worst * 1000, 0), "", "", "", "", ""])
     print()
     print(table(["run", "killed", "leader seen ms", "new leader", "write ok ms", "via",
-                 "tries", "failed tries", "rejoin s"], rows, left=2,
+                 "tries", "refused", "timed out", "rejoin s"], rows, left=2,
                 title=f"Failover: kill -9 of the leader -> first accepted PUT /v1/kv/x "
                       f"(tries every {args.interval * 1000:g} ms, {args.try_timeout:g}s "
                       f"timeout each)"))

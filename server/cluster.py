@@ -31,7 +31,7 @@ from meshd.rpc import (
     decode_value,
 )
 from meshd.rpc_client import RPCClient, RPCError, normalize_addr
-from meshd.structs import Barrier, Command
+from meshd.structs import SERF_CHECK_ID, Barrier, Command
 from server import connect_ca
 from server.ca import CAError
 from server.members import Membership
@@ -61,6 +61,7 @@ class ServerSettings:
     ssl_client: ssl.SSLContext | None = None
     bind: str | None = None  # Raft listen host when it differs from `advertise`
     server_name: str | None = None  # TLS name servers present to each other
+    fsync: bool = True
 
 
 @dataclass
@@ -118,7 +119,8 @@ class Server:
         self.raft = RaftNode(self.store, RaftSettings(
             self_addr=self.raft_addr, peers=others, data_dir=self.s.data_dir,
             password=self.s.password,
-            bind=f"{self.s.bind}:{self.s.raft_port}" if self.s.bind else None))
+            bind=f"{self.s.bind or self.s.advertise}:{self.s.raft_port}",
+            fsync=self.s.fsync))
         self.save_peers()
 
     async def start(self) -> None:
@@ -271,8 +273,9 @@ class Server:
                     continue
                 if not self._was_leader:
                     self._was_leader = True
-                    with self.store.lock:
-                        nodes = [(n.Node, n.Address) for n in self.store.nodes.values()]
+                    with self.store.lock:  # agents only: catalog-registered nodes never beat
+                        nodes = [(n.Node, n.Address) for n in self.store.nodes.values()
+                                 if SERF_CHECK_ID in self.store.checks.get(n.Node, {})]
                     self.members.nodes.clear()
                     self.members.adopt(nodes)
                     self.reaper.reset()

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from agent.backend import ReadResult
 from agent.definitions import parse_service
 from agent.http.common import (
     BadRequest,
@@ -215,6 +216,17 @@ async def catalog_node(request: web.Request) -> web.Response:
 # ---- health ---------------------------------------------------------------------------------
 
 
+async def _cached(agent: Agent, query: q.Query, opts: Any) -> ReadResult | None:
+    """A client agent answers plain reads of a service from its watch-fed cache (DESIGN:
+    no server round-trip per query); blocking and ?consistent reads still go to the servers."""
+    if agent.cache is None or opts.index or opts.consistency == "consistent":
+        return None
+    got = await agent.cache.get_indexed(query)
+    if got is None:
+        return None
+    return ReadResult(got[0], got[1])
+
+
 def _all_passing(row: CheckServiceNode) -> bool:
     return all(c.Status == HEALTH_PASSING for c in row.Checks)
 
@@ -232,8 +244,8 @@ async def health_connect(request: web.Request) -> web.Response:
 async def _health_rows(request: web.Request, connect: bool) -> web.Response:
     agent = _agent(request)
     opts = query_options(request)
-    res = await blocking_read(
-        agent.backend, q.ServiceNodes(Service=request.match_info["name"], Connect=connect), opts)
+    query = q.ServiceNodes(Service=request.match_info["name"], Connect=connect)
+    res = await _cached(agent, query, opts) or await blocking_read(agent.backend, query, opts)
     tags = _tags(request)
     passing = flag(request, "passing")
     rows = [r for r in res.value if _has_tags(r, tags) and (not passing or _all_passing(r))]

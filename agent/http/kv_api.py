@@ -81,11 +81,12 @@ async def kv_put(request: web.Request) -> web.Response:
         raise BadRequest("Missing key name")
     if len(key) > 512 or "\x00" in key:
         raise BadRequest("Invalid key name")
-    if request.content_length is not None and request.content_length > MAX_VALUE:
-        return web.Response(status=413, text=f"Value exceeds {MAX_VALUE} byte limit\n")
+    limit = int(_agent(request).config.limits.get("kv_max_value_size", MAX_VALUE))
+    if request.content_length is not None and request.content_length > limit:
+        return web.Response(status=413, text=f"Value exceeds {limit} byte limit\n")
     value = await request.read()
-    if len(value) > MAX_VALUE:
-        return web.Response(status=413, text=f"Value exceeds {MAX_VALUE} byte limit\n")
+    if len(value) > limit:
+        return web.Response(status=413, text=f"Value exceeds {limit} byte limit\n")
     flags = _uint(request, "flags") or 0
     cas = _uint(request, "cas")
     op = KVOp(Verb="cas" if cas is not None else "set", Key=key, Value=value, Flags=flags,
