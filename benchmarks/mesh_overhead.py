@@ -7,7 +7,8 @@ Set-up, all on 127.0.0.1:
   request with 200 and a 3-byte body;
 - a `meshd agent -dev` with gRPC (xDS) on a free port;
 - api registered with a TTL check (passing) and a connect sidecar on a fixed free port; web
-  registered with a sidecar whose upstream "api" listens on a local bind port;
+  registered with a sidecar whose upstream "api" listens on a local bind port (both sidecars
+  with Address 127.0.0.1, so their public listeners bind loopback, not 0.0.0.0);
 - two Envoys, `meshd connect envoy -sidecar-for api|web ... -- --concurrency 1`.
 
 The meshed path is client -> web sidecar (upstream listener) -> mTLS -> api sidecar (public
@@ -19,11 +20,12 @@ until both Envoys' active listeners show the new filter chains.
 Loads, one path at a time (direct and meshed alternate):
 
 1. fixed rate, open loop: the built-in asyncio client issues requests on a schedule
-   (default 1,000 req/s for 15 s, after 1 s of unmeasured warm-up) over a pool of keep-alive
-   connections, and measures each latency from the request's *scheduled* time, so a stall is
-   not hidden (no coordinated omission). It also reports the service time (from the actual
-   write to the answer) and how late the client sent (its own timer jitter: asyncio timers
-   have ~1 ms resolution, which shows in the scheduled-time figures of both paths alike);
+   (default 1,000 req/s for 15 s per path, in 3 segments of 5 s alternating direct and meshed,
+   after 1 s of unmeasured warm-up of each) over a pool of 16 keep-alive connections, and
+   measures each latency from the request's *scheduled* time, so a stall is not hidden (no
+   coordinated omission). It also reports the service time (from the actual write to the
+   answer) and how late the client sent (its own timer jitter: asyncio timers have ~1 ms
+   resolution, which shows in the scheduled-time figures of both paths alike);
 2. max throughput, closed loop: `wrk -t1 -c16 -d10s --latency` (Debian package wrk).
 
 Anchors: Istio documents +2.65 ms at p90 for its sidecars; the target here is added p99 < 1 ms
@@ -35,8 +37,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import json
+import math
 import re
 import sys
 import time
@@ -213,39 +215,60 @@ class Load:
 PCTS = (50, 90, 99)
 
 
+@dataclass
+class Samples:
+    """Raw results of open-loop runs against one path, merged across rounds."""
+
+    lat: list[float] = field(default_factory=list)  # seconds from the scheduled send
+    svc: list[float] = field(default_factory=list)  # seconds from the actual send
+    late: list[float] = field(default_factory=list)  # actual send - scheduled send
+    errors: int = 0
+    wall: float = 0.0
+    cpu: dict[str, float] = field(default_factory=dict)  # process -> CPU seconds
+    notes: list[str] = field(default_factory=list)
+
+    def into(self, res: Load) -> Load:
+        lat, svc, late = sorted(self.lat), sorted(self.svc), sorted(self.late)
+        res.requests, res.errors, res.wall = len(lat), self.errors, self.wall
+        res.lat = {p: percentile(lat, p) * 1000 for p in PCTS}
+        res.svc = {p: percentile(svc, p) * 1000 for p in PCTS}
+        res.late_p99_ms = percentile(late, 99) * 1000
+        res.max_ms = lat[-1] * 1000 if lat else math.nan
+        res.cpu = {k: v / self.wall for k, v in self.cpu.items()} if self.wall > 0 else {}
+        res.notes += self.notes
+        return res
+
+
 async def open_loop(port: int, rate: float, duration: float, conns: int,
-                    res: Load | None) -> Load:
+                    out: Samples) -> None:
     """`rate` req/s for `duration` s on a schedule; latency from each scheduled time."""
-    req = f"GET / HTTP/1.1\r\nHost: api\r\nUser-Agent: meshd-bench\r\n\r\n".encode()
+    req = b"GET / HTTP/1.1\r\nHost: api\r\nUser-Agent: meshd-bench\r\n\r\n"
     pool = await Pool(port, conns).open()
     total = int(rate * duration)
-    lat: list[float] = []
-    svc: list[float] = []
-    late: list[float] = []
-    errors = 0
+    sent = 0
     first_error = ""
     tasks: set[asyncio.Task[None]] = set()
 
     async def one(sched: float) -> None:
-        nonlocal errors, first_error
+        nonlocal first_error
         conn = await pool.get()
         t_send = time.perf_counter()
         try:
             status = await asyncio.wait_for(conn.request(req), REQUEST_TIMEOUT)
         except (OSError, ValueError, TimeoutError) as e:
-            errors += 1
+            out.errors += 1
             first_error = first_error or f"{type(e).__name__}: {e}"
             await pool.replace(conn)
             return
         now = time.perf_counter()
         pool.put(conn)
         if status != 200:
-            errors += 1
+            out.errors += 1
             first_error = first_error or f"HTTP {status}"
             return
-        lat.append(now - sched)
-        svc.append(now - t_send)
-        late.append(t_send - sched)
+        out.lat.append(now - sched)
+        out.svc.append(now - t_send)
+        out.late.append(t_send - sched)
 
     t0 = time.perf_counter() + 0.02
     hard_stop = t0 + duration + 10.0  # bounded even if the schedule cannot be kept
@@ -257,27 +280,17 @@ async def open_loop(port: int, rate: float, duration: float, conns: int,
         if time.perf_counter() > hard_stop:
             break
         task = asyncio.create_task(one(sched))
+        sent += 1
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     if tasks:
         await asyncio.wait(set(tasks), timeout=REQUEST_TIMEOUT + 5)
-    wall = time.perf_counter() - t0
+    out.wall += time.perf_counter() - t0
     pool.close()
-    if res is None:
-        return Load("", "", "warm-up")
-    lat.sort()
-    svc.sort()
-    late.sort()
-    res.requests, res.errors, res.wall = len(lat), errors, wall
-    res.lat = {p: percentile(lat, p) * 1000 for p in PCTS}
-    res.svc = {p: percentile(svc, p) * 1000 for p in PCTS}
-    res.late_p99_ms = percentile(late, 99) * 1000
-    res.max_ms = lat[-1] * 1000 if lat else math.nan
     if first_error:
-        res.notes.append(f"first error: {first_error}")
-    if len(lat) + errors < total:
-        res.notes.append(f"only {len(lat) + errors} of {total} requests were sent")
-    return res
+        out.notes.append(f"first error: {first_error}")
+    if sent < total:
+        out.notes.append(f"only {sent} of {total} scheduled requests were sent")
 
 
 # --------------------------------------------------------------------------- wrk
@@ -354,11 +367,11 @@ def build_mesh(procs: Procs) -> Mesh:
     put_ok(agent.http_port, "/v1/agent/service/register", {
         "Name": "api", "ID": "api", "Port": api_port,
         "Check": {"CheckID": "api-ttl", "TTL": "10m", "Status": "passing"},
-        "Connect": {"SidecarService": {"Port": api_pub}}})
+        "Connect": {"SidecarService": {"Port": api_pub, "Address": LOOPBACK}}})
     put_ok(agent.http_port, "/v1/agent/service/register", {
         "Name": "web", "ID": "web", "Port": web_port,
         "Check": {"CheckID": "web-ttl", "TTL": "10m", "Status": "passing"},
-        "Connect": {"SidecarService": {"Port": web_pub, "Proxy": {
+        "Connect": {"SidecarService": {"Port": web_pub, "Address": LOOPBACK, "Proxy": {
             "Upstreams": [{"DestinationName": "api", "LocalBindPort": up_port}]}}}})
     envoys = {sid: start_envoy(procs, agent, sid) for sid in ("api", "web")}
     mesh = Mesh(agent, upstream, api_port, up_port, envoys)
@@ -380,12 +393,16 @@ def set_protocol(mesh: Mesh, protocol: str, drain: float) -> float:
            {"Kind": "service-defaults", "Name": "api", "Protocol": protocol})
     want, other = (HCM, TCP_PROXY) if protocol == "http" else (TCP_PROXY, HCM)
 
+    # api's public listener (api's Envoy) and web's listener for upstream api (web's Envoy)
+    listener_prefix = {"api": "public_listener:", "web": "api:"}
+
     def applied() -> bool:
         mesh.check()
-        for _, admin in mesh.envoys.values():
+        for sid, (_, admin) in mesh.envoys.items():
             dump = json.loads(envoy_admin(admin, "/config_dump?resource=dynamic_listeners"))
-            active = json.dumps([c.get("active_state") for c in dump.get("configs", [])])
-            if want not in active or (protocol == "http" and other in active):
+            active = json.dumps([c.get("active_state") for c in dump.get("configs", [])
+                                 if str(c.get("name", "")).startswith(listener_prefix[sid])])
+            if want not in active or other in active:
                 return False
         return True
 
@@ -422,7 +439,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--protocols", default="tcp,http", help="comma-separated: tcp and/or http")
     p.add_argument("--rate", type=float, default=1000.0, help="fixed-rate load, requests/s")
-    p.add_argument("--duration", type=float, default=15.0, help="seconds of each fixed-rate run")
+    p.add_argument("--duration", type=float, default=15.0,
+                   help="seconds of fixed-rate load per path and protocol")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="split each path's fixed-rate load into this many segments, "
+                        "alternating direct and meshed (so drift hits both alike)")
     p.add_argument("--warmup", type=float, default=1.0,
                    help="seconds of unmeasured load before each fixed-rate run")
     p.add_argument("--conns", type=int, default=16,
@@ -441,8 +462,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for proto in args.protocol_list:
         if proto not in ("tcp", "http"):
             p.error(f"unknown protocol {proto!r}")
-    if args.rate <= 0 or args.duration <= 0 or args.conns < 1:
-        p.error("--rate, --duration and --conns must be positive")
+    if args.rate <= 0 or args.duration <= 0 or args.conns < 1 or args.rounds < 1:
+        p.error("--rate, --duration, --conns and --rounds must be positive")
     if args.rate * args.duration > 1_000_000:
         p.error("--rate x --duration is capped at 1,000,000 requests")
     return args
@@ -473,16 +494,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"protocol {proto}: on both Envoys {took:.2f}s after the config write",
                   flush=True)
             ports = {"direct": mesh.api_port, "meshed": mesh.up_port}
-            for path in ("direct", "meshed"):
-                print(f"  {proto} {path}: {args.rate:g} req/s for {args.duration:g}s ...",
-                      flush=True)
-                asyncio.run(open_loop(ports[path], args.rate, args.warmup, args.conns, None))
-                res = Load(path, proto, "rate")
-                before = cpu_snapshot(mesh)
-                asyncio.run(open_loop(ports[path], args.rate, args.duration, args.conns, res))
-                res.cpu = cpu_used(before, cpu_snapshot(mesh), res.wall, "rate")
-                loads.append(res)
-                mesh.check()
+            samples = {path: Samples() for path in ports}
+            for path in ports:  # unmeasured warm-up of both paths
+                asyncio.run(open_loop(ports[path], args.rate, args.warmup, args.conns,
+                                      Samples()))
+            seg = args.duration / args.rounds
+            print(f"  {proto}: {args.rate:g} req/s, direct and meshed alternating, "
+                  f"{args.rounds} x {seg:g}s each ...", flush=True)
+            for _ in range(args.rounds):
+                for path in ports:
+                    before = cpu_snapshot(mesh)
+                    asyncio.run(open_loop(ports[path], args.rate, seg, args.conns,
+                                          samples[path]))
+                    after = cpu_snapshot(mesh)
+                    for k in ("envoys", "api", "client"):
+                        samples[path].cpu[k] = (samples[path].cpu.get(k, 0.0) + after[k]
+                                                - before[k])
+                    mesh.check()
+            for path in ports:
+                loads.append(samples[path].into(Load(path, proto, "rate")))
             if args.max_duration > 0:
                 assert wrk is not None
                 for path in ("direct", "meshed"):

@@ -23,7 +23,8 @@ it measures
 Every request must answer 200 (and a KV put the body `true`); anything else is counted in
 "errors" and the first few are printed. All
 traffic goes to 127.0.0.1. The client is aiohttp in this process; its CPU is reported too,
-because on a small machine it competes with the agent.
+because on a small machine it competes with the agent, and so is "other": the rest of the
+machine's busy time (kernel work not charged to either process, or anything else running).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class PhaseResult:
     max_ms: float = math.nan
     agent_cores: float = math.nan
     client_cores: float = math.nan
+    machine_cores: float = math.nan
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -136,7 +138,7 @@ async def sequential(port: int, op: str, mode: str, count: int, max_seconds: flo
         res.wall = time.perf_counter() - t_start
         meter.stop()
         res.client_cores = (self_cpu_seconds() - cpu0) / meter.wall
-    res.agent_cores = meter.cores
+    res.agent_cores, res.machine_cores = meter.cores, meter.machine_cores
     _fill_latency(res, latencies)
     return res
 
@@ -169,7 +171,7 @@ async def concurrent(port: int, op: str, mode: str, in_flight: int, duration: fl
         res.wall = time.perf_counter() - t_start
         meter.stop()
         res.client_cores = (self_cpu_seconds() - cpu0) / meter.wall
-    res.agent_cores = meter.cores
+    res.agent_cores, res.machine_cores = meter.cores, meter.machine_cores
     if counter >= MAX_CONCURRENT_REQUESTS:
         res.notes.append(f"stopped at the {MAX_CONCURRENT_REQUESTS:,}-request cap")
     _fill_latency(res, latencies)
@@ -256,13 +258,14 @@ def report(results: list[PhaseResult], args: argparse.Namespace) -> None:
         kind = "sequential" if r.kind == "seq" else f"{args.in_flight} in flight"
         rows.append([r.mode, r.op, kind, f"{r.requests:,}", str(r.errors), fmt(r.rate, 0),
                      fmt(r.p50_ms, 3), fmt(r.p99_ms, 3), fmt(r.max_ms, 3),
-                     fmt(r.agent_cores * 100, 0) + "%", fmt(r.client_cores * 100, 0) + "%"])
+                     fmt(r.agent_cores * 100, 0) + "%", fmt(r.client_cores * 100, 0) + "%",
+                     fmt((r.machine_cores - r.agent_cores - r.client_cores) * 100, 0) + "%"])
     print()
     where = f" (data-dir parent: {args.data_dir or tempfile.gettempdir()}, " \
             f"{fs_type(args.data_dir or tempfile.gettempdir())})" \
         if "data-dir" in args.mode_list else ""
     print(table(["mode", "op", "load", "requests", "errors", "req/s", "p50 ms", "p99 ms",
-                 "max ms", "agent CPU", "client CPU"], rows, left=3,
+                 "max ms", "agent CPU", "client CPU", "other CPU"], rows, left=3,
                 title=f"Writes{where}; CPU 100% = one core"))
     for r in results:
         for note in r.notes:
