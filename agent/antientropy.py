@@ -68,6 +68,27 @@ def diff_node(local: LocalState, remote: Any) -> list[Register | Deregister]:
     return ops
 
 
+def dirty_ops(local: LocalState, services: set[str],
+              checks: set[str]) -> list[Register | Deregister]:
+    """Pure: the operations that push just the changed entries (services before checks).
+
+    An unchanged entry re-sent is harmless: the store ignores a write that changes nothing.
+    """
+    ops: list[Register | Deregister] = []
+    for sid in sorted(services):
+        svc = local.services.get(sid)
+        ops.append(Register(Node=local.node, Address=local.address, Service=svc,
+                            SkipNodeUpdate=True) if svc is not None
+                   else Deregister(Node=local.node, ServiceID=sid))
+    present = [local.checks[c].check for c in sorted(checks) if c in local.checks]
+    ops.extend(Deregister(Node=local.node, CheckID=c) for c in sorted(checks)
+               if c not in local.checks)
+    if present:
+        ops.append(Register(Node=local.node, Address=local.address, Checks=present,
+                            SkipNodeUpdate=True))
+    return ops
+
+
 class AntiEntropy:
     def __init__(self, local: LocalState, backend: CatalogBackend,
                  interval: float = 60.0) -> None:
@@ -79,6 +100,7 @@ class AntiEntropy:
         self._cond = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self.last_error: str = ""
+        self._need_full = True
 
     def trigger(self) -> None:
         self._wake.set()
@@ -115,7 +137,7 @@ class AntiEntropy:
                 await asyncio.wait_for(self._wake.wait(),
                                        self.interval * random.uniform(0.5, 1.0))
             except TimeoutError:
-                pass
+                self._need_full = True  # the periodic, staggered full sync
             self._wake.clear()
             try:
                 await self.sync_once()
@@ -135,10 +157,20 @@ class AntiEntropy:
 
     async def sync_once(self) -> None:
         gen = self.local.generation
-        res = await self.backend.read(q.NodeInfo(Node=self.local.node))
-        ops = diff_node(self.local, res.value)
-        if ops:
-            await self.backend.write(ops[0] if len(ops) == 1 else Batch(Ops=list(ops)))
+        services, checks = self.local.take_dirty()
+        try:
+            if self._need_full:
+                res = await self.backend.read(q.NodeInfo(Node=self.local.node))
+                ops = diff_node(self.local, res.value)
+            else:
+                ops = dirty_ops(self.local, services, checks)
+            if ops:
+                await self.backend.write(ops[0] if len(ops) == 1 else Batch(Ops=list(ops)))
+        except BaseException:
+            self.local.restore_dirty(services, checks)
+            self._need_full = True
+            raise
+        self._need_full = False
         async with self._cond:
             self._synced_gen = max(self._synced_gen, gen)
             self._cond.notify_all()

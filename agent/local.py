@@ -7,7 +7,7 @@ sync is due and how a register call can wait until its own change has been commi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -53,11 +53,26 @@ class LocalState:
     checks: dict[str, LocalCheck] = field(default_factory=dict)
     generation: int = 0
     on_change: Callable[[], None] | None = None
+    # what changed since anti-entropy last took them: it pushes just these, not the whole node
+    dirty_services: set[str] = field(default_factory=set)
+    dirty_checks: set[str] = field(default_factory=set)
 
-    def _changed(self) -> None:
+    def _changed(self, services: Iterable[str] = (), checks: Iterable[str] = ()) -> None:
+        self.dirty_services.update(services)
+        self.dirty_checks.update(checks)
         self.generation += 1
         if self.on_change is not None:
             self.on_change()
+
+    def take_dirty(self) -> tuple[set[str], set[str]]:
+        out = (self.dirty_services, self.dirty_checks)
+        self.dirty_services, self.dirty_checks = set(), set()
+        return out
+
+    def restore_dirty(self, services: set[str], checks: set[str]) -> None:
+        """A push failed: keep its changes for the next one."""
+        self.dirty_services |= services
+        self.dirty_checks |= checks
 
     # ---- services -------------------------------------------------------------------------
 
@@ -75,10 +90,12 @@ class LocalState:
                     dropped.append(cid)
         for d in checks:
             self.add_check(d, notify=False)
-        for lc in self.checks.values():  # checks carry the service's name and tags
+        touched = []
+        for cid, lc in self.checks.items():  # checks carry the service's name and tags
             if lc.check.ServiceID == svc.ID:
                 lc.check = replace(lc.check, ServiceName=svc.Service, ServiceTags=list(svc.Tags))
-        self._changed()
+                touched.append(cid)
+        self._changed([svc.ID], [*touched, *dropped])
         return dropped
 
     def remove_service(self, sid: str) -> list[str]:
@@ -88,7 +105,7 @@ class LocalState:
         dropped = [cid for cid, lc in self.checks.items() if lc.check.ServiceID == sid]
         for cid in dropped:
             del self.checks[cid]
-        self._changed()
+        self._changed([sid], dropped)
         return dropped
 
     # ---- checks ---------------------------------------------------------------------------
@@ -104,6 +121,7 @@ class LocalState:
             # re-registering keeps the current status, as Consul does
             check = replace(check, Status=old.check.Status, Output=old.check.Output)
         self.checks[d.CheckID] = LocalCheck(check=check, definition=d)
+        self.dirty_checks.add(d.CheckID)
         if notify:
             self._changed()
 
@@ -111,7 +129,7 @@ class LocalState:
         if cid not in self.checks:
             raise UnknownCheck(cid)
         del self.checks[cid]
-        self._changed()
+        self._changed(checks=[cid])
 
     def set_status(self, cid: str, status: str, output: str) -> bool:
         lc = self.checks.get(cid)
@@ -120,7 +138,7 @@ class LocalState:
         if lc.check.Status == status and lc.check.Output == output:
             return False
         lc.check = replace(lc.check, Status=status, Output=output)
-        self._changed()
+        self._changed(checks=[cid])
         return True
 
     # ---- maintenance ----------------------------------------------------------------------
@@ -139,7 +157,7 @@ class LocalState:
                 "was provided. This is a default message."))
         elif cid in self.checks:
             del self.checks[cid]
-        self._changed()
+        self._changed(checks=[cid])
 
     def set_node_maintenance(self, enable: bool, reason: str) -> None:
         if enable:
@@ -150,7 +168,7 @@ class LocalState:
                 "provided. This is a default message."))
         else:
             self.checks.pop(NODE_MAINT_CHECK_ID, None)
-        self._changed()
+        self._changed(checks=[NODE_MAINT_CHECK_ID])
 
     def service_checks(self, sid: str) -> list[HealthCheck]:
         return [lc.check for lc in self.checks.values()

@@ -1,15 +1,16 @@
 """`deregister_critical_service_after`, enforced by the leader for every node.
 
 The agent enforces it for its own services, but an agent that died cannot: its services would
-stay in the catalog forever (critical through `serfHealth`). The leader therefore watches every
-instance that has such a check and removes it once it has been critical for that long. Timers live
+stay in the catalog forever (critical through `serfHealth`). The leader therefore watches the
+instances with such a check on failed nodes (and only there, so it never races a live agent)
+and removes each once it has been critical for that long. Timers live
 in the leader's memory; a new leader starts them afresh, which only ever delays a removal.
 """
 
 from __future__ import annotations
 
 from meshd.config import ConfigError, parse_duration
-from meshd.structs import HEALTH_CRITICAL, Deregister
+from meshd.structs import HEALTH_CRITICAL, SERF_CHECK_ID, Deregister
 from server.store import Store
 
 
@@ -22,6 +23,9 @@ class CriticalReaper:
         seen: set[tuple[str, str]] = set()
         with store.lock:
             for node, checks in store.checks.items():
+                serf = checks.get(SERF_CHECK_ID)
+                if serf is None or serf.Status != HEALTH_CRITICAL:
+                    continue  # a live agent enforces its own services' limits
                 limits: dict[str, float] = {}
                 for c in checks.values():
                     raw = c.Definition.get("DeregisterCriticalServiceAfter") if c.ServiceID \

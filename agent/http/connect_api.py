@@ -17,7 +17,7 @@ from agent.http.common import (
 from meshd import queries as q
 from meshd.structs import ConfigEntryOp
 from server.config_entries import KINDS, ConfigEntryError, normalize_entry
-from server.intentions import check, flatten, match
+from server.intentions import check, flatten, intention_id, match
 
 if TYPE_CHECKING:
     from agent.agent import Agent
@@ -40,9 +40,10 @@ async def _entries(agent: Agent, kind: str = "", name: str = "") -> list[dict[st
     return (await agent.backend.read(q.ConfigEntries(Kind=kind, Name=name))).value
 
 
-async def _put_entry(agent: Agent, raw: dict[str, Any], cas: int = -1) -> bool:
+async def _put_entry(agent: Agent, raw: dict[str, Any], cas: int = -1,
+                     legacy: bool = False) -> bool:
     try:
-        entry = normalize_entry(raw)
+        entry = normalize_entry(raw, legacy=legacy)
     except ConfigEntryError as e:
         raise BadRequest(str(e)) from None
     return bool(await agent.backend.write(ConfigEntryOp(
@@ -113,13 +114,17 @@ async def _upsert_source(agent: Agent, src: str, dst: str, source: dict[str, Any
         else:
             if existing and not replace:
                 raise BadRequest(f"an intention from {src} to {dst} already exists")
-            sources.append({"Name": src, **source})
+            meta = source.pop("Meta", None)
+            sources.append({"Name": src, **source, "LegacyMeta": meta or {}})
+        # the intentions API writes Consul's "legacy" sources: an ID per pair, Meta per source
+        sources = [{**s, "LegacyID": s.get("LegacyID") or intention_id(s["Name"], dst),
+                    "LegacyMeta": s.get("LegacyMeta") or {}} for s in sources]
         entry = {k: v for k, v in entry.items() if k not in ("CreateIndex", "ModifyIndex")}
         if not sources:
             ok = await agent.backend.write(ConfigEntryOp(Op="delete", Kind=INTENTIONS,
                                                          Name=dst, CASIndex=cas))
         else:
-            ok = await _put_entry(agent, {**entry, "Sources": sources}, cas)
+            ok = await _put_entry(agent, {**entry, "Sources": sources}, cas, legacy=True)
         if ok:
             return True
     raise BadRequest("intention changed concurrently; try again")

