@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -43,4 +44,11 @@ def run_agent(cfg: Config) -> int:
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper(), logging.INFO),
                         format="%(asctime)s [%(levelname)s] %(name)s: %(message)s")
     logging.getLogger("pysyncobj").setLevel(logging.WARNING)
+    if os.environ.get("MESHD_EVENT_LOOP", "uvloop") == "uvloop":
+        try:
+            import uvloop
+        except ImportError:  # optional: plain asyncio works, only slower
+            pass
+        else:
+            return uvloop.run(_main(cfg))
     return asyncio.run(_main(cfg))
