@@ -60,9 +60,14 @@ def envoy(sidecar_for: str, admin_bind: str, grpc_addr: str | None, print_only: 
     if print_only:
         click.echo(json.dumps(config, indent=2))
         return
-    fd, path = tempfile.mkstemp(prefix=f"meshd-envoy-{proxy['ID']}-", suffix=".json")
+    # one file per sidecar and admin port, rewritten at each start: exec leaves no one to clean
+    # up a fresh temp file, so a fixed name is what keeps them from piling up
+    port_tag = admin_bind.rsplit(":", 1)[-1]
+    path = os.path.join(tempfile.gettempdir(), f"meshd-envoy-{proxy['ID']}-{port_tag}.json")
+    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(config, f)
+    os.replace(path + ".tmp", path)
     try:
         argv = envoy_argv(path, extra=list(envoy_args))
     except EnvoyNotFoundError as e:
