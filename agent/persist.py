@@ -12,6 +12,8 @@ import os
 from hashlib import sha256
 from typing import Any
 
+from meshd.fsutil import atomic_write_json
+
 
 class Persisted:
     def __init__(self, root: str | None) -> None:
@@ -32,13 +34,8 @@ class Persisted:
         d = self._dir(kind)
         if d is None:
             return
-        path = os.path.join(d, self._name(key))
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"key": key, "definition": raw}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write_json(os.path.join(d, self._name(key)), {"key": key, "definition": raw},
+                          0o600)
 
     def _drop(self, kind: str, key: str) -> None:
         d = self._dir(kind)

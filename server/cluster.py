@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshd import queries as q
+from meshd.fsutil import atomic_write_json
 from meshd.rpc import (
     CAConfigRequest,
     Heartbeat,
@@ -106,12 +107,7 @@ class Server:
             return
         peers = {p: self.known.get(p, _rpc_for(p, self.s.rpc_port)) for p in self.raft.peers()}
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(peers, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write_json(path, peers)
 
     def _start_raft(self, peers: list[str]) -> None:
         others = sorted(p for p in peers if p != self.raft_addr)

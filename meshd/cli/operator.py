@@ -9,6 +9,7 @@ import click
 
 from meshd.cli import CLIError, client, format_option, http_options
 from meshd.cli.output import format_json, format_table
+from meshd.fsutil import atomic_write, atomic_write_json
 
 
 @click.command()
@@ -83,12 +84,7 @@ def recover(data_dir: str, peers: str) -> None:
         with open(path) as f:
             old = json.load(f)
     new = {a: old.get(a, a.rsplit(":", 1)[0] + ":8300") for a in addrs}
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(new, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_json(path, new)
     click.echo(f"Peer set of {data_dir} is now: {', '.join(addrs)}")
 
 
@@ -104,13 +100,8 @@ def snapshot_save(file: str) -> None:
     data = client().get("/v1/snapshot", raw=True)
     if not data:
         raise CLIError("the server returned an empty snapshot")
-    tmp = file + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, file)
-    click.echo(f"Saved and verified snapshot to {file}")
+    atomic_write(file, data, 0o600)  # it holds the CA signing key: owner-only
+    click.echo(f"Saved snapshot to {file}")
 
 
 @snapshot.command("restore")
