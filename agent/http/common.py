@@ -20,6 +20,8 @@ from agent.local import UnknownCheck, UnknownService
 from meshd import queries as q
 from meshd.config import ConfigError, parse_duration
 from meshd.filter import FilterError, apply_filter
+from server.ca import CAError
+from server.config_entries import ConfigEntryError
 from server.raft import RaftError
 from server.store import CommandError
 
@@ -130,7 +132,8 @@ def _text(status: int, msg: str) -> web.Response:
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except (BadRequest, DefinitionError, FilterError, CommandError, ConfigError) as e:
+    except (BadRequest, DefinitionError, FilterError, CommandError, ConfigError, CAError,
+            ConfigEntryError) as e:
         return _text(400, str(e))
     except (NotFound, UnknownService, UnknownCheck) as e:
         return _text(404, str(e))

@@ -55,7 +55,9 @@ def envoy(sidecar_for: str, admin_bind: str, grpc_addr: str | None, print_only: 
         host = urlparse(api.address).hostname or "127.0.0.1"
     if not port.isdigit():
         raise CLIError(f"invalid gRPC address {grpc_addr!r}: expected host:port")
-    config = bootstrap_config(node_id=proxy["ID"], cluster=proxy["Service"], ads_host=host,
+    config = bootstrap_config(node_id=proxy["ID"],
+                              cluster=proxy["Proxy"].get("DestinationServiceName") or
+                              proxy["Service"], ads_host=host,
                               ads_port=int(port), admin_bind=admin_bind)
     if print_only:
         click.echo(json.dumps(config, indent=2))

@@ -1,0 +1,105 @@
+"""The connect CA and authorization endpoints against a real dev agent."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+from cryptography import x509
+
+
+def test_roots_never_carry_the_signing_key(agent):
+    r = agent.get("/v1/connect/ca/roots")
+    assert r.status == 200 and int(r.headers["X-Consul-Index"]) > 0
+    body = r.json()
+    assert body["TrustDomain"].endswith(".consul") and body["ActiveRootID"]
+    assert body["Roots"] and all("SigningKey" not in root for root in body["Roots"])
+    assert b"PRIVATE KEY" not in r.body
+    active = [root for root in body["Roots"] if root["Active"]]
+    cert = x509.load_pem_x509_certificate(active[0]["RootCert"].encode())
+    assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+
+
+def test_leaf_has_the_service_spiffe_id(agent):
+    agent.put("/v1/agent/service/register", {"Name": "leafsvc", "Port": 1})
+    leaf = agent.get("/v1/agent/connect/ca/leaf/leafsvc").json()
+    td = agent.get("/v1/connect/ca/roots").json()["TrustDomain"]
+    uri = f"spiffe://{td}/ns/default/dc/dc1/svc/leafsvc"
+    assert leaf["ServiceURI"] == uri and "PRIVATE KEY" in leaf["PrivateKeyPEM"]
+    cert = x509.load_pem_x509_certificate(leaf["CertPEM"].encode())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.UniformResourceIdentifier) == [uri]
+
+
+def test_leaf_blocking_query_returns_on_rotation(agent):
+    first = agent.get("/v1/agent/connect/ca/leaf/blockleaf")
+    idx = first.headers["X-Consul-Index"]
+    out = {}
+
+    def block():
+        out["r"] = agent.get(f"/v1/agent/connect/ca/leaf/blockleaf?index={idx}&wait=20s",
+                             timeout=30)
+
+    th = threading.Thread(target=block)
+    th.start()
+    time.sleep(0.3)
+    assert th.is_alive()
+    agent.put("/v1/connect/ca/configuration", {"Provider": "consul", "ForceRotateRoot": True,
+                                               "Config": {}})
+    th.join(20)
+    assert out["r"].json()["SerialNumber"] != first.json()["SerialNumber"]
+    roots = agent.get("/v1/connect/ca/roots").json()["Roots"]
+    assert len(roots) >= 2 and sum(r["Active"] for r in roots) == 1
+
+
+def test_ca_configuration_roundtrip_and_bad_input(agent):
+    conf = agent.get("/v1/connect/ca/configuration").json()
+    assert conf["Provider"] == "consul" and "LeafCertTTL" in conf["Config"]
+    assert agent.put("/v1/connect/ca/configuration", {"Provider": "vault"}).status == 400
+    assert agent.put("/v1/connect/ca/configuration", {"Provider": "consul", "Config": {
+        "LeafCertTTL": "soon"}}).status == 400
+    assert agent.get("/v1/connect/ca/configuration").json()["Config"]["LeafCertTTL"] == \
+        conf["Config"]["LeafCertTTL"]
+
+
+def test_authorize_follows_intentions(agent):
+    td = agent.get("/v1/connect/ca/roots").json()["TrustDomain"]
+    caller = f"spiffe://{td}/ns/default/dc/dc1/svc/authweb"
+
+    def authorize(uri: str = caller):
+        return agent.request("POST", "/v1/agent/connect/authorize",
+                             {"Target": "authapi", "ClientCertURI": uri}).json()
+
+    assert authorize()["Authorized"] is True  # -dev: default allow
+    agent.put("/v1/connect/intentions/exact?source=authweb&destination=authapi",
+              {"Action": "deny"})
+    try:
+        got = authorize()
+        assert got["Authorized"] is False and got["Reason"]
+        other_td = "spiffe://00000000-0000-0000-0000-000000000000.consul/ns/default/dc/dc1/svc/x"
+        assert authorize(other_td)["Authorized"] is False
+        assert authorize("not-a-uri")["Authorized"] is False
+    finally:
+        agent.request("DELETE", "/v1/connect/intentions/exact?source=authweb&destination=authapi")
+    assert agent.request("POST", "/v1/agent/connect/authorize", {"Target": "x"}).status == 400
+
+
+def test_connect_envoy_bootstrap_flag(agent):
+    agent.put("/v1/agent/service/register", {
+        "Name": "bootsvc", "Port": 5000, "Connect": {"SidecarService": {"Port": 21998}}})
+    r = subprocess.run([sys.executable, "-m", "meshd", "connect", "envoy",
+                        "-sidecar-for=bootsvc", "-bootstrap"], capture_output=True, text=True,
+                       timeout=30, env={**os.environ, "MESHD_HTTP_ADDR": agent.http})
+    assert r.returncode == 0, r.stderr
+    boot = json.loads(r.stdout)
+    assert boot["node"]["id"] == "bootsvc-sidecar-proxy" and boot["node"]["cluster"] == "bootsvc"
+    addr = json.dumps(boot["static_resources"])
+    assert str(agent.grpc_port) in addr
+    r = subprocess.run([sys.executable, "-m", "meshd", "connect", "envoy", "-sidecar-for=nope",
+                        "-bootstrap"], capture_output=True, text=True, timeout=30,
+                       env={**os.environ, "MESHD_HTTP_ADDR": agent.http})
+    assert r.returncode == 1 and "no sidecar proxy" in r.stderr
