@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -13,7 +15,7 @@ import dns.message
 import dns.query
 import dns.rcode
 import pytest
-from cluster import Cluster, Node, wait
+from cluster import REPO, Cluster, Node, wait
 from linearizability import INF, Op, check
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
@@ -216,5 +218,16 @@ def test_client_agent_dies_and_returns(network_factory):
         wait(lambda: dns_rcode() == dns.rcode.NOERROR, 10, "service not back in DNS")
         members = {m["Name"]: m["Status"] for m in b.get("/v1/agent/members")[1]}
         assert members[a.name] == 1
+        # a graceful leave: the node is "left" and gone from the catalog, the process exits
+        r = subprocess.run([sys.executable, "-m", "meshd", "leave"], capture_output=True,
+                           text=True, timeout=30,
+                           env={**os.environ, "PYTHONPATH": REPO, "MESHD_HTTP_ADDR": a.http})
+        assert r.returncode == 0, r.stderr
+        assert a.proc.wait(15) is not None
+        wait(lambda: {m["Name"]: m["Status"] for m in b.get("/v1/agent/members")[1]}.get(
+            a.name) == 3, 10, "not left")
+        nodes = {n["Node"] for n in b.get("/v1/catalog/nodes")[1]}
+        assert a.name not in nodes
+        assert b.get("/v1/catalog/service/flaky")[1] == []
     finally:
         c.close()
