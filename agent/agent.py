@@ -39,6 +39,7 @@ from agent.sidecar import expand_sidecar
 from agent.views import CacheView, StoreView
 from meshd import __version__
 from meshd.config import Config
+from meshd.metrics import Stats
 from meshd.rpc import Heartbeat, PeerChange
 from meshd.rpc_client import RPCClient
 from meshd.structs import HEALTH_CRITICAL, Barrier, Deregister, HealthCheck, Restore
@@ -121,6 +122,7 @@ class Agent:
         self.dns: DNSServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._heartbeat_ok = asyncio.Event()
+        self.stats = Stats()
         self._mesh_started = False
         self.mesh: MeshManager
         self._rpc_runner: web.AppRunner | None = None
@@ -205,6 +207,17 @@ class Agent:
             dns_addr = cfg.addresses.get("dns", cfg.client_addr).split()[0]
             self.dns = DNSServer(self.view, dns_settings(cfg), dns_addr, cfg.ports.dns)
             await self.dns.start()
+            dns = self.dns
+            self.stats.counters["dns_queries"] = lambda: dns.queries
+        self.stats.gauges["local_services"] = lambda: len(self.local.services)
+        self.stats.gauges["local_checks"] = lambda: len(self.local.checks)
+        if self.server is not None:
+            store = self.server.store
+            self.stats.gauges["catalog_nodes"] = lambda: len(store.nodes)
+            self.stats.gauges["catalog_services"] = lambda: len(store.by_name)
+            self.stats.gauges["raft_index"] = lambda: store.index
+            self.stats.counters["raft_commits"] = lambda: self.server.raft.commits \
+                if self.server and self.server.raft else 0
         log.info("meshd agent running: node=%s dc=%s http=%s:%d dns=%d", cfg.node_name,
                  cfg.datacenter, http_addr, cfg.ports.http, cfg.ports.dns)
 

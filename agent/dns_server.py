@@ -128,6 +128,7 @@ class DNSServer:
         self.port = port
         self.udp_port = 0
         self.tcp_port = 0
+        self.queries = 0  # answered locally; read by the metrics endpoint
         self.recursors: list[tuple[str, int]] = []
         for spec in cfg.recursors:
             try:
@@ -220,6 +221,7 @@ class DNSServer:
         return request if isinstance(request, bytes) else self._answer(request, max_size)
 
     def _answer(self, request: DNSRecord, max_size: int) -> bytes | None:
+        self.queries += 1
         try:
             outcome = answer(request, self.view, self.cfg, max_size=max_size)
         except Exception:

@@ -141,6 +141,7 @@ class RaftNode:
         )
         self._single = not settings.peers
         self._pending = 0
+        self.commits = 0  # writes this node submitted that committed (metrics)
         self._sync = SyncObj(settings.self_addr, list(settings.peers), conf=conf,
                              consumers=[self._fsm])
         self._journal: _GroupCommit | None = None
@@ -187,6 +188,7 @@ class RaftNode:
             result = await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             raise RaftError("timed out waiting for the write to commit") from None
+        self.commits += 1
         if isinstance(result, CommandError):
             raise result
         return result

@@ -17,6 +17,7 @@ from agent.http.common import (
     query_options,
     to_builtins,
 )
+from meshd.metrics import consul_json, prometheus_text
 from meshd.structs import HEALTH_CRITICAL, HEALTH_PASSING, HEALTH_WARNING, HealthCheck
 
 if TYPE_CHECKING:
@@ -206,3 +207,12 @@ async def members(request: web.Request) -> web.Response:
 @routes.get("/v1/agent/self")
 async def self_info(request: web.Request) -> web.Response:
     return json_response(_agent(request).self_info())
+
+
+@routes.get("/v1/agent/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    stats = _agent(request).stats
+    if request.query.get("format") == "prometheus":
+        return web.Response(body=prometheus_text(stats),
+                            headers={"Content-Type": "text/plain; version=0.0.4"})
+    return json_response(consul_json(stats))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -13,8 +13,16 @@ if TYPE_CHECKING:
     from agent.agent import Agent
 
 
+@web.middleware
+async def count_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    resp = await handler(request)
+    request.app["agent"].stats.http[(request.method, resp.status)] += 1
+    return resp
+
+
 def make_app(agent: Agent, max_body: int = 1024 * 1024) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=max_body)
+    app = web.Application(middlewares=[count_middleware, error_middleware],
+                          client_max_size=max_body)
     app["agent"] = agent
     for mod in (agent_api, catalog_api, connect_api, kv_api, operator_api):
         app.add_routes(mod.routes)

@@ -134,3 +134,15 @@ def test_replace_existing_checks(agent):
               {"Name": "rep", "Checks": [{"CheckID": "b", "TTL": "10s"}]})
     ids = {c["CheckID"] for c in agent.get("/v1/health/checks/rep").json()}
     assert ids == {"b"}
+
+
+def test_metrics_prometheus_and_json(agent):
+    agent.get("/v1/agent/services")
+    r = agent.get("/v1/agent/metrics?format=prometheus")
+    assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
+    text = r.body.decode()
+    assert 'meshd_http_requests_total{code="200",method="GET"}' in text
+    assert "meshd_raft_commits_total" in text and "meshd_catalog_nodes" in text
+    body = agent.get("/v1/agent/metrics").json()
+    assert {"Timestamp", "Gauges", "Counters", "Samples"} <= set(body)
+    assert any(g["Name"] == "meshd.local.services" for g in body["Gauges"])
