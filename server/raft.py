@@ -2,8 +2,11 @@
 
 pysyncobj applies entries on its own tick thread; results are handed to the caller's loop with
 `call_soon_threadsafe`. Two tunings matter for latency (see DESIGN "Known traps"): append-entries
-are sent as soon as a command arrives (`appendEntriesUseBatch=False`), and a single-node cluster
-is woken again right after it appends so the entry commits on the next tick, not 50 ms later.
+go out on the tick right after commands arrive, batched: every command queued meanwhile rides in
+one append-entries message (pysyncobj's own non-batch mode sends one round per command, which
+capped 64-in-flight writes at ~1,000/s), and a new commit index is pushed at once too, so
+followers apply (and answer forwarded writes) without waiting for the heartbeat period. A
+single-node cluster is woken again right after it appends so the entry commits on the next tick.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj.pipe_notifier import PipeNotifier
 
 from meshd.structs import Command, decode_command, encode_command
 from server.store import CommandError, Store
@@ -132,7 +136,7 @@ class RaftNode:
         self._last_contact = time.monotonic()
         conf = SyncObjConf(
             journalFile=journal, fullDumpFile=dump, password=settings.password,
-            appendEntriesUseBatch=False, appendEntriesPeriod=settings.append_entries_period,
+            appendEntriesUseBatch=True, appendEntriesPeriod=settings.append_entries_period,
             raftMinTimeout=settings.raft_min_timeout, raftMaxTimeout=settings.raft_max_timeout,
             leaderFallbackTimeout=settings.leader_fallback_timeout, autoTickPeriod=0.05,
             dynamicMembershipChange=True, useFork=False, commandsWaitLeader=True,
@@ -142,8 +146,11 @@ class RaftNode:
         self._single = not settings.peers
         self._pending = 0
         self.commits = 0  # writes this node submitted that committed (metrics)
+        self._sent = (0, 0)  # (log index, commit index) last pushed to followers
         self._sync = SyncObj(settings.self_addr, list(settings.peers), conf=conf,
                              consumers=[self._fsm])
+        # pysyncobj only builds its own wake-up pipe in its one-round-per-command mode
+        self._notifier = PipeNotifier(self._sync._poller)
         self._journal: _GroupCommit | None = None
         if journal and settings.fsync:
             self._install_group_commit()
@@ -163,15 +170,29 @@ class RaftNode:
 
         transport.send = durable_send
 
+    def _wake(self) -> None:
+        """Interrupt the tick thread's poll so it runs a tick now (thread-safe: a pipe write)."""
+        try:
+            self._notifier.notify()
+        except BlockingIOError:  # the pipe is full of wake-ups already: the tick will come
+            pass
+
     def _on_tick(self) -> None:
+        # Runs at the end of every tick, after new commands were appended to the log.
+        # pysyncobj keeps these in name-mangled attributes; there is no public hook.
+        sync = self._sync
         if self._journal is not None:
             self._journal.flush_if_dirty()
-        # A lone node commits on the tick after it appends; wake that tick now.
-        if self._single and self._pending:
-            notifier = getattr(self._sync, "_SyncObj__pipeNotifier", None)
-            if notifier is not None:
-                notifier.notify()
-        if self._sync._getLeader() is not None:
+        if self._single:
+            if self._pending:  # a lone node commits on the tick after it appends
+                self._wake()
+        elif sync._isLeader():
+            log = sync._SyncObj__raftLog
+            state = (log[-1][1] if len(log) else 0, sync.raftCommitIndex)
+            if state != self._sent:  # new entries or a new commit index: send them now, batched
+                self._sent = state
+                sync._SyncObj__sendAppendEntries()  # its sends flush the journal first
+        if sync._getLeader() is not None:
             self._last_contact = time.monotonic()
 
     async def apply(self, cmd: Command, timeout: float = 10.0) -> Any:
@@ -184,6 +205,7 @@ class RaftNode:
 
         self._pending += 1
         self._fsm.apply_command(encode_command(cmd), callback=done)
+        self._wake()  # batch mode does not wake the tick by itself
         try:
             result = await asyncio.wait_for(fut, timeout)
         except TimeoutError:
