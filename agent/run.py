@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -20,6 +21,11 @@ async def _main(cfg: Config) -> int:
         print(f"Error: cannot start agent: {e}", file=sys.stderr)
         await agent.stop()
         return 1
+    # Start-up objects live for the whole run: move them out of the collector's sight, and
+    # collect young objects less often. Both cut the GC pauses that show up as DNS/HTTP tails.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
     print(f"==> meshd agent running (node {cfg.node_name}, datacenter {cfg.datacenter})",
           flush=True)
     print(f"    HTTP: {cfg.client_addr}:{cfg.ports.http}  DNS: {cfg.client_addr}:{cfg.ports.dns}"
