@@ -39,6 +39,7 @@ from agent.sidecar import expand_sidecar
 from agent.views import CacheView, StoreView
 from meshd import __version__
 from meshd.config import Config
+from meshd.fsutil import atomic_write
 from meshd.metrics import Stats
 from meshd.rpc import Heartbeat, PeerChange
 from meshd.rpc_client import RPCClient
@@ -62,8 +63,7 @@ def _node_id(cfg: Config) -> str:
     except FileNotFoundError:
         os.makedirs(cfg.data_dir, exist_ok=True)
         nid = str(uuid.uuid4())
-        with open(path, "w") as f:
-            f.write(nid)
+        atomic_write(path, nid.encode())
         return nid
 
 
@@ -207,19 +207,23 @@ class Agent:
             dns_addr = cfg.addresses.get("dns", cfg.client_addr).split()[0]
             self.dns = DNSServer(self.view, dns_settings(cfg), dns_addr, cfg.ports.dns)
             await self.dns.start()
-            dns = self.dns
-            self.stats.counters["dns_queries"] = lambda: dns.queries
-        self.stats.gauges["local_services"] = lambda: len(self.local.services)
-        self.stats.gauges["local_checks"] = lambda: len(self.local.checks)
-        if self.server is not None:
-            store = self.server.store
-            self.stats.gauges["catalog_nodes"] = lambda: len(store.nodes)
-            self.stats.gauges["catalog_services"] = lambda: len(store.by_name)
-            self.stats.gauges["raft_index"] = lambda: store.index
-            self.stats.counters["raft_commits"] = lambda: self.server.raft.commits \
-                if self.server and self.server.raft else 0
+        self._register_metrics()
         log.info("meshd agent running: node=%s dc=%s http=%s:%d dns=%d", cfg.node_name,
                  cfg.datacenter, http_addr, cfg.ports.http, cfg.ports.dns)
+
+    def _register_metrics(self) -> None:
+        st = self.stats
+        st.gauges["local_services"] = lambda: len(self.local.services)
+        st.gauges["local_checks"] = lambda: len(self.local.checks)
+        if self.dns is not None:
+            dns = self.dns
+            st.counters["dns_queries"] = lambda: dns.queries
+        if self.server is not None:
+            server = self.server
+            st.gauges["catalog_nodes"] = lambda: len(server.store.nodes)
+            st.gauges["catalog_services"] = lambda: len(server.store.by_name)
+            st.gauges["raft_index"] = lambda: server.store.index
+            st.counters["raft_commits"] = lambda: server.raft.commits if server.raft else 0
 
     async def _restore_persisted(self) -> None:
         """Services and checks registered over the API survive a restart, as in Consul."""
@@ -236,12 +240,16 @@ class Agent:
                 log.warning("dropping persisted check %s: %s", cid, e)
                 self.persisted.drop_check(cid)
 
-    async def _heartbeats(self) -> None:
+    def _heartbeat(self, leaving: bool = False) -> Heartbeat:
         cfg = self.config
-        hb = Heartbeat(Node=cfg.node_name, Address=self.address, Datacenter=cfg.datacenter,
-                       Role="consul" if cfg.server else "node",
-                       RPCAddr=f"{self.address}:{cfg.ports.server}" if cfg.server else "",
-                       RaftAddr=self.server.raft_addr if self.server else "")
+        return Heartbeat(Node=cfg.node_name, Address=self.address, Datacenter=cfg.datacenter,
+                         Role="consul" if cfg.server else "node",
+                         RPCAddr=f"{self.address}:{cfg.ports.server}" if cfg.server else "",
+                         RaftAddr=self.server.raft_addr if self.server else "",
+                         Leaving=leaving)
+
+    async def _heartbeats(self) -> None:
+        hb = self._heartbeat()
         beats = 0
         while True:
             try:
@@ -256,14 +264,12 @@ class Agent:
 
     async def leave(self) -> None:
         """Graceful leave: the leader marks the node left and removes it from the catalog."""
-        cfg = self.config
-        hb = Heartbeat(Node=cfg.node_name, Address=self.address, Datacenter=cfg.datacenter,
-                       Role="consul" if cfg.server else "node", Leaving=True)
+        hb = self._heartbeat(leaving=True)
         for t in self._tasks:
             t.cancel()
         await self.ae.stop()
         await self.backend.heartbeat(hb)
-        await self.backend.write(Deregister(Node=cfg.node_name))
+        await self.backend.write(Deregister(Node=self.config.node_name))
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
