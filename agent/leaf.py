@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.backend import CatalogBackend
-from agent.leafkeys import new_key_and_csr, renew_at
 from meshd.rpc import SignRequest
 
 log = logging.getLogger("meshd.leaf")
@@ -103,11 +102,16 @@ class LeafManager:
             # the certificate's NotBefore is backdated for clock skew; the renewal window is a
             # share of the lifetime from when we got it
             issued = dt.datetime.now(dt.UTC)
+            from agent.leafkeys import renew_at
+
             when = renew_at(min(issued, leaf.valid_before), leaf.valid_before, random)
             delay = (when - dt.datetime.now(dt.UTC)).total_seconds()
             await asyncio.sleep(max(delay, 1.0))
 
     async def _issue(self, service: str) -> Leaf:
+        # cryptography is only needed once a local service takes part in the mesh
+        from agent.leafkeys import new_key_and_csr
+
         while not self.trust_domain:
             await asyncio.sleep(0.1)
         key_pem, csr_pem = await asyncio.to_thread(

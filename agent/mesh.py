@@ -20,7 +20,6 @@ from agent.leaf import LeafManager
 from meshd import queries as q
 from meshd.structs import HEALTH_CRITICAL, CheckServiceNode, NodeService
 from proxy.ads import ADSServer
-from proxy.proxyless import proxyless_resources
 from proxy.snapshot import Endpoint, ProxySnapshot, RBACPlan, RBACRule, Upstream
 from server.intentions import flatten, rbac_for_destination
 
@@ -195,6 +194,8 @@ class MeshManager:
                 continue  # absent rather than empty: a client waits instead of failing
             rows = [r for r in watch.value or [] if r.Service.Kind == ""]
             services[name] = healthy_endpoints(rows)
+        from proxy.proxyless import proxyless_resources  # Envoy protos: only when used
+
         resources = proxyless_resources(services)
         if resources != self._proxyless:
             self._proxyless = resources

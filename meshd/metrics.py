@@ -12,9 +12,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-
 
 class Stats:
     """Counters shared by the components of one agent."""
@@ -26,26 +23,26 @@ class Stats:
         self.gauges: dict[str, Callable[[], float]] = {}
 
 
-class _Collector:
-    def __init__(self, stats: Stats) -> None:
-        self.stats = stats
-
-    def collect(self) -> Iterable[Metric]:
-        s = self.stats
-        http = CounterMetricFamily("meshd_http_requests", "HTTP API requests",
-                                   labels=["method", "code"])
-        for (method, code), n in sorted(s.http.items()):
-            http.add_metric([method, str(code)], n)
-        yield http
-        for name, fn in sorted(s.counters.items()):
-            yield CounterMetricFamily(f"meshd_{name}", name.replace("_", " "), value=fn())
-        for name, fn in sorted(s.gauges.items()):
-            yield GaugeMetricFamily(f"meshd_{name}", name.replace("_", " "), value=fn())
-
-
 def prometheus_text(stats: Stats) -> bytes:
+    """prometheus_client is imported on the first scrape: an agent nobody scrapes stays light."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    class Collector:
+        def collect(self) -> Iterable[Any]:
+            s = stats
+            http = CounterMetricFamily("meshd_http_requests", "HTTP API requests",
+                                       labels=["method", "code"])
+            for (method, code), n in sorted(s.http.items()):
+                http.add_metric([method, str(code)], n)
+            yield http
+            for name, fn in sorted(s.counters.items()):
+                yield CounterMetricFamily(f"meshd_{name}", name.replace("_", " "), value=fn())
+            for name, fn in sorted(s.gauges.items()):
+                yield GaugeMetricFamily(f"meshd_{name}", name.replace("_", " "), value=fn())
+
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(stats))  # type: ignore[arg-type]
+    registry.register(Collector())  # type: ignore[arg-type]
     return generate_latest(registry)
 
 

@@ -24,7 +24,6 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from .ads_streams import BaseStream, DeltaStream, NodeResources, SotwStream, short_type
 from .common import digest
-from .resources import build_resources
 from .snapshot import ProxySnapshot
 
 log = logging.getLogger("meshd.proxy.ads")
@@ -127,6 +126,10 @@ class ADSServer:
         if snap is None:
             self.set_resources(node_id, None, "")
             return
+        # the translator pulls in every Envoy proto module (~12 MB): only load it once a
+        # sidecar exists, so agents without one stay light
+        from .resources import build_resources
+
         self.set_resources(node_id, build_resources(snap), str(snap.version))
 
     def set_resources(self, node_id: str, resources: Resources | None, version: str) -> None:
