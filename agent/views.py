@@ -14,6 +14,8 @@ from server.store import Store
 
 
 class StoreView:
+    """A server agent's view: the replicated store itself, read under its lock."""
+
     def __init__(self, store: Store, datacenter: str, node_name: str) -> None:
         self.store = store
         self.datacenter = datacenter
@@ -32,7 +34,8 @@ class StoreView:
         return self.store.nodes.get(name)
 
     def nodes(self) -> list[Node]:
-        return list(self.store.nodes.values())
+        with self.store.lock:  # the Raft thread may be applying a write right now
+            return list(self.store.nodes.values())
 
     def server_nodes(self) -> list[Node]:
         with self.store.lock:
