@@ -35,6 +35,7 @@ class CatalogCache:
         self.idle_ttl = idle_ttl
         self.wait = wait
         self._entries: dict[Any, _Entry] = {}
+        self.version = 0  # moves whenever any cached answer changes (DNS answer cache key)
 
     def _entry(self, query: Any) -> _Entry:
         e = self._entries.get(query)
@@ -90,6 +91,7 @@ class CatalogCache:
             else:
                 e.index = res.index
             e.value = res.value
+            self.version += 1
             e.ready.set()
 
     async def close(self) -> None:

@@ -247,6 +247,9 @@ def answer(request: DNSRecord, view: DNSView, cfg: DNSSettings, *, max_size: int
         return DNSOutcome(error_response(request, BADVERS, cfg), rcode=BADVERS)
 
     query = _Query(request, view, cfg)
+    cached = _from_cache(query, view, cfg)
+    if cached is not None:
+        return cached.assemble(_limit(max_size, opt), opt is not None)
     low = query.qlow
     for zone_low, zone in _zones(cfg):
         n = len(zone_low)
@@ -263,10 +266,60 @@ def answer(request: DNSRecord, view: DNSView, cfg: DNSSettings, *, max_size: int
                 return DNSOutcome(error_response(request, REFUSED, cfg), rcode=REFUSED)
             query.aa = True
             query.negative(NXDOMAIN)
-    limit = max_size
+    _to_cache(query, view, cfg)
+    return query.assemble(_limit(max_size, opt), opt is not None)
+
+
+def _limit(max_size: int, opt: Any) -> int:
     if opt is not None and max_size < EDNS_MAX:
-        limit = max(max_size, min(max(opt.rclass, UDP_PLAIN), EDNS_MAX))
-    return query.assemble(limit, opt is not None)
+        return max(max_size, min(max(opt.rclass, UDP_PLAIN), EDNS_MAX))
+    return max_size
+
+
+# ---- answer cache -----------------------------------------------------------------------------
+# Building an answer (view lookups, health filtering, record encoding) is most of a query's
+# cost, yet the catalog changes far less often than it is asked. A view that exposes `version()`
+# (it moves on every catalog change) gets its encoded answers cached per question; a hit only
+# reshuffles and reassembles them. Only with a_record_limit = 0: a limit picks a random subset,
+# which a cached list would freeze.
+
+_CACHE_MAX = 8192
+
+
+def _cache_of(view: DNSView, cfg: DNSSettings) -> dict[Any, Any] | None:
+    if cfg.a_record_limit or not hasattr(view, "version"):
+        return None
+    cache = getattr(view, "dns_cache", None)
+    if cache is None:
+        cache = {}
+        try:
+            view.dns_cache = cache  # type: ignore[attr-defined]
+        except AttributeError:
+            return None
+    return cache
+
+
+def _from_cache(query: _Query, view: DNSView, cfg: DNSSettings) -> _Query | None:
+    cache = _cache_of(view, cfg)
+    if cache is None:
+        return None
+    hit = cache.get((query.qlabels, query.qtype))
+    if hit is None or hit[0] != view.version():  # type: ignore[attr-defined]
+        return None
+    _, query.aa, query.zone, query.rcode, answers, query.authority = hit
+    query.answers = random.sample(answers, len(answers))
+    return query
+
+
+def _to_cache(query: _Query, view: DNSView, cfg: DNSSettings) -> None:
+    cache = _cache_of(view, cfg)
+    if cache is None:
+        return
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache[(query.qlabels, query.qtype)] = (
+        view.version(), query.aa, query.zone, query.rcode,  # type: ignore[attr-defined]
+        list(query.answers), list(query.authority))
 
 
 class _Query:

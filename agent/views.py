@@ -24,6 +24,10 @@ class StoreView:
     async def prepare(self, qname: str, domains: tuple[str, ...]) -> None:
         return None
 
+    def version(self) -> int:
+        """Moves on every applied write: DNS's answer cache is valid while it stands still."""
+        return self.store.index
+
     def service_instances(self, name: str) -> list[CheckServiceNode]:
         return run_query(self.store, q.ServiceNodes(Service=name))[1]
 
@@ -49,6 +53,9 @@ class CacheView:
         self.cache = cache
         self.datacenter = datacenter
         self.node_name = node_name
+
+    def version(self) -> int:
+        return self.cache.version
 
     async def prepare(self, qname: str, domains: tuple[str, ...]) -> None:
         labels = qname.lower().rstrip(".").split(".")
