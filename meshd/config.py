@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import hcl
-
 from meshd.durations import DurationError, parse_duration_seconds
+from meshd.hclparse import parse_hcl
 
 __all__ = [
     "Config", "ConfigError", "DNSConfig", "Ports", "TLSConfig", "load_config", "parse_duration",
@@ -452,7 +451,7 @@ def _read_file(path: str) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{source}: cannot read: {e}") from None
     try:
-        raw = json.loads(text) if suffix == ".json" else _hcl(text)
+        raw = json.loads(text) if suffix == ".json" else parse_hcl(text)
     except Exception as e:  # noqa: BLE001 - pyhcl raises undocumented types, ZeroDivisionError too
         raise ConfigError(f"{source}: invalid {suffix[1:].upper()}: {e}") from None
     if not isinstance(raw, dict):
@@ -536,13 +535,6 @@ def _check(cfg: Config) -> None:
         raise ConfigError("ports.https is enabled but tls cert_file/key_file are not set")
 
 
-
-def _hcl(text: str) -> Any:
-    """pyhcl 0.4.5 merges fields of repeated top-level blocks (two `service {}` blocks come
-    back with the second's fields on the first); nested inside one wrapper block they parse
-    right, so parse them there and unwrap."""
-    raw = hcl.loads("meshd_wrapper {\n" + text + "\n}")
-    return raw.get("meshd_wrapper", {}) if isinstance(raw, dict) else raw
 
 def load_config(*, files: Sequence[str | os.PathLike[str]] = (),
                 dirs: Sequence[str | os.PathLike[str]] = (),

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from meshd.cli import CLIError, client, http_options
+from meshd.hclparse import parse_hcl
 
 # Fields that are lists of objects in every config entry kind (compared with `_`/`-` removed
 # and lower-cased, as the server folds them); HCL yields a lone block as a bare object.
@@ -53,25 +54,13 @@ def _field(entry: dict[str, Any], name: str) -> Any:
     return None
 
 
-def _parse_hcl(text: str) -> Any:
-    """pyhcl 0.4.5 mixes up the fields of blocks repeated at the top level (a second
-    `Sources {}` lends its keys to the first) but not one level down, so a document with
-    repeated blocks is parsed again inside a wrapper block (as `meshd services` does)."""
-    import hcl  # pyhcl; imported here so other commands don't pay for it
-
-    data = hcl.loads(text)
-    if isinstance(data, dict) and any(isinstance(v, list) for v in data.values()):
-        data = hcl.loads("__meshd_root {\n" + text + "\n}").get("__meshd_root", data)
-    return data
-
-
 def parse_entry(text: str, source: str) -> dict[str, Any]:
     """One config entry from JSON or HCL text; `source` names it in error messages."""
     try:
         if source.lower().endswith(".json") or text.lstrip().startswith("{"):
             data = json.loads(text)
         else:
-            data = _parse_hcl(text)
+            data = parse_hcl(text)
     except (ValueError, TypeError) as e:  # json and pyhcl's lexer/parser raise ValueError
         raise CLIError(f"Failed to decode config entry input from {source}: "
                        f"{' '.join(str(e).split())}") from None

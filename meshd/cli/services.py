@@ -16,6 +16,7 @@ import click
 
 from meshd.cli import CLIError, client, http_options
 from meshd.cli.output import parse_pairs
+from meshd.hclparse import parse_hcl
 
 
 def _field(d: dict[str, Any], name: str) -> Any:
@@ -34,22 +35,9 @@ def _as_list(value: Any, where: str) -> list[dict[str, Any]]:
     return items
 
 
-def _parse_hcl(text: str) -> Any:
-    """pyhcl 0.4.5 mixes up the fields of blocks repeated at the top level (the second
-    `service {}` lends its keys to the first) but not of blocks nested one level down, so a
-    document with repeated blocks is parsed again inside a wrapper block."""
-    import hcl  # pyhcl; imported here so other commands don't pay for it
-
-    data = hcl.loads(text)
-    repeated = isinstance(data, dict) and any(isinstance(v, list) for v in data.values())
-    if repeated and not text.lstrip().startswith("{"):  # JSON has no blocks to mend
-        data = hcl.loads("__meshd_root {\n" + text + "\n}").get("__meshd_root", data)
-    return data
-
-
 def parse_definitions(text: str, source: str) -> list[dict[str, Any]]:
     """Service definitions in a JSON or HCL document (HCL is a superset, so it parses both)."""
-    parse = json.loads if source.lower().endswith(".json") else _parse_hcl
+    parse = json.loads if source.lower().endswith(".json") else parse_hcl
     try:
         data = parse(text)
     except (ValueError, TypeError) as e:  # pyhcl's lexer and parser both raise ValueError
