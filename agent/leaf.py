@@ -61,10 +61,14 @@ class LeafManager:
             task.cancel()
         self._tasks[service] = asyncio.create_task(self._loop(service), name=f"leaf {service}")
 
-    async def get(self, service: str, timeout: float = 15.0) -> Leaf:
+    def ensure(self, service: str) -> None:
+        """Start issuing (and renewing) a leaf for `service`, once."""
         if service not in self._tasks:
             self._ready[service] = asyncio.Event()
             self._restart(service)
+
+    async def get(self, service: str, timeout: float = 15.0) -> Leaf:
+        self.ensure(service)
         await asyncio.wait_for(self._ready[service].wait(), timeout)
         return self.leaves[service]
 

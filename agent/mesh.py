@@ -154,9 +154,12 @@ class MeshManager:
             self.leaves.set_roots(roots["TrustDomain"], roots["ActiveRootID"])
         proxies = {sid: s for sid, s in self.agent.local.services.items()
                    if s.Kind == "connect-proxy"}
+        served = {(s.Proxy or {}).get("DestinationServiceName") for s in proxies.values()}
         for gone in set(self._snapshots) - set(proxies):
-            del self._snapshots[gone]
+            snap = self._snapshots.pop(gone)
             self.ads.set_snapshot(gone, None)
+            if snap.service not in served:
+                self.leaves.drop(snap.service)  # no sidecar left: stop renewing its leaf
         wanted = {q.CARoots(), q.ConfigEntries(Kind="service-intentions"),
                   q.ConfigEntries(Kind="service-defaults")}
         for sid, svc in proxies.items():
@@ -208,7 +211,7 @@ class MeshManager:
             return None
         leaf = self.leaves.leaves.get(dest)
         if leaf is None:
-            asyncio.ensure_future(self.leaves.get(dest))  # arrives later via trigger()
+            self.leaves.ensure(dest)  # its arrival triggers another rebuild
             return None
         defaults = self._value(q.ConfigEntries(Kind="service-defaults")) or []
         intentions = flatten(self._value(q.ConfigEntries(Kind="service-intentions")) or [])

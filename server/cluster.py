@@ -87,6 +87,7 @@ class Server:
                              server_name=settings.server_name)
         self._tasks: list[asyncio.Task[Any]] = []
         self._was_leader = False
+        self._last_peers: list[str] = []
         self.reaper = CriticalReaper()
 
     # ---- formation ----------------------------------------------------------------------
@@ -287,7 +288,7 @@ class Server:
 
     def _peers_changed(self, raft: RaftNode) -> None:
         peers = raft.peers()
-        if peers != getattr(self, "_last_peers", None):
+        if peers != self._last_peers:
             self._last_peers = peers
             self.save_peers()
 

@@ -144,7 +144,10 @@ class RaftNode:
             logCompactionMinTime=600,
         )
         self._single = not settings.peers
-        self._pending = 0
+        # writes submitted (event-loop thread) and settled (Raft thread): each counter has one
+        # writer, so neither loses an update; their difference is what is in flight
+        self._submitted = 0
+        self._settled = 0
         self.commits = 0  # writes this node submitted that committed (metrics)
         self._sent = (0, 0)  # (log index, commit index) last pushed to followers
         self._sync = SyncObj(settings.self_addr, list(settings.peers), conf=conf,
@@ -184,7 +187,7 @@ class RaftNode:
         if self._journal is not None:
             self._journal.flush_if_dirty()
         if self._single:
-            if self._pending:  # a lone node commits on the tick after it appends
+            if self._submitted != self._settled:  # a lone node commits on the tick after it appends
                 self._wake()
         elif sync._isLeader():
             log = sync._SyncObj__raftLog
@@ -200,10 +203,10 @@ class RaftNode:
         fut: asyncio.Future[Any] = loop.create_future()
 
         def done(res: Any, err: int) -> None:
-            self._pending -= 1
+            self._settled += 1
             loop.call_soon_threadsafe(_settle, fut, res, err)
 
-        self._pending += 1
+        self._submitted += 1
         self._fsm.apply_command(encode_command(cmd), callback=done)
         self._wake()  # batch mode does not wake the tick by itself
         try:

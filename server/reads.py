@@ -89,12 +89,12 @@ def _run(store: Store, query: q.Query) -> tuple[int, Any, list[str]]:
             topics = [f"kv:{query.Key}"]
             e = store.kv.get(query.Key)
             return _index(store, topics, "tbl:kv"), [e] if e else [], topics
-        keys = store._kv_range(query.Key)
+        keys = store.kv_range(query.Key)
         entries: list[KVEntry] = [store.kv[k] for k in keys if k in store.kv]
         idx = max((store.topics.get(f"kv:{k}", 0) for k in keys), default=0)
         return max(idx or store.topics.get("tbl:kv", 0), 1), entries, [f"kv:{query.Key}*"]
     if isinstance(query, q.KVKeys):
-        keys = store._kv_range(query.Prefix)
+        keys = store.kv_range(query.Prefix)
         idx = max((store.topics.get(f"kv:{k}", 0) for k in keys), default=0)
         live = [k for k in keys if k in store.kv]
         if query.Separator:

@@ -260,7 +260,7 @@ class Store:
                 changed.update((f"kv:{op.Key}", "tbl:kv"))
             return True
         if op.Verb == "delete-tree":
-            for key in self._kv_range(op.Key):
+            for key in self.kv_range(op.Key):
                 if self.kv.pop(key, None) is not None:
                     changed.update((f"kv:{key}", "tbl:kv"))
             return True
@@ -271,7 +271,7 @@ class Store:
         if i == len(self.kv_keys) or self.kv_keys[i] != key:
             self.kv_keys.insert(i, key)
 
-    def _kv_range(self, prefix: str) -> list[str]:
+    def kv_range(self, prefix: str) -> list[str]:
         i = bisect.bisect_left(self.kv_keys, prefix)
         out = []
         while i < len(self.kv_keys) and self.kv_keys[i].startswith(prefix):
