@@ -17,26 +17,29 @@ import uuid
 from typing import Any
 
 from aiohttp import web
-
-from agent.antientropy import AntiEntropy
-from agent.backend import CatalogBackend, LocalBackend, RemoteBackend
-from agent.cache import CatalogCache
-from agent.checks import CheckRunner
-from agent.definitions import (
+from meshd.agent.antientropy import AntiEntropy
+from meshd.agent.backend import CatalogBackend, LocalBackend, RemoteBackend
+from meshd.agent.cache import CatalogCache
+from meshd.agent.checks import CheckRunner
+from meshd.agent.definitions import (
     CheckDefinition,
     DefinitionError,
     ServiceDefinition,
     parse_check,
     parse_service,
 )
-from agent.dns import DNSSettings
-from agent.dns_server import DNSServer
-from agent.http.server import make_app
-from agent.local import LocalState, UnknownCheck
-from agent.mesh import MeshManager
-from agent.persist import Persisted
-from agent.sidecar import expand_sidecar
-from agent.views import CacheView, StoreView
+from meshd.agent.dns import DNSSettings
+from meshd.agent.dns_server import DNSServer
+from meshd.agent.http.server import make_app
+from meshd.agent.local import LocalState, UnknownCheckError
+from meshd.agent.mesh import MeshManager
+from meshd.agent.persist import Persisted
+from meshd.agent.sidecar import expand_sidecar
+from meshd.agent.views import CacheView, StoreView
+from meshd.server.cluster import Server, ServerSettings
+from meshd.server.raft import free_loopback_port
+from meshd.server.rpc import make_rpc_app
+
 from meshd import __version__
 from meshd.config import Config
 from meshd.fsutil import atomic_write
@@ -45,9 +48,6 @@ from meshd.rpc import Heartbeat, PeerChange
 from meshd.rpc_client import RPCClient
 from meshd.structs import HEALTH_CRITICAL, Barrier, Deregister, HealthCheck, Restore
 from meshd.tls import server_hostname, tls_contexts
-from server.cluster import Server, ServerSettings
-from server.raft import free_loopback_port
-from server.rpc import make_rpc_app
 
 log = logging.getLogger("meshd.agent")
 
@@ -94,13 +94,21 @@ def dns_settings(cfg: Config) -> DNSSettings:
     d = cfg.dns_config
     soa = d.soa or {}
     return DNSSettings(
-        domain=cfg.domain, alt_domain=cfg.alt_domain, node_ttl=d.node_ttl,
-        service_ttl=dict(d.service_ttl), only_passing=d.only_passing,
-        a_record_limit=d.a_record_limit, udp_answer_limit=d.udp_answer_limit,
-        enable_truncate=d.enable_truncate, recursors=list(cfg.recursors),
+        domain=cfg.domain,
+        alt_domain=cfg.alt_domain,
+        node_ttl=d.node_ttl,
+        service_ttl=dict(d.service_ttl),
+        only_passing=d.only_passing,
+        a_record_limit=d.a_record_limit,
+        udp_answer_limit=d.udp_answer_limit,
+        enable_truncate=d.enable_truncate,
+        recursors=list(cfg.recursors),
         recursor_timeout=d.recursor_timeout,
-        soa_refresh=int(soa.get("refresh", 3600)), soa_retry=int(soa.get("retry", 600)),
-        soa_expire=int(soa.get("expire", 86400)), soa_min_ttl=int(soa.get("min_ttl", 0)))
+        soa_refresh=int(soa.get("refresh", 3600)),
+        soa_retry=int(soa.get("retry", 600)),
+        soa_expire=int(soa.get("expire", 86400)),
+        soa_min_ttl=int(soa.get("min_ttl", 0)),
+    )
 
 
 class Agent:
@@ -109,15 +117,22 @@ class Agent:
         self.started = time.time()
         self.backend: CatalogBackend
         self.address = config.advertise_addr or config.bind_addr
-        self.local = LocalState(node=config.node_name, address=self.address,
-                                datacenter=config.datacenter, node_id=_node_id(config),
-                                node_meta=dict(config.node_meta),
-                                tagged_addresses={"lan": self.address, "wan": self.address})
-        self.checks = CheckRunner(self._on_check_update,
-                                  enable_script_checks=config.enable_script_checks,
-                                  alias_source=self._alias_source)
-        self.persisted = Persisted(os.path.join(config.data_dir, "agent")
-                                   if config.data_dir else None)
+        self.local = LocalState(
+            node=config.node_name,
+            address=self.address,
+            datacenter=config.datacenter,
+            node_id=_node_id(config),
+            node_meta=dict(config.node_meta),
+            tagged_addresses={"lan": self.address, "wan": self.address},
+        )
+        self.checks = CheckRunner(
+            self._on_check_update,
+            enable_script_checks=config.enable_script_checks,
+            alias_source=self._alias_source,
+        )
+        self.persisted = Persisted(
+            os.path.join(config.data_dir, "agent") if config.data_dir else None
+        )
         self._runner: web.AppRunner | None = None
         self.dns: DNSServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -144,38 +159,56 @@ class Agent:
                 raise StartError(
                     "refusing to start a server on a non-loopback address without a cluster "
                     "key: Raft peers exchange pickled messages, so an open Raft port is remote "
-                    "code execution. Generate a key with `meshd keygen` and set `encrypt`.")
+                    "code execution. Generate a key with `meshd keygen` and set `encrypt`."
+                )
             self.local.node_meta.setdefault("meshd-server", "true")
-            self.server = Server(ServerSettings(
-                node_name=cfg.node_name, datacenter=cfg.datacenter, advertise=self.address,
-                rpc_port=cfg.ports.server,
-                raft_port=free_loopback_port() if cfg.dev else cfg.ports.raft,
-                data_dir=cfg.data_dir, key=key, password=_raft_password(cfg),
-                bootstrap_expect=cfg.bootstrap_expect or 1, retry_join=list(cfg.retry_join),
-                retry_interval=min(cfg.retry_interval, 30.0), fsync=cfg.raft_fsync,
-                failure_timeout=float(cfg.limits.get("node_failure_timeout", 5.0)),
-                reap_after=cfg.reconnect_timeout, ssl_client=ssl_client,
-                bind=cfg.bind_addr if cfg.bind_addr != self.address else None,
-                server_name=server_name))
+            self.server = Server(
+                ServerSettings(
+                    node_name=cfg.node_name,
+                    datacenter=cfg.datacenter,
+                    advertise=self.address,
+                    rpc_port=cfg.ports.server,
+                    raft_port=free_loopback_port() if cfg.dev else cfg.ports.raft,
+                    data_dir=cfg.data_dir,
+                    key=key,
+                    password=_raft_password(cfg),
+                    bootstrap_expect=cfg.bootstrap_expect or 1,
+                    retry_join=list(cfg.retry_join),
+                    retry_interval=min(cfg.retry_interval, 30.0),
+                    fsync=cfg.raft_fsync,
+                    failure_timeout=float(cfg.limits.get("node_failure_timeout", 5.0)),
+                    reap_after=cfg.reconnect_timeout,
+                    ssl_client=ssl_client,
+                    bind=cfg.bind_addr if cfg.bind_addr != self.address else None,
+                    server_name=server_name,
+                )
+            )
             await self.server.start()
             self.backend = LocalBackend(self.server)
             self.view = StoreView(self.server.store, cfg.datacenter, cfg.node_name)
             if not cfg.dev:
                 self._rpc_runner = web.AppRunner(make_rpc_app(self.server), access_log=None)
                 await self._rpc_runner.setup()
-                await web.TCPSite(self._rpc_runner, cfg.bind_addr, cfg.ports.server,
-                                  ssl_context=ssl_server).start()
+                await web.TCPSite(
+                    self._rpc_runner, cfg.bind_addr, cfg.ports.server, ssl_context=ssl_server
+                ).start()
         else:
             if not cfg.retry_join:
                 raise StartError("a client agent needs -retry-join with the servers' addresses")
-            self.rpc = RPCClient(list(cfg.retry_join), key, default_port=cfg.ports.server,
-                                 ssl_context=ssl_client, server_name=server_name)
+            self.rpc = RPCClient(
+                list(cfg.retry_join),
+                key,
+                default_port=cfg.ports.server,
+                ssl_context=ssl_client,
+                server_name=server_name,
+            )
             self.backend = RemoteBackend(self.rpc)
             self.cache = CatalogCache(self.backend)
             self.view = CacheView(self.cache, cfg.datacenter, cfg.node_name)
         self.ae = AntiEntropy(self.local, self.backend)
-        self.mesh = MeshManager(self, cfg.addresses.get("grpc", cfg.client_addr).split()[0],
-                                cfg.ports.grpc)
+        self.mesh = MeshManager(
+            self, cfg.addresses.get("grpc", cfg.client_addr).split()[0], cfg.ports.grpc
+        )
 
         def changed() -> None:
             self.ae.trigger()
@@ -208,8 +241,14 @@ class Agent:
             self.dns = DNSServer(self.view, dns_settings(cfg), dns_addr, cfg.ports.dns)
             await self.dns.start()
         self._register_metrics()
-        log.info("meshd agent running: node=%s dc=%s http=%s:%d dns=%d", cfg.node_name,
-                 cfg.datacenter, http_addr, cfg.ports.http, cfg.ports.dns)
+        log.info(
+            "meshd agent running: node=%s dc=%s http=%s:%d dns=%d",
+            cfg.node_name,
+            cfg.datacenter,
+            http_addr,
+            cfg.ports.http,
+            cfg.ports.dns,
+        )
 
     def _register_metrics(self) -> None:
         st = self.stats
@@ -242,11 +281,15 @@ class Agent:
 
     def _heartbeat(self, leaving: bool = False) -> Heartbeat:
         cfg = self.config
-        return Heartbeat(Node=cfg.node_name, Address=self.address, Datacenter=cfg.datacenter,
-                         Role="consul" if cfg.server else "node",
-                         RPCAddr=f"{self.address}:{cfg.ports.server}" if cfg.server else "",
-                         RaftAddr=self.server.raft_addr if self.server else "",
-                         Leaving=leaving)
+        return Heartbeat(
+            Node=cfg.node_name,
+            Address=self.address,
+            Datacenter=cfg.datacenter,
+            Role="consul" if cfg.server else "node",
+            RPCAddr=f"{self.address}:{cfg.ports.server}" if cfg.server else "",
+            RaftAddr=self.server.raft_addr if self.server else "",
+            Leaving=leaving,
+        )
 
     async def _heartbeats(self) -> None:
         hb = self._heartbeat()
@@ -258,7 +301,7 @@ class Agent:
                 beats += 1
                 if isinstance(self.backend, RemoteBackend) and beats % 30 == 1:
                     await self.backend.refresh_servers()
-            except Exception as e:  # noqa: BLE001 - keep beating; the servers may be electing
+            except Exception as e:
                 log.debug("heartbeat failed: %s", e)
             await asyncio.sleep(1.0 if self._heartbeat_ok.is_set() else 0.1)
 
@@ -273,8 +316,9 @@ class Agent:
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
-        while self.server is not None and (self.server.raft is None or
-                                           not self.server.raft.ready()):
+        while self.server is not None and (
+            self.server.raft is None or not self.server.raft.ready()
+        ):
             if time.monotonic() > deadline:
                 return
             await asyncio.sleep(0.01)
@@ -312,18 +356,27 @@ class Agent:
         if wait and not await self.ae.wait_synced():
             log.warning("change accepted locally; catalog sync pending: %s", self.ae.last_error)
 
-    async def register_service(self, defn: ServiceDefinition, replace_checks: bool = False,
-                               wait: bool = True, persist: bool = True) -> None:
-        used = {s.Port for s in self.local.services.values()
-                if s.Kind == "connect-proxy" and s.ID != f"{defn.service.ID}-sidecar-proxy"}
+    async def register_service(
+        self,
+        defn: ServiceDefinition,
+        replace_checks: bool = False,
+        wait: bool = True,
+        persist: bool = True,
+    ) -> None:
+        used = {
+            s.Port
+            for s in self.local.services.values()
+            if s.Kind == "connect-proxy" and f"{defn.service.ID}-sidecar-proxy" != s.ID
+        }
         sidecar = expand_sidecar(defn, used)
         await self._register_one(defn, replace_checks, persist)
         if sidecar is not None:
             await self._register_one(sidecar, replace_checks, persist=False)
         await self._commit(wait)
 
-    async def _register_one(self, defn: ServiceDefinition, replace_checks: bool,
-                            persist: bool) -> None:
+    async def _register_one(
+        self, defn: ServiceDefinition, replace_checks: bool, persist: bool
+    ) -> None:
         for d in defn.checks:
             self._validate_check(d)
         dropped = self.local.add_service(defn.service, defn.checks, replace_checks)
@@ -336,19 +389,22 @@ class Agent:
 
     def _validate_check(self, d: CheckDefinition) -> None:
         if d.Type == "script" and not self.config.enable_script_checks:
-            raise DefinitionError("Scripts are disabled on this agent; to enable, configure "
-                                  "'enable_script_checks' to true")
+            raise DefinitionError(
+                "Scripts are disabled on this agent; to enable, configure "
+                "'enable_script_checks' to true"
+            )
 
     async def deregister_service(self, sid: str) -> None:
         sidecar = f"{sid}-sidecar-proxy"
-        for s in ([sid, sidecar] if sidecar in self.local.services else [sid]):
+        for s in [sid, sidecar] if sidecar in self.local.services else [sid]:
             for cid in self.local.remove_service(s):
                 self.checks.remove(cid)
             self.persisted.drop_service(s)
         await self._commit(True)
 
-    async def register_check(self, d: CheckDefinition, wait: bool = True,
-                             persist: bool = True) -> None:
+    async def register_check(
+        self, d: CheckDefinition, wait: bool = True, persist: bool = True
+    ) -> None:
         self._validate_check(d)
         self.local.add_check(d)
         self.checks.add(d)
@@ -365,9 +421,9 @@ class Agent:
     async def update_ttl(self, cid: str, status: str, output: str) -> None:
         lc = self.local.checks.get(cid)
         if lc is None or lc.definition is None:
-            raise UnknownCheck(cid)
+            raise UnknownCheckError(cid)
         if lc.definition.Type != "ttl":
-            raise UnknownCheck(cid)
+            raise UnknownCheckError(cid)
         self.checks.update_ttl(cid, status, output)
         await self._commit(True)
 
@@ -393,16 +449,18 @@ class Agent:
         if node in (None, "", self.config.node_name):
             if service_id not in self.local.services:
                 return None
-            return [lc.check for lc in self.local.checks.values()
-                    if lc.check.ServiceID == service_id]
+            return [
+                lc.check for lc in self.local.checks.values() if lc.check.ServiceID == service_id
+            ]
         if self.server is None:
             return None
         store = self.server.store
         with store.lock:
             if service_id not in store.services.get(node, {}):
                 return None
-            return [c for c in store.checks.get(node, {}).values()
-                    if c.ServiceID in ("", service_id)]
+            return [
+                c for c in store.checks.get(node, {}).values() if c.ServiceID in ("", service_id)
+            ]
 
     async def _reap_critical(self) -> None:
         """deregister_critical_service_after: no zombie registrations."""
@@ -415,11 +473,16 @@ class Agent:
                     continue
                 if lc.check.Status == HEALTH_CRITICAL and lc.critical_since is None:
                     lc.critical_since = now
-                if lc.critical_since is not None and \
-                        now - lc.critical_since >= d.DeregisterCriticalServiceAfter and \
-                        d.ServiceID in self.local.services:
-                    log.info("deregistering service %s: check %s critical for too long",
-                             d.ServiceID, d.CheckID)
+                if (
+                    lc.critical_since is not None
+                    and now - lc.critical_since >= d.DeregisterCriticalServiceAfter
+                    and d.ServiceID in self.local.services
+                ):
+                    log.info(
+                        "deregistering service %s: check %s critical for too long",
+                        d.ServiceID,
+                        d.CheckID,
+                    )
                     await self.deregister_service(d.ServiceID)
 
     # ---- introspection --------------------------------------------------------------------
@@ -429,22 +492,41 @@ class Agent:
         out = []
         for m in await self.backend.members():
             port = int(m.RPCAddr.rsplit(":", 1)[1]) if m.RPCAddr else cfg.ports.server
-            out.append({
-                "Name": m.Name, "Addr": m.Addr, "Port": port,
-                "Tags": {"role": m.Role, "dc": m.Datacenter or cfg.datacenter,
-                         "build": __version__, "port": str(port), "vsn": "2"},
-                "Status": m.Status, "ProtocolMin": 1, "ProtocolMax": 5, "ProtocolCur": 2,
-                "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4,
-            })
+            out.append(
+                {
+                    "Name": m.Name,
+                    "Addr": m.Addr,
+                    "Port": port,
+                    "Tags": {
+                        "role": m.Role,
+                        "dc": m.Datacenter or cfg.datacenter,
+                        "build": __version__,
+                        "port": str(port),
+                        "vsn": "2",
+                    },
+                    "Status": m.Status,
+                    "ProtocolMin": 1,
+                    "ProtocolMax": 5,
+                    "ProtocolCur": 2,
+                    "DelegateMin": 2,
+                    "DelegateMax": 5,
+                    "DelegateCur": 4,
+                }
+            )
         return out
 
     def self_info(self) -> dict[str, Any]:
         cfg = self.config
         return {
-            "Config": {"Datacenter": cfg.datacenter, "NodeName": cfg.node_name,
-                       "NodeID": self.local.node_id, "Server": bool(cfg.server or cfg.dev),
-                       "Revision": "", "Version": __version__, "PrimaryDatacenter":
-                       cfg.datacenter},
+            "Config": {
+                "Datacenter": cfg.datacenter,
+                "NodeName": cfg.node_name,
+                "NodeID": self.local.node_id,
+                "Server": bool(cfg.server or cfg.dev),
+                "Revision": "",
+                "Version": __version__,
+                "PrimaryDatacenter": cfg.datacenter,
+            },
             "DebugConfig": {},
             "Member": (self._members_now()),
             "Meta": dict(cfg.node_meta),
@@ -452,8 +534,12 @@ class Agent:
         }
 
     def _members_now(self) -> dict[str, Any]:
-        return {"Name": self.config.node_name, "Addr": self.address,
-                "Port": self.config.ports.raft, "Status": 1}
+        return {
+            "Name": self.config.node_name,
+            "Addr": self.address,
+            "Port": self.config.ports.raft,
+            "Status": 1,
+        }
 
     # ---- operating the servers ------------------------------------------------------------
 

@@ -9,14 +9,15 @@ Entries on this node that the agent does not own are removed, except the servers
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from typing import Any
 
 import msgspec
+from meshd.agent.backend import CatalogBackend
+from meshd.agent.local import LocalState
 
-from agent.backend import CatalogBackend
-from agent.local import LocalState
 from meshd import queries as q
 from meshd.structs import SERF_CHECK_ID, Batch, Deregister, HealthCheck, NodeService, Register
 
@@ -39,37 +40,56 @@ def _same_check(a: HealthCheck, b: HealthCheck) -> bool:
 def diff_node(local: LocalState, remote: Any) -> list[Register | Deregister]:
     """Pure: the catalog operations that turn `remote` (NodeInfo answer) into `local`."""
     ops: list[Register | Deregister] = []
-    node_reg = Register(Node=local.node, Address=local.address, ID=local.node_id,
-                        Datacenter=local.datacenter, TaggedAddresses=local.tagged_addresses,
-                        NodeMeta=local.node_meta)
+    node_reg = Register(
+        Node=local.node,
+        Address=local.address,
+        ID=local.node_id,
+        Datacenter=local.datacenter,
+        TaggedAddresses=local.tagged_addresses,
+        NodeMeta=local.node_meta,
+    )
     rnode, rsvcs, rchecks = remote if remote else (None, [], [])
     if rnode is None or (rnode.Address, rnode.ID, rnode.TaggedAddresses, rnode.Meta) != (
-            local.address, local.node_id, local.tagged_addresses, local.node_meta):
+        local.address,
+        local.node_id,
+        local.tagged_addresses,
+        local.node_meta,
+    ):
         ops.append(node_reg)
     remote_svcs = {s.ID: s for s in rsvcs}
     remote_checks = {c.CheckID: c for c in rchecks}
     for sid in remote_svcs.keys() - local.services.keys():
         ops.append(Deregister(Node=local.node, ServiceID=sid))
     for cid, c in remote_checks.items():
-        if cid not in local.checks and cid != SERF_CHECK_ID and c.ServiceID not in (
-                remote_svcs.keys() - local.services.keys()):
+        if (
+            cid not in local.checks
+            and cid != SERF_CHECK_ID
+            and c.ServiceID not in (remote_svcs.keys() - local.services.keys())
+        ):
             ops.append(Deregister(Node=local.node, CheckID=cid))
     for sid, svc in local.services.items():
         r = remote_svcs.get(sid)
         if r is None or not _same_service(svc, r):
-            ops.append(Register(Node=local.node, Address=local.address, Service=svc,
-                                SkipNodeUpdate=True))
-    changed_checks = [lc.check for cid, lc in local.checks.items()
-                      if cid not in remote_checks or not _same_check(lc.check,
-                                                                     remote_checks[cid])]
+            ops.append(
+                Register(Node=local.node, Address=local.address, Service=svc, SkipNodeUpdate=True)
+            )
+    changed_checks = [
+        lc.check
+        for cid, lc in local.checks.items()
+        if cid not in remote_checks or not _same_check(lc.check, remote_checks[cid])
+    ]
     if changed_checks:
-        ops.append(Register(Node=local.node, Address=local.address, Checks=changed_checks,
-                            SkipNodeUpdate=True))
+        ops.append(
+            Register(
+                Node=local.node, Address=local.address, Checks=changed_checks, SkipNodeUpdate=True
+            )
+        )
     return ops
 
 
-def dirty_ops(local: LocalState, services: set[str],
-              checks: set[str]) -> list[Register | Deregister]:
+def dirty_ops(
+    local: LocalState, services: set[str], checks: set[str]
+) -> list[Register | Deregister]:
     """Pure: the operations that push just the changed entries (services before checks).
 
     An unchanged entry re-sent is harmless: the store ignores a write that changes nothing.
@@ -77,21 +97,24 @@ def dirty_ops(local: LocalState, services: set[str],
     ops: list[Register | Deregister] = []
     for sid in sorted(services):
         svc = local.services.get(sid)
-        ops.append(Register(Node=local.node, Address=local.address, Service=svc,
-                            SkipNodeUpdate=True) if svc is not None
-                   else Deregister(Node=local.node, ServiceID=sid))
+        ops.append(
+            Register(Node=local.node, Address=local.address, Service=svc, SkipNodeUpdate=True)
+            if svc is not None
+            else Deregister(Node=local.node, ServiceID=sid)
+        )
     present = [local.checks[c].check for c in sorted(checks) if c in local.checks]
-    ops.extend(Deregister(Node=local.node, CheckID=c) for c in sorted(checks)
-               if c not in local.checks)
+    ops.extend(
+        Deregister(Node=local.node, CheckID=c) for c in sorted(checks) if c not in local.checks
+    )
     if present:
-        ops.append(Register(Node=local.node, Address=local.address, Checks=present,
-                            SkipNodeUpdate=True))
+        ops.append(
+            Register(Node=local.node, Address=local.address, Checks=present, SkipNodeUpdate=True)
+        )
     return ops
 
 
 class AntiEntropy:
-    def __init__(self, local: LocalState, backend: CatalogBackend,
-                 interval: float = 60.0) -> None:
+    def __init__(self, local: LocalState, backend: CatalogBackend, interval: float = 60.0) -> None:
         self.local = local
         self.backend = backend
         self.interval = interval
@@ -111,10 +134,8 @@ class AntiEntropy:
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
 
     async def wait_synced(self, timeout: float = 10.0) -> bool:
         """Wait until everything changed so far is committed; False on timeout."""
@@ -123,7 +144,8 @@ class AntiEntropy:
         try:
             async with self._cond:
                 await asyncio.wait_for(
-                    self._cond.wait_for(lambda: self._synced_gen >= target), timeout)
+                    self._cond.wait_for(lambda: self._synced_gen >= target), timeout
+                )
             return True
         except TimeoutError:
             return False
@@ -134,8 +156,7 @@ class AntiEntropy:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(),
-                                       self.interval * random.uniform(0.5, 1.0))
+                await asyncio.wait_for(self._wake.wait(), self.interval * random.uniform(0.5, 1.0))
             except TimeoutError:
                 self._need_full = True  # the periodic, staggered full sync
             self._wake.clear()

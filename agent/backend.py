@@ -11,6 +11,10 @@ import random
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from meshd.server.cluster import Server
+from meshd.server.raft import RaftError
+from meshd.server.store import CommandError
+
 from meshd import queries as q
 from meshd.rpc import (
     CAConfigRequest,
@@ -27,9 +31,6 @@ from meshd.rpc import (
 )
 from meshd.rpc_client import RPCClient, RPCError
 from meshd.structs import Command
-from server.cluster import Server
-from server.raft import RaftError
-from server.store import CommandError
 
 
 @dataclass
@@ -43,8 +44,9 @@ class ReadResult:
 class CatalogBackend(Protocol):
     async def write(self, cmd: Command) -> Any: ...
 
-    async def read(self, query: q.Query, *, min_index: int = 0, wait: float = 0.0,
-                   consistency: str = "default") -> ReadResult: ...
+    async def read(
+        self, query: q.Query, *, min_index: int = 0, wait: float = 0.0, consistency: str = "default"
+    ) -> ReadResult: ...
 
     async def status(self) -> tuple[str, list[str]]: ...
 
@@ -69,8 +71,9 @@ class LocalBackend:
     async def write(self, cmd: Command) -> Any:
         return await self.server.write(cmd)
 
-    async def read(self, query: q.Query, *, min_index: int = 0, wait: float = 0.0,
-                   consistency: str = "default") -> ReadResult:
+    async def read(
+        self, query: q.Query, *, min_index: int = 0, wait: float = 0.0, consistency: str = "default"
+    ) -> ReadResult:
         ans = await self.server.read(query, min_index, blocking_wait(wait), consistency)
         return ReadResult(ans.index, ans.value, ans.known_leader, ans.last_contact_ms)
 
@@ -117,17 +120,22 @@ class RemoteBackend:
             raise RaftError(reply.Error)
         return reply.Result
 
-    async def read(self, query: q.Query, *, min_index: int = 0, wait: float = 0.0,
-                   consistency: str = "default") -> ReadResult:
+    async def read(
+        self, query: q.Query, *, min_index: int = 0, wait: float = 0.0, consistency: str = "default"
+    ) -> ReadResult:
         wait = blocking_wait(wait)
         try:
             reply = await self.rpc.call(
-                "read", ReadRequest(Query=query, MinIndex=min_index, Wait=wait,
-                                    Consistency=consistency), ReadReply, timeout=wait + 10.0)
+                "read",
+                ReadRequest(Query=query, MinIndex=min_index, Wait=wait, Consistency=consistency),
+                ReadReply,
+                timeout=wait + 10.0,
+            )
         except RPCError as e:
             raise RaftError(str(e)) from None
-        return ReadResult(reply.Index, decode_value(query, reply.Value), reply.KnownLeader,
-                          reply.LastContact)
+        return ReadResult(
+            reply.Index, decode_value(query, reply.Value), reply.KnownLeader, reply.LastContact
+        )
 
     async def status(self) -> tuple[str, list[str]]:
         info = await self.rpc.call("info", b"", ServerInfo)
@@ -148,5 +156,6 @@ class RemoteBackend:
             raise RaftError(str(e)) from None
 
     async def set_ca_config(self, config: dict[str, Any], force_rotate: bool) -> None:
-        await self.rpc.call("caconfig", CAConfigRequest(Config=config, ForceRotate=force_rotate),
-                            bool)
+        await self.rpc.call(
+            "caconfig", CAConfigRequest(Config=config, ForceRotate=force_rotate), bool
+        )

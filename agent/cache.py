@@ -9,12 +9,13 @@ service changes) and later reads are memory lookups. Watches of services nobody 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.backend import CatalogBackend
+from meshd.agent.backend import CatalogBackend
 
 log = logging.getLogger("meshd.cache")
 
@@ -29,8 +30,9 @@ class _Entry:
 
 
 class CatalogCache:
-    def __init__(self, backend: CatalogBackend, idle_ttl: float = 600.0,
-                 wait: float = 300.0) -> None:
+    def __init__(
+        self, backend: CatalogBackend, idle_ttl: float = 600.0, wait: float = 300.0
+    ) -> None:
         self.backend = backend
         self.idle_ttl = idle_ttl
         self.wait = wait
@@ -48,10 +50,8 @@ class CatalogCache:
     async def get(self, query: Any, timeout: float = 5.0) -> Any:
         e = self._entry(query)
         if not e.ready.is_set():
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(e.ready.wait(), timeout)
-            except TimeoutError:
-                pass
         return e.value
 
     async def get_indexed(self, query: Any, timeout: float = 5.0) -> tuple[int, Any] | None:
@@ -76,8 +76,9 @@ class CatalogCache:
                 self._entries.pop(query, None)
                 return
             try:
-                res = await self.backend.read(query, min_index=e.index, wait=self.wait,
-                                              consistency="stale")
+                res = await self.backend.read(
+                    query, min_index=e.index, wait=self.wait, consistency="stale"
+                )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # servers down or electing: retry, keep the last view

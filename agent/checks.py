@@ -16,10 +16,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
+from meshd.agent import probes
+from meshd.agent.definitions import CheckDefinition, DefinitionError
+from meshd.agent.probes import Result, http_status, output_max
 
-from agent import probes
-from agent.definitions import CheckDefinition, DefinitionError
-from agent.probes import Result, http_status, output_max
 from meshd.structs import (
     HEALTH_CRITICAL,
     HEALTH_PASSING,
@@ -29,8 +29,14 @@ from meshd.structs import (
 )
 
 __all__ = [
-    "AliasSource", "CheckRunner", "CheckState", "ScriptChecksDisabled", "alias_result",
-    "http_status", "next_status", "step",
+    "AliasSource",
+    "CheckRunner",
+    "CheckState",
+    "ScriptChecksDisabledError",
+    "alias_result",
+    "http_status",
+    "next_status",
+    "step",
 ]
 
 log = logging.getLogger("meshd.checks")
@@ -44,12 +50,14 @@ DEFAULT_INTERVAL = 10.0
 ALIAS_INTERVAL = 1.0  # we poll local state instead of Consul's blocking query; keep it snappy
 
 
-class ScriptChecksDisabled(DefinitionError):
+class ScriptChecksDisabledError(DefinitionError):
     """A subclass of DefinitionError so the HTTP layer answers 400, as Consul does."""
 
     def __init__(self) -> None:
-        super().__init__("Scripts are disabled on this agent; to enable, configure "
-                         "'enable_script_checks' to true")
+        super().__init__(
+            "Scripts are disabled on this agent; to enable, configure "
+            "'enable_script_checks' to true"
+        )
 
 
 # ---- flap damping -----------------------------------------------------------------------------
@@ -145,8 +153,13 @@ class CheckRunner:
     initial status (d.Status) is the caller's to register and is never echoed back.
     """
 
-    def __init__(self, on_update: OnUpdate, *, enable_script_checks: bool = False,
-                 alias_source: AliasSource | None = None) -> None:
+    def __init__(
+        self,
+        on_update: OnUpdate,
+        *,
+        enable_script_checks: bool = False,
+        alias_source: AliasSource | None = None,
+    ) -> None:
         self._on_update = on_update
         self._scripts = enable_script_checks
         self._alias_source = alias_source
@@ -164,7 +177,7 @@ class CheckRunner:
         if d.Type not in KINDS:
             raise DefinitionError(f"check {d.CheckID!r}: unknown check type {d.Type!r}")
         if d.Type == "script" and not self._scripts:
-            raise ScriptChecksDisabled()
+            raise ScriptChecksDisabledError()
         self.remove(d.CheckID)
         e = _Entry(d=d, state=CheckState.initial(d), reported=(d.Status, ""))
         self._checks[d.CheckID] = e
@@ -197,8 +210,10 @@ class CheckRunner:
         limit = output_max(e.d)
         raw = output.encode()
         if len(raw) > limit:
-            output = (raw[:limit].decode("utf-8", "ignore")
-                      + f" ... (captured {limit} of {len(raw)} bytes)")
+            output = (
+                raw[:limit].decode("utf-8", "ignore")
+                + f" ... (captured {limit} of {len(raw)} bytes)"
+            )
         e.ttl_output = output
         self._emit(e, status, output)
         if e.ttl_timer is not None:
@@ -246,8 +261,11 @@ class CheckRunner:
 
     async def _run(self, e: _Entry) -> None:
         d = e.d
-        interval = d.Interval if d.Interval > 0 else (
-            ALIAS_INTERVAL if d.Type == "alias" else DEFAULT_INTERVAL)
+        interval = (
+            d.Interval
+            if d.Interval > 0
+            else (ALIAS_INTERVAL if d.Type == "alias" else DEFAULT_INTERVAL)
+        )
         # Consul staggers the first run so an agent restart doesn't fire every check at once.
         await asyncio.sleep(random.uniform(0, interval))
         while not e.stopped:

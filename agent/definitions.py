@@ -28,8 +28,9 @@ def _fold(d: dict[str, Any], where: str) -> dict[str, Any]:
     return {k.lower().replace("_", ""): v for k, v in d.items()}
 
 
-def _typed(d: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str,
-           default: Any) -> Any:
+def _typed(
+    d: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any
+) -> Any:
     v = d.get(key, default)
     if v is None:
         return default
@@ -38,7 +39,8 @@ def _typed(d: dict[str, Any], key: str, kind: type | tuple[type, ...], where: st
     if not isinstance(v, kind):
         name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
         raise DefinitionError(
-            f"{where}: field {key!r} must be of type {name}, got {type(v).__name__}")
+            f"{where}: field {key!r} must be of type {name}, got {type(v).__name__}"
+        )
     return v
 
 
@@ -61,12 +63,44 @@ def _duration(d: dict[str, Any], key: str, where: str) -> float:
 
 
 _CHECK_KEYS = {
-    "id", "checkid", "name", "notes", "status", "serviceid", "http", "method", "header", "body",
-    "tlsskipverify", "tlsservername", "tcp", "udp", "grpc", "grpcusetls", "ttl", "args",
-    "scriptargs", "aliasnode", "aliasservice", "interval", "timeout",
-    "deregistercriticalserviceafter", "successbeforepassing", "failuresbeforewarning",
-    "failuresbeforecritical", "outputmaxsize", "node", "type", "definition", "servicename",
-    "servicetags", "output", "createindex", "modifyindex", "disableredirects", "h2ping",
+    "id",
+    "checkid",
+    "name",
+    "notes",
+    "status",
+    "serviceid",
+    "http",
+    "method",
+    "header",
+    "body",
+    "tlsskipverify",
+    "tlsservername",
+    "tcp",
+    "udp",
+    "grpc",
+    "grpcusetls",
+    "ttl",
+    "args",
+    "scriptargs",
+    "aliasnode",
+    "aliasservice",
+    "interval",
+    "timeout",
+    "deregistercriticalserviceafter",
+    "successbeforepassing",
+    "failuresbeforewarning",
+    "failuresbeforecritical",
+    "outputmaxsize",
+    "node",
+    "type",
+    "definition",
+    "servicename",
+    "servicetags",
+    "output",
+    "createindex",
+    "modifyindex",
+    "disableredirects",
+    "h2ping",
 }
 
 
@@ -104,14 +138,22 @@ class CheckDefinition:
 
     def to_health_check(self, node: str, service: NodeService | None) -> HealthCheck:
         return HealthCheck(
-            Node=node, CheckID=self.CheckID, Name=self.Name, Status=self.Status, Notes=self.Notes,
-            ServiceID=service.ID if service else "", ServiceName=service.Service if service else "",
-            ServiceTags=list(service.Tags) if service else [], Type=self.Type,
+            Node=node,
+            CheckID=self.CheckID,
+            Name=self.Name,
+            Status=self.Status,
+            Notes=self.Notes,
+            ServiceID=service.ID if service else "",
+            ServiceName=service.Service if service else "",
+            ServiceTags=list(service.Tags) if service else [],
+            Type=self.Type,
             Interval=f"{self.Interval:g}s" if self.Interval else "",
             Timeout=f"{self.Timeout:g}s" if self.Type not in ("ttl", "alias") else "",
-            Definition={"DeregisterCriticalServiceAfter":
-                        f"{self.DeregisterCriticalServiceAfter:g}s"}
-            if self.DeregisterCriticalServiceAfter else {},
+            Definition={
+                "DeregisterCriticalServiceAfter": f"{self.DeregisterCriticalServiceAfter:g}s"
+            }
+            if self.DeregisterCriticalServiceAfter
+            else {},
         )
 
 
@@ -126,10 +168,7 @@ def parse_check(raw: dict[str, Any], *, service_id: str = "", index: int = 0) ->
     cid = _typed(d, "checkid", str, where, "") or _typed(d, "id", str, where, "")
     sid = _typed(d, "serviceid", str, where, "") or service_id
     if not cid:
-        if service_id:
-            cid = f"service:{service_id}" + (f":{index + 1}" if index else "")
-        else:
-            cid = name
+        cid = f"service:{service_id}" + (f":{index + 1}" if index else "") if service_id else name
     if not name:
         name = f"Service '{service_id}' check" if service_id else cid
     if not cid:
@@ -144,17 +183,27 @@ def parse_check(raw: dict[str, Any], *, service_id: str = "", index: int = 0) ->
     if status not in HEALTH_STATES:
         raise DefinitionError(f"{where}: invalid Status {status!r}")
     c = CheckDefinition(
-        CheckID=cid, Name=name, Type="", ServiceID=sid,
-        Notes=_typed(d, "notes", str, where, ""), Status=status,
-        HTTP=_typed(d, "http", str, where, ""), Method=_typed(d, "method", str, where, "") or "GET",
-        Header=header, Body=_typed(d, "body", str, where, ""),
+        CheckID=cid,
+        Name=name,
+        Type="",
+        ServiceID=sid,
+        Notes=_typed(d, "notes", str, where, ""),
+        Status=status,
+        HTTP=_typed(d, "http", str, where, ""),
+        Method=_typed(d, "method", str, where, "") or "GET",
+        Header=header,
+        Body=_typed(d, "body", str, where, ""),
         TLSSkipVerify=bool(d.get("tlsskipverify", False)),
-        TCP=_typed(d, "tcp", str, where, ""), UDP=_typed(d, "udp", str, where, ""),
-        GRPC=_typed(d, "grpc", str, where, ""), GRPCUseTLS=bool(d.get("grpcusetls", False)),
-        TTL=_duration(d, "ttl", where), Args=list(args),
+        TCP=_typed(d, "tcp", str, where, ""),
+        UDP=_typed(d, "udp", str, where, ""),
+        GRPC=_typed(d, "grpc", str, where, ""),
+        GRPCUseTLS=bool(d.get("grpcusetls", False)),
+        TTL=_duration(d, "ttl", where),
+        Args=list(args),
         AliasNode=_typed(d, "aliasnode", str, where, ""),
         AliasService=_typed(d, "aliasservice", str, where, ""),
-        Interval=_duration(d, "interval", where), Timeout=_duration(d, "timeout", where) or 10.0,
+        Interval=_duration(d, "interval", where),
+        Timeout=_duration(d, "timeout", where) or 10.0,
         DeregisterCriticalServiceAfter=_duration(d, "deregistercriticalserviceafter", where),
         SuccessBeforePassing=_typed(d, "successbeforepassing", int, where, 0),
         FailuresBeforeWarning=_typed(d, "failuresbeforewarning", int, where, 0),
@@ -162,13 +211,25 @@ def parse_check(raw: dict[str, Any], *, service_id: str = "", index: int = 0) ->
         OutputMaxSize=_typed(d, "outputmaxsize", int, where, 4096) or 4096,
         raw=dict(raw),
     )
-    kinds = [k for k, v in (("http", c.HTTP), ("tcp", c.TCP), ("udp", c.UDP), ("grpc", c.GRPC),
-                            ("ttl", c.TTL), ("script", c.Args),
-                            ("alias", c.AliasService or c.AliasNode)) if v]
+    kinds = [
+        k
+        for k, v in (
+            ("http", c.HTTP),
+            ("tcp", c.TCP),
+            ("udp", c.UDP),
+            ("grpc", c.GRPC),
+            ("ttl", c.TTL),
+            ("script", c.Args),
+            ("alias", c.AliasService or c.AliasNode),
+        )
+        if v
+    ]
     if len(kinds) != 1:
         raise DefinitionError(
             "check: exactly one of HTTP, TCP, UDP, GRPC, TTL, Args or AliasService is required"
-            if not kinds else f"check: conflicting check kinds {', '.join(kinds)}")
+            if not kinds
+            else f"check: conflicting check kinds {', '.join(kinds)}"
+        )
     c.Type = kinds[0]
     if c.Type in ("http", "tcp", "udp", "grpc", "script") and c.Interval <= 0:
         raise DefinitionError(f"check: Interval is required for {c.Type} checks")
@@ -181,9 +242,26 @@ def parse_check(raw: dict[str, Any], *, service_id: str = "", index: int = 0) ->
 
 
 _SERVICE_KEYS = {
-    "id", "name", "tags", "address", "port", "meta", "weights", "enabletagoverride", "check",
-    "checks", "kind", "proxy", "connect", "taggedaddresses", "socketpath", "namespace",
-    "partition", "locality", "token", "enableTagOverride".lower(),
+    "id",
+    "name",
+    "tags",
+    "address",
+    "port",
+    "meta",
+    "weights",
+    "enabletagoverride",
+    "check",
+    "checks",
+    "kind",
+    "proxy",
+    "connect",
+    "taggedaddresses",
+    "socketpath",
+    "namespace",
+    "partition",
+    "locality",
+    "token",
+    "enableTagOverride".lower(),
 }
 
 
@@ -215,18 +293,31 @@ def parse_service(raw: dict[str, Any]) -> ServiceDefinition:
     if not 0 <= port <= 65535:
         raise DefinitionError(f"{where}: invalid Port {port}")
     w = _fold(_typed(d, "weights", dict, where, {}) or {}, "service.Weights")
-    weights = Weights(Passing=_typed(w, "passing", int, where, 1),
-                      Warning=_typed(w, "warning", int, where, 1))
+    weights = Weights(
+        Passing=_typed(w, "passing", int, where, 1), Warning=_typed(w, "warning", int, where, 1)
+    )
     if weights.Passing < 1:
         raise DefinitionError("service: Passing must be greater than 0")
     kind = _typed(d, "kind", str, where, "")
-    if kind not in ("", "connect-proxy", "mesh-gateway", "terminating-gateway",
-                    "ingress-gateway", "api-gateway"):
+    if kind not in (
+        "",
+        "connect-proxy",
+        "mesh-gateway",
+        "terminating-gateway",
+        "ingress-gateway",
+        "api-gateway",
+    ):
         raise DefinitionError(f"{where}: invalid Kind {kind!r}")
     svc = NodeService(
-        ID=sid, Service=name, Tags=list(tags), Address=_typed(d, "address", str, where, ""),
-        Port=port, Meta=_str_map(d.get("meta"), "Meta", where), Weights=weights,
-        EnableTagOverride=bool(d.get("enabletagoverride", False)), Kind=kind,
+        ID=sid,
+        Service=name,
+        Tags=list(tags),
+        Address=_typed(d, "address", str, where, ""),
+        Port=port,
+        Meta=_str_map(d.get("meta"), "Meta", where),
+        Weights=weights,
+        EnableTagOverride=bool(d.get("enabletagoverride", False)),
+        Kind=kind,
         Proxy=_typed(d, "proxy", dict, where, None),
         Connect=_typed(d, "connect", dict, where, None),
         TaggedAddresses=_typed(d, "taggedaddresses", dict, where, {}),
@@ -242,5 +333,6 @@ def parse_service(raw: dict[str, Any]) -> ServiceDefinition:
     sidecar = None
     if svc.Connect:
         sidecar = {k.lower().replace("_", ""): v for k, v in svc.Connect.items()}.get(
-            "sidecarservice")
+            "sidecarservice"
+        )
     return ServiceDefinition(service=svc, checks=checks, sidecar=sidecar, raw=dict(raw))

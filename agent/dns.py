@@ -25,7 +25,17 @@ from dnslib import CNAME, NS, PTR, SOA, SRV, TXT, DNSBuffer, DNSRecord
 from meshd.structs import HEALTH_CRITICAL, HEALTH_PASSING, HEALTH_WARNING, CheckServiceNode, Node
 
 T_A, T_NS, T_CNAME, T_SOA, T_PTR, T_TXT, T_AAAA, T_SRV, T_OPT, T_ANY = (
-    1, 2, 5, 6, 12, 16, 28, 33, 41, 255)
+    1,
+    2,
+    5,
+    6,
+    12,
+    16,
+    28,
+    33,
+    41,
+    255,
+)
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED, BADVERS = 0, 1, 2, 3, 4, 5, 16
 UDP_PLAIN = 512  # a UDP answer's limit without EDNS0 (RFC 1035)
 EDNS_MAX = 4096  # the most we send over UDP even if a client offers more (fragmentation)
@@ -179,15 +189,23 @@ def service_ttl(cfg: DNSSettings, name: str) -> int:
         return 0
     if name in table:
         return _ttl(table[name])
-    best = max((k for k in table if k.endswith("*") and name.startswith(k[:-1])), key=len,
-               default=None)
+    best = max(
+        (k for k in table if k.endswith("*") and name.startswith(k[:-1])), key=len, default=None
+    )
     return _ttl(table[best]) if best is not None else 0
 
 
 def _flags(req: DNSRecord, rcode: int, aa: bool, tc: bool, ra: bool) -> int:
     h = req.header
-    return (0x8000 | (h.opcode & 0xF) << 11 | aa << 10 | tc << 9 | (h.rd & 1) << 8 | ra << 7
-            | (rcode & 0xF))
+    return (
+        0x8000
+        | (h.opcode & 0xF) << 11
+        | aa << 10
+        | tc << 9
+        | (h.rd & 1) << 8
+        | ra << 7
+        | (rcode & 0xF)
+    )
 
 
 def _question_wire(req: DNSRecord) -> bytes:
@@ -225,7 +243,7 @@ def parse_packet(data: bytes) -> DNSRecord | bytes:
         return b""
     try:
         return DNSRecord.parse(data)
-    except Exception:  # noqa: BLE001  dnslib raises DNSError, but hostile input must not escape
+    except Exception:
         if len(data) < 2:
             return b""
         opcode_rd = (data[2] & 0x79) << 8 if len(data) >= 3 else 0
@@ -318,8 +336,13 @@ def _to_cache(query: _Query, view: DNSView, cfg: DNSSettings) -> None:
     if len(cache) >= _CACHE_MAX:
         cache.clear()
     cache[(query.qlabels, query.qtype)] = (
-        view.version(), query.aa, query.zone, query.rcode,  # type: ignore[attr-defined]
-        list(query.answers), list(query.authority))
+        view.version(),
+        query.aa,
+        query.zone,
+        query.rcode,  # type: ignore[attr-defined]
+        list(query.answers),
+        list(query.authority),
+    )
 
 
 class _Query:
@@ -327,8 +350,20 @@ class _Query:
     carries its own glue so truncation drops an SRV record together with its additional A
     record (Consul's syncExtra)."""
 
-    __slots__ = ("_suffixes", "aa", "answers", "authority", "cfg", "qlabels", "qlow", "qtype",
-                 "rcode", "req", "view", "zone")
+    __slots__ = (
+        "_suffixes",
+        "aa",
+        "answers",
+        "authority",
+        "cfg",
+        "qlabels",
+        "qlow",
+        "qtype",
+        "rcode",
+        "req",
+        "view",
+        "zone",
+    )
 
     def __init__(self, req: DNSRecord, view: DNSView, cfg: DNSSettings) -> None:
         q = req.questions[0]
@@ -382,8 +417,13 @@ class _Query:
     def soa(self) -> None:
         """RFC 2308: negative answers carry the zone's SOA so resolvers know how long to cache."""
         cfg, zone = self.cfg, self.zone
-        times = (int(time.time()) & 0xFFFFFFFF, cfg.soa_refresh, cfg.soa_retry, cfg.soa_expire,
-                 cfg.soa_min_ttl)
+        times = (
+            int(time.time()) & 0xFFFFFFFF,
+            cfg.soa_refresh,
+            cfg.soa_retry,
+            cfg.soa_expire,
+            cfg.soa_min_ttl,
+        )
         rdata = _rdata(SOA, (b"ns", *zone), (b"hostmaster", *zone), times)
         self.authority.append(self.rr(zone, T_SOA, _ttl(cfg.soa_min_ttl), rdata))
 
@@ -452,8 +492,9 @@ class _Query:
                 weight = (weights.Warning if warn else weights.Passing) if weights else 1
                 target, glue = self.srv_target(inst, ttl)
                 if target is not None:
-                    rdata = _rdata(SRV, 1, min(max(weight, 0), 0xFFFF), inst.Service.Port & 0xFFFF,
-                                   target)
+                    rdata = _rdata(
+                        SRV, 1, min(max(weight, 0), 0xFFFF), inst.Service.Port & 0xFFFF, target
+                    )
                     self.add(T_SRV, ttl, rdata, glue)
         if not self.answers:
             self.soa()
@@ -497,7 +538,7 @@ class _Query:
         if self.qtype in (T_TXT, T_ANY):
             for key, value in node.Meta.items():
                 text = (value if key.startswith("rfc1035-") else f"{key}={value}").encode()
-                chunks = tuple(text[i:i + 255] for i in range(0, len(text), 255)) or (b"",)
+                chunks = tuple(text[i : i + 255] for i in range(0, len(text), 255)) or (b"",)
                 self.add(T_TXT, ttl, _rdata(TXT, chunks))
         if not self.answers:
             self.soa()
@@ -594,12 +635,14 @@ class _Query:
             ar.append(opt)
         flags = _flags(self.req, self.rcode, self.aa, tc, bool(cfg.recursors))
         head = _HEADER.pack(self.req.header.id, flags, 1, len(an), len(authority), len(ar))
-        return DNSOutcome(b"".join((head, qwire, *an, *authority, *ar)), rcode=self.rcode,
-                          truncated=tc)
+        return DNSOutcome(
+            b"".join((head, qwire, *an, *authority, *ar)), rcode=self.rcode, truncated=tc
+        )
 
 
-def _healthy(instances: list[CheckServiceNode], only_passing: bool,
-             tag: str | None) -> list[tuple[CheckServiceNode, bool]]:
+def _healthy(
+    instances: list[CheckServiceNode], only_passing: bool, tag: str | None
+) -> list[tuple[CheckServiceNode, bool]]:
     """(instance, has a warning) for the instances DNS may hand out: any critical check (which
     includes maintenance) hides an instance, and with only_passing so does a warning."""
     out = []

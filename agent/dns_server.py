@@ -20,8 +20,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from dnslib import DNSRecord
-
-from agent.dns import (
+from meshd.agent.dns import (
     SERVFAIL,
     TCP_MAX,
     UDP_PLAIN,
@@ -43,7 +42,7 @@ TCP_IO_TIMEOUT = 5.0  # to finish reading one message once its length arrived (s
 
 
 def parse_recursor(spec: str) -> tuple[str, int]:
-    """"ip", "ip:port", "[v6]:port" or a bare IPv6 address -> (ip, port); ValueError if not."""
+    """ "ip", "ip:port", "[v6]:port" or a bare IPv6 address -> (ip, port); ValueError if not."""
     spec = spec.strip()
     host, port = spec, 53
     if spec.startswith("["):
@@ -148,19 +147,22 @@ class DNSServer:
         """Bind TCP first, then UDP on the same port (with port 0, the port TCP got), so clients
         that fall back to TCP after a truncated UDP answer find us where they asked."""
         loop = asyncio.get_running_loop()
-        self._tcp = await asyncio.start_server(self._serve_tcp, self.host, self.port,
-                                               reuse_address=True)
+        self._tcp = await asyncio.start_server(
+            self._serve_tcp, self.host, self.port, reuse_address=True
+        )
         self.tcp_port = self._tcp.sockets[0].getsockname()[1]
         family = self._tcp.sockets[0].family
         try:
             self._udp, _ = await loop.create_datagram_endpoint(
-                lambda: _UDPProtocol(self), local_addr=(self.host, self.tcp_port), family=family)
+                lambda: _UDPProtocol(self), local_addr=(self.host, self.tcp_port), family=family
+            )
         except OSError:
             if self.port:
                 self._tcp.close()
                 raise
             self._udp, _ = await loop.create_datagram_endpoint(
-                lambda: _UDPProtocol(self), local_addr=(self.host, 0), family=family)
+                lambda: _UDPProtocol(self), local_addr=(self.host, 0), family=family
+            )
         self.udp_port = self._udp.get_extra_info("sockname")[1]
         log.info("dns: listening on %s udp/%d tcp/%d", self.host, self.udp_port, self.tcp_port)
 
@@ -259,8 +261,9 @@ class DNSServer:
 
     def _servfail(self, data: bytes) -> bytes:
         request = parse_packet(data)
-        return request if isinstance(request, bytes) else error_response(
-            request, SERVFAIL, self.cfg)
+        return (
+            request if isinstance(request, bytes) else error_response(request, SERVFAIL, self.cfg)
+        )
 
     async def forward(self, data: bytes, *, tcp: bool) -> bytes:
         """Ask each recursor in turn; the first response wins, SERVFAIL if none gives one.
@@ -280,7 +283,8 @@ class DNSServer:
         qid = secrets.token_bytes(2)
         done: asyncio.Future[bytes] = loop.create_future()
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: _UpstreamProtocol(qid, done), remote_addr=(host, port))
+            lambda: _UpstreamProtocol(qid, done), remote_addr=(host, port)
+        )
         try:
             transport.sendto(qid + data[2:])
             return await asyncio.wait_for(done, self.cfg.recursor_timeout)

@@ -8,13 +8,15 @@ the fleet's renewals), and at once when the CA's active root changes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.backend import CatalogBackend
+from meshd.agent.backend import CatalogBackend
+
 from meshd.rpc import SignRequest
 
 log = logging.getLogger("meshd.leaf")
@@ -34,8 +36,9 @@ class Leaf:
 
 
 class LeafManager:
-    def __init__(self, backend: CatalogBackend, datacenter: str,
-                 on_change: Callable[[], None]) -> None:
+    def __init__(
+        self, backend: CatalogBackend, datacenter: str, on_change: Callable[[], None]
+    ) -> None:
         self.backend = backend
         self.datacenter = datacenter
         self.on_change = on_change
@@ -78,11 +81,10 @@ class LeafManager:
         if leaf.index > index:
             return leaf
         async with self._changed:
-            try:
-                await asyncio.wait_for(self._changed.wait_for(
-                    lambda: self.leaves[service].index > index), timeout)
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._changed.wait_for(lambda: self.leaves[service].index > index), timeout
+                )
         return self.leaves[service]
 
     async def _loop(self, service: str) -> None:
@@ -106,7 +108,7 @@ class LeafManager:
             # the certificate's NotBefore is backdated for clock skew; the renewal window is a
             # share of the lifetime from when we got it
             issued = dt.datetime.now(dt.UTC)
-            from agent.leafkeys import renew_at
+            from meshd.agent.leafkeys import renew_at
 
             when = renew_at(min(issued, leaf.valid_before), leaf.valid_before, random)
             delay = (when - dt.datetime.now(dt.UTC)).total_seconds()
@@ -114,21 +116,26 @@ class LeafManager:
 
     async def _issue(self, service: str) -> Leaf:
         # cryptography is only needed once a local service takes part in the mesh
-        from agent.leafkeys import new_key_and_csr
+        from meshd.agent.leafkeys import new_key_and_csr
 
         while not self.trust_domain:
             await asyncio.sleep(0.1)
         key_pem, csr_pem = await asyncio.to_thread(
-            new_key_and_csr, self.trust_domain, self.datacenter, service)
+            new_key_and_csr, self.trust_domain, self.datacenter, service
+        )
         reply = await self.backend.sign(SignRequest(CSR=csr_pem, Service=service))
         self._counter += 1
-        return Leaf(service=service, key_pem=key_pem, cert_pem=reply.CertPEM,
-                    serial=reply.SerialNumber,
-                    valid_after=dt.datetime.fromisoformat(reply.ValidAfter),
-                    valid_before=dt.datetime.fromisoformat(reply.ValidBefore),
-                    root_id=reply.RootID, index=self._counter,
-                    spiffe_id=f"spiffe://{self.trust_domain}/ns/default/dc/{self.datacenter}"
-                              f"/svc/{service}")
+        return Leaf(
+            service=service,
+            key_pem=key_pem,
+            cert_pem=reply.CertPEM,
+            serial=reply.SerialNumber,
+            valid_after=dt.datetime.fromisoformat(reply.ValidAfter),
+            valid_before=dt.datetime.fromisoformat(reply.ValidBefore),
+            root_id=reply.RootID,
+            index=self._counter,
+            spiffe_id=f"spiffe://{self.trust_domain}/ns/default/dc/{self.datacenter}/svc/{service}",
+        )
 
     def drop(self, service: str) -> None:
         task = self._tasks.pop(service, None)

@@ -33,18 +33,21 @@ def new_key_and_csr(trust_domain: str, dc: str, service: str) -> tuple[str, str]
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, service[:64])]))
-        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]),
-                       critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=False
+        )
         .sign(key, hashes.SHA256())
     )
     key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()).decode()
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
     return key_pem, csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
 def renew_at(
-    not_before: dt.datetime, not_after: dt.datetime, rng: _Uniform = random,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+    rng: _Uniform = random,
 ) -> dt.datetime:
     """A random moment in 60-90% of the lifetime (Consul's window): early enough to survive a
     server outage, spread out so a fleet issued at once does not renew in one burst."""

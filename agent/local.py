@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import msgspec
+from meshd.agent.definitions import CheckDefinition
 
-from agent.definitions import CheckDefinition
 from meshd.structs import (
     HEALTH_CRITICAL,
     NODE_MAINT_CHECK_ID,
@@ -24,12 +24,12 @@ from meshd.structs import (
 replace = msgspec.structs.replace
 
 
-class UnknownService(KeyError):
+class UnknownServiceError(KeyError):
     def __str__(self) -> str:
         return f'Unknown service ID "{self.args[0]}"'
 
 
-class UnknownCheck(KeyError):
+class UnknownCheckError(KeyError):
     def __str__(self) -> str:
         return f'Unknown check ID "{self.args[0]}"'
 
@@ -76,8 +76,9 @@ class LocalState:
 
     # ---- services -------------------------------------------------------------------------
 
-    def add_service(self, svc: NodeService, checks: list[CheckDefinition],
-                    replace_checks: bool = False) -> list[str]:
+    def add_service(
+        self, svc: NodeService, checks: list[CheckDefinition], replace_checks: bool = False
+    ) -> list[str]:
         """Returns the IDs of checks dropped (so the runner can stop them)."""
         svc = replace(svc, Datacenter="")
         self.services[svc.ID] = svc
@@ -100,7 +101,7 @@ class LocalState:
 
     def remove_service(self, sid: str) -> list[str]:
         if sid not in self.services:
-            raise UnknownService(sid)
+            raise UnknownServiceError(sid)
         del self.services[sid]
         dropped = [cid for cid, lc in self.checks.items() if lc.check.ServiceID == sid]
         for cid in dropped:
@@ -113,11 +114,15 @@ class LocalState:
     def add_check(self, d: CheckDefinition, notify: bool = True) -> None:
         svc = self.services.get(d.ServiceID) if d.ServiceID else None
         if d.ServiceID and svc is None:
-            raise UnknownService(d.ServiceID)
+            raise UnknownServiceError(d.ServiceID)
         old = self.checks.get(d.CheckID)
         check = d.to_health_check(self.node, svc)
-        if old is not None and old.definition is not None and d.raw.get("Status") is None \
-                and d.raw.get("status") is None:
+        if (
+            old is not None
+            and old.definition is not None
+            and d.raw.get("Status") is None
+            and d.raw.get("status") is None
+        ):
             # re-registering keeps the current status, as Consul does
             check = replace(check, Status=old.check.Status, Output=old.check.Output)
         self.checks[d.CheckID] = LocalCheck(check=check, definition=d)
@@ -127,14 +132,14 @@ class LocalState:
 
     def remove_check(self, cid: str) -> None:
         if cid not in self.checks:
-            raise UnknownCheck(cid)
+            raise UnknownCheckError(cid)
         del self.checks[cid]
         self._changed(checks=[cid])
 
     def set_status(self, cid: str, status: str, output: str) -> bool:
         lc = self.checks.get(cid)
         if lc is None:
-            raise UnknownCheck(cid)
+            raise UnknownCheckError(cid)
         if lc.check.Status == status and lc.check.Output == output:
             return False
         lc.check = replace(lc.check, Status=status, Output=output)
@@ -145,31 +150,50 @@ class LocalState:
 
     def set_service_maintenance(self, sid: str, enable: bool, reason: str) -> None:
         if sid not in self.services:
-            raise UnknownService(sid)
+            raise UnknownServiceError(sid)
         cid = service_maint_check_id(sid)
         if enable:
             svc = self.services[sid]
-            self.checks[cid] = LocalCheck(HealthCheck(
-                Node=self.node, CheckID=cid, Name="Service Maintenance Mode",
-                Status=HEALTH_CRITICAL, ServiceID=sid, ServiceName=svc.Service,
-                ServiceTags=list(svc.Tags), Type="maintenance",
-                Notes=reason or "Maintenance mode is enabled for this service, but no reason "
-                "was provided. This is a default message."))
+            self.checks[cid] = LocalCheck(
+                HealthCheck(
+                    Node=self.node,
+                    CheckID=cid,
+                    Name="Service Maintenance Mode",
+                    Status=HEALTH_CRITICAL,
+                    ServiceID=sid,
+                    ServiceName=svc.Service,
+                    ServiceTags=list(svc.Tags),
+                    Type="maintenance",
+                    Notes=reason
+                    or "Maintenance mode is enabled for this service, but no reason "
+                    "was provided. This is a default message.",
+                )
+            )
         elif cid in self.checks:
             del self.checks[cid]
         self._changed(checks=[cid])
 
     def set_node_maintenance(self, enable: bool, reason: str) -> None:
         if enable:
-            self.checks[NODE_MAINT_CHECK_ID] = LocalCheck(HealthCheck(
-                Node=self.node, CheckID=NODE_MAINT_CHECK_ID, Name="Node Maintenance Mode",
-                Status=HEALTH_CRITICAL, Type="maintenance",
-                Notes=reason or "Maintenance mode is enabled for this node, but no reason was "
-                "provided. This is a default message."))
+            self.checks[NODE_MAINT_CHECK_ID] = LocalCheck(
+                HealthCheck(
+                    Node=self.node,
+                    CheckID=NODE_MAINT_CHECK_ID,
+                    Name="Node Maintenance Mode",
+                    Status=HEALTH_CRITICAL,
+                    Type="maintenance",
+                    Notes=reason
+                    or "Maintenance mode is enabled for this node, but no reason was "
+                    "provided. This is a default message.",
+                )
+            )
         else:
             self.checks.pop(NODE_MAINT_CHECK_ID, None)
         self._changed(checks=[NODE_MAINT_CHECK_ID])
 
     def service_checks(self, sid: str) -> list[HealthCheck]:
-        return [lc.check for lc in self.checks.values()
-                if lc.check.ServiceID == sid or not lc.check.ServiceID]
+        return [
+            lc.check
+            for lc in self.checks.values()
+            if lc.check.ServiceID == sid or not lc.check.ServiceID
+        ]

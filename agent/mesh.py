@@ -15,16 +15,17 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from agent.backend import CatalogBackend
-from agent.leaf import LeafManager
+from meshd.agent.backend import CatalogBackend
+from meshd.agent.leaf import LeafManager
+from meshd.proxy.ads import ADSServer
+from meshd.proxy.snapshot import Endpoint, ProxySnapshot, RBACPlan, RBACRule, Upstream
+from meshd.server.intentions import flatten, rbac_for_destination
+
 from meshd import queries as q
 from meshd.structs import HEALTH_CRITICAL, CheckServiceNode, NodeService
-from proxy.ads import ADSServer
-from proxy.snapshot import Endpoint, ProxySnapshot, RBACPlan, RBACRule, Upstream
-from server.intentions import flatten, rbac_for_destination
 
 if TYPE_CHECKING:
-    from agent.agent import Agent
+    from meshd.agent.agent import Agent
 
 log = logging.getLogger("meshd.mesh")
 
@@ -45,8 +46,9 @@ class Watch:
         backoff = 0.1
         while True:
             try:
-                res = await self._backend.read(self.query, min_index=self.index, wait=300.0,
-                                               consistency="stale")
+                res = await self._backend.read(
+                    self.query, min_index=self.index, wait=300.0, consistency="stale"
+                )
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # keep the last value; the servers may be electing
@@ -72,8 +74,13 @@ def healthy_endpoints(rows: list[CheckServiceNode]) -> list[Endpoint]:
     for r in rows:
         if any(c.Status == HEALTH_CRITICAL for c in r.Checks):
             continue
-        out.append(Endpoint(address=r.Service.Address or r.Node.Address, port=r.Service.Port,
-                            weight=max(r.Service.Weights.Passing, 1)))
+        out.append(
+            Endpoint(
+                address=r.Service.Address or r.Node.Address,
+                port=r.Service.Port,
+                weight=max(r.Service.Weights.Passing, 1),
+            )
+        )
     out.sort(key=lambda e: (e.address, e.port))
     return out
 
@@ -86,11 +93,17 @@ def protocol_of(entries: list[dict[str, Any]], service: str) -> str:
 
 
 def to_plan(plan: Any) -> RBACPlan:
-    return RBACPlan(mode=plan.mode, rules=[
-        RBACRule(sources_included=list(r.sources_included),
-                 sources_excluded=list(r.sources_excluded),
-                 permissions=None if r.permissions is None else list(r.permissions))
-        for r in plan.rules])
+    return RBACPlan(
+        mode=plan.mode,
+        rules=[
+            RBACRule(
+                sources_included=list(r.sources_included),
+                sources_excluded=list(r.sources_excluded),
+                permissions=None if r.permissions is None else list(r.permissions),
+            )
+            for r in plan.rules
+        ],
+    )
 
 
 class MeshManager:
@@ -112,8 +125,11 @@ class MeshManager:
     async def start(self) -> None:
         await self.ads.start()
         self.ads.set_default_provider(self._provide_proxyless)
-        for query in (q.CARoots(), q.ConfigEntries(Kind="service-intentions"),
-                      q.ConfigEntries(Kind="service-defaults")):
+        for query in (
+            q.CARoots(),
+            q.ConfigEntries(Kind="service-intentions"),
+            q.ConfigEntries(Kind="service-defaults"),
+        ):
             self._watch(query)
         self._task = asyncio.create_task(self._builder(), name="mesh builder")
         self.trigger()
@@ -152,16 +168,20 @@ class MeshManager:
         roots = self._value(q.CARoots())
         if roots:
             self.leaves.set_roots(roots["TrustDomain"], roots["ActiveRootID"])
-        proxies = {sid: s for sid, s in self.agent.local.services.items()
-                   if s.Kind == "connect-proxy"}
+        proxies = {
+            sid: s for sid, s in self.agent.local.services.items() if s.Kind == "connect-proxy"
+        }
         served = {(s.Proxy or {}).get("DestinationServiceName") for s in proxies.values()}
         for gone in set(self._snapshots) - set(proxies):
             snap = self._snapshots.pop(gone)
             self.ads.set_snapshot(gone, None)
             if snap.service not in served:
                 self.leaves.drop(snap.service)  # no sidecar left: stop renewing its leaf
-        wanted = {q.CARoots(), q.ConfigEntries(Kind="service-intentions"),
-                  q.ConfigEntries(Kind="service-defaults")}
+        wanted = {
+            q.CARoots(),
+            q.ConfigEntries(Kind="service-intentions"),
+            q.ConfigEntries(Kind="service-defaults"),
+        }
         for sid, svc in proxies.items():
             for up in (svc.Proxy or {}).get("Upstreams") or []:
                 wanted.add(q.ServiceNodes(Service=up["DestinationName"], Connect=True))
@@ -197,7 +217,7 @@ class MeshManager:
                 continue  # absent rather than empty: a client waits instead of failing
             rows = [r for r in watch.value or [] if r.Service.Kind == ""]
             services[name] = healthy_endpoints(rows)
-        from proxy.proxyless import proxyless_resources  # Envoy protos: only when used
+        from meshd.proxy.proxyless import proxyless_resources  # Envoy protos: only when used
 
         resources = proxyless_resources(services)
         if resources != self._proxyless:
@@ -216,26 +236,41 @@ class MeshManager:
         defaults = self._value(q.ConfigEntries(Kind="service-defaults")) or []
         intentions = flatten(self._value(q.ConfigEntries(Kind="service-intentions")) or [])
         protocol = protocol_of(defaults, dest)
-        plan = rbac_for_destination(intentions, dest,
-                                    self.agent.config.default_intention_policy == "allow",
-                                    http=protocol != "tcp")
+        plan = rbac_for_destination(
+            intentions,
+            dest,
+            self.agent.config.default_intention_policy == "allow",
+            http=protocol != "tcp",
+        )
         upstreams = []
         for up in proxy.get("Upstreams") or []:
             name = up["DestinationName"]
             rows = self._value(q.ServiceNodes(Service=name, Connect=True)) or []
-            upstreams.append(Upstream(
-                destination_name=name, local_bind_port=int(up["LocalBindPort"]),
-                local_bind_address=up.get("LocalBindAddress") or "127.0.0.1",
-                protocol=protocol_of(defaults, name), endpoints=healthy_endpoints(rows)))
+            upstreams.append(
+                Upstream(
+                    destination_name=name,
+                    local_bind_port=int(up["LocalBindPort"]),
+                    local_bind_address=up.get("LocalBindAddress") or "127.0.0.1",
+                    protocol=protocol_of(defaults, name),
+                    endpoints=healthy_endpoints(rows),
+                )
+            )
         return ProxySnapshot(
-            proxy_id=sid, service=dest, trust_domain=roots["TrustDomain"],
+            proxy_id=sid,
+            service=dest,
+            trust_domain=roots["TrustDomain"],
             datacenter=self.agent.config.datacenter,
             public_listener_address=svc.Address or "0.0.0.0",
             public_listener_port=svc.Port,
             local_app_address=proxy.get("LocalServiceAddress") or "127.0.0.1",
-            local_app_port=int(proxy.get("LocalServicePort") or 0), protocol=protocol,
-            upstreams=upstreams, rbac=to_plan(plan), leaf_cert_pem=leaf.cert_pem,
-            leaf_key_pem=leaf.key_pem, roots_pem=[r["RootCert"] for r in roots["Roots"]])
+            local_app_port=int(proxy.get("LocalServicePort") or 0),
+            protocol=protocol,
+            upstreams=upstreams,
+            rbac=to_plan(plan),
+            leaf_cert_pem=leaf.cert_pem,
+            leaf_key_pem=leaf.key_pem,
+            roots_pem=[r["RootCert"] for r in roots["Roots"]],
+        )
 
 
 def snapshot_key(snap: ProxySnapshot) -> ProxySnapshot:

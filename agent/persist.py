@@ -7,6 +7,7 @@ one JSON file, written atomically (temp file, fsync, rename).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from hashlib import sha256
@@ -34,17 +35,14 @@ class Persisted:
         d = self._dir(kind)
         if d is None:
             return
-        atomic_write_json(os.path.join(d, self._name(key)), {"key": key, "definition": raw},
-                          0o600)
+        atomic_write_json(os.path.join(d, self._name(key)), {"key": key, "definition": raw}, 0o600)
 
     def _drop(self, kind: str, key: str) -> None:
         d = self._dir(kind)
         if d is None:
             return
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(d, self._name(key)))
-        except FileNotFoundError:
-            pass
 
     def _all(self, kind: str) -> dict[str, dict[str, Any]]:
         d = self._dir(kind)

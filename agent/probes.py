@@ -17,9 +17,9 @@ import socket
 from typing import Any
 
 import aiohttp
+from meshd.agent.definitions import CheckDefinition
 from multidict import CIMultiDict
 
-from agent.definitions import CheckDefinition
 from meshd.structs import HEALTH_CRITICAL, HEALTH_PASSING, HEALTH_WARNING
 
 Result = tuple[str, str]  # (status, output)
@@ -98,9 +98,13 @@ async def probe_http(session: aiohttp.ClientSession, d: CheckDefinition) -> Resu
     try:
         async with asyncio.timeout(timeout_of(d)):
             async with session.request(
-                method, d.HTTP, headers=headers, data=d.Body.encode() if d.Body else None,
+                method,
+                d.HTTP,
+                headers=headers,
+                data=d.Body.encode() if d.Body else None,
                 ssl=not d.TLSSkipVerify,
-                allow_redirects=not _disable_redirects(d), max_redirects=10,
+                allow_redirects=not _disable_redirects(d),
+                max_redirects=10,
             ) as resp:
                 body = bytearray()
                 while len(body) < limit:
@@ -182,8 +186,11 @@ async def probe_grpc(d: CheckDefinition) -> Result:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     addr, _, service = d.GRPC.partition("/")
-    channel = (grpc.aio.secure_channel(addr, grpc.ssl_channel_credentials()) if d.GRPCUseTLS
-               else grpc.aio.insecure_channel(addr))
+    channel = (
+        grpc.aio.secure_channel(addr, grpc.ssl_channel_credentials())
+        if d.GRPCUseTLS
+        else grpc.aio.insecure_channel(addr)
+    )
     try:
         stub = health_pb2_grpc.HealthStub(channel)
         req = health_pb2.HealthCheckRequest(service=service)
@@ -192,8 +199,9 @@ async def probe_grpc(d: CheckDefinition) -> Result:
     except TimeoutError:
         return HEALTH_CRITICAL, f"gRPC {d.GRPC}: timed out after {_secs(timeout_of(d))}"
     except grpc.aio.AioRpcError as e:
-        return HEALTH_CRITICAL, (f"gRPC {d.GRPC}: rpc error: code = {e.code().name} "
-                                 f"desc = {e.details()}")
+        return HEALTH_CRITICAL, (
+            f"gRPC {d.GRPC}: rpc error: code = {e.code().name} desc = {e.details()}"
+        )
     finally:
         await channel.close()
     if resp.status != health_pb2.HealthCheckResponse.SERVING:
@@ -218,7 +226,7 @@ class _Tail:
         self.total += len(data)
         self.buf += data
         if len(self.buf) > self.size:
-            del self.buf[:len(self.buf) - self.size]
+            del self.buf[: len(self.buf) - self.size]
 
     def text(self) -> str:
         s = self.buf.decode("utf-8", "replace")
@@ -246,9 +254,15 @@ async def probe_script(d: CheckDefinition) -> Result:
     out = _Tail(output_max(d))
     # Shielded: a cancel that lands mid-spawn (check removed) would otherwise leave asyncio to
     # kill only the direct child, orphaning whatever the script already forked.
-    spawn = asyncio.ensure_future(asyncio.create_subprocess_exec(
-        *d.Args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, start_new_session=True))
+    spawn = asyncio.ensure_future(
+        asyncio.create_subprocess_exec(
+            *d.Args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+    )
     try:
         proc = await asyncio.shield(spawn)
     except (OSError, ValueError) as e:
@@ -279,6 +293,7 @@ async def probe_script(d: CheckDefinition) -> Result:
         await _reap(proc)
         raise
     code = proc.returncode
-    status = {0: HEALTH_PASSING, 1: HEALTH_WARNING}.get(code if code is not None else -1,
-                                                         HEALTH_CRITICAL)
+    status = {0: HEALTH_PASSING, 1: HEALTH_WARNING}.get(
+        code if code is not None else -1, HEALTH_CRITICAL
+    )
     return status, out.text()

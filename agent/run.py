@@ -9,7 +9,8 @@ import os
 import signal
 import sys
 
-from agent.agent import Agent, StartError
+from meshd.agent.agent import Agent, StartError
+
 from meshd.config import Config
 
 
@@ -26,10 +27,14 @@ async def _main(cfg: Config) -> int:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
-    print(f"==> meshd agent running (node {cfg.node_name}, datacenter {cfg.datacenter})",
-          flush=True)
-    print(f"    HTTP: {cfg.client_addr}:{cfg.ports.http}  DNS: {cfg.client_addr}:{cfg.ports.dns}"
-          f"  gRPC: {cfg.client_addr}:{cfg.ports.grpc}", flush=True)
+    print(
+        f"==> meshd agent running (node {cfg.node_name}, datacenter {cfg.datacenter})", flush=True
+    )
+    print(
+        f"    HTTP: {cfg.client_addr}:{cfg.ports.http}  DNS: {cfg.client_addr}:{cfg.ports.dns}"
+        f"  gRPC: {cfg.client_addr}:{cfg.ports.grpc}",
+        flush=True,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -39,7 +44,7 @@ async def _main(cfg: Config) -> int:
         print("==> leaving the cluster", flush=True)
         try:
             await asyncio.wait_for(agent.leave(), 10)
-        except Exception as e:  # noqa: BLE001 - shutting down anyway; say why the leave failed
+        except Exception as e:
             print(f"    leave failed: {e}", flush=True)
     print("==> shutting down", flush=True)
     await agent.stop()
@@ -47,8 +52,10 @@ async def _main(cfg: Config) -> int:
 
 
 def run_agent(cfg: Config) -> int:
-    logging.basicConfig(level=getattr(logging, cfg.log_level.upper(), logging.INFO),
-                        format="%(asctime)s [%(levelname)s] %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, cfg.log_level.upper(), logging.INFO),
+        format="%(asctime)s [%(levelname)s] %(name)s: %(message)s",
+    )
     logging.getLogger("pysyncobj").setLevel(logging.WARNING)
     if os.environ.get("MESHD_EVENT_LOOP", "uvloop") == "uvloop":
         try:

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.definitions import DefinitionError, ServiceDefinition, parse_service
+from meshd.agent.definitions import DefinitionError, ServiceDefinition, parse_service
 
 PORT_MIN, PORT_MAX = 21000, 21255
 
 
 def _fold(d: Any) -> dict[str, Any]:
-    return {k.lower().replace("_", ""): v for k, v in (d or {}).items()} if isinstance(
-        d, dict) else {}
+    return (
+        {k.lower().replace("_", ""): v for k, v in (d or {}).items()} if isinstance(d, dict) else {}
+    )
 
 
 def expand_sidecar(defn: ServiceDefinition, used_ports: set[int]) -> ServiceDefinition | None:
@@ -26,8 +27,9 @@ def expand_sidecar(defn: ServiceDefinition, used_ports: set[int]) -> ServiceDefi
     svc = defn.service
     sc = _fold(defn.sidecar)
     proxy = _fold(sc.get("proxy"))
-    port = sc.get("port") or next((p for p in range(PORT_MIN, PORT_MAX + 1)
-                                   if p not in used_ports), None)
+    port = sc.get("port") or next(
+        (p for p in range(PORT_MIN, PORT_MAX + 1) if p not in used_ports), None
+    )
     if port is None:
         raise DefinitionError("no free sidecar port in 21000-21255")
     upstreams = []
@@ -39,26 +41,46 @@ def expand_sidecar(defn: ServiceDefinition, used_ports: set[int]) -> ServiceDefi
             raise DefinitionError(f"sidecar upstream {i}: destination_name is required")
         if not isinstance(bind, int) or isinstance(bind, bool) or not 0 < bind < 65536:
             raise DefinitionError(f"sidecar upstream {i}: local_bind_port must be a port")
-        upstreams.append({"DestinationType": "service", "DestinationName": name,
-                          "LocalBindPort": bind,
-                          "LocalBindAddress": up.get("localbindaddress") or "127.0.0.1"})
+        upstreams.append(
+            {
+                "DestinationType": "service",
+                "DestinationName": name,
+                "LocalBindPort": bind,
+                "LocalBindAddress": up.get("localbindaddress") or "127.0.0.1",
+            }
+        )
     sid = f"{svc.ID}-sidecar-proxy"
     raw = {
-        "ID": sid, "Name": f"{svc.Service}-sidecar-proxy", "Kind": "connect-proxy",
-        "Port": port, "Address": sc.get("address") or svc.Address or "",
-        "Tags": list(sc.get("tags") or svc.Tags), "Meta": dict(sc.get("meta") or svc.Meta),
+        "ID": sid,
+        "Name": f"{svc.Service}-sidecar-proxy",
+        "Kind": "connect-proxy",
+        "Port": port,
+        "Address": sc.get("address") or svc.Address or "",
+        "Tags": list(sc.get("tags") or svc.Tags),
+        "Meta": dict(sc.get("meta") or svc.Meta),
         "Proxy": {
-            "DestinationServiceName": svc.Service, "DestinationServiceID": svc.ID,
+            "DestinationServiceName": svc.Service,
+            "DestinationServiceID": svc.ID,
             "LocalServiceAddress": proxy.get("localserviceaddress") or "127.0.0.1",
             "LocalServicePort": proxy.get("localserviceport") or svc.Port,
-            "Upstreams": upstreams, "Config": dict(proxy.get("config") or {}),
+            "Upstreams": upstreams,
+            "Config": dict(proxy.get("config") or {}),
         },
         # an explicit `checks = []` means none; absent means Consul's two defaults
-        "Checks": sc["checks"] if sc.get("checks") is not None else [
-            {"Name": "Connect Sidecar Listening", "CheckID": f"service:{sid}:1",
-             "TCP": f"{(sc.get('address') or '127.0.0.1')}:{port}", "Interval": "1s"},
-            {"Name": "Connect Sidecar Aliasing", "CheckID": f"service:{sid}:2",
-             "AliasService": svc.ID},
+        "Checks": sc["checks"]
+        if sc.get("checks") is not None
+        else [
+            {
+                "Name": "Connect Sidecar Listening",
+                "CheckID": f"service:{sid}:1",
+                "TCP": f"{(sc.get('address') or '127.0.0.1')}:{port}",
+                "Interval": "1s",
+            },
+            {
+                "Name": "Connect Sidecar Aliasing",
+                "CheckID": f"service:{sid}:2",
+                "AliasService": svc.ID,
+            },
         ],
     }
     return parse_service(raw)

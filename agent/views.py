@@ -6,11 +6,12 @@ has an async `prepare` that warms the cache for the name asked before the answer
 
 from __future__ import annotations
 
-from agent.cache import CatalogCache
+from meshd.agent.cache import CatalogCache
+from meshd.server.reads import run_query
+from meshd.server.store import Store
+
 from meshd import queries as q
 from meshd.structs import CheckServiceNode, Node
-from server.reads import run_query
-from server.store import Store
 
 
 class StoreView:
@@ -61,7 +62,7 @@ class CacheView:
         labels = qname.lower().rstrip(".").split(".")
         for dom in domains:
             d = dom.lower().rstrip(".").split(".")
-            if labels[-len(d):] == d:
+            if labels[-len(d) :] == d:
                 labels = labels[: -len(d)]
                 break
         else:

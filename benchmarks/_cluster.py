@@ -14,6 +14,7 @@ them exits).
 from __future__ import annotations
 
 import base64
+import contextlib
 import ctypes
 import http.client
 import json
@@ -37,10 +38,8 @@ T = TypeVar("T")
 
 def _pdeathsig() -> None:
     """preexec_fn: SIGTERM this child if the benchmark process disappears (Linux only)."""
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 # --------------------------------------------------------------------------- processes
@@ -59,9 +58,15 @@ class Proc:
     def start(self) -> Proc:
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the fd
             self.popen = subprocess.Popen(
-                self.args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_pdeathsig,
-                env=self.env)
+                self.args,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_pdeathsig,
+                env=self.env,
+            )
         return self
 
     @property
@@ -114,8 +119,9 @@ class Procs:
     def __enter__(self) -> Procs:
         return self
 
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def add(self, name: str, args: Sequence[str], env: dict[str, str] | None = None) -> Proc:
@@ -132,8 +138,13 @@ class Procs:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def wait_until(pred: Callable[[], T], timeout: float, what: str,
-               interval: float = 0.05, logs: Callable[[], str] | None = None) -> T:
+def wait_until(
+    pred: Callable[[], T],
+    timeout: float,
+    what: str,
+    interval: float = 0.05,
+    logs: Callable[[], str] | None = None,
+) -> T:
     """Poll `pred` until it returns something truthy; BenchError (with logs) after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
@@ -152,8 +163,14 @@ def wait_until(pred: Callable[[], T], timeout: float, what: str,
 # --------------------------------------------------------------------------- small HTTP
 
 
-def request(port: int, method: str, path: str, body: Any = None, timeout: float = 5.0,
-            headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+def request(
+    port: int,
+    method: str,
+    path: str,
+    body: Any = None,
+    timeout: float = 5.0,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, bytes]:
     """One request on a fresh connection to 127.0.0.1:port; (status, body). Raises OSError."""
     data: bytes | None = None
     if body is not None:
@@ -183,8 +200,9 @@ def meshd_cmd(*args: str) -> list[str]:
 
 def meshd_env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"]
-                                     if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = str(REPO) + (
+        os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
+    )
     return env
 
 
@@ -226,25 +244,45 @@ class MeshdNode:
         return value if isinstance(value, list) else []
 
 
-def start_meshd(procs: Procs, name: str, mode: str, *, retry_join: Sequence[str] = (),
-                bootstrap_expect: int = 1, encrypt: str | None = None, grpc: bool = False,
-                log_level: str = "warn", config: dict[str, Any] | None = None) -> MeshdNode:
+def start_meshd(
+    procs: Procs,
+    name: str,
+    mode: str,
+    *,
+    retry_join: Sequence[str] = (),
+    bootstrap_expect: int = 1,
+    encrypt: str | None = None,
+    grpc: bool = False,
+    log_level: str = "warn",
+    config: dict[str, Any] | None = None,
+) -> MeshdNode:
     """Start (not wait for) an agent. mode: "server" (non-dev, data dir), "client" or "dev"."""
     http_port, server_port, raft_port = free_ports(3)
     grpc_port = free_port() if grpc else -1
     data_dir = procs.dir / name
     data_dir.mkdir(parents=True, exist_ok=True)
-    args = meshd_cmd("agent", f"-node={name}", f"-log-level={log_level}", f"-bind={LOOPBACK}",
-                     f"-client={LOOPBACK}", f"-http-port={http_port}", "-dns-port=-1",
-                     f"-grpc-port={grpc_port}")
+    args = meshd_cmd(
+        "agent",
+        f"-node={name}",
+        f"-log-level={log_level}",
+        f"-bind={LOOPBACK}",
+        f"-client={LOOPBACK}",
+        f"-http-port={http_port}",
+        "-dns-port=-1",
+        f"-grpc-port={grpc_port}",
+    )
     doc: dict[str, Any] = dict(config or {})
     if mode == "dev":
         args.append("-dev")
         raft_port = -1
     elif mode == "server":
         doc["ports"] = {**doc.get("ports", {}), "raft": raft_port}
-        args += ["-server", f"-bootstrap-expect={bootstrap_expect}", f"-data-dir={data_dir}",
-                 f"-server-port={server_port}"]
+        args += [
+            "-server",
+            f"-bootstrap-expect={bootstrap_expect}",
+            f"-data-dir={data_dir}",
+            f"-server-port={server_port}",
+        ]
     elif mode == "client":
         args += [f"-data-dir={data_dir}"]
         raft_port = -1
@@ -276,8 +314,9 @@ def wait_agent_ready(node: MeshdNode, timeout: float = 60.0) -> None:
 class MeshdCluster:
     """`n` meshd servers on 127.0.0.1 with distinct ports, joined through -retry-join."""
 
-    def __init__(self, procs: Procs, n: int = 3, encrypt: str | None = None,
-                 prefix: str = "s") -> None:
+    def __init__(
+        self, procs: Procs, n: int = 3, encrypt: str | None = None, prefix: str = "s"
+    ) -> None:
         self.procs = procs
         self.n = n
         self.encrypt = encrypt
@@ -294,12 +333,22 @@ class MeshdCluster:
             data_dir.mkdir(parents=True, exist_ok=True)
             cfg = self.procs.dir / f"{name}.json"
             cfg.write_text(json.dumps({"ports": {"raft": raft_port}}))
-            args = meshd_cmd("agent", "-server", f"-bootstrap-expect={self.n}",
-                             f"-node={name}", "-log-level=warn", f"-data-dir={data_dir}",
-                             f"-bind={LOOPBACK}", f"-client={LOOPBACK}",
-                             f"-http-port={http_port}", "-dns-port=-1", "-grpc-port=-1",
-                             f"-server-port={server_port}", f"-config-file={cfg}",
-                             *[f"-retry-join={j}" for j in joins])
+            args = meshd_cmd(
+                "agent",
+                "-server",
+                f"-bootstrap-expect={self.n}",
+                f"-node={name}",
+                "-log-level=warn",
+                f"-data-dir={data_dir}",
+                f"-bind={LOOPBACK}",
+                f"-client={LOOPBACK}",
+                f"-http-port={http_port}",
+                "-dns-port=-1",
+                "-grpc-port=-1",
+                f"-server-port={server_port}",
+                f"-config-file={cfg}",
+                *[f"-retry-join={j}" for j in joins],
+            )
             if self.encrypt:
                 args.append(f"-encrypt={self.encrypt}")
             proc = self.procs.add(name, args, env=meshd_env())
@@ -335,12 +384,18 @@ class MeshdCluster:
         return leader if leader is not None and leader.proc.alive() else None
 
     def wait_formed(self, timeout: float = 90.0) -> MeshdNode:
-        return wait_until(self.formed, timeout, f"{self.n} servers to agree on a leader",
-                          interval=0.1, logs=self.logs)
+        return wait_until(
+            self.formed,
+            timeout,
+            f"{self.n} servers to agree on a leader",
+            interval=0.1,
+            logs=self.logs,
+        )
 
     def leader(self) -> MeshdNode:
-        return wait_until(lambda: self.agreed_leader(self.alive()), 30, "an agreed leader",
-                          logs=self.logs)
+        return wait_until(
+            lambda: self.agreed_leader(self.alive()), 30, "an agreed leader", logs=self.logs
+        )
 
 
 # --------------------------------------------------------------------------- etcd
@@ -358,8 +413,9 @@ class EtcdMember:
         return f"http://{LOOPBACK}:{self.client_port}"
 
     def status(self, timeout: float = 2.0) -> dict[str, Any]:
-        status, raw = request(self.client_port, "POST", "/v3/maintenance/status", body={},
-                              timeout=timeout)
+        status, raw = request(
+            self.client_port, "POST", "/v3/maintenance/status", body={}, timeout=timeout
+        )
         if status != 200:
             raise BenchError(f"etcd {self.name} status -> {status}: {raw[:200]!r}")
         result: dict[str, Any] = json.loads(raw)
@@ -376,8 +432,9 @@ class EtcdCluster:
         self.binary = require_tool("etcd", "etcd-server")
 
     def version(self) -> str:
-        out = subprocess.run([self.binary, "--version"], capture_output=True, text=True,
-                             timeout=10, check=False).stdout
+        out = subprocess.run(
+            [self.binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
         return out.splitlines()[0].replace("etcd Version:", "").strip() if out else "?"
 
     def start(self, timeout: float = 60.0) -> EtcdCluster:
@@ -386,22 +443,46 @@ class EtcdCluster:
         token = f"bench-{os.getpid()}-{int(time.time())}"
         for i, (client, peer) in enumerate(ports):
             name = f"e{i + 1}"
-            args = [self.binary, "--name", name, "--data-dir", str(self.procs.dir / name),
-                    "--listen-client-urls", f"http://{LOOPBACK}:{client}",
-                    "--advertise-client-urls", f"http://{LOOPBACK}:{client}",
-                    "--listen-peer-urls", f"http://{LOOPBACK}:{peer}",
-                    "--initial-advertise-peer-urls", f"http://{LOOPBACK}:{peer}",
-                    "--initial-cluster", initial, "--initial-cluster-token", token,
-                    "--initial-cluster-state", "new", "--logger", "zap",
-                    "--log-level", "warn"]
-            proc = self.procs.add(name, args, env={"PATH": os.environ.get("PATH", ""),
-                                                   "ETCD_UNSUPPORTED_ARCH": "",
-                                                   "HOME": str(self.procs.dir)})
+            args = [
+                self.binary,
+                "--name",
+                name,
+                "--data-dir",
+                str(self.procs.dir / name),
+                "--listen-client-urls",
+                f"http://{LOOPBACK}:{client}",
+                "--advertise-client-urls",
+                f"http://{LOOPBACK}:{client}",
+                "--listen-peer-urls",
+                f"http://{LOOPBACK}:{peer}",
+                "--initial-advertise-peer-urls",
+                f"http://{LOOPBACK}:{peer}",
+                "--initial-cluster",
+                initial,
+                "--initial-cluster-token",
+                token,
+                "--initial-cluster-state",
+                "new",
+                "--logger",
+                "zap",
+                "--log-level",
+                "warn",
+            ]
+            proc = self.procs.add(
+                name,
+                args,
+                env={
+                    "PATH": os.environ.get("PATH", ""),
+                    "ETCD_UNSUPPORTED_ARCH": "",
+                    "HOME": str(self.procs.dir),
+                },
+            )
             self.members.append(EtcdMember(proc, name, client, peer))
         for m in self.members:
             m.proc.start()
-        wait_until(self.leader, timeout, "etcd members to agree on a leader", interval=0.1,
-                   logs=self.logs)
+        wait_until(
+            self.leader, timeout, "etcd members to agree on a leader", interval=0.1, logs=self.logs
+        )
         return self
 
     def logs(self) -> str:
@@ -425,8 +506,9 @@ class EtcdCluster:
 # --------------------------------------------------------------------------- Envoy
 
 
-def start_envoy(procs: Procs, agent: MeshdNode, service_id: str,
-                extra: Sequence[str] = ("--concurrency", "1")) -> tuple[Proc, int]:
+def start_envoy(
+    procs: Procs, agent: MeshdNode, service_id: str, extra: Sequence[str] = ("--concurrency", "1")
+) -> tuple[Proc, int]:
     """`meshd connect envoy -sidecar-for SERVICE_ID` against `agent`; (proc, admin port).
 
     TMPDIR points into the Procs directory so the bootstrap file Envoy reads is removed too.
@@ -439,9 +521,15 @@ def start_envoy(procs: Procs, agent: MeshdNode, service_id: str,
     tmp = procs.dir / "tmp"
     tmp.mkdir(exist_ok=True)
     env["TMPDIR"] = str(tmp)
-    args = meshd_cmd("connect", "envoy", f"-sidecar-for={service_id}",
-                     f"-admin-bind={LOOPBACK}:{admin}",
-                     f"-grpc-addr={LOOPBACK}:{agent.grpc_port}", "--", *extra)
+    args = meshd_cmd(
+        "connect",
+        "envoy",
+        f"-sidecar-for={service_id}",
+        f"-admin-bind={LOOPBACK}:{admin}",
+        f"-grpc-addr={LOOPBACK}:{agent.grpc_port}",
+        "--",
+        *extra,
+    )
     proc = procs.add(f"envoy-{service_id}", args, env=env).start()
     return proc, admin
 
@@ -474,8 +562,10 @@ class Quiet:
     def describe(self) -> str:
         state = "quiet" if self.load_start < self.threshold else "NOT quiet"
         waited = f" after waiting {self.waited:.0f}s" if self.waited >= 1 else ""
-        return (f"1-min load average at start: {self.load_start:.2f} ({state}, threshold "
-                f"{self.threshold}){waited}")
+        return (
+            f"1-min load average at start: {self.load_start:.2f} ({state}, threshold "
+            f"{self.threshold}){waited}"
+        )
 
 
 def wait_quiet(max_wait: float, threshold: float = 0.7) -> Quiet:

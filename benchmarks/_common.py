@@ -49,7 +49,8 @@ def require_tool(binary: str, package: str) -> str:
                 return str(candidate)
         raise BenchError(
             f"`{binary}` is not installed. Install it with:  apt-get install -y {package}\n"
-            f"(or run benchmarks/run_all.sh, which installs what is missing)")
+            f"(or run benchmarks/run_all.sh, which installs what is missing)"
+        )
     return path
 
 
@@ -139,7 +140,7 @@ def _proc_children() -> dict[int, list[int]]:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
         kids.setdefault(ppid, []).append(int(entry))
     return kids
 
@@ -162,7 +163,7 @@ def cpu_seconds(pid: int) -> float:
             stat = Path(f"/proc/{p}/stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
     return total / _CLK_TCK
 
@@ -243,8 +244,9 @@ def fmt(value: float, digits: int = 2) -> str:
     return f"{value:,.{digits}f}"
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]], title: str = "",
-          left: int = 1) -> str:
+def table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], title: str = "", left: int = 1
+) -> str:
     """A plain-text table: the first `left` columns left-aligned, the rest (numbers) right."""
     widths = [len(h) for h in headers]
     for row in rows:
@@ -347,8 +349,9 @@ class MeshdAgent:
         self.start()
         return self
 
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     @property
@@ -360,9 +363,19 @@ class MeshdAgent:
         http_port, grpc_port, server_port, raft_port = free_ports(4)
         self.http_port, self.server_port = http_port, server_port
         self.dns_port = free_port(udp_too=True) if self.dns else -1
-        args = [sys.executable, "-m", "meshd", "agent", "-node", self.node, "-log-level", "warn",
-                f"-http-port={http_port}", f"-dns-port={self.dns_port}",
-                f"-grpc-port={grpc_port}"]
+        args = [
+            sys.executable,
+            "-m",
+            "meshd",
+            "agent",
+            "-node",
+            self.node,
+            "-log-level",
+            "warn",
+            f"-http-port={http_port}",
+            f"-dns-port={self.dns_port}",
+            f"-grpc-port={grpc_port}",
+        ]
         if self.mode != "client":
             args.append(f"-server-port={server_port}")
         if self.mode == "dev":
@@ -375,8 +388,7 @@ class MeshdAgent:
             cfg = Path(self.workdir) / "ports.json"
             cfg.write_text(json.dumps({"ports": {"raft": raft_port}}))
             data = Path(self.workdir) / "data"
-            args += ["-server", "-bootstrap-expect=1", f"-data-dir={data}",
-                     f"-config-file={cfg}"]
+            args += ["-server", "-bootstrap-expect=1", f"-data-dir={data}", f"-config-file={cfg}"]
         else:
             raise BenchError(f"unknown agent mode {self.mode!r}")
         return args + self.extra
@@ -386,9 +398,15 @@ class MeshdAgent:
         self.log_path = str(Path(self.workdir) / "agent.log")
         args = self.command()
         with open(self.log_path, "wb") as log:  # the child keeps its own copy of the fd
-            self.proc = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True,
-                                         preexec_fn=_child_dies_with_parent)
+            self.proc = subprocess.Popen(
+                args,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_child_dies_with_parent,
+            )
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -405,8 +423,9 @@ class MeshdAgent:
             time.sleep(0.1)
         tail = self.log_tail()
         self.stop()
-        raise BenchError(f"meshd did not elect a leader within {self.startup_timeout:.0f}s:\n"
-                         f"{tail}")
+        raise BenchError(
+            f"meshd did not elect a leader within {self.startup_timeout:.0f}s:\n{tail}"
+        )
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -434,8 +453,9 @@ class MeshdAgent:
 @contextmanager
 def managed_process(args: Sequence[str], **kwargs: Any) -> Iterator[subprocess.Popen[bytes]]:
     """A helper daemon (dnsmasq) that is stopped, by its pid, when the block ends."""
-    proc = subprocess.Popen(list(args), start_new_session=True,
-                            preexec_fn=_child_dies_with_parent, **kwargs)
+    proc = subprocess.Popen(
+        list(args), start_new_session=True, preexec_fn=_child_dies_with_parent, **kwargs
+    )
     try:
         yield proc
     finally:
@@ -448,8 +468,9 @@ def managed_process(args: Sequence[str], **kwargs: Any) -> Iterator[subprocess.P
                 proc.wait(timeout=5)
 
 
-def run_bounded(args: Sequence[str], timeout: float,
-                stdout_path: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_bounded(
+    args: Sequence[str], timeout: float, stdout_path: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a load generator to completion with a hard time limit (killed if it overruns).
 
     With `stdout_path`, its stdout goes to that file and is read back only after it exits: a
@@ -457,14 +478,26 @@ def run_bounded(args: Sequence[str], timeout: float,
     """
     try:
         if stdout_path is None:
-            return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout,
-                                  preexec_fn=_child_dies_with_parent, check=False)
+            return subprocess.run(
+                list(args),
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                preexec_fn=_child_dies_with_parent,
+                check=False,
+            )
         with open(stdout_path, "wb") as out:
-            proc = subprocess.run(list(args), stdout=out, stderr=subprocess.PIPE,
-                                  timeout=timeout, preexec_fn=_child_dies_with_parent,
-                                  check=False)
+            proc = subprocess.run(
+                list(args),
+                stdout=out,
+                stderr=subprocess.PIPE,
+                timeout=timeout,
+                preexec_fn=_child_dies_with_parent,
+                check=False,
+            )
         text = Path(stdout_path).read_text(errors="replace")
-        return subprocess.CompletedProcess(proc.args, proc.returncode, text,
-                                           proc.stderr.decode(errors="replace"))
+        return subprocess.CompletedProcess(
+            proc.args, proc.returncode, text, proc.stderr.decode(errors="replace")
+        )
     except subprocess.TimeoutExpired as e:
         raise BenchError(f"{args[0]} did not finish within {timeout:.0f}s") from e

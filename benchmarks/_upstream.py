@@ -37,11 +37,11 @@ class Responder(asyncio.Protocol):
             i = head.find(b"\r\ncontent-length:")
             if i >= 0:
                 line_end = head.find(b"\r\n", i + 2)
-                value = head[i + 17:line_end if line_end >= 0 else len(head)]
+                value = head[i + 17 : line_end if line_end >= 0 else len(head)]
                 length = int(value.strip() or b"0")
             if len(self.buf) < end + 4 + length:
                 break
-            self.buf = self.buf[end + 4 + length:]
+            self.buf = self.buf[end + 4 + length :]
             out.append(self.response)
         if out and self.transport is not None:
             self.transport.write(b"".join(out))
@@ -51,11 +51,14 @@ class Responder(asyncio.Protocol):
 
 
 async def serve(port: int, body: bytes) -> None:
-    response = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
-                + str(len(body)).encode() + b"\r\n\r\n" + body)
+    response = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Responder(response), "127.0.0.1", port,
-                                      backlog=1024)
+    server = await loop.create_server(lambda: Responder(response), "127.0.0.1", port, backlog=1024)
     stop = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
@@ -64,8 +67,9 @@ async def serve(port: int, body: bytes) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description="Answer every HTTP/1.1 request with 200 and a short "
-                                            "body, on 127.0.0.1.")
+    p = argparse.ArgumentParser(
+        description="Answer every HTTP/1.1 request with 200 and a short body, on 127.0.0.1."
+    )
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--body", default="ok\n", help="response body")
     args = p.parse_args()

@@ -75,10 +75,18 @@ def service_addr(i: int) -> str:
 def register_services(http_port: int) -> None:
     for i in range(N_SERVICES):
         name = service_name(i)
-        http("PUT", http_port, "/v1/agent/service/register", {
-            "ID": name, "Name": name, "Address": service_addr(i), "Port": 8080,
-            "Check": {"TTL": "30m", "Status": "passing"},
-        })
+        http(
+            "PUT",
+            http_port,
+            "/v1/agent/service/register",
+            {
+                "ID": name,
+                "Name": name,
+                "Address": service_addr(i),
+                "Port": 8080,
+                "Check": {"TTL": "30m", "Status": "passing"},
+            },
+        )
 
 
 def write_query_files(workdir: Path) -> dict[str, Path]:
@@ -176,8 +184,10 @@ def parse_dnsperf(out: str, res: PerfResult) -> None:
     res.rcodes = m.group(1).strip() if m else ""
     res.avg_ms = _num(r"Average Latency \(s\):\s+([\d.]+)", out) * 1000
     res.max_ms = _num(r"Average Latency \(s\):.*max ([\d.]+)", out) * 1000
-    lat = sorted(float(m.group(1)) * 1000 for m in
-                 re.finditer(r"^> \S+ \S+ \S+ ([\d.]+)$", out, re.MULTILINE))
+    lat = sorted(
+        float(m.group(1)) * 1000
+        for m in re.finditer(r"^> \S+ \S+ \S+ ([\d.]+)$", out, re.MULTILINE)
+    )
     if lat:
         res.per_query = True
         res.p50_ms, res.p99_ms = percentile(lat, 50), percentile(lat, 99)
@@ -189,24 +199,53 @@ def parse_dnsperf(out: str, res: PerfResult) -> None:
         res.notes.append(f"{res.lost} of {res.sent} queries timed out (counted as lost)")
 
 
-def run_dnsperf(dnsperf: str, port: int, qfile: Path, server_pid: int, res: PerfResult,
-                duration: float, clients: int, threads: int, outstanding: int,
-                max_qps: int, per_query: bool) -> PerfResult:
-    args = [dnsperf, "-s", LOOPBACK, "-p", str(port), "-d", str(qfile), "-l", f"{duration:g}",
-            "-c", str(clients), "-T", str(threads), "-q", str(outstanding), "-Q", str(max_qps)]
+def run_dnsperf(
+    dnsperf: str,
+    port: int,
+    qfile: Path,
+    server_pid: int,
+    res: PerfResult,
+    duration: float,
+    clients: int,
+    threads: int,
+    outstanding: int,
+    max_qps: int,
+    per_query: bool,
+) -> PerfResult:
+    args = [
+        dnsperf,
+        "-s",
+        LOOPBACK,
+        "-p",
+        str(port),
+        "-d",
+        str(qfile),
+        "-l",
+        f"{duration:g}",
+        "-c",
+        str(clients),
+        "-T",
+        str(threads),
+        "-q",
+        str(outstanding),
+        "-Q",
+        str(max_qps),
+    ]
     if per_query:
         args.append("-v")
     print(f"  running: {' '.join(args)}", flush=True)
     meter = CpuMeter(server_pid).start()
     kids0 = children_cpu_seconds()
-    proc = run_bounded(args, timeout=duration + 60, stdout_path=qfile.with_suffix('.out'))
+    proc = run_bounded(args, timeout=duration + 60, stdout_path=qfile.with_suffix(".out"))
     meter.stop()
     res.server_cores = meter.cores
     res.dnsperf_cores = (children_cpu_seconds() - kids0) / meter.wall if meter.wall else math.nan
     res.machine_cores = meter.machine_cores
     if proc.returncode != 0 or "Queries per second" not in proc.stdout:
-        raise BenchError(f"dnsperf failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}"
-                         f"\n{proc.stdout[-2000:]}")
+        raise BenchError(
+            f"dnsperf failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}"
+            f"\n{proc.stdout[-2000:]}"
+        )
     parse_dnsperf(proc.stdout, res)
     return res
 
@@ -217,24 +256,38 @@ def run_dnsperf(dnsperf: str, port: int, qfile: Path, server_pid: int, res: Perf
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="DNS QPS of meshd (A, SRV, mixed) vs dnsmasq (A), measured with dnsperf. "
-                    "Needs the Debian packages dnsperf and dnsmasq-base (or dnsmasq).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--duration", type=float, default=15.0,
-                   help="seconds per saturation run (dnsperf -l)")
+        "Needs the Debian packages dnsperf and dnsmasq-base (or dnsmasq).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--duration", type=float, default=15.0, help="seconds per saturation run (dnsperf -l)"
+    )
     p.add_argument("--clients", type=int, default=4, help="dnsperf -c (client sockets)")
     p.add_argument("--threads", type=int, default=1, help="dnsperf -T")
-    p.add_argument("--outstanding", type=int, default=100,
-                   help="dnsperf -q: queries in flight at saturation")
-    p.add_argument("--max-qps", type=int, default=100_000,
-                   help="dnsperf -Q for the saturation runs")
-    p.add_argument("--latency-qps", default=f"{TARGET_QPS},5000",
-                   help="comma-separated offered rates (dnsperf -Q) for fixed-rate latency runs "
-                        "with the A+SRV file; empty or 0 skips them")
-    p.add_argument("--latency-duration", type=float, default=10.0,
-                   help="seconds of each fixed-rate latency run")
+    p.add_argument(
+        "--outstanding", type=int, default=100, help="dnsperf -q: queries in flight at saturation"
+    )
+    p.add_argument(
+        "--max-qps", type=int, default=100_000, help="dnsperf -Q for the saturation runs"
+    )
+    p.add_argument(
+        "--latency-qps",
+        default=f"{TARGET_QPS},5000",
+        help="comma-separated offered rates (dnsperf -Q) for fixed-rate latency runs "
+        "with the A+SRV file; empty or 0 skips them",
+    )
+    p.add_argument(
+        "--latency-duration",
+        type=float,
+        default=10.0,
+        help="seconds of each fixed-rate latency run",
+    )
     p.add_argument("--no-dnsmasq", action="store_true", help="skip the dnsmasq comparison")
-    p.add_argument("--no-per-query", action="store_true",
-                   help="do not pass -v to dnsperf (no p50/p99, only avg/max)")
+    p.add_argument(
+        "--no-per-query",
+        action="store_true",
+        help="do not pass -v to dnsperf (no p50/p99, only avg/max)",
+    )
     args = p.parse_args(argv)
     try:
         args.latency_rates = [int(x) for x in str(args.latency_qps).split(",") if x.strip()]
@@ -255,8 +308,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="meshd-bench-dns-") as tmp:
         workdir = Path(tmp)
         qfiles = write_query_files(workdir)
-        common = dict(duration=args.duration, clients=args.clients, threads=args.threads,
-                      outstanding=args.outstanding, per_query=per_query)
+        common = dict(
+            duration=args.duration,
+            clients=args.clients,
+            threads=args.threads,
+            outstanding=args.outstanding,
+            per_query=per_query,
+        )
 
         with MeshdAgent(mode="dev", dns=True) as agent:
             print(f"meshd agent pid {agent.pid}: HTTP {agent.http_port}, DNS {agent.dns_port}")
@@ -267,33 +325,70 @@ def main(argv: list[str] | None = None) -> int:
             print("every A and SRV name answers correctly")
             for label in ("A", "SRV", "A+SRV"):
                 res = PerfResult("meshd", label, f"max {args.max_qps}")
-                results.append(run_dnsperf(dnsperf, agent.dns_port, qfiles[label], agent.pid,
-                                           res, max_qps=args.max_qps, **common))
+                results.append(
+                    run_dnsperf(
+                        dnsperf,
+                        agent.dns_port,
+                        qfiles[label],
+                        agent.pid,
+                        res,
+                        max_qps=args.max_qps,
+                        **common,
+                    )
+                )
             for rate in args.latency_rates:
                 res = PerfResult("meshd", "A+SRV", f"fixed {rate}")
                 fixed = dict(common, duration=args.latency_duration)
-                results.append(run_dnsperf(dnsperf, agent.dns_port, qfiles["A+SRV"], agent.pid,
-                                           res, max_qps=rate, **fixed))
+                results.append(
+                    run_dnsperf(
+                        dnsperf,
+                        agent.dns_port,
+                        qfiles["A+SRV"],
+                        agent.pid,
+                        res,
+                        max_qps=rate,
+                        **fixed,
+                    )
+                )
             if agent.proc is not None and agent.proc.poll() is not None:
                 raise BenchError(f"meshd died during the run:\n{agent.log_tail()}")
 
         if dnsmasq is not None:
             hosts = workdir / "hosts"
-            hosts.write_text("".join(f"{service_addr(i)} {service_name(i)}.service.consul\n"
-                                     for i in range(N_SERVICES)))
+            hosts.write_text(
+                "".join(
+                    f"{service_addr(i)} {service_name(i)}.service.consul\n"
+                    for i in range(N_SERVICES)
+                )
+            )
             port = free_port(udp_too=True)
-            cmd = [dnsmasq, "--no-daemon", f"--port={port}", f"--listen-address={LOOPBACK}",
-                   "--bind-interfaces", "--no-resolv", "--no-hosts", f"--addn-hosts={hosts}",
-                   "--conf-file=/dev/null", f"--pid-file={workdir / 'dnsmasq.pid'}",
-                   "--user=root", "--group=root"]
-            with open(workdir / "dnsmasq.log", "wb") as log, \
-                    managed_process(cmd, stdout=log, stderr=log, stdin=None) as proc:
+            cmd = [
+                dnsmasq,
+                "--no-daemon",
+                f"--port={port}",
+                f"--listen-address={LOOPBACK}",
+                "--bind-interfaces",
+                "--no-resolv",
+                "--no-hosts",
+                f"--addn-hosts={hosts}",
+                "--conf-file=/dev/null",
+                f"--pid-file={workdir / 'dnsmasq.pid'}",
+                "--user=root",
+                "--group=root",
+            ]
+            with (
+                open(workdir / "dnsmasq.log", "wb") as log,
+                managed_process(cmd, stdout=log, stderr=log, stdin=None) as proc,
+            ):
                 print(f"dnsmasq pid {proc.pid}: DNS {port}")
                 wait_dns(port, "svc000.service.consul")
                 verify_answers(port, with_srv=False)
                 res = PerfResult("dnsmasq", "A", f"max {args.max_qps}")
-                results.append(run_dnsperf(dnsperf, port, qfiles["A"], proc.pid, res,
-                                           max_qps=args.max_qps, **common))
+                results.append(
+                    run_dnsperf(
+                        dnsperf, port, qfiles["A"], proc.pid, res, max_qps=args.max_qps, **common
+                    )
+                )
 
     report(results, args, per_query)
     return 0
@@ -309,17 +404,48 @@ def report(results: list[PerfResult], args: argparse.Namespace, per_query: bool)
     rows = []
     for r in results:
         other = r.machine_cores - r.server_cores - r.dnsperf_cores
-        rows.append([r.server, r.queries, r.offered, fmt(r.qps, 0), fmt(r.server_cores, 2),
-                     fmt(r.qps_per_core, 0), fmt(r.dnsperf_cores, 2), fmt(other, 2),
-                     fmt(r.avg_ms, 3), fmt(r.p50_ms, 3), fmt(r.p99_ms, 3), fmt(r.max_ms, 3),
-                     f"{r.lost}/{r.sent}"])
+        rows.append(
+            [
+                r.server,
+                r.queries,
+                r.offered,
+                fmt(r.qps, 0),
+                fmt(r.server_cores, 2),
+                fmt(r.qps_per_core, 0),
+                fmt(r.dnsperf_cores, 2),
+                fmt(other, 2),
+                fmt(r.avg_ms, 3),
+                fmt(r.p50_ms, 3),
+                fmt(r.p99_ms, 3),
+                fmt(r.max_ms, 3),
+                f"{r.lost}/{r.sent}",
+            ]
+        )
     print()
-    print(table(["server", "queries", "dnsperf -Q", "QPS", "srv cores", "QPS/core",
-                 "dnsperf cores", "other cores", "avg ms", "p50 ms", "p99 ms", "max ms",
-                 "lost/sent"], rows, left=3,
-                title=f"DNS (dnsperf -c {args.clients} -T {args.threads} -q {args.outstanding}; "
-                      f"{args.duration:g}s per 'max' run, {args.latency_duration:g}s per "
-                      f"'fixed' run)"))
+    print(
+        table(
+            [
+                "server",
+                "queries",
+                "dnsperf -Q",
+                "QPS",
+                "srv cores",
+                "QPS/core",
+                "dnsperf cores",
+                "other cores",
+                "avg ms",
+                "p50 ms",
+                "p99 ms",
+                "max ms",
+                "lost/sent",
+            ],
+            rows,
+            left=3,
+            title=f"DNS (dnsperf -c {args.clients} -T {args.threads} -q {args.outstanding}; "
+            f"{args.duration:g}s per 'max' run, {args.latency_duration:g}s per "
+            f"'fixed' run)",
+        )
+    )
     for r in results:
         for note in r.notes:
             print(f"note ({r.server} {r.queries} {r.offered}): {note}")
@@ -336,25 +462,37 @@ def report(results: list[PerfResult], args: argparse.Namespace, per_query: bool)
         r = by_key.get(key)
         if r is not None:
             ok = r.qps >= TARGET_QPS and r.server_cores <= 1.05
-            targets.append([f">= {TARGET_QPS:,} QPS on one core ({r.queries})",
-                            f"{fmt(r.qps, 0)} QPS on {fmt(r.server_cores)} cores "
-                            f"({fmt(r.qps_per_core, 0)}/core)", verdict(ok)])
+            targets.append(
+                [
+                    f">= {TARGET_QPS:,} QPS on one core ({r.queries})",
+                    f"{fmt(r.qps, 0)} QPS on {fmt(r.server_cores)} cores "
+                    f"({fmt(r.qps_per_core, 0)}/core)",
+                    verdict(ok),
+                ]
+            )
     fixed = by_key.get(f"meshd_mix_at{TARGET_QPS}")
     if fixed is not None and per_query:
         ok = fixed.qps >= 0.98 * TARGET_QPS and fixed.p99_ms < TARGET_P99_MS
-        targets.append([f"p99 < {TARGET_P99_MS:g} ms at {TARGET_QPS:,} q/s offered (A+SRV)",
-                        f"p99 {fmt(fixed.p99_ms, 3)} ms, achieved {fmt(fixed.qps, 0)} QPS",
-                        verdict(ok)])
+        targets.append(
+            [
+                f"p99 < {TARGET_P99_MS:g} ms at {TARGET_QPS:,} q/s offered (A+SRV)",
+                f"p99 {fmt(fixed.p99_ms, 3)} ms, achieved {fmt(fixed.qps, 0)} QPS",
+                verdict(ok),
+            ]
+        )
     m_a, d_a = by_key.get("meshd_a"), by_key.get("dnsmasq_a")
     ratio = m_a.qps / d_a.qps if m_a and d_a and d_a.qps else math.nan
     if d_a is not None:
-        targets.append([f">= {TARGET_RATIO}x dnsmasq (same A-only file)",
-                        f"{fmt(ratio, 3)}x ({fmt(m_a.qps if m_a else math.nan, 0)} vs "
-                        f"{fmt(d_a.qps, 0)} QPS)", verdict(None if math.isnan(ratio) else
-                                                           ratio >= TARGET_RATIO)])
+        targets.append(
+            [
+                f">= {TARGET_RATIO}x dnsmasq (same A-only file)",
+                f"{fmt(ratio, 3)}x ({fmt(m_a.qps if m_a else math.nan, 0)} vs "
+                f"{fmt(d_a.qps, 0)} QPS)",
+                verdict(None if math.isnan(ratio) else ratio >= TARGET_RATIO),
+            ]
+        )
     print()
-    print(table(["target", "measured", "verdict"], targets,
-                title="DNS targets", left=2))
+    print(table(["target", "measured", "verdict"], targets, title="DNS targets", left=2))
     values: dict[str, float | int | str] = {}
     for key, r in by_key.items():
         values[f"{key}_qps"] = r.qps

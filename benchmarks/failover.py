@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import statistics
 import time
@@ -46,8 +47,15 @@ class Run:
     rejoin_s: float = math.nan  # restart -> 3 peers and an agreed leader again
 
 
-async def measure(cluster: MeshdCluster, victim: MeshdNode, survivors: list[MeshdNode],
-                  run: Run, interval: float, try_timeout: float, max_wait: float) -> None:
+async def measure(
+    cluster: MeshdCluster,
+    victim: MeshdNode,
+    survivors: list[MeshdNode],
+    run: Run,
+    interval: float,
+    try_timeout: float,
+    max_wait: float,
+) -> None:
     import aiohttp
 
     loop = asyncio.get_running_loop()
@@ -102,11 +110,10 @@ async def measure(cluster: MeshdCluster, victim: MeshdNode, survivors: list[Mesh
             task.add_done_callback(tasks.discard)
             i += 1
             next_at = t0 + i * interval
-            try:
-                await asyncio.wait_for(asyncio.shield(done), max(0.0, next_at -
-                                                                 time.perf_counter()))
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.shield(done), max(0.0, next_at - time.perf_counter())
+                )
         run.tries = i
         if done.done():
             t_ok, via = done.result()
@@ -114,28 +121,39 @@ async def measure(cluster: MeshdCluster, victim: MeshdNode, survivors: list[Mesh
         for task in list(tasks):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(watcher, max(1.0, max_wait - (time.perf_counter() - t0)))
-        except TimeoutError:
-            pass
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Kill -9 the leader of a 3-server meshd cluster and time until a write "
-                    "through a survivor succeeds; restart it; repeat.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "through a survivor succeeds; restart it; repeat.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--runs", type=int, default=10, help="leader kills")
     p.add_argument("--interval", type=float, default=0.02, help="seconds between write tries")
     p.add_argument("--try-timeout", type=float, default=0.5, help="timeout of one write try")
-    p.add_argument("--max-wait", type=float, default=30.0,
-                   help="give a run up as failed after this many seconds")
-    p.add_argument("--settle", type=float, default=1.0,
-                   help="seconds to let the cluster settle after a restarted server rejoined")
+    p.add_argument(
+        "--max-wait",
+        type=float,
+        default=30.0,
+        help="give a run up as failed after this many seconds",
+    )
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=1.0,
+        help="seconds to let the cluster settle after a restarted server rejoined",
+    )
     p.add_argument("--encrypt", action="store_true", help="run the servers with a cluster key")
-    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
-                   help="first wait up to this long for the 1-min load average to drop below "
-                        "0.7")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="first wait up to this long for the 1-min load average to drop below 0.7",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, data)")
     args = p.parse_args(argv)
     if args.runs < 1 or args.interval <= 0 or args.try_timeout <= 0 or args.max_wait <= 0:
@@ -152,60 +170,137 @@ def main(argv: list[str] | None = None) -> int:
     with Procs("meshd-bench-failover-", keep=args.keep) as procs:
         t0 = time.monotonic()
         cluster = MeshdCluster(procs, encrypt=keygen() if args.encrypt else None).start()
-        print(f"3 servers formed in {time.monotonic() - t0:.1f}s "
-              f"({'with' if args.encrypt else 'without'} a cluster key)", flush=True)
+        print(
+            f"3 servers formed in {time.monotonic() - t0:.1f}s "
+            f"({'with' if args.encrypt else 'without'} a cluster key)",
+            flush=True,
+        )
         for n in range(1, args.runs + 1):
             leader = cluster.leader()
             survivors = [s for s in cluster.nodes if s is not leader]
             run = Run(n, leader.name)
-            asyncio.run(measure(cluster, leader, survivors, run, args.interval,
-                                args.try_timeout, args.max_wait))
+            asyncio.run(
+                measure(
+                    cluster, leader, survivors, run, args.interval, args.try_timeout, args.max_wait
+                )
+            )
             runs.append(run)
             t_restart = time.monotonic()
             leader.proc.start()
             cluster.wait_formed(timeout=90)
             run.rejoin_s = time.monotonic() - t_restart
-            print(f"  run {n:2d}: killed {run.old_leader}, write accepted after "
-                  f"{fmt(run.write_s * 1000, 0)} ms via {run.via or '-'}; new leader "
-                  f"{run.new_leader or '?'} visible after {fmt(run.leader_s * 1000, 0)} ms; "
-                  f"rejoined in {run.rejoin_s:.1f}s", flush=True)
+            print(
+                f"  run {n:2d}: killed {run.old_leader}, write accepted after "
+                f"{fmt(run.write_s * 1000, 0)} ms via {run.via or '-'}; new leader "
+                f"{run.new_leader or '?'} visible after {fmt(run.leader_s * 1000, 0)} ms; "
+                f"rejoined in {run.rejoin_s:.1f}s",
+                flush=True,
+            )
             if math.isnan(run.write_s):
                 print(f"    no write accepted within {args.max_wait:g}s:\n{cluster.logs()}")
             time.sleep(args.settle)
-            wait_until(lambda: cluster.agreed_leader() is not None, 30, "a leader after settle",
-                       logs=cluster.logs)
+            wait_until(
+                lambda: cluster.agreed_leader() is not None,
+                30,
+                "a leader after settle",
+                logs=cluster.logs,
+            )
     report(runs, args, quiet.load_start)
     return 0 if all(not math.isnan(r.write_s) for r in runs) else 1
 
 
 def report(runs: list[Run], args: argparse.Namespace, load0: float) -> None:
-    rows = [[str(r.n), r.old_leader, fmt(r.leader_s * 1000, 0), r.new_leader or "-",
-             fmt(r.write_s * 1000, 0), r.via or "-", str(r.tries), str(r.failed_tries),
-             str(r.timed_out), fmt(r.rejoin_s, 1)] for r in runs]
+    rows = [
+        [
+            str(r.n),
+            r.old_leader,
+            fmt(r.leader_s * 1000, 0),
+            r.new_leader or "-",
+            fmt(r.write_s * 1000, 0),
+            r.via or "-",
+            str(r.tries),
+            str(r.failed_tries),
+            str(r.timed_out),
+            fmt(r.rejoin_s, 1),
+        ]
+        for r in runs
+    ]
     ok = sorted(r.write_s for r in runs if not math.isnan(r.write_s))
     elected = sorted(r.leader_s for r in runs if not math.isnan(r.leader_s))
     median = statistics.median(ok) if ok else math.nan
     worst = ok[-1] if ok else math.nan
-    rows.append(["median", "", fmt(statistics.median(elected) * 1000, 0) if elected else "n/a",
-                 "", fmt(median * 1000, 0), "", "", "", "", ""])
-    rows.append(["max", "", fmt(elected[-1] * 1000, 0) if elected else "n/a", "",
-                 fmt(worst * 1000, 0), "", "", "", "", ""])
+    rows.append(
+        [
+            "median",
+            "",
+            fmt(statistics.median(elected) * 1000, 0) if elected else "n/a",
+            "",
+            fmt(median * 1000, 0),
+            "",
+            "",
+            "",
+            "",
+            "",
+        ]
+    )
+    rows.append(
+        [
+            "max",
+            "",
+            fmt(elected[-1] * 1000, 0) if elected else "n/a",
+            "",
+            fmt(worst * 1000, 0),
+            "",
+            "",
+            "",
+            "",
+            "",
+        ]
+    )
     print()
-    print(table(["run", "killed", "leader seen ms", "new leader", "write ok ms", "via",
-                 "tries", "refused", "timed out", "rejoin s"], rows, left=2,
-                title=f"Failover: kill -9 of the leader -> first accepted PUT /v1/kv/x "
-                      f"(tries every {args.interval * 1000:g} ms, {args.try_timeout:g}s "
-                      f"timeout each)"))
+    print(
+        table(
+            [
+                "run",
+                "killed",
+                "leader seen ms",
+                "new leader",
+                "write ok ms",
+                "via",
+                "tries",
+                "refused",
+                "timed out",
+                "rejoin s",
+            ],
+            rows,
+            left=2,
+            title=f"Failover: kill -9 of the leader -> first accepted PUT /v1/kv/x "
+            f"(tries every {args.interval * 1000:g} ms, {args.try_timeout:g}s "
+            f"timeout each)",
+        )
+    )
     failed = sum(1 for r in runs if math.isnan(r.write_s))
-    print(f"target < 3 s: {'met' if ok and worst < 3.0 and not failed else 'NOT met'} "
-          f"(median {fmt(median, 2)} s, max {fmt(worst, 2)} s, {failed} runs without a write)")
+    print(
+        f"target < 3 s: {'met' if ok and worst < 3.0 and not failed else 'NOT met'} "
+        f"(median {fmt(median, 2)} s, max {fmt(worst, 2)} s, {failed} runs without a write)"
+    )
     load_end = loadavg()[0]
     print(f"1-min load average: {load0:.2f} at start, {load_end:.2f} at end")
-    print(result_line("failover", {
-        "runs": len(runs), "median_s": median, "max_s": worst,
-        "min_s": ok[0] if ok else math.nan,
-        "leader_seen_median_s": statistics.median(elected) if elected else math.nan,
-        "failed_runs": failed, "load_start": load0, "load_end": load_end}))
+    print(
+        result_line(
+            "failover",
+            {
+                "runs": len(runs),
+                "median_s": median,
+                "max_s": worst,
+                "min_s": ok[0] if ok else math.nan,
+                "leader_seen_median_s": statistics.median(elected) if elected else math.nan,
+                "failed_runs": failed,
+                "load_start": load0,
+                "load_end": load_end,
+            },
+        )
+    )
 
 
 if __name__ == "__main__":

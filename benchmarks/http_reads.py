@@ -72,10 +72,18 @@ class LoadResult:
 
 def register_web(port: int) -> None:
     for i in range(1, INSTANCES + 1):
-        http("PUT", port, "/v1/agent/service/register", {
-            "ID": f"web-{i}", "Name": "web", "Address": f"127.0.20.{i}", "Port": 8080,
-            "Check": {"TTL": "30m", "Status": "passing"},
-        })
+        http(
+            "PUT",
+            port,
+            "/v1/agent/service/register",
+            {
+                "ID": f"web-{i}",
+                "Name": "web",
+                "Address": f"127.0.20.{i}",
+                "Port": 8080,
+                "Check": {"TTL": "30m", "Status": "passing"},
+            },
+        )
 
 
 def wait_for_instances(port: int, path: str, timeout: float = 30.0) -> None:
@@ -117,11 +125,18 @@ def parse_wrk(out: str, res: LoadResult) -> None:
         res.notes.append(f"wrk socket errors:{m.group(1)}")
 
 
-def run_wrk(wrk: str, agent: MeshdAgent, server: MeshdAgent | None, path: str,
-            args: argparse.Namespace) -> LoadResult:
+def run_wrk(
+    wrk: str, agent: MeshdAgent, server: MeshdAgent | None, path: str, args: argparse.Namespace
+) -> LoadResult:
     url = f"http://{LOOPBACK}:{agent.http_port}{path}"
-    cmd = [wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration:g}s",
-           "--latency", url]
+    cmd = [
+        wrk,
+        f"-t{args.threads}",
+        f"-c{args.connections}",
+        f"-d{args.duration:g}s",
+        "--latency",
+        url,
+    ]
     print(f"  running: {' '.join(cmd)}", flush=True)
     res = LoadResult(f"wrk -t{args.threads} -c{args.connections}")
     meter = CpuMeter(agent.pid).start()
@@ -143,8 +158,9 @@ def run_wrk(wrk: str, agent: MeshdAgent, server: MeshdAgent | None, path: str,
 # --------------------------------------------------------------------------- aiohttp client
 
 
-async def _aiohttp_load(url: str, concurrency: int, duration: float,
-                        max_requests: int) -> tuple[list[float], int, float]:
+async def _aiohttp_load(
+    url: str, concurrency: int, duration: float, max_requests: int
+) -> tuple[list[float], int, float]:
     import aiohttp
 
     latencies: list[float] = []
@@ -181,17 +197,22 @@ async def _aiohttp_load(url: str, concurrency: int, duration: float,
     return latencies, errors, wall
 
 
-def run_aiohttp(agent: MeshdAgent, server: MeshdAgent | None, path: str,
-                args: argparse.Namespace) -> LoadResult:
+def run_aiohttp(
+    agent: MeshdAgent, server: MeshdAgent | None, path: str, args: argparse.Namespace
+) -> LoadResult:
     url = f"http://{LOOPBACK}:{agent.http_port}{path}"
-    print(f"  running: built-in aiohttp client, {args.concurrency} concurrent, "
-          f"{args.duration:g}s, GET {url}", flush=True)
+    print(
+        f"  running: built-in aiohttp client, {args.concurrency} concurrent, "
+        f"{args.duration:g}s, GET {url}",
+        flush=True,
+    )
     res = LoadResult(f"aiohttp x{args.concurrency}")
     meter = CpuMeter(agent.pid).start()
     smeter = CpuMeter(server.pid).start() if server is not None else None
     self0 = self_cpu_seconds()
     latencies, errors, wall = asyncio.run(
-        _aiohttp_load(url, args.concurrency, args.duration, MAX_REQUESTS))
+        _aiohttp_load(url, args.concurrency, args.duration, MAX_REQUESTS)
+    )
     meter.stop()
     if smeter is not None:
         res.server_cores = smeter.stop().cores
@@ -216,20 +237,31 @@ def run_aiohttp(agent: MeshdAgent, server: MeshdAgent | None, path: str,
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Requests/s and latency of GET /v1/health/service/web?passing on one meshd "
-                    "agent, with wrk (Debian package: wrk) or a built-in aiohttp client.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--client", choices=("auto", "wrk", "aiohttp", "both"), default="auto",
-                   help="load generator; auto = wrk if installed, else aiohttp")
-    p.add_argument("--topology", choices=("dev", "client"), default="dev",
-                   help="dev: load a -dev agent (server+agent in one process); client: load a "
-                        "client agent joined to a separate data-dir server")
+        "agent, with wrk (Debian package: wrk) or a built-in aiohttp client.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--client",
+        choices=("auto", "wrk", "aiohttp", "both"),
+        default="auto",
+        help="load generator; auto = wrk if installed, else aiohttp",
+    )
+    p.add_argument(
+        "--topology",
+        choices=("dev", "client"),
+        default="dev",
+        help="dev: load a -dev agent (server+agent in one process); client: load a "
+        "client agent joined to a separate data-dir server",
+    )
     p.add_argument("--duration", type=float, default=15.0, help="seconds of load per client")
     p.add_argument("--threads", type=int, default=2, help="wrk -t")
     p.add_argument("--connections", type=int, default=32, help="wrk -c")
-    p.add_argument("--concurrency", type=int, default=64,
-                   help="requests in flight for the aiohttp client")
-    p.add_argument("--query", default="passing",
-                   help="query string after '?' (e.g. 'passing&cached')")
+    p.add_argument(
+        "--concurrency", type=int, default=64, help="requests in flight for the aiohttp client"
+    )
+    p.add_argument(
+        "--query", default="passing", help="query string after '?' (e.g. 'passing&cached')"
+    )
     return p.parse_args(argv)
 
 
@@ -237,13 +269,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     wrk = find_tool("wrk")
     if args.client in ("wrk", "both") and wrk is None:
-        raise BenchError("`wrk` is not installed. Install it with:  apt-get install -y wrk\n"
-                         "(or use --client aiohttp, or run benchmarks/run_all.sh)")
+        raise BenchError(
+            "`wrk` is not installed. Install it with:  apt-get install -y wrk\n"
+            "(or use --client aiohttp, or run benchmarks/run_all.sh)"
+        )
     clients = {"auto": ["wrk" if wrk else "aiohttp"], "both": ["wrk", "aiohttp"]}.get(
-        args.client, [args.client])
+        args.client, [args.client]
+    )
     if args.client == "auto" and wrk is None:
-        print("note: wrk is not installed (Debian package: wrk); using the built-in aiohttp "
-              "client, which needs much more CPU per request than wrk")
+        print(
+            "note: wrk is not installed (Debian package: wrk); using the built-in aiohttp "
+            "client, which needs much more CPU per request than wrk"
+        )
     path = f"/v1/health/service/web?{args.query}" if args.query else "/v1/health/service/web"
     print(f"== http_reads: {machine_summary()}")
 
@@ -253,8 +290,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.topology == "client":
             server = MeshdAgent(mode="data-dir", node="bench-server", dns=False)
             server.start()
-            agent = MeshdAgent(mode="client", node="bench-client", dns=False,
-                               retry_join=f"{LOOPBACK}:{server.server_port}")
+            agent = MeshdAgent(
+                mode="client",
+                node="bench-client",
+                dns=False,
+                retry_join=f"{LOOPBACK}:{server.server_port}",
+            )
         else:
             agent = MeshdAgent(mode="dev", dns=False)
         with agent:
@@ -282,20 +323,42 @@ def report(results: list[LoadResult], args: argparse.Namespace, path: str) -> No
     rows = []
     for r in results:
         other = r.machine_cores - r.agent_cores - r.client_cores - r.server_cores
-        row = [r.client, fmt(r.rps, 0), f"{r.requests:,}", str(r.errors),
-               fmt(r.p50_ms, 3), fmt(r.p90_ms, 3), fmt(r.p99_ms, 3), fmt(r.max_ms, 3),
-               fmt(r.agent_cores * 100, 0) + "%"]
+        row = [
+            r.client,
+            fmt(r.rps, 0),
+            f"{r.requests:,}",
+            str(r.errors),
+            fmt(r.p50_ms, 3),
+            fmt(r.p90_ms, 3),
+            fmt(r.p99_ms, 3),
+            fmt(r.max_ms, 3),
+            fmt(r.agent_cores * 100, 0) + "%",
+        ]
         if args.topology == "client":
             row.append(fmt(r.server_cores * 100, 0) + "%")
-        rows.append(row + [fmt(r.client_cores * 100, 0) + "%", fmt(other * 100, 0) + "%"])
-    headers = ["client", "req/s", "requests", "non-200", "p50 ms", "p90 ms", "p99 ms",
-               "max ms", "agent CPU"]
+        rows.append([*row, fmt(r.client_cores * 100, 0) + "%", fmt(other * 100, 0) + "%"])
+    headers = [
+        "client",
+        "req/s",
+        "requests",
+        "non-200",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "agent CPU",
+    ]
     if args.topology == "client":
         headers.append("server CPU")
     print()
-    print(table(headers + ["client CPU", "other CPU"], rows,
-                title=f"HTTP GET {path} ({args.topology} agent, {args.duration:g}s per client; "
-                      f"CPU 100% = one core)"))
+    print(
+        table(
+            [*headers, "client CPU", "other CPU"],
+            rows,
+            title=f"HTTP GET {path} ({args.topology} agent, {args.duration:g}s per client; "
+            f"CPU 100% = one core)",
+        )
+    )
     for r in results:
         for note in r.notes:
             print(f"note ({r.client}): {note}")
@@ -303,18 +366,28 @@ def report(results: list[LoadResult], args: argparse.Namespace, path: str) -> No
     values: dict[str, float | int | str] = {"topology": args.topology}
     for r in results:
         ok = r.rps >= TARGET_RPS and r.errors == 0
-        targets.append([f">= {TARGET_RPS:,} req/s ({r.client})", f"{fmt(r.rps, 0)} req/s",
-                        "met" if ok else "NOT met"])
+        targets.append(
+            [
+                f">= {TARGET_RPS:,} req/s ({r.client})",
+                f"{fmt(r.rps, 0)} req/s",
+                "met" if ok else "NOT met",
+            ]
+        )
         key = "wrk" if r.client.startswith("wrk") else "aiohttp"
-        values.update({f"{key}_rps": r.rps, f"{key}_p50_ms": r.p50_ms,
-                       f"{key}_p99_ms": r.p99_ms, f"{key}_errors": r.errors,
-                       f"{key}_agent_cpu_pct": r.agent_cores * 100,
-                       f"{key}_client_cpu_pct": r.client_cores * 100})
+        values.update(
+            {
+                f"{key}_rps": r.rps,
+                f"{key}_p50_ms": r.p50_ms,
+                f"{key}_p99_ms": r.p99_ms,
+                f"{key}_errors": r.errors,
+                f"{key}_agent_cpu_pct": r.agent_cores * 100,
+                f"{key}_client_cpu_pct": r.client_cores * 100,
+            }
+        )
         if args.topology == "client":
             values[f"{key}_server_cpu_pct"] = r.server_cores * 100
     print()
-    print(table(["target", "measured", "verdict"], targets,
-                title="HTTP read target", left=2))
+    print(table(["target", "measured", "verdict"], targets, title="HTTP read target", left=2))
     print(result_line("http_reads", values))
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import re
@@ -184,10 +185,8 @@ class Pool:
 
     async def replace(self, conn: ClientConn) -> None:
         conn.close()
-        try:
+        with contextlib.suppress(OSError):
             self.idle.put_nowait(await self._connect())
-        except OSError:
-            pass
 
     def close(self) -> None:
         for c in self.all:
@@ -241,8 +240,7 @@ class Samples:
         return res
 
 
-async def open_loop(port: int, rate: float, duration: float, conns: int,
-                    out: Samples) -> None:
+async def open_loop(port: int, rate: float, duration: float, conns: int, out: Samples) -> None:
     """`rate` req/s for `duration` s on a schedule; latency from each scheduled time."""
     req = b"GET / HTTP/1.1\r\nHost: api\r\nUser-Agent: meshd-bench\r\n\r\n"
     pool = await Pool(port, conns).open()
@@ -327,10 +325,17 @@ def _ms(value: str) -> float:
     return float(m.group(1)) * scale
 
 
-def run_wrk(wrk: str, port: int, res: Load, connections: int, duration: float,
-            workdir: Path) -> Load:
-    cmd = [wrk, "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency",
-           f"http://{LOOPBACK}:{port}/"]
+def run_wrk(
+    wrk: str, port: int, res: Load, connections: int, duration: float, workdir: Path
+) -> Load:
+    cmd = [
+        wrk,
+        "-t1",
+        f"-c{connections}",
+        f"-d{duration:g}s",
+        "--latency",
+        f"http://{LOOPBACK}:{port}/",
+    ]
     proc = run_bounded(cmd, timeout=duration + 30, stdout_path=workdir / "wrk.out")
     out = proc.stdout
     if proc.returncode != 0:
@@ -366,8 +371,11 @@ class Mesh:
     envoys: dict[str, tuple[Proc, int]]
 
     def check(self) -> None:
-        for name, p in [("agent", self.agent.proc), ("upstream", self.upstream),
-                        *((f"envoy {k}", v[0]) for k, v in self.envoys.items())]:
+        for name, p in [
+            ("agent", self.agent.proc),
+            ("upstream", self.upstream),
+            *((f"envoy {k}", v[0]) for k, v in self.envoys.items()),
+        ]:
             if not p.alive():
                 raise BenchError(f"{name} exited:\n{p.log_tail()}")
 
@@ -380,22 +388,43 @@ def put_ok(port: int, path: str, body: object) -> None:
 
 def build_mesh(procs: Procs) -> Mesh:
     api_port, api_pub, web_port, web_pub, up_port = free_ports(5)
-    upstream = procs.add("upstream", [sys.executable,
-                                      str(Path(__file__).with_name("_upstream.py")),
-                                      f"--port={api_port}"]).start()
+    upstream = procs.add(
+        "upstream",
+        [sys.executable, str(Path(__file__).with_name("_upstream.py")), f"--port={api_port}"],
+    ).start()
     agent = start_meshd(procs, "dev", "dev", grpc=True)
     wait_agent_ready(agent)
-    wait_until(lambda: request(api_port, "GET", "/")[0] == 200, 15, "the upstream",
-               logs=upstream.log_tail)
-    put_ok(agent.http_port, "/v1/agent/service/register", {
-        "Name": "api", "ID": "api", "Port": api_port,
-        "Check": {"CheckID": "api-ttl", "TTL": "10m", "Status": "passing"},
-        "Connect": {"SidecarService": {"Port": api_pub, "Address": LOOPBACK}}})
-    put_ok(agent.http_port, "/v1/agent/service/register", {
-        "Name": "web", "ID": "web", "Port": web_port,
-        "Check": {"CheckID": "web-ttl", "TTL": "10m", "Status": "passing"},
-        "Connect": {"SidecarService": {"Port": web_pub, "Address": LOOPBACK, "Proxy": {
-            "Upstreams": [{"DestinationName": "api", "LocalBindPort": up_port}]}}}})
+    wait_until(
+        lambda: request(api_port, "GET", "/")[0] == 200, 15, "the upstream", logs=upstream.log_tail
+    )
+    put_ok(
+        agent.http_port,
+        "/v1/agent/service/register",
+        {
+            "Name": "api",
+            "ID": "api",
+            "Port": api_port,
+            "Check": {"CheckID": "api-ttl", "TTL": "10m", "Status": "passing"},
+            "Connect": {"SidecarService": {"Port": api_pub, "Address": LOOPBACK}},
+        },
+    )
+    put_ok(
+        agent.http_port,
+        "/v1/agent/service/register",
+        {
+            "Name": "web",
+            "ID": "web",
+            "Port": web_port,
+            "Check": {"CheckID": "web-ttl", "TTL": "10m", "Status": "passing"},
+            "Connect": {
+                "SidecarService": {
+                    "Port": web_pub,
+                    "Address": LOOPBACK,
+                    "Proxy": {"Upstreams": [{"DestinationName": "api", "LocalBindPort": up_port}]},
+                }
+            },
+        },
+    )
     envoys = {sid: start_envoy(procs, agent, sid) for sid in ("api", "web")}
     mesh = Mesh(agent, upstream, api_port, up_port, envoys)
 
@@ -403,17 +432,24 @@ def build_mesh(procs: Procs) -> Mesh:
         mesh.check()
         return request(up_port, "GET", "/", timeout=2)[0] == 200
 
-    wait_until(through_mesh, 60, "a 200 through both Envoys", interval=0.2,
-               logs=lambda: "\n".join(f"--- {p.name}\n{p.log_tail()}"
-                                      for p in procs.procs))
+    wait_until(
+        through_mesh,
+        60,
+        "a 200 through both Envoys",
+        interval=0.2,
+        logs=lambda: "\n".join(f"--- {p.name}\n{p.log_tail()}" for p in procs.procs),
+    )
     return mesh
 
 
 def set_protocol(mesh: Mesh, protocol: str, drain: float) -> float:
     """Write service-defaults for api; wait until both Envoys' listeners use it. Seconds."""
     t0 = time.monotonic()
-    put_ok(mesh.agent.http_port, "/v1/config",
-           {"Kind": "service-defaults", "Name": "api", "Protocol": protocol})
+    put_ok(
+        mesh.agent.http_port,
+        "/v1/config",
+        {"Kind": "service-defaults", "Name": "api", "Protocol": protocol},
+    )
     want, other = (HCM, TCP_PROXY) if protocol == "http" else (TCP_PROXY, HCM)
 
     # api's public listener (api's Envoy) and web's listener for upstream api (web's Envoy)
@@ -423,8 +459,13 @@ def set_protocol(mesh: Mesh, protocol: str, drain: float) -> float:
         mesh.check()
         for sid, (_, admin) in mesh.envoys.items():
             dump = json.loads(envoy_admin(admin, "/config_dump?resource=dynamic_listeners"))
-            active = json.dumps([c.get("active_state") for c in dump.get("configs", [])
-                                 if str(c.get("name", "")).startswith(listener_prefix[sid])])
+            active = json.dumps(
+                [
+                    c.get("active_state")
+                    for c in dump.get("configs", [])
+                    if str(c.get("name", "")).startswith(listener_prefix[sid])
+                ]
+            )
             if want not in active or other in active:
                 return False
         return True
@@ -432,20 +473,27 @@ def set_protocol(mesh: Mesh, protocol: str, drain: float) -> float:
     wait_until(applied, 30, f"both Envoys to use protocol {protocol}", interval=0.1)
     took = time.monotonic() - t0
     time.sleep(drain)  # let listeners that were replaced finish draining
-    wait_until(lambda: request(mesh.up_port, "GET", "/", timeout=2)[0] == 200, 30,
-               "a 200 through the mesh after the protocol change")
+    wait_until(
+        lambda: request(mesh.up_port, "GET", "/", timeout=2)[0] == 200,
+        30,
+        "a 200 through the mesh after the protocol change",
+    )
     return took
 
 
 def cpu_snapshot(mesh: Mesh) -> dict[str, float]:
-    snap = {"envoys": sum(cpu_seconds(p.pid) for p, _ in mesh.envoys.values()),
-            "api": cpu_seconds(mesh.upstream.pid), "client": self_cpu_seconds(),
-            "wrk": children_cpu_seconds()}
+    snap = {
+        "envoys": sum(cpu_seconds(p.pid) for p, _ in mesh.envoys.values()),
+        "api": cpu_seconds(mesh.upstream.pid),
+        "client": self_cpu_seconds(),
+        "wrk": children_cpu_seconds(),
+    }
     return snap
 
 
-def cpu_used(before: dict[str, float], after: dict[str, float], wall: float,
-             kind: str) -> dict[str, float]:
+def cpu_used(
+    before: dict[str, float], after: dict[str, float], wall: float, kind: str
+) -> dict[str, float]:
     used = {k: (after[k] - before[k]) / wall for k in before}
     used["client"] = used.pop("wrk") if kind == "max" else used["client"]
     used.pop("wrk", None)
@@ -458,27 +506,53 @@ def cpu_used(before: dict[str, float], after: dict[str, float], wall: float,
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Added latency of two Envoy sidecars (mTLS) vs calling the upstream "
-                    "directly, for protocol tcp and http, at a fixed rate and at max.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "directly, for protocol tcp and http, at a fixed rate and at max.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--protocols", default="tcp,http", help="comma-separated: tcp and/or http")
     p.add_argument("--rate", type=float, default=1000.0, help="fixed-rate load, requests/s")
-    p.add_argument("--duration", type=float, default=15.0,
-                   help="seconds of fixed-rate load per path and protocol")
-    p.add_argument("--rounds", type=int, default=3,
-                   help="split each path's fixed-rate load into this many segments, "
-                        "alternating direct and meshed (so drift hits both alike)")
-    p.add_argument("--warmup", type=float, default=1.0,
-                   help="seconds of unmeasured load before each fixed-rate run")
-    p.add_argument("--conns", type=int, default=16,
-                   help="keep-alive connections of the fixed-rate client")
-    p.add_argument("--max-duration", type=float, default=10.0,
-                   help="seconds of each wrk run (0 = skip the max-throughput runs)")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=15.0,
+        help="seconds of fixed-rate load per path and protocol",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="split each path's fixed-rate load into this many segments, "
+        "alternating direct and meshed (so drift hits both alike)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=1.0,
+        help="seconds of unmeasured load before each fixed-rate run",
+    )
+    p.add_argument(
+        "--conns", type=int, default=16, help="keep-alive connections of the fixed-rate client"
+    )
+    p.add_argument(
+        "--max-duration",
+        type=float,
+        default=10.0,
+        help="seconds of each wrk run (0 = skip the max-throughput runs)",
+    )
     p.add_argument("--max-conns", type=int, default=16, help="wrk -c")
-    p.add_argument("--drain", type=float, default=1.0,
-                   help="seconds to wait after a protocol change has reached both Envoys")
-    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
-                   help="first wait up to this long for the 1-min load average to drop below "
-                        "0.7")
+    p.add_argument(
+        "--drain",
+        type=float,
+        default=1.0,
+        help="seconds to wait after a protocol change has reached both Envoys",
+    )
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="first wait up to this long for the 1-min load average to drop below 0.7",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
     args = p.parse_args(argv)
     args.protocol_list = [x.strip() for x in args.protocols.split(",") if x.strip()]
@@ -498,8 +572,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     wrk = find_tool("wrk")
     if args.max_duration > 0 and wrk is None:
-        raise BenchError("`wrk` is not installed (apt-get install -y wrk); or pass "
-                         "--max-duration 0 to skip the max-throughput runs")
+        raise BenchError(
+            "`wrk` is not installed (apt-get install -y wrk); or pass "
+            "--max-duration 0 to skip the max-throughput runs"
+        )
     quiet = wait_quiet(args.wait_quiet)
     print(f"== mesh_overhead: {machine_summary()}")
     print(quiet.describe(), flush=True)
@@ -509,44 +585,52 @@ def main(argv: list[str] | None = None) -> int:
         mesh = build_mesh(procs)
         version = request(mesh.envoys["web"][1], "GET", "/server_info")[1]
         m = re.search(rb'"version":\s*"([^"]+)"', version)
-        print(f"agent, upstream and two Envoys ({m.group(1).decode() if m else '?'}) up in "
-              f"{time.monotonic() - t0:.1f}s; api :{mesh.api_port}, web's upstream "
-              f":{mesh.up_port}", flush=True)
+        print(
+            f"agent, upstream and two Envoys ({m.group(1).decode() if m else '?'}) up in "
+            f"{time.monotonic() - t0:.1f}s; api :{mesh.api_port}, web's upstream "
+            f":{mesh.up_port}",
+            flush=True,
+        )
         for proto in args.protocol_list:
             took = set_protocol(mesh, proto, args.drain)
-            print(f"protocol {proto}: on both Envoys {took:.2f}s after the config write",
-                  flush=True)
+            print(
+                f"protocol {proto}: on both Envoys {took:.2f}s after the config write", flush=True
+            )
             ports = {"direct": mesh.api_port, "meshed": mesh.up_port}
             samples = {path: Samples() for path in ports}
             for path in ports:  # unmeasured warm-up of both paths
-                asyncio.run(open_loop(ports[path], args.rate, args.warmup, args.conns,
-                                      Samples()))
+                asyncio.run(open_loop(ports[path], args.rate, args.warmup, args.conns, Samples()))
             seg = args.duration / args.rounds
-            print(f"  {proto}: {args.rate:g} req/s, direct and meshed alternating, "
-                  f"{args.rounds} x {seg:g}s each ...", flush=True)
+            print(
+                f"  {proto}: {args.rate:g} req/s, direct and meshed alternating, "
+                f"{args.rounds} x {seg:g}s each ...",
+                flush=True,
+            )
             for _ in range(args.rounds):
                 for path in ports:
                     before = cpu_snapshot(mesh)
-                    asyncio.run(open_loop(ports[path], args.rate, seg, args.conns,
-                                          samples[path]))
+                    asyncio.run(open_loop(ports[path], args.rate, seg, args.conns, samples[path]))
                     after = cpu_snapshot(mesh)
                     for k in ("envoys", "api", "client"):
-                        samples[path].cpu[k] = (samples[path].cpu.get(k, 0.0) + after[k]
-                                                - before[k])
+                        samples[path].cpu[k] = samples[path].cpu.get(k, 0.0) + after[k] - before[k]
                     mesh.check()
             for path in ports:
                 loads.append(samples[path].into(Load(path, proto, "rate")))
             if args.max_duration > 0:
                 assert wrk is not None
                 for path in ("direct", "meshed"):
-                    print(f"  {proto} {path}: wrk -t1 -c{args.max_conns} "
-                          f"-d{args.max_duration:g}s ...", flush=True)
+                    print(
+                        f"  {proto} {path}: wrk -t1 -c{args.max_conns} "
+                        f"-d{args.max_duration:g}s ...",
+                        flush=True,
+                    )
                     res = Load(path, proto, "max")
                     before = cpu_snapshot(mesh)
                     t_wrk = time.perf_counter()
                     run_wrk(wrk, ports[path], res, args.max_conns, args.max_duration, procs.dir)
-                    res.cpu = cpu_used(before, cpu_snapshot(mesh),
-                                       time.perf_counter() - t_wrk, "max")
+                    res.cpu = cpu_used(
+                        before, cpu_snapshot(mesh), time.perf_counter() - t_wrk, "max"
+                    )
                     loads.append(res)
                     mesh.check()
     report(loads, args, quiet.load_start)
@@ -555,27 +639,58 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(loads: list[Load], args: argparse.Namespace, load0: float) -> None:
     def find(proto: str, path: str, kind: str) -> Load | None:
-        return next((x for x in loads if (x.protocol, x.path, x.kind) == (proto, path, kind)),
-                    None)
+        return next((x for x in loads if (x.protocol, x.path, x.kind) == (proto, path, kind)), None)
 
     def cpu(x: Load) -> str:
-        return " ".join(f"{k} {x.cpu.get(k, math.nan) * 100:.0f}%"
-                        for k in ("envoys", "api", "client"))
+        return " ".join(
+            f"{k} {x.cpu.get(k, math.nan) * 100:.0f}%" for k in ("envoys", "api", "client")
+        )
 
     values: dict[str, float | int | str] = {}
     rows = []
     for x in loads:
         if x.kind != "rate":
             continue
-        rows.append([x.protocol, x.path, f"{x.requests:,}", str(x.errors), fmt(x.rate, 0),
-                     *(fmt(x.lat[p], 3) for p in PCTS), fmt(x.max_ms, 3),
-                     *(fmt(x.svc[p], 3) for p in PCTS), fmt(x.late_p99_ms, 3), cpu(x)])
+        rows.append(
+            [
+                x.protocol,
+                x.path,
+                f"{x.requests:,}",
+                str(x.errors),
+                fmt(x.rate, 0),
+                *(fmt(x.lat[p], 3) for p in PCTS),
+                fmt(x.max_ms, 3),
+                *(fmt(x.svc[p], 3) for p in PCTS),
+                fmt(x.late_p99_ms, 3),
+                cpu(x),
+            ]
+        )
     print()
-    print(table(["proto", "path", "requests", "errors", "req/s", "p50 ms", "p90 ms", "p99 ms",
-                 "max ms", "svc p50", "svc p90", "svc p99", "send late p99", "CPU"], rows,
-                left=2, title=f"Fixed rate {args.rate:g} req/s, open loop, {args.conns} "
-                              f"keep-alive connections (latency from the scheduled send; "
-                              f"svc = from the actual send; CPU 100% = one core)"))
+    print(
+        table(
+            [
+                "proto",
+                "path",
+                "requests",
+                "errors",
+                "req/s",
+                "p50 ms",
+                "p90 ms",
+                "p99 ms",
+                "max ms",
+                "svc p50",
+                "svc p90",
+                "svc p99",
+                "send late p99",
+                "CPU",
+            ],
+            rows,
+            left=2,
+            title=f"Fixed rate {args.rate:g} req/s, open loop, {args.conns} "
+            f"keep-alive connections (latency from the scheduled send; "
+            f"svc = from the actual send; CPU 100% = one core)",
+        )
+    )
     added_rows = []
     for proto in args.protocol_list:
         d, m = find(proto, "direct", "rate"), find(proto, "meshed", "rate")
@@ -591,30 +706,63 @@ def report(loads: list[Load], args: argparse.Namespace, load0: float) -> None:
             values[f"{proto}_added_p{p}_ms"] = added[p]
         values[f"{proto}_errors"] = d.errors + m.errors
     print()
-    print(table(["proto", "measured from", "added p50 ms", "added p90 ms", "added p99 ms"],
-                added_rows, left=2,
-                title=f"Added by the mesh at {args.rate:g} req/s (meshed - direct, per "
-                      f"percentile; Istio's documented figure: +2.65 ms at p90; target: added "
-                      f"p99 < 1 ms)"))
+    print(
+        table(
+            ["proto", "measured from", "added p50 ms", "added p90 ms", "added p99 ms"],
+            added_rows,
+            left=2,
+            title=f"Added by the mesh at {args.rate:g} req/s (meshed - direct, per "
+            f"percentile; Istio's documented figure: +2.65 ms at p90; target: added "
+            f"p99 < 1 ms)",
+        )
+    )
     for proto in args.protocol_list:
         key = f"{proto}_added_p99_ms"
         if key in values:
             ok = float(values[key]) < 1.0
-            print(f"target added p99 < 1 ms ({proto}): {'met' if ok else 'NOT met'} "
-                  f"({fmt(float(values[key]), 3)} ms)")
+            print(
+                f"target added p99 < 1 ms ({proto}): {'met' if ok else 'NOT met'} "
+                f"({fmt(float(values[key]), 3)} ms)"
+            )
     max_rows = []
     for x in loads:
         if x.kind != "max":
             continue
-        max_rows.append([x.protocol, x.path, f"{x.requests:,}", str(x.errors), fmt(x.rate, 0),
-                         *(fmt(x.lat[p], 3) for p in PCTS), fmt(x.max_ms, 3), cpu(x)])
+        max_rows.append(
+            [
+                x.protocol,
+                x.path,
+                f"{x.requests:,}",
+                str(x.errors),
+                fmt(x.rate, 0),
+                *(fmt(x.lat[p], 3) for p in PCTS),
+                fmt(x.max_ms, 3),
+                cpu(x),
+            ]
+        )
         values[f"{x.protocol}_{x.path}_max_rps"] = x.rate
     if max_rows:
         print()
-        print(table(["proto", "path", "requests", "non-2xx", "req/s", "p50 ms", "p90 ms",
-                     "p99 ms", "max ms", "CPU (client = wrk)"], max_rows, left=2,
-                    title=f"Max throughput: wrk -t1 -c{args.max_conns} "
-                          f"-d{args.max_duration:g}s (closed loop)"))
+        print(
+            table(
+                [
+                    "proto",
+                    "path",
+                    "requests",
+                    "non-2xx",
+                    "req/s",
+                    "p50 ms",
+                    "p90 ms",
+                    "p99 ms",
+                    "max ms",
+                    "CPU (client = wrk)",
+                ],
+                max_rows,
+                left=2,
+                title=f"Max throughput: wrk -t1 -c{args.max_conns} "
+                f"-d{args.max_duration:g}s (closed loop)",
+            )
+        )
     for x in loads:
         for note in x.notes:
             print(f"note ({x.protocol} {x.path} {x.kind}): {note}")

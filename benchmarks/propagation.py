@@ -100,7 +100,7 @@ class Change:
 
 
 def endpoint_state(clusters: str, addr: str) -> str:
-    """"healthy", "unhealthy" or "" (absent) for `addr` in Envoy's /clusters text output."""
+    """ "healthy", "unhealthy" or "" (absent) for `addr` in Envoy's /clusters text output."""
     state = ""
     for line in clusters.splitlines():
         if f"::{addr}::health_flags::" in line:
@@ -109,19 +109,34 @@ def endpoint_state(clusters: str, addr: str) -> str:
 
 
 def register_api(a: Keepalive, n: int, service_port: int, sidecar_port: int) -> int:
-    body = {"Name": "api", "ID": f"api-{n}", "Port": service_port,
-            "Connect": {"SidecarService": {
-                "Port": sidecar_port, "Address": LOOPBACK,
-                "Checks": [{"CheckID": f"api-{n}-sidecar-ttl", "Name": "bench sidecar TTL",
-                            "TTL": "10m", "Status": "passing"}]}}}
+    body = {
+        "Name": "api",
+        "ID": f"api-{n}",
+        "Port": service_port,
+        "Connect": {
+            "SidecarService": {
+                "Port": sidecar_port,
+                "Address": LOOPBACK,
+                "Checks": [
+                    {
+                        "CheckID": f"api-{n}-sidecar-ttl",
+                        "Name": "bench sidecar TTL",
+                        "TTL": "10m",
+                        "Status": "passing",
+                    }
+                ],
+            }
+        },
+    }
     status, raw = a.call("PUT", "/v1/agent/service/register", json.dumps(body).encode())
     if status != 200:
         raise BenchError(f"register api-{n} -> {status}: {raw[:300]!r}")
     return status
 
 
-def wait_endpoint(admin: Keepalive, addr: str, present: bool, period: float,
-                  max_wait: float) -> tuple[float, int]:
+def wait_endpoint(
+    admin: Keepalive, addr: str, present: bool, period: float, max_wait: float
+) -> tuple[float, int]:
     """Poll /clusters until `addr` is healthy (present) or gone; (time seen, polls) or NaN."""
     deadline = time.perf_counter() + max_wait
     polls = 0
@@ -143,15 +158,24 @@ def wait_endpoint(admin: Keepalive, addr: str, present: bool, period: float,
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Time from registering a service on one agent to its endpoint appearing "
-                    "in an Envoy sidecar on another agent.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "in an Envoy sidecar on another agent.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--changes", type=int, default=100, help="instances to register (one by one)")
     p.add_argument("--poll-ms", type=float, default=5.0, help="Envoy admin poll period")
-    p.add_argument("--max-wait", type=float, default=10.0,
-                   help="seconds to wait for one change before counting it as missed")
-    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
-                   help="first wait up to this long for the 1-min load average to drop below "
-                        "0.7")
+    p.add_argument(
+        "--max-wait",
+        type=float,
+        default=10.0,
+        help="seconds to wait for one change before counting it as missed",
+    )
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="first wait up to this long for the 1-min load average to drop below 0.7",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, data)")
     args = p.parse_args(argv)
     if args.changes < 1 or args.poll_ms <= 0 or args.max_wait <= 0:
@@ -163,19 +187,39 @@ def setup(procs: Procs) -> tuple[MeshdNode, MeshdNode, int]:
     """Server A, client B, web + Envoy on B; returns (A, B, Envoy admin port)."""
     a = start_meshd(procs, "server-a", "server", bootstrap_expect=1)
     wait_agent_ready(a)
-    b = start_meshd(procs, "client-b", "client", retry_join=[f"{LOOPBACK}:{a.server_port}"],
-                    grpc=True)
+    b = start_meshd(
+        procs, "client-b", "client", retry_join=[f"{LOOPBACK}:{a.server_port}"], grpc=True
+    )
     wait_agent_ready(b)
     web_port, web_pub, up_port = free_ports(3)
-    status, raw = request(b.http_port, "PUT", "/v1/agent/service/register", body={
-        "Name": "web", "ID": "web", "Port": web_port,
-        "Connect": {"SidecarService": {"Port": web_pub, "Address": LOOPBACK, "Proxy": {
-            "Upstreams": [{"DestinationName": "api", "LocalBindPort": up_port}]}}}}, timeout=10)
+    status, raw = request(
+        b.http_port,
+        "PUT",
+        "/v1/agent/service/register",
+        body={
+            "Name": "web",
+            "ID": "web",
+            "Port": web_port,
+            "Connect": {
+                "SidecarService": {
+                    "Port": web_pub,
+                    "Address": LOOPBACK,
+                    "Proxy": {"Upstreams": [{"DestinationName": "api", "LocalBindPort": up_port}]},
+                }
+            },
+        },
+        timeout=10,
+    )
     if status != 200:
         raise BenchError(f"register web on B -> {status}: {raw[:300]!r}")
     envoy, admin = start_envoy(procs, b, "web")
-    wait_until(lambda: request(admin, "GET", "/ready", timeout=1)[0] == 200, 60,
-               "web's Envoy to be ready", interval=0.1, logs=envoy.log_tail)
+    wait_until(
+        lambda: request(admin, "GET", "/ready", timeout=1)[0] == 200,
+        60,
+        "web's Envoy to be ready",
+        interval=0.1,
+        logs=envoy.log_tail,
+    )
     return a, b, admin
 
 
@@ -194,11 +238,15 @@ def main(argv: list[str] | None = None) -> int:
             register_api(api_conn, 0, ports[0], ports[1])
             seen, _ = wait_endpoint(admin, f"{LOOPBACK}:{ports[1]}", True, 0.005, 60)
             if math.isnan(seen):
-                raise BenchError("the first api instance never reached web's Envoy:\n"
-                                 + "\n".join(f"--- {p.name}\n{p.log_tail()}"
-                                             for p in procs.procs))
-            print(f"server A, client B and web's Envoy on B up in {time.monotonic() - t0:.1f}s; "
-                  f"api-0 in B's Envoy; {args.changes} changes ...", flush=True)
+                raise BenchError(
+                    "the first api instance never reached web's Envoy:\n"
+                    + "\n".join(f"--- {p.name}\n{p.log_tail()}" for p in procs.procs)
+                )
+            print(
+                f"server A, client B and web's Envoy on B up in {time.monotonic() - t0:.1f}s; "
+                f"api-0 in B's Envoy; {args.changes} changes ...",
+                flush=True,
+            )
             period = args.poll_ms / 1000
             for n in range(1, args.changes + 1):
                 svc_port, sidecar_port = ports[2 * n], ports[2 * n + 1]
@@ -233,8 +281,13 @@ def main(argv: list[str] | None = None) -> int:
 def report(changes: list[Change], args: argparse.Namespace, load0: float) -> None:
     def stats(values: list[float]) -> list[float]:
         ok = sorted(v for v in values if not math.isnan(v))
-        return [percentile(ok, 50), percentile(ok, 90), percentile(ok, 99),
-                ok[-1] if ok else math.nan, float(len(values) - len(ok))]
+        return [
+            percentile(ok, 50),
+            percentile(ok, 90),
+            percentile(ok, 99),
+            ok[-1] if ok else math.nan,
+            float(len(values) - len(ok)),
+        ]
 
     series = {
         "register call (HTTP 200 on A)": [c.call_ms for c in changes],
@@ -249,30 +302,52 @@ def report(changes: list[Change], args: argparse.Namespace, load0: float) -> Non
         computed[name] = s
         rows.append([name, f"{len(values)}", *(fmt(v, 1) for v in s[:4]), str(int(s[4]))])
     print()
-    print(table(["interval", "changes", "p50 ms", "p90 ms", "p99 ms", "max ms", "missed"], rows,
-                title=f"Propagation: register on server A -> web's Envoy on client B lists "
-                      f"the endpoint healthy (poll every {args.poll_ms:g} ms)"))
-    print("note: each new sidecar carries one TTL check registered as passing (its default TCP "
-          "'listening' check, 1 s interval, is replaced), so health checking does not dominate "
-          "the figure")
+    print(
+        table(
+            ["interval", "changes", "p50 ms", "p90 ms", "p99 ms", "max ms", "missed"],
+            rows,
+            title=f"Propagation: register on server A -> web's Envoy on client B lists "
+            f"the endpoint healthy (poll every {args.poll_ms:g} ms)",
+        )
+    )
+    print(
+        "note: each new sidecar carries one TTL check registered as passing (its default TCP "
+        "'listening' check, 1 s interval, is replaced), so health checking does not dominate "
+        "the figure"
+    )
     main_s = computed["register 200 -> endpoint in B's Envoy"]
     start_s = computed["register start -> endpoint in B's Envoy"]
     missed = int(main_s[4])
     ok = not missed and main_s[2] < 200
-    print(f"target p99 < 200 ms (from the register 200): {'met' if ok else 'NOT met'} "
-          f"(p99 {fmt(main_s[2], 1)} ms, {missed} missed)")
+    print(
+        f"target p99 < 200 ms (from the register 200): {'met' if ok else 'NOT met'} "
+        f"(p99 {fmt(main_s[2], 1)} ms, {missed} missed)"
+    )
     polls = sorted(c.polls for c in changes)
     print(f"admin polls per change: median {percentile(polls, 50)}, max {polls[-1]}")
     load_end = loadavg()[0]
     print(f"1-min load average: {load0:.2f} at start, {load_end:.2f} at end")
     removed = computed["deregister 200 -> endpoint gone from B's Envoy"]
-    print(result_line("propagation", {
-        "changes": len(changes), "p50_ms": main_s[0], "p90_ms": main_s[1], "p99_ms": main_s[2],
-        "max_ms": main_s[3], "missed": missed, "from_start_p50_ms": start_s[0],
-        "from_start_p99_ms": start_s[2], "register_call_p50_ms": computed[
-            "register call (HTTP 200 on A)"][0],
-        "removal_p50_ms": removed[0], "removal_p99_ms": removed[2],
-        "load_start": load0, "load_end": load_end}))
+    print(
+        result_line(
+            "propagation",
+            {
+                "changes": len(changes),
+                "p50_ms": main_s[0],
+                "p90_ms": main_s[1],
+                "p99_ms": main_s[2],
+                "max_ms": main_s[3],
+                "missed": missed,
+                "from_start_p50_ms": start_s[0],
+                "from_start_p99_ms": start_s[2],
+                "register_call_p50_ms": computed["register call (HTTP 200 on A)"][0],
+                "removal_p50_ms": removed[0],
+                "removal_p99_ms": removed[2],
+                "load_start": load0,
+                "load_end": load_end,
+            },
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -103,8 +103,9 @@ def _note_error(text: str) -> None:
         _first_errors.append(text)
 
 
-def make_writer(session: object, target: Target, tag: str
-                ) -> Callable[[int], Awaitable[tuple[float, bool]]]:
+def make_writer(
+    session: object, target: Target, tag: str
+) -> Callable[[int], Awaitable[tuple[float, bool]]]:
     """An async function doing write number n against `target`: (seconds, ok)."""
     import aiohttp
 
@@ -130,8 +131,9 @@ def make_writer(session: object, target: Target, tag: str
         payload = json.dumps({"key": key, "value": b64_value}).encode()
         t0 = time.perf_counter()
         try:
-            async with session.post(f"{base}/v3/kv/put", data=payload,
-                                    headers={"Content-Type": "application/json"}) as r:
+            async with session.post(
+                f"{base}/v3/kv/put", data=payload, headers={"Content-Type": "application/json"}
+            ) as r:
                 body = await r.read()
                 ok = r.status == 200 and b'"header"' in body and b'"error"' not in body
                 if not ok:
@@ -165,8 +167,9 @@ async def sequential(target: Target, count: int, max_seconds: float) -> Phase:
     import aiohttp
 
     res = Phase(target, "seq")
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1),
-                                     timeout=aiohttp.ClientTimeout(total=30)) as session:
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=1), timeout=aiohttp.ClientTimeout(total=30)
+    ) as session:
         for i in range(WARMUP):
             await make_writer(session, target, f"{target.role}-seq-warm")(i)
         put = make_writer(session, target, f"{target.role}-seq")
@@ -191,8 +194,9 @@ async def concurrent(target: Target, in_flight: int, duration: float) -> Phase:
     res = Phase(target, "conc")
     latencies: list[float] = []
     counter = 0
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=in_flight),
-                                     timeout=aiohttp.ClientTimeout(total=30)) as session:
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=in_flight), timeout=aiohttp.ClientTimeout(total=30)
+    ) as session:
         put = make_writer(session, target, f"{target.role}-conc")
         cpu0, self0 = _cpu(target.pids), self_cpu_seconds()
         t_start = time.perf_counter()
@@ -220,22 +224,34 @@ async def concurrent(target: Target, in_flight: int, duration: float) -> Phase:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Sequential latency and 64-in-flight throughput of replicated writes: a "
-                    "3-server meshd cluster vs a 3-member etcd cluster, same client, loopback.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "3-server meshd cluster vs a 3-member etcd cluster, same client, loopback.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--requests", type=int, default=2000, help="sequential writes per target")
-    p.add_argument("--seq-max-seconds", type=float, default=30.0,
-                   help="stop a sequential phase early after this long")
+    p.add_argument(
+        "--seq-max-seconds",
+        type=float,
+        default=30.0,
+        help="stop a sequential phase early after this long",
+    )
     p.add_argument("--in-flight", type=int, default=64, help="concurrent writes in flight")
-    p.add_argument("--duration", type=float, default=10.0,
-                   help="seconds of each concurrent phase")
-    p.add_argument("--no-followers", action="store_true",
-                   help="measure only through each cluster's leader")
-    p.add_argument("--encrypt", action="store_true",
-                   help="give the meshd servers a cluster key (encrypted, authenticated Raft "
-                        "and HMAC'd RPC); etcd stays plaintext")
-    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
-                   help="first wait up to this long for the 1-min load average to drop below "
-                        "0.7")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of each concurrent phase")
+    p.add_argument(
+        "--no-followers", action="store_true", help="measure only through each cluster's leader"
+    )
+    p.add_argument(
+        "--encrypt",
+        action="store_true",
+        help="give the meshd servers a cluster key (encrypted, authenticated Raft "
+        "and HMAC'd RPC); etcd stays plaintext",
+    )
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="first wait up to this long for the 1-min load average to drop below 0.7",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, data)")
     args = p.parse_args(argv)
     if args.requests < 1 or args.in_flight < 1 or args.duration <= 0:
@@ -258,30 +274,39 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         meshd = MeshdCluster(procs, encrypt=keygen() if args.encrypt else None).start()
         m_leader = meshd.wait_formed()
-        print(f"meshd: 3 servers formed in {time.monotonic() - t0:.1f}s, leader "
-              f"{m_leader.name}; data on {fs_type(str(procs.dir))} ({procs.dir})", flush=True)
+        print(
+            f"meshd: 3 servers formed in {time.monotonic() - t0:.1f}s, leader "
+            f"{m_leader.name}; data on {fs_type(str(procs.dir))} ({procs.dir})",
+            flush=True,
+        )
         t0 = time.monotonic()
         etcd.start()
         e_leader = etcd.leader()
         if e_leader is None:
             raise BenchError("etcd has no agreed leader")
-        print(f"etcd {etcd.version()}: 3 members formed in {time.monotonic() - t0:.1f}s, "
-              f"leader {e_leader.name}", flush=True)
+        print(
+            f"etcd {etcd.version()}: 3 members formed in {time.monotonic() - t0:.1f}s, "
+            f"leader {e_leader.name}",
+            flush=True,
+        )
         m_pids = [n.proc.pid for n in meshd.nodes]
         e_pids = [m.proc.pid for m in etcd.members]
         m_follower = next(n for n in meshd.nodes if n is not m_leader)
         e_follower = next(m for m in etcd.members if m is not e_leader)
-        targets = [Target("meshd", "leader", m_leader.http_port, m_pids),
-                   Target("etcd", "leader", e_leader.client_port, e_pids)]
+        targets = [
+            Target("meshd", "leader", m_leader.http_port, m_pids),
+            Target("etcd", "leader", e_leader.client_port, e_pids),
+        ]
         if not args.no_followers:
-            targets += [Target("meshd", "follower", m_follower.http_port, m_pids),
-                        Target("etcd", "follower", e_follower.client_port, e_pids)]
+            targets += [
+                Target("meshd", "follower", m_follower.http_port, m_pids),
+                Target("etcd", "follower", e_follower.client_port, e_pids),
+            ]
         for t in targets:
             print(f"  {t.label}: {args.requests} sequential ...", flush=True)
             phases.append(asyncio.run(sequential(t, args.requests, args.seq_max_seconds)))
         for t in targets:
-            print(f"  {t.label}: {args.in_flight} in flight for {args.duration:g}s ...",
-                  flush=True)
+            print(f"  {t.label}: {args.in_flight} in flight for {args.duration:g}s ...", flush=True)
             phases.append(asyncio.run(concurrent(t, args.in_flight, args.duration)))
         if meshd.agreed_leader() is not m_leader:
             print("note: the meshd leader changed during the run")
@@ -295,20 +320,53 @@ def report(phases: list[Phase], args: argparse.Namespace, load0: float) -> None:
     rows = []
     for r in phases:
         load = "sequential" if r.kind == "seq" else f"{args.in_flight} in flight"
-        rows.append([r.target.label, load, f"{r.requests:,}", str(r.errors), fmt(r.rate, 0),
-                     fmt(r.p50_ms, 3), fmt(r.p99_ms, 3), fmt(r.max_ms, 3),
-                     fmt(r.server_cores * 100, 0) + "%", fmt(r.busiest_cores * 100, 0) + "%",
-                     fmt(r.client_cores * 100, 0) + "%"])
+        rows.append(
+            [
+                r.target.label,
+                load,
+                f"{r.requests:,}",
+                str(r.errors),
+                fmt(r.rate, 0),
+                fmt(r.p50_ms, 3),
+                fmt(r.p99_ms, 3),
+                fmt(r.max_ms, 3),
+                fmt(r.server_cores * 100, 0) + "%",
+                fmt(r.busiest_cores * 100, 0) + "%",
+                fmt(r.client_cores * 100, 0) + "%",
+            ]
+        )
     print()
     enc = "meshd with cluster key" if args.encrypt else "no encryption on either side"
-    print(table(["target", "load", "writes", "errors", "writes/s", "p50 ms", "p99 ms",
-                 "max ms", "3 servers CPU", "busiest server", "client CPU"], rows, left=2,
-                title=f"Replicated writes, 3 servers each, loopback ({enc}); CPU 100% = one "
-                      f"core"))
+    print(
+        table(
+            [
+                "target",
+                "load",
+                "writes",
+                "errors",
+                "writes/s",
+                "p50 ms",
+                "p99 ms",
+                "max ms",
+                "3 servers CPU",
+                "busiest server",
+                "client CPU",
+            ],
+            rows,
+            left=2,
+            title=f"Replicated writes, 3 servers each, loopback ({enc}); CPU 100% = one core",
+        )
+    )
 
     def get(system: str, role: str, kind: str) -> Phase | None:
-        return next((r for r in phases if r.target.system == system and r.target.role == role
-                     and r.kind == kind), None)
+        return next(
+            (
+                r
+                for r in phases
+                if r.target.system == system and r.target.role == role and r.kind == kind
+            ),
+            None,
+        )
 
     values: dict[str, float | int | str] = {}
     ratio_rows = []
@@ -320,25 +378,40 @@ def report(phases: list[Phase], args: argparse.Namespace, load0: float) -> None:
         p50_ratio = m_seq.p50_ms / e_seq.p50_ms if e_seq.p50_ms > 0 else math.nan
         p99_ratio = m_seq.p99_ms / e_seq.p99_ms if e_seq.p99_ms > 0 else math.nan
         tput_ratio = m_conc.rate / e_conc.rate if e_conc.rate > 0 else math.nan
-        ratio_rows.append([role, fmt(p50_ratio, 2) + "x", fmt(p99_ratio, 2) + "x",
-                           fmt(tput_ratio, 2) + "x"])
+        ratio_rows.append(
+            [role, fmt(p50_ratio, 2) + "x", fmt(p99_ratio, 2) + "x", fmt(tput_ratio, 2) + "x"]
+        )
         pre = "" if role == "leader" else "follower_"
-        values.update({
-            f"{pre}meshd_p50_ms": m_seq.p50_ms, f"{pre}meshd_p99_ms": m_seq.p99_ms,
-            f"{pre}etcd_p50_ms": e_seq.p50_ms, f"{pre}etcd_p99_ms": e_seq.p99_ms,
-            f"{pre}meshd_wps": m_conc.rate, f"{pre}etcd_wps": e_conc.rate,
-            f"{pre}p50_ratio": p50_ratio, f"{pre}p99_ratio": p99_ratio,
-            f"{pre}throughput_ratio": tput_ratio})
+        values.update(
+            {
+                f"{pre}meshd_p50_ms": m_seq.p50_ms,
+                f"{pre}meshd_p99_ms": m_seq.p99_ms,
+                f"{pre}etcd_p50_ms": e_seq.p50_ms,
+                f"{pre}etcd_p99_ms": e_seq.p99_ms,
+                f"{pre}meshd_wps": m_conc.rate,
+                f"{pre}etcd_wps": e_conc.rate,
+                f"{pre}p50_ratio": p50_ratio,
+                f"{pre}p99_ratio": p99_ratio,
+                f"{pre}throughput_ratio": tput_ratio,
+            }
+        )
     print()
-    print(table(["through", "p50 meshd/etcd", "p99 meshd/etcd", "writes/s meshd/etcd"],
-                ratio_rows, title="Ratios (targets: p50 <= 2x, throughput >= 1x)"))
+    print(
+        table(
+            ["through", "p50 meshd/etcd", "p99 meshd/etcd", "writes/s meshd/etcd"],
+            ratio_rows,
+            title="Ratios (targets: p50 <= 2x, throughput >= 1x)",
+        )
+    )
     leader = get("meshd", "leader", "seq"), get("etcd", "leader", "seq")
     conc = get("meshd", "leader", "conc"), get("etcd", "leader", "conc")
     if all(leader) and all(conc):
         p50_ok = values["p50_ratio"] <= 2.0  # type: ignore[operator]
         tput_ok = values["throughput_ratio"] >= 1.0  # type: ignore[operator]
-        print(f"target p50 <= 2x etcd: {'met' if p50_ok else 'NOT met'}; "
-              f"throughput >= etcd: {'met' if tput_ok else 'NOT met'} (through the leaders)")
+        print(
+            f"target p50 <= 2x etcd: {'met' if p50_ok else 'NOT met'}; "
+            f"throughput >= etcd: {'met' if tput_ok else 'NOT met'} (through the leaders)"
+        )
     for r in phases:
         for note in r.notes:
             print(f"note ({r.target.label} {r.kind}): {note}")

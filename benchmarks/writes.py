@@ -79,8 +79,10 @@ class PhaseResult:
 
 def _request(op: str, port: int, tag: str, n: int) -> tuple[str, bytes]:
     if op == "register":
-        body = (f'{{"ID":"w-{tag}-{n:07d}","Name":"bench-w{n % 50:02d}",'
-                f'"Address":"127.0.30.{n % 250 + 1}","Port":{8000 + n % 1000}}}').encode()
+        body = (
+            f'{{"ID":"w-{tag}-{n:07d}","Name":"bench-w{n % 50:02d}",'
+            f'"Address":"127.0.30.{n % 250 + 1}","Port":{8000 + n % 1000}}}'
+        ).encode()
         return f"http://{LOOPBACK}:{port}/v1/agent/service/register", body
     return f"http://{LOOPBACK}:{port}/v1/kv/bench/{tag}/{n:07d}", KV_VALUE
 
@@ -112,8 +114,9 @@ def _note_error(text: str) -> None:
         _first_errors.append(text)
 
 
-async def sequential(port: int, op: str, mode: str, count: int, max_seconds: float,
-                     agent_pid: int) -> PhaseResult:
+async def sequential(
+    port: int, op: str, mode: str, count: int, max_seconds: float, agent_pid: int
+) -> PhaseResult:
     import aiohttp
 
     res = PhaseResult(mode, op, "seq")
@@ -129,8 +132,9 @@ async def sequential(port: int, op: str, mode: str, count: int, max_seconds: flo
         deadline = t_start + max_seconds
         for i in range(count):
             if time.perf_counter() >= deadline:
-                res.notes.append(f"stopped after {i} of {count} requests at the "
-                                 f"{max_seconds:g}s limit")
+                res.notes.append(
+                    f"stopped after {i} of {count} requests at the {max_seconds:g}s limit"
+                )
                 break
             lat, ok = await _one(session, op, port, "seq", i)
             latencies.append(lat)
@@ -143,8 +147,9 @@ async def sequential(port: int, op: str, mode: str, count: int, max_seconds: flo
     return res
 
 
-async def concurrent(port: int, op: str, mode: str, in_flight: int, duration: float,
-                     agent_pid: int) -> PhaseResult:
+async def concurrent(
+    port: int, op: str, mode: str, in_flight: int, duration: float, agent_pid: int
+) -> PhaseResult:
     import aiohttp
 
     res = PhaseResult(mode, op, "conc")
@@ -192,20 +197,31 @@ def _fill_latency(res: PhaseResult, latencies: list[float]) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Sequential latency and 64-in-flight throughput of service registration and "
-                    "KV writes on one meshd agent, in -dev and in data-dir (journaled) mode.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--modes", default="dev,data-dir",
-                   help="comma-separated: dev (in-memory) and/or data-dir (non-dev server)")
-    p.add_argument("--data-dir", default=None, metavar="PARENT",
-                   help="directory in which the data-dir mode creates its temporary data dir "
-                        "(default: the system temp dir); put it on the disk you care about")
+        "KV writes on one meshd agent, in -dev and in data-dir (journaled) mode.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--modes",
+        default="dev,data-dir",
+        help="comma-separated: dev (in-memory) and/or data-dir (non-dev server)",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="PARENT",
+        help="directory in which the data-dir mode creates its temporary data dir "
+        "(default: the system temp dir); put it on the disk you care about",
+    )
     p.add_argument("--ops", default="register,kv", help="comma-separated: register and/or kv")
     p.add_argument("--requests", type=int, default=2000, help="sequential requests per op")
-    p.add_argument("--seq-max-seconds", type=float, default=30.0,
-                   help="stop a sequential phase early after this long")
+    p.add_argument(
+        "--seq-max-seconds",
+        type=float,
+        default=30.0,
+        help="stop a sequential phase early after this long",
+    )
     p.add_argument("--in-flight", type=int, default=64, help="concurrent requests in flight")
-    p.add_argument("--duration", type=float, default=10.0,
-                   help="seconds of each concurrent phase")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of each concurrent phase")
     args = p.parse_args(argv)
     args.mode_list = [m.strip() for m in args.modes.split(",") if m.strip()]
     args.op_list = [o.strip() for o in args.ops.split(",") if o.strip()]
@@ -225,8 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import aiohttp  # noqa: F401  (checked up front so a missing module fails fast)
     except ImportError as e:
-        raise BenchError("aiohttp is missing from this Python; run from the repo's "
-                         "environment (pip install -e /work/main)") from e
+        raise BenchError(
+            "aiohttp is missing from this Python; run from the repo's "
+            "environment (pip install -e /work/main)"
+        ) from e
     print(f"== writes: {machine_summary()}")
     results: list[PhaseResult] = []
     for mode in args.mode_list:
@@ -235,17 +253,34 @@ def main(argv: list[str] | None = None) -> int:
             where = ""
             if mode == "data-dir":
                 where = f", data dir on {fs_type(agent.workdir)} ({agent.workdir})"
-            print(f"meshd agent ({mode}) pid {agent.pid}: HTTP {agent.http_port}{where}",
-                  flush=True)
+            print(
+                f"meshd agent ({mode}) pid {agent.pid}: HTTP {agent.http_port}{where}", flush=True
+            )
             for op in args.op_list:
                 print(f"  {mode} {op}: {args.requests} sequential ...", flush=True)
-                results.append(asyncio.run(sequential(agent.http_port, op, mode, args.requests,
-                                                      args.seq_max_seconds, agent.pid)))
-                print(f"  {mode} {op}: {args.in_flight} in flight for {args.duration:g}s ...",
-                      flush=True)
-                results.append(asyncio.run(concurrent(agent.http_port, op, mode,
-                                                      args.in_flight, args.duration,
-                                                      agent.pid)))
+                results.append(
+                    asyncio.run(
+                        sequential(
+                            agent.http_port,
+                            op,
+                            mode,
+                            args.requests,
+                            args.seq_max_seconds,
+                            agent.pid,
+                        )
+                    )
+                )
+                print(
+                    f"  {mode} {op}: {args.in_flight} in flight for {args.duration:g}s ...",
+                    flush=True,
+                )
+                results.append(
+                    asyncio.run(
+                        concurrent(
+                            agent.http_port, op, mode, args.in_flight, args.duration, agent.pid
+                        )
+                    )
+                )
             if agent.proc is not None and agent.proc.poll() is not None:
                 raise BenchError(f"meshd died during the run:\n{agent.log_tail()}")
     report(results, args)
@@ -256,17 +291,50 @@ def report(results: list[PhaseResult], args: argparse.Namespace) -> None:
     rows = []
     for r in results:
         kind = "sequential" if r.kind == "seq" else f"{args.in_flight} in flight"
-        rows.append([r.mode, r.op, kind, f"{r.requests:,}", str(r.errors), fmt(r.rate, 0),
-                     fmt(r.p50_ms, 3), fmt(r.p99_ms, 3), fmt(r.max_ms, 3),
-                     fmt(r.agent_cores * 100, 0) + "%", fmt(r.client_cores * 100, 0) + "%",
-                     fmt((r.machine_cores - r.agent_cores - r.client_cores) * 100, 0) + "%"])
+        rows.append(
+            [
+                r.mode,
+                r.op,
+                kind,
+                f"{r.requests:,}",
+                str(r.errors),
+                fmt(r.rate, 0),
+                fmt(r.p50_ms, 3),
+                fmt(r.p99_ms, 3),
+                fmt(r.max_ms, 3),
+                fmt(r.agent_cores * 100, 0) + "%",
+                fmt(r.client_cores * 100, 0) + "%",
+                fmt((r.machine_cores - r.agent_cores - r.client_cores) * 100, 0) + "%",
+            ]
+        )
     print()
-    where = f" (data-dir parent: {args.data_dir or tempfile.gettempdir()}, " \
-            f"{fs_type(args.data_dir or tempfile.gettempdir())})" \
-        if "data-dir" in args.mode_list else ""
-    print(table(["mode", "op", "load", "requests", "errors", "req/s", "p50 ms", "p99 ms",
-                 "max ms", "agent CPU", "client CPU", "other CPU"], rows, left=3,
-                title=f"Writes{where}; CPU 100% = one core"))
+    where = (
+        f" (data-dir parent: {args.data_dir or tempfile.gettempdir()}, "
+        f"{fs_type(args.data_dir or tempfile.gettempdir())})"
+        if "data-dir" in args.mode_list
+        else ""
+    )
+    print(
+        table(
+            [
+                "mode",
+                "op",
+                "load",
+                "requests",
+                "errors",
+                "req/s",
+                "p50 ms",
+                "p99 ms",
+                "max ms",
+                "agent CPU",
+                "client CPU",
+                "other CPU",
+            ],
+            rows,
+            left=3,
+            title=f"Writes{where}; CPU 100% = one core",
+        )
+    )
     for r in results:
         for note in r.notes:
             print(f"note ({r.mode} {r.op} {r.kind}): {note}")

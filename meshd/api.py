@@ -22,8 +22,13 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
-    "DEFAULT_ADDR", "APIConnectionError", "APIError", "Client", "decode_kv_value",
-    "resolve_address", "resolve_token",
+    "DEFAULT_ADDR",
+    "APIConnectionError",
+    "APIError",
+    "Client",
+    "decode_kv_value",
+    "resolve_address",
+    "resolve_token",
 ]
 
 DEFAULT_ADDR = "http://127.0.0.1:8500"
@@ -118,8 +123,14 @@ def _reason(err: BaseException) -> str:
 class Client:
     """One agent's HTTP API. Stateless apart from address, token and TLS settings."""
 
-    def __init__(self, address: str | None = None, *, token: str | None = None,
-                 timeout: float = DEFAULT_TIMEOUT, ca_file: str | None = None) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        ca_file: str | None = None,
+    ) -> None:
         self.address = resolve_address(address)
         self.token = resolve_token(token)
         self.timeout = timeout
@@ -149,9 +160,15 @@ class Client:
                 parts.append(f"{urllib.parse.quote(key)}={urllib.parse.quote(str(value), safe='')}")
         return url + ("?" + "&".join(parts) if parts else "")
 
-    def request(self, method: str, path: str, *, params: Params | None = None,
-                body: bytes | None = None, content_type: str | None = None,
-                ) -> tuple[int, bytes]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Params | None = None,
+        body: bytes | None = None,
+        content_type: str | None = None,
+    ) -> tuple[int, bytes]:
         """Send one request; return (status, body) for 2xx, raise APIError otherwise."""
         headers = {"User-Agent": "meshd-cli"}
         if self.token:
@@ -160,8 +177,9 @@ class Client:
             headers["Content-Type"] = content_type
         if body is None and method in ("PUT", "POST"):
             body = b""
-        req = urllib.request.Request(self.url(path, params), data=body, method=method,
-                                     headers=headers)
+        req = urllib.request.Request(
+            self.url(path, params), data=body, method=method, headers=headers
+        )
         try:
             with self._opener.open(req, timeout=self.timeout) as resp:
                 return resp.status, resp.read()
@@ -187,8 +205,9 @@ class Client:
         _, data = self.request("GET", path, params=params)
         return data if raw else self._decode(data)
 
-    def put(self, path: str, body: Any = None, params: Params | None = None, *,
-            raw: bool = False) -> Any:
+    def put(
+        self, path: str, body: Any = None, params: Params | None = None, *, raw: bool = False
+    ) -> Any:
         """`body` bytes go as-is (KV values); anything else is sent as JSON."""
         if body is None or isinstance(body, bytes):
             payload, ctype = body, None
@@ -259,8 +278,9 @@ class Client:
             params["separator"] = separator
         return self._get_or_none(f"/v1/kv/{prefix}", params) or []
 
-    def kv_put(self, key: str, value: bytes, *, cas: int | None = None,
-               flags: int | None = None) -> bool:
+    def kv_put(
+        self, key: str, value: bytes, *, cas: int | None = None, flags: int | None = None
+    ) -> bool:
         """False means the server declined the write (a CAS index that no longer matches)."""
         params: dict[str, int] = {}
         if cas is not None:

@@ -30,7 +30,13 @@ from meshd.durations import DurationError, parse_duration_seconds
 from meshd.hclparse import parse_hcl
 
 __all__ = [
-    "Config", "ConfigError", "DNSConfig", "Ports", "TLSConfig", "load_config", "parse_duration",
+    "Config",
+    "ConfigError",
+    "DNSConfig",
+    "Ports",
+    "TLSConfig",
+    "load_config",
+    "parse_duration",
 ]
 
 DEFAULT_HTTP_MAX_BODY = 1 << 20
@@ -146,10 +152,10 @@ class Config:
         return int(self.limits.get("http_max_body_bytes", DEFAULT_HTTP_MAX_BODY))
 
 
-# --- value validators: (raw value) -> canonical value, raising _Invalid with the reason ---------
+# --- value validators: (raw value) -> canonical value, raising _InvalidError with the reason ---
 
 
-class _Invalid(Exception):
+class _InvalidError(Exception):
     """A value's reason for rejection; the caller adds where it came from."""
 
 
@@ -163,25 +169,25 @@ def _show(v: Any) -> str:
 
 def _bool(v: Any) -> bool:
     if not isinstance(v, bool):
-        raise _Invalid(f"must be true or false, got {_show(v)}")
+        raise _InvalidError(f"must be true or false, got {_show(v)}")
     return v
 
 
 def _count(v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise _Invalid(f"must be a non-negative integer, got {_show(v)}")
+        raise _InvalidError(f"must be a non-negative integer, got {_show(v)}")
     return v
 
 
 def _port(v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not (v == -1 or 1 <= v <= 65535):
-        raise _Invalid(f"must be a port number 1-65535, or -1 to disable; got {_show(v)}")
+        raise _InvalidError(f"must be a port number 1-65535, or -1 to disable; got {_show(v)}")
     return v
 
 
 def _str(v: Any) -> str:
     if not isinstance(v, str):
-        raise _Invalid(f"must be a string, got {_show(v)}")
+        raise _InvalidError(f"must be a string, got {_show(v)}")
     return v
 
 
@@ -192,7 +198,7 @@ def _optional(check: Validator) -> Validator:
 
 def _policy(v: Any) -> str:
     if _str(v).lower() not in ("allow", "deny"):
-        raise _Invalid(f"must be allow or deny, got {v!r}")
+        raise _InvalidError(f"must be allow or deny, got {v!r}")
     return v.lower()
 
 
@@ -201,12 +207,13 @@ def _duration(minimum: float = 0.0, *, positive: bool = False) -> Validator:
         try:
             seconds = parse_duration_seconds(v)
         except DurationError as e:
-            raise _Invalid(str(e)) from None
+            raise _InvalidError(str(e)) from None
         if positive and seconds <= 0:
-            raise _Invalid(f"must be greater than zero, got {v!r}")
+            raise _InvalidError(f"must be greater than zero, got {v!r}")
         if seconds < minimum:
-            raise _Invalid(f"must be at least {minimum / 3600:g}h, got {v!r}")
+            raise _InvalidError(f"must be at least {minimum / 3600:g}h, got {v!r}")
         return seconds
+
     return check
 
 
@@ -214,14 +221,14 @@ def _ip(v: Any) -> str:
     try:
         ipaddress.ip_address(_str(v))
     except ValueError:
-        raise _Invalid(f"must be an IP address, got {v!r}") from None
+        raise _InvalidError(f"must be an IP address, got {v!r}") from None
     return v
 
 
 def _ip_list(v: Any) -> str:
     """Consul's client_addr may name several space-separated addresses."""
     if not _str(v).split():
-        raise _Invalid("must name at least one IP address")
+        raise _InvalidError("must name at least one IP address")
     for part in v.split():
         _ip(part)
     return v
@@ -235,13 +242,13 @@ _META_KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 def _datacenter(v: Any) -> str:
     if not _DC_RE.fullmatch(_str(v)):
-        raise _Invalid(f"may only contain letters, digits, '-' and '_'; got {v!r}")
+        raise _InvalidError(f"may only contain letters, digits, '-' and '_'; got {v!r}")
     return v.lower()  # Consul lowercases datacenter names
 
 
 def _node_name(v: Any) -> str:
     if not _NODE_RE.fullmatch(_str(v)):
-        raise _Invalid(f"must be 1-255 letters, digits, '.', '-' or '_'; got {v!r}")
+        raise _InvalidError(f"must be 1-255 letters, digits, '.', '-' or '_'; got {v!r}")
     return v
 
 
@@ -249,7 +256,7 @@ def _domain(v: Any) -> str:
     name = _str(v).strip().lower()
     name = name if name.endswith(".") else name + "."
     if not _DOMAIN_RE.fullmatch(name):
-        raise _Invalid(f"must be a DNS domain such as 'consul.'; got {v!r}")
+        raise _InvalidError(f"must be a DNS domain such as 'consul.'; got {v!r}")
     return name
 
 
@@ -257,21 +264,30 @@ def _encrypt(v: Any) -> str:
     try:
         key = base64.b64decode(_str(v), validate=True)
     except (binascii.Error, ValueError):
-        raise _Invalid("must be a base64-encoded key") from None
+        raise _InvalidError("must be a base64-encoded key") from None
     if len(key) not in (16, 24, 32):
-        raise _Invalid(f"must decode to a 16, 24 or 32 byte key, got {len(key)} bytes "
-                       "(generate one with `openssl rand -base64 32`)")
+        raise _InvalidError(
+            f"must decode to a 16, 24 or 32 byte key, got {len(key)} bytes "
+            "(generate one with `openssl rand -base64 32`)"
+        )
     return v
 
 
-_LEVELS = {"TRACE": "TRACE", "DEBUG": "DEBUG", "INFO": "INFO", "WARN": "WARN", "WARNING": "WARN",
-           "ERR": "ERROR", "ERROR": "ERROR"}
+_LEVELS = {
+    "TRACE": "TRACE",
+    "DEBUG": "DEBUG",
+    "INFO": "INFO",
+    "WARN": "WARN",
+    "WARNING": "WARN",
+    "ERR": "ERROR",
+    "ERROR": "ERROR",
+}
 
 
 def _log_level(v: Any) -> str:
     level = _LEVELS.get(_str(v).upper())
     if level is None:
-        raise _Invalid(f"must be one of trace, debug, info, warn, error; got {v!r}")
+        raise _InvalidError(f"must be one of trace, debug, info, warn, error; got {v!r}")
     return level
 
 
@@ -279,7 +295,7 @@ def _str_list(v: Any) -> list[str]:
     if isinstance(v, tuple):  # click hands multi-value options over as tuples
         v = list(v)
     if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-        raise _Invalid(f"must be a list of strings, got {_show(v)}")
+        raise _InvalidError(f"must be a list of strings, got {_show(v)}")
     return v
 
 
@@ -287,10 +303,10 @@ def _object_list(v: Any) -> list[dict[str, Any]]:
     """`service {}` is one object and repeated blocks a list in HCL; JSON allows either too."""
     items = [v] if isinstance(v, dict) else v
     if not isinstance(items, list):
-        raise _Invalid(f"must be an object or a list of objects, got {_show(v)}")
+        raise _InvalidError(f"must be an object or a list of objects, got {_show(v)}")
     for i, item in enumerate(items):
         if not isinstance(item, dict):
-            raise _Invalid(f"item {i} must be an object, got {_show(item)}")
+            raise _InvalidError(f"item {i} must be an object, got {_show(item)}")
     return list(items)
 
 
@@ -298,7 +314,7 @@ def _map(v: Any) -> dict[str, Any]:
     """A user-keyed map; repeated HCL blocks arrive as a list of maps, merged in order."""
     parts = v if isinstance(v, list) else [v]
     if not parts or not all(isinstance(p, dict) for p in parts):
-        raise _Invalid(f"must be an object, got {_show(v)}")
+        raise _InvalidError(f"must be an object, got {_show(v)}")
     return {k: x for p in parts for k, x in p.items()}
 
 
@@ -306,11 +322,11 @@ def _node_meta(v: Any) -> dict[str, str]:
     meta = _map(v)
     for key, value in meta.items():
         if not _META_KEY_RE.fullmatch(str(key)):
-            raise _Invalid(f"key {key!r} must be 1-128 letters, digits, '-' or '_'")
+            raise _InvalidError(f"key {key!r} must be 1-128 letters, digits, '-' or '_'")
         if key.startswith("consul-"):
-            raise _Invalid(f"key {key!r} uses the reserved prefix 'consul-'")
+            raise _InvalidError(f"key {key!r} uses the reserved prefix 'consul-'")
         if not isinstance(value, str) or len(value) > 512:
-            raise _Invalid(f"value of {key!r} must be a string of at most 512 characters")
+            raise _InvalidError(f"value of {key!r} must be a string of at most 512 characters")
     return meta
 
 
@@ -324,13 +340,13 @@ def _service_ttl(v: Any) -> dict[str, float]:
     ttls = _map(v)
     for name in ttls:
         if "*" in name[:-1]:
-            raise _Invalid(f"{name!r}: '*' is only allowed at the end (a prefix wildcard)")
+            raise _InvalidError(f"{name!r}: '*' is only allowed at the end (a prefix wildcard)")
     out: dict[str, float] = {}
     for name, ttl in ttls.items():
         try:
             out[name] = _duration()(ttl)
-        except _Invalid as e:
-            raise _Invalid(f"{name!r}: {e}") from None
+        except _InvalidError as e:
+            raise _InvalidError(f"{name!r}: {e}") from None
     return out
 
 
@@ -343,54 +359,115 @@ def _fields(prefix: tuple[str, ...], **validators: Validator) -> Schema:
 
 _PORTS: Schema = {
     **_fields(("ports",), http=_port, https=_port, grpc=_port, dns=_port, server=_port, raft=_port),
-    "serf_lan": (None, _port), "serf_wan": (None, _port),  # accepted for Consul files, unused
+    "serf_lan": (None, _port),
+    "serf_wan": (None, _port),  # accepted for Consul files, unused
 }
 _ADDRESSES = _fields(("addresses",), http=_ip_list, https=_ip_list, grpc=_ip_list, dns=_ip_list)
 _SOA = _fields(("dns_config", "soa"), refresh=_count, retry=_count, expire=_count, min_ttl=_count)
 _DNS: Schema = {
-    **_fields(("dns_config",), allow_stale=_bool, max_stale=_duration(), node_ttl=_duration(),
-              service_ttl=_service_ttl, only_passing=_bool, a_record_limit=_count,
-              udp_answer_limit=_count, enable_truncate=_bool,
-              recursor_timeout=_duration(positive=True)),
+    **_fields(
+        ("dns_config",),
+        allow_stale=_bool,
+        max_stale=_duration(),
+        node_ttl=_duration(),
+        service_ttl=_service_ttl,
+        only_passing=_bool,
+        a_record_limit=_count,
+        udp_answer_limit=_count,
+        enable_truncate=_bool,
+        recursor_timeout=_duration(positive=True),
+    ),
     "soa": (None, _SOA),
 }
-_TLS_FILES = _fields(("tls",), ca_file=_str, cert_file=_str, key_file=_str,
-                     verify_incoming=_bool, verify_outgoing=_bool)
+_TLS_FILES = _fields(
+    ("tls",),
+    ca_file=_str,
+    cert_file=_str,
+    key_file=_str,
+    verify_incoming=_bool,
+    verify_outgoing=_bool,
+)
 _TLS_HOSTNAME = _fields(("tls",), verify_server_hostname=_bool)
 _TLS: Schema = {
-    "defaults": (None, _TLS_FILES), "internal_rpc": (None, _TLS_HOSTNAME),  # Consul >= 1.12
-    **_TLS_FILES, **_TLS_HOSTNAME,  # meshd shorthand: tls { ca_file = "..." }
+    "defaults": (None, _TLS_FILES),
+    "internal_rpc": (None, _TLS_HOSTNAME),  # Consul >= 1.12
+    **_TLS_FILES,
+    **_TLS_HOSTNAME,  # meshd shorthand: tls { ca_file = "..." }
 }
-_LIMITS = _fields(("limits",), http_max_body_bytes=_count, http_max_conns_per_client=_count,
-                  node_failure_timeout=_duration(positive=True),
-                  rpc_max_conns_per_client=_count, kv_max_value_size=_count,
-                  txn_max_req_len=_count)
+_LIMITS = _fields(
+    ("limits",),
+    http_max_body_bytes=_count,
+    http_max_conns_per_client=_count,
+    node_failure_timeout=_duration(positive=True),
+    rpc_max_conns_per_client=_count,
+    kv_max_value_size=_count,
+    txn_max_req_len=_count,
+)
 _TOP: Schema = {
-    **_fields((), server=_bool, bootstrap=_bool, bootstrap_expect=_count, node_name=_node_name,
-              datacenter=_datacenter, data_dir=_str, client_addr=_ip_list, bind_addr=_ip,
-              advertise_addr=_optional(_ip), domain=_domain, alt_domain=_optional(_domain),
-              recursors=_str_list, services=_object_list, checks=_object_list,
-              enable_script_checks=_bool, encrypt=_optional(_encrypt), retry_join=_str_list,
-              retry_interval=_duration(positive=True), reconnect_timeout=_duration(8 * 3600.0),
-              log_level=_log_level, node_meta=_node_meta, leave_on_terminate=_bool,
-              default_intention_policy=_policy, raft_fsync=_bool),
-    "service": (("services",), _object_list), "check": (("checks",), _object_list),
-    "ports": (None, _PORTS), "addresses": (None, _ADDRESSES), "dns_config": (None, _DNS),
-    "tls": (None, _TLS), "limits": (None, _LIMITS),
-    **_TLS_FILES, **_TLS_HOSTNAME,  # Consul's pre-1.12 top-level TLS keys
+    **_fields(
+        (),
+        server=_bool,
+        bootstrap=_bool,
+        bootstrap_expect=_count,
+        node_name=_node_name,
+        datacenter=_datacenter,
+        data_dir=_str,
+        client_addr=_ip_list,
+        bind_addr=_ip,
+        advertise_addr=_optional(_ip),
+        domain=_domain,
+        alt_domain=_optional(_domain),
+        recursors=_str_list,
+        services=_object_list,
+        checks=_object_list,
+        enable_script_checks=_bool,
+        encrypt=_optional(_encrypt),
+        retry_join=_str_list,
+        retry_interval=_duration(positive=True),
+        reconnect_timeout=_duration(8 * 3600.0),
+        log_level=_log_level,
+        node_meta=_node_meta,
+        leave_on_terminate=_bool,
+        default_intention_policy=_policy,
+        raft_fsync=_bool,
+    ),
+    "service": (("services",), _object_list),
+    "check": (("checks",), _object_list),
+    "ports": (None, _PORTS),
+    "addresses": (None, _ADDRESSES),
+    "dns_config": (None, _DNS),
+    "tls": (None, _TLS),
+    "limits": (None, _LIMITS),
+    **_TLS_FILES,
+    **_TLS_HOSTNAME,  # Consul's pre-1.12 top-level TLS keys
 }
 
 _FLAGS: Schema = {
-    **{name: _TOP[key] for name, key in {
-        "server": "server", "bootstrap": "bootstrap", "bootstrap-expect": "bootstrap_expect",
-        "node": "node_name", "datacenter": "datacenter", "data-dir": "data_dir",
-        "client": "client_addr", "bind": "bind_addr", "advertise": "advertise_addr",
-        "domain": "domain", "alt-domain": "alt_domain", "recursor": "recursors",
-        "retry-join": "retry_join", "retry-interval": "retry_interval", "encrypt": "encrypt",
-        "log-level": "log_level", "enable-script-checks": "enable_script_checks",
-    }.items()},
+    **{
+        name: _TOP[key]
+        for name, key in {
+            "server": "server",
+            "bootstrap": "bootstrap",
+            "bootstrap-expect": "bootstrap_expect",
+            "node": "node_name",
+            "datacenter": "datacenter",
+            "data-dir": "data_dir",
+            "client": "client_addr",
+            "bind": "bind_addr",
+            "advertise": "advertise_addr",
+            "domain": "domain",
+            "alt-domain": "alt_domain",
+            "recursor": "recursors",
+            "retry-join": "retry_join",
+            "retry-interval": "retry_interval",
+            "encrypt": "encrypt",
+            "log-level": "log_level",
+            "enable-script-checks": "enable_script_checks",
+        }.items()
+    },
     **{f"{p}-port": (("ports", p), _port) for p in ("http", "https", "grpc", "dns", "server")},
-    "serf-lan-port": (None, _port), "serf-wan-port": (None, _port),
+    "serf-lan-port": (None, _port),
+    "serf-wan-port": (None, _port),
     "node-meta": (("node_meta",), _meta_pairs),
 }
 
@@ -435,7 +512,7 @@ def _walk(raw: Any, schema: Schema, path: str, source: str, out: dict[str, Any])
                 continue
             try:
                 canonical = check(value)
-            except _Invalid as e:
+            except _InvalidError as e:
                 raise ConfigError(f"{source}: invalid {dotted!r}: {e}") from None
             if target is not None:
                 _put(out, target, canonical)
@@ -452,7 +529,7 @@ def _read_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"{source}: cannot read: {e}") from None
     try:
         raw = json.loads(text) if suffix == ".json" else parse_hcl(text)
-    except Exception as e:  # noqa: BLE001 - pyhcl raises undocumented types, ZeroDivisionError too
+    except Exception as e:
         raise ConfigError(f"{source}: invalid {suffix[1:].upper()}: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be an object")
@@ -467,8 +544,11 @@ def _dir_files(directory: str) -> list[str]:
         names = sorted(os.listdir(directory))
     except OSError as e:
         raise ConfigError(f"config dir {directory}: cannot read: {e}") from None
-    return [os.path.join(directory, n) for n in names
-            if n.lower().endswith(CONFIG_EXTENSIONS) and os.path.isfile(os.path.join(directory, n))]
+    return [
+        os.path.join(directory, n)
+        for n in names
+        if n.lower().endswith(CONFIG_EXTENSIONS) and os.path.isfile(os.path.join(directory, n))
+    ]
 
 
 def _read_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
@@ -486,7 +566,7 @@ def _read_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
             continue
         try:
             canonical = check(value)  # type: ignore[operator]
-        except _Invalid as e:
+        except _InvalidError as e:
             raise ConfigError(f"flag -{name}: invalid value: {e}") from None
         if target is not None:
             _put(out, target, canonical)
@@ -503,8 +583,13 @@ def _build(merged: dict[str, Any], dev: bool) -> Config:
     for key in ("data_dir", "advertise_addr", "alt_domain", "encrypt"):
         if key in merged:
             merged[key] = merged[key] or None
-    return Config(dev=dev, ports=Ports(**merged.pop("ports", {})), dns_config=DNSConfig(**dns),
-                  tls=TLSConfig(**tls), **merged)
+    return Config(
+        dev=dev,
+        ports=Ports(**merged.pop("ports", {})),
+        dns_config=DNSConfig(**dns),
+        tls=TLSConfig(**tls),
+        **merged,
+    )
 
 
 def _check(cfg: Config) -> None:
@@ -516,11 +601,13 @@ def _check(cfg: Config) -> None:
     if not cfg.server and (cfg.bootstrap or cfg.bootstrap_expect):
         raise ConfigError("bootstrap and bootstrap_expect require server = true (-server)")
     if cfg.server and not cfg.dev and cfg.data_dir is None:
-        raise ConfigError("data_dir is required when server = true (set data_dir / -data-dir, "
-                          "or use -dev for an in-memory agent)")
+        raise ConfigError(
+            "data_dir is required when server = true (set data_dir / -data-dir, "
+            "or use -dev for an in-memory agent)"
+        )
     try:
         _node_name(cfg.node_name)
-    except _Invalid as e:
+    except _InvalidError as e:
         raise ConfigError(f"invalid 'node_name' (defaults to the host name): {e}") from None
     if cfg.alt_domain and cfg.alt_domain == cfg.domain:
         raise ConfigError("alt_domain must differ from domain")
@@ -535,10 +622,13 @@ def _check(cfg: Config) -> None:
         raise ConfigError("ports.https is enabled but tls cert_file/key_file are not set")
 
 
-
-def load_config(*, files: Sequence[str | os.PathLike[str]] = (),
-                dirs: Sequence[str | os.PathLike[str]] = (),
-                flags: Mapping[str, Any] | None = None, dev: bool = False) -> Config:
+def load_config(
+    *,
+    files: Sequence[str | os.PathLike[str]] = (),
+    dirs: Sequence[str | os.PathLike[str]] = (),
+    flags: Mapping[str, Any] | None = None,
+    dev: bool = False,
+) -> Config:
     """Merge `files`, then every *.json/*.hcl of each of `dirs`, then `flags`, into a Config.
 
     Files and dirs are separate arguments, so the interleaving of repeated -config-file and

@@ -31,8 +31,9 @@ def prometheus_text(stats: Stats) -> bytes:
     class Collector:
         def collect(self) -> Iterable[Any]:
             s = stats
-            http = CounterMetricFamily("meshd_http_requests", "HTTP API requests",
-                                       labels=["method", "code"])
+            http = CounterMetricFamily(
+                "meshd_http_requests", "HTTP API requests", labels=["method", "code"]
+            )
             for (method, code), n in sorted(s.http.items()):
                 http.add_metric([method, str(code)], n)
             yield http
@@ -48,12 +49,20 @@ def prometheus_text(stats: Stats) -> bytes:
 
 def consul_json(stats: Stats) -> dict[str, Any]:
     """Consul's /v1/agent/metrics shape: Timestamp, Gauges, Counters, Samples."""
-    counters = [{"Name": f"meshd.http.requests.{m}.{c}", "Count": n, "Sum": n}
-                for (m, c), n in sorted(stats.http.items())]
+    counters = [
+        {"Name": f"meshd.http.requests.{m}.{c}", "Count": n, "Sum": n}
+        for (m, c), n in sorted(stats.http.items())
+    ]
     for k, fn in sorted(stats.counters.items()):
         n = fn()
         counters.append({"Name": f"meshd.{k.replace('_', '.')}", "Count": n, "Sum": n})
-    gauges = [{"Name": f"meshd.{k.replace('_', '.')}", "Value": fn()}
-              for k, fn in sorted(stats.gauges.items())]
-    return {"Timestamp": time.strftime("%Y-%m-%d %H:%M:%S +0000", time.gmtime()),
-            "Gauges": gauges, "Counters": counters, "Samples": []}
+    gauges = [
+        {"Name": f"meshd.{k.replace('_', '.')}", "Value": fn()}
+        for k, fn in sorted(stats.gauges.items())
+    ]
+    return {
+        "Timestamp": time.strftime("%Y-%m-%d %H:%M:%S +0000", time.gmtime()),
+        "Gauges": gauges,
+        "Counters": counters,
+        "Samples": [],
+    }

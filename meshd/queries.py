@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import msgspec
 
-# ruff: noqa: N815
-
 
 class Services(msgspec.Struct, tag="services", frozen=True):
     pass
@@ -51,8 +49,6 @@ class KVKeys(msgspec.Struct, tag="kv_keys", frozen=True):
     Separator: str = ""
 
 
-
-
 class ConfigEntries(msgspec.Struct, tag="config_entries", frozen=True):
     """Entries of one kind (Name "" for all of that kind; Kind "" for every kind)."""
 
@@ -64,5 +60,15 @@ class CARoots(msgspec.Struct, tag="ca_roots", frozen=True):
     pass
 
 
-Query = (Services | ServiceNodes | Nodes | NodeInfo | ServiceChecks | ChecksInState | KVGet
-         | KVKeys | ConfigEntries | CARoots)
+Query = (
+    Services
+    | ServiceNodes
+    | Nodes
+    | NodeInfo
+    | ServiceChecks
+    | ChecksInState
+    | KVGet
+    | KVKeys
+    | ConfigEntries
+    | CARoots
+)

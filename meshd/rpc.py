@@ -19,8 +19,6 @@ import msgspec
 from meshd import queries as q
 from meshd.structs import CheckServiceNode, Command, HealthCheck, KVEntry, Node, NodeService
 
-# ruff: noqa: N815
-
 AUTH_HEADER = "X-Meshd-Auth"
 MAX_SKEW = 300.0
 
@@ -115,6 +113,7 @@ class SignReply(msgspec.Struct):
     ValidAfter: str
     ValidBefore: str
     RootID: str
+
 
 encoder = msgspec.msgpack.Encoder()
 

@@ -32,9 +32,15 @@ def normalize_addr(addr: str, default_port: int) -> str:
 
 
 class RPCClient:
-    def __init__(self, servers: list[str], key: bytes | None, *, default_port: int = 8300,
-                 ssl_context: ssl.SSLContext | None = None,
-                 server_name: str | None = None) -> None:
+    def __init__(
+        self,
+        servers: list[str],
+        key: bytes | None,
+        *,
+        default_port: int = 8300,
+        ssl_context: ssl.SSLContext | None = None,
+        server_name: str | None = None,
+    ) -> None:
         self.servers = [normalize_addr(s, default_port) for s in servers]
         self.key = key
         self.ssl = ssl_context
@@ -45,7 +51,8 @@ class RPCClient:
     def _sess(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=256, ssl=self.ssl or False))
+                connector=aiohttp.TCPConnector(limit=256, ssl=self.ssl or False)
+            )
         return self._session
 
     async def close(self) -> None:
@@ -56,8 +63,15 @@ class RPCClient:
         if servers:
             self.servers = list(dict.fromkeys(servers))
 
-    async def call(self, method: str, payload: Any, reply_type: type[T], *,
-                   timeout: float = 10.0, addr: str | None = None) -> T:
+    async def call(
+        self,
+        method: str,
+        payload: Any,
+        reply_type: type[T],
+        *,
+        timeout: float = 10.0,
+        addr: str | None = None,
+    ) -> T:
         """Try `addr` (or the last server that answered, then the others shuffled)."""
         if addr:
             order = [addr]
@@ -74,15 +88,20 @@ class RPCClient:
             scheme = "https" if self.ssl else "http"
             try:
                 async with self._sess().post(
-                        f"{scheme}://{server}{path}", data=body,
-                        headers={AUTH_HEADER: sign(self.key, path, body),
-                                 "Content-Type": "application/msgpack"},
-                        timeout=aiohttp.ClientTimeout(total=timeout, connect=2.0),
-                        server_hostname=self.server_name if self.ssl else None) as resp:
+                    f"{scheme}://{server}{path}",
+                    data=body,
+                    headers={
+                        AUTH_HEADER: sign(self.key, path, body),
+                        "Content-Type": "application/msgpack",
+                    },
+                    timeout=aiohttp.ClientTimeout(total=timeout, connect=2.0),
+                    server_hostname=self.server_name if self.ssl else None,
+                ) as resp:
                     data = await resp.read()
                     if resp.status != 200:
-                        raise RPCError(f"{server}: {data.decode(errors='replace').strip()}",
-                                       resp.status)
+                        raise RPCError(
+                            f"{server}: {data.decode(errors='replace').strip()}", resp.status
+                        )
                     self._preferred = server
                     return msgspec.msgpack.decode(data, type=reply_type)
             except (TimeoutError, aiohttp.ClientError, OSError) as e:

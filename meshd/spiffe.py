@@ -48,11 +48,15 @@ def parse_service_id(uri: str) -> ServiceID:
     prefix = "spiffe://"
     if not uri.startswith(prefix):
         raise ValueError(f"not a SPIFFE ID: {uri!r}")
-    parts = uri[len(prefix):].split("/")
+    parts = uri[len(prefix) :].split("/")
     if len(parts) != 7 or parts[1] != "ns" or parts[3] != "dc" or parts[5] != "svc":
         raise ValueError(f"not a SPIFFE service ID: {uri!r}")
     td, _, ns, _, dc, _, svc = parts
-    for kind, value in (("trust domain", td), ("namespace", ns), ("datacenter", dc),
-                        ("service", svc)):
+    for kind, value in (
+        ("trust domain", td),
+        ("namespace", ns),
+        ("datacenter", dc),
+        ("service", svc),
+    ):
         _segment(kind, value)
     return ServiceID(td, ns, dc, svc)

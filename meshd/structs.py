@@ -11,8 +11,6 @@ from typing import Any
 
 import msgspec
 
-# ruff: noqa: N815  (Consul's PascalCase field names are the wire contract)
-
 
 class Weights(msgspec.Struct, omit_defaults=False):
     Passing: int = 1

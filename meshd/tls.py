@@ -19,8 +19,13 @@ def tls_contexts(cfg: Any) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None
         return None, None
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=t.ca_file)
     server.load_cert_chain(t.cert_file, t.key_file)
-    server.verify_mode = ssl.CERT_REQUIRED if t.verify_incoming else ssl.CERT_OPTIONAL \
-        if t.ca_file else ssl.CERT_NONE
+    server.verify_mode = (
+        ssl.CERT_REQUIRED
+        if t.verify_incoming
+        else ssl.CERT_OPTIONAL
+        if t.ca_file
+        else ssl.CERT_NONE
+    )
     client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=t.ca_file)
     client.load_cert_chain(t.cert_file, t.key_file)
     if not t.verify_outgoing:

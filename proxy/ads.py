@@ -40,8 +40,11 @@ class _Servicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def __init__(self, server: ADSServer) -> None:
         self._server = server
 
-    async def _serve(self, stream: BaseStream, context: grpc.aio.ServicerContext,
-                     ) -> AsyncIterator[Any]:
+    async def _serve(
+        self,
+        stream: BaseStream,
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[Any]:
         try:
             async for resp in stream.run():
                 yield resp
@@ -49,13 +52,17 @@ class _Servicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
 
     async def StreamAggregatedResources(  # noqa: N802 - gRPC method name
-        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext,
+        self,
+        request_iterator: AsyncIterator[Any],
+        context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[Any]:
         async for resp in self._serve(SotwStream(self._server, request_iterator), context):
             yield resp
 
     async def DeltaAggregatedResources(  # noqa: N802 - gRPC method name
-        self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext,
+        self,
+        request_iterator: AsyncIterator[Any],
+        context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[Any]:
         async for resp in self._serve(DeltaStream(self._server, request_iterator), context):
             yield resp
@@ -69,9 +76,13 @@ class ADSServer:
     """
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 8502, *,
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8502,
+        *,
         server_credentials: grpc.ServerCredentials | None = None,
-        on_ack: AckHook | None = None, on_nack: NackHook | None = None,
+        on_ack: AckHook | None = None,
+        on_nack: NackHook | None = None,
         cds_gate_s: float = 2.0,
     ) -> None:
         self.host = host
@@ -95,12 +106,14 @@ class ADSServer:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-            # Envoy pings idle ADS streams; do not treat that as abuse.
-            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-            ("grpc.keepalive_permit_without_calls", 1),
-        ])
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+                # Envoy pings idle ADS streams; do not treat that as abuse.
+                ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+                ("grpc.keepalive_permit_without_calls", 1),
+            ]
+        )
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self), server)
         addr = f"{self.host}:{self.port}"
         if self._credentials is not None:
@@ -183,9 +196,14 @@ class ADSServer:
             nacks = list(self._nacks.get(node_id, ()))
             res = self._nodes.get(node_id) or self._provided.get(node_id)
         synced = bool(streams) and res is not None and all(s.synced(res) for s in streams)
-        return {"version": res.version if res else None, "streams": len(streams),
-                "kinds": sorted(s.kind for s in streams), "acked": acked, "synced": synced,
-                "nacks": nacks}
+        return {
+            "version": res.version if res else None,
+            "streams": len(streams),
+            "kinds": sorted(s.kind for s in streams),
+            "acked": acked,
+            "synced": synced,
+            "nacks": nacks,
+        }
 
     async def wait_synced(self, node_id: str, timeout: float = 10.0) -> dict[str, Any]:
         """Poll until the node's streams have ACKed the current resources (tests, tooling)."""
@@ -225,12 +243,17 @@ class ADSServer:
                 log.exception("on_ack hook failed")
 
     def record_nack(self, node_id: str, type_url: str, version: str, message: str) -> None:
-        log.warning("Envoy rejected %s: %s (node %s, version %s)",
-                    short_type(type_url), " ".join(message.split()), node_id, version)
+        log.warning(
+            "Envoy rejected %s: %s (node %s, version %s)",
+            short_type(type_url),
+            " ".join(message.split()),
+            node_id,
+            version,
+        )
         with self._lock:
-            self._nacks.setdefault(node_id, deque(maxlen=NACK_HISTORY)).append({
-                "type_url": type_url, "version": version, "message": message,
-                "time": time.time()})
+            self._nacks.setdefault(node_id, deque(maxlen=NACK_HISTORY)).append(
+                {"type_url": type_url, "version": version, "message": message, "time": time.time()}
+            )
         if self.on_nack is not None:
             try:
                 self.on_nack(node_id, type_url, version, message)

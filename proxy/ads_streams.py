@@ -10,6 +10,7 @@ that one coroutine, so no locks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 from collections import deque
@@ -69,8 +70,9 @@ class NodeResources:
     def select(self, type_url: str, names: set[str] | None) -> tuple[list[Prepared], str]:
         """Resources matching a subscription (None = wildcard) and a hash of that selection."""
         have = self.by_type.get(type_url, {})
-        chosen = list(have.values()) if names is None else [have[n] for n in sorted(names)
-                                                               if n in have]
+        chosen = (
+            list(have.values()) if names is None else [have[n] for n in sorted(names) if n in have]
+        )
         return chosen, digest(p.version.encode() for p in chosen)
 
 
@@ -134,10 +136,8 @@ class BaseStream:
                 timeout = None
                 if self._gate_deadline is not None:
                     timeout = max(0.0, self._gate_deadline - loop.time())
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), timeout)
-                except TimeoutError:
-                    pass
                 self.wake.clear()
         finally:
             reader.cancel()
@@ -232,15 +232,22 @@ class SotwStream(BaseStream):
             nonce = _nonce()
             st.must_respond, st.sent_nonce, st.sent_hash = False, nonce, h
             st.sent_version, st.sent_at = res.version, now
-            yield ds.DiscoveryResponse(version_info=res.version, type_url=t, nonce=nonce,
-                                       resources=[p.packed for p in chosen])
+            yield ds.DiscoveryResponse(
+                version_info=res.version,
+                type_url=t,
+                nonce=nonce,
+                resources=[p.packed for p in chosen],
+            )
 
     def synced(self, res: NodeResources) -> bool:
         # acked_hash alone is not enough: after a NACK it still equals the last good content
         # while a resend of that content may not have been answered yet.
-        return all(st.sent_at is None and not st.must_respond
-                   and res.select(t, st.names)[1] == st.sent_hash == st.acked_hash
-                   for t, st in self.types.items())
+        return all(
+            st.sent_at is None
+            and not st.must_respond
+            and res.select(t, st.names)[1] == st.sent_hash == st.acked_hash
+            for t, st in self.types.items()
+        )
 
 
 @dataclass
@@ -271,7 +278,8 @@ class DeltaStream(BaseStream):
         if st is None:
             st = self.types[t] = DeltaType(
                 wildcard=t in WILDCARD_TYPES and not req.resource_names_subscribe,
-                known=dict(req.initial_resource_versions))
+                known=dict(req.initial_resource_versions),
+            )
         # Subscription changes are deltas: apply them even from a request with a stale nonce.
         for n in req.resource_names_subscribe:
             if n == "*":
@@ -301,13 +309,18 @@ class DeltaStream(BaseStream):
             st.acked = True
             self.host.record_ack(self.node_id, t, sent[0])
 
-    def _diff(self, st: DeltaType, res: NodeResources, t: str,
-              ) -> tuple[list[Prepared], list[str]]:
+    def _diff(
+        self,
+        st: DeltaType,
+        res: NodeResources,
+        t: str,
+    ) -> tuple[list[Prepared], list[str]]:
         cur = res.by_type.get(t, {})
         wanted = set(cur) if st.wildcard else st.names
         send = [cur[n] for n in sorted(wanted) if n in cur and st.known.get(n) != cur[n].version]
-        removed = sorted({n for n in st.known if n not in cur}
-                         | {n for n in st.absent if n not in cur})
+        removed = sorted(
+            {n for n in st.known if n not in cur} | {n for n in st.absent if n not in cur}
+        )
         return send, removed
 
     def compute(self, res: NodeResources, now: float) -> Iterable[ds.DeltaDiscoveryResponse]:
@@ -331,10 +344,14 @@ class DeltaStream(BaseStream):
             nonce = _nonce()
             st.outstanding[nonce] = (res.version, now)
             yield ds.DeltaDiscoveryResponse(
-                system_version_info=res.version, type_url=t, nonce=nonce,
+                system_version_info=res.version,
+                type_url=t,
+                nonce=nonce,
                 removed_resources=removed,
-                resources=[ds.Resource(name=p.name, version=p.version, resource=p.packed)
-                           for p in send])
+                resources=[
+                    ds.Resource(name=p.name, version=p.version, resource=p.packed) for p in send
+                ],
+            )
 
     def synced(self, res: NodeResources) -> bool:
         for t, st in self.types.items():

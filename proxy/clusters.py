@@ -17,15 +17,19 @@ CONNECT_TIMEOUT_S = 5.0
 
 def _h2_options(cluster: cluster_pb2.Cluster) -> None:
     """The typed form; the old `Cluster.http2_protocol_options` is deprecated in v3."""
-    opts = hpo.HttpProtocolOptions(explicit_http_config=hpo.HttpProtocolOptions.ExplicitHttpConfig(
-        http2_protocol_options=protocol_pb2.Http2ProtocolOptions()))
+    opts = hpo.HttpProtocolOptions(
+        explicit_http_config=hpo.HttpProtocolOptions.ExplicitHttpConfig(
+            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+        )
+    )
     cluster.typed_extension_protocol_options[_HTTP_OPTIONS].CopyFrom(pack(opts))
 
 
 def _lb_endpoint(address: str, port: int, weight: int) -> ec.LbEndpoint:
     ep = ec.LbEndpoint(
         endpoint=ec.Endpoint(address=socket_address(address, port)),
-        health_status=health_check_pb2.HEALTHY)
+        health_status=health_check_pb2.HEALTHY,
+    )
     ep.load_balancing_weight.value = max(1, int(weight))
     return ep
 
@@ -37,8 +41,13 @@ def local_app_cluster(snap: ProxySnapshot) -> cluster_pb2.Cluster:
         connect_timeout=seconds(CONNECT_TIMEOUT_S),
         load_assignment=endpoint_pb2.ClusterLoadAssignment(
             cluster_name=LOCAL_APP_CLUSTER,
-            endpoints=[ec.LocalityLbEndpoints(lb_endpoints=[
-                _lb_endpoint(snap.local_app_address, snap.local_app_port, 1)])]))
+            endpoints=[
+                ec.LocalityLbEndpoints(
+                    lb_endpoints=[_lb_endpoint(snap.local_app_address, snap.local_app_port, 1)]
+                )
+            ],
+        ),
+    )
     if snap.protocol in H2_PROTOCOLS:
         _h2_options(c)
     return c
@@ -52,7 +61,8 @@ def upstream_cluster(snap: ProxySnapshot, up: Upstream) -> cluster_pb2.Cluster:
         type=cluster_pb2.Cluster.EDS,
         eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=ads_source()),
         connect_timeout=seconds(CONNECT_TIMEOUT_S),
-        transport_socket=upstream_tls(name, snap.upstream_spiffe(up), ["h2"] if h2 else []))
+        transport_socket=upstream_tls(name, snap.upstream_spiffe(up), ["h2"] if h2 else []),
+    )
     if h2:
         _h2_options(c)
     return c
@@ -63,8 +73,9 @@ def load_assignment(snap: ProxySnapshot, up: Upstream) -> endpoint_pb2.ClusterLo
     healthy = sorted({(e.address, e.port, max(1, e.weight)) for e in up.endpoints if e.healthy})
     cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=snap.upstream_cluster(up))
     if healthy:
-        cla.endpoints.append(ec.LocalityLbEndpoints(
-            lb_endpoints=[_lb_endpoint(a, p, w) for a, p, w in healthy]))
+        cla.endpoints.append(
+            ec.LocalityLbEndpoints(lb_endpoints=[_lb_endpoint(a, p, w) for a, p, w in healthy])
+        )
     return cla
 
 

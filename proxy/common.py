@@ -63,14 +63,15 @@ def seconds(s: float) -> duration_pb2.Duration:
 
 
 def socket_address(address: str, port: int) -> address_pb2.Address:
-    return address_pb2.Address(socket_address=address_pb2.SocketAddress(
-        address=address, port_value=port))
+    return address_pb2.Address(
+        socket_address=address_pb2.SocketAddress(address=address, port_value=port)
+    )
 
 
 def ads_source() -> config_source_pb2.ConfigSource:
     return config_source_pb2.ConfigSource(
-        ads=config_source_pb2.AggregatedConfigSource(),
-        resource_api_version=config_source_pb2.V3)
+        ads=config_source_pb2.AggregatedConfigSource(), resource_api_version=config_source_pb2.V3
+    )
 
 
 def _sds(name: str) -> secret_pb2.SdsSecretConfig:
@@ -84,16 +85,21 @@ def _tls_params() -> common_pb2.TlsParameters:
 def _common_tls(expected_san: str | None, alpn: list[str]) -> tls_pb2.CommonTlsContext:
     default_vc = common_pb2.CertificateValidationContext()
     if expected_san:
-        default_vc.match_typed_subject_alt_names.append(common_pb2.SubjectAltNameMatcher(
-            san_type=common_pb2.SubjectAltNameMatcher.URI,
-            matcher=string_pb2.StringMatcher(exact=expected_san)))
+        default_vc.match_typed_subject_alt_names.append(
+            common_pb2.SubjectAltNameMatcher(
+                san_type=common_pb2.SubjectAltNameMatcher.URI,
+                matcher=string_pb2.StringMatcher(exact=expected_san),
+            )
+        )
     return tls_pb2.CommonTlsContext(
         tls_params=_tls_params(),
         tls_certificate_sds_secret_configs=[_sds(LEAF_SECRET)],
         combined_validation_context=tls_pb2.CommonTlsContext.CombinedCertificateValidationContext(
             default_validation_context=default_vc,
-            validation_context_sds_secret_config=_sds(ROOTS_SECRET)),
-        alpn_protocols=alpn)
+            validation_context_sds_secret_config=_sds(ROOTS_SECRET),
+        ),
+        alpn_protocols=alpn,
+    )
 
 
 def downstream_tls(alpn: list[str]) -> base_pb2.TransportSocket:
@@ -111,13 +117,22 @@ def upstream_tls(sni: str, expected_san: str, alpn: list[str]) -> base_pb2.Trans
 
 
 def leaf_secret(cert_pem: str, key_pem: str) -> secret_pb2.Secret:
-    return secret_pb2.Secret(name=LEAF_SECRET, tls_certificate=common_pb2.TlsCertificate(
-        certificate_chain=base_pb2.DataSource(inline_string=cert_pem),
-        private_key=base_pb2.DataSource(inline_string=key_pem)))
+    return secret_pb2.Secret(
+        name=LEAF_SECRET,
+        tls_certificate=common_pb2.TlsCertificate(
+            certificate_chain=base_pb2.DataSource(inline_string=cert_pem),
+            private_key=base_pb2.DataSource(inline_string=key_pem),
+        ),
+    )
 
 
 def roots_secret(roots_pem: list[str]) -> secret_pb2.Secret:
     bundle = "".join(r if r.endswith("\n") else r + "\n" for r in roots_pem)
-    return secret_pb2.Secret(name=ROOTS_SECRET, validation_context=(
-        common_pb2.CertificateValidationContext(
-            trusted_ca=base_pb2.DataSource(inline_string=bundle))))
+    return secret_pb2.Secret(
+        name=ROOTS_SECRET,
+        validation_context=(
+            common_pb2.CertificateValidationContext(
+                trusted_ca=base_pb2.DataSource(inline_string=bundle)
+            )
+        ),
+    )

@@ -55,15 +55,20 @@ def upstream_listener_name(up: Upstream) -> str:
 
 
 def _tcp_proxy(cluster: str, stat_prefix: str) -> lc.Filter:
-    return lc.Filter(name=TCP_PROXY_FILTER, typed_config=pack(
-        tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix, cluster=cluster)))
+    return lc.Filter(
+        name=TCP_PROXY_FILTER,
+        typed_config=pack(tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix, cluster=cluster)),
+    )
 
 
 def _hcm(stat_prefix: str, route_name: str, *, inbound: bool) -> lc.Filter:
     filters = []
     if inbound:
-        filters.append(hcm.HttpFilter(name=HTTP_RBAC_FILTER, typed_config=pack(
-            http_rbac.RBAC(rules=deny_all()))))
+        filters.append(
+            hcm.HttpFilter(
+                name=HTTP_RBAC_FILTER, typed_config=pack(http_rbac.RBAC(rules=deny_all()))
+            )
+        )
     filters.append(hcm.HttpFilter(name=ROUTER_FILTER, typed_config=pack(router_pb2.Router())))
     m = hcm.HttpConnectionManager(
         stat_prefix=stat_prefix,
@@ -72,8 +77,11 @@ def _hcm(stat_prefix: str, route_name: str, *, inbound: bool) -> lc.Filter:
         http_filters=filters,
         upgrade_configs=[hcm.HttpConnectionManager.UpgradeConfig(upgrade_type="websocket")],
         # The app must never trust an XFCC its caller made up: Envoy strips it and sets its own.
-        forward_client_cert_details=(hcm.HttpConnectionManager.SANITIZE_SET if inbound
-                                     else hcm.HttpConnectionManager.SANITIZE),
+        forward_client_cert_details=(
+            hcm.HttpConnectionManager.SANITIZE_SET
+            if inbound
+            else hcm.HttpConnectionManager.SANITIZE
+        ),
     )
     if inbound:
         m.set_current_client_cert_details.uri = True
@@ -93,8 +101,10 @@ def public_listener(snap: ProxySnapshot) -> listener_pb2.Listener:
     else:
         rules = build_rbac(snap.rbac, snap.trust_domain, l7=False)
         filters = [
-            lc.Filter(name=NET_RBAC_FILTER, typed_config=pack(
-                net_rbac.RBAC(stat_prefix="connect_authz", rules=rules))),
+            lc.Filter(
+                name=NET_RBAC_FILTER,
+                typed_config=pack(net_rbac.RBAC(stat_prefix="connect_authz", rules=rules)),
+            ),
             _tcp_proxy(LOCAL_APP_CLUSTER, "public_listener"),
         ]
         alpn = []
@@ -102,7 +112,8 @@ def public_listener(snap: ProxySnapshot) -> listener_pb2.Listener:
         name=public_listener_name(snap),
         address=socket_address(snap.public_listener_address, snap.public_listener_port),
         traffic_direction=base_pb2.INBOUND,
-        filter_chains=[lc.FilterChain(filters=filters, transport_socket=downstream_tls(alpn))])
+        filter_chains=[lc.FilterChain(filters=filters, transport_socket=downstream_tls(alpn))],
+    )
 
 
 def upstream_listener(snap: ProxySnapshot, up: Upstream) -> listener_pb2.Listener:
@@ -117,7 +128,8 @@ def upstream_listener(snap: ProxySnapshot, up: Upstream) -> listener_pb2.Listene
         name=upstream_listener_name(up),
         address=socket_address(up.local_bind_address, up.local_bind_port),
         traffic_direction=base_pb2.OUTBOUND,
-        filter_chains=[lc.FilterChain(filters=[filt])])
+        filter_chains=[lc.FilterChain(filters=[filt])],
+    )
 
 
 def _route(name: str, cluster: str, protocol: str) -> route_pb2.RouteConfiguration:
@@ -125,15 +137,17 @@ def _route(name: str, cluster: str, protocol: str) -> route_pb2.RouteConfigurati
     if protocol in H2_PROTOCOLS:
         # Streams (gRPC server streaming, long polls) must not be cut at Envoy's 15 s default.
         action.timeout.CopyFrom(seconds(0))
-    vhost = rc.VirtualHost(name=name, domains=["*"], routes=[rc.Route(
-        match=rc.RouteMatch(prefix="/"), route=action)])
+    vhost = rc.VirtualHost(
+        name=name, domains=["*"], routes=[rc.Route(match=rc.RouteMatch(prefix="/"), route=action)]
+    )
     return route_pb2.RouteConfiguration(name=name, virtual_hosts=[vhost])
 
 
 def public_route(snap: ProxySnapshot) -> route_pb2.RouteConfiguration:
     rc_ = _route(PUBLIC_ROUTE, LOCAL_APP_CLUSTER, snap.protocol)
-    per_route = http_rbac.RBACPerRoute(rbac=http_rbac.RBAC(
-        rules=build_rbac(snap.rbac, snap.trust_domain, l7=True)))
+    per_route = http_rbac.RBACPerRoute(
+        rbac=http_rbac.RBAC(rules=build_rbac(snap.rbac, snap.trust_domain, l7=True))
+    )
     rc_.virtual_hosts[0].typed_per_filter_config[HTTP_RBAC_FILTER].CopyFrom(pack(per_route))
     return rc_
 

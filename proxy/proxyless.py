@@ -29,20 +29,32 @@ ROUTER = "envoy.filters.http.router"
 def _listener(name: str) -> listener_pb2.Listener:
     manager = hcm.HttpConnectionManager(
         stat_prefix=name,
-        route_config=route_pb2.RouteConfiguration(name=name, virtual_hosts=[
-            rc.VirtualHost(name=name, domains=["*"], routes=[rc.Route(
-                match=rc.RouteMatch(prefix=""),
-                route=rc.RouteAction(cluster=name))])]),
-        http_filters=[hcm.HttpFilter(name=ROUTER, typed_config=pack(router_pb2.Router()))])
+        route_config=route_pb2.RouteConfiguration(
+            name=name,
+            virtual_hosts=[
+                rc.VirtualHost(
+                    name=name,
+                    domains=["*"],
+                    routes=[
+                        rc.Route(match=rc.RouteMatch(prefix=""), route=rc.RouteAction(cluster=name))
+                    ],
+                )
+            ],
+        ),
+        http_filters=[hcm.HttpFilter(name=ROUTER, typed_config=pack(router_pb2.Router()))],
+    )
     return listener_pb2.Listener(
-        name=name, api_listener=api_listener_pb2.ApiListener(api_listener=pack(manager)))
+        name=name, api_listener=api_listener_pb2.ApiListener(api_listener=pack(manager))
+    )
 
 
 def _cluster(name: str) -> cluster_pb2.Cluster:
     return cluster_pb2.Cluster(
-        name=name, type=cluster_pb2.Cluster.EDS,
+        name=name,
+        type=cluster_pb2.Cluster.EDS,
         eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=ads_source()),
-        lb_policy=cluster_pb2.Cluster.ROUND_ROBIN)
+        lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
+    )
 
 
 def _assignment(name: str, endpoints: list[Endpoint]) -> endpoint_pb2.ClusterLoadAssignment:
@@ -53,8 +65,7 @@ def _assignment(name: str, endpoints: list[Endpoint]) -> endpoint_pb2.ClusterLoa
         lb.append(ep)
     locality = ec.LocalityLbEndpoints(lb_endpoints=lb, locality=base_pb2.Locality(zone="meshd"))
     locality.load_balancing_weight.value = 1  # gRPC ignores localities without a weight
-    return endpoint_pb2.ClusterLoadAssignment(cluster_name=name,
-                                              endpoints=[locality] if lb else [])
+    return endpoint_pb2.ClusterLoadAssignment(cluster_name=name, endpoints=[locality] if lb else [])
 
 
 def proxyless_resources(services: dict[str, list[Endpoint]]) -> dict[str, list[object]]:

@@ -42,12 +42,16 @@ def source_pattern(trust_domain: str, source: str) -> string_pb2.StringMatcher:
     td = re.escape(trust_domain)
     svc = "[^/]+" if source == WILDCARD else re.escape(source)
     return string_pb2.StringMatcher(
-        safe_regex=_regex(f"^spiffe://{td}/ns/[^/]+/dc/[^/]+/svc/{svc}$"))
+        safe_regex=_regex(f"^spiffe://{td}/ns/[^/]+/dc/[^/]+/svc/{svc}$")
+    )
 
 
 def _principal_for(trust_domain: str, source: str) -> rbac.Principal:
-    return rbac.Principal(authenticated=rbac.Principal.Authenticated(
-        principal_name=source_pattern(trust_domain, source)))
+    return rbac.Principal(
+        authenticated=rbac.Principal.Authenticated(
+            principal_name=source_pattern(trust_domain, source)
+        )
+    )
 
 
 def rule_principal(trust_domain: str, rule: RBACRuleLike) -> rbac.Principal | None:
@@ -68,6 +72,7 @@ def rule_principal(trust_domain: str, rule: RBACRuleLike) -> rbac.Principal | No
 
 # --- L7 permissions (Consul's IntentionPermission shape) ---------------------------------------
 
+
 def _field(obj: Any, *names: str) -> Any:
     """Read a field whether the permission came as Consul JSON, HCL snake_case, or an object."""
     for n in names:
@@ -87,8 +92,12 @@ def _header_rule(h: Any) -> rbac.Permission:
     if _field(h, "Present", "present"):
         m.present_match = True
     else:
-        for keys, kind in ((("Exact", "exact"), "exact"), (("Prefix", "prefix"), "prefix"),
-                           (("Suffix", "suffix"), "suffix"), (("Regex", "regex"), "regex")):
+        for keys, kind in (
+            (("Exact", "exact"), "exact"),
+            (("Prefix", "prefix"), "prefix"),
+            (("Suffix", "suffix"), "suffix"),
+            (("Regex", "regex"), "regex"),
+        ):
             val = _field(h, *keys)
             if val is not None:
                 m.string_match.CopyFrom(_string_matcher(kind, str(val)))
@@ -109,26 +118,40 @@ def _and(rules: list[rbac.Permission]) -> rbac.Permission:
 
 
 def _or(rules: list[rbac.Permission]) -> rbac.Permission:
-    return rules[0] if len(rules) == 1 else rbac.Permission(
-        or_rules=rbac.Permission.Set(rules=rules))
+    return (
+        rules[0] if len(rules) == 1 else rbac.Permission(or_rules=rbac.Permission.Set(rules=rules))
+    )
 
 
 def http_match(perm: Any) -> rbac.Permission:
     """The request predicate of one permission (its Action is handled by the caller)."""
     http = _field(perm, "HTTP", "http") or {}
     parts: list[rbac.Permission] = []
-    for keys, kind in ((("PathExact", "path_exact"), "exact"),
-                       (("PathPrefix", "path_prefix"), "prefix"),
-                       (("PathRegex", "path_regex"), "regex")):
+    for keys, kind in (
+        (("PathExact", "path_exact"), "exact"),
+        (("PathPrefix", "path_prefix"), "prefix"),
+        (("PathRegex", "path_regex"), "regex"),
+    ):
         val = _field(http, *keys)
         if val is not None:
-            parts.append(rbac.Permission(url_path=path_pb2.PathMatcher(
-                path=_string_matcher(kind, str(val)))))
+            parts.append(
+                rbac.Permission(url_path=path_pb2.PathMatcher(path=_string_matcher(kind, str(val))))
+            )
     methods = _field(http, "Methods", "methods") or []
     if methods:
-        parts.append(_or([rbac.Permission(header=rc.HeaderMatcher(
-            name=":method", string_match=string_pb2.StringMatcher(exact=str(m).upper())))
-            for m in sorted(set(methods))]))
+        parts.append(
+            _or(
+                [
+                    rbac.Permission(
+                        header=rc.HeaderMatcher(
+                            name=":method",
+                            string_match=string_pb2.StringMatcher(exact=str(m).upper()),
+                        )
+                    )
+                    for m in sorted(set(methods))
+                ]
+            )
+        )
     for h in _field(http, "Header", "header") or []:
         parts.append(_header_rule(h))
     return _and(parts)
@@ -193,7 +216,8 @@ def build_rbac(plan: RBACPlanLike, trust_domain: str, *, l7: bool) -> rbac.RBAC:
         if not perms:
             continue
         policies[f"meshd-intention-{i:04d}"] = rbac.Policy(
-            principals=[principal], permissions=perms)
+            principals=[principal], permissions=perms
+        )
     out = rbac.RBAC(action=action)
     for name in sorted(policies):
         out.policies[name].CopyFrom(policies[name])

@@ -28,8 +28,15 @@ from .common import (
 from .listeners import build_listeners
 from .snapshot import ProxySnapshot
 
-__all__ = ["CLUSTER", "ENDPOINT", "LISTENER", "ROUTE", "SECRET", "build_resources",
-           "resources_digest"]
+__all__ = [
+    "CLUSTER",
+    "ENDPOINT",
+    "LISTENER",
+    "ROUTE",
+    "SECRET",
+    "build_resources",
+    "resources_digest",
+]
 
 
 def build_resources(snap: ProxySnapshot) -> dict[str, list[Message]]:

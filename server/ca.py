@@ -23,11 +23,19 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 
 from meshd.spiffe import spiffe_agent_id, spiffe_service_id, trust_domain
 
-# ruff: noqa: N815  (Consul's PascalCase field names are the wire contract)
-
 __all__ = [
-    "CAError", "CARoot", "chain_pem", "cross_sign", "generate_root", "public_view", "rotate",
-    "sign_leaf", "spiffe_agent_id", "spiffe_service_id", "trust_domain", "verify_leaf",
+    "CAError",
+    "CARoot",
+    "chain_pem",
+    "cross_sign",
+    "generate_root",
+    "public_view",
+    "rotate",
+    "sign_leaf",
+    "spiffe_agent_id",
+    "spiffe_service_id",
+    "trust_domain",
+    "verify_leaf",
 ]
 
 CLOCK_SKEW = dt.timedelta(minutes=1)
@@ -115,7 +123,10 @@ def _aki(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
 
 
 def generate_root(
-    trust_domain: str, *, ttl_days: int = 3650, name: str = "meshd CA Primary Cert",
+    trust_domain: str,
+    *,
+    ttl_days: int = 3650,
+    name: str = "meshd CA Primary Cert",
     now: dt.datetime | None = None,
 ) -> CARoot:
     """A fresh self-signed EC P-256 root.
@@ -129,8 +140,14 @@ def generate_root(
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     # A distinct subject per root (Consul's "pri-<id>.consul.ca.<td8>.consul") keeps path
     # building unambiguous while two roots are trusted during a rotation.
-    subject = x509.Name([x509.NameAttribute(
-        NameOID.COMMON_NAME, f"pri-{secrets.token_hex(4)}.consul.ca.{trust_domain[:8]}.consul")])
+    subject = x509.Name(
+        [
+            x509.NameAttribute(
+                NameOID.COMMON_NAME,
+                f"pri-{secrets.token_hex(4)}.consul.ca.{trust_domain[:8]}.consul",
+            )
+        ]
+    )
     # 63 bits so SerialNumber fits Consul's uint64 JSON field and every JSON parser's integers.
     serial = secrets.randbits(63) | 1
     cert = (
@@ -142,26 +159,49 @@ def generate_root(
         .not_valid_before(now - CLOCK_SKEW)
         .not_valid_after(now + dt.timedelta(days=ttl_days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=True, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-            encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(ski, critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
-                       critical=False)
-        .add_extension(x509.SubjectAlternativeName(
-            [x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
+        )
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")]
+            ),
+            critical=False,
+        )
         .sign(key, hashes.SHA256())
     )
     key_id = _colon_hex(ski.digest)
     return CARoot(
-        ID=key_id, Name=name, SerialNumber=serial, SigningKeyID=key_id,
+        ID=key_id,
+        Name=name,
+        SerialNumber=serial,
+        SigningKeyID=key_id,
         ExternalTrustDomain=trust_domain,
-        NotBefore=_rfc3339(cert.not_valid_before_utc), NotAfter=_rfc3339(cert.not_valid_after_utc),
-        RootCert=_pem(cert), IntermediateCerts=[], Active=True,
+        NotBefore=_rfc3339(cert.not_valid_before_utc),
+        NotAfter=_rfc3339(cert.not_valid_after_utc),
+        RootCert=_pem(cert),
+        IntermediateCerts=[],
+        Active=True,
         SigningKey=key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption()).decode(),
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode(),
     )
 
 
@@ -190,8 +230,14 @@ def _check_csr_identity(csr: x509.CertificateSigningRequest, expected: str) -> N
 
 
 def sign_leaf(
-    root: CARoot, csr_pem: str, *, service: str, dc: str, trust_domain: str,
-    ttl_seconds: float, now: dt.datetime | None = None,
+    root: CARoot,
+    csr_pem: str,
+    *,
+    service: str,
+    dc: str,
+    trust_domain: str,
+    ttl_seconds: float,
+    now: dt.datetime | None = None,
 ) -> tuple[str, str, dt.datetime, dt.datetime]:
     """Sign a service leaf: (cert_pem, serial colon-hex, not_before, not_after).
 
@@ -229,17 +275,31 @@ def sign_leaf(
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=True, content_commitment=False, key_encipherment=True,
-            data_encipherment=False, key_agreement=True, key_cert_sign=False, crl_sign=False,
-            encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage(
-            [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(csr.public_key()),
-                       critical=False)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=True,
+                data_encipherment=False,
+                key_agreement=True,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(csr.public_key()), critical=False)
         .add_extension(_aki(root_cert), critical=False)
-        .add_extension(x509.SubjectAlternativeName(
-            [x509.UniformResourceIdentifier(expected)]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(expected)]), critical=False
+        )
         .sign(key, hashes.SHA256())
     )
     return _pem(cert), serial_colon_hex(serial), cert.not_valid_before_utc, cert.not_valid_after_utc
@@ -297,7 +357,10 @@ def _split_pems(pem: str) -> list[x509.Certificate]:
 
 
 def verify_leaf(
-    leaf_pem: str, roots: Sequence[CARoot], *, intermediates: Iterable[str] = (),
+    leaf_pem: str,
+    roots: Sequence[CARoot],
+    *,
+    intermediates: Iterable[str] = (),
     now: dt.datetime | None = None,
 ) -> str:
     """Verify a presented leaf against trusted roots; return its SPIFFE URI.
@@ -323,8 +386,9 @@ def verify_leaf(
         verified = verifier.verify(leaf, pool)
     except (VerificationError, InvalidSignature, ValueError) as e:
         raise CAError(f"certificate does not verify: {e}") from None
-    uris = [s.value for s in verified.subjects or ()
-            if isinstance(s, x509.UniformResourceIdentifier)]
+    uris = [
+        s.value for s in verified.subjects or () if isinstance(s, x509.UniformResourceIdentifier)
+    ]
     if len(uris) != 1 or not uris[0].startswith("spiffe://"):
         raise CAError(f"leaf must carry exactly one SPIFFE URI SAN, has {uris!r}")
     return uris[0]

@@ -17,6 +17,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshd.server import connect_ca
+from meshd.server.ca import CAError
+from meshd.server.members import Membership
+from meshd.server.raft import RaftError, RaftNode, RaftSettings
+from meshd.server.reads import blocking_query
+from meshd.server.reaper import CriticalReaper
+from meshd.server.store import Store
+
 from meshd import queries as q
 from meshd.fsutil import atomic_write_json
 from meshd.rpc import (
@@ -33,13 +41,6 @@ from meshd.rpc import (
 )
 from meshd.rpc_client import RPCClient, RPCError, normalize_addr
 from meshd.structs import SERF_CHECK_ID, Barrier, Command
-from server import connect_ca
-from server.ca import CAError
-from server.members import Membership
-from server.raft import RaftError, RaftNode, RaftSettings
-from server.reads import blocking_query
-from server.reaper import CriticalReaper
-from server.store import Store
 
 log = logging.getLogger("meshd.server")
 
@@ -82,9 +83,13 @@ class Server:
         self.rpc_addr = f"{settings.advertise}:{settings.rpc_port}"
         self.known: dict[str, str] = {self.raft_addr: self.rpc_addr}  # raft -> rpc
         self.members = Membership(settings.failure_timeout, settings.reap_after)
-        self.rpc = RPCClient(settings.retry_join, settings.key, default_port=settings.rpc_port,
-                             ssl_context=settings.ssl_client,
-                             server_name=settings.server_name)
+        self.rpc = RPCClient(
+            settings.retry_join,
+            settings.key,
+            default_port=settings.rpc_port,
+            ssl_context=settings.ssl_client,
+            server_name=settings.server_name,
+        )
         self._tasks: list[asyncio.Task[Any]] = []
         self._was_leader = False
         self._last_peers: list[str] = []
@@ -113,11 +118,17 @@ class Server:
     def _start_raft(self, peers: list[str]) -> None:
         others = sorted(p for p in peers if p != self.raft_addr)
         log.info("starting raft at %s with peers %s", self.raft_addr, others)
-        self.raft = RaftNode(self.store, RaftSettings(
-            self_addr=self.raft_addr, peers=others, data_dir=self.s.data_dir,
-            password=self.s.password,
-            bind=f"{self.s.bind or self.s.advertise}:{self.s.raft_port}",
-            fsync=self.s.fsync))
+        self.raft = RaftNode(
+            self.store,
+            RaftSettings(
+                self_addr=self.raft_addr,
+                peers=others,
+                data_dir=self.s.data_dir,
+                password=self.s.password,
+                bind=f"{self.s.bind or self.s.advertise}:{self.s.raft_port}",
+                fsync=self.s.fsync,
+            ),
+        )
         self.save_peers()
 
     async def start(self) -> None:
@@ -167,16 +178,21 @@ class Server:
         """Ask the running cluster to add us, then start Raft with its members as peers."""
         for raft, rpc in info.Known:
             self.known[raft] = rpc
-        await self.rpc.call("peer", PeerChange(RaftAddr=self.raft_addr), bool,
-                            addr=info.RPCAddr, timeout=10.0)
-        self._start_raft(list(info.Peers) + [self.raft_addr])
+        await self.rpc.call(
+            "peer", PeerChange(RaftAddr=self.raft_addr), bool, addr=info.RPCAddr, timeout=10.0
+        )
+        self._start_raft([*list(info.Peers), self.raft_addr])
 
     def info(self) -> ServerInfo:
         return ServerInfo(
-            RaftAddr=self.raft_addr, RPCAddr=self.rpc_addr, Started=self.raft is not None,
+            RaftAddr=self.raft_addr,
+            RPCAddr=self.rpc_addr,
+            Started=self.raft is not None,
             Peers=self.raft.peers() if self.raft else [],
             Known=[[r, p] for r, p in self.known.items()],
-            Leader=self.raft.leader() if self.raft else "", Datacenter=self.s.datacenter)
+            Leader=self.raft.leader() if self.raft else "",
+            Datacenter=self.s.datacenter,
+        )
 
     # ---- reads and writes ---------------------------------------------------------------
 
@@ -194,21 +210,27 @@ class Server:
     async def write(self, cmd: Command) -> Any:
         return await self._raft().apply(cmd)
 
-    async def read(self, query: q.Query, min_index: int, wait: float,
-                   consistency: str) -> ReadAnswer:
+    async def read(
+        self, query: q.Query, min_index: int, wait: float, consistency: str
+    ) -> ReadAnswer:
         raft = self._raft()
         if consistency != "stale" and not raft.is_leader:
             reply = await self.rpc.call(
-                "read", ReadRequest(Query=query, MinIndex=min_index, Wait=wait,
-                                    Consistency=consistency),
-                ReadReply, addr=self.leader_rpc(), timeout=wait * 1.1 + 10)
-            return ReadAnswer(reply.Index, decode_value(query, reply.Value), reply.KnownLeader,
-                              reply.LastContact)
+                "read",
+                ReadRequest(Query=query, MinIndex=min_index, Wait=wait, Consistency=consistency),
+                ReadReply,
+                addr=self.leader_rpc(),
+                timeout=wait * 1.1 + 10,
+            )
+            return ReadAnswer(
+                reply.Index, decode_value(query, reply.Value), reply.KnownLeader, reply.LastContact
+            )
         if consistency == "consistent":
             await raft.apply(Barrier())  # a quorum round: we are still the leader
         loop = asyncio.get_running_loop()
-        index, value = await blocking_query(self.store, query, min_index if wait > 0 else 0,
-                                            loop.time() + wait)
+        index, value = await blocking_query(
+            self.store, query, min_index if wait > 0 else 0, loop.time() + wait
+        )
         return ReadAnswer(index, value, bool(raft.leader()), raft.last_contact_ms())
 
     async def change_peer(self, change: PeerChange) -> bool:
@@ -233,9 +255,12 @@ class Server:
 
     async def set_ca_config(self, config: dict[str, Any], force_rotate: bool) -> None:
         if not self._raft().is_leader:
-            await self.rpc.call("caconfig", CAConfigRequest(Config=config,
-                                                            ForceRotate=force_rotate),
-                                bool, addr=self.leader_rpc())
+            await self.rpc.call(
+                "caconfig",
+                CAConfigRequest(Config=config, ForceRotate=force_rotate),
+                bool,
+                addr=self.leader_rpc(),
+            )
             return
         await connect_ca.set_config(self, config, force_rotate)
 
@@ -244,8 +269,7 @@ class Server:
     async def heartbeat(self, hb: Heartbeat) -> bool:
         raft = self._raft()
         if not raft.is_leader:
-            return await self.rpc.call("heartbeat", hb, bool, addr=self.leader_rpc(),
-                                       timeout=3.0)
+            return await self.rpc.call("heartbeat", hb, bool, addr=self.leader_rpc(), timeout=3.0)
         self.members.heartbeat(hb)
         if hb.Role == "consul" and hb.RaftAddr:
             self.known[hb.RaftAddr] = hb.RPCAddr
@@ -271,8 +295,11 @@ class Server:
                 if not self._was_leader:
                     self._was_leader = True
                     with self.store.lock:  # agents only: catalog-registered nodes never beat
-                        nodes = [(n.Node, n.Address) for n in self.store.nodes.values()
-                                 if SERF_CHECK_ID in self.store.checks.get(n.Node, {})]
+                        nodes = [
+                            (n.Node, n.Address)
+                            for n in self.store.nodes.values()
+                            if SERF_CHECK_ID in self.store.checks.get(n.Node, {})
+                        ]
                     self.members.nodes.clear()
                     self.members.adopt(nodes)
                     self.reaper.reset()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from server.intentions import WILDCARD, precedence
+from meshd.server.intentions import WILDCARD, precedence
 
 __all__ = ["KINDS", "PROTOCOLS", "ConfigEntryError", "normalize_entry"]
 
@@ -38,19 +38,54 @@ META_VALUE_MAX = 512
 # PUT back verbatim, then dropped because the server assigns them.
 _SERVER_SET = ("CreateIndex", "ModifyIndex", "Hash")
 _COMMON = ("Kind", "Name", "Namespace", "Partition", "Meta", *_SERVER_SET)
-_MESH_COMMON = ("Mode", "TransparentProxy", "MutualTLSMode", "MeshGateway", "Expose",
-                "EnvoyExtensions")
+_MESH_COMMON = (
+    "Mode",
+    "TransparentProxy",
+    "MutualTLSMode",
+    "MeshGateway",
+    "Expose",
+    "EnvoyExtensions",
+)
 _TOP_KEYS: dict[str, tuple[str, ...]] = {
     "service-intentions": (*_COMMON, "Sources", "JWT"),
-    "service-defaults": (*_COMMON, *_MESH_COMMON, "Protocol", "ExternalSNI", "UpstreamConfig",
-                         "Destination", "MaxInboundConnections", "LocalConnectTimeoutMs",
-                         "LocalRequestTimeoutMs", "BalanceInboundConnections", "RateLimits"),
-    "proxy-defaults": (*_COMMON, *_MESH_COMMON, "Config", "AccessLogs", "FailoverPolicy",
-                       "PrioritizeByLocality"),
+    "service-defaults": (
+        *_COMMON,
+        *_MESH_COMMON,
+        "Protocol",
+        "ExternalSNI",
+        "UpstreamConfig",
+        "Destination",
+        "MaxInboundConnections",
+        "LocalConnectTimeoutMs",
+        "LocalRequestTimeoutMs",
+        "BalanceInboundConnections",
+        "RateLimits",
+    ),
+    "proxy-defaults": (
+        *_COMMON,
+        *_MESH_COMMON,
+        "Config",
+        "AccessLogs",
+        "FailoverPolicy",
+        "PrioritizeByLocality",
+    ),
 }
-_SOURCE_KEYS = ("Name", "Action", "Permissions", "Precedence", "Type", "Description",
-                "LegacyID", "LegacyMeta", "LegacyCreateTime", "LegacyUpdateTime", "Namespace",
-                "Partition", "Peer", "SamenessGroup")
+_SOURCE_KEYS = (
+    "Name",
+    "Action",
+    "Permissions",
+    "Precedence",
+    "Type",
+    "Description",
+    "LegacyID",
+    "LegacyMeta",
+    "LegacyCreateTime",
+    "LegacyUpdateTime",
+    "Namespace",
+    "Partition",
+    "Peer",
+    "SamenessGroup",
+)
 _PERMISSION_KEYS = ("Action", "HTTP", "JWT")
 _HTTP_KEYS = ("PathExact", "PathPrefix", "PathRegex", "Header", "Methods")
 _HEADER_KEYS = ("Name", "Present", "Exact", "Prefix", "Suffix", "Regex", "Invert")
@@ -102,8 +137,10 @@ def _pascal(key: str) -> str:
 def _fold_free(value: Any) -> Any:
     """Fold keys of sub-objects we pass through without a schema (UpstreamConfig, Expose...)."""
     if isinstance(value, dict):
-        return {_pascal(str(k)): (v if _pascal(str(k)) in _OPAQUE else _fold_free(v))
-                for k, v in value.items()}
+        return {
+            _pascal(str(k)): (v if _pascal(str(k)) in _OPAQUE else _fold_free(v))
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [_fold_free(v) for v in value]
     return value
@@ -184,8 +221,9 @@ def normalize_entry(raw: dict[str, Any], *, legacy: bool = False) -> dict[str, A
     kind_key = next((k for k in raw if _key(str(k)) == "kind"), None)
     kind = _string(raw.get(kind_key) if kind_key else None, "Kind", required=True)
     if kind not in KINDS:
-        raise ConfigEntryError(f"Kind: unsupported config entry kind {kind!r}; "
-                               f"supported: {', '.join(KINDS)}")
+        raise ConfigEntryError(
+            f"Kind: unsupported config entry kind {kind!r}; supported: {', '.join(KINDS)}"
+        )
     entry = _fold(raw, _TOP_KEYS[kind], "")
     for field in _SERVER_SET:
         entry.pop(field, None)
@@ -209,17 +247,29 @@ def _defaults(entry: dict[str, Any]) -> dict[str, Any]:
         if field in entry:
             value = _string(entry[field], field)
             if value not in allowed:
-                raise ConfigEntryError(f"{field}: invalid value {value!r}; "
-                                       f"expected one of {', '.join(repr(a) for a in allowed)}")
+                raise ConfigEntryError(
+                    f"{field}: invalid value {value!r}; "
+                    f"expected one of {', '.join(repr(a) for a in allowed)}"
+                )
     for field in _INT_FIELDS:
         value = entry.get(field)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or value < 0):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 0
+        ):
             raise ConfigEntryError(f"{field} must be a non-negative integer")
     if "ExternalSNI" in entry:
         _string(entry["ExternalSNI"], "ExternalSNI")
-    for field in ("MeshGateway", "TransparentProxy", "Expose", "UpstreamConfig", "Destination",
-                  "RateLimits", "AccessLogs", "FailoverPolicy", "PrioritizeByLocality"):
+    for field in (
+        "MeshGateway",
+        "TransparentProxy",
+        "Expose",
+        "UpstreamConfig",
+        "Destination",
+        "RateLimits",
+        "AccessLogs",
+        "FailoverPolicy",
+        "PrioritizeByLocality",
+    ):
         if entry.get(field) is not None and not isinstance(entry[field], dict):
             raise ConfigEntryError(f"{field} must be an object")
     if entry.get("EnvoyExtensions") is not None and not isinstance(entry["EnvoyExtensions"], list):
@@ -233,8 +283,9 @@ def _defaults(entry: dict[str, Any]) -> dict[str, Any]:
     if entry["Kind"] == "service-defaults":
         protocol = _string(entry.get("Protocol"), "Protocol") or "tcp"
         if protocol not in PROTOCOLS:
-            raise ConfigEntryError(f"Protocol: invalid protocol {protocol!r}; "
-                                   f"expected one of {', '.join(PROTOCOLS)}")
+            raise ConfigEntryError(
+                f"Protocol: invalid protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}"
+            )
         entry["Protocol"] = protocol
     else:
         config = entry.get("Config")
@@ -242,8 +293,10 @@ def _defaults(entry: dict[str, Any]) -> dict[str, Any]:
             raise ConfigEntryError("Config must be an object")
         protocol = (config or {}).get("protocol")
         if protocol is not None and protocol not in PROTOCOLS:
-            raise ConfigEntryError(f"Config.protocol: invalid protocol {protocol!r}; "
-                                   f"expected one of {', '.join(PROTOCOLS)}")
+            raise ConfigEntryError(
+                f"Config.protocol: invalid protocol {protocol!r}; "
+                f"expected one of {', '.join(PROTOCOLS)}"
+            )
     return entry
 
 

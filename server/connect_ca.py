@@ -12,18 +12,22 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from meshd.server.ca import CAError, CARoot, chain_pem, generate_root, rotate, sign_leaf
 
 from meshd.config import ConfigError, parse_duration
 from meshd.rpc import SignReply, SignRequest
 from meshd.spiffe import trust_domain
 from meshd.structs import CASetRoots
-from server.ca import CAError, CARoot, chain_pem, generate_root, rotate, sign_leaf
 
 if TYPE_CHECKING:
-    from server.cluster import Server
+    from meshd.server.cluster import Server
 
-DEFAULT_CA_CONFIG: dict[str, Any] = {"LeafCertTTL": "72h", "RotationPeriod": "2160h",
-                                     "PrivateKeyType": "ec", "PrivateKeyBits": 256}
+DEFAULT_CA_CONFIG: dict[str, Any] = {
+    "LeafCertTTL": "72h",
+    "RotationPeriod": "2160h",
+    "PrivateKeyType": "ec",
+    "PrivateKeyBits": 256,
+}
 ROOT_KEYS = ("PrivateKeyType", "PrivateKeyBits", "RootCertTTL")
 
 
@@ -38,8 +42,11 @@ async def ensure_ca(server: Server) -> None:
         return
     cluster_id = m.cluster_id or str(uuid.uuid4())
     root = await asyncio.to_thread(generate_root, trust_domain(cluster_id))
-    await server.write(CASetRoots(ClusterID=cluster_id, Roots=_encode_roots([root]),
-                                  Config=dict(DEFAULT_CA_CONFIG)))
+    await server.write(
+        CASetRoots(
+            ClusterID=cluster_id, Roots=_encode_roots([root]), Config=dict(DEFAULT_CA_CONFIG)
+        )
+    )
 
 
 def leaf_ttl(config: dict[str, Any]) -> float:
@@ -56,10 +63,21 @@ async def sign(server: Server, req: SignRequest) -> SignReply:
         raise CAError("the CA is not initialised yet (no leader has bootstrapped it)")
     td = trust_domain(m.cluster_id)
     cert, serial, nb, na = await asyncio.to_thread(
-        sign_leaf, root, req.CSR, service=req.Service, dc=server.s.datacenter,
-        trust_domain=td, ttl_seconds=leaf_ttl(m.ca_config))
-    return SignReply(CertPEM=chain_pem(root, cert), SerialNumber=serial,
-                     ValidAfter=nb.isoformat(), ValidBefore=na.isoformat(), RootID=root.ID)
+        sign_leaf,
+        root,
+        req.CSR,
+        service=req.Service,
+        dc=server.s.datacenter,
+        trust_domain=td,
+        ttl_seconds=leaf_ttl(m.ca_config),
+    )
+    return SignReply(
+        CertPEM=chain_pem(root, cert),
+        SerialNumber=serial,
+        ValidAfter=nb.isoformat(),
+        ValidBefore=na.isoformat(),
+        RootID=root.ID,
+    )
 
 
 async def set_config(server: Server, config: dict[str, Any], force_rotate: bool) -> None:
@@ -70,9 +88,11 @@ async def set_config(server: Server, config: dict[str, Any], force_rotate: bool)
     leaf_ttl(merged)
     old = m.active_root()
     roots = list(m.roots)
-    if old is not None and (force_rotate or any(merged.get(k) != m.ca_config.get(k)
-                                                for k in ROOT_KEYS if k in config)):
+    if old is not None and (
+        force_rotate or any(merged.get(k) != m.ca_config.get(k) for k in ROOT_KEYS if k in config)
+    ):
         new = await asyncio.to_thread(rotate, old, trust_domain(m.cluster_id))
         roots = [msgspec.structs.replace(r, Active=False) for r in roots] + [new]
-    await server.write(CASetRoots(ClusterID=m.cluster_id, Roots=_encode_roots(roots),
-                                  Config=merged))
+    await server.write(
+        CASetRoots(ClusterID=m.cluster_id, Roots=_encode_roots(roots), Config=merged)
+    )

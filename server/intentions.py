@@ -155,9 +155,7 @@ def match(
     if by not in ("source", "destination"):
         raise ValueError(f"by must be 'source' or 'destination', not {by!r}")
     attr = "SourceName" if by == "source" else "DestinationName"
-    return sorted(
-        (i for i in intentions if getattr(i, attr) in (name, WILDCARD)), key=sort_key
-    )
+    return sorted((i for i in intentions if getattr(i, attr) in (name, WILDCARD)), key=sort_key)
 
 
 def _applicable(

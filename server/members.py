@@ -39,9 +39,12 @@ class NodeState:
 
 def serf_check(node: str, passing: bool) -> HealthCheck:
     return HealthCheck(
-        Node=node, CheckID=SERF_CHECK_ID, Name="Serf Health Status",
+        Node=node,
+        CheckID=SERF_CHECK_ID,
+        Name="Serf Health Status",
         Status=HEALTH_PASSING if passing else HEALTH_CRITICAL,
-        Output="Agent alive and reachable" if passing else "Agent not live or unreachable")
+        Output="Agent alive and reachable" if passing else "Agent not live or unreachable",
+    )
 
 
 class Membership:
@@ -54,8 +57,9 @@ class Membership:
         now = time.monotonic() if now is None else now
         st = self.nodes.get(hb.Node)
         if st is None:
-            st = self.nodes[hb.Node] = NodeState(hb.Node, hb.Address, hb.Datacenter, hb.Role,
-                                                 hb.RPCAddr)
+            st = self.nodes[hb.Node] = NodeState(
+                hb.Node, hb.Address, hb.Datacenter, hb.Role, hb.RPCAddr
+            )
         st.address, st.role, st.rpc_addr = hb.Address, hb.Role, hb.RPCAddr or st.rpc_addr
         st.last_seen = now
         if hb.Leaving:
@@ -68,8 +72,7 @@ class Membership:
         now = time.monotonic() if now is None else now
         for name, addr in names_and_addrs:
             if name not in self.nodes:
-                self.nodes[name] = NodeState(name, addr, "", "node", last_seen=now,
-                                             synced_status=0)
+                self.nodes[name] = NodeState(name, addr, "", "node", last_seen=now, synced_status=0)
 
     def tick(self, now: float | None = None) -> list[Register | Deregister]:
         """Pure-ish: the Raft writes that the elapsed time calls for."""
@@ -89,12 +92,26 @@ class Membership:
                 del self.nodes[name]
                 continue
             if st.status != st.synced_status:
-                ops.append(Register(Node=name, Address=st.address, SkipNodeUpdate=True,
-                                    Check=serf_check(name, st.status == ALIVE)))
+                ops.append(
+                    Register(
+                        Node=name,
+                        Address=st.address,
+                        SkipNodeUpdate=True,
+                        Check=serf_check(name, st.status == ALIVE),
+                    )
+                )
                 st.synced_status = st.status
         return ops
 
     def members(self, datacenter: str) -> list[Member]:
-        return [Member(Name=s.name, Addr=s.address, Role=s.role, Status=s.status,
-                       Datacenter=s.datacenter or datacenter, RPCAddr=s.rpc_addr)
-                for s in sorted(self.nodes.values(), key=lambda s: s.name)]
+        return [
+            Member(
+                Name=s.name,
+                Addr=s.address,
+                Role=s.role,
+                Status=s.status,
+                Datacenter=s.datacenter or datacenter,
+                RPCAddr=s.rpc_addr,
+            )
+            for s in sorted(self.nodes.values(), key=lambda s: s.name)
+        ]

@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+from meshd.server.ca import CARoot
 
 from meshd.structs import CASetRoots, ConfigEntryOp
-from server.ca import CARoot
 
 
-class CommandRejected(Exception):
+class CommandRejectedError(Exception):
     """Raised inside apply; the store turns it into its CommandError."""
 
 
@@ -41,7 +41,7 @@ class MeshState:
                 return True
             del self.entries[key]
         else:
-            raise CommandRejected(f"unknown config entry op {op.Op!r}")
+            raise CommandRejectedError(f"unknown config entry op {op.Op!r}")
         changed.update((f"config:{op.Kind}", f"config:{op.Kind}:{op.Name}", "tbl:config"))
         return True
 
@@ -49,12 +49,14 @@ class MeshState:
         try:
             roots = msgspec.msgpack.decode(cmd.Roots, type=list[CARoot])
         except msgspec.DecodeError as e:
-            raise CommandRejected(f"bad CA roots: {e}") from None
+            raise CommandRejectedError(f"bad CA roots: {e}") from None
         if self.cluster_id and cmd.ClusterID != self.cluster_id:
-            raise CommandRejected("the cluster id (trust domain) cannot change")
+            raise CommandRejectedError("the cluster id (trust domain) cannot change")
         self.cluster_id = cmd.ClusterID
-        self.roots = [msgspec.structs.replace(r, ModifyIndex=index,
-                                              CreateIndex=r.CreateIndex or index) for r in roots]
+        self.roots = [
+            msgspec.structs.replace(r, ModifyIndex=index, CreateIndex=r.CreateIndex or index)
+            for r in roots
+        ]
         self.ca_config = dict(cmd.Config)
         self.ca_index = index
         changed.add("ca")
@@ -64,9 +66,13 @@ class MeshState:
         return next((r for r in self.roots if r.Active), None)
 
     def dump(self) -> dict[str, Any]:
-        return {"entries": list(self.entries.values()), "cluster_id": self.cluster_id,
-                "roots": msgspec.msgpack.encode(self.roots), "ca_config": self.ca_config,
-                "ca_index": self.ca_index}
+        return {
+            "entries": list(self.entries.values()),
+            "cluster_id": self.cluster_id,
+            "roots": msgspec.msgpack.encode(self.roots),
+            "ca_config": self.ca_config,
+            "ca_index": self.ca_index,
+        }
 
     def load(self, data: dict[str, Any]) -> None:
         self.__init__()  # type: ignore[misc]

@@ -19,11 +19,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from meshd.server.store import CommandError, Store
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.pipe_notifier import PipeNotifier
 
 from meshd.structs import Command, decode_command, encode_command
-from server.store import CommandError, Store
 
 log = logging.getLogger("meshd.raft")
 
@@ -135,12 +135,21 @@ class RaftNode:
             dump = os.path.join(raft_dir, "snapshot.bin")
         self._last_contact = time.monotonic()
         conf = SyncObjConf(
-            journalFile=journal, fullDumpFile=dump, password=settings.password,
-            appendEntriesUseBatch=True, appendEntriesPeriod=settings.append_entries_period,
-            raftMinTimeout=settings.raft_min_timeout, raftMaxTimeout=settings.raft_max_timeout,
-            leaderFallbackTimeout=settings.leader_fallback_timeout, autoTickPeriod=0.05,
-            dynamicMembershipChange=True, useFork=False, commandsWaitLeader=True,
-            connectionRetryTime=1.0, bindAddress=settings.bind, logCompactionMinEntries=20000,
+            journalFile=journal,
+            fullDumpFile=dump,
+            password=settings.password,
+            appendEntriesUseBatch=True,
+            appendEntriesPeriod=settings.append_entries_period,
+            raftMinTimeout=settings.raft_min_timeout,
+            raftMaxTimeout=settings.raft_max_timeout,
+            leaderFallbackTimeout=settings.leader_fallback_timeout,
+            autoTickPeriod=0.05,
+            dynamicMembershipChange=True,
+            useFork=False,
+            commandsWaitLeader=True,
+            connectionRetryTime=1.0,
+            bindAddress=settings.bind,
+            logCompactionMinEntries=20000,
             logCompactionMinTime=600,
         )
         self._single = not settings.peers
@@ -150,8 +159,9 @@ class RaftNode:
         self._settled = 0
         self.commits = 0  # writes this node submitted that committed (metrics)
         self._sent = (0, 0)  # (log index, commit index) last pushed to followers
-        self._sync = SyncObj(settings.self_addr, list(settings.peers), conf=conf,
-                             consumers=[self._fsm])
+        self._sync = SyncObj(
+            settings.self_addr, list(settings.peers), conf=conf, consumers=[self._fsm]
+        )
         # pysyncobj only builds its own wake-up pipe in its one-round-per-command mode
         self._notifier = PipeNotifier(self._sync._poller)
         self._journal: _GroupCommit | None = None
@@ -175,7 +185,7 @@ class RaftNode:
 
     def _wake(self) -> None:
         """Interrupt the tick thread's poll so it runs a tick now (thread-safe: a pipe write)."""
-        try:
+        try:  # noqa: SIM105 - on every write: try/except costs less than suppress()
             self._notifier.notify()
         except BlockingIOError:  # the pipe is full of wake-ups already: the tick will come
             pass

@@ -8,14 +8,16 @@ per-table).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
+
+from meshd.server.ca import public_view
+from meshd.server.store import Store
+from meshd.server.watch import Waiter
 
 from meshd import queries as q
 from meshd.spiffe import trust_domain
 from meshd.structs import CheckServiceNode, HealthCheck, KVEntry, Node, NodeService
-from server.ca import public_view
-from server.store import Store
-from server.watch import Waiter
 
 
 def _index(store: Store, topics: list[str], fallback: str) -> int:
@@ -30,8 +32,11 @@ def _instances(store: Store, keys: set[tuple[str, str]]) -> list[CheckServiceNod
         svc = store.services.get(node_name, {}).get(sid)
         if node is None or svc is None:
             continue
-        checks = [c for c in store.checks.get(node_name, {}).values()
-                  if not c.ServiceID or c.ServiceID == sid]
+        checks = [
+            c
+            for c in store.checks.get(node_name, {}).values()
+            if not c.ServiceID or c.ServiceID == sid
+        ]
         out.append(CheckServiceNode(Node=node, Service=svc, Checks=checks))
     return out
 
@@ -47,8 +52,11 @@ def _run(store: Store, query: q.Query) -> tuple[int, Any, list[str]]:
         if query.Connect:
             topics = [f"connect:{query.Service}"]
             keys = set(store.by_dest.get(query.Service, ()))
-            keys |= {k for k in store.by_name.get(query.Service, ())
-                     if (store.services[k[0]][k[1]].Connect or {}).get("Native")}
+            keys |= {
+                k
+                for k in store.by_name.get(query.Service, ())
+                if (store.services[k[0]][k[1]].Connect or {}).get("Native")
+            }
         else:
             topics = [f"svc:{query.Service}"]
             keys = store.by_name.get(query.Service, set())
@@ -68,20 +76,30 @@ def _run(store: Store, query: q.Query) -> tuple[int, Any, list[str]]:
         node = store.nodes.get(query.Node)
         value: Any = None
         if node is not None:
-            svcs: list[NodeService] = sorted(store.services.get(query.Node, {}).values(),
-                                             key=lambda s: s.ID)
-            checks: list[HealthCheck] = sorted(store.checks.get(query.Node, {}).values(),
-                                               key=lambda c: c.CheckID)
+            svcs: list[NodeService] = sorted(
+                store.services.get(query.Node, {}).values(), key=lambda s: s.ID
+            )
+            checks: list[HealthCheck] = sorted(
+                store.checks.get(query.Node, {}).values(), key=lambda c: c.CheckID
+            )
             value = (node, svcs, checks)
         return _index(store, topics, "tbl:nodes"), value, topics
     if isinstance(query, q.ServiceChecks):
         topics = [f"svc:{query.Service}"]
-        out = [c for node, sid in sorted(store.by_name.get(query.Service, ()))
-               for c in store.checks.get(node, {}).values() if c.ServiceID == sid]
+        out = [
+            c
+            for node, sid in sorted(store.by_name.get(query.Service, ()))
+            for c in store.checks.get(node, {}).values()
+            if c.ServiceID == sid
+        ]
         return _index(store, topics, "tbl:checks"), out, topics
     if isinstance(query, q.ChecksInState):
-        out = [c for m in store.checks.values() for c in m.values()
-               if query.State == "any" or c.Status == query.State]
+        out = [
+            c
+            for m in store.checks.values()
+            for c in m.values()
+            if query.State == "any" or c.Status == query.State
+        ]
         out.sort(key=lambda c: (c.Node, c.CheckID))
         return _index(store, ["tbl:checks"], "tbl:checks"), out, ["tbl:checks"]
     if isinstance(query, q.KVGet):
@@ -100,7 +118,7 @@ def _run(store: Store, query: q.Query) -> tuple[int, Any, list[str]]:
         if query.Separator:
             seen: dict[str, None] = {}
             for k in live:
-                rest = k[len(query.Prefix):]
+                rest = k[len(query.Prefix) :]
                 cut = rest.find(query.Separator)
                 seen[k if cut < 0 else query.Prefix + rest[: cut + len(query.Separator)]] = None
             live = list(seen)
@@ -112,21 +130,28 @@ def _run(store: Store, query: q.Query) -> tuple[int, Any, list[str]]:
             rows = [e] if e else []
         else:
             topics = [f"config:{query.Kind}"] if query.Kind else ["tbl:config"]
-            rows = [e for (k, _), e in sorted(store.mesh.entries.items())
-                    if not query.Kind or k == query.Kind]
+            rows = [
+                e
+                for (k, _), e in sorted(store.mesh.entries.items())
+                if not query.Kind or k == query.Kind
+            ]
         return _index(store, topics, "tbl:config"), rows, topics
     if isinstance(query, q.CARoots):
         m = store.mesh
         active = m.active_root()
-        value = {"TrustDomain": trust_domain(m.cluster_id) if m.cluster_id else "",
-                 "ActiveRootID": active.ID if active else "",
-                 "Roots": [public_view(r) for r in m.roots], "Config": dict(m.ca_config)}
+        value = {
+            "TrustDomain": trust_domain(m.cluster_id) if m.cluster_id else "",
+            "ActiveRootID": active.ID if active else "",
+            "Roots": [public_view(r) for r in m.roots],
+            "Config": dict(m.ca_config),
+        }
         return max(store.topics.get("ca", 0), 1), value, ["ca"]
     raise TypeError(f"unknown query {type(query).__name__}")
 
 
-async def blocking_query(store: Store, query: q.Query, min_index: int,
-                         deadline: float) -> tuple[int, Any]:
+async def blocking_query(
+    store: Store, query: q.Query, min_index: int, deadline: float
+) -> tuple[int, Any]:
     """Consul's blocking query: answer once the index passes `min_index` or the deadline hits.
 
     The waiter subscribes before the re-check so that a write landing between the first read and
@@ -144,9 +169,7 @@ async def blocking_query(store: Store, query: q.Query, min_index: int,
             index, value, _ = run_query(store, query)
             if index > min_index:
                 return index, value
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(waiter.future, remaining)
-            except TimeoutError:
-                pass
         finally:
             store.watches.remove(waiter, topics)

@@ -9,9 +9,10 @@ in the leader's memory; a new leader starts them afresh, which only ever delays 
 
 from __future__ import annotations
 
+from meshd.server.store import Store
+
 from meshd.config import ConfigError, parse_duration
 from meshd.structs import HEALTH_CRITICAL, SERF_CHECK_ID, Deregister
-from server.store import Store
 
 
 class CriticalReaper:
@@ -28,8 +29,9 @@ class CriticalReaper:
                     continue  # a live agent enforces its own services' limits
                 limits: dict[str, float] = {}
                 for c in checks.values():
-                    raw = c.Definition.get("DeregisterCriticalServiceAfter") if c.ServiceID \
-                        else None
+                    raw = (
+                        c.Definition.get("DeregisterCriticalServiceAfter") if c.ServiceID else None
+                    )
                     if raw:
                         try:
                             limit = parse_duration(raw)
@@ -40,8 +42,11 @@ class CriticalReaper:
                 for sid, limit in limits.items():
                     key = (node, sid)
                     seen.add(key)
-                    critical = any(c.Status == HEALTH_CRITICAL for c in checks.values()
-                                   if c.ServiceID in ("", sid))
+                    critical = any(
+                        c.Status == HEALTH_CRITICAL
+                        for c in checks.values()
+                        if c.ServiceID in ("", sid)
+                    )
                     if not critical:
                         self.since.pop(key, None)
                         continue

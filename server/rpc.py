@@ -7,6 +7,10 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+from meshd.server.ca import CAError
+from meshd.server.cluster import Server
+from meshd.server.raft import RaftError
+from meshd.server.store import CommandError
 
 from meshd.rpc import (
     AUTH_HEADER,
@@ -22,10 +26,6 @@ from meshd.rpc import (
     verify,
 )
 from meshd.rpc_client import RPCError
-from server.ca import CAError
-from server.cluster import Server
-from server.raft import RaftError
-from server.store import CommandError
 
 MAX_RPC_BODY = 8 * 1024 * 1024
 
@@ -36,9 +36,9 @@ def _reply(obj: Any) -> web.Response:
 
 def make_rpc_app(server: Server) -> web.Application:
     @web.middleware
-    async def auth(request: web.Request,
-                   handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                   ) -> web.StreamResponse:
+    async def auth(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         body = await request.read()
         if not verify(server.s.key, request.path, body, request.headers.get(AUTH_HEADER)):
             return web.Response(status=403, text="RPC refused: missing or wrong cluster key\n")
@@ -55,8 +55,14 @@ def make_rpc_app(server: Server) -> web.Application:
     async def read(request: web.Request) -> web.Response:
         req = msgspec.msgpack.decode(await request.read(), type=ReadRequest)
         ans = await server.read(req.Query, req.MinIndex, min(req.Wait, 600.0), req.Consistency)
-        return _reply(ReadReply(Index=ans.index, Value=msgspec.Raw(encoder.encode(ans.value)),
-                                KnownLeader=ans.known_leader, LastContact=ans.last_contact_ms))
+        return _reply(
+            ReadReply(
+                Index=ans.index,
+                Value=msgspec.Raw(encoder.encode(ans.value)),
+                KnownLeader=ans.known_leader,
+                LastContact=ans.last_contact_ms,
+            )
+        )
 
     async def write(request: web.Request) -> web.Response:
         req = msgspec.msgpack.decode(await request.read(), type=WriteRequest)

@@ -8,11 +8,14 @@ them), which lets readers hand out references under a short lock instead of copy
 from __future__ import annotations
 
 import bisect
+import contextlib
 import threading
 from collections import defaultdict
 from typing import Any
 
 import msgspec
+from meshd.server.mesh_state import CommandRejectedError, MeshState
+from meshd.server.watch import WatchSet
 
 from meshd.structs import (
     Barrier,
@@ -29,8 +32,6 @@ from meshd.structs import (
     Register,
     Restore,
 )
-from server.mesh_state import CommandRejected, MeshState
-from server.watch import WatchSet
 
 replace = msgspec.structs.replace
 
@@ -96,10 +97,8 @@ class Store:
     def _apply(self, cmd: Command, index: int, changed: set[str]) -> Any:
         if isinstance(cmd, Batch):
             for op in cmd.Ops:  # validated by the agent; an invalid op is skipped, not fatal
-                try:
+                with contextlib.suppress(CommandError):
                     self._apply(op, index, changed)
-                except CommandError:
-                    pass
             return True
         if isinstance(cmd, Barrier):
             return True
@@ -108,7 +107,7 @@ class Store:
                 if isinstance(cmd, ConfigEntryOp):
                     return self.mesh.apply_entry(cmd, index, changed)
                 return self.mesh.apply_roots(cmd, index, changed)
-            except CommandRejected as e:
+            except CommandRejectedError as e:
                 raise CommandError(str(e)) from None
         if isinstance(cmd, Restore):
             return self._restore(cmd.Data, index, changed)
@@ -131,21 +130,30 @@ class Store:
             self._touch_service(node, svc, changed)
 
     def _register(self, r: Register, index: int, changed: set[str]) -> bool:
-        if not r.Node or not r.Address and r.Node not in self.nodes:
+        if not r.Node or (not r.Address and r.Node not in self.nodes):
             raise CommandError("Must provide node and address")
         for c in [*([r.Check] if r.Check else []), *r.Checks]:
             sid = c.ServiceID
-            if sid and not (r.Service and r.Service.ID == sid) and \
-                    sid not in self.services.get(r.Node, {}):
+            if (
+                sid
+                and not (r.Service and sid == r.Service.ID)
+                and sid not in self.services.get(r.Node, {})
+            ):
                 raise CommandError(f'Unknown service ID "{sid}" for check ID "{c.CheckID}"')
         old = self.nodes.get(r.Node)
         if not (r.SkipNodeUpdate and old):
-            node = Node(Node=r.Node, Address=r.Address or (old.Address if old else ""), ID=r.ID,
-                        Datacenter=r.Datacenter, TaggedAddresses=dict(r.TaggedAddresses),
-                        Meta=dict(r.NodeMeta))
+            node = Node(
+                Node=r.Node,
+                Address=r.Address or (old.Address if old else ""),
+                ID=r.ID,
+                Datacenter=r.Datacenter,
+                TaggedAddresses=dict(r.TaggedAddresses),
+                Meta=dict(r.NodeMeta),
+            )
             if old is None or not _same(old, node):
-                self.nodes[r.Node] = replace(node, CreateIndex=old.CreateIndex if old else index,
-                                             ModifyIndex=index)
+                self.nodes[r.Node] = replace(
+                    node, CreateIndex=old.CreateIndex if old else index, ModifyIndex=index
+                )
                 changed.update(("tbl:nodes", f"node:{r.Node}"))
                 self._touch_node_services(r.Node, changed)
         if r.Service:
@@ -174,7 +182,8 @@ class Store:
             stale = c.ServiceName != new.Service or c.ServiceTags != new.Tags
             if c.ServiceID == svc.ID and stale:
                 self.checks[node][c.CheckID] = replace(
-                    c, ServiceName=new.Service, ServiceTags=list(new.Tags), ModifyIndex=index)
+                    c, ServiceName=new.Service, ServiceTags=list(new.Tags), ModifyIndex=index
+                )
 
     def _unindex_service(self, node: str, svc: NodeService) -> None:
         s = self.by_name.get(svc.Service)
@@ -190,13 +199,18 @@ class Store:
 
     def _put_check(self, node: str, c: HealthCheck, index: int, changed: set[str]) -> None:
         svc = self.services.get(node, {}).get(c.ServiceID) if c.ServiceID else None
-        c = replace(c, Node=node, ServiceName=svc.Service if svc else "",
-                    ServiceTags=list(svc.Tags) if svc else [])
+        c = replace(
+            c,
+            Node=node,
+            ServiceName=svc.Service if svc else "",
+            ServiceTags=list(svc.Tags) if svc else [],
+        )
         old = self.checks[node].get(c.CheckID)
         if old is not None and _same(old, c):
             return
         self.checks[node][c.CheckID] = replace(
-            c, CreateIndex=old.CreateIndex if old else index, ModifyIndex=index)
+            c, CreateIndex=old.CreateIndex if old else index, ModifyIndex=index
+        )
         self._touch_check(node, c, changed)
         if old is not None and old.ServiceID != c.ServiceID:
             self._touch_check(node, old, changed)
@@ -246,9 +260,13 @@ class Store:
         if op.Verb in ("set", "cas"):
             if op.Verb == "cas" and (old.ModifyIndex if old else 0) != op.Index:
                 return False
-            self.kv[op.Key] = KVEntry(Key=op.Key, Value=op.Value, Flags=op.Flags,
-                                      CreateIndex=old.CreateIndex if old else index,
-                                      ModifyIndex=index)
+            self.kv[op.Key] = KVEntry(
+                Key=op.Key,
+                Value=op.Value,
+                Flags=op.Flags,
+                CreateIndex=old.CreateIndex if old else index,
+                ModifyIndex=index,
+            )
             self._kv_key(op.Key)
             changed.update((f"kv:{op.Key}", "tbl:kv"))
             return True
@@ -288,8 +306,9 @@ class Store:
         self._load(snap)
         self.index = index
         # every topic moves to this index so blocking readers see the change
-        changed.update(old_topics | set(self.topics) |
-                       {"tbl:nodes", "tbl:services", "tbl:checks", "tbl:kv"})
+        changed.update(
+            old_topics | set(self.topics) | {"tbl:nodes", "tbl:services", "tbl:checks", "tbl:kv"}
+        )
         return True
 
     # ---- snapshots ------------------------------------------------------------------------------
@@ -297,10 +316,14 @@ class Store:
     def dump(self) -> bytes:
         with self.lock:
             snap = _Snapshot(
-                index=self.index, nodes=list(self.nodes.values()),
+                index=self.index,
+                nodes=list(self.nodes.values()),
                 services=[(n, s) for n, m in self.services.items() for s in m.values()],
                 checks=[c for m in self.checks.values() for c in m.values()],
-                kv=list(self.kv.values()), topics=dict(self.topics), mesh=self.mesh.dump())
+                kv=list(self.kv.values()),
+                topics=dict(self.topics),
+                mesh=self.mesh.dump(),
+            )
             return msgspec.msgpack.encode(snap)
 
     def load(self, data: bytes) -> None:

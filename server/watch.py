@@ -16,7 +16,7 @@ from collections import defaultdict
 class Waiter:
     """A one-shot wake-up; safe to fire from any thread, any number of times."""
 
-    __slots__ = ("loop", "future")
+    __slots__ = ("future", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -27,7 +27,7 @@ class Waiter:
             if not self.future.done():
                 self.future.set_result(None)
 
-        try:
+        try:  # noqa: SIM105 - on every applied write: cheaper than suppress()
             self.loop.call_soon_threadsafe(_set)
         except RuntimeError:  # loop closed while a write was applying
             pass

@@ -1,11 +1,5 @@
-import os
-import sys
-
 import pytest
-
-sys.path.insert(0, os.path.dirname(__file__))
-
-from helpers import MeshdProcess, dev_agent  # noqa: E402
+from helpers import MeshdProcess, dev_agent
 
 
 @pytest.fixture(scope="session")

@@ -54,12 +54,22 @@ class MeshdProcess:
         return f"http://127.0.0.1:{self.http_port}"
 
     def start(self, timeout: float = 20.0) -> MeshdProcess:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "meshd", "agent", *self.args,
-             f"-http-port={self.http_port}", f"-dns-port={self.dns_port}",
-             f"-grpc-port={self.grpc_port}"],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
+        with open(self.log_path, "ab") as log:  # the child keeps its own copy of the fd
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "meshd",
+                    "agent",
+                    *self.args,
+                    f"-http-port={self.http_port}",
+                    f"-dns-port={self.dns_port}",
+                    f"-grpc-port={self.grpc_port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env},
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -92,17 +102,8 @@ class MeshdProcess:
                 self.proc.kill()
                 self.proc.wait()
 
-    def request(self, method: str, path: str, body: Any = None,
-                timeout: float = 10.0) -> Response:
-        data = None
-        if body is not None:
-            data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        req = urllib.request.Request(self.http + path, data=data, method=method)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return Response(r.status, r.read(), dict(r.headers))
-        except urllib.error.HTTPError as e:
-            return Response(e.code, e.read(), dict(e.headers))
+    def request(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> Response:
+        return http_request(self.http + path, method, body, timeout)
 
     def get(self, path: str, **kw: Any) -> Response:
         return self.request("GET", path, **kw)
@@ -111,11 +112,52 @@ class MeshdProcess:
         return self.request("PUT", path, body if body is not None else b"", **kw)
 
 
+def http_request(
+    url: str, method: str = "GET", body: Any = None, timeout: float = 10.0
+) -> Response:
+    """One HTTP call; an error status is a Response too. Bytes go as-is, anything else as JSON."""
+    data = None
+    if body is not None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return Response(r.status, r.read(), dict(r.headers))
+    except urllib.error.HTTPError as e:
+        return Response(e.code, e.read(), dict(e.headers))
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_meshd(
+    *args: str,
+    http_addr: str | None = None,
+    stdin: str | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """The `meshd` CLI as a user runs it, pointed at `http_addr` (CONSUL_HTTP_ADDR cleared)."""
+    e = {**os.environ, "PYTHONPATH": REPO}
+    e.pop("CONSUL_HTTP_ADDR", None)
+    if http_addr:
+        e["MESHD_HTTP_ADDR"] = http_addr
+    e.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "meshd", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        env=e,
+        timeout=30,
+    )
+
+
 def dev_agent(*extra: str, env: dict[str, str] | None = None) -> MeshdProcess:
     fd, log_path = tempfile.mkstemp(prefix="meshd-", suffix=".log")
     os.close(fd)
-    return MeshdProcess(free_port(), free_port(), free_port(), ["-dev", *extra], log_path,
-                        env=env or {})
+    return MeshdProcess(
+        free_port(), free_port(), free_port(), ["-dev", *extra], log_path, env=env or {}
+    )
 
 
 def wait_for(pred: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:

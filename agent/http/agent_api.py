@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-
-from agent.definitions import parse_check, parse_service
-from agent.http.common import (
-    BadRequest,
-    NotFound,
+from meshd.agent.definitions import parse_check, parse_service
+from meshd.agent.http.common import (
+    BadRequestError,
+    NotFoundError,
     filtered,
     flag,
     json_body,
@@ -17,11 +16,12 @@ from agent.http.common import (
     query_options,
     to_builtins,
 )
+
 from meshd.metrics import consul_json, prometheus_text
 from meshd.structs import HEALTH_CRITICAL, HEALTH_PASSING, HEALTH_WARNING, HealthCheck
 
 if TYPE_CHECKING:
-    from agent.agent import Agent
+    from meshd.agent.agent import Agent
 
 routes = web.RouteTableDef()
 
@@ -56,8 +56,9 @@ async def deregister_service(request: web.Request) -> web.Response:
 @routes.put("/v1/agent/service/maintenance/{sid:.+}")
 async def service_maintenance(request: web.Request) -> web.Response:
     enable = _enable_param(request)
-    await _agent(request).service_maintenance(request.match_info["sid"], enable,
-                                              request.query.get("reason", ""))
+    await _agent(request).service_maintenance(
+        request.match_info["sid"], enable, request.query.get("reason", "")
+    )
     return web.Response(status=200)
 
 
@@ -71,9 +72,9 @@ async def node_maintenance(request: web.Request) -> web.Response:
 def _enable_param(request: web.Request) -> bool:
     v = request.query.get("enable")
     if v is None:
-        raise BadRequest("Missing value for enable")
+        raise BadRequestError("Missing value for enable")
     if v.lower() not in ("true", "false"):
-        raise BadRequest(f"Invalid value for enable: {v!r}")
+        raise BadRequestError(f"Invalid value for enable: {v!r}")
     return v.lower() == "true"
 
 
@@ -90,7 +91,7 @@ async def get_service(request: web.Request) -> web.Response:
     agent = _agent(request)
     sid = request.match_info["sid"]
     if sid not in agent.local.services:
-        raise NotFound(f"unknown service ID: {sid}")
+        raise NotFoundError(f"unknown service ID: {sid}")
     return json_response(agent_service(agent, sid))
 
 
@@ -111,8 +112,11 @@ def aggregated_status(checks: list[HealthCheck]) -> str:
 def _health_entry(agent: Agent, sid: str) -> tuple[str, dict[str, Any]]:
     checks = agent.local.service_checks(sid)
     status = aggregated_status(checks)
-    return status, {"AggregatedStatus": status, "Service": agent_service(agent, sid),
-                    "Checks": to_builtins(checks)}
+    return status, {
+        "AggregatedStatus": status,
+        "Service": agent_service(agent, sid),
+        "Checks": to_builtins(checks),
+    }
 
 
 def _health_response(request: web.Request, status: str, body: Any) -> web.Response:
@@ -125,8 +129,11 @@ def _health_response(request: web.Request, status: str, body: Any) -> web.Respon
 async def health_by_name(request: web.Request) -> web.Response:
     agent = _agent(request)
     name = request.match_info["name"]
-    entries = [_health_entry(agent, sid) for sid, s in sorted(agent.local.services.items())
-               if s.Service == name]
+    entries = [
+        _health_entry(agent, sid)
+        for sid, s in sorted(agent.local.services.items())
+        if s.Service == name
+    ]
     if not entries:
         if request.query.get("format") == "text":
             return web.Response(status=404, text=f"ServiceName {name} Not Found")
@@ -142,7 +149,7 @@ async def health_by_id(request: web.Request) -> web.Response:
     if sid not in agent.local.services:
         if request.query.get("format") == "text":
             return web.Response(status=404, text=f"ServiceId {sid} not found")
-        raise NotFound(f"ServiceId {sid} not found")
+        raise NotFoundError(f"ServiceId {sid} not found")
     status, entry = _health_entry(agent, sid)
     return _health_response(request, status, entry)
 
@@ -193,9 +200,9 @@ async def check_update(request: web.Request) -> web.Response:
     status = body.get("Status", "")
     output = body.get("Output", "")
     if status not in (HEALTH_PASSING, HEALTH_WARNING, HEALTH_CRITICAL):
-        raise BadRequest(f"Invalid check status: {status!r}")
+        raise BadRequestError(f"Invalid check status: {status!r}")
     if not isinstance(output, str):
-        raise BadRequest("Output must be a string")
+        raise BadRequestError("Output must be a string")
     return await _ttl(request, status, output)
 
 
@@ -213,6 +220,7 @@ async def self_info(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     stats = _agent(request).stats
     if request.query.get("format") == "prometheus":
-        return web.Response(body=prometheus_text(stats),
-                            headers={"Content-Type": "text/plain; version=0.0.4"})
+        return web.Response(
+            body=prometheus_text(stats), headers={"Content-Type": "text/plain; version=0.0.4"}
+        )
     return json_response(consul_json(stats))

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-
-from agent.backend import ReadResult
-from agent.definitions import parse_service
-from agent.http.common import (
-    BadRequest,
+from meshd.agent.backend import ReadResult
+from meshd.agent.definitions import parse_service
+from meshd.agent.http.common import (
+    BadRequestError,
     blocking_read,
     filtered,
     flag,
@@ -18,6 +17,7 @@ from agent.http.common import (
     query_options,
     to_builtins,
 )
+
 from meshd import queries as q
 from meshd.structs import (
     HEALTH_PASSING,
@@ -29,7 +29,7 @@ from meshd.structs import (
 )
 
 if TYPE_CHECKING:
-    from agent.agent import Agent
+    from meshd.agent.agent import Agent
 
 routes = web.RouteTableDef()
 
@@ -51,13 +51,25 @@ def service_node(row: CheckServiceNode, dc: str) -> dict[str, Any]:
     """The flat ServiceNode shape of /v1/catalog/service."""
     n, s = row.Node, row.Service
     return {
-        "ID": n.ID, "Node": n.Node, "Address": n.Address, "Datacenter": n.Datacenter or dc,
-        "TaggedAddresses": n.TaggedAddresses, "NodeMeta": n.Meta, "ServiceKind": s.Kind,
-        "ServiceID": s.ID, "ServiceName": s.Service, "ServiceTags": s.Tags,
-        "ServiceAddress": s.Address, "ServiceTaggedAddresses": s.TaggedAddresses,
-        "ServiceWeights": to_builtins(s.Weights), "ServiceMeta": s.Meta, "ServicePort": s.Port,
-        "ServiceEnableTagOverride": s.EnableTagOverride, "ServiceProxy": s.Proxy or {},
-        "ServiceConnect": s.Connect or {}, "CreateIndex": s.CreateIndex,
+        "ID": n.ID,
+        "Node": n.Node,
+        "Address": n.Address,
+        "Datacenter": n.Datacenter or dc,
+        "TaggedAddresses": n.TaggedAddresses,
+        "NodeMeta": n.Meta,
+        "ServiceKind": s.Kind,
+        "ServiceID": s.ID,
+        "ServiceName": s.Service,
+        "ServiceTags": s.Tags,
+        "ServiceAddress": s.Address,
+        "ServiceTaggedAddresses": s.TaggedAddresses,
+        "ServiceWeights": to_builtins(s.Weights),
+        "ServiceMeta": s.Meta,
+        "ServicePort": s.Port,
+        "ServiceEnableTagOverride": s.EnableTagOverride,
+        "ServiceProxy": s.Proxy or {},
+        "ServiceConnect": s.Connect or {},
+        "CreateIndex": s.CreateIndex,
         "ModifyIndex": s.ModifyIndex,
     }
 
@@ -72,28 +84,47 @@ def _with_dc(row: Any, dc: str) -> dict[str, Any]:
 def _catalog_check(node: str, raw: Any) -> HealthCheck:
     """A check written straight into the catalog: a status record, nothing for an agent to run."""
     if not isinstance(raw, dict):
-        raise BadRequest("Check must be an object")
+        raise BadRequestError("Check must be an object")
     d = {k.lower(): v for k, v in raw.items()}
     fields = {}
-    for key, name in (("checkid", "CheckID"), ("name", "Name"), ("status", "Status"),
-                      ("serviceid", "ServiceID"), ("notes", "Notes"), ("output", "Output")):
+    for key, name in (
+        ("checkid", "CheckID"),
+        ("name", "Name"),
+        ("status", "Status"),
+        ("serviceid", "ServiceID"),
+        ("notes", "Notes"),
+        ("output", "Output"),
+    ):
         v = d.get(key, "")
         if not isinstance(v, str):
-            raise BadRequest(f"Check.{name} must be a string")
+            raise BadRequestError(f"Check.{name} must be a string")
         fields[name] = v
     fields["CheckID"] = fields["CheckID"] or fields["Name"]
     if not fields["CheckID"]:
-        raise BadRequest("Check must have a CheckID or Name")
+        raise BadRequestError("Check must have a CheckID or Name")
     fields["Name"] = fields["Name"] or fields["CheckID"]
     fields["Status"] = fields["Status"] or "critical"
     if fields["Status"] not in HEALTH_STATES:
-        raise BadRequest(f"Invalid check status: {fields['Status']!r}")
+        raise BadRequestError(f"Invalid check status: {fields['Status']!r}")
     return HealthCheck(Node=node, **fields)
 
 
-_REGISTER_KEYS = {"id", "node", "address", "datacenter", "taggedaddresses", "nodemeta",
-                  "service", "check", "checks", "skipnodeupdate", "partition", "namespace",
-                  "locality", "token"}
+_REGISTER_KEYS = {
+    "id",
+    "node",
+    "address",
+    "datacenter",
+    "taggedaddresses",
+    "nodemeta",
+    "service",
+    "check",
+    "checks",
+    "skipnodeupdate",
+    "partition",
+    "namespace",
+    "locality",
+    "token",
+}
 
 
 # ---- catalog writes -------------------------------------------------------------------------
@@ -106,32 +137,39 @@ async def catalog_register(request: web.Request) -> web.Response:
     folded = {k.lower(): v for k, v in body.items()}
     unknown = sorted(k for k in body if k.lower() not in _REGISTER_KEYS)
     if unknown:
-        raise BadRequest(f"Request decode failed: unknown field {unknown[0]!r}")
+        raise BadRequestError(f"Request decode failed: unknown field {unknown[0]!r}")
     node = folded.get("node")
     if not isinstance(node, str) or not node:
-        raise BadRequest("Must provide node")
+        raise BadRequestError("Must provide node")
     address = folded.get("address")
     if not isinstance(address, str) or not address:
-        raise BadRequest("Must provide address")
+        raise BadRequestError("Must provide address")
     svc = None
     if folded.get("service"):
         raw_svc = folded["service"]
         if not isinstance(raw_svc, dict):
-            raise BadRequest("Service must be an object")
+            raise BadRequestError("Service must be an object")
         # the catalog body names the service `Service` (an AgentService), the agent's `Name`
         raw_svc = {("Name" if k.lower() == "service" else k): v for k, v in raw_svc.items()}
         svc = parse_service(raw_svc).service
     raw_checks = ([folded["check"]] if folded.get("check") else []) + list(
-        folded.get("checks") or [])
+        folded.get("checks") or []
+    )
     checks = [_catalog_check(node, rc) for rc in raw_checks]
     for key, kind in (("taggedaddresses", dict), ("nodemeta", dict)):
         if folded.get(key) is not None and not isinstance(folded[key], kind):
-            raise BadRequest(f"{key} must be an object")
-    reg = Register(Node=node, Address=address, ID=str(folded.get("id") or ""),
-                   Datacenter=str(folded.get("datacenter") or agent.config.datacenter),
-                   TaggedAddresses=folded.get("taggedaddresses") or {},
-                   NodeMeta=folded.get("nodemeta") or {}, Service=svc, Checks=checks,
-                   SkipNodeUpdate=bool(folded.get("skipnodeupdate", False)))
+            raise BadRequestError(f"{key} must be an object")
+    reg = Register(
+        Node=node,
+        Address=address,
+        ID=str(folded.get("id") or ""),
+        Datacenter=str(folded.get("datacenter") or agent.config.datacenter),
+        TaggedAddresses=folded.get("taggedaddresses") or {},
+        NodeMeta=folded.get("nodemeta") or {},
+        Service=svc,
+        Checks=checks,
+        SkipNodeUpdate=bool(folded.get("skipnodeupdate", False)),
+    )
     return json_response(await agent.backend.write(reg))
 
 
@@ -140,9 +178,12 @@ async def catalog_deregister(request: web.Request) -> web.Response:
     body = {k.lower(): v for k, v in (await json_body(request)).items()}
     node = body.get("node")
     if not isinstance(node, str) or not node:
-        raise BadRequest("Must provide node")
-    d = Deregister(Node=node, ServiceID=str(body.get("serviceid") or ""),
-                   CheckID=str(body.get("checkid") or ""))
+        raise BadRequestError("Must provide node")
+    d = Deregister(
+        Node=node,
+        ServiceID=str(body.get("serviceid") or ""),
+        CheckID=str(body.get("checkid") or ""),
+    )
     return json_response(await _agent(request).backend.write(d))
 
 
@@ -174,8 +215,9 @@ async def catalog_services(request: web.Request) -> web.Response:
 async def catalog_service(request: web.Request) -> web.Response:
     agent = _agent(request)
     opts = query_options(request)
-    res = await blocking_read(agent.backend, q.ServiceNodes(Service=request.match_info["name"]),
-                              opts)
+    res = await blocking_read(
+        agent.backend, q.ServiceNodes(Service=request.match_info["name"]), opts
+    )
     tags = _tags(request)
     rows = [service_node(r, agent.config.datacenter) for r in res.value if _has_tags(r, tags)]
     return json_response(filtered(opts, rows), result=res)
@@ -186,7 +228,8 @@ async def catalog_connect(request: web.Request) -> web.Response:
     agent = _agent(request)
     opts = query_options(request)
     res = await blocking_read(
-        agent.backend, q.ServiceNodes(Service=request.match_info["name"], Connect=True), opts)
+        agent.backend, q.ServiceNodes(Service=request.match_info["name"], Connect=True), opts
+    )
     rows = [service_node(r, agent.config.datacenter) for r in res.value]
     return json_response(filtered(opts, rows), result=res)
 
@@ -209,8 +252,9 @@ async def catalog_node(request: web.Request) -> web.Response:
         return json_response(None, result=res)
     node, svcs, _ = res.value
     services = {s.ID: s for s in svcs}
-    return json_response({"Node": _with_dc(node, agent.config.datacenter),
-                          "Services": services}, result=res)
+    return json_response(
+        {"Node": _with_dc(node, agent.config.datacenter), "Services": services}, result=res
+    )
 
 
 # ---- health ---------------------------------------------------------------------------------
@@ -258,8 +302,9 @@ async def _health_rows(request: web.Request, connect: bool) -> web.Response:
 async def health_checks(request: web.Request) -> web.Response:
     agent = _agent(request)
     opts = query_options(request)
-    res = await blocking_read(agent.backend, q.ServiceChecks(Service=request.match_info["service"]),
-                              opts)
+    res = await blocking_read(
+        agent.backend, q.ServiceChecks(Service=request.match_info["service"]), opts
+    )
     return json_response(filtered(opts, res.value), result=res)
 
 
@@ -277,8 +322,9 @@ async def health_state(request: web.Request) -> web.Response:
     agent = _agent(request)
     state = request.match_info["state"]
     if state not in (*HEALTH_STATES, "any"):
-        raise BadRequest(f"Invalid state {state!r}: must be one of any, passing, warning, "
-                         "critical")
+        raise BadRequestError(
+            f"Invalid state {state!r}: must be one of any, passing, warning, critical"
+        )
     opts = query_options(request)
     res = await blocking_read(agent.backend, q.ChecksInState(State=state), opts)
     return json_response(filtered(opts, res.value), result=res)

@@ -13,28 +13,28 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+from meshd.agent.backend import CatalogBackend, ReadResult
+from meshd.agent.definitions import DefinitionError
+from meshd.agent.local import UnknownCheckError, UnknownServiceError
+from meshd.server.ca import CAError
+from meshd.server.config_entries import ConfigEntryError
+from meshd.server.raft import RaftError
+from meshd.server.store import CommandError
 
-from agent.backend import CatalogBackend, ReadResult
-from agent.definitions import DefinitionError
-from agent.local import UnknownCheck, UnknownService
 from meshd import queries as q
 from meshd.config import ConfigError, parse_duration
 from meshd.filter import FilterError, apply_filter
-from server.ca import CAError
-from server.config_entries import ConfigEntryError
-from server.raft import RaftError
-from server.store import CommandError
 
 _encoder = msgspec.json.Encoder()
 DEFAULT_WAIT = 300.0
 MAX_WAIT = 600.0
 
 
-class BadRequest(Exception):
+class BadRequestError(Exception):
     """400 with this text."""
 
 
-class NotFound(Exception):
+class NotFoundError(Exception):
     """404 with this text."""
 
 
@@ -77,17 +77,17 @@ def query_options(request: web.Request) -> QueryOptions:
         try:
             opts.index = int(qs["index"])
         except ValueError:
-            raise BadRequest("Invalid index value") from None
+            raise BadRequestError("Invalid index value") from None
         if opts.index < 0:
-            raise BadRequest("Invalid index value")
+            raise BadRequestError("Invalid index value")
         opts.wait = DEFAULT_WAIT
     if "wait" in qs:
         try:
             opts.wait = min(parse_duration(qs["wait"]), MAX_WAIT)
         except (ConfigError, ValueError):
-            raise BadRequest(f"Invalid wait time {qs['wait']!r}") from None
+            raise BadRequestError(f"Invalid wait time {qs['wait']!r}") from None
     if flag(request, "stale") and flag(request, "consistent"):
-        raise BadRequest("Cannot specify ?stale with ?consistent, conflicting semantics.")
+        raise BadRequestError("Cannot specify ?stale with ?consistent, conflicting semantics.")
     if flag(request, "stale"):
         opts.consistency = "stale"
     elif flag(request, "consistent"):
@@ -96,8 +96,9 @@ def query_options(request: web.Request) -> QueryOptions:
 
 
 async def blocking_read(backend: CatalogBackend, query: q.Query, opts: QueryOptions) -> ReadResult:
-    return await backend.read(query, min_index=opts.index, wait=opts.wait,
-                              consistency=opts.consistency)
+    return await backend.read(
+        query, min_index=opts.index, wait=opts.wait, consistency=opts.consistency
+    )
 
 
 def filtered(opts: QueryOptions, rows: list[Any]) -> list[Any]:
@@ -111,13 +112,13 @@ async def json_body(request: web.Request, kind: type | None = dict) -> Any:
     if not raw.strip():
         if kind is None:
             return None
-        raise BadRequest("Request decode failed: empty body")
+        raise BadRequestError("Request decode failed: empty body")
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequest(f"Request decode failed: {e}") from None
+        raise BadRequestError(f"Request decode failed: {e}") from None
     if kind is not None and not isinstance(data, kind):
-        raise BadRequest(f"Request decode failed: expected a JSON {kind.__name__}")
+        raise BadRequestError(f"Request decode failed: expected a JSON {kind.__name__}")
     return data
 
 
@@ -132,10 +133,17 @@ def _text(status: int, msg: str) -> web.Response:
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except (BadRequest, DefinitionError, FilterError, CommandError, ConfigError, CAError,
-            ConfigEntryError) as e:
+    except (
+        BadRequestError,
+        DefinitionError,
+        FilterError,
+        CommandError,
+        ConfigError,
+        CAError,
+        ConfigEntryError,
+    ) as e:
         return _text(400, str(e))
-    except (NotFound, UnknownService, UnknownCheck) as e:
+    except (NotFoundError, UnknownServiceError, UnknownCheckError) as e:
         return _text(404, str(e))
     except msgspec.ValidationError as e:
         return _text(400, f"Request decode failed: {e}")

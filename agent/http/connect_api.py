@@ -5,22 +5,22 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-
-from agent.http.common import (
-    BadRequest,
-    NotFound,
+from meshd.agent.http.common import (
+    BadRequestError,
+    NotFoundError,
     blocking_read,
     json_body,
     json_response,
     query_options,
 )
+from meshd.server.config_entries import KINDS, ConfigEntryError, normalize_entry
+from meshd.server.intentions import check, flatten, intention_id, match
+
 from meshd import queries as q
 from meshd.structs import ConfigEntryOp
-from server.config_entries import KINDS, ConfigEntryError, normalize_entry
-from server.intentions import check, flatten, intention_id, match
 
 if TYPE_CHECKING:
-    from agent.agent import Agent
+    from meshd.agent.agent import Agent
 
 routes = web.RouteTableDef()
 INTENTIONS = "service-intentions"
@@ -32,7 +32,7 @@ def _agent(request: web.Request) -> Agent:
 
 def _kind(kind: str) -> str:
     if kind not in KINDS:
-        raise BadRequest(f"invalid config entry kind: {kind}")
+        raise BadRequestError(f"invalid config entry kind: {kind}")
     return kind
 
 
@@ -40,14 +40,20 @@ async def _entries(agent: Agent, kind: str = "", name: str = "") -> list[dict[st
     return (await agent.backend.read(q.ConfigEntries(Kind=kind, Name=name))).value
 
 
-async def _put_entry(agent: Agent, raw: dict[str, Any], cas: int = -1,
-                     legacy: bool = False) -> bool:
+async def _put_entry(
+    agent: Agent, raw: dict[str, Any], cas: int = -1, legacy: bool = False
+) -> bool:
     try:
         entry = normalize_entry(raw, legacy=legacy)
     except ConfigEntryError as e:
-        raise BadRequest(str(e)) from None
-    return bool(await agent.backend.write(ConfigEntryOp(
-        Op="set", Kind=entry["Kind"], Name=entry["Name"], Entry=entry, CASIndex=cas)))
+        raise BadRequestError(str(e)) from None
+    return bool(
+        await agent.backend.write(
+            ConfigEntryOp(
+                Op="set", Kind=entry["Kind"], Name=entry["Name"], Entry=entry, CASIndex=cas
+            )
+        )
+    )
 
 
 # ---- config entries -------------------------------------------------------------------------
@@ -60,25 +66,27 @@ async def config_write(request: web.Request) -> web.Response:
     try:
         cas_index = int(cas) if cas is not None else -1
     except ValueError:
-        raise BadRequest(f"invalid cas value {cas!r}") from None
+        raise BadRequestError(f"invalid cas value {cas!r}") from None
     return json_response(await _put_entry(_agent(request), body, cas_index))
 
 
 @routes.get("/v1/config/{kind}")
 async def config_list(request: web.Request) -> web.Response:
     kind = _kind(request.match_info["kind"])
-    res = await blocking_read(_agent(request).backend, q.ConfigEntries(Kind=kind),
-                              query_options(request))
+    res = await blocking_read(
+        _agent(request).backend, q.ConfigEntries(Kind=kind), query_options(request)
+    )
     return json_response(res.value, result=res)
 
 
 @routes.get("/v1/config/{kind}/{name}")
 async def config_get(request: web.Request) -> web.Response:
     kind, name = _kind(request.match_info["kind"]), request.match_info["name"]
-    res = await blocking_read(_agent(request).backend, q.ConfigEntries(Kind=kind, Name=name),
-                              query_options(request))
+    res = await blocking_read(
+        _agent(request).backend, q.ConfigEntries(Kind=kind, Name=name), query_options(request)
+    )
     if not res.value:
-        raise NotFound(f"Config entry not found for {kind!r} / {name!r}")
+        raise NotFoundError(f"Config entry not found for {kind!r} / {name!r}")
     return json_response(res.value[0], result=res)
 
 
@@ -95,12 +103,13 @@ async def config_delete(request: web.Request) -> web.Response:
 def _pair(request: web.Request) -> tuple[str, str]:
     src, dst = request.query.get("source", ""), request.query.get("destination", "")
     if not src or not dst:
-        raise BadRequest("required query parameters 'source' and 'destination' are missing")
+        raise BadRequestError("required query parameters 'source' and 'destination' are missing")
     return src, dst
 
 
-async def _upsert_source(agent: Agent, src: str, dst: str, source: dict[str, Any] | None,
-                         *, replace: bool = True) -> bool:
+async def _upsert_source(
+    agent: Agent, src: str, dst: str, source: dict[str, Any] | None, *, replace: bool = True
+) -> bool:
     """Change one source of a destination's service-intentions entry, CAS-retried."""
     for _ in range(10):
         rows = await _entries(agent, INTENTIONS, dst)
@@ -113,31 +122,48 @@ async def _upsert_source(agent: Agent, src: str, dst: str, source: dict[str, Any
                 return True
         else:
             if existing and not replace:
-                raise BadRequest(f"an intention from {src} to {dst} already exists")
+                raise BadRequestError(f"an intention from {src} to {dst} already exists")
             meta = source.pop("Meta", None)
             sources.append({"Name": src, **source, "LegacyMeta": meta or {}})
         # the intentions API writes Consul's "legacy" sources: an ID per pair, Meta per source
-        sources = [{**s, "LegacyID": s.get("LegacyID") or intention_id(s["Name"], dst),
-                    "LegacyMeta": s.get("LegacyMeta") or {}} for s in sources]
+        sources = [
+            {
+                **s,
+                "LegacyID": s.get("LegacyID") or intention_id(s["Name"], dst),
+                "LegacyMeta": s.get("LegacyMeta") or {},
+            }
+            for s in sources
+        ]
         entry = {k: v for k, v in entry.items() if k not in ("CreateIndex", "ModifyIndex")}
         if not sources:
-            ok = await agent.backend.write(ConfigEntryOp(Op="delete", Kind=INTENTIONS,
-                                                         Name=dst, CASIndex=cas))
+            ok = await agent.backend.write(
+                ConfigEntryOp(Op="delete", Kind=INTENTIONS, Name=dst, CASIndex=cas)
+            )
         else:
             ok = await _put_entry(agent, {**entry, "Sources": sources}, cas, legacy=True)
         if ok:
             return True
-    raise BadRequest("intention changed concurrently; try again")
+    raise BadRequestError("intention changed concurrently; try again")
 
 
 def _source_body(body: dict[str, Any]) -> dict[str, Any]:
     allowed = {"Action", "Description", "Meta", "Permissions"}
     out = {k: v for k, v in body.items() if k in allowed and v not in (None, "")}
-    unknown = set(body) - allowed - {"SourceName", "DestinationName", "SourceNS",
-                                     "DestinationNS", "SourceType", "SourcePartition",
-                                     "DestinationPartition"}
+    unknown = (
+        set(body)
+        - allowed
+        - {
+            "SourceName",
+            "DestinationName",
+            "SourceNS",
+            "DestinationNS",
+            "SourceType",
+            "SourcePartition",
+            "DestinationPartition",
+        }
+    )
     if unknown:
-        raise BadRequest(f"unknown intention field {sorted(unknown)[0]!r}")
+        raise BadRequestError(f"unknown intention field {sorted(unknown)[0]!r}")
     return out
 
 
@@ -153,10 +179,11 @@ async def intention_create(request: web.Request) -> web.Response:
     body = await json_body(request)
     src, dst = body.get("SourceName", ""), body.get("DestinationName", "")
     if not isinstance(src, str) or not isinstance(dst, str) or not src or not dst:
-        raise BadRequest("SourceName and DestinationName are required")
+        raise BadRequestError("SourceName and DestinationName are required")
     await _upsert_source(_agent(request), src, dst, _source_body(body), replace=False)
-    ixn = next(i for i in flatten(await _entries(_agent(request), INTENTIONS, dst))
-               if i.SourceName == src)
+    ixn = next(
+        i for i in flatten(await _entries(_agent(request), INTENTIONS, dst)) if i.SourceName == src
+    )
     return json_response({"ID": ixn.ID})
 
 
@@ -166,7 +193,7 @@ async def intention_get(request: web.Request) -> web.Response:
     for ixn in flatten(await _entries(_agent(request), INTENTIONS, dst)):
         if ixn.SourceName == src:
             return json_response(ixn.to_api())
-    raise NotFound("Intention not found")
+    raise NotFoundError("Intention not found")
 
 
 @routes.delete("/v1/connect/intentions/exact")
@@ -178,8 +205,9 @@ async def intention_delete(request: web.Request) -> web.Response:
 @routes.get("/v1/connect/intentions")
 async def intention_list(request: web.Request) -> web.Response:
     agent = _agent(request)
-    res = await blocking_read(agent.backend, q.ConfigEntries(Kind=INTENTIONS),
-                              query_options(request))
+    res = await blocking_read(
+        agent.backend, q.ConfigEntries(Kind=INTENTIONS), query_options(request)
+    )
     return json_response([i.to_api() for i in flatten(res.value)], result=res)
 
 
@@ -188,9 +216,9 @@ async def intention_match(request: web.Request) -> web.Response:
     by = request.query.get("by", "")
     names = request.query.getall("name", [])
     if by not in ("source", "destination"):
-        raise BadRequest("'by' must be 'source' or 'destination'")
+        raise BadRequestError("'by' must be 'source' or 'destination'")
     if not names:
-        raise BadRequest("required query parameter 'name' not set")
+        raise BadRequestError("required query parameter 'name' not set")
     ixns = flatten(await _entries(_agent(request), INTENTIONS))
     return json_response({n: [i.to_api() for i in match(ixns, by=by, name=n)] for n in names})
 
@@ -214,15 +242,23 @@ async def intention_check(request: web.Request) -> web.Response:
 async def ca_roots(request: web.Request) -> web.Response:
     res = await blocking_read(_agent(request).backend, q.CARoots(), query_options(request))
     v = res.value
-    return json_response({"ActiveRootID": v["ActiveRootID"], "TrustDomain": v["TrustDomain"],
-                          "Roots": v["Roots"]}, result=res)
+    return json_response(
+        {"ActiveRootID": v["ActiveRootID"], "TrustDomain": v["TrustDomain"], "Roots": v["Roots"]},
+        result=res,
+    )
 
 
 @routes.get("/v1/connect/ca/configuration")
 async def ca_config_get(request: web.Request) -> web.Response:
     res = await _agent(request).backend.read(q.CARoots())
-    return json_response({"Provider": "consul", "Config": res.value["Config"],
-                          "CreateIndex": res.index, "ModifyIndex": res.index})
+    return json_response(
+        {
+            "Provider": "consul",
+            "Config": res.value["Config"],
+            "CreateIndex": res.index,
+            "ModifyIndex": res.index,
+        }
+    )
 
 
 @routes.put("/v1/connect/ca/configuration")
@@ -230,10 +266,10 @@ async def ca_config_put(request: web.Request) -> web.Response:
     body = await json_body(request)
     provider = body.get("Provider", "consul")
     if provider != "consul":
-        raise BadRequest(f"unsupported CA provider {provider!r}: only 'consul' (built-in)")
+        raise BadRequestError(f"unsupported CA provider {provider!r}: only 'consul' (built-in)")
     config = body.get("Config") or {}
     if not isinstance(config, dict):
-        raise BadRequest("Config must be an object")
+        raise BadRequestError("Config must be an object")
     force = bool(body.get("ForceRotateRoot", False) or config.pop("RotateRoot", False))
     await _agent(request).backend.set_ca_config(config, force)
     return web.Response(status=200)
@@ -248,12 +284,20 @@ async def agent_leaf(request: web.Request) -> web.Response:
     opts = query_options(request)
     service = request.match_info["service"]
     leaves = agent.mesh.leaves
-    leaf = await (leaves.wait_change(service, opts.index, opts.wait) if opts.index
-                  else leaves.get(service))
-    body = {"SerialNumber": leaf.serial, "CertPEM": leaf.cert_pem,
-            "PrivateKeyPEM": leaf.key_pem, "Service": service, "ServiceURI": leaf.spiffe_id,
-            "ValidAfter": leaf.valid_after.isoformat(), "ValidBefore":
-            leaf.valid_before.isoformat(), "CreateIndex": leaf.index, "ModifyIndex": leaf.index}
+    leaf = await (
+        leaves.wait_change(service, opts.index, opts.wait) if opts.index else leaves.get(service)
+    )
+    body = {
+        "SerialNumber": leaf.serial,
+        "CertPEM": leaf.cert_pem,
+        "PrivateKeyPEM": leaf.key_pem,
+        "Service": service,
+        "ServiceURI": leaf.spiffe_id,
+        "ValidAfter": leaf.valid_after.isoformat(),
+        "ValidBefore": leaf.valid_before.isoformat(),
+        "CreateIndex": leaf.index,
+        "ModifyIndex": leaf.index,
+    }
     resp = json_response(body)
     resp.headers["X-Consul-Index"] = str(leaf.index)
     return resp
@@ -264,8 +308,9 @@ async def agent_authorize(request: web.Request) -> web.Response:
     body = await json_body(request)
     target, uri = body.get("Target", ""), body.get("ClientCertURI", "")
     if not target or not uri:
-        raise BadRequest("Target and ClientCertURI are required")
+        raise BadRequestError("Target and ClientCertURI are required")
     from meshd.spiffe import parse_service_id
+
     try:
         caller = parse_service_id(uri)
     except ValueError as e:
@@ -273,8 +318,9 @@ async def agent_authorize(request: web.Request) -> web.Response:
     agent = _agent(request)
     roots = (await agent.backend.read(q.CARoots())).value
     if caller.trust_domain != roots["TrustDomain"]:
-        return json_response({"Authorized": False,
-                              "Reason": "client certificate is from another trust domain"})
+        return json_response(
+            {"Authorized": False, "Reason": "client certificate is from another trust domain"}
+        )
     ixns = flatten(await _entries(agent, INTENTIONS))
     d = check(ixns, caller.service, target, default_allow(agent))
     return json_response({"Authorized": d.allowed, "Reason": d.reason})

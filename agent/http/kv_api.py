@@ -5,20 +5,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-
-from agent.http.common import (
-    BadRequest,
+from meshd.agent.http.common import (
+    BadRequestError,
     blocking_read,
     flag,
     json_response,
     query_options,
     set_read_headers,
 )
+
 from meshd import queries as q
 from meshd.structs import KVOp
 
 if TYPE_CHECKING:
-    from agent.agent import Agent
+    from meshd.agent.agent import Agent
 
 routes = web.RouteTableDef()
 MAX_VALUE = 512 * 1024  # Consul's kv_max_value_size
@@ -39,9 +39,9 @@ def _uint(request: web.Request, name: str) -> int | None:
     try:
         n = int(v)
     except ValueError:
-        raise BadRequest(f"Invalid {name} value: {v!r}") from None
+        raise BadRequestError(f"Invalid {name} value: {v!r}") from None
     if n < 0 or n >= 2**64:
-        raise BadRequest(f"Invalid {name} value: {v!r}")
+        raise BadRequestError(f"Invalid {name} value: {v!r}")
     return n
 
 
@@ -60,15 +60,14 @@ async def kv_get(request: web.Request) -> web.Response:
         return json_response(res.value, result=res)
     recurse = flag(request, "recurse")
     if not key and not recurse:
-        raise BadRequest("Missing key name")
+        raise BadRequestError("Missing key name")
     res = await blocking_read(agent.backend, q.KVGet(Key=key, Recurse=recurse), opts)
     if not res.value:
         resp = web.Response(status=404)
         set_read_headers(resp, res)
         return resp
     if flag(request, "raw"):
-        resp = web.Response(body=res.value[0].Value or b"",
-                            content_type="application/octet-stream")
+        resp = web.Response(body=res.value[0].Value or b"", content_type="application/octet-stream")
         set_read_headers(resp, res)
         return resp
     return json_response(res.value, result=res)
@@ -78,9 +77,9 @@ async def kv_get(request: web.Request) -> web.Response:
 async def kv_put(request: web.Request) -> web.Response:
     key = _key(request)
     if not key:
-        raise BadRequest("Missing key name")
+        raise BadRequestError("Missing key name")
     if len(key) > 512 or "\x00" in key:
-        raise BadRequest("Invalid key name")
+        raise BadRequestError("Invalid key name")
     limit = int(_agent(request).config.limits.get("kv_max_value_size", MAX_VALUE))
     if request.content_length is not None and request.content_length > limit:
         return web.Response(status=413, text=f"Value exceeds {limit} byte limit\n")
@@ -89,8 +88,9 @@ async def kv_put(request: web.Request) -> web.Response:
         return web.Response(status=413, text=f"Value exceeds {limit} byte limit\n")
     flags = _uint(request, "flags") or 0
     cas = _uint(request, "cas")
-    op = KVOp(Verb="cas" if cas is not None else "set", Key=key, Value=value, Flags=flags,
-              Index=cas or 0)
+    op = KVOp(
+        Verb="cas" if cas is not None else "set", Key=key, Value=value, Flags=flags, Index=cas or 0
+    )
     return json_response(await _agent(request).backend.write(op))
 
 
@@ -100,7 +100,7 @@ async def kv_delete(request: web.Request) -> web.Response:
     recurse = flag(request, "recurse")
     cas = _uint(request, "cas")
     if not key and not recurse:
-        raise BadRequest("Missing key name")
+        raise BadRequestError("Missing key name")
     if recurse:
         op = KVOp(Verb="delete-tree", Key=key)
     elif cas is not None:

@@ -8,11 +8,10 @@ import signal
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-
-from agent.http.common import BadRequest, json_response
+from meshd.agent.http.common import BadRequestError, json_response
 
 if TYPE_CHECKING:
-    from agent.agent import Agent
+    from meshd.agent.agent import Agent
 
 routes = web.RouteTableDef()
 MAX_SNAPSHOT = 512 * 1024 * 1024
@@ -28,8 +27,16 @@ async def raft_configuration(request: web.Request) -> web.Response:
     leader, peers = await agent.backend.status()
     servers = []
     for addr in peers:
-        servers.append({"ID": addr, "Node": agent.server_name(addr), "Address": addr,
-                        "Leader": addr == leader, "ProtocolVersion": "3", "Voter": True})
+        servers.append(
+            {
+                "ID": addr,
+                "Node": agent.server_name(addr),
+                "Address": addr,
+                "Leader": addr == leader,
+                "ProtocolVersion": "3",
+                "Voter": True,
+            }
+        )
     return json_response({"Servers": servers, "Index": 0})
 
 
@@ -37,7 +44,7 @@ async def raft_configuration(request: web.Request) -> web.Response:
 async def raft_remove_peer(request: web.Request) -> web.Response:
     addr = request.query.get("address") or request.query.get("id")
     if not addr:
-        raise BadRequest("Must specify ?address with IP:port of peer to remove")
+        raise BadRequestError("Must specify ?address with IP:port of peer to remove")
     await _agent(request).remove_peer(addr)
     return web.Response(status=200)
 
@@ -45,8 +52,9 @@ async def raft_remove_peer(request: web.Request) -> web.Response:
 @routes.get("/v1/snapshot")
 async def snapshot_save(request: web.Request) -> web.Response:
     index, data = await _agent(request).snapshot()
-    return web.Response(body=data, content_type="application/octet-stream",
-                        headers={"X-Consul-Index": str(index)})
+    return web.Response(
+        body=data, content_type="application/octet-stream", headers={"X-Consul-Index": str(index)}
+    )
 
 
 @routes.put("/v1/snapshot")
@@ -59,7 +67,7 @@ async def snapshot_restore(request: web.Request) -> web.Response:
         chunks.append(chunk)
     data = b"".join(chunks)
     if not data:
-        raise BadRequest("snapshot body is empty")
+        raise BadRequestError("snapshot body is empty")
     await _agent(request).restore(data)
     return web.Response(status=200)
 

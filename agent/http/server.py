@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-
-from agent.http import agent_api, catalog_api, connect_api, kv_api, operator_api
-from agent.http.common import error_middleware
+from meshd.agent.http import agent_api, catalog_api, connect_api, kv_api, operator_api
+from meshd.agent.http.common import error_middleware
 
 if TYPE_CHECKING:
-    from agent.agent import Agent
+    from meshd.agent.agent import Agent
 
 
 @web.middleware
@@ -21,8 +20,9 @@ async def count_middleware(request: web.Request, handler: Any) -> web.StreamResp
 
 
 def make_app(agent: Agent, max_body: int = 1024 * 1024) -> web.Application:
-    app = web.Application(middlewares=[count_middleware, error_middleware],
-                          client_max_size=max_body)
+    app = web.Application(
+        middlewares=[count_middleware, error_middleware], client_max_size=max_body
+    )
     app["agent"] = agent
     for mod in (agent_api, catalog_api, connect_api, kv_api, operator_api):
         app.add_routes(mod.routes)

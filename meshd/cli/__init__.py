@@ -44,25 +44,44 @@ def _remember(slot: str) -> Callable[[click.Context, click.Parameter, Any], None
     def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
         if value is not None:
             ctx.meta[slot] = value
+
     return callback
 
 
 def http_options(f: F) -> F:
     """Adds Consul's `-http-addr` and `-token`; read them back with `client()`."""
-    f = click.option("-token", "--token", expose_value=False, default=None, metavar="TOKEN",
-                     callback=_remember(_META_TOKEN),
-                     help="ACL token (else $MESHD_HTTP_TOKEN / $CONSUL_HTTP_TOKEN).")(f)
-    f = click.option("-http-addr", "--http-addr", expose_value=False, default=None,
-                     metavar="ADDR", callback=_remember(_META_ADDR),
-                     help="Agent HTTP address (else $MESHD_HTTP_ADDR / $CONSUL_HTTP_ADDR, "
-                          "default http://127.0.0.1:8500).")(f)
+    f = click.option(
+        "-token",
+        "--token",
+        expose_value=False,
+        default=None,
+        metavar="TOKEN",
+        callback=_remember(_META_TOKEN),
+        help="ACL token (else $MESHD_HTTP_TOKEN / $CONSUL_HTTP_TOKEN).",
+    )(f)
+    f = click.option(
+        "-http-addr",
+        "--http-addr",
+        expose_value=False,
+        default=None,
+        metavar="ADDR",
+        callback=_remember(_META_ADDR),
+        help="Agent HTTP address (else $MESHD_HTTP_ADDR / $CONSUL_HTTP_ADDR, "
+        "default http://127.0.0.1:8500).",
+    )(f)
     return f
 
 
 def format_option(f: F) -> F:
-    return click.option("-format", "--format", "fmt", default="pretty", show_default=True,
-                        type=click.Choice(FORMATS, case_sensitive=False),
-                        help="Output format; json prints the API's JSON for scripts.")(f)
+    return click.option(
+        "-format",
+        "--format",
+        "fmt",
+        default="pretty",
+        show_default=True,
+        type=click.Choice(FORMATS, case_sensitive=False),
+        help="Output format; json prints the API's JSON for scripts.",
+    )(f)
 
 
 def client() -> Client:

@@ -92,13 +92,16 @@ def agent(**params: Any) -> None:
     from meshd.config import ConfigError, load_config
 
     try:
-        cfg = load_config(files=list(params.get("config_file") or ()),
-                          dirs=list(params.get("config_dir") or ()),
-                          flags=build_flags(params), dev=bool(params.get("dev")))
+        cfg = load_config(
+            files=list(params.get("config_file") or ()),
+            dirs=list(params.get("config_dir") or ()),
+            flags=build_flags(params),
+            dev=bool(params.get("dev")),
+        )
     except ConfigError as e:
         click.echo(f"Error: {e}", err=True)
         sys.exit(1)
 
-    from agent.run import run_agent  # heavy (aiohttp, grpc, Raft); only the agent needs it
+    from meshd.agent.run import run_agent  # heavy (aiohttp, grpc, Raft); only the agent needs it
 
     sys.exit(run_agent(cfg))

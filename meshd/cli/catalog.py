@@ -31,8 +31,9 @@ def _node_services(node: str) -> dict[str, list[str]]:
 @http_options
 @format_option
 @click.option("-tags", "--tags", is_flag=True, help="Also show each service's tags.")
-@click.option("-node", "--node", default=None, metavar="NAME",
-              help="Only services registered on this node.")
+@click.option(
+    "-node", "--node", default=None, metavar="NAME", help="Only services registered on this node."
+)
 def catalog_services(fmt: str, tags: bool, node: str | None) -> None:
     """List service names, one per line, sorted.
 
@@ -49,10 +50,19 @@ def catalog_services(fmt: str, tags: bool, node: str | None) -> None:
 @catalog.command("nodes")
 @http_options
 @format_option
-@click.option("-service", "--service", default=None, metavar="NAME",
-              help="Only nodes running an instance of this service.")
-@click.option("-detailed", "--detailed", is_flag=True,
-              help="Full node IDs, tagged addresses and node metadata.")
+@click.option(
+    "-service",
+    "--service",
+    default=None,
+    metavar="NAME",
+    help="Only nodes running an instance of this service.",
+)
+@click.option(
+    "-detailed",
+    "--detailed",
+    is_flag=True,
+    help="Full node IDs, tagged addresses and node metadata.",
+)
 def catalog_nodes(fmt: str, service: str | None, detailed: bool) -> None:
     """List nodes: name, ID (first 8 characters), address and datacenter."""
     api = client()

@@ -20,8 +20,15 @@ from meshd.hclparse import parse_hcl
 
 # Fields that are lists of objects in every config entry kind (compared with `_`/`-` removed
 # and lower-cased, as the server folds them); HCL yields a lone block as a bare object.
-_LIST_FIELDS = {"sources", "permissions", "header", "overrides", "envoyextensions", "paths",
-                "accesslogs"}
+_LIST_FIELDS = {
+    "sources",
+    "permissions",
+    "header",
+    "overrides",
+    "envoyextensions",
+    "paths",
+    "accesslogs",
+}
 # User maps whose keys belong to the user: never reshaped.
 _OPAQUE = {"meta", "config", "arguments", "legacymeta"}
 
@@ -62,11 +69,13 @@ def parse_entry(text: str, source: str) -> dict[str, Any]:
         else:
             data = parse_hcl(text)
     except (ValueError, TypeError) as e:  # json and pyhcl's lexer/parser raise ValueError
-        raise CLIError(f"Failed to decode config entry input from {source}: "
-                       f"{' '.join(str(e).split())}") from None
+        raise CLIError(
+            f"Failed to decode config entry input from {source}: {' '.join(str(e).split())}"
+        ) from None
     if not isinstance(data, dict):
-        raise CLIError(f"Failed to decode config entry input from {source}: "
-                       "the top level must be an object")
+        raise CLIError(
+            f"Failed to decode config entry input from {source}: the top level must be an object"
+        )
     return _listify(data)
 
 
@@ -76,8 +85,7 @@ def _read_input(path: str) -> tuple[str, str]:
     try:
         return Path(path).read_text(encoding="utf-8"), path
     except (OSError, UnicodeDecodeError) as e:
-        raise CLIError(f"Failed to read file {path}: "
-                       f"{getattr(e, 'strerror', None) or e}") from None
+        raise CLIError(f"Failed to read file {path}: {getattr(e, 'strerror', None) or e}") from None
 
 
 def _need(value: str | None, flag: str) -> str:
@@ -94,10 +102,20 @@ def config() -> None:
 @config.command("write")
 @http_options
 @click.argument("path", metavar="FILE")
-@click.option("-cas", "--cas", is_flag=True,
-              help="Check-and-set: write only if the entry's ModifyIndex is -modify-index.")
-@click.option("-modify-index", "--modify-index", type=click.IntRange(min=0), default=None,
-              metavar="N", help="Index for -cas (0: only if the entry does not exist).")
+@click.option(
+    "-cas",
+    "--cas",
+    is_flag=True,
+    help="Check-and-set: write only if the entry's ModifyIndex is -modify-index.",
+)
+@click.option(
+    "-modify-index",
+    "--modify-index",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="Index for -cas (0: only if the entry does not exist).",
+)
 def write(path: str, cas: bool, modify_index: int | None) -> None:
     """Write the config entry in FILE (JSON or HCL; `-` reads stdin)."""
     if cas and modify_index is None:

@@ -23,26 +23,54 @@ def _find_proxy(services: dict, sidecar_for: str) -> dict:
         proxy = svc.get("Proxy") or {}
         if svc.get("Kind") == "connect-proxy" and proxy.get("DestinationServiceID") == sidecar_for:
             return svc
-    raise CLIError(f"no sidecar proxy registered for service ID {sidecar_for!r} on this agent "
-                   "(register the service with connect { sidecar_service {} })")
+    raise CLIError(
+        f"no sidecar proxy registered for service ID {sidecar_for!r} on this agent "
+        "(register the service with connect { sidecar_service {} })"
+    )
 
 
 @connect.command("envoy", context_settings={"ignore_unknown_options": True})
 @http_options
-@click.option("-sidecar-for", "--sidecar-for", "sidecar_for", required=True,
-              help="ID of the local service whose sidecar to run.")
-@click.option("-admin-bind", "--admin-bind", "admin_bind", default="127.0.0.1:19000",
-              show_default=True, help="Envoy's admin listener.")
-@click.option("-grpc-addr", "--grpc-addr", "grpc_addr", default=None,
-              help="The agent's xDS address host:port (default: the agent's host and gRPC "
-                   "port, or $CONSUL_GRPC_ADDR).")
-@click.option("-bootstrap", "--bootstrap", "print_only", is_flag=True,
-              help="Print the bootstrap JSON instead of running Envoy.")
+@click.option(
+    "-sidecar-for",
+    "--sidecar-for",
+    "sidecar_for",
+    required=True,
+    help="ID of the local service whose sidecar to run.",
+)
+@click.option(
+    "-admin-bind",
+    "--admin-bind",
+    "admin_bind",
+    default="127.0.0.1:19000",
+    show_default=True,
+    help="Envoy's admin listener.",
+)
+@click.option(
+    "-grpc-addr",
+    "--grpc-addr",
+    "grpc_addr",
+    default=None,
+    help="The agent's xDS address host:port (default: the agent's host and gRPC "
+    "port, or $CONSUL_GRPC_ADDR).",
+)
+@click.option(
+    "-bootstrap",
+    "--bootstrap",
+    "print_only",
+    is_flag=True,
+    help="Print the bootstrap JSON instead of running Envoy.",
+)
 @click.argument("envoy_args", nargs=-1, type=click.UNPROCESSED)
-def envoy(sidecar_for: str, admin_bind: str, grpc_addr: str | None, print_only: bool,
-          envoy_args: tuple[str, ...]) -> None:
+def envoy(
+    sidecar_for: str,
+    admin_bind: str,
+    grpc_addr: str | None,
+    print_only: bool,
+    envoy_args: tuple[str, ...],
+) -> None:
     """Write the Envoy bootstrap for a sidecar and exec Envoy (arguments after -- go to it)."""
-    from proxy.bootstrap import EnvoyNotFoundError, bootstrap_config, envoy_argv
+    from meshd.proxy.bootstrap import EnvoyNotFoundError, bootstrap_config, envoy_argv
 
     api = client()
     proxy = _find_proxy(api.get("/v1/agent/services"), sidecar_for)
@@ -55,10 +83,13 @@ def envoy(sidecar_for: str, admin_bind: str, grpc_addr: str | None, print_only: 
         host = urlparse(api.address).hostname or "127.0.0.1"
     if not port.isdigit():
         raise CLIError(f"invalid gRPC address {grpc_addr!r}: expected host:port")
-    config = bootstrap_config(node_id=proxy["ID"],
-                              cluster=proxy["Proxy"].get("DestinationServiceName") or
-                              proxy["Service"], ads_host=host,
-                              ads_port=int(port), admin_bind=admin_bind)
+    config = bootstrap_config(
+        node_id=proxy["ID"],
+        cluster=proxy["Proxy"].get("DestinationServiceName") or proxy["Service"],
+        ads_host=host,
+        ads_port=int(port),
+        admin_bind=admin_bind,
+    )
     if print_only:
         click.echo(json.dumps(config, indent=2))
         return

@@ -38,8 +38,14 @@ def version() -> None:
 @http_options
 @format_option
 @click.option("-detailed", "--detailed", is_flag=True, help="Show every Serf-style tag.")
-@click.option("-status", "--status", "status_re", default=None, metavar="REGEX",
-              help="Only members whose status (alive, left, failed...) matches REGEX.")
+@click.option(
+    "-status",
+    "--status",
+    "status_re",
+    default=None,
+    metavar="REGEX",
+    help="Only members whose status (alive, left, failed...) matches REGEX.",
+)
 def members(fmt: str, detailed: bool, status_re: str | None) -> None:
     """List the cluster members this agent knows about."""
     rows: list[dict[str, Any]] = client().members()
@@ -57,8 +63,11 @@ def members(fmt: str, detailed: bool, status_re: str | None) -> None:
         click.echo(format_table(headers, table))
 
 
-def info_sections(self_info: dict[str, Any], leader: str, peers: list[str],
-                  ) -> dict[str, dict[str, Any]]:
+def info_sections(
+    self_info: dict[str, Any],
+    leader: str,
+    peers: list[str],
+) -> dict[str, dict[str, Any]]:
     """The subset of `consul info` meshd can report, under the same section and key names."""
     cfg = self_info.get("Config") or {}
     member = self_info.get("Member") or {}

@@ -72,13 +72,30 @@ def intention() -> None:
 @click.argument("destination")
 @click.option("-allow", "--allow", is_flag=True, help="Allow the connection (the default).")
 @click.option("-deny", "--deny", is_flag=True, help="Deny the connection.")
-@click.option("-replace", "--replace", is_flag=True,
-              help="Replace an existing intention for the same pair instead of failing.")
+@click.option(
+    "-replace",
+    "--replace",
+    is_flag=True,
+    help="Replace an existing intention for the same pair instead of failing.",
+)
 @click.option("-description", "--description", default="", help="Human-readable description.")
-@click.option("-meta", "--meta", "meta", multiple=True, metavar="KEY=VALUE",
-              help="Metadata for the intention (repeatable).")
-def create(source: str, destination: str, allow: bool, deny: bool, replace: bool,
-           description: str, meta: tuple[str, ...]) -> None:
+@click.option(
+    "-meta",
+    "--meta",
+    "meta",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Metadata for the intention (repeatable).",
+)
+def create(
+    source: str,
+    destination: str,
+    allow: bool,
+    deny: bool,
+    replace: bool,
+    description: str,
+    meta: tuple[str, ...],
+) -> None:
     """Create an intention from SOURCE to DESTINATION (`*`: any service)."""
     if allow and deny:
         raise CLIError("Cannot specify both -allow and -deny")
@@ -90,8 +107,10 @@ def create(source: str, destination: str, allow: bool, deny: bool, replace: bool
     label = f"{source} => {destination} ({action})"
     api = client()
     if not replace and _exact(api, source, destination) is not None:
-        raise CLIError(f'creating intention "{label}": an intention from {source} to '
-                       f"{destination} already exists (use -replace to overwrite it)")
+        raise CLIError(
+            f'creating intention "{label}": an intention from {source} to '
+            f"{destination} already exists (use -replace to overwrite it)"
+        )
     body: dict[str, Any] = {"Action": action}
     if description:
         body["Description"] = description
@@ -131,8 +150,10 @@ def get(args: tuple[str, ...], fmt: str) -> None:
     if fmt == "json":
         click.echo(format_json(ixn))
         return
-    rows: list[list[Any]] = [["Source:", ixn.get("SourceName")],
-                             ["Destination:", ixn.get("DestinationName")]]
+    rows: list[list[Any]] = [
+        ["Source:", ixn.get("SourceName")],
+        ["Destination:", ixn.get("DestinationName")],
+    ]
     perms = ixn.get("Permissions") or []
     if perms:
         rows.append(["Permissions:", json.dumps(perms)])
@@ -146,8 +167,7 @@ def get(args: tuple[str, ...], fmt: str) -> None:
     for field in ("CreatedAt", "UpdatedAt"):
         if ixn.get(field):
             rows.append([f"{field[:-2]} At:", ixn[field]])
-    rows += [["Create Index:", ixn.get("CreateIndex")],
-             ["Modify Index:", ixn.get("ModifyIndex")]]
+    rows += [["Create Index:", ixn.get("CreateIndex")], ["Modify Index:", ixn.get("ModifyIndex")]]
     click.echo(format_table(None, rows))
 
 
@@ -163,10 +183,21 @@ def list_cmd(fmt: str) -> None:
     if not ixns:
         click.echo("There are no intentions.")
         return
-    click.echo(format_table(
-        ["ID", "Source", "Action", "Destination", "Precedence"],
-        ([i.get("ID"), i.get("SourceName"), i.get("Action", ""), i.get("DestinationName"),
-          i.get("Precedence")] for i in ixns)))
+    click.echo(
+        format_table(
+            ["ID", "Source", "Action", "Destination", "Precedence"],
+            (
+                [
+                    i.get("ID"),
+                    i.get("SourceName"),
+                    i.get("Action", ""),
+                    i.get("DestinationName"),
+                    i.get("Precedence"),
+                ]
+                for i in ixns
+            ),
+        )
+    )
 
 
 @intention.command("check")
@@ -175,8 +206,10 @@ def list_cmd(fmt: str) -> None:
 @click.argument("destination")
 def check(source: str, destination: str) -> None:
     """Check whether SOURCE may connect to DESTINATION (exit 0 allowed, 2 denied)."""
-    res = client().get("/v1/connect/intentions/check",
-                       {"source": source, "destination": destination}) or {}
+    res = (
+        client().get("/v1/connect/intentions/check", {"source": source, "destination": destination})
+        or {}
+    )
     if res.get("Allowed"):
         click.echo("Allowed")
         return
@@ -188,10 +221,16 @@ def check(source: str, destination: str) -> None:
 @http_options
 @format_option
 @click.argument("name")
-@click.option("-source", "--source", "by_source", is_flag=True,
-              help="Match intentions whose source is NAME.")
-@click.option("-destination", "--destination", "by_destination", is_flag=True,
-              help="Match intentions whose destination is NAME (the default).")
+@click.option(
+    "-source", "--source", "by_source", is_flag=True, help="Match intentions whose source is NAME."
+)
+@click.option(
+    "-destination",
+    "--destination",
+    "by_destination",
+    is_flag=True,
+    help="Match intentions whose destination is NAME (the default).",
+)
 def match(name: str, by_source: bool, by_destination: bool, fmt: str) -> None:
     """List the intentions that apply to NAME, in evaluation order."""
     if by_source and by_destination:

@@ -45,14 +45,25 @@ def kv() -> None:
 @http_options
 @click.argument("key", required=False)
 @click.option("-recurse", "--recurse", is_flag=True, help="Every key under the prefix KEY.")
-@click.option("-keys", "--keys", "keys_only", is_flag=True,
-              help="Only key names under the prefix KEY, up to -separator.")
-@click.option("-separator", "--separator", default="/", show_default=True,
-              help="With -keys: list only up to this separator ('' for every key).")
+@click.option(
+    "-keys",
+    "--keys",
+    "keys_only",
+    is_flag=True,
+    help="Only key names under the prefix KEY, up to -separator.",
+)
+@click.option(
+    "-separator",
+    "--separator",
+    default="/",
+    show_default=True,
+    help="With -keys: list only up to this separator ('' for every key).",
+)
 @click.option("-detailed", "--detailed", is_flag=True, help="Indexes, flags and session too.")
 @click.option("-base64", "--base64", "as_base64", is_flag=True, help="Print values base64-encoded.")
-def kv_get(key: str | None, recurse: bool, keys_only: bool, separator: str, detailed: bool,
-           as_base64: bool) -> None:
+def kv_get(
+    key: str | None, recurse: bool, keys_only: bool, separator: str, detailed: bool, as_base64: bool
+) -> None:
     """Print the value at KEY (or every key under it with -recurse / -keys)."""
     key = _normalize_key(key)
     if keys_only and recurse:
@@ -118,16 +129,43 @@ def _read_value(value: str | None, as_base64: bool) -> bytes:
 @http_options
 @click.argument("key")
 @click.argument("value", required=False)
-@click.option("-cas", "--cas", is_flag=True,
-              help="Check-and-set: write only if the key's ModifyIndex is -modify-index.")
-@click.option("-modify-index", "--modify-index", type=click.IntRange(min=0), default=None,
-              metavar="N", help="Index for -cas (0: only if the key does not exist).")
-@click.option("-flags", "--flags", type=click.IntRange(min=0), default=None, metavar="N",
-              help="Opaque unsigned integer stored with the key.")
-@click.option("-base64", "--base64", "as_base64", is_flag=True,
-              help="VALUE is base64-encoded; store the decoded bytes.")
-def kv_put(key: str, value: str | None, cas: bool, modify_index: int | None,
-           flags: int | None, as_base64: bool) -> None:
+@click.option(
+    "-cas",
+    "--cas",
+    is_flag=True,
+    help="Check-and-set: write only if the key's ModifyIndex is -modify-index.",
+)
+@click.option(
+    "-modify-index",
+    "--modify-index",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="Index for -cas (0: only if the key does not exist).",
+)
+@click.option(
+    "-flags",
+    "--flags",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="Opaque unsigned integer stored with the key.",
+)
+@click.option(
+    "-base64",
+    "--base64",
+    "as_base64",
+    is_flag=True,
+    help="VALUE is base64-encoded; store the decoded bytes.",
+)
+def kv_put(
+    key: str,
+    value: str | None,
+    cas: bool,
+    modify_index: int | None,
+    flags: int | None,
+    as_base64: bool,
+) -> None:
     """Write VALUE (or stdin with `-`, or a file with `@path`) to KEY."""
     key = _normalize_key(key)
     if not key:
@@ -147,10 +185,17 @@ def kv_put(key: str, value: str | None, cas: bool, modify_index: int | None,
 @http_options
 @click.argument("key", required=False)
 @click.option("-recurse", "--recurse", is_flag=True, help="Delete every key under the prefix.")
-@click.option("-cas", "--cas", is_flag=True,
-              help="Delete only if the key's ModifyIndex is -modify-index.")
-@click.option("-modify-index", "--modify-index", type=click.IntRange(min=0), default=None,
-              metavar="N", help="Index for -cas.")
+@click.option(
+    "-cas", "--cas", is_flag=True, help="Delete only if the key's ModifyIndex is -modify-index."
+)
+@click.option(
+    "-modify-index",
+    "--modify-index",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="Index for -cas.",
+)
 def kv_delete(key: str | None, recurse: bool, cas: bool, modify_index: int | None) -> None:
     """Delete KEY, or with -recurse every key under it."""
     key = _normalize_key(key)

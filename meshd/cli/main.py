@@ -47,15 +47,37 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 
 
 @click.group(cls=MeshdGroup, context_settings=CONTEXT_SETTINGS)
-@click.option("-version", "--version", "-v", is_flag=True, expose_value=False, is_eager=True,
-              callback=_print_version, help="Print the version and exit.")
+@click.option(
+    "-version",
+    "--version",
+    "-v",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Print the version and exit.",
+)
 @http_options
 def cli() -> None:
     """meshd: service discovery and service mesh, compatible with Consul's API, DNS and CLI."""
 
 
-for command in (agent, catalog, config, connect, info, intention, keygen, kv, leave, members,
-                operator, services, snapshot, version):
+for command in (
+    agent,
+    catalog,
+    config,
+    connect,
+    info,
+    intention,
+    keygen,
+    kv,
+    leave,
+    members,
+    operator,
+    services,
+    snapshot,
+    version,
+):
     cli.add_command(command)
 
 

@@ -44,8 +44,17 @@ def list_peers(fmt: str) -> None:
     if fmt == "json":
         click.echo(format_json(conf))
         return
-    rows = [(s["Node"], s["ID"], s["Address"], "leader" if s["Leader"] else "follower",
-             str(s["Voter"]).lower(), "3") for s in conf.get("Servers", [])]
+    rows = [
+        (
+            s["Node"],
+            s["ID"],
+            s["Address"],
+            "leader" if s["Leader"] else "follower",
+            str(s["Voter"]).lower(),
+            "3",
+        )
+        for s in conf.get("Servers", [])
+    ]
     click.echo(format_table(("Node", "ID", "Address", "State", "Voter", "RaftProtocol"), rows))
 
 
@@ -58,11 +67,20 @@ def remove_peer(address: str) -> None:
 
 
 @raft.command("recover")
-@click.option("-data-dir", "--data-dir", "data_dir", required=True,
-              type=click.Path(exists=True, file_okay=False),
-              help="The stopped server's data directory.")
-@click.option("-peers", "--peers", required=True,
-              help="Comma-separated Raft addresses (IP:port) of the servers that remain.")
+@click.option(
+    "-data-dir",
+    "--data-dir",
+    "data_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="The stopped server's data directory.",
+)
+@click.option(
+    "-peers",
+    "--peers",
+    required=True,
+    help="Comma-separated Raft addresses (IP:port) of the servers that remain.",
+)
 def recover(data_dir: str, peers: str) -> None:
     """Offline recovery after quorum loss: rewrite a stopped server's peer set.
 

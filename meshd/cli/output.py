@@ -12,9 +12,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
-    "MEMBER_STATUS", "format_json", "format_kv_detail", "format_sections", "format_table",
-    "kv_display", "member_rows", "member_status", "member_type", "node_rows", "parse_pairs",
-    "service_lines", "short_id", "text",
+    "MEMBER_STATUS",
+    "format_json",
+    "format_kv_detail",
+    "format_sections",
+    "format_table",
+    "kv_display",
+    "member_rows",
+    "member_status",
+    "member_type",
+    "node_rows",
+    "parse_pairs",
+    "service_lines",
+    "short_id",
+    "text",
 ]
 
 COLUMN_GAP = "  "
@@ -94,29 +105,50 @@ def _member_address(m: Mapping[str, Any]) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
-def member_rows(members: Iterable[Mapping[str, Any]], *, detailed: bool = False,
-                ) -> tuple[list[str], list[list[str]]]:
+def member_rows(
+    members: Iterable[Mapping[str, Any]],
+    *,
+    detailed: bool = False,
+) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of `meshd members`; servers first, then by name, as Consul sorts."""
-    ordered = sorted(members, key=lambda m: (member_type(m.get("Tags")) != "server",
-                                             str(m.get("Name", ""))))
+    ordered = sorted(
+        members, key=lambda m: (member_type(m.get("Tags")) != "server", str(m.get("Name", "")))
+    )
     if detailed:
         headers = ["Node", "Address", "Status", "Tags"]
-        return headers, [[str(m.get("Name", "")), _member_address(m),
-                          member_status(m.get("Status")), text(m.get("Tags") or {})]
-                         for m in ordered]
+        return headers, [
+            [
+                str(m.get("Name", "")),
+                _member_address(m),
+                member_status(m.get("Status")),
+                text(m.get("Tags") or {}),
+            ]
+            for m in ordered
+        ]
     headers = ["Node", "Address", "Status", "Type", "Build", "Protocol", "DC"]
     rows = []
     for m in ordered:
         tags = m.get("Tags") or {}
         protocol = tags.get("vsn") or m.get("ProtocolCur") or ""
-        rows.append([str(m.get("Name", "")), _member_address(m), member_status(m.get("Status")),
-                     member_type(tags), text(tags.get("build", "")), text(protocol),
-                     text(tags.get("dc", ""))])
+        rows.append(
+            [
+                str(m.get("Name", "")),
+                _member_address(m),
+                member_status(m.get("Status")),
+                member_type(tags),
+                text(tags.get("build", "")),
+                text(protocol),
+                text(tags.get("dc", "")),
+            ]
+        )
     return headers, rows
 
 
-def node_rows(nodes: Iterable[Mapping[str, Any]], *, detailed: bool = False,
-              ) -> tuple[list[str], list[list[str]]]:
+def node_rows(
+    nodes: Iterable[Mapping[str, Any]],
+    *,
+    detailed: bool = False,
+) -> tuple[list[str], list[list[str]]]:
     """Rows for `catalog nodes`; accepts /catalog/nodes entries and /catalog/service rows alike.
 
     A service can have several instances on one node, so rows are de-duplicated by node name.
@@ -131,8 +163,12 @@ def node_rows(nodes: Iterable[Mapping[str, Any]], *, detailed: bool = False,
     for name in sorted(seen):
         n = seen[name]
         node_id = str(n.get("ID") or "")
-        row = [name, node_id if detailed else short_id(node_id), text(n.get("Address")),
-               text(n.get("Datacenter"))]
+        row = [
+            name,
+            node_id if detailed else short_id(node_id),
+            text(n.get("Address")),
+            text(n.get("Datacenter")),
+        ]
         if detailed:
             meta = n.get("NodeMeta") if "NodeMeta" in n else n.get("Meta")
             row += [text(n.get("TaggedAddresses") or {}), text(meta or {})]

@@ -51,8 +51,10 @@ def parse_definitions(text: str, source: str) -> list[dict[str, Any]]:
     if not found and _field(data, "name") is not None:
         found = [data]  # a bare /v1/agent/service/register body
     if not found:
-        raise CLIError(f"{source}: no service definition found "
-                       "(expected a 'service' block or a 'services' list)")
+        raise CLIError(
+            f"{source}: no service definition found "
+            "(expected a 'service' block or a 'services' list)"
+        )
     return found
 
 
@@ -80,11 +82,23 @@ def services() -> None:
 @click.option("-address", "--address", default=None, help="Service address.")
 @click.option("-port", "--port", type=click.IntRange(0, 65535), default=None, help="Port.")
 @click.option("-tag", "--tag", "tags", multiple=True, help="A tag (repeatable).")
-@click.option("-meta", "--meta", "meta", multiple=True, metavar="KEY=VALUE",
-              help="Service metadata (repeatable).")
-def register(files: tuple[str, ...], name: str | None, service_id: str | None,
-             address: str | None, port: int | None, tags: tuple[str, ...],
-             meta: tuple[str, ...]) -> None:
+@click.option(
+    "-meta",
+    "--meta",
+    "meta",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Service metadata (repeatable).",
+)
+def register(
+    files: tuple[str, ...],
+    name: str | None,
+    service_id: str | None,
+    address: str | None,
+    port: int | None,
+    tags: tuple[str, ...],
+    meta: tuple[str, ...],
+) -> None:
     """Register services from definition FILEs, or one service described by flags."""
     flag_given = any(v not in (None, ()) for v in (name, service_id, address, port, tags, meta))
     if files and flag_given:

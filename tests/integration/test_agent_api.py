@@ -7,10 +7,19 @@ from helpers import BackgroundHTTP, free_port, wait_for
 
 
 def test_register_then_visible_everywhere(agent):
-    r = agent.put("/v1/agent/service/register", {
-        "Name": "web", "ID": "web-1", "Tags": ["v1", "primary"], "Address": "127.0.0.10",
-        "Port": 8080, "Meta": {"env": "prod"}, "Weights": {"Passing": 3, "Warning": 1},
-        "EnableTagOverride": True})
+    r = agent.put(
+        "/v1/agent/service/register",
+        {
+            "Name": "web",
+            "ID": "web-1",
+            "Tags": ["v1", "primary"],
+            "Address": "127.0.0.10",
+            "Port": 8080,
+            "Meta": {"env": "prod"},
+            "Weights": {"Passing": 3, "Warning": 1},
+            "EnableTagOverride": True,
+        },
+    )
     assert r.status == 200, r.body
     svc = agent.get("/v1/agent/service/web-1").json()
     assert svc["Service"] == "web" and svc["Port"] == 8080 and svc["Meta"] == {"env": "prod"}
@@ -27,7 +36,7 @@ def test_register_then_visible_everywhere(agent):
 def test_agent_services_filter(agent):
     agent.put("/v1/agent/service/register", {"Name": "flt", "ID": "flt-a", "Meta": {"k": "a"}})
     agent.put("/v1/agent/service/register", {"Name": "flt", "ID": "flt-b", "Meta": {"k": "b"}})
-    got = agent.get('/v1/agent/services?filter=Meta.k%20%3D%3D%20%22b%22').json()
+    got = agent.get("/v1/agent/services?filter=Meta.k%20%3D%3D%20%22b%22").json()
     assert list(got) == ["flt-b"]
     bad = agent.get("/v1/agent/services?filter=Meta.k%20%3D%3D")
     assert bad.status == 400 and bad.body
@@ -43,9 +52,15 @@ def test_deregister_and_unknown(agent):
 
 def test_bad_input_changes_nothing(agent):
     before = agent.get("/v1/agent/services").json()
-    for body in (b"{not json", b"[]", b'{"Name": 5}', b'{"Name": "x", "Port": "80"}',
-                 b'{"Name": "x", "Bogus": 1}', b'{"Name": "bad name!"}',
-                 b'{"Name": "x", "Check": {"HTTP": "http://x", "Interval": "zz"}}'):
+    for body in (
+        b"{not json",
+        b"[]",
+        b'{"Name": 5}',
+        b'{"Name": "x", "Port": "80"}',
+        b'{"Name": "x", "Bogus": 1}',
+        b'{"Name": "bad name!"}',
+        b'{"Name": "x", "Check": {"HTTP": "http://x", "Interval": "zz"}}',
+    ):
         r = agent.put("/v1/agent/service/register", body)
         assert r.status == 400, (body, r.status, r.body)
         assert r.body.strip(), body
@@ -56,8 +71,10 @@ def test_bad_input_changes_nothing(agent):
 
 
 def test_ttl_check_lifecycle_and_agent_health(agent):
-    agent.put("/v1/agent/service/register", {
-        "Name": "ttlsvc", "ID": "ttlsvc-1", "Check": {"CheckID": "ttlsvc-ttl", "TTL": "30s"}})
+    agent.put(
+        "/v1/agent/service/register",
+        {"Name": "ttlsvc", "ID": "ttlsvc-1", "Check": {"CheckID": "ttlsvc-ttl", "TTL": "30s"}},
+    )
     r = agent.get("/v1/agent/health/service/id/ttlsvc-1")
     assert r.status == 503 and r.json()["AggregatedStatus"] == "critical"
     assert agent.put("/v1/agent/check/pass/ttlsvc-ttl?note=ok").status == 200
@@ -67,8 +84,12 @@ def test_ttl_check_lifecycle_and_agent_health(agent):
     assert [c["Output"] for c in checks if c["CheckID"] == "ttlsvc-ttl"] == ["ok"]
     assert agent.put("/v1/agent/check/warn/ttlsvc-ttl").status == 200
     assert agent.get("/v1/agent/health/service/id/ttlsvc-1").status == 429
-    assert agent.put("/v1/agent/check/update/ttlsvc-ttl",
-                     {"Status": "critical", "Output": "down"}).status == 200
+    assert (
+        agent.put(
+            "/v1/agent/check/update/ttlsvc-ttl", {"Status": "critical", "Output": "down"}
+        ).status
+        == 200
+    )
     checks = agent.get("/v1/agent/checks").json()
     assert checks["ttlsvc-ttl"]["Status"] == "critical" and checks["ttlsvc-ttl"]["Output"] == "down"
     assert agent.get("/v1/agent/health/service/id/ttlsvc-1?format=text").body == b"critical"
@@ -112,9 +133,14 @@ def test_http_check_runs(agent):
     port = free_port()
     servers = BackgroundHTTP()
     servers.serve(port, ok)
-    agent.put("/v1/agent/service/register", {
-        "Name": "httpc", "Port": port,
-        "Check": {"HTTP": f"http://127.0.0.1:{port}/health", "Interval": "200ms"}})
+    agent.put(
+        "/v1/agent/service/register",
+        {
+            "Name": "httpc",
+            "Port": port,
+            "Check": {"HTTP": f"http://127.0.0.1:{port}/health", "Interval": "200ms"},
+        },
+    )
     wait_for(lambda: agent.get("/v1/health/service/httpc?passing").json(), 10)
     assert hits
     servers.close()
@@ -128,10 +154,14 @@ def test_self_and_members(agent):
 
 
 def test_replace_existing_checks(agent):
-    agent.put("/v1/agent/service/register", {
-        "Name": "rep", "Checks": [{"CheckID": "a", "TTL": "10s"}, {"CheckID": "b", "TTL": "10s"}]})
-    agent.put("/v1/agent/service/register?replace-existing-checks",
-              {"Name": "rep", "Checks": [{"CheckID": "b", "TTL": "10s"}]})
+    agent.put(
+        "/v1/agent/service/register",
+        {"Name": "rep", "Checks": [{"CheckID": "a", "TTL": "10s"}, {"CheckID": "b", "TTL": "10s"}]},
+    )
+    agent.put(
+        "/v1/agent/service/register?replace-existing-checks",
+        {"Name": "rep", "Checks": [{"CheckID": "b", "TTL": "10s"}]},
+    )
     ids = {c["CheckID"] for c in agent.get("/v1/health/checks/rep").json()}
     assert ids == {"b"}
 

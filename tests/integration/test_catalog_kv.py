@@ -8,14 +8,22 @@ import time
 
 
 def test_catalog_register_deregister_and_reads(agent):
-    body = {"Node": "ext-1", "Address": "10.9.0.1", "NodeMeta": {"rack": "r1"},
-            "Service": {"Service": "db", "ID": "db-1", "Port": 5432, "Tags": ["primary"]},
-            "Check": {"CheckID": "db-check", "Name": "db alive", "Status": "passing",
-                      "ServiceID": "db-1"}}
+    body = {
+        "Node": "ext-1",
+        "Address": "10.9.0.1",
+        "NodeMeta": {"rack": "r1"},
+        "Service": {"Service": "db", "ID": "db-1", "Port": 5432, "Tags": ["primary"]},
+        "Check": {
+            "CheckID": "db-check",
+            "Name": "db alive",
+            "Status": "passing",
+            "ServiceID": "db-1",
+        },
+    }
     r = agent.put("/v1/catalog/register", body)
     assert r.status == 200 and r.json() is True
     nodes = agent.get("/v1/catalog/nodes").json()
-    ext = [n for n in nodes if n["Node"] == "ext-1"][0]
+    ext = next(n for n in nodes if n["Node"] == "ext-1")
     assert ext["Address"] == "10.9.0.1" and ext["Meta"] == {"rack": "r1"}
     assert ext["Datacenter"] == "dc1"
     assert "db" in agent.get("/v1/catalog/services").json()
@@ -44,8 +52,10 @@ def test_catalog_register_rejects_bad_input(agent):
     assert agent.put("/v1/catalog/register", {"Node": "n"}).status == 400
     r = agent.put("/v1/catalog/register", {"Node": "n-bad", "Address": "1.1.1.1", "Bogus": 1})
     assert r.status == 400 and b"Bogus" in r.body
-    r = agent.put("/v1/catalog/register", {
-        "Node": "n-bad", "Address": "1.1.1.1", "Check": {"CheckID": "c", "ServiceID": "nope"}})
+    r = agent.put(
+        "/v1/catalog/register",
+        {"Node": "n-bad", "Address": "1.1.1.1", "Check": {"CheckID": "c", "ServiceID": "nope"}},
+    )
     assert r.status == 400
     assert all(n["Node"] != "n-bad" for n in agent.get("/v1/catalog/nodes").json())
 
@@ -98,7 +108,10 @@ def test_kv_roundtrip(agent):
     agent.put("/v1/kv/app/sub/deep", b"d")
     assert agent.get("/v1/kv/app/?keys").json() == ["app/config", "app/other", "app/sub/deep"]
     assert agent.get("/v1/kv/app/?keys&separator=/").json() == [
-        "app/config", "app/other", "app/sub/"]
+        "app/config",
+        "app/other",
+        "app/sub/",
+    ]
     assert len(agent.get("/v1/kv/app?recurse").json()) == 3
     assert agent.get("/v1/kv/nope").status == 404
 
@@ -132,8 +145,11 @@ def test_kv_blocking_on_prefix(agent):
     agent.put("/v1/kv/watch/a", b"1")
     idx = int(agent.get("/v1/kv/watch/?recurse").headers["X-Consul-Index"])
     out = {}
-    th = threading.Thread(target=lambda: out.setdefault(
-        "r", agent.get(f"/v1/kv/watch/?recurse&index={idx}&wait=5s", timeout=20)))
+    th = threading.Thread(
+        target=lambda: out.setdefault(
+            "r", agent.get(f"/v1/kv/watch/?recurse&index={idx}&wait=5s", timeout=20)
+        )
+    )
     th.start()
     time.sleep(0.2)
     agent.put("/v1/kv/elsewhere", b"no")
@@ -152,18 +168,28 @@ def test_status(agent):
 
 def test_filters_on_service_and_health_endpoints(agent):
     from urllib.parse import quote
+
     for i, env in enumerate(("prod", "dev")):
-        agent.put("/v1/agent/service/register", {
-            "Name": "filt", "ID": f"filt-{env}", "Port": 100 + i, "Tags": [env],
-            "Meta": {"env": env}})
+        agent.put(
+            "/v1/agent/service/register",
+            {
+                "Name": "filt",
+                "ID": f"filt-{env}",
+                "Port": 100 + i,
+                "Tags": [env],
+                "Meta": {"env": env},
+            },
+        )
     f = quote('ServiceMeta.env == "prod"')
-    assert [r["ServiceID"] for r in agent.get(f"/v1/catalog/service/filt?filter={f}").json()] \
-        == ["filt-prod"]
+    assert [r["ServiceID"] for r in agent.get(f"/v1/catalog/service/filt?filter={f}").json()] == [
+        "filt-prod"
+    ]
     f = quote('Service.Tags contains "dev"')
     rows = agent.get(f"/v1/health/service/filt?filter={f}").json()
     assert [r["Service"]["ID"] for r in rows] == ["filt-dev"]
     f = quote('Checks.Status == "passing" or Service.ID matches "^filt-"')
     assert len(agent.get(f"/v1/health/service/filt?filter={f}").json()) == 2
     assert agent.get("/v1/health/service/filt?filter=" + quote("(Service.ID ==")).status == 400
-    assert agent.get("/v1/catalog/services?filter=" + quote('ServiceMeta.env == "dev"')).json() \
-        == {"filt": ["dev"]}
+    assert agent.get("/v1/catalog/services?filter=" + quote('ServiceMeta.env == "dev"')).json() == {
+        "filt": ["dev"]
+    }

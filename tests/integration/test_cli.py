@@ -7,12 +7,11 @@ import os
 import subprocess
 import sys
 
+from helpers import run_meshd
+
 
 def meshd(agent, *args: str, stdin: str | None = None, env: dict | None = None):
-    e = {**os.environ, "MESHD_HTTP_ADDR": agent.http, **(env or {})}
-    e.pop("CONSUL_HTTP_ADDR", None)
-    return subprocess.run([sys.executable, "-m", "meshd", *args], capture_output=True,
-                          text=True, input=stdin, env=e, timeout=30)
+    return run_meshd(*args, http_addr=agent.http, stdin=stdin, env=env)
 
 
 def test_version_and_info(agent):
@@ -32,8 +31,11 @@ def test_members(agent):
 
 def test_services_register_catalog_deregister(agent, tmp_path):
     f = tmp_path / "svc.json"
-    f.write_text(json.dumps({"service": {"name": "clisvc", "id": "clisvc-1", "port": 7000,
-                                         "tags": ["blue"]}}))
+    f.write_text(
+        json.dumps(
+            {"service": {"name": "clisvc", "id": "clisvc-1", "port": 7000, "tags": ["blue"]}}
+        )
+    )
     r = meshd(agent, "services", "register", str(f))
     assert r.returncode == 0, r.stderr
     assert "clisvc" in meshd(agent, "catalog", "services").stdout.split()
@@ -58,8 +60,10 @@ def test_services_register_hcl(agent, tmp_path):
 
 
 def test_kv_commands(agent):
-    assert meshd(agent, "kv", "put", "cli/a", "hello").stdout.strip() == \
-        "Success! Data written to: cli/a"
+    assert (
+        meshd(agent, "kv", "put", "cli/a", "hello").stdout.strip()
+        == "Success! Data written to: cli/a"
+    )
     assert meshd(agent, "kv", "get", "cli/a").stdout == "hello\n"
     assert meshd(agent, "kv", "put", "cli/b", "-", stdin="from stdin").returncode == 0
     assert meshd(agent, "kv", "get", "cli/b").stdout.strip() == "from stdin"
@@ -80,8 +84,13 @@ def test_unreachable_agent_is_one_line_error(agent):
 def test_consul_http_addr_is_honoured(agent):
     e = {"CONSUL_HTTP_ADDR": agent.http}
     env = {k: v for k, v in os.environ.items() if k != "MESHD_HTTP_ADDR"}
-    r = subprocess.run([sys.executable, "-m", "meshd", "catalog", "services"],
-                       capture_output=True, text=True, env={**env, **e}, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "meshd", "catalog", "services"],
+        capture_output=True,
+        text=True,
+        env={**env, **e},
+        timeout=30,
+    )
     assert r.returncode == 0 and "consul" not in r.stderr.lower()
 
 
@@ -110,6 +119,7 @@ def test_operator_raft_list_peers_and_keygen(agent):
     r = meshd(agent, "operator", "raft", "list-peers")
     assert r.returncode == 0 and "leader" in r.stdout
     import base64
+
     key = meshd(agent, "keygen").stdout.strip()
     assert len(base64.b64decode(key)) == 32
     r = meshd(agent, "operator", "raft", "remove-peer", "-address=10.0.0.1:8301")

@@ -6,22 +6,20 @@ The agent is shared by the whole session, so every test uses its own service nam
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
-from helpers import MeshdProcess
+from helpers import MeshdProcess, run_meshd
 
 
-def meshd(agent: MeshdProcess, *args: str, stdin: str | None = None,
-          ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MESHD_HTTP_ADDR": agent.http}
-    env.pop("CONSUL_HTTP_ADDR", None)
-    return subprocess.run([sys.executable, "-m", "meshd", *args], capture_output=True,
-                          text=True, input=stdin, env=env, timeout=30)
+def meshd(
+    agent: MeshdProcess,
+    *args: str,
+    stdin: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    return run_meshd(*args, http_addr=agent.http, stdin=stdin)
 
 
 def ok(agent: MeshdProcess, *args: str, stdin: str | None = None) -> str:
@@ -63,12 +61,21 @@ def test_intention_lifecycle(agent: MeshdProcess) -> None:
     assert (ixn["SourceName"], ixn["DestinationName"], ixn["Action"]) == (src, dst, "deny")
     assert ixn["Description"] == "no thanks" and ixn["Precedence"] == 9
 
-    fields = dict(line.split(":", 1) for line in ok(agent, "intention", "get", src, dst)
-                  .splitlines())
-    assert {k: v.strip() for k, v in fields.items() if k in
-            ("Source", "Destination", "Action", "ID", "Precedence", "Description")} == {
-        "Source": src, "Destination": dst, "Action": "deny", "ID": ixn["ID"],
-        "Precedence": "9", "Description": "no thanks"}
+    fields = dict(
+        line.split(":", 1) for line in ok(agent, "intention", "get", src, dst).splitlines()
+    )
+    assert {
+        k: v.strip()
+        for k, v in fields.items()
+        if k in ("Source", "Destination", "Action", "ID", "Precedence", "Description")
+    } == {
+        "Source": src,
+        "Destination": dst,
+        "Action": "deny",
+        "ID": ixn["ID"],
+        "Precedence": "9",
+        "Description": "no thanks",
+    }
     assert json.loads(ok(agent, "intention", "get", ixn["ID"], "-format=json"))["ID"] == ixn["ID"]
 
     listing = ok(agent, "intention", "list").splitlines()
@@ -99,7 +106,9 @@ def test_wildcard_precedence_in_check_and_match(agent: MeshdProcess) -> None:
         assert meshd(agent, "intention", "check", src, dst).returncode == 0
         assert meshd(agent, "intention", "check", other, dst).returncode == 2
         assert ok(agent, "intention", "match", "-destination", dst).splitlines() == [
-            f"{src} => {dst} (allow)", f"* => {dst} (deny)"]
+            f"{src} => {dst} (allow)",
+            f"* => {dst} (deny)",
+        ]
     finally:
         ok(agent, "intention", "delete", "*", dst)
         ok(agent, "intention", "delete", src, dst)
@@ -153,39 +162,51 @@ def test_config_write_l7_read_list_delete(agent: MeshdProcess, tmp_path: Path) -
     src, dst = names("web", "api")
     defaults = tmp_path / "defaults.hcl"
     defaults.write_text(f'Kind     = "service-defaults"\nName     = "{dst}"\nProtocol = "http"\n')
-    assert ok(agent, "config", "write", str(defaults)).strip() == \
-        f"Config entry written: service-defaults/{dst}"
+    assert (
+        ok(agent, "config", "write", str(defaults)).strip()
+        == f"Config entry written: service-defaults/{dst}"
+    )
     intentions = tmp_path / "intentions.hcl"
     intentions.write_text(L7_INTENTIONS.format(src=src, dst=dst))
-    assert ok(agent, "config", "write", str(intentions)).strip() == \
-        f"Config entry written: service-intentions/{dst}"
+    assert (
+        ok(agent, "config", "write", str(intentions)).strip()
+        == f"Config entry written: service-intentions/{dst}"
+    )
 
     read = json.loads(ok(agent, "config", "read", "-kind", "service-defaults", "-name", dst))
     assert (read["Kind"], read["Name"], read["Protocol"]) == ("service-defaults", dst, "http")
     stored = json.loads(ok(agent, "config", "read", "-kind=service-intentions", f"-name={dst}"))
     perms = stored["Sources"][0]["Permissions"]
-    assert perms == [{"Action": "allow", "HTTP": {"PathExact": "/public", "Methods": ["GET"]}},
-                     {"Action": "deny", "HTTP": {"PathPrefix": "/"}}]
+    assert perms == [
+        {"Action": "allow", "HTTP": {"PathExact": "/public", "Methods": ["GET"]}},
+        {"Action": "deny", "HTTP": {"PathPrefix": "/"}},
+    ]
     assert dst in ok(agent, "config", "list", "-kind", "service-defaults").splitlines()
     assert dst in ok(agent, "config", "list", "-kind", "service-intentions").splitlines()
 
     # The intention commands see the L7 intention; /check can only reason at L4 -> Denied.
-    assert ok(agent, "intention", "match", dst).splitlines() == [
-        f"{src} => {dst} (2 permissions)"]
+    assert ok(agent, "intention", "match", dst).splitlines() == [f"{src} => {dst} (2 permissions)"]
     ixn = json.loads(ok(agent, "intention", "get", src, dst, "-format=json"))
     assert ixn["Permissions"] == perms and "Action" not in ixn
     assert meshd(agent, "intention", "check", src, dst).returncode == 2
 
     # The same entry as JSON on stdin, now a plain L4 allow.
-    body = {"Kind": "service-intentions", "Name": dst,
-            "Sources": [{"Name": src, "Action": "allow"}]}
-    assert ok(agent, "config", "write", "-", stdin=json.dumps(body)).strip() == \
-        f"Config entry written: service-intentions/{dst}"
+    body = {
+        "Kind": "service-intentions",
+        "Name": dst,
+        "Sources": [{"Name": src, "Action": "allow"}],
+    }
+    assert (
+        ok(agent, "config", "write", "-", stdin=json.dumps(body)).strip()
+        == f"Config entry written: service-intentions/{dst}"
+    )
     assert meshd(agent, "intention", "check", src, dst).returncode == 0
 
     for kind in ("service-intentions", "service-defaults"):
-        assert ok(agent, "config", "delete", "-kind", kind, "-name", dst).strip() == \
-            f"Config entry deleted: {kind}/{dst}"
+        assert (
+            ok(agent, "config", "delete", "-kind", kind, "-name", dst).strip()
+            == f"Config entry deleted: {kind}/{dst}"
+        )
         assert "not found" in fails(agent, "config", "read", "-kind", kind, "-name", dst)
         assert dst not in ok(agent, "config", "list", "-kind", kind).splitlines()
 
@@ -193,15 +214,16 @@ def test_config_write_l7_read_list_delete(agent: MeshdProcess, tmp_path: Path) -
 def test_config_write_repeated_hcl_blocks(agent: MeshdProcess, tmp_path: Path) -> None:
     src, dst = names("web", "api")
     f = tmp_path / "ixn.hcl"
-    f.write_text(f'Kind = "service-intentions"\nName = "{dst}"\n'
-                 f'Sources {{\n  Name = "{src}"\n  Permissions {{\n    Action = "allow"\n'
-                 f'    HTTP {{\n      PathPrefix = "/v1"\n    }}\n  }}\n}}\n'
-                 f'Sources {{\n  Name = "*"\n  Action = "deny"\n}}\n')
+    f.write_text(
+        f'Kind = "service-intentions"\nName = "{dst}"\n'
+        f'Sources {{\n  Name = "{src}"\n  Permissions {{\n    Action = "allow"\n'
+        f'    HTTP {{\n      PathPrefix = "/v1"\n    }}\n  }}\n}}\n'
+        f'Sources {{\n  Name = "*"\n  Action = "deny"\n}}\n'
+    )
     ok(agent, "config", "write", str(f))
     try:
         sources = {s["Name"]: s for s in entry(agent, "service-intentions", dst)["Sources"]}
-        assert sources[src]["Permissions"] == [{"Action": "allow",
-                                                "HTTP": {"PathPrefix": "/v1"}}]
+        assert sources[src]["Permissions"] == [{"Action": "allow", "HTTP": {"PathPrefix": "/v1"}}]
         assert sources["*"]["Action"] == "deny" and "Permissions" not in sources["*"]
     finally:
         ok(agent, "config", "delete", "-kind", "service-intentions", "-name", dst)
@@ -231,8 +253,9 @@ def test_config_bad_input_changes_nothing(agent: MeshdProcess, tmp_path: Path) -
     assert "kind" in fails(agent, "config", "delete", "-kind", "bogus", "-name", dst)
     assert "-kind" in fails(agent, "config", "list")
     assert "-name" in fails(agent, "config", "read", "-kind", "service-defaults")
-    assert "bogus" in fails(agent, "config", "write", "-",
-                            stdin=json.dumps({"Kind": "bogus", "Name": dst}))
+    assert "bogus" in fails(
+        agent, "config", "write", "-", stdin=json.dumps({"Kind": "bogus", "Name": dst})
+    )
 
     malformed = tmp_path / "bad.hcl"
     malformed.write_text('Kind = "service-defaults"\nName = \n')
@@ -242,8 +265,11 @@ def test_config_bad_input_changes_nothing(agent: MeshdProcess, tmp_path: Path) -
     fails(agent, "config", "write", str(tmp_path / "list.json"))
     fails(agent, "config", "write", "-", stdin='{"Kind": "service-defaults", ')
 
-    bad_action = {"Kind": "service-intentions", "Name": dst,
-                  "Sources": [{"Name": src, "Action": "maybe"}]}
+    bad_action = {
+        "Kind": "service-intentions",
+        "Name": dst,
+        "Sources": [{"Name": src, "Action": "maybe"}],
+    }
     assert "Action" in fails(agent, "config", "write", "-", stdin=json.dumps(bad_action))
     assert entry(agent, "service-intentions", dst) is None
     bad_field = {"Kind": "service-defaults", "Name": dst, "Protocool": "http"}

@@ -40,8 +40,13 @@ def probes():
     gport = server.add_insecure_port("127.0.0.1:0")
     server.start()
     closed_udp = free_port()
-    yield {"tcp": tcp.getsockname()[1], "udp": udp.getsockname()[1], "grpc": gport,
-           "grpc_health": hs, "closed_udp": closed_udp}
+    yield {
+        "tcp": tcp.getsockname()[1],
+        "udp": udp.getsockname()[1],
+        "grpc": gport,
+        "grpc_health": hs,
+        "closed_udp": closed_udp,
+    }
     server.stop(0)
     tcp.close()
     udp.close()
@@ -50,23 +55,41 @@ def probes():
 @pytest.fixture(scope="module")
 def configured(tmp_path_factory, probes):
     d = tmp_path_factory.mktemp("conf")
-    (d / "a.json").write_text(json.dumps({
-        "enable_script_checks": True,
-        "node_meta": {"rack": "r7"},
-        "services": [
-            {"name": "tcpsvc", "port": probes["tcp"],
-             "check": {"tcp": f"127.0.0.1:{probes['tcp']}", "interval": "200ms"}},
-            {"name": "udpsvc", "port": probes["udp"],
-             "check": {"udp": f"127.0.0.1:{probes['udp']}", "interval": "200ms",
-                       "timeout": "300ms"}},
-            {"name": "grpcsvc", "port": probes["grpc"],
-             "check": {"grpc": f"127.0.0.1:{probes['grpc']}/api", "interval": "200ms"}},
-        ]}))
+    (d / "a.json").write_text(
+        json.dumps(
+            {
+                "enable_script_checks": True,
+                "node_meta": {"rack": "r7"},
+                "services": [
+                    {
+                        "name": "tcpsvc",
+                        "port": probes["tcp"],
+                        "check": {"tcp": f"127.0.0.1:{probes['tcp']}", "interval": "200ms"},
+                    },
+                    {
+                        "name": "udpsvc",
+                        "port": probes["udp"],
+                        "check": {
+                            "udp": f"127.0.0.1:{probes['udp']}",
+                            "interval": "200ms",
+                            "timeout": "300ms",
+                        },
+                    },
+                    {
+                        "name": "grpcsvc",
+                        "port": probes["grpc"],
+                        "check": {"grpc": f"127.0.0.1:{probes['grpc']}/api", "interval": "200ms"},
+                    },
+                ],
+            }
+        )
+    )
     (d / "b.hcl").write_text(
         'service {\n  name = "scriptsvc"\n  port = 1\n  check {\n'
         '    args = ["sh", "-c", "exit 1"]\n    interval = "200ms"\n  }\n}\n'
         'service {\n  name = "aliassvc"\n  port = 2\n  check {\n'
-        '    alias_service = "tcpsvc"\n  }\n}\n')
+        '    alias_service = "tcpsvc"\n  }\n}\n'
+    )
     a = dev_agent(f"-config-dir={d}").start()
     yield a
     a.stop()
@@ -108,24 +131,31 @@ def test_grpc_not_serving_goes_critical(configured, probes):
 
 
 def test_udp_port_unreachable_is_critical(configured, probes):
-    r = configured.put("/v1/agent/check/register", {
-        "Name": "udp-closed", "UDP": f"127.0.0.1:{probes['closed_udp']}", "Interval": "200ms",
-        "Timeout": "300ms"})
+    r = configured.put(
+        "/v1/agent/check/register",
+        {
+            "Name": "udp-closed",
+            "UDP": f"127.0.0.1:{probes['closed_udp']}",
+            "Interval": "200ms",
+            "Timeout": "300ms",
+        },
+    )
     assert r.status == 200
-    wait_for(lambda: configured.get("/v1/agent/checks").json()["udp-closed"]["Status"] ==
-             "critical", 10)
+    wait_for(
+        lambda: configured.get("/v1/agent/checks").json()["udp-closed"]["Status"] == "critical", 10
+    )
 
 
 def test_script_checks_refused_without_enable(agent):
-    r = agent.put("/v1/agent/check/register", {"Name": "s", "Args": ["true"],
-                                                "Interval": "1s"})
+    r = agent.put("/v1/agent/check/register", {"Name": "s", "Args": ["true"], "Interval": "1s"})
     assert r.status == 400 and b"enable_script_checks" in r.body
 
 
 def test_deregister_critical_service_after(agent):
-    r = agent.put("/v1/agent/service/register", {
-        "Name": "zombie", "Check": {"TTL": "30s",
-                                    "DeregisterCriticalServiceAfter": "1s"}})
+    r = agent.put(
+        "/v1/agent/service/register",
+        {"Name": "zombie", "Check": {"TTL": "30s", "DeregisterCriticalServiceAfter": "1s"}},
+    )
     assert r.status == 200
     assert agent.get("/v1/catalog/service/zombie").json()
     wait_for(lambda: agent.get("/v1/catalog/service/zombie").json() == [], 10)
@@ -134,15 +164,22 @@ def test_deregister_critical_service_after(agent):
 
 def test_unknown_config_key_fails_start(tmp_path):
     (tmp_path / "bad.json").write_text('{"ports": {"htp": 1}}')
-    r = subprocess.run([sys.executable, "-m", "meshd", "agent", "-dev",
-                        f"-config-file={tmp_path / 'bad.json'}"], capture_output=True,
-                       text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "meshd", "agent", "-dev", f"-config-file={tmp_path / 'bad.json'}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode != 0 and "ports.htp" in r.stderr
 
 
 def test_bad_flag_value_fails_start():
-    r = subprocess.run([sys.executable, "-m", "meshd", "agent", "-dev", "-http-port=99999"],
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "meshd", "agent", "-dev", "-http-port=99999"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode != 0 and "http" in r.stderr.lower()
 
 
@@ -168,15 +205,19 @@ def test_single_server_persists_across_restart(tmp_path):
 
 def test_http_check_statuses(agent):
     from aiohttp import web
+
     codes = {"code": 200}
     port = free_port()
+
     async def handler(request):
         return web.Response(status=codes["code"], text="x")
 
     servers = BackgroundHTTP()
     servers.serve(port, handler)
-    agent.put("/v1/agent/service/register", {
-        "Name": "httpstat", "Check": {"HTTP": f"http://127.0.0.1:{port}/", "Interval": "200ms"}})
+    agent.put(
+        "/v1/agent/service/register",
+        {"Name": "httpstat", "Check": {"HTTP": f"http://127.0.0.1:{port}/", "Interval": "200ms"}},
+    )
     wait_for(lambda: status(agent, "httpstat") == "passing", 10)
     codes["code"] = 429
     wait_for(lambda: status(agent, "httpstat") == "warning", 10)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 
 from cryptography import x509
+from helpers import run_meshd
 
 
 def test_roots_never_carry_the_signing_key(agent):
@@ -41,15 +39,18 @@ def test_leaf_blocking_query_returns_on_rotation(agent):
     out = {}
 
     def block():
-        out["r"] = agent.get(f"/v1/agent/connect/ca/leaf/blockleaf?index={idx}&wait=20s",
-                             timeout=30)
+        out["r"] = agent.get(
+            f"/v1/agent/connect/ca/leaf/blockleaf?index={idx}&wait=20s", timeout=30
+        )
 
     th = threading.Thread(target=block)
     th.start()
     time.sleep(0.3)
     assert th.is_alive()
-    agent.put("/v1/connect/ca/configuration", {"Provider": "consul", "ForceRotateRoot": True,
-                                               "Config": {}})
+    agent.put(
+        "/v1/connect/ca/configuration",
+        {"Provider": "consul", "ForceRotateRoot": True, "Config": {}},
+    )
     th.join(20)
     assert out["r"].json()["SerialNumber"] != first.json()["SerialNumber"]
     roots = agent.get("/v1/connect/ca/roots").json()["Roots"]
@@ -60,10 +61,17 @@ def test_ca_configuration_roundtrip_and_bad_input(agent):
     conf = agent.get("/v1/connect/ca/configuration").json()
     assert conf["Provider"] == "consul" and "LeafCertTTL" in conf["Config"]
     assert agent.put("/v1/connect/ca/configuration", {"Provider": "vault"}).status == 400
-    assert agent.put("/v1/connect/ca/configuration", {"Provider": "consul", "Config": {
-        "LeafCertTTL": "soon"}}).status == 400
-    assert agent.get("/v1/connect/ca/configuration").json()["Config"]["LeafCertTTL"] == \
-        conf["Config"]["LeafCertTTL"]
+    assert (
+        agent.put(
+            "/v1/connect/ca/configuration",
+            {"Provider": "consul", "Config": {"LeafCertTTL": "soon"}},
+        ).status
+        == 400
+    )
+    assert (
+        agent.get("/v1/connect/ca/configuration").json()["Config"]["LeafCertTTL"]
+        == conf["Config"]["LeafCertTTL"]
+    )
 
 
 def test_authorize_follows_intentions(agent):
@@ -71,12 +79,12 @@ def test_authorize_follows_intentions(agent):
     caller = f"spiffe://{td}/ns/default/dc/dc1/svc/authweb"
 
     def authorize(uri: str = caller):
-        return agent.request("POST", "/v1/agent/connect/authorize",
-                             {"Target": "authapi", "ClientCertURI": uri}).json()
+        return agent.request(
+            "POST", "/v1/agent/connect/authorize", {"Target": "authapi", "ClientCertURI": uri}
+        ).json()
 
     assert authorize()["Authorized"] is True  # -dev: default allow
-    agent.put("/v1/connect/intentions/exact?source=authweb&destination=authapi",
-              {"Action": "deny"})
+    agent.put("/v1/connect/intentions/exact?source=authweb&destination=authapi", {"Action": "deny"})
     try:
         got = authorize()
         assert got["Authorized"] is False and got["Reason"]
@@ -89,17 +97,15 @@ def test_authorize_follows_intentions(agent):
 
 
 def test_connect_envoy_bootstrap_flag(agent):
-    agent.put("/v1/agent/service/register", {
-        "Name": "bootsvc", "Port": 5000, "Connect": {"SidecarService": {"Port": 21998}}})
-    r = subprocess.run([sys.executable, "-m", "meshd", "connect", "envoy",
-                        "-sidecar-for=bootsvc", "-bootstrap"], capture_output=True, text=True,
-                       timeout=30, env={**os.environ, "MESHD_HTTP_ADDR": agent.http})
+    agent.put(
+        "/v1/agent/service/register",
+        {"Name": "bootsvc", "Port": 5000, "Connect": {"SidecarService": {"Port": 21998}}},
+    )
+    r = run_meshd("connect", "envoy", "-sidecar-for=bootsvc", "-bootstrap", http_addr=agent.http)
     assert r.returncode == 0, r.stderr
     boot = json.loads(r.stdout)
     assert boot["node"]["id"] == "bootsvc-sidecar-proxy" and boot["node"]["cluster"] == "bootsvc"
     addr = json.dumps(boot["static_resources"])
     assert str(agent.grpc_port) in addr
-    r = subprocess.run([sys.executable, "-m", "meshd", "connect", "envoy", "-sidecar-for=nope",
-                        "-bootstrap"], capture_output=True, text=True, timeout=30,
-                       env={**os.environ, "MESHD_HTTP_ADDR": agent.http})
+    r = run_meshd("connect", "envoy", "-sidecar-for=nope", "-bootstrap", http_addr=agent.http)
     assert r.returncode == 1 and "no sidecar proxy" in r.stderr

@@ -26,16 +26,30 @@ def addrs(resp: dns.message.Message) -> set[str]:
 @pytest.fixture(scope="module")
 def dns_services(agent):
     for i in range(3):
-        agent.put("/v1/agent/service/register", {
-            "Name": "dnsweb", "ID": f"dnsweb-{i}", "Address": f"127.0.1.{i + 1}", "Port": 80 + i,
-            "Tags": ["v1"] if i < 2 else ["v2"],
-            "Check": {"CheckID": f"dnsweb-{i}-ttl", "TTL": "10m", "Status": "passing"}})
-    agent.put("/v1/agent/service/register", {
-        "Name": "dnsbig", "ID": "dnsbig-0", "Address": "127.0.2.1", "Port": 1})
+        agent.put(
+            "/v1/agent/service/register",
+            {
+                "Name": "dnsweb",
+                "ID": f"dnsweb-{i}",
+                "Address": f"127.0.1.{i + 1}",
+                "Port": 80 + i,
+                "Tags": ["v1"] if i < 2 else ["v2"],
+                "Check": {"CheckID": f"dnsweb-{i}-ttl", "TTL": "10m", "Status": "passing"},
+            },
+        )
+    agent.put(
+        "/v1/agent/service/register",
+        {"Name": "dnsbig", "ID": "dnsbig-0", "Address": "127.0.2.1", "Port": 1},
+    )
     for i in range(40):
-        agent.put("/v1/catalog/register", {
-            "Node": f"big-{i}", "Address": f"127.0.3.{i + 1}",
-            "Service": {"Service": "many", "ID": f"many-{i}", "Port": 1000 + i}})
+        agent.put(
+            "/v1/catalog/register",
+            {
+                "Node": f"big-{i}",
+                "Address": f"127.0.3.{i + 1}",
+                "Service": {"Service": "many", "ID": f"many-{i}", "Port": 1000 + i},
+            },
+        )
     return agent
 
 
@@ -52,8 +66,7 @@ def test_srv_rfc2782_with_glue(dns_services):
     r = ask(dns_services, "_dnsweb._v1.service.consul", "SRV")
     ports = {rr.port for rrset in r.answer for rr in rrset}
     assert ports == {80, 81}
-    glue = {rr.address for rrset in r.additional if rrset.rdtype == dns.rdatatype.A
-            for rr in rrset}
+    glue = {rr.address for rrset in r.additional if rrset.rdtype == dns.rdatatype.A for rr in rrset}
     assert glue == {"127.0.1.1", "127.0.1.2"}
     r = ask(dns_services, "_dnsweb._tcp.service.consul", "SRV")
     assert {rr.port for rrset in r.answer for rr in rrset} == {80, 81, 82}
@@ -95,14 +108,20 @@ def test_truncation_and_tcp_fallback(dns_services):
 
 
 def test_answers_are_shuffled(dns_services):
-    orders = {tuple(rr.address for rrset in ask(dns_services, "many.service.consul",
-                                                 use_edns=0, payload=4096).answer
-                    for rr in rrset) for _ in range(10)}
+    orders = {
+        tuple(
+            rr.address
+            for rrset in ask(dns_services, "many.service.consul", use_edns=0, payload=4096).answer
+            for rr in rrset
+        )
+        for _ in range(10)
+    }
     assert len(orders) > 1
 
 
 def test_malformed_packet_formerr_and_refused_elsewhere(dns_services):
     import socket
+
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.settimeout(3)
     s.sendto(b"\x12\x34\x01\x00\x00\x01garbage", ("127.0.0.1", dns_services.dns_port))
@@ -121,20 +140,42 @@ def test_soa_and_ns(dns_services):
 
 def test_dig(dns_services):
     assert shutil.which("dig"), "scripts/test installs dig (bind9-dnsutils)"
-    out = subprocess.run(["dig", "@127.0.0.1", "-p", str(dns_services.dns_port), "+short",
-                          "dnsweb.service.consul"], capture_output=True, text=True, timeout=10)
+    out = subprocess.run(
+        ["dig", "@127.0.0.1", "-p", str(dns_services.dns_port), "+short", "dnsweb.service.consul"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
     assert set(out.stdout.split()) == {"127.0.1.1", "127.0.1.2", "127.0.1.3"}
-    out = subprocess.run(["dig", "@127.0.0.1", "-p", str(dns_services.dns_port), "+short",
-                          "many.service.consul", "SRV"], capture_output=True, text=True,
-                         timeout=10)
+    out = subprocess.run(
+        [
+            "dig",
+            "@127.0.0.1",
+            "-p",
+            str(dns_services.dns_port),
+            "+short",
+            "many.service.consul",
+            "SRV",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
     assert len(out.stdout.split("\n")) >= 40  # dig retried over TCP after TC
 
 
 def test_connect_form_answers_sidecars(dns_services):
     a = dns_services
-    r = a.put("/v1/agent/service/register", {
-        "Name": "dnsconn", "ID": "dnsconn", "Port": 9000, "Address": "127.0.4.1",
-        "Connect": {"SidecarService": {"Port": 21999, "Checks": []}}})
+    r = a.put(
+        "/v1/agent/service/register",
+        {
+            "Name": "dnsconn",
+            "ID": "dnsconn",
+            "Port": 9000,
+            "Address": "127.0.4.1",
+            "Connect": {"SidecarService": {"Port": 21999, "Checks": []}},
+        },
+    )
     assert r.status == 200, r.body
     resp = ask(a, "dnsconn.connect.consul", "SRV")
     assert [rr.port for rrset in resp.answer for rr in rrset] == [21999]
@@ -143,8 +184,10 @@ def test_connect_form_answers_sidecars(dns_services):
 
 def test_node_txt_from_meta(dns_services):
     a = dns_services
-    a.put("/v1/catalog/register", {"Node": "metanode", "Address": "127.0.5.1",
-                                   "NodeMeta": {"rack": "r9"}})
+    a.put(
+        "/v1/catalog/register",
+        {"Node": "metanode", "Address": "127.0.5.1", "NodeMeta": {"rack": "r9"}},
+    )
     resp = ask(a, "metanode.node.consul", "TXT")
     txt = {b"".join(rr.strings).decode() for rrset in resp.answer for rr in rrset}
     assert "rack=r9" in txt
@@ -154,8 +197,12 @@ def test_node_txt_from_meta(dns_services):
 def custom_domain_agent(dns_services):
     """An agent with its own domain and alt domain that forwards other names to `agent`."""
     from helpers import dev_agent
-    b = dev_agent("-domain=mesh.internal", "-alt-domain=alt.test",
-                  f"-recursor=127.0.0.1:{dns_services.dns_port}").start()
+
+    b = dev_agent(
+        "-domain=mesh.internal",
+        "-alt-domain=alt.test",
+        f"-recursor=127.0.0.1:{dns_services.dns_port}",
+    ).start()
     b.put("/v1/agent/service/register", {"Name": "local", "Address": "127.0.6.1", "Port": 1})
     yield b
     b.stop()

@@ -28,12 +28,11 @@ from certs import TestCA, make_ca
 from envoy.config.cluster.v3 import cluster_pb2
 from google.protobuf import duration_pb2
 from helpers import free_port
-
-from proxy.ads import ADSServer
-from proxy.bootstrap import EnvoyNotFoundError, bootstrap_config, envoy_argv, envoy_binary
-from proxy.common import CLUSTER
-from proxy.resources import build_resources
-from proxy.snapshot import Endpoint, ProxySnapshot, RBACPlan, RBACRule, Upstream
+from meshd.proxy.ads import ADSServer
+from meshd.proxy.bootstrap import EnvoyNotFoundError, bootstrap_config, envoy_argv, envoy_binary
+from meshd.proxy.common import CLUSTER
+from meshd.proxy.resources import build_resources
+from meshd.proxy.snapshot import Endpoint, ProxySnapshot, RBACPlan, RBACRule, Upstream
 
 TD = "7f3c2a10-5b1e-4c2d-9a8b-0123456789ab.consul"
 DC = "dc1"
@@ -49,16 +48,23 @@ def _envoy() -> str:
 
 # --- processes -----------------------------------------------------------------------------------
 
+
 class EnvoyProc:
-    def __init__(self, tmp: str, node_id: str, service: str, ads_port: int,
-                 **bootstrap_kw: Any) -> None:
+    def __init__(
+        self, tmp: str, node_id: str, service: str, ads_port: int, **bootstrap_kw: Any
+    ) -> None:
         self.node_id = node_id
         self.admin_port = free_port()
         self.config = os.path.join(tmp, f"{node_id}.json")
         self.log_path = os.path.join(tmp, f"{node_id}.log")
-        cfg = bootstrap_config(node_id=node_id, cluster=service, ads_host="127.0.0.1",
-                               ads_port=ads_port, admin_bind=f"127.0.0.1:{self.admin_port}",
-                               **bootstrap_kw)
+        cfg = bootstrap_config(
+            node_id=node_id,
+            cluster=service,
+            ads_host="127.0.0.1",
+            ads_port=ads_port,
+            admin_bind=f"127.0.0.1:{self.admin_port}",
+            **bootstrap_kw,
+        )
         with open(self.config, "w") as f:
             json.dump(cfg, f)
         self.proc: asyncio.subprocess.Process | None = None
@@ -67,7 +73,10 @@ class EnvoyProc:
         with open(self.log_path, "wb") as log:
             self.proc = await asyncio.create_subprocess_exec(
                 *envoy_argv(self.config, binary=_envoy(), drain_time_s=1, concurrency=1),
-                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log)
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
 
     def log(self) -> str:
         with open(self.log_path, "rb") as f:
@@ -86,8 +95,9 @@ class EnvoyProc:
 
 async def _echo_app() -> tuple[web.AppRunner, int]:
     async def echo(request: web.Request) -> web.Response:
-        return web.json_response({"path": request.path,
-                                  "xfcc": request.headers.get("x-forwarded-client-cert", "")})
+        return web.json_response(
+            {"path": request.path, "xfcc": request.headers.get("x-forwarded-client-cert", "")}
+        )
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", echo)
@@ -148,25 +158,55 @@ async def mesh(protocol: str, *, api_delta: bool, web_delta: bool) -> AsyncItera
     api_cert, api_key, _ = ca.leaf("api")
     web_cert, web_key, _ = ca.leaf("web")
     api = ProxySnapshot(
-        proxy_id="api-sidecar-proxy", service="api", trust_domain=TD, datacenter=DC,
-        public_listener_address="127.0.0.1", public_listener_port=api_public,
-        local_app_port=app_port, protocol=protocol,
+        proxy_id="api-sidecar-proxy",
+        service="api",
+        trust_domain=TD,
+        datacenter=DC,
+        public_listener_address="127.0.0.1",
+        public_listener_port=api_public,
+        local_app_port=app_port,
+        protocol=protocol,
         rbac=RBACPlan("ALLOW", [RBACRule(["web"])]),
-        leaf_cert_pem=api_cert, leaf_key_pem=api_key, roots_pem=roots, version=1)
+        leaf_cert_pem=api_cert,
+        leaf_key_pem=api_key,
+        roots_pem=roots,
+        version=1,
+    )
     web_snap = ProxySnapshot(
-        proxy_id="web-sidecar-proxy", service="web", trust_domain=TD, datacenter=DC,
-        public_listener_address="127.0.0.1", public_listener_port=free_port(),
-        local_app_port=free_port(), protocol=protocol,
-        upstreams=[Upstream("api", free_port(), protocol=protocol, endpoints=[
-            Endpoint("127.0.0.1", api_public), Endpoint("127.0.0.1", free_port(), healthy=False)])],
-        leaf_cert_pem=web_cert, leaf_key_pem=web_key, roots_pem=roots, version=1)
+        proxy_id="web-sidecar-proxy",
+        service="web",
+        trust_domain=TD,
+        datacenter=DC,
+        public_listener_address="127.0.0.1",
+        public_listener_port=free_port(),
+        local_app_port=free_port(),
+        protocol=protocol,
+        upstreams=[
+            Upstream(
+                "api",
+                free_port(),
+                protocol=protocol,
+                endpoints=[
+                    Endpoint("127.0.0.1", api_public),
+                    Endpoint("127.0.0.1", free_port(), healthy=False),
+                ],
+            )
+        ],
+        leaf_cert_pem=web_cert,
+        leaf_key_pem=web_key,
+        roots_pem=roots,
+        version=1,
+    )
     ads.set_snapshot(api.proxy_id, api)
     ads.set_snapshot(web_snap.proxy_id, web_snap)
     tmp = tempfile.mkdtemp(prefix="meshd-envoy-")
-    envoys = [EnvoyProc(tmp, "api-sidecar-proxy", "api", ads.port, delta=api_delta),
-              EnvoyProc(tmp, "web-sidecar-proxy", "web", ads.port, delta=web_delta)]
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True),
-                                    timeout=aiohttp.ClientTimeout(total=3))
+    envoys = [
+        EnvoyProc(tmp, "api-sidecar-proxy", "api", ads.port, delta=api_delta),
+        EnvoyProc(tmp, "web-sidecar-proxy", "web", ads.port, delta=web_delta),
+    ]
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(force_close=True), timeout=aiohttp.ClientTimeout(total=3)
+    )
     try:
         await asyncio.gather(*(e.start() for e in envoys))
         m = Mesh(ads, api, web_snap, envoys[0], envoys[1], ca, session)
@@ -233,9 +273,13 @@ async def _plaintext_reply(port: int) -> bytes:
 async def _nack_keeps_last_good(m: Mesh, caplog: pytest.LogCaptureFixture) -> None:
     acked_before = m.ads.stats(m.api.proxy_id)["acked"][CLUSTER]
     bad = build_resources(m.api)
-    bad[CLUSTER].append(cluster_pb2.Cluster(  # negative timeout fails Envoy's proto validation
-        name="bad", type=cluster_pb2.Cluster.STATIC,
-        connect_timeout=duration_pb2.Duration(seconds=-1)))
+    bad[CLUSTER].append(
+        cluster_pb2.Cluster(  # negative timeout fails Envoy's proto validation
+            name="bad",
+            type=cluster_pb2.Cluster.STATIC,
+            connect_timeout=duration_pb2.Duration(seconds=-1),
+        )
+    )
     with caplog.at_level(logging.WARNING, logger="meshd.proxy.ads"):
         m.ads.set_resources(m.api.proxy_id, bad, "bad-1")
         await _wait(lambda: _has_nack(m), 10, "a NACK")
@@ -284,9 +328,23 @@ async def test_http_mesh_sotw_and_delta(caplog: pytest.LogCaptureFixture) -> Non
         await _wait(lambda: _status_is(m, 403), 1.0, "403 after the deny")
         assert time.monotonic() - t0 < 1.0
         # L7: allow only GET under /public
-        m.push_api(rbac=RBACPlan("ALLOW", [RBACRule(["web"], permissions=[
-            {"Action": "deny", "HTTP": {"PathPrefix": "/public/secret"}},
-            {"Action": "allow", "HTTP": {"PathPrefix": "/public", "Methods": ["GET"]}}])]))
+        m.push_api(
+            rbac=RBACPlan(
+                "ALLOW",
+                [
+                    RBACRule(
+                        ["web"],
+                        permissions=[
+                            {"Action": "deny", "HTTP": {"PathPrefix": "/public/secret"}},
+                            {
+                                "Action": "allow",
+                                "HTTP": {"PathPrefix": "/public", "Methods": ["GET"]},
+                            },
+                        ],
+                    )
+                ],
+            )
+        )
         await _wait(lambda: _status_is(m, 200, "/public/x"), 2.0, "L7 allow")
         assert (await m.get("/private"))[0] == 403
         assert (await m.get("/public/secret/x"))[0] == 403
@@ -295,12 +353,16 @@ async def test_http_mesh_sotw_and_delta(caplog: pytest.LogCaptureFixture) -> Non
 
 
 async def _serves_serial(envoy: EnvoyProc, serial: int) -> bool:
-    async with aiohttp.ClientSession() as s, s.get(
-            f"http://127.0.0.1:{envoy.admin_port}/certs") as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"http://127.0.0.1:{envoy.admin_port}/certs") as r,
+    ):
         certs = await r.json()
-    serials = {c["serial_number"].lower().lstrip("0")
-               for entry in certs.get("certificates", [])
-               for c in entry.get("cert_chain", [])}
+    serials = {
+        c["serial_number"].lower().lstrip("0")
+        for entry in certs.get("certificates", [])
+        for c in entry.get("cert_chain", [])
+    }
     return format(serial, "x") in serials
 
 
@@ -321,8 +383,9 @@ async def test_tcp_mesh_delta_and_sotw(caplog: pytest.LogCaptureFixture) -> None
         def set_health(healthy: bool) -> None:
             up = m.web_snap.upstreams[0]
             eps = [replace(up.endpoints[0], healthy=healthy), *up.endpoints[1:]]
-            m.web_snap = replace(m.web_snap, version=m.web_snap.version + 1,
-                                 upstreams=[replace(up, endpoints=eps)])
+            m.web_snap = replace(
+                m.web_snap, version=m.web_snap.version + 1, upstreams=[replace(up, endpoints=eps)]
+            )
             m.ads.set_snapshot(m.web_snap.proxy_id, m.web_snap)
 
         set_health(False)
@@ -355,14 +418,27 @@ async def test_bootstrap_variants_validate(tmp_path: Any) -> None:
         {"ads_tls": True, "ads_ca_file": str(ca), "ads_token": "t", "ads_host": "localhost"},
     ]
     for i, extra in enumerate(variants):
-        kw: dict[str, Any] = {"node_id": "n", "cluster": "c", "ads_host": "127.0.0.1",
-                              "ads_port": 8502, **extra}
+        kw: dict[str, Any] = {
+            "node_id": "n",
+            "cluster": "c",
+            "ads_host": "127.0.0.1",
+            "ads_port": 8502,
+            **extra,
+        }
         path = tmp_path / f"b{i}.json"
         path.write_text(json.dumps(bootstrap_config(**kw)))
         proc = await asyncio.create_subprocess_exec(
-            _envoy(), "--mode", "validate", "-c", str(path), "-l", "error",
-            "--disable-hot-restart", stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT)
+            _envoy(),
+            "--mode",
+            "validate",
+            "-c",
+            str(path),
+            "-l",
+            "error",
+            "--disable-hot-restart",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
         out, _ = await proc.communicate()
         assert proc.returncode == 0, (extra, out.decode())
 
@@ -375,17 +451,44 @@ async def test_h2_and_grpc_resources_accepted(tmp_path: Any) -> None:
     ads = ADSServer("127.0.0.1", 0)
     await ads.start()
     s = ProxySnapshot(
-        proxy_id="billing-sidecar-proxy", service="billing", trust_domain=TD, datacenter=DC,
-        public_listener_address="127.0.0.1", public_listener_port=free_port(),
-        local_app_port=free_port(), protocol="grpc",
-        upstreams=[Upstream("api", free_port(), protocol="http2",
-                            endpoints=[Endpoint("127.0.0.1", free_port())]),
-                   Upstream("db", free_port(), endpoints=[Endpoint("127.0.0.1", free_port())]),
-                   Upstream("ledger", free_port(), protocol="grpc", datacenter="dc2")],
-        rbac=RBACPlan("ALLOW", [RBACRule(["*"], ["api"], permissions=[
-            {"Action": "allow", "HTTP": {"PathRegex": "/billing\\.v1\\..*",
-                                         "Header": [{"Name": "te", "Exact": "trailers"}]}}])]),
-        leaf_cert_pem=cert, leaf_key_pem=key, roots_pem=roots, version=1)
+        proxy_id="billing-sidecar-proxy",
+        service="billing",
+        trust_domain=TD,
+        datacenter=DC,
+        public_listener_address="127.0.0.1",
+        public_listener_port=free_port(),
+        local_app_port=free_port(),
+        protocol="grpc",
+        upstreams=[
+            Upstream(
+                "api", free_port(), protocol="http2", endpoints=[Endpoint("127.0.0.1", free_port())]
+            ),
+            Upstream("db", free_port(), endpoints=[Endpoint("127.0.0.1", free_port())]),
+            Upstream("ledger", free_port(), protocol="grpc", datacenter="dc2"),
+        ],
+        rbac=RBACPlan(
+            "ALLOW",
+            [
+                RBACRule(
+                    ["*"],
+                    ["api"],
+                    permissions=[
+                        {
+                            "Action": "allow",
+                            "HTTP": {
+                                "PathRegex": "/billing\\.v1\\..*",
+                                "Header": [{"Name": "te", "Exact": "trailers"}],
+                            },
+                        }
+                    ],
+                )
+            ],
+        ),
+        leaf_cert_pem=cert,
+        leaf_key_pem=key,
+        roots_pem=roots,
+        version=1,
+    )
     ads.set_snapshot(s.proxy_id, s)
     envoy = EnvoyProc(str(tmp_path), s.proxy_id, "billing", ads.port)
     try:
@@ -410,12 +513,27 @@ async def test_ads_over_tls_with_token(tmp_path: Any) -> None:
     await ads.start()
     cert, key, _ = ca.leaf("solo")
     s = ProxySnapshot(
-        proxy_id="solo-sidecar-proxy", service="solo", trust_domain=TD, datacenter=DC,
-        public_listener_address="127.0.0.1", public_listener_port=free_port(),
-        local_app_port=free_port(), leaf_cert_pem=cert, leaf_key_pem=key, roots_pem=[ca.pem])
+        proxy_id="solo-sidecar-proxy",
+        service="solo",
+        trust_domain=TD,
+        datacenter=DC,
+        public_listener_address="127.0.0.1",
+        public_listener_port=free_port(),
+        local_app_port=free_port(),
+        leaf_cert_pem=cert,
+        leaf_key_pem=key,
+        roots_pem=[ca.pem],
+    )
     ads.set_snapshot(s.proxy_id, s)
-    envoy = EnvoyProc(str(tmp_path), s.proxy_id, "solo", ads.port, ads_tls=True,
-                      ads_ca_file=str(tmp_path / "ca.pem"), ads_token="tok")
+    envoy = EnvoyProc(
+        str(tmp_path),
+        s.proxy_id,
+        "solo",
+        ads.port,
+        ads_tls=True,
+        ads_ca_file=str(tmp_path / "ca.pem"),
+        ads_token="tok",
+    )
     try:
         await envoy.start()
         try:

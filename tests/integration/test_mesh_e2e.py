@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -22,8 +23,13 @@ def api_app(name: str) -> Any:
     """A stand-in service that answers with its name, the path and the XFCC header it got."""
 
     async def handler(request: web.Request) -> web.Response:
-        return web.json_response({"name": name, "path": request.path,
-                                  "xfcc": request.headers.get("x-forwarded-client-cert", "")})
+        return web.json_response(
+            {
+                "name": name,
+                "path": request.path,
+                "xfcc": request.headers.get("x-forwarded-client-cert", ""),
+            }
+        )
 
     return handler
 
@@ -37,12 +43,25 @@ class Mesh:
     def sidecar(self, service_id: str) -> None:
         port = free_port()
         self.admin[service_id] = port
-        log = open(f"{self.agent.log_path}.envoy-{service_id}", "wb")
-        self.envoys.append(subprocess.Popen(
-            [sys.executable, "-m", "meshd", "connect", "envoy", f"-sidecar-for={service_id}",
-             f"-admin-bind=127.0.0.1:{port}", f"-grpc-addr=127.0.0.1:{self.agent.grpc_port}"],
-            env={**os.environ, "MESHD_HTTP_ADDR": self.agent.http}, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True))
+        with open(f"{self.agent.log_path}.envoy-{service_id}", "wb") as log:
+            self.envoys.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "meshd",
+                        "connect",
+                        "envoy",
+                        f"-sidecar-for={service_id}",
+                        f"-admin-bind=127.0.0.1:{port}",
+                        f"-grpc-addr=127.0.0.1:{self.agent.grpc_port}",
+                    ],
+                    env={**os.environ, "MESHD_HTTP_ADDR": self.agent.http},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
 
     def admin_get(self, service_id: str, path: str) -> str:
         url = f"http://127.0.0.1:{self.admin[service_id]}{path}"
@@ -51,10 +70,8 @@ class Mesh:
 
     def close(self) -> None:
         for p in self.envoys:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             try:
                 p.wait(10)
             except subprocess.TimeoutExpired:
@@ -76,32 +93,52 @@ def mesh():
     agent = dev_agent().start()
     apps = BackgroundHTTP()
     m = Mesh(agent)
-    ports = {name: free_port() for name in ("api1", "api2", "web", "up", "pub1", "pub2",
-                                            "pubw")}
+    ports = {name: free_port() for name in ("api1", "api2", "web", "up", "pub1", "pub2", "pubw")}
     # api speaks HTTP: its sidecar runs an HTTP filter chain (XFCC header, L7 intentions)
-    assert agent.put("/v1/config", {"Kind": "service-defaults", "Name": "api",
-                                    "Protocol": "http"}).json() is True
+    assert (
+        agent.put(
+            "/v1/config", {"Kind": "service-defaults", "Name": "api", "Protocol": "http"}
+        ).json()
+        is True
+    )
     apps.serve(ports["api1"], api_app("api-1"))
     apps.serve(ports["api2"], api_app("api-2"))
     apps.serve(ports["web"], api_app("web"))
     for i in (1, 2):
-        r = agent.put("/v1/agent/service/register", {
-            "Name": "api", "ID": f"api-{i}", "Port": ports[f"api{i}"],
-            "Check": {"CheckID": f"api-{i}-ttl", "TTL": "10m", "Status": "passing"},
-            "Connect": {"SidecarService": {"Port": ports[f"pub{i}"]}}})
+        r = agent.put(
+            "/v1/agent/service/register",
+            {
+                "Name": "api",
+                "ID": f"api-{i}",
+                "Port": ports[f"api{i}"],
+                "Check": {"CheckID": f"api-{i}-ttl", "TTL": "10m", "Status": "passing"},
+                "Connect": {"SidecarService": {"Port": ports[f"pub{i}"]}},
+            },
+        )
         assert r.status == 200, r.body
-    r = agent.put("/v1/agent/service/register", {
-        "Name": "web", "ID": "web", "Port": ports["web"],
-        "Connect": {"SidecarService": {"Port": ports["pubw"], "Proxy": {
-            "Upstreams": [{"DestinationName": "api", "LocalBindPort": ports["up"]}]}}}})
+    r = agent.put(
+        "/v1/agent/service/register",
+        {
+            "Name": "web",
+            "ID": "web",
+            "Port": ports["web"],
+            "Connect": {
+                "SidecarService": {
+                    "Port": ports["pubw"],
+                    "Proxy": {
+                        "Upstreams": [{"DestinationName": "api", "LocalBindPort": ports["up"]}]
+                    },
+                }
+            },
+        },
+    )
     assert r.status == 200, r.body
     for sid in ("api-1", "api-2", "web"):
         m.sidecar(sid)
     m.ports = ports
     wait_for(lambda: get(ports["up"])[0] == 200, 30)
     # both api sidecars pass their listening checks and are in web's endpoints
-    wait_for(lambda: {get(ports["up"])[1]["name"] for _ in range(10)} == {"api-1", "api-2"},
-             30)
+    wait_for(lambda: {get(ports["up"])[1]["name"] for _ in range(10)} == {"api-1", "api-2"}, 30)
     yield m
     m.close()
     apps.close()
@@ -157,18 +194,36 @@ def test_deny_intention_blocks_within_a_second(mesh):
 
 def test_l7_intention_allows_get_public_only(mesh):
     a = mesh.agent
-    assert a.put("/v1/config", {"Kind": "service-intentions", "Name": "api", "Sources": [
-        # unmatched requests fall to the default policy (allow in -dev), as in Consul; the
-        # catch-all deny makes "allow GET /public, deny the rest" explicit
-        {"Name": "web", "Permissions": [
-            {"Action": "allow", "HTTP": {"PathPrefix": "/public", "Methods": ["GET"]}},
-            {"Action": "deny", "HTTP": {"PathPrefix": "/"}}]}]}
-    ).json() is True
+    assert (
+        a.put(
+            "/v1/config",
+            {
+                "Kind": "service-intentions",
+                "Name": "api",
+                "Sources": [
+                    # unmatched requests fall to the default policy (allow in -dev), as in
+                    # Consul; the catch-all deny makes "allow GET /public, deny the rest" explicit
+                    {
+                        "Name": "web",
+                        "Permissions": [
+                            {
+                                "Action": "allow",
+                                "HTTP": {"PathPrefix": "/public", "Methods": ["GET"]},
+                            },
+                            {"Action": "deny", "HTTP": {"PathPrefix": "/"}},
+                        ],
+                    }
+                ],
+            },
+        ).json()
+        is True
+    )
     try:
         wait_for(lambda: get(mesh.ports["up"], "/private")[0] == 403, 10)
         assert get(mesh.ports["up"], "/public/x")[0] == 200
-        req = urllib.request.Request(f"http://127.0.0.1:{mesh.ports['up']}/public",
-                                     data=b"x", method="POST")
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{mesh.ports['up']}/public", data=b"x", method="POST"
+        )
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(req, timeout=3)
         assert e.value.code == 403
@@ -181,8 +236,7 @@ def test_critical_instance_gets_no_traffic(mesh):
     a = mesh.agent
     a.put("/v1/agent/check/fail/api-2-ttl")
     try:
-        wait_for(lambda: all(get(mesh.ports["up"])[1]["name"] == "api-1" for _ in range(10)),
-                 15)
+        wait_for(lambda: all(get(mesh.ports["up"])[1]["name"] == "api-1" for _ in range(10)), 15)
         assert {get(mesh.ports["up"])[1]["name"] for _ in range(20)} == {"api-1"}
     finally:
         a.put("/v1/agent/check/pass/api-2-ttl")
@@ -191,13 +245,16 @@ def test_critical_instance_gets_no_traffic(mesh):
 
 def test_leaf_renewal_under_traffic(mesh):
     a = mesh.agent
-    r = a.put("/v1/connect/ca/configuration", {"Provider": "consul",
-                                               "Config": {"LeafCertTTL": "15s"}})
+    r = a.put(
+        "/v1/connect/ca/configuration", {"Provider": "consul", "Config": {"LeafCertTTL": "15s"}}
+    )
     assert r.status == 200
     first = a.get("/v1/agent/connect/ca/leaf/web").json()
     # force a re-issue with the short TTL, then keep traffic flowing across a renewal
-    a.put("/v1/connect/ca/configuration", {"Provider": "consul", "ForceRotateRoot": True,
-                                           "Config": {"LeafCertTTL": "15s"}})
+    a.put(
+        "/v1/connect/ca/configuration",
+        {"Provider": "consul", "ForceRotateRoot": True, "Config": {"LeafCertTTL": "15s"}},
+    )
     failures, total = 0, 0
     deadline = time.monotonic() + 30
     serials = {first["SerialNumber"]}

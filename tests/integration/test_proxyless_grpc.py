@@ -22,8 +22,10 @@ print(dict(seen))
 
 
 def _server(name: str, port: int) -> grpc.Server:
-    handler = grpc.method_handlers_generic_handler("meshd.test.Who", {
-        "Who": grpc.unary_unary_rpc_method_handler(lambda req, ctx: name.encode())})
+    handler = grpc.method_handlers_generic_handler(
+        "meshd.test.Who",
+        {"Who": grpc.unary_unary_rpc_method_handler(lambda req, ctx: name.encode())},
+    )
     server = grpc.server(futures.ThreadPoolExecutor(2))
     server.add_generic_rpc_handlers((handler,))
     server.add_insecure_port(f"127.0.0.1:{port}")
@@ -37,16 +39,32 @@ def grpc_mesh(tmp_path_factory):
     ports = [free_port(), free_port()]
     servers = [_server(f"api-{i + 1}", p) for i, p in enumerate(ports)]
     for i, p in enumerate(ports):
-        r = agent.put("/v1/agent/service/register", {
-            "Name": "grpcapi", "ID": f"grpcapi-{i + 1}", "Address": "127.0.0.1", "Port": p,
-            "Check": {"CheckID": f"grpcapi-{i + 1}-ttl", "TTL": "10m", "Status": "passing"}})
+        r = agent.put(
+            "/v1/agent/service/register",
+            {
+                "Name": "grpcapi",
+                "ID": f"grpcapi-{i + 1}",
+                "Address": "127.0.0.1",
+                "Port": p,
+                "Check": {"CheckID": f"grpcapi-{i + 1}-ttl", "TTL": "10m", "Status": "passing"},
+            },
+        )
         assert r.status == 200
     bootstrap = tmp_path_factory.mktemp("xds") / "bootstrap.json"
-    bootstrap.write_text(json.dumps({
-        "xds_servers": [{"server_uri": f"127.0.0.1:{agent.grpc_port}",
-                         "channel_creds": [{"type": "insecure"}],
-                         "server_features": ["xds_v3"]}],
-        "node": {"id": "proxyless-test-client", "cluster": "test"}}))
+    bootstrap.write_text(
+        json.dumps(
+            {
+                "xds_servers": [
+                    {
+                        "server_uri": f"127.0.0.1:{agent.grpc_port}",
+                        "channel_creds": [{"type": "insecure"}],
+                        "server_features": ["xds_v3"],
+                    }
+                ],
+                "node": {"id": "proxyless-test-client", "cluster": "test"},
+            }
+        )
+    )
     yield agent, str(bootstrap)
     for s in servers:
         s.stop(0)
@@ -54,15 +72,19 @@ def grpc_mesh(tmp_path_factory):
 
 
 def run_client(bootstrap: str, target: str, n: int) -> dict[str, int]:
-    out = subprocess.run([sys.executable, "-c", CLIENT, target, str(n)], capture_output=True,
-                         text=True, timeout=60,
-                         env={**os.environ, "GRPC_XDS_BOOTSTRAP": bootstrap})
+    out = subprocess.run(
+        [sys.executable, "-c", CLIENT, target, str(n)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "GRPC_XDS_BOOTSTRAP": bootstrap},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return eval(out.stdout.strip().splitlines()[-1])  # a dict literal printed by the client
 
 
 def test_xds_target_reaches_both_instances(grpc_mesh):
-    agent, bootstrap = grpc_mesh
+    _agent, bootstrap = grpc_mesh
     seen = run_client(bootstrap, "xds:///grpcapi", 20)
     assert set(seen) == {"api-1", "api-2"}, seen
 

@@ -10,14 +10,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
+from helpers import REPO, http_request
 from rpc_certs import TestCA
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def keygen() -> str:
@@ -39,10 +36,19 @@ class Node:
         return f"http://{self.host.addr}:8500"
 
     def start(self) -> Node:
-        cmd = [sys.executable, "-m", "meshd", "agent", f"-node={self.name}",
-               f"-bind={self.host.addr}", f"-client={self.host.addr}", *self.args]
-        self.proc = self.host.popen(cmd, self.log_path,
-                                    env={**os.environ, "PYTHONPATH": REPO, **self.env})
+        cmd = [
+            sys.executable,
+            "-m",
+            "meshd",
+            "agent",
+            f"-node={self.name}",
+            f"-bind={self.host.addr}",
+            f"-client={self.host.addr}",
+            *self.args,
+        ]
+        self.proc = self.host.popen(
+            cmd, self.log_path, env={**os.environ, "PYTHONPATH": REPO, **self.env}
+        )
         return self
 
     def kill(self) -> None:
@@ -65,18 +71,14 @@ class Node:
         except OSError:
             return ""
 
-    def request(self, method: str, path: str, body: Any = None,
-                timeout: float = 5.0) -> tuple[int, Any, dict[str, str]]:
-        data = None
-        if body is not None:
-            data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        req = urllib.request.Request(self.http + path, data=data, method=method)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                raw = r.read()
-                return r.status, _maybe_json(raw), dict(r.headers)
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode(errors="replace"), dict(e.headers)
+    def request(
+        self, method: str, path: str, body: Any = None, timeout: float = 5.0
+    ) -> tuple[int, Any, dict[str, str]]:
+        """(status, JSON body or raw bytes, headers); an error's body as text."""
+        r = http_request(self.http + path, method, body, timeout)
+        if r.status >= 400:
+            return r.status, r.body.decode(errors="replace"), r.headers
+        return r.status, _maybe_json(r.body), r.headers
 
     def get(self, path: str, **kw: Any) -> tuple[int, Any, dict[str, str]]:
         return self.request("GET", path, **kw)
@@ -100,8 +102,14 @@ def _maybe_json(raw: bytes) -> Any:
 
 
 class Cluster:
-    def __init__(self, net: Any, n_servers: int = 3, key: str | None = None,
-                 extra: list[str] | None = None, tls: bool = True) -> None:
+    def __init__(
+        self,
+        net: Any,
+        n_servers: int = 3,
+        key: str | None = None,
+        extra: list[str] | None = None,
+        tls: bool = True,
+    ) -> None:
         self.net = net
         self.key = key if key is not None else keygen()
         self.tmp = tempfile.mkdtemp(prefix="meshd-mh-")
@@ -112,8 +120,13 @@ class Cluster:
         server_hosts = hosts[:n_servers]
         for i, h in enumerate(server_hosts):
             joins = [f"-retry-join={o.addr}" for o in server_hosts if o is not h]
-            self.servers.append(self._node(h, f"s{i + 1}", [
-                "-server", f"-bootstrap-expect={n_servers}", *joins, *(extra or [])]))
+            self.servers.append(
+                self._node(
+                    h,
+                    f"s{i + 1}",
+                    ["-server", f"-bootstrap-expect={n_servers}", *joins, *(extra or [])],
+                )
+            )
         for i, h in enumerate(hosts[n_servers:]):
             joins = [f"-retry-join={o.addr}" for o in server_hosts]
             self.clients.append(self._node(h, f"c{i + 1}", [*joins, *(extra or [])]))
@@ -125,12 +138,21 @@ class Cluster:
         doc: dict[str, Any] = {"limits": {"node_failure_timeout": "3s"}}
         if self.ca is not None:
             server = "-server" in args
-            cert, key = self.ca.issue(name, ["server.dc1.consul"] if server else
-                                      [f"{name}.client.dc1.consul"], [host.addr])
-            doc["tls"] = {"defaults": {"ca_file": self.ca.ca_file, "cert_file": cert,
-                                       "key_file": key, "verify_incoming": True,
-                                       "verify_outgoing": True},
-                          "internal_rpc": {"verify_server_hostname": True}}
+            cert, key = self.ca.issue(
+                name,
+                ["server.dc1.consul"] if server else [f"{name}.client.dc1.consul"],
+                [host.addr],
+            )
+            doc["tls"] = {
+                "defaults": {
+                    "ca_file": self.ca.ca_file,
+                    "cert_file": cert,
+                    "key_file": key,
+                    "verify_incoming": True,
+                    "verify_outgoing": True,
+                },
+                "internal_rpc": {"verify_server_hostname": True},
+            }
         with open(conf, "w") as f:
             json.dump(doc, f)
         full = [*args, f"-data-dir={data_dir}", f"-config-file={conf}"]
@@ -156,8 +178,11 @@ class Cluster:
             leaders = {s.leader() for s in nodes}
             return leaders.pop() if len(leaders) == 1 and "" not in leaders else ""
 
-        return wait(agreed, timeout, "no agreed leader:\n" + "\n".join(
-            f"--- {s.name}\n{s.log()}" for s in nodes))
+        return wait(
+            agreed,
+            timeout,
+            "no agreed leader:\n" + "\n".join(f"--- {s.name}\n{s.log()}" for s in nodes),
+        )
 
     def leader_node(self) -> Node:
         addr = self.wait_leader()

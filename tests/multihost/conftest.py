@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from netns import Network, cleanup_stale, free_subnet  # noqa: E402
+from netns import Network, cleanup_stale, free_subnet
 
 
 @pytest.fixture(scope="session")

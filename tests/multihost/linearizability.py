@@ -37,8 +37,11 @@ def check(history: list[Op], initial: str | None = None) -> bool:
             return False
         seen.add(key)
         pending = [i for i in range(n) if not done >> i & 1]
-        horizon = min(ops[i].end for i in pending if ops[i].ok) if any(
-            ops[i].ok for i in pending) else INF
+        horizon = (
+            min(ops[i].end for i in pending if ops[i].ok)
+            if any(ops[i].ok for i in pending)
+            else INF
+        )
         for i in pending:
             o = ops[i]
             if o.start > horizon:
@@ -51,6 +54,7 @@ def check(history: list[Op], initial: str | None = None) -> bool:
         return False
 
     import sys
+
     old = sys.getrecursionlimit()
     sys.setrecursionlimit(max(old, 10 * n + 100))
     try:

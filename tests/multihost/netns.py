@@ -137,13 +137,19 @@ class Host:
         opts.update(kw)
         return subprocess.run(["ip", "netns", "exec", self.ns, *cmd], **opts)
 
-    def popen(self, cmd: list[str], log_path: str,
-              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def popen(
+        self, cmd: list[str], log_path: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         """Own process group so kill/pause hit exactly this process tree and nothing of pytest."""
         with open(log_path, "ab") as log:
-            proc = subprocess.Popen(["ip", "netns", "exec", self.ns, *cmd],
-                                    stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.ns, *cmd],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
         self.procs.append(proc)
         return proc
 

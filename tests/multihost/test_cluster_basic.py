@@ -10,8 +10,9 @@ import dns.rdatatype
 import pytest
 from cluster import Cluster, Node, keygen, wait
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0,
-                                reason="network namespaces need root (CI runs as root)")
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0, reason="network namespaces need root (CI runs as root)"
+)
 
 
 @pytest.fixture
@@ -33,9 +34,10 @@ def dns_a(node: Node, name: str) -> set[str]:
 
 def test_register_on_a_found_on_c(cluster):
     a, _, c = cluster.clients
-    status, _, _ = a.put("/v1/agent/service/register", {
-        "Name": "web", "ID": "web-a", "Port": 8080,
-        "Check": {"TTL": "5m", "Status": "passing"}})
+    status, _, _ = a.put(
+        "/v1/agent/service/register",
+        {"Name": "web", "ID": "web-a", "Port": 8080, "Check": {"TTL": "5m", "Status": "passing"}},
+    )
     assert status == 200
     wait(lambda: c.get("/v1/health/service/web?passing")[1], 10, "web not visible on c")
     rows = c.get("/v1/health/service/web?passing")[1]
@@ -55,9 +57,9 @@ def test_writes_on_follower_are_forwarded_and_reads_stale(cluster):
     follower = next(s for s in cluster.servers if s is not leader)
     assert follower.put("/v1/kv/fwd", b"v")[1] is True
     assert leader.get("/v1/kv/fwd?raw")[1] == b"v"
-    status, body, headers = follower.get("/v1/kv/fwd?stale")
+    status, _body, headers = follower.get("/v1/kv/fwd?stale")
     assert status == 200 and "X-Consul-LastContact" in headers
-    status, body, _ = follower.get("/v1/kv/fwd?consistent")
+    status, _body, _ = follower.get("/v1/kv/fwd?consistent")
     assert status == 200
 
 
@@ -69,19 +71,39 @@ def test_server_without_key_is_refused(network_factory):
         leader_before = c.wait_leader()
         # a would-be server with the wrong key on the 4th host
         rogue_key = keygen()
-        rogue = Node(net.hosts[3], "rogue",
-                     ["-server", "-bootstrap-expect=3", f"-retry-join={net.hosts[0].addr}",
-                      f"-data-dir={c.tmp}/rogue", f"-encrypt={rogue_key}"],
-                     f"{c.tmp}/rogue", f"{c.tmp}/rogue.log").start()
+        rogue = Node(
+            net.hosts[3],
+            "rogue",
+            [
+                "-server",
+                "-bootstrap-expect=3",
+                f"-retry-join={net.hosts[0].addr}",
+                f"-data-dir={c.tmp}/rogue",
+                f"-encrypt={rogue_key}",
+            ],
+            f"{c.tmp}/rogue",
+            f"{c.tmp}/rogue.log",
+        ).start()
         # and one with no key at all on a non-loopback address refuses to start
-        nokey = Node(net.hosts[3], "nokey",
-                     ["-server", "-bootstrap-expect=3", f"-retry-join={net.hosts[0].addr}",
-                      f"-data-dir={c.tmp}/nokey", "-http-port=8510", "-dns-port=8610",
-                      "-server-port=8310"],
-                     f"{c.tmp}/nokey", f"{c.tmp}/nokey.log").start()
+        nokey = Node(
+            net.hosts[3],
+            "nokey",
+            [
+                "-server",
+                "-bootstrap-expect=3",
+                f"-retry-join={net.hosts[0].addr}",
+                f"-data-dir={c.tmp}/nokey",
+                "-http-port=8510",
+                "-dns-port=8610",
+                "-server-port=8310",
+            ],
+            f"{c.tmp}/nokey",
+            f"{c.tmp}/nokey.log",
+        ).start()
         assert nokey.proc.wait(20) != 0
         assert "cluster key" in nokey.log()
         import time
+
         time.sleep(4)
         assert c.wait_leader() == leader_before
         assert len(c.servers[0].get("/v1/status/peers")[1]) == 3
@@ -96,18 +118,17 @@ def test_rpc_requires_tls_and_client_cert(cluster):
     import ssl
     import urllib.error
     import urllib.request
+
     server = cluster.servers[0].host.addr
     with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
         urllib.request.urlopen(f"http://{server}:8300/rpc/info", data=b"", timeout=3)
     ctx = ssl.create_default_context(cafile=cluster.ca.ca_file)
     ctx.check_hostname = False
     with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError, OSError)):
-        urllib.request.urlopen(f"https://{server}:8300/rpc/info", data=b"", timeout=3,
-                               context=ctx)
+        urllib.request.urlopen(f"https://{server}:8300/rpc/info", data=b"", timeout=3, context=ctx)
     # with a client certificate but without the cluster key: refused by the HMAC check
     cert, key = cluster.ca.issue("probe", ["probe.client.dc1.consul"], [])
     ctx.load_cert_chain(cert, key)
     with pytest.raises(urllib.error.HTTPError) as e:
-        urllib.request.urlopen(f"https://{server}:8300/rpc/info", data=b"", timeout=3,
-                               context=ctx)
+        urllib.request.urlopen(f"https://{server}:8300/rpc/info", data=b"", timeout=3, context=ctx)
     assert e.value.code == 403

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import dns.message
 import dns.query
 import dns.rcode
 import pytest
-from cluster import REPO, Cluster, Node, wait
+from cluster import Cluster, Node, wait
+from helpers import http_request, run_meshd
 from linearizability import INF, Op, check
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0,
-                                reason="network namespaces need root (CI runs as root)")
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0, reason="network namespaces need root (CI runs as root)"
+)
 
 
 @pytest.fixture
@@ -33,14 +31,11 @@ def servers(network_factory):
         c.close()
 
 
-def _http(node: Node, method: str, path: str, body: bytes | None = None,
-          timeout: float = 2.0) -> tuple[int, bytes]:
-    req = urllib.request.Request(node.http + path, data=body, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
+def _http(
+    node: Node, method: str, path: str, body: bytes | None = None, timeout: float = 2.0
+) -> tuple[int, bytes]:
+    r = http_request(node.http + path, method, body, timeout)
+    return r.status, r.body
 
 
 class Load:
@@ -109,6 +104,7 @@ def assert_acked_present(cluster: Cluster, load: Load) -> None:
     node = cluster.leader_node()
     status, body = _http(node, "GET", "/v1/kv/acked/?keys", timeout=10)
     import json
+
     present = set(json.loads(body)) if status == 200 else set()
     missing = [k for k in load.acked if k not in present]
     assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {missing[:5]}"
@@ -122,9 +118,12 @@ def test_leader_killed_under_load(servers):
         killed_at = time.monotonic()
         leader.kill()
         # first successful write through a survivor
-        recovered_at = wait(lambda: _http(survivors[0], "PUT", "/v1/kv/probe", b"x")[0] == 200
-                            and time.monotonic(), 10, "no write accepted after leader loss",
-                            interval=0.05)
+        recovered_at = wait(
+            lambda: _http(survivors[0], "PUT", "/v1/kv/probe", b"x")[0] == 200 and time.monotonic(),
+            10,
+            "no write accepted after leader loss",
+            interval=0.05,
+        )
         time.sleep(2)
     failover = recovered_at - killed_at
     assert failover < 3.0, f"writes accepted again only after {failover:.2f}s"
@@ -164,8 +163,13 @@ def test_full_cluster_restart_keeps_state(network_factory):
     try:
         c.start()
         client = c.clients[0]
-        assert client.put("/v1/agent/service/register", {
-            "Name": "keep", "Port": 1, "Check": {"TTL": "1h", "Status": "passing"}})[0] == 200
+        assert (
+            client.put(
+                "/v1/agent/service/register",
+                {"Name": "keep", "Port": 1, "Check": {"TTL": "1h", "Status": "passing"}},
+            )[0]
+            == 200
+        )
         for i in range(50):
             assert c.servers[i % 3].put(f"/v1/kv/keep/{i}", str(i).encode())[1] is True
         for s in c.servers:
@@ -189,12 +193,28 @@ def test_client_agent_dies_and_returns(network_factory):
     try:
         c.start()
         a, b = c.clients
-        assert a.put("/v1/agent/service/register", {
-            "Name": "flaky", "Port": 80, "Check": {"TTL": "1h", "Status": "passing"}})[0] == 200
-        assert a.put("/v1/agent/service/register", {
-            "Name": "ephemeral", "Port": 81,
-            "Check": {"TTL": "1h", "Status": "passing",
-                      "DeregisterCriticalServiceAfter": "2s"}})[0] == 200
+        assert (
+            a.put(
+                "/v1/agent/service/register",
+                {"Name": "flaky", "Port": 80, "Check": {"TTL": "1h", "Status": "passing"}},
+            )[0]
+            == 200
+        )
+        assert (
+            a.put(
+                "/v1/agent/service/register",
+                {
+                    "Name": "ephemeral",
+                    "Port": 81,
+                    "Check": {
+                        "TTL": "1h",
+                        "Status": "passing",
+                        "DeregisterCriticalServiceAfter": "2s",
+                    },
+                },
+            )[0]
+            == 200
+        )
         wait(lambda: b.get("/v1/health/service/flaky?passing")[1], 10, "flaky not visible")
 
         def dns_rcode() -> int:
@@ -204,8 +224,11 @@ def test_client_agent_dies_and_returns(network_factory):
         assert dns_rcode() == dns.rcode.NOERROR
         a.kill()
         died = time.monotonic()
-        wait(lambda: b.get("/v1/health/service/flaky?passing")[1] == [], 15,
-             "dead agent's service still passing")
+        wait(
+            lambda: b.get("/v1/health/service/flaky?passing")[1] == [],
+            15,
+            "dead agent's service still passing",
+        )
         assert time.monotonic() - died < 12
         wait(lambda: dns_rcode() == dns.rcode.NXDOMAIN, 10, "dead agent's service still in DNS")
         members = {m["Name"]: m["Status"] for m in b.get("/v1/agent/members")[1]}
@@ -219,13 +242,16 @@ def test_client_agent_dies_and_returns(network_factory):
         members = {m["Name"]: m["Status"] for m in b.get("/v1/agent/members")[1]}
         assert members[a.name] == 1
         # a graceful leave: the node is "left" and gone from the catalog, the process exits
-        r = subprocess.run([sys.executable, "-m", "meshd", "leave"], capture_output=True,
-                           text=True, timeout=30,
-                           env={**os.environ, "PYTHONPATH": REPO, "MESHD_HTTP_ADDR": a.http})
+        r = run_meshd("leave", http_addr=a.http)
         assert r.returncode == 0, r.stderr
         assert a.proc.wait(15) is not None
-        wait(lambda: {m["Name"]: m["Status"] for m in b.get("/v1/agent/members")[1]}.get(
-            a.name) == 3, 10, "not left")
+        wait(
+            lambda: (
+                {m["Name"]: m["Status"] for m in b.get("/v1/agent/members")[1]}.get(a.name) == 3
+            ),
+            10,
+            "not left",
+        )
         nodes = {n["Node"] for n in b.get("/v1/catalog/nodes")[1]}
         assert a.name not in nodes
         assert b.get("/v1/catalog/service/flaky")[1] == []

@@ -13,7 +13,8 @@ import pytest
 from netns import OWNER_DIR, Host, Network, cleanup_stale
 
 pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0, reason="network namespaces, veths and iptables need root")
+    os.geteuid() != 0, reason="network namespaces, veths and iptables need root"
+)
 
 PORT = 7007
 ECHO_SERVER = """
@@ -55,8 +56,10 @@ def eventually(pred: Callable[[], bool], timeout: float = 5.0) -> bool:
 
 
 def start_echo(host: Host, tmp_path: Path) -> subprocess.Popen[bytes]:
-    proc = host.popen([sys.executable, "-u", "-c", ECHO_SERVER, str(PORT)],
-                      str(tmp_path / f"echo-{host.name}.log"))
+    proc = host.popen(
+        [sys.executable, "-u", "-c", ECHO_SERVER, str(PORT)],
+        str(tmp_path / f"echo-{host.name}.log"),
+    )
     assert eventually(lambda: echo_ok(host, "127.0.0.1")), "echo server did not come up"
     return proc
 

@@ -15,8 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-from agent.leafkeys import (
+from meshd.agent.leafkeys import (
     cert_not_after,
     cert_not_before,
     cert_serial,
@@ -24,8 +23,7 @@ from agent.leafkeys import (
     new_key_and_csr,
     renew_at,
 )
-from meshd.spiffe import parse_service_id
-from server.ca import (
+from meshd.server.ca import (
     CAError,
     CARoot,
     chain_pem,
@@ -39,6 +37,8 @@ from server.ca import (
     verify_leaf,
 )
 
+from meshd.spiffe import parse_service_id
+
 TD = trust_domain("11111111-2222-3333-4444-555555555555")
 DC = "dc1"
 HOUR = 3600.0
@@ -49,21 +49,25 @@ def root() -> CARoot:
     return generate_root(TD)
 
 
-def issue(root: CARoot, service: str, *, ttl: float = HOUR,
-          now: dt.datetime | None = None) -> tuple[str, str]:
+def issue(
+    root: CARoot, service: str, *, ttl: float = HOUR, now: dt.datetime | None = None
+) -> tuple[str, str]:
     """(key_pem, cert_pem) through the real agent -> server CSR flow."""
     key_pem, csr_pem = new_key_and_csr(TD, DC, service)
-    cert_pem, _, _, _ = sign_leaf(root, csr_pem, service=service, dc=DC, trust_domain=TD,
-                                  ttl_seconds=ttl, now=now)
+    cert_pem, _, _, _ = sign_leaf(
+        root, csr_pem, service=service, dc=DC, trust_domain=TD, ttl_seconds=ttl, now=now
+    )
     return key_pem, cert_pem
 
 
 def csr_for(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, uri: str | None) -> str:
     b = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")]))
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")])
+    )
     if uri is not None:
         b = b.add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=False)
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=False
+        )
     return b.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
 
 
@@ -96,7 +100,8 @@ def test_root_properties(root: CARoot) -> None:
     assert root.Active and root.PrivateKeyType == "ec" and root.PrivateKeyBits == 256
     assert root.ExternalTrustDomain == TD and root.SerialNumber == cert.serial_number
     assert dt.datetime.fromisoformat(root.NotAfter) - dt.datetime.fromisoformat(
-        root.NotBefore) > dt.timedelta(days=3649)
+        root.NotBefore
+    ) > dt.timedelta(days=3649)
     assert 0 < root.SerialNumber < 2**63
 
 
@@ -111,8 +116,9 @@ def test_public_view_hides_key_and_struct_roundtrips(root: CARoot) -> None:
 def test_leaf_has_authorised_identity(root: CARoot) -> None:
     now = dt.datetime.now(dt.UTC)
     key_pem, csr_pem = new_key_and_csr(TD, DC, "web")
-    cert_pem, serial, nb, _ = sign_leaf(root, csr_pem, service="web", dc=DC, trust_domain=TD,
-                                         ttl_seconds=HOUR, now=now)
+    cert_pem, serial, nb, _ = sign_leaf(
+        root, csr_pem, service="web", dc=DC, trust_domain=TD, ttl_seconds=HOUR, now=now
+    )
     cert = x509.load_pem_x509_certificate(cert_pem.encode())
     assert cert_uri_san(cert_pem) == spiffe_service_id(TD, DC, "web")
     assert cert_serial(cert_pem) == serial and len(serial.split(":")) <= 17
@@ -135,12 +141,14 @@ def test_leaf_has_authorised_identity(root: CARoot) -> None:
 def test_ttl_honoured_and_clamped_to_root(root: CARoot) -> None:
     now = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
     _, csr = new_key_and_csr(TD, DC, "web")
-    cert_pem, _, _, na = sign_leaf(root, csr, service="web", dc=DC, trust_domain=TD,
-                                   ttl_seconds=72 * HOUR, now=now)
+    cert_pem, _, _, na = sign_leaf(
+        root, csr, service="web", dc=DC, trust_domain=TD, ttl_seconds=72 * HOUR, now=now
+    )
     assert na == now + dt.timedelta(hours=72) == cert_not_after(cert_pem)
     short = generate_root(TD, ttl_days=1)
-    _, _, _, na = sign_leaf(short, csr, service="web", dc=DC, trust_domain=TD,
-                            ttl_seconds=30 * 24 * HOUR)
+    _, _, _, na = sign_leaf(
+        short, csr, service="web", dc=DC, trust_domain=TD, ttl_seconds=30 * 24 * HOUR
+    )
     assert na == dt.datetime.fromisoformat(short.NotAfter)
     with pytest.raises(CAError):
         sign_leaf(root, csr, service="web", dc=DC, trust_domain=TD, ttl_seconds=0)
@@ -155,8 +163,14 @@ def test_csr_for_another_identity_is_refused(root: CARoot) -> None:
         sign_leaf(root, csr_dc2, service="web", dc=DC, trust_domain=TD, ttl_seconds=HOUR)
     key = ec.generate_private_key(ec.SECP256R1())
     with pytest.raises(CAError):
-        sign_leaf(root, csr_for(key, f"spiffe://{TD}"), service="web", dc=DC, trust_domain=TD,
-                  ttl_seconds=HOUR)
+        sign_leaf(
+            root,
+            csr_for(key, f"spiffe://{TD}"),
+            service="web",
+            dc=DC,
+            trust_domain=TD,
+            ttl_seconds=HOUR,
+        )
 
 
 def test_csr_without_san_gets_the_authorised_one(root: CARoot) -> None:
@@ -167,8 +181,9 @@ def test_csr_without_san_gets_the_authorised_one(root: CARoot) -> None:
 
 def test_tampered_csr_is_refused(root: CARoot) -> None:
     _, csr_pem = new_key_and_csr(TD, DC, "web")
-    der = bytearray(x509.load_pem_x509_csr(csr_pem.encode()).public_bytes(
-        serialization.Encoding.DER))
+    der = bytearray(
+        x509.load_pem_x509_csr(csr_pem.encode()).public_bytes(serialization.Encoding.DER)
+    )
     der[-1] ^= 0x01  # last byte of the ECDSA signature's s
     body = base64.encodebytes(bytes(der)).decode()
     tampered = f"-----BEGIN CERTIFICATE REQUEST-----\n{body}-----END CERTIFICATE REQUEST-----\n"
@@ -181,9 +196,10 @@ def test_tampered_csr_is_refused(root: CARoot) -> None:
 def test_weak_keys_are_refused(root: CARoot) -> None:
     uri = spiffe_service_id(TD, DC, "web")
     for key in (rsa.generate_private_key(65537, 1024), ec.generate_private_key(ec.SECP384R1())):
-        with pytest.raises(CAError, match="not allowed|at least"):
-            sign_leaf(root, csr_for(key, uri), service="web", dc=DC, trust_domain=TD,
-                      ttl_seconds=HOUR)
+        with pytest.raises(CAError, match=r"not allowed|at least"):
+            sign_leaf(
+                root, csr_for(key, uri), service="web", dc=DC, trust_domain=TD, ttl_seconds=HOUR
+            )
     ok = csr_for(rsa.generate_private_key(65537, 2048), uri)
     cert_pem, *_ = sign_leaf(root, ok, service="web", dc=DC, trust_domain=TD, ttl_seconds=HOUR)
     assert verify_leaf(cert_pem, [root]) == uri
@@ -253,15 +269,20 @@ def test_renew_at_window() -> None:
 
 # --- real TLS -------------------------------------------------------------------------------
 
+
 def write_identity(tmp: Path, name: str, key_pem: str, cert_pem: str) -> tuple[str, str]:
     (tmp / f"{name}.key").write_text(key_pem)
     (tmp / f"{name}.crt").write_text(cert_pem)
     return str(tmp / f"{name}.crt"), str(tmp / f"{name}.key")
 
 
-def contexts(tmp: Path, server_id: tuple[str, str], client_id: tuple[str, str],
-             server_trust: list[CARoot], client_trust: list[CARoot],
-             ) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+def contexts(
+    tmp: Path,
+    server_id: tuple[str, str],
+    client_id: tuple[str, str],
+    server_trust: list[CARoot],
+    client_trust: list[CARoot],
+) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     srv = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     srv.verify_mode = ssl.CERT_REQUIRED
     srv.load_cert_chain(*server_id)
@@ -280,6 +301,7 @@ def uri_of(peercert: dict) -> str:
 
 async def handshake(srv: ssl.SSLContext, cli: ssl.SSLContext) -> tuple[str, str]:
     """(URI the client saw on the server, URI the server saw on the client)."""
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(uri_of(writer.get_extra_info("peercert")).encode() + b"\n")
         await writer.drain()

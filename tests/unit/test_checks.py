@@ -24,17 +24,17 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-
-from agent.checks import (
+from meshd.agent.checks import (
     CheckRunner,
     CheckState,
-    ScriptChecksDisabled,
+    ScriptChecksDisabledError,
     alias_result,
     http_status,
     next_status,
     step,
 )
-from agent.definitions import CheckDefinition, DefinitionError
+from meshd.agent.definitions import CheckDefinition, DefinitionError
+
 from meshd.structs import HealthCheck
 
 pytestmark = pytest.mark.timeout(30)
@@ -102,10 +102,20 @@ def closed_port(kind: int = socket.SOCK_STREAM) -> int:
 # ---- pure functions ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("code", "want"), [
-    (200, "passing"), (204, "passing"), (299, "passing"), (429, "warning"), (199, "critical"),
-    (301, "critical"), (404, "critical"), (500, "critical"), (503, "critical"),
-])
+@pytest.mark.parametrize(
+    ("code", "want"),
+    [
+        (200, "passing"),
+        (204, "passing"),
+        (299, "passing"),
+        (429, "warning"),
+        (199, "critical"),
+        (301, "critical"),
+        (404, "critical"),
+        (500, "critical"),
+        (503, "critical"),
+    ],
+)
 def test_http_status(code: int, want: str) -> None:
     assert http_status(code) == want
 
@@ -126,17 +136,21 @@ def test_counters_default_report_every_result() -> None:
 
 def test_counters_first_result_immediate_then_damped() -> None:
     """Consul's StatusHandler starts at the thresholds: the first result is reported at once."""
-    d = mk("tcp", TCP="x:1", SuccessBeforePassing=2, FailuresBeforeWarning=2,
-           FailuresBeforeCritical=3)
-    got = _run(d, CheckState.initial(d),
-               ["passing", "critical", "critical", "critical", "passing", "passing"])
+    d = mk(
+        "tcp", TCP="x:1", SuccessBeforePassing=2, FailuresBeforeWarning=2, FailuresBeforeCritical=3
+    )
+    got = _run(
+        d,
+        CheckState.initial(d),
+        ["passing", "critical", "critical", "critical", "passing", "passing"],
+    )
     assert got == [
-        ("passing", True),    # first result goes straight through
-        ("passing", False),   # 1 failure: held
-        ("warning", True),    # 2 failures: warning
-        ("critical", True),   # 3 failures: critical
+        ("passing", True),  # first result goes straight through
+        ("passing", False),  # 1 failure: held
+        ("warning", True),  # 2 failures: warning
+        ("critical", True),  # 3 failures: critical
         ("critical", False),  # 1 success: held
-        ("passing", True),    # 2 successes: passing
+        ("passing", True),  # 2 successes: passing
     ]
 
 
@@ -148,10 +162,18 @@ def test_counters_warning_defaults_to_critical_threshold() -> None:
 
 def test_counters_success_resets_failures_and_warning_counts_as_success() -> None:
     d = mk("tcp", TCP="x:1", FailuresBeforeCritical=2, SuccessBeforePassing=2)
-    got = _run(d, CheckState("passing", successes=2),
-               ["critical", "warning", "critical", "warning", "warning"])
-    assert got == [("passing", False), ("passing", False), ("passing", False),
-                   ("passing", False), ("warning", True)]
+    got = _run(
+        d,
+        CheckState("passing", successes=2),
+        ["critical", "warning", "critical", "warning", "warning"],
+    )
+    assert got == [
+        ("passing", False),
+        ("passing", False),
+        ("passing", False),
+        ("passing", False),
+        ("warning", True),
+    ]
 
 
 def test_next_status_is_pure() -> None:
@@ -163,10 +185,12 @@ def test_next_status_is_pure() -> None:
     assert next_status(CheckState("critical", successes=2), "passing", d) == "passing"
 
 
-def hc(status: str, sid: str = "web", node: str = "n1", name: str = "chk",
-       output: str = "") -> HealthCheck:
-    return HealthCheck(Node=node, CheckID=f"{name}-{sid}", Name=name, Status=status,
-                       ServiceID=sid, Output=output)
+def hc(
+    status: str, sid: str = "web", node: str = "n1", name: str = "chk", output: str = ""
+) -> HealthCheck:
+    return HealthCheck(
+        Node=node, CheckID=f"{name}-{sid}", Name=name, Status=status, ServiceID=sid, Output=output
+    )
 
 
 def test_alias_result_worst_wins() -> None:
@@ -193,8 +217,10 @@ class HTTPServer:
     seen: list[web.Request]
 
 
-async def _start_app(app: web.Application, ssl_ctx: ssl.SSLContext | None = None,
-                     ) -> tuple[web.AppRunner, int]:
+async def _start_app(
+    app: web.Application,
+    ssl_ctx: ssl.SSLContext | None = None,
+) -> tuple[web.AppRunner, int]:
     r = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.2)
     await r.setup()
     sock = _bound()
@@ -213,8 +239,10 @@ def _app(codes: list[int], seen: list[web.Request]) -> web.Application:
     async def echo(req: web.Request) -> web.Response:
         seen.append(req)
         body = await req.text()
-        return web.Response(text=f"{req.method} {req.headers.getall('X-Multi', [])} "
-                                 f"{req.headers.get('User-Agent')} {req.host} {body}")
+        return web.Response(
+            text=f"{req.method} {req.headers.getall('X-Multi', [])} "
+            f"{req.headers.get('User-Agent')} {req.host} {body}"
+        )
 
     async def big(req: web.Request) -> web.Response:
         return web.Response(body=b"a" * 50 + b"b" * 100_000)
@@ -245,10 +273,12 @@ async def http_server() -> AsyncIterator[HTTPServer]:
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize(("code", "status"), [(200, "passing"), (429, "warning"),
-                                              (500, "critical")])
-async def test_http_status_codes(runner: CheckRunner, rec: Recorder, http_server: HTTPServer,
-                                 code: int, status: str) -> None:
+@pytest.mark.parametrize(
+    ("code", "status"), [(200, "passing"), (429, "warning"), (500, "critical")]
+)
+async def test_http_status_codes(
+    runner: CheckRunner, rec: Recorder, http_server: HTTPServer, code: int, status: str
+) -> None:
     url = f"{http_server.url}/status/{code}"
     runner.add(mk("http", HTTP=url, Status="passing" if code != 200 else "critical"))
     out = await rec.status(status)
@@ -257,37 +287,56 @@ async def test_http_status_codes(runner: CheckRunner, rec: Recorder, http_server
 
 
 @pytest.mark.asyncio
-async def test_http_method_headers_body(runner: CheckRunner, rec: Recorder,
-                                        http_server: HTTPServer) -> None:
+async def test_http_method_headers_body(
+    runner: CheckRunner, rec: Recorder, http_server: HTTPServer
+) -> None:
     url = f"{http_server.url}/echo"
-    runner.add(mk("http", HTTP=url, Method="PUT", Body="payload",
-                  Header={"X-Multi": ["a", "b"], "Host": ["svc.example"]}))
+    runner.add(
+        mk(
+            "http",
+            HTTP=url,
+            Method="PUT",
+            Body="payload",
+            Header={"X-Multi": ["a", "b"], "Host": ["svc.example"]},
+        )
+    )
     out = await rec.status("passing")
-    assert out == (f"HTTP PUT {url}: 200 OK Output: PUT ['a', 'b'] Consul Health Check "
-                   f"svc.example payload")
+    assert out == (
+        f"HTTP PUT {url}: 200 OK Output: PUT ['a', 'b'] Consul Health Check svc.example payload"
+    )
 
 
 @pytest.mark.asyncio
-async def test_http_follows_redirects(runner: CheckRunner, rec: Recorder,
-                                      http_server: HTTPServer) -> None:
+async def test_http_follows_redirects(
+    runner: CheckRunner, rec: Recorder, http_server: HTTPServer
+) -> None:
     url = f"{http_server.url}/redirect"
     runner.add(mk("http", HTTP=url))
     assert await rec.status("passing") == f"HTTP GET {url}: 200 OK Output: hello"
 
 
 @pytest.mark.asyncio
-async def test_http_output_truncated(runner: CheckRunner, rec: Recorder,
-                                     http_server: HTTPServer) -> None:
+async def test_http_output_truncated(
+    runner: CheckRunner, rec: Recorder, http_server: HTTPServer
+) -> None:
     runner.add(mk("http", HTTP=f"{http_server.url}/big", OutputMaxSize=80))
     out = await rec.status("passing")
     assert out.endswith("Output: " + "a" * 50 + "b" * 30)
 
 
 @pytest.mark.asyncio
-async def test_http_timeout_and_refused(runner: CheckRunner, rec: Recorder,
-                                        http_server: HTTPServer) -> None:
-    runner.add(mk("http", CheckID="slow", HTTP=f"{http_server.url}/slow?s=3", Timeout=0.3,
-                  Status="passing"))
+async def test_http_timeout_and_refused(
+    runner: CheckRunner, rec: Recorder, http_server: HTTPServer
+) -> None:
+    runner.add(
+        mk(
+            "http",
+            CheckID="slow",
+            HTTP=f"{http_server.url}/slow?s=3",
+            Timeout=0.3,
+            Status="passing",
+        )
+    )
     refused = f"http://127.0.0.1:{closed_port()}/"
     runner.add(mk("http", CheckID="refused", HTTP=refused, Status="passing"))
     t0 = time.monotonic()
@@ -301,15 +350,33 @@ def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     assert shutil.which("openssl"), "scripts/test installs openssl"
     d = tmp_path_factory.mktemp("tls")
     cert, key = str(d / "cert.pem"), str(d / "key.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-keyout", key, "-out", cert],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            key,
+            "-out",
+            cert,
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
 @pytest.mark.asyncio
-async def test_https_tls_skip_verify(runner: CheckRunner, rec: Recorder,
-                                     self_signed: tuple[str, str]) -> None:
+async def test_https_tls_skip_verify(
+    runner: CheckRunner, rec: Recorder, self_signed: tuple[str, str]
+) -> None:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(*self_signed)
     r, port = await _start_app(_app([200], []), ctx)
@@ -324,10 +391,18 @@ async def test_https_tls_skip_verify(runner: CheckRunner, rec: Recorder,
 
 
 @pytest.mark.asyncio
-async def test_counters_through_runner(runner: CheckRunner, rec: Recorder,
-                                       http_server: HTTPServer) -> None:
-    runner.add(mk("http", HTTP=f"{http_server.url}/dynamic", FailuresBeforeWarning=2,
-                  FailuresBeforeCritical=4, SuccessBeforePassing=3))
+async def test_counters_through_runner(
+    runner: CheckRunner, rec: Recorder, http_server: HTTPServer
+) -> None:
+    runner.add(
+        mk(
+            "http",
+            HTTP=f"{http_server.url}/dynamic",
+            FailuresBeforeWarning=2,
+            FailuresBeforeCritical=4,
+            SuccessBeforePassing=3,
+        )
+    )
     await rec.status("passing")
     http_server.codes[0] = 500
     await rec.status("critical")
@@ -433,8 +508,13 @@ async def test_script_exit_codes(runner: CheckRunner, rec: Recorder) -> None:
 
 @pytest.mark.asyncio
 async def test_script_output_capped_keeps_tail(runner: CheckRunner, rec: Recorder) -> None:
-    runner.add(mk("script", Args=["sh", "-c", "printf 'x%.0s' $(seq 1 1000); printf END"],
-                  OutputMaxSize=20))
+    runner.add(
+        mk(
+            "script",
+            Args=["sh", "-c", "printf 'x%.0s' $(seq 1 1000); printf END"],
+            OutputMaxSize=20,
+        )
+    )
     out = await rec.status("passing")
     assert out == "Captured 20 of 1003 bytes\n...\n" + "x" * 17 + "END"
 
@@ -461,12 +541,12 @@ async def _read_pid(path: Path) -> int:
 
 
 @pytest.mark.asyncio
-async def test_script_timeout_kills_process_group(runner: CheckRunner, rec: Recorder,
-                                                  tmp_path: Path) -> None:
+async def test_script_timeout_kills_process_group(
+    runner: CheckRunner, rec: Recorder, tmp_path: Path
+) -> None:
     pidfile = tmp_path / "pid"
     script = f"echo started; sleep 30 & echo $! > {pidfile}; wait"
-    runner.add(mk("script", Args=["sh", "-c", script], Timeout=0.4, Interval=0.5,
-                  Status="passing"))
+    runner.add(mk("script", Args=["sh", "-c", script], Timeout=0.4, Interval=0.5, Status="passing"))
     out = await rec.status("critical")
     assert out == "Timed out (0.4s) running check\n\nstarted\n"
     grandchild = await _read_pid(pidfile)
@@ -479,8 +559,15 @@ async def test_remove_and_close_kill_running_script(rec: Recorder, tmp_path: Pat
     pids = []
     for cid in ("a", "b"):
         pf = tmp_path / cid
-        r.add(mk("script", CheckID=cid, Args=["sh", "-c", f"sleep 30 & echo $! > {pf}; wait"],
-                 Timeout=20, Interval=0.01))
+        r.add(
+            mk(
+                "script",
+                CheckID=cid,
+                Args=["sh", "-c", f"sleep 30 & echo $! > {pf}; wait"],
+                Timeout=20,
+                Interval=0.01,
+            )
+        )
         pids.append(await _read_pid(pf))
     r.remove("a")
     await r.close()
@@ -491,10 +578,11 @@ async def test_remove_and_close_kill_running_script(rec: Recorder, tmp_path: Pat
 
 def test_script_checks_disabled() -> None:
     r = CheckRunner(Recorder())
-    with pytest.raises(ScriptChecksDisabled) as ei:
+    with pytest.raises(ScriptChecksDisabledError) as ei:
         r.add(mk("script", Args=["true"]))
-    assert str(ei.value) == ("Scripts are disabled on this agent; to enable, configure "
-                             "'enable_script_checks' to true")
+    assert str(ei.value) == (
+        "Scripts are disabled on this agent; to enable, configure 'enable_script_checks' to true"
+    )
     assert isinstance(ei.value, DefinitionError)
     assert "c1" not in r
 
@@ -517,8 +605,11 @@ async def test_ttl(runner: CheckRunner, rec: Recorder) -> None:
     assert [u[1] for u in rec.updates] == ["critical", "passing", "warning"]
     await rec.until(lambda u: len(rec.updates) == 4)
     assert time.monotonic() - t0 >= 0.6
-    assert rec.updates[-1] == ("c1", "critical",
-                               "TTL expired (last output before timeout follows): all good")
+    assert rec.updates[-1] == (
+        "c1",
+        "critical",
+        "TTL expired (last output before timeout follows): all good",
+    )
 
 
 @pytest.mark.asyncio
@@ -541,7 +632,8 @@ async def test_ttl_errors_and_truncation(runner: CheckRunner, rec: Recorder) -> 
 @pytest.mark.asyncio
 async def test_alias_follows_source(rec: Recorder) -> None:
     view: dict[tuple[str | None, str], list[HealthCheck] | None] = {
-        (None, "web"): [hc("passing")], ("n2", "db"): [hc("critical", "db", "n2", output="x")],
+        (None, "web"): [hc("passing")],
+        ("n2", "db"): [hc("critical", "db", "n2", output="x")],
     }
 
     async def source(node: str | None, sid: str) -> list[HealthCheck] | None:
@@ -550,10 +642,17 @@ async def test_alias_follows_source(rec: Recorder) -> None:
     r = CheckRunner(rec, alias_source=source)
     try:
         r.add(mk("alias", CheckID="a-web", AliasService="web", Interval=0.03))
-        r.add(mk("alias", CheckID="a-db", AliasService="db", AliasNode="n2", Interval=0.03,
-                 Status="passing"))
-        r.add(mk("alias", CheckID="a-none", AliasService="ghost", Interval=0.03,
-                 Status="passing"))
+        r.add(
+            mk(
+                "alias",
+                CheckID="a-db",
+                AliasService="db",
+                AliasNode="n2",
+                Interval=0.03,
+                Status="passing",
+            )
+        )
+        r.add(mk("alias", CheckID="a-none", AliasService="ghost", Interval=0.03, Status="passing"))
         assert await rec.status("passing", "a-web") == "All checks passing."
         assert await rec.status("critical", "a-db") == 'Aliased check "chk" failing: x'
         assert await rec.status("critical", "a-none") == "No checks found."
@@ -589,8 +688,15 @@ async def test_slow_check_does_not_delay_fast_one(rec: Recorder, http_server: HT
 
     r = CheckRunner(rec, alias_source=source)
     try:
-        r.add(mk("http", CheckID="slow", HTTP=f"{http_server.url}/slow?s=5", Timeout=1.0,
-                 Interval=0.01))
+        r.add(
+            mk(
+                "http",
+                CheckID="slow",
+                HTTP=f"{http_server.url}/slow?s=5",
+                Timeout=1.0,
+                Interval=0.01,
+            )
+        )
         r.add(mk("alias", CheckID="fast", AliasService="web", Interval=0.02))
         await asyncio.sleep(0.5)
         assert len(calls) >= 10  # ~25 polls unless the slow probe blocks the loop or the fast one
@@ -601,8 +707,9 @@ async def test_slow_check_does_not_delay_fast_one(rec: Recorder, http_server: HT
 
 
 @pytest.mark.asyncio
-async def test_reports_only_changes_and_add_replaces(runner: CheckRunner, rec: Recorder,
-                                                     http_server: HTTPServer) -> None:
+async def test_reports_only_changes_and_add_replaces(
+    runner: CheckRunner, rec: Recorder, http_server: HTTPServer
+) -> None:
     server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
@@ -625,8 +732,7 @@ async def test_reports_only_changes_and_add_replaces(runner: CheckRunner, rec: R
 
 
 @pytest.mark.asyncio
-async def test_first_run_is_staggered_within_interval(runner: CheckRunner,
-                                                      rec: Recorder) -> None:
+async def test_first_run_is_staggered_within_interval(runner: CheckRunner, rec: Recorder) -> None:
     server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
@@ -675,6 +781,5 @@ def test_unknown_type_rejected() -> None:
 
 @pytest.mark.asyncio
 async def test_signal_exit_is_critical(runner: CheckRunner, rec: Recorder) -> None:
-    runner.add(mk("script", Args=["sh", "-c", f"kill -{int(signal.SIGTERM)} $$"],
-                  Status="passing"))
+    runner.add(mk("script", Args=["sh", "-c", f"kill -{int(signal.SIGTERM)} $$"], Status="passing"))
     await rec.status("critical")

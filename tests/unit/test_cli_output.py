@@ -24,8 +24,9 @@ from meshd.cli.output import (
 
 
 def test_table_aligns_columns_two_spaces_apart_without_trailing_blanks() -> None:
-    out = format_table(["Node", "Address", "DC"], [["a", "10.0.0.1:8301", "dc1"],
-                                                    ["longer-name", "", "dc2"]])
+    out = format_table(
+        ["Node", "Address", "DC"], [["a", "10.0.0.1:8301", "dc1"], ["longer-name", "", "dc2"]]
+    )
     assert out.splitlines() == [
         "Node         Address        DC",
         "a            10.0.0.1:8301  dc1",
@@ -40,10 +41,18 @@ def test_table_without_headers_and_ragged_rows() -> None:
     assert format_table(["A", "B"], []) == "A  B"
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    (None, ""), (True, "true"), (False, "false"), (7, "7"), ("x", "x"),
-    (["a", "b"], "a,b"), ({"b": 2, "a": True}, "a=true,b=2"),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, ""),
+        (True, "true"),
+        (False, "false"),
+        (7, "7"),
+        ("x", "x"),
+        (["a", "b"], "a,b"),
+        ({"b": 2, "a": True}, "a=true,b=2"),
+    ],
+)
 def test_text_uses_consul_spellings(value: object, expected: str) -> None:
     assert text(value) == expected
 
@@ -56,24 +65,45 @@ def test_json_is_indented_and_round_trips() -> None:
 
 
 def test_sections_are_sorted_and_tab_indented() -> None:
-    out = format_sections({"raft": {"leader": "10.0.0.1:8300", "num_peers": 3},
-                           "agent": {"server": True, "node_name": "n1"}})
+    out = format_sections(
+        {
+            "raft": {"leader": "10.0.0.1:8300", "num_peers": 3},
+            "agent": {"server": True, "node_name": "n1"},
+        }
+    )
     assert out.splitlines() == [
-        "agent:", "\tnode_name = n1", "\tserver = true",
-        "raft:", "\tleader = 10.0.0.1:8300", "\tnum_peers = 3",
+        "agent:",
+        "\tnode_name = n1",
+        "\tserver = true",
+        "raft:",
+        "\tleader = 10.0.0.1:8300",
+        "\tnum_peers = 3",
     ]
 
 
 def test_kv_detail_is_sorted_and_aligned() -> None:
     out = format_kv_detail({"Key": "app/x", "Flags": 0, "ModifyIndex": 12, "Value": "v"})
-    assert out.splitlines() == ["Flags        0", "Key          app/x", "ModifyIndex  12",
-                                "Value        v"]
+    assert out.splitlines() == [
+        "Flags        0",
+        "Key          app/x",
+        "ModifyIndex  12",
+        "Value        v",
+    ]
 
 
-@pytest.mark.parametrize(("status", "expected"), [
-    (0, "none"), (1, "alive"), (2, "leaving"), (3, "left"), (4, "failed"), (9, "9"),
-    ("alive", "alive"), (None, "none"),
-])
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (0, "none"),
+        (1, "alive"),
+        (2, "leaving"),
+        (3, "left"),
+        (4, "failed"),
+        (9, "9"),
+        ("alive", "alive"),
+        (None, "none"),
+    ],
+)
 def test_member_status_names(status: object, expected: str) -> None:
     assert member_status(status) == expected
 
@@ -86,13 +116,20 @@ def test_member_type_from_role_tag() -> None:
 
 
 def _member(name: str, role: str, status: int = 1, **extra: object) -> dict[str, object]:
-    return {"Name": name, "Addr": "10.0.0.1", "Port": 8301, "Status": status,
-            "Tags": {"role": role, "dc": "dc1", "build": "0.1.0", "vsn": "2"}, **extra}
+    return {
+        "Name": name,
+        "Addr": "10.0.0.1",
+        "Port": 8301,
+        "Status": status,
+        "Tags": {"role": role, "dc": "dc1", "build": "0.1.0", "vsn": "2"},
+        **extra,
+    }
 
 
 def test_member_rows_put_servers_first_like_consul() -> None:
-    headers, rows = member_rows([_member("c1", "node"), _member("s2", "consul", 4),
-                                 _member("s1", "consul")])
+    headers, rows = member_rows(
+        [_member("c1", "node"), _member("s2", "consul", 4), _member("s1", "consul")]
+    )
     assert headers == ["Node", "Address", "Status", "Type", "Build", "Protocol", "DC"]
     assert rows == [
         ["s1", "10.0.0.1:8301", "alive", "server", "0.1.0", "2", "dc1"],
@@ -109,8 +146,9 @@ def test_member_rows_detailed_and_ipv6_address() -> None:
 
 
 def test_member_rows_fall_back_to_protocol_cur() -> None:
-    _, rows = member_rows([{"Name": "x", "Addr": "1.2.3.4", "Port": 0, "Status": 3,
-                            "ProtocolCur": 2, "Tags": {}}])
+    _, rows = member_rows(
+        [{"Name": "x", "Addr": "1.2.3.4", "Port": 0, "Status": 3, "ProtocolCur": 2, "Tags": {}}]
+    )
     assert rows == [["x", "1.2.3.4", "left", "client", "", "2", ""]]
 
 
@@ -129,14 +167,29 @@ def test_node_rows_short_id_sorted_and_deduplicated() -> None:
 
 
 def test_node_rows_detailed_reads_meta_from_either_shape() -> None:
-    catalog_node = {"Node": "a", "ID": NODE_ID, "Address": "1.1.1.1", "Datacenter": "dc1",
-                    "TaggedAddresses": {"lan": "1.1.1.1"}, "Meta": {"k": "v"}}
-    service_node = {"Node": "b", "ID": "", "Address": "2.2.2.2", "Datacenter": "dc1",
-                    "TaggedAddresses": {}, "NodeMeta": {"rack": "r1"}, "ServiceID": "web-1"}
+    catalog_node = {
+        "Node": "a",
+        "ID": NODE_ID,
+        "Address": "1.1.1.1",
+        "Datacenter": "dc1",
+        "TaggedAddresses": {"lan": "1.1.1.1"},
+        "Meta": {"k": "v"},
+    }
+    service_node = {
+        "Node": "b",
+        "ID": "",
+        "Address": "2.2.2.2",
+        "Datacenter": "dc1",
+        "TaggedAddresses": {},
+        "NodeMeta": {"rack": "r1"},
+        "ServiceID": "web-1",
+    }
     headers, rows = node_rows([catalog_node, service_node], detailed=True)
     assert headers[-2:] == ["TaggedAddresses", "Meta"]
-    assert rows == [["a", NODE_ID, "1.1.1.1", "dc1", "lan=1.1.1.1", "k=v"],
-                    ["b", "", "2.2.2.2", "dc1", "", "rack=r1"]]
+    assert rows == [
+        ["a", NODE_ID, "1.1.1.1", "dc1", "lan=1.1.1.1", "k=v"],
+        ["b", "", "2.2.2.2", "dc1", "", "rack=r1"],
+    ]
 
 
 def test_short_id() -> None:

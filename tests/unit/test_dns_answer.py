@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 import dns.message
 import pytest
 from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
-
-from agent.dns import (
+from meshd.agent.dns import (
     FORMERR,
     NOTIMP,
     NXDOMAIN,
@@ -24,6 +23,7 @@ from agent.dns import (
     parse_packet,
     service_ttl,
 )
+
 from meshd.structs import CheckServiceNode, HealthCheck, Node, NodeService, Weights
 
 
@@ -51,29 +51,68 @@ class MemView:
     def server_nodes(self) -> list[Node]:
         return [self.node_map[s] for s in self.servers if s in self.node_map]
 
-    def add(self, node: str, addr: str, service: str, sid: str, *, port: int = 80,
-            svc_addr: str = "", tags: tuple[str, ...] = (), status: str = "passing",
-            check_id: str = "", weights: Weights | None = None,
-            meta: dict[str, str] | None = None) -> CheckServiceNode:
-        n = self.node_map.setdefault(node, Node(Node=node, Address=addr, Datacenter="dc1",
-                                                Meta=meta or {}))
-        svc = NodeService(ID=sid, Service=service, Tags=list(tags), Address=svc_addr, Port=port,
-                          Weights=weights or Weights())
-        checks = [HealthCheck(Node=node, CheckID="serfHealth", Name="serf", Status="passing"),
-                  HealthCheck(Node=node, CheckID=check_id or f"service:{sid}", Name="c",
-                              Status=status, ServiceID=sid)]
+    def add(
+        self,
+        node: str,
+        addr: str,
+        service: str,
+        sid: str,
+        *,
+        port: int = 80,
+        svc_addr: str = "",
+        tags: tuple[str, ...] = (),
+        status: str = "passing",
+        check_id: str = "",
+        weights: Weights | None = None,
+        meta: dict[str, str] | None = None,
+    ) -> CheckServiceNode:
+        n = self.node_map.setdefault(
+            node, Node(Node=node, Address=addr, Datacenter="dc1", Meta=meta or {})
+        )
+        svc = NodeService(
+            ID=sid,
+            Service=service,
+            Tags=list(tags),
+            Address=svc_addr,
+            Port=port,
+            Weights=weights or Weights(),
+        )
+        checks = [
+            HealthCheck(Node=node, CheckID="serfHealth", Name="serf", Status="passing"),
+            HealthCheck(
+                Node=node,
+                CheckID=check_id or f"service:{sid}",
+                Name="c",
+                Status=status,
+                ServiceID=sid,
+            ),
+        ]
         inst = CheckServiceNode(Node=n, Service=svc, Checks=checks)
         self.services.setdefault(service, []).append(inst)
         return inst
 
 
-def ask(view: MemView, name: str, qtype: str = "A", cfg: DNSSettings | None = None, *,
-        max_size: int = TCP_MAX, edns: int | None = None) -> DNSRecord:
+def ask(
+    view: MemView,
+    name: str,
+    qtype: str = "A",
+    cfg: DNSSettings | None = None,
+    *,
+    max_size: int = TCP_MAX,
+    edns: int | None = None,
+) -> DNSRecord:
     return outcome(view, name, qtype, cfg, max_size=max_size, edns=edns).response
 
 
-def outcome(view: MemView, name: str, qtype: str = "A", cfg: DNSSettings | None = None, *,
-            max_size: int = TCP_MAX, edns: int | None = None) -> DNSOutcome:
+def outcome(
+    view: MemView,
+    name: str,
+    qtype: str = "A",
+    cfg: DNSSettings | None = None,
+    *,
+    max_size: int = TCP_MAX,
+    edns: int | None = None,
+) -> DNSOutcome:
     req = DNSRecord.question(name, qtype)
     if edns is not None:
         req.add_ar(EDNS0(udp_len=edns))
@@ -94,13 +133,35 @@ def view() -> MemView:
     v.node_map["server-1"] = Node(Node="server-1", Address="10.0.0.100")
     v.node_map["agent-1"] = Node(Node="agent-1", Address="10.0.0.1")
     v.add("n1", "10.0.0.1", "web", "web-1", tags=("v1", "Primary"), port=8080)
-    v.add("n2", "10.0.0.2", "web", "web-2", tags=("v2",), port=8081, status="warning",
-          weights=Weights(Passing=10, Warning=3))
+    v.add(
+        "n2",
+        "10.0.0.2",
+        "web",
+        "web-2",
+        tags=("v2",),
+        port=8081,
+        status="warning",
+        weights=Weights(Passing=10, Warning=3),
+    )
     v.add("n3", "10.0.0.3", "web", "web-3", port=8082, status="critical")
-    v.add("n4", "10.0.0.4", "web", "web-4", port=8083, status="critical",
-          check_id="_service_maintenance:web-4")
-    v.add("n5", "10.0.0.5", "db", "db-1", svc_addr="10.9.0.5", port=5432,
-          meta={"env": "prod", "rack": "r1"})
+    v.add(
+        "n4",
+        "10.0.0.4",
+        "web",
+        "web-4",
+        port=8083,
+        status="critical",
+        check_id="_service_maintenance:web-4",
+    )
+    v.add(
+        "n5",
+        "10.0.0.5",
+        "db",
+        "db-1",
+        svc_addr="10.9.0.5",
+        port=5432,
+        meta={"env": "prod", "rack": "r1"},
+    )
     v.add("n6", "10.0.0.6", "ext", "ext-1", svc_addr="api.example.com", port=443)
     v.add("n7", "fd00::7", "v6", "v6-1", port=80)
     return v
@@ -119,8 +180,12 @@ def test_only_passing_hides_warning(view: MemView) -> None:
 
 
 def test_all_forms_of_datacenter_and_case(view: MemView) -> None:
-    for name in ("web.service.dc1.consul", "web.service.dc1.dc.consul", "WEB.Service.CONSUL",
-                 "web.service.DC1.consul."):
+    for name in (
+        "web.service.dc1.consul",
+        "web.service.dc1.dc.consul",
+        "WEB.Service.CONSUL",
+        "web.service.DC1.consul.",
+    ):
         assert rdatas(ask(view, name)) == ["10.0.0.1", "10.0.0.2"], name
     for name in ("web.service.dc2.consul", "web.service.dc2.dc.consul"):
         resp = ask(view, name)
@@ -147,7 +212,8 @@ def test_srv_uses_addr_name_when_service_address_differs(view: MemView) -> None:
     resp = ask(view, "db.service.consul", "SRV")
     assert rdatas(resp) == ["1 1 5432 0a090005.addr.dc1.consul."]
     assert [(str(rr.rname), str(rr.rdata)) for rr in resp.ar] == [
-        ("0a090005.addr.dc1.consul.", "10.9.0.5")]
+        ("0a090005.addr.dc1.consul.", "10.9.0.5")
+    ]
     assert rdatas(ask(view, "0a090005.addr.dc1.consul")) == ["10.9.0.5"]
     v6 = "fd000000000000000000000000000007"
     assert rdatas(ask(view, f"{v6}.addr.dc1.consul", "AAAA")) == ["fd00::7"]
@@ -177,7 +243,11 @@ def test_negative_answers_carry_soa(view: MemView) -> None:
     assert str(soa.rdata.mname) == "ns.consul." and str(soa.rdata.rname) == "hostmaster.consul."
     serial, refresh, retry, expire, minimum = soa.rdata.times
     assert before <= serial <= before + 2 and (refresh, retry, expire, minimum) == (
-        3600, 99, 86400, 7)
+        3600,
+        99,
+        86400,
+        7,
+    )
     only_critical = MemView()
     only_critical.add("x", "10.1.1.1", "sick", "sick-1", status="critical")
     assert ask(only_critical, "sick.service.consul").header.rcode == RCODE.NXDOMAIN
@@ -199,8 +269,14 @@ def test_node_lookup_a_and_txt(view: MemView) -> None:
 
 
 def test_connect_uses_proxy_address_and_port(view: MemView) -> None:
-    proxy = NodeService(ID="web-sidecar", Service="web-sidecar-proxy", Kind="connect-proxy",
-                        Port=21000, Address="10.0.0.50", Proxy={"DestinationServiceName": "web"})
+    proxy = NodeService(
+        ID="web-sidecar",
+        Service="web-sidecar-proxy",
+        Kind="connect-proxy",
+        Port=21000,
+        Address="10.0.0.50",
+        Proxy={"DestinationServiceName": "web"},
+    )
     view.connect["web"] = [CheckServiceNode(Node=view.node_map["n1"], Service=proxy, Checks=[])]
     assert rdatas(ask(view, "web.connect.consul")) == ["10.0.0.50"]
     assert rdatas(ask(view, "web.connect.consul", "SRV")) == ["1 1 21000 0a000032.addr.dc1.consul."]
@@ -215,8 +291,7 @@ def test_reverse_lookups(view: MemView) -> None:
     assert rdatas(resp6) == ["n7.node.dc1.consul."]
     unknown = ask(view, "9.9.9.9.in-addr.arpa", "PTR")
     assert unknown.header.rcode == RCODE.NXDOMAIN
-    assert outcome(view, "9.9.9.9.in-addr.arpa", "PTR",
-                   DNSSettings(recursors=["1.1.1.1"])).forward
+    assert outcome(view, "9.9.9.9.in-addr.arpa", "PTR", DNSSettings(recursors=["1.1.1.1"])).forward
 
 
 def test_apex_soa_and_ns(view: MemView) -> None:
@@ -225,7 +300,8 @@ def test_apex_soa_and_ns(view: MemView) -> None:
     ns = ask(view, "consul", "NS")
     assert rdatas(ns) == ["server-1.node.dc1.consul."]
     assert [(str(rr.rname), str(rr.rdata)) for rr in ns.ar] == [
-        ("server-1.node.dc1.consul.", "10.0.0.100")]
+        ("server-1.node.dc1.consul.", "10.0.0.100")
+    ]
     view.servers = []
     assert rdatas(ask(view, "consul", "NS")) == ["agent-1.node.dc1.consul."]
     apex_a = ask(view, "consul", "A")
@@ -237,8 +313,10 @@ def test_alt_domain_and_custom_domain(view: MemView) -> None:
     assert rdatas(ask(view, "web.service.mesh.internal", cfg=cfg)) == ["10.0.0.1", "10.0.0.2"]
     srv = ask(view, "web.service.alt.example", "SRV", cfg)
     assert str(srv.rr[0].rname) == "web.service.alt.example."
-    assert {str(rr.rdata.target) for rr in srv.rr} == {"n1.node.dc1.alt.example.",
-                                                       "n2.node.dc1.alt.example."}
+    assert {str(rr.rdata.target) for rr in srv.rr} == {
+        "n1.node.dc1.alt.example.",
+        "n2.node.dc1.alt.example.",
+    }
     assert ask(view, "web.service.consul", cfg=cfg).header.rcode == RCODE.REFUSED
     neg = ask(view, "nope.service.alt.example", cfg=cfg)
     assert str(neg.auth[0].rname) == "alt.example."
@@ -272,8 +350,9 @@ def test_udp_limits_truncation_and_edns() -> None:
         v.add(f"node-with-a-long-name-{i}", f"10.0.2.{i}", "big", f"big-{i}")
     udp = outcome(v, "big.service.consul", max_size=UDP_PLAIN)
     assert udp.truncated and udp.response.header.tc and len(udp.response.rr) == 3
-    quiet = outcome(v, "big.service.consul", cfg=DNSSettings(enable_truncate=False),
-                    max_size=UDP_PLAIN)
+    quiet = outcome(
+        v, "big.service.consul", cfg=DNSSettings(enable_truncate=False), max_size=UDP_PLAIN
+    )
     assert not quiet.response.header.tc and len(quiet.response.rr) == 3
     tcp = outcome(v, "big.service.consul", max_size=TCP_MAX)
     assert not tcp.truncated and len(tcp.response.rr) == 30
@@ -345,9 +424,16 @@ def test_nxdomain_constant_matches() -> None:
 
 def test_mutated_packets_never_raise(view: MemView) -> None:
     rng = random.Random(7)
-    seeds = [DNSRecord.question(n, t).pack() for n, t in (
-        ("web.service.consul", "A"), ("_web._tcp.service.dc1.consul", "SRV"),
-        ("5.0.0.10.in-addr.arpa", "PTR"), ("n5.node.consul", "ANY"), ("consul", "NS"))]
+    seeds = [
+        DNSRecord.question(n, t).pack()
+        for n, t in (
+            ("web.service.consul", "A"),
+            ("_web._tcp.service.dc1.consul", "SRV"),
+            ("5.0.0.10.in-addr.arpa", "PTR"),
+            ("n5.node.consul", "ANY"),
+            ("consul", "NS"),
+        )
+    ]
     cfgs = [DNSSettings(), DNSSettings(recursors=["127.0.0.1"], alt_domain="alt.")]
     for i in range(3000):
         pkt = bytearray(rng.choice(seeds))

@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-
-from test_dns_answer import MemView, ask  # noqa: E402
-
-from agent.dns import DNSSettings  # noqa: E402
+from meshd.agent.dns import DNSSettings
+from test_dns_answer import MemView, ask
 
 
 class VersionedView(MemView):

@@ -21,9 +21,9 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
+from meshd.agent.dns import DNSSettings
+from meshd.agent.dns_server import DNSServer, parse_recursor
 
-from agent.dns import DNSSettings
-from agent.dns_server import DNSServer, parse_recursor
 from meshd.structs import CheckServiceNode, HealthCheck, Node, NodeService
 
 
@@ -54,7 +54,8 @@ class MemView:
             svc = NodeService(ID=f"{service}-{i}", Service=service, Port=8000 + i)
             check = HealthCheck(Node=node.Node, CheckID="serfHealth", Name="s", Status="passing")
             self.services.setdefault(service, []).append(
-                CheckServiceNode(Node=node, Service=svc, Checks=[check]))
+                CheckServiceNode(Node=node, Service=svc, Checks=[check])
+            )
 
 
 class LoopThread:
@@ -151,8 +152,11 @@ def test_truncation_then_tcp_fallback(server: DNSServer) -> None:
 
 
 def test_malformed_packets_get_formerr_and_server_survives(server: DNSServer) -> None:
-    for junk in (b"\x12\x34", b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x05abc",
-                 b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xc0\x0c\x00\x01\x00\x01"):
+    for junk in (
+        b"\x12\x34",
+        b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x05abc",
+        b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xc0\x0c\x00\x01\x00\x01",
+    ):
         reply = raw_udp(server, junk)
         assert reply is not None and len(reply) >= 12
         ident, flags = struct.unpack("!HH", reply[:4])
@@ -164,7 +168,7 @@ def test_malformed_packets_get_formerr_and_server_survives(server: DNSServer) ->
     noise = os.urandom(4096)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         for i in range(300):
-            s.sendto(noise[i:i + 1 + i % 80], ("127.0.0.1", server.udp_port))
+            s.sendto(noise[i : i + 1 + i % 80], ("127.0.0.1", server.udp_port))
     with socket.create_connection(("127.0.0.1", server.tcp_port), timeout=3) as s:
         s.sendall(struct.pack("!H", 5) + b"\xbe\xef\x01\x00\x00")
         size = struct.unpack("!H", s.recv(2))[0]
@@ -198,8 +202,10 @@ def test_forwards_to_recursors_in_turn(start: Any) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as blackhole:
         blackhole.bind(("127.0.0.1", 0))  # receives and never answers: exercises the timeout
         dead = blackhole.getsockname()[1]
-        cfg = DNSSettings(recursor_timeout=0.3, recursors=[
-            f"127.0.0.1:{dead}", "not-an-ip", f"127.0.0.1:{upstream.udp_port}"])
+        cfg = DNSSettings(
+            recursor_timeout=0.3,
+            recursors=[f"127.0.0.1:{dead}", "not-an-ip", f"127.0.0.1:{upstream.udp_port}"],
+        )
         view = MemView()
         view.add("web", 1)
         front = start(view, cfg)
@@ -218,8 +224,10 @@ def test_servfail_when_every_recursor_fails(start: Any) -> None:
         closed.bind(("127.0.0.1", 0))
         closed_port = closed.getsockname()[1]
         closed.close()  # nothing listens: ICMP port unreachable, fails fast
-        cfg = DNSSettings(recursor_timeout=0.3, recursors=[
-            f"127.0.0.1:{closed_port}", f"127.0.0.1:{blackhole.getsockname()[1]}"])
+        cfg = DNSSettings(
+            recursor_timeout=0.3,
+            recursors=[f"127.0.0.1:{closed_port}", f"127.0.0.1:{blackhole.getsockname()[1]}"],
+        )
         front = start(MemView(), cfg)
         msg = udp(front, "example.com")
         assert msg.rcode() == dns.rcode.SERVFAIL

@@ -12,9 +12,8 @@ import random
 from typing import Any
 
 import pytest
-
-from server.config_entries import ConfigEntryError, normalize_entry
-from server.intentions import (
+from meshd.server.config_entries import ConfigEntryError, normalize_entry
+from meshd.server.intentions import (
     Intention,
     RBACPlan,
     RBACRule,
@@ -40,8 +39,9 @@ def l7(name: str, *perms: dict[str, Any]) -> dict[str, Any]:
 
 
 def entry(dest: str, *sources: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return normalize_entry({"Kind": "service-intentions", "Name": dest, "Sources": list(sources),
-                            **extra})
+    return normalize_entry(
+        {"Kind": "service-intentions", "Name": dest, "Sources": list(sources), **extra}
+    )
 
 
 def pairs(ixns: list[Intention]) -> list[tuple[str, str]]:
@@ -113,11 +113,13 @@ def test_check_l7_intention_is_deny_at_l4() -> None:
 
 @pytest.fixture
 def mixed() -> list[Intention]:
-    return flatten([
-        entry("*", l4("*", "deny"), l4("web", "allow")),
-        entry("db", l4("web", "deny"), l4("api", "allow")),
-        entry("api", l4("*", "deny"), l4("web", "allow")),
-    ])
+    return flatten(
+        [
+            entry("*", l4("*", "deny"), l4("web", "allow")),
+            entry("db", l4("web", "deny"), l4("api", "allow")),
+            entry("api", l4("*", "deny"), l4("web", "allow")),
+        ]
+    )
 
 
 def test_match_by_destination_in_precedence_order(mixed: list[Intention]) -> None:
@@ -141,8 +143,11 @@ def test_match_rejects_unknown_side(mixed: list[Intention]) -> None:
 
 
 def test_flatten_several_entries() -> None:
-    api = {**entry("api", l4("web", "allow"), l7("admin"), Meta={"team": "a"}),
-           "CreateIndex": 7, "ModifyIndex": 9}
+    api = {
+        **entry("api", l4("web", "allow"), l7("admin"), Meta={"team": "a"}),
+        "CreateIndex": 7,
+        "ModifyIndex": 9,
+    }
     db = {**entry("db", l4("*", "deny")), "CreateIndex": 3, "ModifyIndex": 3}
     defaults = normalize_entry({"Kind": "service-defaults", "Name": "api", "Protocol": "http"})
     ixns = flatten([db, defaults, api])
@@ -156,22 +161,41 @@ def test_flatten_several_entries() -> None:
 
     l4_api, l7_api = web.to_api(), admin.to_api()
     assert l4_api == {
-        "ID": web.ID, "Description": "", "SourceNS": "default", "SourceName": "web",
-        "DestinationNS": "default", "DestinationName": "api", "SourceType": "consul",
-        "Action": "allow", "Precedence": 9, "Meta": {"team": "a"}, "CreateIndex": 7,
+        "ID": web.ID,
+        "Description": "",
+        "SourceNS": "default",
+        "SourceName": "web",
+        "DestinationNS": "default",
+        "DestinationName": "api",
+        "SourceType": "consul",
+        "Action": "allow",
+        "Precedence": 9,
+        "Meta": {"team": "a"},
+        "CreateIndex": 7,
         "ModifyIndex": 9,
     }
     assert "Action" not in l7_api and l7_api["Permissions"] == [GET_API]
 
 
 def test_flatten_legacy_intention_keeps_id_and_legacy_meta() -> None:
-    raw = {"Kind": "service-intentions", "Name": "api", "Sources": [
-        {"name": "web", "action": "allow", "legacy_id": "abc", "legacy_meta": {"k": "v"},
-         "description": "from the old API"}]}
+    raw = {
+        "Kind": "service-intentions",
+        "Name": "api",
+        "Sources": [
+            {
+                "name": "web",
+                "action": "allow",
+                "legacy_id": "abc",
+                "legacy_meta": {"k": "v"},
+                "description": "from the old API",
+            }
+        ],
+    }
     (ixn,) = flatten([normalize_entry(raw, legacy=True)])
     assert (ixn.ID, ixn.Meta, ixn.Description) == ("abc", {"k": "v"}, "from the old API")
-    plain = normalize_entry({**raw, "Sources": [{"Name": "web", "Action": "allow",
-                                                 "LegacyID": "abc"}]})
+    plain = normalize_entry(
+        {**raw, "Sources": [{"Name": "web", "Action": "allow", "LegacyID": "abc"}]}
+    )
     assert "LegacyID" not in plain["Sources"][0]  # ordinary writes drop legacy fields
 
 
@@ -181,28 +205,41 @@ def test_flatten_legacy_intention_keeps_id_and_legacy_meta() -> None:
 @pytest.mark.parametrize(
     ("perm", "message"),
     [
-        ({"Action": "allow", "HTTP": {"PathExact": "/a", "PathPrefix": "/b"}},
-         "Sources[0].Permissions[0].HTTP should only contain at most one of PathExact"),
-        ({"Action": "allow", "HTTP": {"PathRegex": "/v[0-9+"}},
-         "Sources[0].Permissions[0].HTTP.PathRegex is not a valid regular expression"),
+        (
+            {"Action": "allow", "HTTP": {"PathExact": "/a", "PathPrefix": "/b"}},
+            "Sources[0].Permissions[0].HTTP should only contain at most one of PathExact",
+        ),
+        (
+            {"Action": "allow", "HTTP": {"PathRegex": "/v[0-9+"}},
+            "Sources[0].Permissions[0].HTTP.PathRegex is not a valid regular expression",
+        ),
         ({"Action": "allow", "HTTP": {"PathRegex": "/(?!admin)"}}, "look-around"),
-        ({"Action": "allow", "HTTP": {"Header": [{"Name": "x", "Regex": "a("}]}},
-         "HTTP.Header[0].Regex is not a valid regular expression"),
-        ({"Action": "allow", "HTTP": {"Methods": "GET"}},
-         "HTTP.Methods must be a list of strings"),
-        ({"Action": "allow", "HTTP": {"Methods": ["GET", 1]}},
-         "HTTP.Methods must be a list of strings"),
+        (
+            {"Action": "allow", "HTTP": {"Header": [{"Name": "x", "Regex": "a("}]}},
+            "HTTP.Header[0].Regex is not a valid regular expression",
+        ),
+        ({"Action": "allow", "HTTP": {"Methods": "GET"}}, "HTTP.Methods must be a list of strings"),
+        (
+            {"Action": "allow", "HTTP": {"Methods": ["GET", 1]}},
+            "HTTP.Methods must be a list of strings",
+        ),
         ({"Action": "allow", "HTTP": {"Methods": ["FETCH"]}}, "invalid method 'FETCH'"),
         ({"Action": "allow", "HTTP": {"Methods": ["GET", "get"]}}, "'GET' more than once"),
         ({"Action": "allow", "HTTP": {"PathExact": "a"}}, "PathExact doesn't start with '/'"),
-        ({"Action": "maybe", "HTTP": {"PathExact": "/a"}},
-         "Sources[0].Permissions[0].Action must be set to 'allow' or 'deny'"),
+        (
+            {"Action": "maybe", "HTTP": {"PathExact": "/a"}},
+            "Sources[0].Permissions[0].Action must be set to 'allow' or 'deny'",
+        ),
         ({"Action": "allow"}, "Sources[0].Permissions[0].HTTP is required"),
         ({"Action": "allow", "HTTP": {}}, "Sources[0].Permissions[0].HTTP should not be empty"),
-        ({"Action": "allow", "HTTP": {"Header": [{"Name": "x", "Exact": "1", "Present": True}]}},
-         "Header[0] should only contain one of Present"),
-        ({"Action": "allow", "HTTP": {"Header": [{"Name": "x"}]}},
-         "Header[0] should only contain one of Present"),
+        (
+            {"Action": "allow", "HTTP": {"Header": [{"Name": "x", "Exact": "1", "Present": True}]}},
+            "Header[0] should only contain one of Present",
+        ),
+        (
+            {"Action": "allow", "HTTP": {"Header": [{"Name": "x"}]}},
+            "Header[0] should only contain one of Present",
+        ),
         ({"Action": "allow", "HTTP": {"Header": [{"Exact": "1"}]}}, "missing required Name"),
         ({"Action": "allow", "HTTP": {"PathExact": "/a", "Host": "x"}}, "HTTP.Host: unknown"),
     ],
@@ -215,8 +252,11 @@ def test_l7_permission_validation(perm: dict[str, Any], message: str) -> None:
 @pytest.mark.parametrize(
     ("source", "dest", "message"),
     [
-        ({"Name": "web", "Action": "allow", "Permissions": [GET_API]}, "api",
-         "Sources[0].Action must be omitted if Permissions are specified"),
+        (
+            {"Name": "web", "Action": "allow", "Permissions": [GET_API]},
+            "api",
+            "Sources[0].Action must be omitted if Permissions are specified",
+        ),
         ({"Name": "web"}, "api", "Sources[0].Action must be set to 'allow' or 'deny'"),
         ({"Name": "web", "Action": "Allow"}, "api", "Action must be set to 'allow' or 'deny'"),
         ({"Action": "allow"}, "api", "Sources[0].Name is required"),
@@ -225,8 +265,11 @@ def test_l7_permission_validation(perm: dict[str, Any], message: str) -> None:
         ({"Name": "web", "Action": "allow", "Type": "external"}, "api", "Type must be set"),
         ({"Name": "web", "Action": "allow", "Namespace": "team"}, "api", "Sources[0].Namespace"),
         ({"Name": "web", "Action": "allow", "Peer": "dc2"}, "api", "Peer: not supported"),
-        ({"Name": "web", "Action": "allow", "LegacyMeta": {"a": "b"}}, "api",
-         "LegacyMeta must be omitted"),
+        (
+            {"Name": "web", "Action": "allow", "LegacyMeta": {"a": "b"}},
+            "api",
+            "LegacyMeta must be omitted",
+        ),
         ({"Name": "web", "Action": "allow", "Colour": "red"}, "api", "Sources[0].Colour"),
         ({"Name": "web", "Action": "allow", "Description": "x" * 513}, "api", "Description"),
     ],
@@ -239,26 +282,46 @@ def test_source_validation(source: dict[str, Any], dest: str, message: str) -> N
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({"Kind": "service-intentions", "Name": "api",
-          "Sources": [l4("web", "allow"), l4("web", "deny")]},
-         "Sources[1] defines 'web' more than once"),
+        (
+            {
+                "Kind": "service-intentions",
+                "Name": "api",
+                "Sources": [l4("web", "allow"), l4("web", "deny")],
+            },
+            "Sources[1] defines 'web' more than once",
+        ),
         ({"Kind": "service-intentions", "Name": "api", "Sources": []}, "At least one source"),
-        ({"Kind": "service-intentions", "Name": "a*", "Sources": [l4("web", "allow")]},
-         "Name: wildcard"),
-        ({"Kind": "service-intentions", "Name": "api", "JWT": {"Providers": [{"Name": "x"}]},
-          "Sources": [l4("web", "allow")]}, "JWT: not supported"),
+        (
+            {"Kind": "service-intentions", "Name": "a*", "Sources": [l4("web", "allow")]},
+            "Name: wildcard",
+        ),
+        (
+            {
+                "Kind": "service-intentions",
+                "Name": "api",
+                "JWT": {"Providers": [{"Name": "x"}]},
+                "Sources": [l4("web", "allow")],
+            },
+            "JWT: not supported",
+        ),
         ({"Name": "api"}, "Kind is required"),
         ({"Kind": "service-router", "Name": "api"}, "unsupported config entry kind"),
         ({"Kind": "service-defaults"}, "Name is required"),
         ({"Kind": "service-defaults", "Name": "api", "Protocol": "udp"}, "Protocol: invalid"),
         ({"Kind": "service-defaults", "Name": "api", "Bogus": 1}, "Bogus: unknown field"),
-        ({"Kind": "service-defaults", "Name": "api", "Protocol": "http", "protocol": "tcp"},
-         "Protocol: given more than once"),
-        ({"Kind": "service-defaults", "Name": "api", "MeshGateway": {"Mode": "far"}},
-         "MeshGateway.Mode"),
+        (
+            {"Kind": "service-defaults", "Name": "api", "Protocol": "http", "protocol": "tcp"},
+            "Protocol: given more than once",
+        ),
+        (
+            {"Kind": "service-defaults", "Name": "api", "MeshGateway": {"Mode": "far"}},
+            "MeshGateway.Mode",
+        ),
         ({"Kind": "service-defaults", "Name": "api", "Meta": {"a": 1}}, "Meta must be a map"),
-        ({"Kind": "service-defaults", "Name": "api", "MaxInboundConnections": -1},
-         "MaxInboundConnections must be a non-negative integer"),
+        (
+            {"Kind": "service-defaults", "Name": "api", "MaxInboundConnections": -1},
+            "MaxInboundConnections must be a non-negative integer",
+        ),
         ({"Kind": "proxy-defaults", "Name": "web"}, "only 'global' is supported"),
         ({"Kind": "proxy-defaults", "Config": {"protocol": "smtp"}}, "Config.protocol"),
         ({"Kind": "proxy-defaults", "Protocol": "http"}, "Protocol: unknown field"),
@@ -276,32 +339,76 @@ def test_legacy_write_requires_legacy_id() -> None:
 
 
 def test_snake_case_is_folded_but_user_maps_are_not() -> None:
-    got = normalize_entry({
-        "kind": "service-defaults", "name": "api", "mesh_gateway": {"mode": "local"},
-        "external_sni": "api.example", "meta": {"owner_team": "x"},
-        "transparent_proxy": {"dialed_directly": True},
-    })
+    got = normalize_entry(
+        {
+            "kind": "service-defaults",
+            "name": "api",
+            "mesh_gateway": {"mode": "local"},
+            "external_sni": "api.example",
+            "meta": {"owner_team": "x"},
+            "transparent_proxy": {"dialed_directly": True},
+        }
+    )
     assert got == {
-        "Kind": "service-defaults", "Name": "api", "Protocol": "tcp",
-        "MeshGateway": {"Mode": "local"}, "ExternalSNI": "api.example",
-        "Meta": {"owner_team": "x"}, "TransparentProxy": {"DialedDirectly": True},
+        "Kind": "service-defaults",
+        "Name": "api",
+        "Protocol": "tcp",
+        "MeshGateway": {"Mode": "local"},
+        "ExternalSNI": "api.example",
+        "Meta": {"owner_team": "x"},
+        "TransparentProxy": {"DialedDirectly": True},
     }
-    proxy = normalize_entry({"Kind": "proxy-defaults", "Config": {"protocol": "http",
-                                                                   "local_connect_timeout_ms": 5}})
-    assert proxy["Name"] == "global" and proxy["Config"] == {"protocol": "http",
-                                                             "local_connect_timeout_ms": 5}
-    ixn = normalize_entry({"Kind": "service-intentions", "Name": "api", "CreateIndex": 4,
-                           "Sources": [{"name": "web", "permissions": [
-                               {"action": "deny", "http": {"path_prefix": "/admin",
-                                                           "methods": ["post"],
-                                                           "header": [{"name": "x-a",
-                                                                       "present": True,
-                                                                       "invert": True}]}}]}]})
-    assert ixn == {"Kind": "service-intentions", "Name": "api", "Meta": {}, "Sources": [{
-        "Name": "web", "Precedence": 9, "Type": "consul", "Permissions": [{
-            "Action": "deny", "HTTP": {"PathPrefix": "/admin", "Methods": ["POST"],
-                                       "Header": [{"Name": "x-a", "Present": True,
-                                                   "Invert": True}]}}]}]}
+    proxy = normalize_entry(
+        {"Kind": "proxy-defaults", "Config": {"protocol": "http", "local_connect_timeout_ms": 5}}
+    )
+    assert proxy["Name"] == "global" and proxy["Config"] == {
+        "protocol": "http",
+        "local_connect_timeout_ms": 5,
+    }
+    ixn = normalize_entry(
+        {
+            "Kind": "service-intentions",
+            "Name": "api",
+            "CreateIndex": 4,
+            "Sources": [
+                {
+                    "name": "web",
+                    "permissions": [
+                        {
+                            "action": "deny",
+                            "http": {
+                                "path_prefix": "/admin",
+                                "methods": ["post"],
+                                "header": [{"name": "x-a", "present": True, "invert": True}],
+                            },
+                        }
+                    ],
+                }
+            ],
+        }
+    )
+    assert ixn == {
+        "Kind": "service-intentions",
+        "Name": "api",
+        "Meta": {},
+        "Sources": [
+            {
+                "Name": "web",
+                "Precedence": 9,
+                "Type": "consul",
+                "Permissions": [
+                    {
+                        "Action": "deny",
+                        "HTTP": {
+                            "PathPrefix": "/admin",
+                            "Methods": ["POST"],
+                            "Header": [{"Name": "x-a", "Present": True, "Invert": True}],
+                        },
+                    }
+                ],
+            }
+        ],
+    }
 
 
 # --- RBAC plan -------------------------------------------------------------------------------
@@ -321,8 +428,9 @@ def test_rbac_default_deny_drops_redundant_denies() -> None:
 def test_rbac_l7_rule_carries_permissions_or_becomes_deny_for_tcp() -> None:
     ixns = flatten([entry("api", l7("web"), l4("*", "allow"))])
     plan = rbac_for_destination(ixns, "api", default_allow=False)
-    assert plan == RBACPlan("ALLOW", [RBACRule(["web"], [], [GET_API]),
-                                      RBACRule(["*"], ["web"], None)])
+    assert plan == RBACPlan(
+        "ALLOW", [RBACRule(["web"], [], [GET_API]), RBACRule(["*"], ["web"], None)]
+    )
     tcp = rbac_for_destination(ixns, "api", default_allow=False, http=False)
     assert tcp == RBACPlan("ALLOW", [RBACRule(["*"], ["web"], None)])
 

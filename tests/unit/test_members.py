@@ -1,8 +1,9 @@
 """The leader's liveness state machine, driven with explicit times."""
 
+from meshd.server.members import ALIVE, FAILED, LEFT, Membership
+
 from meshd.rpc import Heartbeat
 from meshd.structs import SERF_CHECK_ID, Deregister, Register
-from server.members import ALIVE, FAILED, LEFT, Membership
 
 
 def hb(node: str, leaving: bool = False) -> Heartbeat:
@@ -10,8 +11,11 @@ def hb(node: str, leaving: bool = False) -> Heartbeat:
 
 
 def serf_status(ops):
-    return [(op.Node, op.Check.Status) for op in ops
-            if isinstance(op, Register) and op.Check and op.Check.CheckID == SERF_CHECK_ID]
+    return [
+        (op.Node, op.Check.Status)
+        for op in ops
+        if isinstance(op, Register) and op.Check and op.Check.CheckID == SERF_CHECK_ID
+    ]
 
 
 def test_writes_only_on_state_changes():

@@ -13,11 +13,10 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.discovery.v3 import discovery_pb2 as ds
 from google.rpc import status_pb2
-
-from proxy.ads import ADSServer
-from proxy.ads_streams import unpack_name
-from proxy.common import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
-from proxy.snapshot import Endpoint, ProxySnapshot, RBACPlan, Upstream
+from meshd.proxy.ads import ADSServer
+from meshd.proxy.ads_streams import unpack_name
+from meshd.proxy.common import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
+from meshd.proxy.snapshot import Endpoint, ProxySnapshot, RBACPlan, Upstream
 
 NODE = "web-sidecar-proxy"
 API_CLUSTER = "api.default.dc1.internal.td.consul"
@@ -25,11 +24,20 @@ API_CLUSTER = "api.default.dc1.internal.td.consul"
 
 def snap(version: int = 1, **kw: Any) -> ProxySnapshot:
     base: dict[str, Any] = dict(
-        proxy_id=NODE, service="web", trust_domain="td.consul", datacenter="dc1",
-        public_listener_address="127.0.0.1", public_listener_port=21000, local_app_port=8080,
+        proxy_id=NODE,
+        service="web",
+        trust_domain="td.consul",
+        datacenter="dc1",
+        public_listener_address="127.0.0.1",
+        public_listener_port=21000,
+        local_app_port=8080,
         upstreams=[Upstream("api", 9191, endpoints=[Endpoint("10.0.0.1", 21000)])],
-        rbac=RBACPlan("DENY", []), leaf_cert_pem="CERT", leaf_key_pem="KEY",
-        roots_pem=["ROOT"], version=version)
+        rbac=RBACPlan("DENY", []),
+        leaf_cert_pem="CERT",
+        leaf_key_pem="KEY",
+        roots_pem=["ROOT"],
+        version=version,
+    )
     base.update(kw)
     return ProxySnapshot(**base)
 
@@ -41,8 +49,7 @@ class Client:
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
         self.delta = delta
         self.node = node
-        self.call = (stub.DeltaAggregatedResources() if delta
-                     else stub.StreamAggregatedResources())
+        self.call = stub.DeltaAggregatedResources() if delta else stub.StreamAggregatedResources()
         self.first = True
         self.responses: asyncio.Queue[Any] = asyncio.Queue()
         # One reader for the stream's life: cancelling a pending read would cancel the RPC.
@@ -76,8 +83,9 @@ class Client:
         self._reader.cancel()
         self.call.cancel()
 
-    async def ack(self, resp: Any, names: list[str] | None = None, *,
-                  error: str | None = None) -> None:
+    async def ack(
+        self, resp: Any, names: list[str] | None = None, *, error: str | None = None
+    ) -> None:
         kw: dict[str, Any] = {"type_url": resp.type_url, "response_nonce": resp.nonce}
         if error is not None:
             kw["error_detail"] = status_pb2.Status(code=3, message=error)
@@ -124,8 +132,12 @@ async def test_holds_until_snapshot_then_acks(ads: Any) -> None:
 
 async def test_push_order_and_cds_gate(ads: Any) -> None:
     c = Client(ads.channel)
-    for t, n in ((LISTENER, []), (CLUSTER, []), (ENDPOINT, [API_CLUSTER]),
-                 (SECRET, ["leaf", "roots"])):
+    for t, n in (
+        (LISTENER, []),
+        (CLUSTER, []),
+        (ENDPOINT, [API_CLUSTER]),
+        (SECRET, ["leaf", "roots"]),
+    ):
         await c.send(type_url=t, resource_names=n)
     await asyncio.sleep(0.05)
     ads.set_snapshot(NODE, snap())
@@ -134,11 +146,19 @@ async def test_push_order_and_cds_gate(ads: Any) -> None:
     await c.silent(0.2)  # listeners wait for the CDS ACK ...
     await c.ack(got[1])
     lds = await c.recv()
-    assert lds.type_url == LISTENER and names(lds) == ["api:127.0.0.1:9191",
-                                                       "public_listener:127.0.0.1:21000"]
+    assert lds.type_url == LISTENER and names(lds) == [
+        "api:127.0.0.1:9191",
+        "public_listener:127.0.0.1:21000",
+    ]
     for r in (got[0], got[2], lds):
-        await c.ack(r, ["leaf", "roots"] if r.type_url == SECRET else
-                    [API_CLUSTER] if r.type_url == ENDPOINT else [])
+        await c.ack(
+            r,
+            ["leaf", "roots"]
+            if r.type_url == SECRET
+            else [API_CLUSTER]
+            if r.type_url == ENDPOINT
+            else [],
+        )
     await ads.wait_synced(NODE, 2)
 
     # ... but not forever: without an ACK they follow after cds_gate_s
@@ -212,14 +232,19 @@ async def test_stale_nonce_is_ignored(ads: Any) -> None:
 async def test_default_provider_and_unknown_names(ads: Any) -> None:
     listeners = {"api": listener_pb2.Listener(name="api")}
     ads.set_default_provider(
-        lambda node: {LISTENER: list(listeners.values())} if node.startswith("grpc-") else None)
+        lambda node: {LISTENER: list(listeners.values())} if node.startswith("grpc-") else None
+    )
     c = Client(ads.channel, node="grpc-client-7")
     await c.send(type_url=LISTENER, resource_names=["api", "nope"])
     r = await c.recv()
     assert names(r) == ["api"]
     await c.ack(r, ["api", "nope"])
-    await c.send(type_url=LISTENER, resource_names=["nope"], response_nonce=r.nonce,
-                 version_info=r.version_info)
+    await c.send(
+        type_url=LISTENER,
+        resource_names=["nope"],
+        response_nonce=r.nonce,
+        version_info=r.version_info,
+    )
     r = await c.recv()
     assert list(r.resources) == []  # unknown: absent, not an error
     await c.ack(r, ["nope"])
@@ -265,20 +290,24 @@ async def test_set_snapshot_from_another_thread(ads: Any) -> None:
 
 
 async def test_delta(ads: Any, caplog: pytest.LogCaptureFixture) -> None:
-    two = snap(upstreams=[Upstream("api", 9191, endpoints=[Endpoint("10.0.0.1", 1)]),
-                          Upstream("db", 9292, endpoints=[Endpoint("10.0.0.2", 2)])])
+    two = snap(
+        upstreams=[
+            Upstream("api", 9191, endpoints=[Endpoint("10.0.0.1", 1)]),
+            Upstream("db", 9292, endpoints=[Endpoint("10.0.0.2", 2)]),
+        ]
+    )
     ads.set_snapshot(NODE, two)
     c = Client(ads.channel, delta=True)
     await c.send(type_url=CLUSTER)  # no names: wildcard
     r = await c.recv()
     assert sorted(x.name for x in r.resources) == sorted(
-        [API_CLUSTER, "db.default.dc1.internal.td.consul", "local_app"])
+        [API_CLUSTER, "db.default.dc1.internal.td.consul", "local_app"]
+    )
     assert all(x.version for x in r.resources) and r.system_version_info == "1"
     await c.ack(r)
     await c.send(type_url=ENDPOINT, resource_names_subscribe=[API_CLUSTER, "ghost"])
     r = await c.recv()
-    assert [x.name for x in r.resources] == [API_CLUSTER] and list(r.removed_resources) == [
-        "ghost"]
+    assert [x.name for x in r.resources] == [API_CLUSTER] and list(r.removed_resources) == ["ghost"]
     await c.ack(r)
     await ads.wait_synced(NODE, 2)
     assert ads.stats(NODE)["kinds"] == ["delta"]
@@ -291,8 +320,14 @@ async def test_delta(ads: Any, caplog: pytest.LogCaptureFixture) -> None:
     await c.ack(r)
     await c.silent()  # api's endpoints did not change
 
-    ads.set_snapshot(NODE, replace(two, version=3, upstreams=[replace(
-        two.upstreams[0], endpoints=[Endpoint("10.0.0.9", 1)])]))
+    ads.set_snapshot(
+        NODE,
+        replace(
+            two,
+            version=3,
+            upstreams=[replace(two.upstreams[0], endpoints=[Endpoint("10.0.0.9", 1)])],
+        ),
+    )
     r = await c.recv()
     assert r.type_url == ENDPOINT and [x.name for x in r.resources] == [API_CLUSTER]
     with caplog.at_level(logging.WARNING, logger="meshd.proxy.ads"):

