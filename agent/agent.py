@@ -17,6 +17,8 @@ import uuid
 from typing import Any
 
 from aiohttp import web
+
+from meshd import __version__
 from meshd.agent.antientropy import AntiEntropy
 from meshd.agent.backend import CatalogBackend, LocalBackend, RemoteBackend
 from meshd.agent.cache import CatalogCache
@@ -36,16 +38,14 @@ from meshd.agent.mesh import MeshManager
 from meshd.agent.persist import Persisted
 from meshd.agent.sidecar import expand_sidecar
 from meshd.agent.views import CacheView, StoreView
-from meshd.server.cluster import Server, ServerSettings
-from meshd.server.raft import free_loopback_port
-from meshd.server.rpc import make_rpc_app
-
-from meshd import __version__
 from meshd.config import Config
 from meshd.fsutil import atomic_write
 from meshd.metrics import Stats
 from meshd.rpc import Heartbeat, PeerChange
 from meshd.rpc_client import RPCClient
+from meshd.server.cluster import Server, ServerSettings
+from meshd.server.raft import free_loopback_port
+from meshd.server.rpc import make_rpc_app
 from meshd.structs import HEALTH_CRITICAL, Barrier, Deregister, HealthCheck, Restore
 from meshd.tls import server_hostname, tls_contexts
 

@@ -15,10 +15,10 @@ import random
 from typing import Any
 
 import msgspec
-from meshd.agent.backend import CatalogBackend
-from meshd.agent.local import LocalState
 
 from meshd import queries as q
+from meshd.agent.backend import CatalogBackend
+from meshd.agent.local import LocalState
 from meshd.structs import SERF_CHECK_ID, Batch, Deregister, HealthCheck, NodeService, Register
 
 log = logging.getLogger("meshd.antientropy")

@@ -11,10 +11,6 @@ import random
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from meshd.server.cluster import Server
-from meshd.server.raft import RaftError
-from meshd.server.store import CommandError
-
 from meshd import queries as q
 from meshd.rpc import (
     CAConfigRequest,
@@ -30,6 +26,9 @@ from meshd.rpc import (
     decode_value,
 )
 from meshd.rpc_client import RPCClient, RPCError
+from meshd.server.cluster import Server
+from meshd.server.raft import RaftError
+from meshd.server.store import CommandError
 from meshd.structs import Command
 
 

@@ -16,10 +16,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
+
 from meshd.agent import probes
 from meshd.agent.definitions import CheckDefinition, DefinitionError
 from meshd.agent.probes import Result, http_status, output_max
-
 from meshd.structs import (
     HEALTH_CRITICAL,
     HEALTH_PASSING,

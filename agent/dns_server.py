@@ -20,6 +20,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from dnslib import DNSRecord
+
 from meshd.agent.dns import (
     SERVFAIL,
     TCP_MAX,

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from meshd.agent.backend import CatalogBackend
-
 from meshd.rpc import SignRequest
 
 log = logging.getLogger("meshd.leaf")

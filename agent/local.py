@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import msgspec
-from meshd.agent.definitions import CheckDefinition
 
+from meshd.agent.definitions import CheckDefinition
 from meshd.structs import (
     HEALTH_CRITICAL,
     NODE_MAINT_CHECK_ID,

@@ -17,9 +17,9 @@ import socket
 from typing import Any
 
 import aiohttp
-from meshd.agent.definitions import CheckDefinition
 from multidict import CIMultiDict
 
+from meshd.agent.definitions import CheckDefinition
 from meshd.structs import HEALTH_CRITICAL, HEALTH_PASSING, HEALTH_WARNING
 
 Result = tuple[str, str]  # (status, output)

@@ -10,7 +10,6 @@ import signal
 import sys
 
 from meshd.agent.agent import Agent, StartError
-
 from meshd.config import Config
 
 

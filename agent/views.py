@@ -6,11 +6,10 @@ has an async `prepare` that warms the cache for the name asked before the answer
 
 from __future__ import annotations
 
+from meshd import queries as q
 from meshd.agent.cache import CatalogCache
 from meshd.server.reads import run_query
 from meshd.server.store import Store
-
-from meshd import queries as q
 from meshd.structs import CheckServiceNode, Node
 
 

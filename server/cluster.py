@@ -17,14 +17,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshd.server import connect_ca
-from meshd.server.ca import CAError
-from meshd.server.members import Membership
-from meshd.server.raft import RaftError, RaftNode, RaftSettings
-from meshd.server.reads import blocking_query
-from meshd.server.reaper import CriticalReaper
-from meshd.server.store import Store
-
 from meshd import queries as q
 from meshd.fsutil import atomic_write_json
 from meshd.rpc import (
@@ -40,6 +32,13 @@ from meshd.rpc import (
     decode_value,
 )
 from meshd.rpc_client import RPCClient, RPCError, normalize_addr
+from meshd.server import connect_ca
+from meshd.server.ca import CAError
+from meshd.server.members import Membership
+from meshd.server.raft import RaftError, RaftNode, RaftSettings
+from meshd.server.reads import blocking_query
+from meshd.server.reaper import CriticalReaper
+from meshd.server.store import Store
 from meshd.structs import SERF_CHECK_ID, Barrier, Command
 
 log = logging.getLogger("meshd.server")

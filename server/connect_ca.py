@@ -12,10 +12,10 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from meshd.server.ca import CAError, CARoot, chain_pem, generate_root, rotate, sign_leaf
 
 from meshd.config import ConfigError, parse_duration
 from meshd.rpc import SignReply, SignRequest
+from meshd.server.ca import CAError, CARoot, chain_pem, generate_root, rotate, sign_leaf
 from meshd.spiffe import trust_domain
 from meshd.structs import CASetRoots
 

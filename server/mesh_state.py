@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from meshd.server.ca import CARoot
 
+from meshd.server.ca import CARoot
 from meshd.structs import CASetRoots, ConfigEntryOp
 
 

@@ -19,10 +19,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from meshd.server.store import CommandError, Store
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.pipe_notifier import PipeNotifier
 
+from meshd.server.store import CommandError, Store
 from meshd.structs import Command, decode_command, encode_command
 
 log = logging.getLogger("meshd.raft")

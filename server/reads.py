@@ -11,11 +11,10 @@ import asyncio
 import contextlib
 from typing import Any
 
+from meshd import queries as q
 from meshd.server.ca import public_view
 from meshd.server.store import Store
 from meshd.server.watch import Waiter
-
-from meshd import queries as q
 from meshd.spiffe import trust_domain
 from meshd.structs import CheckServiceNode, HealthCheck, KVEntry, Node, NodeService
 

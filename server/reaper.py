@@ -9,9 +9,8 @@ in the leader's memory; a new leader starts them afresh, which only ever delays 
 
 from __future__ import annotations
 
-from meshd.server.store import Store
-
 from meshd.config import ConfigError, parse_duration
+from meshd.server.store import Store
 from meshd.structs import HEALTH_CRITICAL, SERF_CHECK_ID, Deregister
 
 

@@ -7,10 +7,6 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
-from meshd.server.ca import CAError
-from meshd.server.cluster import Server
-from meshd.server.raft import RaftError
-from meshd.server.store import CommandError
 
 from meshd.rpc import (
     AUTH_HEADER,
@@ -26,6 +22,10 @@ from meshd.rpc import (
     verify,
 )
 from meshd.rpc_client import RPCError
+from meshd.server.ca import CAError
+from meshd.server.cluster import Server
+from meshd.server.raft import RaftError
+from meshd.server.store import CommandError
 
 MAX_RPC_BODY = 8 * 1024 * 1024
 

@@ -14,9 +14,9 @@ from collections import defaultdict
 from typing import Any
 
 import msgspec
+
 from meshd.server.mesh_state import CommandRejectedError, MeshState
 from meshd.server.watch import WatchSet
-
 from meshd.structs import (
     Barrier,
     Batch,

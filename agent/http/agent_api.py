@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+
 from meshd.agent.definitions import parse_check, parse_service
 from meshd.agent.http.common import (
     BadRequestError,
@@ -16,7 +17,6 @@ from meshd.agent.http.common import (
     query_options,
     to_builtins,
 )
-
 from meshd.metrics import consul_json, prometheus_text
 from meshd.structs import HEALTH_CRITICAL, HEALTH_PASSING, HEALTH_WARNING, HealthCheck
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+
+from meshd import queries as q
 from meshd.agent.backend import ReadResult
 from meshd.agent.definitions import parse_service
 from meshd.agent.http.common import (
@@ -17,8 +19,6 @@ from meshd.agent.http.common import (
     query_options,
     to_builtins,
 )
-
-from meshd import queries as q
 from meshd.structs import (
     HEALTH_PASSING,
     HEALTH_STATES,

@@ -13,17 +13,17 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+
+from meshd import queries as q
 from meshd.agent.backend import CatalogBackend, ReadResult
 from meshd.agent.definitions import DefinitionError
 from meshd.agent.local import UnknownCheckError, UnknownServiceError
+from meshd.config import ConfigError, parse_duration
+from meshd.filter import FilterError, apply_filter
 from meshd.server.ca import CAError
 from meshd.server.config_entries import ConfigEntryError
 from meshd.server.raft import RaftError
 from meshd.server.store import CommandError
-
-from meshd import queries as q
-from meshd.config import ConfigError, parse_duration
-from meshd.filter import FilterError, apply_filter
 
 _encoder = msgspec.json.Encoder()
 DEFAULT_WAIT = 300.0

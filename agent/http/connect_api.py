@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+
+from meshd import queries as q
 from meshd.agent.http.common import (
     BadRequestError,
     NotFoundError,
@@ -15,8 +17,6 @@ from meshd.agent.http.common import (
 )
 from meshd.server.config_entries import KINDS, ConfigEntryError, normalize_entry
 from meshd.server.intentions import check, flatten, intention_id, match
-
-from meshd import queries as q
 from meshd.structs import ConfigEntryOp
 
 if TYPE_CHECKING:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+
+from meshd import queries as q
 from meshd.agent.http.common import (
     BadRequestError,
     blocking_read,
@@ -13,8 +15,6 @@ from meshd.agent.http.common import (
     query_options,
     set_read_headers,
 )
-
-from meshd import queries as q
 from meshd.structs import KVOp
 
 if TYPE_CHECKING:

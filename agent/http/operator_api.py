@@ -8,6 +8,7 @@ import signal
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+
 from meshd.agent.http.common import BadRequestError, json_response
 
 if TYPE_CHECKING:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+
 from meshd.agent.http import agent_api, catalog_api, connect_api, kv_api, operator_api
 from meshd.agent.http.common import error_middleware
 

@@ -28,6 +28,7 @@ from certs import TestCA, make_ca
 from envoy.config.cluster.v3 import cluster_pb2
 from google.protobuf import duration_pb2
 from helpers import free_port
+
 from meshd.proxy.ads import ADSServer
 from meshd.proxy.bootstrap import EnvoyNotFoundError, bootstrap_config, envoy_argv, envoy_binary
 from meshd.proxy.common import CLUSTER

@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
 from meshd.agent.leafkeys import (
     cert_not_after,
     cert_not_before,
@@ -36,7 +37,6 @@ from meshd.server.ca import (
     trust_domain,
     verify_leaf,
 )
-
 from meshd.spiffe import parse_service_id
 
 TD = trust_domain("11111111-2222-3333-4444-555555555555")

@@ -24,6 +24,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
 from meshd.agent.checks import (
     CheckRunner,
     CheckState,
@@ -34,7 +35,6 @@ from meshd.agent.checks import (
     step,
 )
 from meshd.agent.definitions import CheckDefinition, DefinitionError
-
 from meshd.structs import HealthCheck
 
 pytestmark = pytest.mark.timeout(30)

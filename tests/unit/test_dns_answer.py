@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import dns.message
 import pytest
 from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
+
 from meshd.agent.dns import (
     FORMERR,
     NOTIMP,
@@ -23,7 +24,6 @@ from meshd.agent.dns import (
     parse_packet,
     service_ttl,
 )
-
 from meshd.structs import CheckServiceNode, HealthCheck, Node, NodeService, Weights
 
 

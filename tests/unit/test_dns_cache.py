@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from meshd.agent.dns import DNSSettings
 from test_dns_answer import MemView, ask
+
+from meshd.agent.dns import DNSSettings
 
 
 class VersionedView(MemView):

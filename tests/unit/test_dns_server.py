@@ -21,9 +21,9 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 import pytest
+
 from meshd.agent.dns import DNSSettings
 from meshd.agent.dns_server import DNSServer, parse_recursor
-
 from meshd.structs import CheckServiceNode, HealthCheck, Node, NodeService
 
 

@@ -12,6 +12,7 @@ import random
 from typing import Any
 
 import pytest
+
 from meshd.server.config_entries import ConfigEntryError, normalize_entry
 from meshd.server.intentions import (
     Intention,

@@ -1,8 +1,7 @@
 """The leader's liveness state machine, driven with explicit times."""
 
-from meshd.server.members import ALIVE, FAILED, LEFT, Membership
-
 from meshd.rpc import Heartbeat
+from meshd.server.members import ALIVE, FAILED, LEFT, Membership
 from meshd.structs import SERF_CHECK_ID, Deregister, Register
 
 

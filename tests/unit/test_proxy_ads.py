@@ -13,6 +13,7 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.discovery.v3 import discovery_pb2 as ds
 from google.rpc import status_pb2
+
 from meshd.proxy.ads import ADSServer
 from meshd.proxy.ads_streams import unpack_name
 from meshd.proxy.common import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET

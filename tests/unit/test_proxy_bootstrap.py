@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
 from meshd.proxy import bootstrap
 from meshd.proxy.bootstrap import (
     ADS_CLUSTER,

@@ -25,6 +25,7 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
 from envoy.type.matcher.v3 import string_pb2
 from google.protobuf.message import Message
+
 from meshd.proxy.common import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from meshd.proxy.resources import build_resources, resources_digest
 from meshd.proxy.snapshot import Endpoint, ProxySnapshot, RBACPlan, RBACRule, Upstream

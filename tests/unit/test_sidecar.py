@@ -1,4 +1,5 @@
 import pytest
+
 from meshd.agent.definitions import DefinitionError, parse_service
 from meshd.agent.sidecar import PORT_MIN, expand_sidecar
 
