@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 from meshd import queries as q
 from meshd.agent.backend import CatalogBackend
 from meshd.agent.leaf import LeafManager
+from meshd.intentions import flatten, rbac_for_destination
 from meshd.proxy.ads import ADSServer
 from meshd.proxy.snapshot import Endpoint, ProxySnapshot, RBACPlan, RBACRule, Upstream
-from meshd.server.intentions import flatten, rbac_for_destination
 from meshd.structs import HEALTH_CRITICAL, CheckServiceNode, NodeService
 
 if TYPE_CHECKING:

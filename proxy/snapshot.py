@@ -45,7 +45,7 @@ class Upstream:
 
 @dataclass
 class RBACRule:
-    """One row of an intentions plan (the same shape `server/intentions.py` produces).
+    """One row of an intentions plan (the same shape `meshd/intentions.py` produces).
 
     `sources_included` are service names, "*" (any mesh service) or full SPIFFE ids. A rule
     matches a caller that is included and not excluded. `permissions` None means the rule covers
@@ -67,7 +67,7 @@ class RBACPlan:
 
 
 class RBACRuleLike(Protocol):
-    """What the translator reads from a rule, so server/intentions.py objects fit unchanged."""
+    """What the translator reads from a rule, so meshd/intentions.py objects fit unchanged."""
 
     sources_included: list[str]
     sources_excluded: list[str]

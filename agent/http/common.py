@@ -19,9 +19,9 @@ from meshd.agent.backend import CatalogBackend, ReadResult
 from meshd.agent.definitions import DefinitionError
 from meshd.agent.local import UnknownCheckError, UnknownServiceError
 from meshd.config import ConfigError, parse_duration
+from meshd.config_entries import ConfigEntryError
 from meshd.filter import FilterError, apply_filter
 from meshd.server.ca import CAError
-from meshd.server.config_entries import ConfigEntryError
 from meshd.server.raft import RaftError
 from meshd.server.store import CommandError
 

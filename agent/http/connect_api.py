@@ -15,8 +15,8 @@ from meshd.agent.http.common import (
     json_response,
     query_options,
 )
-from meshd.server.config_entries import KINDS, ConfigEntryError, normalize_entry
-from meshd.server.intentions import check, flatten, intention_id, match
+from meshd.config_entries import KINDS, ConfigEntryError, normalize_entry
+from meshd.intentions import check, flatten, intention_id, match
 from meshd.structs import ConfigEntryOp
 
 if TYPE_CHECKING:

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from meshd.server.config_entries import ConfigEntryError, normalize_entry
-from meshd.server.intentions import (
+from meshd.config_entries import ConfigEntryError, normalize_entry
+from meshd.intentions import (
     Intention,
     RBACPlan,
     RBACRule,

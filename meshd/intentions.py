@@ -1,6 +1,6 @@
 """Intention semantics: precedence, the legacy flattened view, L4 checks and the RBAC plan.
 
-Pure logic over already-normalised `service-intentions` entries (see `server.config_entries`),
+Pure logic over already-normalised `service-intentions` entries (see `meshd.config_entries`),
 so the HTTP API, the xDS generator and the tests all share one definition of "who may connect".
 Namespaces are fixed to "default" (Consul Enterprise adds them), which keeps Consul's
 precedence numbers but only the four rows of the table that involve the default namespace.

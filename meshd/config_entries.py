@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from meshd.server.intentions import WILDCARD, precedence
+from meshd.intentions import WILDCARD, precedence
 
 __all__ = ["KINDS", "PROTOCOLS", "ConfigEntryError", "normalize_entry"]
 
