@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from meshd.agent.backend import CatalogBackend
 from meshd.rpc import SignRequest
+from meshd.spiffe import spiffe_service_id
 
 log = logging.getLogger("meshd.leaf")
 
@@ -133,7 +134,7 @@ class LeafManager:
             valid_before=dt.datetime.fromisoformat(reply.ValidBefore),
             root_id=reply.RootID,
             index=self._counter,
-            spiffe_id=f"spiffe://{self.trust_domain}/ns/default/dc/{self.datacenter}/svc/{service}",
+            spiffe_id=spiffe_service_id(self.trust_domain, self.datacenter, service),
         )
 
     def drop(self, service: str) -> None:

@@ -20,7 +20,7 @@ from meshd.agent.backend import CatalogBackend
 from meshd.agent.leaf import LeafManager
 from meshd.intentions import flatten, rbac_for_destination
 from meshd.proxy.ads import ADSServer
-from meshd.proxy.snapshot import Endpoint, ProxySnapshot, RBACPlan, RBACRule, Upstream
+from meshd.proxy.snapshot import Endpoint, ProxySnapshot, Upstream
 from meshd.structs import HEALTH_CRITICAL, CheckServiceNode, NodeService
 
 if TYPE_CHECKING:
@@ -89,20 +89,6 @@ def protocol_of(entries: list[dict[str, Any]], service: str) -> str:
         if e.get("Name") == service:
             return str(e.get("Protocol") or "tcp")
     return "tcp"
-
-
-def to_plan(plan: Any) -> RBACPlan:
-    return RBACPlan(
-        mode=plan.mode,
-        rules=[
-            RBACRule(
-                sources_included=list(r.sources_included),
-                sources_excluded=list(r.sources_excluded),
-                permissions=None if r.permissions is None else list(r.permissions),
-            )
-            for r in plan.rules
-        ],
-    )
 
 
 class MeshManager:
@@ -265,7 +251,7 @@ class MeshManager:
             local_app_port=int(proxy.get("LocalServicePort") or 0),
             protocol=protocol,
             upstreams=upstreams,
-            rbac=to_plan(plan),
+            rbac=plan,
             leaf_cert_pem=leaf.cert_pem,
             leaf_key_pem=leaf.key_pem,
             roots_pem=[r["RootCert"] for r in roots["Roots"]],

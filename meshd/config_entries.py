@@ -252,9 +252,9 @@ def _defaults(entry: dict[str, Any]) -> dict[str, Any]:
                     f"expected one of {', '.join(repr(a) for a in allowed)}"
                 )
     for field in _INT_FIELDS:
-        value = entry.get(field)
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 0
+        number = entry.get(field)
+        if number is not None and (
+            isinstance(number, bool) or not isinstance(number, int) or number < 0
         ):
             raise ConfigEntryError(f"{field} must be a non-negative integer")
     if "ExternalSNI" in entry:
@@ -291,10 +291,10 @@ def _defaults(entry: dict[str, Any]) -> dict[str, Any]:
         config = entry.get("Config")
         if config is not None and not isinstance(config, dict):
             raise ConfigEntryError("Config must be an object")
-        protocol = (config or {}).get("protocol")
-        if protocol is not None and protocol not in PROTOCOLS:
+        proxy_protocol = (config or {}).get("protocol")
+        if proxy_protocol is not None and proxy_protocol not in PROTOCOLS:
             raise ConfigEntryError(
-                f"Config.protocol: invalid protocol {protocol!r}; "
+                f"Config.protocol: invalid protocol {proxy_protocol!r}; "
                 f"expected one of {', '.join(PROTOCOLS)}"
             )
     return entry

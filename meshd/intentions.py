@@ -220,9 +220,13 @@ def check(
 
 @dataclass
 class RBACRule:
-    """Sources this rule covers: any of `sources_included` ("*" = every service) and none of
-    `sources_excluded`. `permissions` is None for a whole-connection rule, else the intention's
-    ordered L7 permission list (Consul JSON)."""
+    """One row of an RBAC plan: the sources it covers and what it lets them do.
+
+    Sources covered: any of `sources_included` ("*" = every service in the trust domain) and
+    none of `sources_excluded`. `permissions` is None for a whole-connection (L4) rule, else the
+    intention's ordered L7 permission list (Consul JSON), first match wins. The one model for
+    both the agent that computes a plan and `meshd.proxy.rbac` that turns it into Envoy RBAC.
+    """
 
     sources_included: list[str]
     sources_excluded: list[str] = field(default_factory=list)
@@ -235,7 +239,9 @@ class RBACRule:
 
 @dataclass
 class RBACPlan:
-    """Envoy RBAC in intention terms. `mode` is the RBAC action applied to matching rules."""
+    """Envoy RBAC in intention terms. `mode` is the RBAC action applied to matching rules:
+    "ALLOW" lets in only callers matching a rule (default deny), "DENY" refuses them (default
+    allow)."""
 
     mode: Literal["ALLOW", "DENY"]
     rules: list[RBACRule] = field(default_factory=list)

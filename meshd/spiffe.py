@@ -7,7 +7,10 @@ drift that would make every signing request fail.
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
+
+_SCHEME = "spiffe://"
 
 
 class ServiceID(NamedTuple):
@@ -31,24 +34,23 @@ def trust_domain(cluster_id: str) -> str:
 
 def spiffe_service_id(trust_domain: str, dc: str, service: str, ns: str = "default") -> str:
     return (
-        f"spiffe://{_segment('trust domain', trust_domain)}/ns/{_segment('namespace', ns)}"
+        f"{_SCHEME}{_segment('trust domain', trust_domain)}/ns/{_segment('namespace', ns)}"
         f"/dc/{_segment('datacenter', dc)}/svc/{_segment('service', service)}"
     )
 
 
 def spiffe_agent_id(trust_domain: str, dc: str, node: str) -> str:
     return (
-        f"spiffe://{_segment('trust domain', trust_domain)}/agent/client"
+        f"{_SCHEME}{_segment('trust domain', trust_domain)}/agent/client"
         f"/dc/{_segment('datacenter', dc)}/id/{_segment('node', node)}"
     )
 
 
 def parse_service_id(uri: str) -> ServiceID:
     """Intentions are matched on the service name, which must come from the verified URI only."""
-    prefix = "spiffe://"
-    if not uri.startswith(prefix):
+    if not uri.startswith(_SCHEME):
         raise ValueError(f"not a SPIFFE ID: {uri!r}")
-    parts = uri[len(prefix) :].split("/")
+    parts = uri[len(_SCHEME) :].split("/")
     if len(parts) != 7 or parts[1] != "ns" or parts[3] != "dc" or parts[5] != "svc":
         raise ValueError(f"not a SPIFFE service ID: {uri!r}")
     td, _, ns, _, dc, _, svc = parts
@@ -60,3 +62,26 @@ def parse_service_id(uri: str) -> ServiceID:
     ):
         _segment(kind, value)
     return ServiceID(td, ns, dc, svc)
+
+
+def is_spiffe_id(uri: str) -> bool:
+    """Whether `uri` is any SPIFFE ID (service, agent or trust domain), by its scheme."""
+    return uri.startswith(_SCHEME) and len(uri) > len(_SCHEME)
+
+
+def trust_domain_uri(trust_domain: str) -> str:
+    """The URI SAN of a CA certificate: it names the trust domain alone, with no path."""
+    return f"{_SCHEME}{_segment('trust domain', trust_domain)}"
+
+
+def service_id_regex(trust_domain: str, service: str | None = None) -> str:
+    """An RE2 pattern for the service IDs of `trust_domain`, in any namespace and datacenter.
+
+    Intentions name services, not datacenters, so a proxy must accept a caller's certificate
+    from any DC of the trust domain (as Consul does). `service=None` accepts every service. A
+    name that cannot appear in an ID (one with a "/") is escaped, not refused: the CA signs no
+    such ID, so it matches no caller, rather than failing the whole proxy's config.
+    """
+    svc = "[^/]+" if service is None else re.escape(service)
+    td = re.escape(_segment("trust domain", trust_domain))
+    return f"^{re.escape(_SCHEME)}{td}/ns/[^/]+/dc/[^/]+/svc/{svc}$"

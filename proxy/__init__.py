@@ -1,6 +1,7 @@
 """Envoy integration: per-proxy snapshot -> xDS resources -> ADS, plus bootstrap and binary.
 
-- `proxy.snapshot`: the input model (ProxySnapshot, Upstream, Endpoint, RBACPlan, RBACRule).
+- `proxy.snapshot`: the input model (ProxySnapshot, Upstream, Endpoint; the RBAC plan is the
+  core's `meshd.intentions.RBACPlan`).
 - `proxy.resources.build_resources`: pure translation to Envoy resources keyed by type URL
   (split over `listeners`, `clusters`, `rbac`, `common`).
 - `proxy.ads.ADSServer`: the grpc.aio Aggregated Discovery Service (SotW and delta).

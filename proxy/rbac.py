@@ -1,13 +1,12 @@
 """Intentions plan -> Envoy RBAC rules (network filter for tcp, HTTP filter for L7).
 
-Callers are identified by the URI SAN of their client certificate. A source named by service is
-matched with a regex that accepts any datacenter (as Consul does), because intentions name
-services, not datacenters; a full SPIFFE id is matched exactly.
+Callers are identified by the URI SAN of their client certificate. A source is matched with a
+regex that accepts any namespace and datacenter (as Consul does), because intentions name
+services, not datacenters. The plan model is the core's `meshd.intentions.RBACPlan`.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -15,9 +14,8 @@ from envoy.config.rbac.v3 import rbac_pb2 as rbac
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
 
-from .snapshot import RBACPlanLike, RBACRuleLike
-
-WILDCARD = "*"
+from meshd.intentions import WILDCARD, RBACPlan, RBACRule
+from meshd.spiffe import service_id_regex
 
 
 def _regex(pattern: str) -> regex_pb2.RegexMatcher:
@@ -36,14 +34,9 @@ def _string_matcher(kind: str, value: str) -> string_pb2.StringMatcher:
 
 
 def source_pattern(trust_domain: str, source: str) -> string_pb2.StringMatcher:
-    """Matcher for a caller's SPIFFE id given an intention source."""
-    if source.startswith("spiffe://"):
-        return string_pb2.StringMatcher(exact=source)
-    td = re.escape(trust_domain)
-    svc = "[^/]+" if source == WILDCARD else re.escape(source)
-    return string_pb2.StringMatcher(
-        safe_regex=_regex(f"^spiffe://{td}/ns/[^/]+/dc/[^/]+/svc/{svc}$")
-    )
+    """Matcher for a caller's SPIFFE id given an intention source ("*" = any service)."""
+    service = None if source == WILDCARD else source
+    return string_pb2.StringMatcher(safe_regex=_regex(service_id_regex(trust_domain, service)))
 
 
 def _principal_for(trust_domain: str, source: str) -> rbac.Principal:
@@ -54,16 +47,16 @@ def _principal_for(trust_domain: str, source: str) -> rbac.Principal:
     )
 
 
-def rule_principal(trust_domain: str, rule: RBACRuleLike) -> rbac.Principal | None:
+def rule_principal(trust_domain: str, rule: RBACRule) -> rbac.Principal | None:
     """included-any AND NOT excluded-each; None when the rule names no source at all."""
-    included = sorted(set(rule.sources_included or []))
+    included = sorted(set(rule.sources_included))
     if not included:
         return None
     if WILDCARD in included:
         included = [WILDCARD]
     ids = [_principal_for(trust_domain, s) for s in included]
     inc = ids[0] if len(ids) == 1 else rbac.Principal(or_ids=rbac.Principal.Set(ids=ids))
-    excluded = sorted(set(getattr(rule, "sources_excluded", None) or []))
+    excluded = sorted(set(rule.sources_excluded))
     if not excluded:
         return inc
     nots = [rbac.Principal(not_id=_principal_for(trust_domain, s)) for s in excluded]
@@ -183,14 +176,14 @@ def ordered_permissions(perms: Iterable[Any], effect: str) -> list[rbac.Permissi
     return out
 
 
-def _check_mode(plan: RBACPlanLike) -> rbac.RBAC.Action.ValueType:
+def _check_mode(plan: RBACPlan) -> rbac.RBAC.Action.ValueType:
     mode = str(plan.mode).upper()
     if mode not in ("ALLOW", "DENY"):
         raise ValueError(f"RBAC plan mode must be ALLOW or DENY, got {plan.mode!r}")
     return rbac.RBAC.ALLOW if mode == "ALLOW" else rbac.RBAC.DENY
 
 
-def build_rbac(plan: RBACPlanLike, trust_domain: str, *, l7: bool) -> rbac.RBAC:
+def build_rbac(plan: RBACPlan, trust_domain: str, *, l7: bool) -> rbac.RBAC:
     """Policies named in plan order so the output is byte-stable.
 
     In ALLOW mode a rule grants its L7 "allow" permissions; in DENY mode it refuses its "deny"
@@ -200,11 +193,11 @@ def build_rbac(plan: RBACPlanLike, trust_domain: str, *, l7: bool) -> rbac.RBAC:
     action = _check_mode(plan)
     effect = "allow" if action == rbac.RBAC.ALLOW else "deny"
     policies: dict[str, rbac.Policy] = {}
-    for i, rule in enumerate(plan.rules or []):
+    for i, rule in enumerate(plan.rules):
         principal = rule_principal(trust_domain, rule)
         if principal is None:
             continue
-        perms_in = getattr(rule, "permissions", None)
+        perms_in = rule.permissions
         if not perms_in:
             perms = [rbac.Permission(any=True)]
         elif l7:

@@ -8,7 +8,9 @@ unit tests can drive without a cluster.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+
+from meshd.intentions import RBACPlan
+from meshd.spiffe import spiffe_service_id
 
 #: Protocols for which Envoy runs an HTTP connection manager (and so L7 intentions apply).
 HTTP_PROTOCOLS = frozenset({"http", "http2", "grpc"})
@@ -43,42 +45,6 @@ class Upstream:
     datacenter: str = ""
 
 
-@dataclass
-class RBACRule:
-    """One row of an intentions plan (the same shape `meshd/intentions.py` produces).
-
-    `sources_included` are service names, "*" (any mesh service) or full SPIFFE ids. A rule
-    matches a caller that is included and not excluded. `permissions` None means the rule covers
-    the whole connection (L4); a list holds Consul L7 permissions, first match wins.
-    """
-
-    sources_included: list[str]
-    sources_excluded: list[str] = field(default_factory=list)
-    permissions: list[dict[str, Any]] | None = None
-
-
-@dataclass
-class RBACPlan:
-    """mode "ALLOW": only callers matching a rule get in (default deny).
-    mode "DENY": callers matching a rule are refused (default allow)."""
-
-    mode: str = "ALLOW"
-    rules: list[RBACRule] = field(default_factory=list)
-
-
-class RBACRuleLike(Protocol):
-    """What the translator reads from a rule, so meshd/intentions.py objects fit unchanged."""
-
-    sources_included: list[str]
-    sources_excluded: list[str]
-    permissions: list[Any] | None
-
-
-class RBACPlanLike(Protocol):
-    mode: str
-    rules: list[Any]
-
-
 def _deny_all() -> RBACPlan:
     """A snapshot built before intentions are known must not open the door."""
     return RBACPlan(mode="ALLOW", rules=[])
@@ -98,7 +64,7 @@ class ProxySnapshot:
     local_app_port: int
     protocol: str = "tcp"
     upstreams: list[Upstream] = field(default_factory=list)
-    rbac: RBACPlanLike = field(default_factory=_deny_all)
+    rbac: RBACPlan = field(default_factory=_deny_all)
     leaf_cert_pem: str = ""
     leaf_key_pem: str = ""
     roots_pem: list[str] = field(default_factory=list)
@@ -106,8 +72,7 @@ class ProxySnapshot:
 
     def spiffe_for(self, service: str, datacenter: str | None = None) -> str:
         """Consul's SPIFFE id layout; the datacenter defaults to this proxy's."""
-        dc = datacenter or self.datacenter
-        return f"spiffe://{self.trust_domain}/ns/default/dc/{dc}/svc/{service}"
+        return spiffe_service_id(self.trust_domain, datacenter or self.datacenter, service)
 
     @property
     def spiffe_id(self) -> str:

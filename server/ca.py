@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from meshd.spiffe import spiffe_agent_id, spiffe_service_id, trust_domain
+from meshd.spiffe import is_spiffe_id, spiffe_service_id, trust_domain_uri
 
 __all__ = [
     "CAError",
@@ -32,9 +32,6 @@ __all__ = [
     "public_view",
     "rotate",
     "sign_leaf",
-    "spiffe_agent_id",
-    "spiffe_service_id",
-    "trust_domain",
     "verify_leaf",
 ]
 
@@ -179,7 +176,7 @@ def generate_root(
         )
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")]
+                [x509.UniformResourceIdentifier(trust_domain_uri(trust_domain))]
             ),
             critical=False,
         )
@@ -389,6 +386,6 @@ def verify_leaf(
     uris = [
         s.value for s in verified.subjects or () if isinstance(s, x509.UniformResourceIdentifier)
     ]
-    if len(uris) != 1 or not uris[0].startswith("spiffe://"):
+    if len(uris) != 1 or not is_spiffe_id(uris[0]):
         raise CAError(f"leaf must carry exactly one SPIFFE URI SAN, has {uris!r}")
     return uris[0]

@@ -1,7 +1,8 @@
 """A throwaway mesh CA for tests: EC P-256, SPIFFE URI SANs shaped like the real CA's.
 
 Kept apart from the server's CA code on purpose: tests of the proxy must not depend on it, and a
-bug there must not hide behind certificates made by the same code.
+bug there must not hide behind certificates made by the same code. The SPIFFE ID strings come
+from `meshd.spiffe` (their one definition, pinned by literals in tests/unit/test_spiffe.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from meshd.spiffe import spiffe_service_id, trust_domain_uri
 
 
 def _key_usage(*, ca: bool) -> x509.KeyUsage:
@@ -42,7 +45,7 @@ class TestCA:
         return self.cert.public_bytes(serialization.Encoding.PEM).decode()
 
     def spiffe(self, service: str, dc: str = "dc1") -> str:
-        return f"spiffe://{self.trust_domain}/ns/default/dc/{dc}/svc/{service}"
+        return spiffe_service_id(self.trust_domain, dc, service)
 
     def leaf(
         self, service: str, dc: str = "dc1", hours: float = 1.0
@@ -102,7 +105,7 @@ def make_ca(trust_domain: str) -> TestCA:
         .add_extension(_key_usage(ca=True), critical=True)
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")]
+                [x509.UniformResourceIdentifier(trust_domain_uri(trust_domain))]
             ),
             critical=False,
         )

@@ -9,6 +9,8 @@ import time
 from cryptography import x509
 from helpers import run_meshd
 
+from meshd.spiffe import spiffe_service_id
+
 
 def test_roots_never_carry_the_signing_key(agent):
     r = agent.get("/v1/connect/ca/roots")
@@ -26,7 +28,7 @@ def test_leaf_has_the_service_spiffe_id(agent):
     agent.put("/v1/agent/service/register", {"Name": "leafsvc", "Port": 1})
     leaf = agent.get("/v1/agent/connect/ca/leaf/leafsvc").json()
     td = agent.get("/v1/connect/ca/roots").json()["TrustDomain"]
-    uri = f"spiffe://{td}/ns/default/dc/dc1/svc/leafsvc"
+    uri = spiffe_service_id(td, "dc1", "leafsvc")
     assert leaf["ServiceURI"] == uri and "PRIVATE KEY" in leaf["PrivateKeyPEM"]
     cert = x509.load_pem_x509_certificate(leaf["CertPEM"].encode())
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -76,7 +78,7 @@ def test_ca_configuration_roundtrip_and_bad_input(agent):
 
 def test_authorize_follows_intentions(agent):
     td = agent.get("/v1/connect/ca/roots").json()["TrustDomain"]
-    caller = f"spiffe://{td}/ns/default/dc/dc1/svc/authweb"
+    caller = spiffe_service_id(td, "dc1", "authweb")
 
     def authorize(uri: str = caller):
         return agent.request(
@@ -88,7 +90,7 @@ def test_authorize_follows_intentions(agent):
     try:
         got = authorize()
         assert got["Authorized"] is False and got["Reason"]
-        other_td = "spiffe://00000000-0000-0000-0000-000000000000.consul/ns/default/dc/dc1/svc/x"
+        other_td = spiffe_service_id("00000000-0000-0000-0000-000000000000.consul", "dc1", "x")
         assert authorize(other_td)["Authorized"] is False
         assert authorize("not-a-uri")["Authorized"] is False
     finally:

@@ -29,11 +29,13 @@ from envoy.config.cluster.v3 import cluster_pb2
 from google.protobuf import duration_pb2
 from helpers import free_port
 
+from meshd.intentions import RBACPlan, RBACRule
 from meshd.proxy.ads import ADSServer
 from meshd.proxy.bootstrap import EnvoyNotFoundError, bootstrap_config, envoy_argv, envoy_binary
 from meshd.proxy.common import CLUSTER
 from meshd.proxy.resources import build_resources
-from meshd.proxy.snapshot import Endpoint, ProxySnapshot, RBACPlan, RBACRule, Upstream
+from meshd.proxy.snapshot import Endpoint, ProxySnapshot, Upstream
+from meshd.spiffe import spiffe_service_id
 
 TD = "7f3c2a10-5b1e-4c2d-9a8b-0123456789ab.consul"
 DC = "dc1"
@@ -304,7 +306,7 @@ async def test_http_mesh_sotw_and_delta(caplog: pytest.LogCaptureFixture) -> Non
         # web -> api through both sidecars; the app sees web's identity, not a forged one
         status, body = await m.get("/hello", headers={"X-Forwarded-Client-Cert": "URI=evil"})
         assert status == 200 and body["path"] == "/hello"
-        assert f"URI=spiffe://{TD}/ns/default/dc/{DC}/svc/web" in body["xfcc"]
+        assert f"URI={spiffe_service_id(TD, DC, 'web')}" in body["xfcc"]
         assert "evil" not in body["xfcc"]
         # api's public port: no plaintext, no TLS without a client cert, no stranger identity
         assert not (await _plaintext_reply(m.api.public_listener_port)).startswith(b"HTTP/")

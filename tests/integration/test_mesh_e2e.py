@@ -18,6 +18,8 @@ import pytest
 from aiohttp import web
 from helpers import BackgroundHTTP, MeshdProcess, dev_agent, free_port, wait_for
 
+from meshd.spiffe import spiffe_service_id
+
 
 def api_app(name: str) -> Any:
     """A stand-in service that answers with its name, the path and the XFCC header it got."""
@@ -147,7 +149,7 @@ def mesh():
 
 def spiffe(agent: MeshdProcess, service: str) -> str:
     td = agent.get("/v1/connect/ca/roots").json()["TrustDomain"]
-    return f"spiffe://{td}/ns/default/dc/dc1/svc/{service}"
+    return spiffe_service_id(td, "dc1", service)
 
 
 def test_web_reaches_api_over_mtls_with_web_identity(mesh):

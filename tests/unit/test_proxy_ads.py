@@ -14,10 +14,11 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.discovery.v3 import discovery_pb2 as ds
 from google.rpc import status_pb2
 
+from meshd.intentions import RBACPlan
 from meshd.proxy.ads import ADSServer
 from meshd.proxy.ads_streams import unpack_name
 from meshd.proxy.common import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
-from meshd.proxy.snapshot import Endpoint, ProxySnapshot, RBACPlan, Upstream
+from meshd.proxy.snapshot import Endpoint, ProxySnapshot, Upstream
 
 NODE = "web-sidecar-proxy"
 API_CLUSTER = "api.default.dc1.internal.td.consul"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 import re
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -26,15 +25,17 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
 from envoy.type.matcher.v3 import string_pb2
 from google.protobuf.message import Message
 
+from meshd.intentions import RBACPlan, RBACRule
 from meshd.proxy.common import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from meshd.proxy.resources import build_resources, resources_digest
-from meshd.proxy.snapshot import Endpoint, ProxySnapshot, RBACPlan, RBACRule, Upstream
+from meshd.proxy.snapshot import Endpoint, ProxySnapshot, Upstream
+from meshd.spiffe import spiffe_service_id
 
 TD = "abc.consul"
 
 
 def spiffe(svc: str, dc: str = "dc1") -> str:
-    return f"spiffe://{TD}/ns/default/dc/{dc}/svc/{svc}"
+    return spiffe_service_id(TD, dc, svc)
 
 
 def snap(**kw: Any) -> ProxySnapshot:
@@ -240,7 +241,7 @@ def test_allow_mode_l4() -> None:
     [pol] = only.policies.values()
     assert p_match(pol.principals[0], spiffe("api", dc="dc2"))
     assert not p_match(pol.principals[0], spiffe("api2"))
-    assert not p_match(pol.principals[0], "spiffe://other.consul/ns/default/dc/dc1/svc/api")
+    assert not p_match(pol.principals[0], spiffe_service_id("other.consul", "dc1", "api"))
     assert list(l4_rules(snap(rbac=RBACPlan("ALLOW", []))).policies) == []  # deny all
 
 
@@ -261,15 +262,13 @@ def test_deny_mode_l4_and_default_is_deny_all() -> None:
     assert rules.action == rbac.RBAC.ALLOW and not rules.policies
 
 
-def test_exact_spiffe_source_and_duck_typed_plan() -> None:
-    plan = SimpleNamespace(
-        mode="allow",
-        rules=[
-            SimpleNamespace(sources_included=[spiffe("web")], sources_excluded=[], permissions=None)
-        ],
-    )
-    rules = l4_rules(snap(rbac=plan))
-    assert allowed(rules, "web") and not allowed(rules, "api")
+def test_a_source_is_a_service_name_so_a_uri_as_source_matches_nobody() -> None:
+    # intentions name services; `check()` compares names, so the plan must not read a URI-shaped
+    # source as "this exact certificate" (that would let Envoy disagree with /intentions/check)
+    uri_source = l4_rules(snap(rbac=RBACPlan("ALLOW", [RBACRule([spiffe("web")])])))
+    assert not allowed(uri_source, "web") and not allowed(uri_source, "api")
+    denied = l4_rules(snap(rbac=RBACPlan("DENY", [RBACRule([spiffe("web")])])))
+    assert allowed(denied, "web")
 
 
 def test_l7_permissions_first_match_wins() -> None:
