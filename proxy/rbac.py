@@ -66,38 +66,48 @@ def rule_principal(trust_domain: str, rule: RBACRule) -> rbac.Principal | None:
 # --- L7 permissions (Consul's IntentionPermission shape) ---------------------------------------
 
 
-def _field(obj: Any, *names: str) -> Any:
-    """Read a field whether the permission came as Consul JSON, HCL snake_case, or an object."""
-    for n in names:
-        if isinstance(obj, Mapping):
-            if n in obj and obj[n] is not None:
-                return obj[n]
-        elif getattr(obj, n, None) is not None:
-            return getattr(obj, n)
-    return None
+Permission = Mapping[str, Any]
+"""One L7 permission as Consul JSON with canonical keys (`meshd.config_entries` folds HCL's
+snake_case and any other spelling before an entry is stored, so no other shape reaches here)."""
 
 
-def _header_rule(h: Any) -> rbac.Permission:
-    name = _field(h, "Name", "name")
+def _fields(obj: Any, allowed: tuple[str, ...], what: str) -> Permission:
+    """`obj` as a mapping of known keys only: a key this translator would not read is refused, so
+    part of a policy is never silently ignored (an ignored path would widen an allow)."""
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{what} must be an object, got {obj!r}")
+    unknown = sorted(set(obj) - set(allowed))
+    if unknown:
+        raise ValueError(f"{what} has unknown field(s) {unknown}; expected {list(allowed)}")
+    return obj
+
+
+def _header_rule(raw: Any) -> rbac.Permission:
+    h = _fields(
+        raw,
+        ("Name", "Present", "Exact", "Prefix", "Suffix", "Regex", "Invert"),
+        "L7 permission header",
+    )
+    name = h.get("Name")
     if not name:
         raise ValueError(f"L7 permission header without a Name: {h!r}")
     m = rc.HeaderMatcher(name=str(name).lower())
-    if _field(h, "Present", "present"):
+    if h.get("Present"):
         m.present_match = True
     else:
-        for keys, kind in (
-            (("Exact", "exact"), "exact"),
-            (("Prefix", "prefix"), "prefix"),
-            (("Suffix", "suffix"), "suffix"),
-            (("Regex", "regex"), "regex"),
+        for key, kind in (
+            ("Exact", "exact"),
+            ("Prefix", "prefix"),
+            ("Suffix", "suffix"),
+            ("Regex", "regex"),
         ):
-            val = _field(h, *keys)
+            val = h.get(key)
             if val is not None:
                 m.string_match.CopyFrom(_string_matcher(kind, str(val)))
                 break
         else:
             raise ValueError(f"L7 permission header {name!r} has no match (Exact/Prefix/...)")
-    if _field(h, "Invert", "invert"):
+    if h.get("Invert"):
         m.invert_match = True
     return rbac.Permission(header=m)
 
@@ -116,21 +126,26 @@ def _or(rules: list[rbac.Permission]) -> rbac.Permission:
     )
 
 
-def http_match(perm: Any) -> rbac.Permission:
+def http_match(perm: Permission) -> rbac.Permission:
     """The request predicate of one permission (its Action is handled by the caller)."""
-    http = _field(perm, "HTTP", "http") or {}
+    perm = _fields(perm, ("Action", "HTTP"), "L7 permission")
+    http = _fields(
+        perm.get("HTTP") or {},
+        ("PathExact", "PathPrefix", "PathRegex", "Methods", "Header"),
+        "L7 permission HTTP",
+    )
     parts: list[rbac.Permission] = []
-    for keys, kind in (
-        (("PathExact", "path_exact"), "exact"),
-        (("PathPrefix", "path_prefix"), "prefix"),
-        (("PathRegex", "path_regex"), "regex"),
+    for key, kind in (
+        ("PathExact", "exact"),
+        ("PathPrefix", "prefix"),
+        ("PathRegex", "regex"),
     ):
-        val = _field(http, *keys)
+        val = http.get(key)
         if val is not None:
             parts.append(
                 rbac.Permission(url_path=path_pb2.PathMatcher(path=_string_matcher(kind, str(val))))
             )
-    methods = _field(http, "Methods", "methods") or []
+    methods = http.get("Methods") or []
     if methods:
         parts.append(
             _or(
@@ -145,19 +160,19 @@ def http_match(perm: Any) -> rbac.Permission:
                 ]
             )
         )
-    for h in _field(http, "Header", "header") or []:
+    for h in http.get("Header") or []:
         parts.append(_header_rule(h))
     return _and(parts)
 
 
-def _action(perm: Any) -> str:
-    action = str(_field(perm, "Action", "action") or "").lower()
+def _action(perm: Permission) -> str:
+    action = str(perm.get("Action") or "").lower()
     if action not in ("allow", "deny"):
         raise ValueError(f"L7 permission Action must be allow or deny, got {action!r}")
     return action
 
 
-def ordered_permissions(perms: Iterable[Any], effect: str) -> list[rbac.Permission]:
+def ordered_permissions(perms: Iterable[Permission], effect: str) -> list[rbac.Permission]:
     """Permissions with action `effect`, each guarded against earlier opposite ones.
 
     Consul evaluates permissions first-match-wins; RBAC policies are an unordered OR, so

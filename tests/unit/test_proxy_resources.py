@@ -432,6 +432,18 @@ def test_deterministic() -> None:
                 "ALLOW", [RBACRule(["web"], permissions=[{"Action": "perhaps", "HTTP": {}}])]
             ),
         ),
+        # a spelling the translator does not read must not silently widen an allow to "any path"
+        dict(
+            protocol="http",
+            rbac=RBACPlan(
+                "ALLOW",
+                [
+                    RBACRule(
+                        ["web"], permissions=[{"Action": "allow", "HTTP": {"path_prefix": "/p"}}]
+                    )
+                ],
+            ),
+        ),
         dict(
             protocol="http",
             rbac=RBACPlan(
