@@ -70,8 +70,9 @@ class MeshdProcess:
                 r = self.request("GET", "/v1/status/leader")
                 if r.status == 200 and r.json() and self._settled():
                     return self
-            except OSError:
-                pass
+            except urllib.error.URLError as e:
+                if not isinstance(e.reason, ConnectionRefusedError):  # refused: not up yet
+                    raise RuntimeError(f"meshd start: {e.reason}: {self.read_log()}") from e
             time.sleep(0.05)
         raise RuntimeError(f"meshd did not become ready: {self.read_log()}")
 

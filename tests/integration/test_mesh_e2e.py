@@ -83,7 +83,7 @@ def get(port: int, path: str = "/", timeout: float = 3.0) -> tuple[int, dict | s
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode(errors="replace")
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
         return 0, str(e)
 
 
