@@ -123,7 +123,8 @@ def reserve_port(host: str) -> socket.socket:
     and say which port it got, so the port is held instead: this socket is bound with
     SO_REUSEADDR and never listens, which on Linux lets Raft's own SO_REUSEADDR listener bind
     the same port beside it, while the kernel hands the port to nobody else. Close it once Raft
-    has bound (RaftNode binds before its constructor returns).
+    has bound (RaftNode binds before its constructor returns). Where a system refuses the shared
+    bind, pysyncobj's own retry (every second) binds the port once this socket is closed.
     """
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
