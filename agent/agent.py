@@ -44,7 +44,7 @@ from meshd.metrics import Stats
 from meshd.rpc import Heartbeat, PeerChange
 from meshd.rpc_client import RPCClient
 from meshd.server.cluster import Server, ServerSettings
-from meshd.server.raft import free_loopback_port
+from meshd.server.raft import reserve_port
 from meshd.server.rpc import make_rpc_app
 from meshd.structs import HEALTH_CRITICAL, Barrier, Deregister, HealthCheck, Restore
 from meshd.tls import server_hostname, tls_contexts
@@ -162,13 +162,14 @@ class Agent:
                     "code execution. Generate a key with `meshd keygen` and set `encrypt`."
                 )
             self.local.node_meta.setdefault("meshd-server", "true")
+            dev_raft = reserve_port(cfg.bind_addr) if cfg.dev else None
             self.server = Server(
                 ServerSettings(
                     node_name=cfg.node_name,
                     datacenter=cfg.datacenter,
                     advertise=self.address,
                     rpc_port=cfg.ports.server,
-                    raft_port=free_loopback_port() if cfg.dev else cfg.ports.raft,
+                    raft_port=dev_raft.getsockname()[1] if dev_raft else cfg.ports.raft,
                     data_dir=cfg.data_dir,
                     key=key,
                     password=_raft_password(cfg),
@@ -183,7 +184,11 @@ class Agent:
                     server_name=server_name,
                 )
             )
-            await self.server.start()
+            try:
+                await self.server.start()
+            finally:
+                if dev_raft is not None:
+                    dev_raft.close()  # Raft's listener holds the port now
             self.backend = LocalBackend(self.server)
             self.view = StoreView(self.server.store, cfg.datacenter, cfg.node_name)
             if not cfg.dev:

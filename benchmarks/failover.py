@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from _cluster import MeshdCluster, MeshdNode, Procs, keygen, loadavg, wait_quiet, wait_until
 from _common import LOOPBACK, fmt, machine_summary, result_line, run_main, table
 
+TARGET_S = 3.0  # DESIGN.md: writes accepted again within 3 s of losing the leader
+
 
 @dataclass
 class Run:
@@ -280,8 +282,10 @@ def report(runs: list[Run], args: argparse.Namespace, load0: float) -> None:
         )
     )
     failed = sum(1 for r in runs if math.isnan(r.write_s))
+    # the figure tests/multihost/test_failures.py asserted until timings left the tests
+    met = bool(ok) and worst < TARGET_S and not failed
     print(
-        f"target < 3 s: {'met' if ok and worst < 3.0 and not failed else 'NOT met'} "
+        f"target < {TARGET_S:g} s: {'met' if met else 'NOT met'} "
         f"(median {fmt(median, 2)} s, max {fmt(worst, 2)} s, {failed} runs without a write)"
     )
     load_end = loadavg()[0]
@@ -296,6 +300,8 @@ def report(runs: list[Run], args: argparse.Namespace, load0: float) -> None:
                 "min_s": ok[0] if ok else math.nan,
                 "leader_seen_median_s": statistics.median(elected) if elected else math.nan,
                 "failed_runs": failed,
+                "target_s": TARGET_S,
+                "target_met": "yes" if met else "no",
                 "load_start": load0,
                 "load_end": load_end,
             },

@@ -387,7 +387,7 @@ def put_ok(port: int, path: str, body: object) -> None:
 
 
 def build_mesh(procs: Procs) -> Mesh:
-    api_port, api_pub, web_port, web_pub, up_port = free_ports(5)
+    api_port, api_pub, web_port, web_pub, up_port, api_admin, web_admin = free_ports(7)
     upstream = procs.add(
         "upstream",
         [sys.executable, str(Path(__file__).with_name("_upstream.py")), f"--port={api_port}"],
@@ -425,7 +425,10 @@ def build_mesh(procs: Procs) -> Mesh:
             },
         },
     )
-    envoys = {sid: start_envoy(procs, agent, sid) for sid in ("api", "web")}
+    envoys = {
+        sid: start_envoy(procs, agent, sid, admin)
+        for sid, admin in (("api", api_admin), ("web", web_admin))
+    }
     mesh = Mesh(agent, upstream, api_port, up_port, envoys)
 
     def through_mesh() -> bool:

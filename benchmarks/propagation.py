@@ -191,7 +191,7 @@ def setup(procs: Procs) -> tuple[MeshdNode, MeshdNode, int]:
         procs, "client-b", "client", retry_join=[f"{LOOPBACK}:{a.server_port}"], grpc=True
     )
     wait_agent_ready(b)
-    web_port, web_pub, up_port = free_ports(3)
+    web_port, web_pub, up_port, admin_port = free_ports(4)
     status, raw = request(
         b.http_port,
         "PUT",
@@ -212,7 +212,7 @@ def setup(procs: Procs) -> tuple[MeshdNode, MeshdNode, int]:
     )
     if status != 200:
         raise BenchError(f"register web on B -> {status}: {raw[:300]!r}")
-    envoy, admin = start_envoy(procs, b, "web")
+    envoy, admin = start_envoy(procs, b, "web", admin_port)
     wait_until(
         lambda: request(admin, "GET", "/ready", timeout=1)[0] == 200,
         60,

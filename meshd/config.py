@@ -579,7 +579,9 @@ def _read_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
 def _build(merged: dict[str, Any], dev: bool) -> Config:
     dns = dict(merged.pop("dns_config", {}))
     dns["soa"] = {**SOA_DEFAULTS, **dns.get("soa", {})}
-    tls = {k: (v or None) if isinstance(v, str) else v for k, v in merged.pop("tls", {}).items()}
+    tls: dict[str, Any] = {
+        k: (v or None) if isinstance(v, str) else v for k, v in merged.pop("tls", {}).items()
+    }
     for key in ("data_dir", "advertise_addr", "alt_domain", "encrypt"):
         if key in merged:
             merged[key] = merged[key] or None

@@ -43,7 +43,7 @@ def prometheus_text(stats: Stats) -> bytes:
                 yield GaugeMetricFamily(f"meshd_{name}", name.replace("_", " "), value=fn())
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(Collector())  # type: ignore[arg-type]
+    registry.register(Collector())
     return generate_latest(registry)
 
 

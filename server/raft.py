@@ -115,11 +115,25 @@ class RaftSettings:
     fsync: bool = True  # group-committed msync of the journal (only with data_dir)
 
 
-def free_loopback_port() -> int:
-    """A port for dev mode's peerless Raft listener, which nobody needs to know in advance."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def reserve_port(host: str) -> socket.socket:
+    """A port for dev mode's peerless Raft listener, held until Raft has bound it.
+
+    Picking a free port and closing it leaves a window in which another process can take it,
+    and pysyncobj then retries its bind forever, with no leader. pysyncobj cannot bind port 0
+    and say which port it got, so the port is held instead: this socket is bound with
+    SO_REUSEADDR and never listens, which on Linux lets Raft's own SO_REUSEADDR listener bind
+    the same port beside it, while the kernel hands the port to nobody else. Close it once Raft
+    has bound (RaftNode binds before its constructor returns). Where a system refuses the shared
+    bind, pysyncobj's own retry (every second) binds the port once this socket is closed.
+    """
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind((host, 0))
+    except OSError:
+        s.close()
+        raise
+    return s
 
 
 class RaftNode:

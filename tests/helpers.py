@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,19 +13,12 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshd.testing import free_ports
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A port free for both TCP and UDP, so DNS can take it on both."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            t.bind(("127.0.0.1", 0))
-            port = t.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                try:
-                    u.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
+
+def free_port() -> int:
+    """One port for a process that needs only one; a process with several takes `free_ports`."""
+    return free_ports(1)[0]
 
 
 @dataclass
@@ -78,8 +70,9 @@ class MeshdProcess:
                 r = self.request("GET", "/v1/status/leader")
                 if r.status == 200 and r.json() and self._settled():
                     return self
-            except OSError:
-                pass
+            except urllib.error.URLError as e:
+                if not isinstance(e.reason, ConnectionRefusedError):  # refused: not up yet
+                    raise RuntimeError(f"meshd start: {e.reason}: {self.read_log()}") from e
             time.sleep(0.05)
         raise RuntimeError(f"meshd did not become ready: {self.read_log()}")
 
@@ -155,9 +148,8 @@ def run_meshd(
 def dev_agent(*extra: str, env: dict[str, str] | None = None) -> MeshdProcess:
     fd, log_path = tempfile.mkstemp(prefix="meshd-", suffix=".log")
     os.close(fd)
-    return MeshdProcess(
-        free_port(), free_port(), free_port(), ["-dev", *extra], log_path, env=env or {}
-    )
+    http, dns, grpc = free_ports(3)
+    return MeshdProcess(http, dns, grpc, ["-dev", *extra], log_path, env=env or {})
 
 
 def wait_for(pred: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from meshd.agent.definitions import parse_check, parse_service
 from meshd.agent.http.common import (
+    AGENT_KEY,
     BadRequestError,
     NotFoundError,
     filtered,
@@ -27,7 +28,7 @@ routes = web.RouteTableDef()
 
 
 def _agent(request: web.Request) -> Agent:
-    return request.app["agent"]
+    return request.app[AGENT_KEY]
 
 
 def agent_service(agent: Agent, sid: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from meshd import queries as q
 from meshd.agent.backend import ReadResult
 from meshd.agent.definitions import parse_service
 from meshd.agent.http.common import (
+    AGENT_KEY,
     BadRequestError,
     blocking_read,
     filtered,
@@ -35,7 +36,7 @@ routes = web.RouteTableDef()
 
 
 def _agent(request: web.Request) -> Agent:
-    return request.app["agent"]
+    return request.app[AGENT_KEY]
 
 
 def _tags(request: web.Request) -> list[str]:
@@ -86,7 +87,7 @@ def _catalog_check(node: str, raw: Any) -> HealthCheck:
     if not isinstance(raw, dict):
         raise BadRequestError("Check must be an object")
     d = {k.lower(): v for k, v in raw.items()}
-    fields = {}
+    fields: dict[str, Any] = {}
     for key, name in (
         ("checkid", "CheckID"),
         ("name", "Name"),

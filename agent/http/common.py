@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from aiohttp import web
@@ -25,7 +25,13 @@ from meshd.server.ca import CAError
 from meshd.server.raft import RaftError
 from meshd.server.store import CommandError
 
+if TYPE_CHECKING:
+    from meshd.agent.agent import Agent
+
 _encoder = msgspec.json.Encoder()
+# The one key under which the HTTP app holds its agent: a typed key gives handlers an `Agent`
+# rather than `Any`, and string keys are deprecated by aiohttp (NotAppKeyWarning).
+AGENT_KEY: web.AppKey[Agent] = web.AppKey("agent")
 DEFAULT_WAIT = 300.0
 MAX_WAIT = 600.0
 

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from meshd import queries as q
 from meshd.agent.http.common import (
+    AGENT_KEY,
     BadRequestError,
     NotFoundError,
     blocking_read,
@@ -27,7 +28,7 @@ INTENTIONS = "service-intentions"
 
 
 def _agent(request: web.Request) -> Agent:
-    return request.app["agent"]
+    return request.app[AGENT_KEY]
 
 
 def _kind(kind: str) -> str:

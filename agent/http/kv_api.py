@@ -8,6 +8,7 @@ from aiohttp import web
 
 from meshd import queries as q
 from meshd.agent.http.common import (
+    AGENT_KEY,
     BadRequestError,
     blocking_read,
     flag,
@@ -25,7 +26,7 @@ MAX_VALUE = 512 * 1024  # Consul's kv_max_value_size
 
 
 def _agent(request: web.Request) -> Agent:
-    return request.app["agent"]
+    return request.app[AGENT_KEY]
 
 
 def _key(request: web.Request) -> str:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from meshd.agent.http.common import BadRequestError, json_response
+from meshd.agent.http.common import AGENT_KEY, BadRequestError, json_response
 
 if TYPE_CHECKING:
     from meshd.agent.agent import Agent
@@ -19,7 +19,7 @@ MAX_SNAPSHOT = 512 * 1024 * 1024
 
 
 def _agent(request: web.Request) -> Agent:
-    return request.app["agent"]
+    return request.app[AGENT_KEY]
 
 
 @routes.get("/v1/operator/raft/configuration")

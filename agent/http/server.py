@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from meshd.agent.http import agent_api, catalog_api, connect_api, kv_api, operator_api
-from meshd.agent.http.common import error_middleware
+from meshd.agent.http.common import AGENT_KEY, error_middleware
 
 if TYPE_CHECKING:
     from meshd.agent.agent import Agent
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 @web.middleware
 async def count_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     resp = await handler(request)
-    request.app["agent"].stats.http[(request.method, resp.status)] += 1
+    request.app[AGENT_KEY].stats.http[(request.method, resp.status)] += 1
     return resp
 
 
@@ -24,7 +24,7 @@ def make_app(agent: Agent, max_body: int = 1024 * 1024) -> web.Application:
     app = web.Application(
         middlewares=[count_middleware, error_middleware], client_max_size=max_body
     )
-    app["agent"] = agent
+    app[AGENT_KEY] = agent
     for mod in (agent_api, catalog_api, connect_api, kv_api, operator_api):
         app.add_routes(mod.routes)
     return app

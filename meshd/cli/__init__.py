@@ -27,10 +27,9 @@ _META_TOKEN = "meshd.token"
 class CLIError(click.ClickException):
     """A failure reported as a single stderr line; `prefix` lets KV keep Consul's `Error! `."""
 
-    def __init__(self, message: str, *, prefix: str = "Error: ", exit_code: int = 1) -> None:
+    def __init__(self, message: str, *, prefix: str = "Error: ") -> None:
         super().__init__(message)
         self.prefix = prefix
-        self.exit_code = exit_code
 
     def show(self, file: IO[Any] | None = None) -> None:
         click.echo(f"{self.prefix}{self.format_message()}", err=True)

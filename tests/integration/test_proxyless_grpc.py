@@ -10,7 +10,7 @@ from concurrent import futures
 
 import grpc
 import pytest
-from helpers import dev_agent, free_port
+from helpers import dev_agent, free_ports
 
 CLIENT = r"""
 import collections, sys, grpc
@@ -36,7 +36,7 @@ def _server(name: str, port: int) -> grpc.Server:
 @pytest.fixture(scope="module")
 def grpc_mesh(tmp_path_factory):
     agent = dev_agent().start()
-    ports = [free_port(), free_port()]
+    ports = free_ports(2)
     servers = [_server(f"api-{i + 1}", p) for i, p in enumerate(ports)]
     for i, p in enumerate(ports):
         r = agent.put(

@@ -10,11 +10,27 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 from dataclasses import dataclass, field
 from typing import Any
 
-from helpers import REPO, http_request
+from helpers import REPO, Response, http_request
 from rpc_certs import TestCA
+
+# What a request to a killed, restarting or partitioned node raises: the connection is refused
+# (no process) or reset (killed mid-request), or nothing answers in time (partitions drop
+# packets; a cluster without a leader holds a write). Any other OSError is a bug and propagates.
+UNREACHABLE = (ConnectionError, TimeoutError)
+
+
+def node_request(url: str, method: str = "GET", body: Any = None, timeout: float = 5.0) -> Response:
+    """`http_request`, raising the socket error itself where urllib wraps it in a URLError."""
+    try:
+        return http_request(url, method, body, timeout)
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, OSError):
+            raise e.reason from e
+        raise
 
 
 def keygen() -> str:
@@ -68,14 +84,14 @@ class Node:
         try:
             with open(self.log_path, "rb") as f:
                 return f.read().decode(errors="replace")[-3000:]
-        except OSError:
+        except FileNotFoundError:  # not started yet
             return ""
 
     def request(
         self, method: str, path: str, body: Any = None, timeout: float = 5.0
     ) -> tuple[int, Any, dict[str, str]]:
         """(status, JSON body or raw bytes, headers); an error's body as text."""
-        r = http_request(self.http + path, method, body, timeout)
+        r = node_request(self.http + path, method, body, timeout)
         if r.status >= 400:
             return r.status, r.body.decode(errors="replace"), r.headers
         return r.status, _maybe_json(r.body), r.headers
@@ -89,7 +105,7 @@ class Node:
     def leader(self) -> str:
         try:
             status, body, _ = self.get("/v1/status/leader", timeout=2)
-        except OSError:
+        except UNREACHABLE:
             return ""
         return body if status == 200 and isinstance(body, str) else ""
 
@@ -202,7 +218,7 @@ def wait(pred: Any, timeout: float, msg: str = "", interval: float = 0.1) -> Any
     while time.monotonic() < deadline:
         try:
             v = pred()
-        except OSError:
+        except UNREACHABLE:
             v = None
         if v:
             return v

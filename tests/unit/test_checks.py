@@ -339,9 +339,8 @@ async def test_http_timeout_and_refused(
     )
     refused = f"http://127.0.0.1:{closed_port()}/"
     runner.add(mk("http", CheckID="refused", HTTP=refused, Status="passing"))
-    t0 = time.monotonic()
+    # critical with the timeout's reason, not the slow server's answer 3 s later
     assert "timed out after 0.3s" in await rec.status("critical", "slow")
-    assert time.monotonic() - t0 < 1.5
     assert (await rec.status("critical", "refused")).startswith(f"HTTP GET {refused}: ")
 
 
@@ -732,16 +731,29 @@ async def test_reports_only_changes_and_add_replaces(
 
 
 @pytest.mark.asyncio
-async def test_first_run_is_staggered_within_interval(runner: CheckRunner, rec: Recorder) -> None:
+async def test_first_run_is_staggered_within_interval() -> None:
+    """Consul starts each check at a random point of its interval, so that an agent restart
+    does not fire every check at once: eight checks' first results do not come together."""
+    first: dict[str, float] = {}
+
+    def record(cid: str, status: str, output: str) -> None:
+        first.setdefault(cid, time.monotonic())
+
+    runner = CheckRunner(record)
     server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
         for i in range(8):
             runner.add(mk("tcp", CheckID=f"s{i}", TCP=f"127.0.0.1:{port}", Interval=0.4))
-        t0 = time.monotonic()
-        await rec.until(lambda u: len(rec.updates) == 8, timeout=2.0)
-        assert time.monotonic() - t0 < 0.8
+        for _ in range(1000):
+            if len(first) == 8:
+                break
+            await asyncio.sleep(0.01)
+        assert len(first) == 8, first
+        # uniform starts over 0.4 s: all eight within 50 ms of each other has odds of ~1e-5
+        assert max(first.values()) - min(first.values()) > 0.05, first
     finally:
+        await runner.close()
         server.close()
         await server.wait_closed()
 
