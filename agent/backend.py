@@ -26,6 +26,7 @@ from meshd.rpc import (
     decode_value,
 )
 from meshd.rpc_client import RPCClient, RPCError
+from meshd.server.authority import CommandForbiddenError, Origin
 from meshd.server.cluster import Server
 from meshd.server.raft import RaftError
 from meshd.server.store import CommandError
@@ -68,7 +69,8 @@ class LocalBackend:
         self.server = server
 
     async def write(self, cmd: Command) -> Any:
-        return await self.server.write(cmd)
+        # the HTTP API's writes are an agent's, whichever host it runs on
+        return await self.server.write(cmd, Origin.AGENT)
 
     async def read(
         self, query: q.Query, *, min_index: int = 0, wait: float = 0.0, consistency: str = "default"
@@ -113,6 +115,8 @@ class RemoteBackend:
             reply = await self.rpc.call("write", WriteRequest(Command=cmd), WriteReply)
         except RPCError as e:
             raise RaftError(str(e)) from None
+        if reply.Code == 403:
+            raise CommandForbiddenError(reply.Error)
         if reply.Code == 400:
             raise CommandError(reply.Error)
         if reply.Error:

@@ -33,13 +33,15 @@ from meshd.rpc import (
 )
 from meshd.rpc_client import RPCClient, RPCError, normalize_addr
 from meshd.server import connect_ca
+from meshd.server.authority import Origin, admit
 from meshd.server.ca import CAError
 from meshd.server.members import Membership
 from meshd.server.raft import RaftError, RaftNode, RaftSettings
 from meshd.server.reads import blocking_query
 from meshd.server.reaper import CriticalReaper
 from meshd.server.store import Store
-from meshd.structs import SERF_CHECK_ID, Barrier, Command
+from meshd.structs import SERF_CHECK_ID, Barrier, Command, Restore
+from meshd.validate import Limits
 
 log = logging.getLogger("meshd.server")
 
@@ -63,6 +65,7 @@ class ServerSettings:
     bind: str | None = None  # Raft listen host when it differs from `advertise`
     server_name: str | None = None  # TLS name servers present to each other
     fsync: bool = True
+    limits: Limits = field(default_factory=Limits)
 
 
 @dataclass
@@ -206,8 +209,19 @@ class Server:
             raise RaftError("No cluster leader")
         return self.known.get(leader, _rpc_for(leader, self.s.rpc_port))
 
-    async def write(self, cmd: Command) -> Any:
-        return await self._raft().apply(cmd)
+    async def write(self, cmd: Command, origin: Origin = Origin.SERVER) -> Any:
+        """Propose `cmd` once it passes `admit`: the servers decide what enters the state.
+
+        `origin` is AGENT for anything an agent asked for (RPC and the HTTP API of an agent on
+        this server); a server's own decisions (CA, liveness, restore) come as SERVER.
+        """
+        raft = self._raft()
+        return await raft.apply(admit(cmd, origin, self.store, self.s.limits))
+
+    async def restore(self, data: bytes) -> None:
+        """Replace the state with a snapshot: an operator's request, served by a server agent
+        itself (never over /rpc/write), after the snapshot has been loaded on a scratch store."""
+        await self.write(Restore(Data=data))
 
     async def read(
         self, query: q.Query, min_index: int, wait: float, consistency: str
@@ -306,7 +320,7 @@ class Server:
                 ops = self.members.tick()
                 ops += self.reaper.tick(self.store, time.monotonic())
                 for op in ops:
-                    await raft.apply(op)
+                    await self.write(op)
             except (RaftError, RPCError, CAError) as e:
                 log.warning("leader loop: %s", e)
                 for st in self.members.nodes.values():
