@@ -204,7 +204,7 @@ class Agent:
                 ssl_context=ssl_client,
                 server_name=server_name,
             )
-            self.backend = RemoteBackend(self.rpc)
+            self.backend = RemoteBackend(self.rpc, Limits.from_config(cfg.limits))
             self.cache = CatalogCache(self.backend)
             self.view = CacheView(self.cache, cfg.datacenter, cfg.node_name)
         self.ae = AntiEntropy(self.local, self.backend)

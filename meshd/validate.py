@@ -55,7 +55,8 @@ class Limits:
 
 MAX_NAME = 256  # node names, service names and IDs, check IDs, tags, addresses
 MAX_KEY = 512  # KV keys
-MAX_TEXT = 64 * 1024  # a check's Output and Notes: a status line, not a log
+MAX_TEXT = 128 * 1024  # a check's Output and Notes: a status line, not a log
+OUTPUT_MAX_SIZE = MAX_TEXT // 2  # an agent's OutputMaxSize: room left for its truncation note
 MAX_BATCH = 4096  # commands in one Batch (anti-entropy of one node)
 META_MAX_PAIRS = 64  # Consul's metaMaxKeyPairs, metaKeyMaxLength, metaValueMaxLength
 META_KEY_MAX = 128

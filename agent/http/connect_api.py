@@ -15,7 +15,6 @@ from meshd.agent.http.common import (
     json_response,
     query_options,
 )
-from meshd.server.authority import check_command
 from meshd.server.config_entries import KINDS, ConfigEntryError, normalize_entry
 from meshd.server.intentions import check, flatten, match
 from meshd.structs import ConfigEntryOp, IntentionOp
@@ -121,7 +120,7 @@ async def _upsert_source(
         op = IntentionOp(
             Op="upsert", Destination=dst, Source=src, Fields=fields, MustNotExist=not replace
         )
-    return await agent.backend.write(check_command(op))
+    return await agent.backend.write(op)  # the backend runs the servers' rules first
 
 
 def _source_body(body: dict[str, Any]) -> dict[str, Any]:
