@@ -20,11 +20,11 @@ class DefinitionError(ValueError):
     """A user-supplied definition is invalid; the message is returned as HTTP 400 text."""
 
 
-def _servers_rule(rule: Callable[..., None], *args: Any) -> None:
+def _servers_rule(rule: Callable[..., None], *args: Any, **kw: Any) -> None:
     """The servers' own rule for this part, run before the agent changes its local state, so a
     definition the agent accepts is one anti-entropy can push."""
     try:
-        rule(*args)
+        rule(*args, **kw)
     except validate.ValidationError as e:
         raise DefinitionError(f"invalid definition: {e}") from None
 

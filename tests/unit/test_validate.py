@@ -136,3 +136,21 @@ def test_typed_refuses_fields_of_the_wrong_type(cmd: Command, reason: str) -> No
 def test_unknown_command_type_is_refused() -> None:
     with pytest.raises(validate.ValidationError, match="unknown command"):
         validate.validate(Weights())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ({"Name": "web", "Meta": {"bad key": "v"}}, "Service.Meta: key 'bad key' contains invalid"),
+        ({"Name": "web", "Kind": "connect-proxy"}, "DestinationServiceName must be set"),
+        ({"Name": "web", "Check": {"CheckID": "serfHealth", "TTL": "10s"}}, "maintained by the"),
+        ({"Name": "web", "Check": {"TTL": "10s", "OutputMaxSize": 10**6}}, "OutputMaxSize must be"),
+    ],
+)
+def test_the_agent_refuses_what_the_servers_would(raw: dict[str, Any], reason: str) -> None:
+    """An agent that accepted these into its local state could never sync them."""
+    from meshd.agent.definitions import DefinitionError, parse_service
+
+    with pytest.raises(DefinitionError) as e:
+        parse_service(raw)
+    assert reason in str(e.value)
