@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshd import queries as q
+from meshd import validate
 from meshd.fsutil import atomic_write_json
 from meshd.rpc import (
     CAConfigRequest,
@@ -39,7 +40,7 @@ from meshd.server.members import Membership
 from meshd.server.raft import RaftError, RaftNode, RaftSettings
 from meshd.server.reads import blocking_query
 from meshd.server.reaper import CriticalReaper
-from meshd.server.store import Store
+from meshd.server.store import CommandError, Store
 from meshd.structs import SERF_CHECK_ID, Barrier, Command, Restore
 from meshd.validate import Limits
 
@@ -280,6 +281,11 @@ class Server:
     # ---- liveness -----------------------------------------------------------------------
 
     async def heartbeat(self, hb: Heartbeat) -> bool:
+        try:  # the leader turns heartbeats into NodeStatus commands: the same rules apply
+            validate.name(hb.Node, "Node")
+            validate.address(hb.Address, "Address")
+        except validate.ValidationError as e:
+            raise CommandError(f"heartbeat refused: {e}") from None
         raft = self._raft()
         if not raft.is_leader:
             return await self.rpc.call("heartbeat", hb, bool, addr=self.leader_rpc(), timeout=3.0)
@@ -320,7 +326,10 @@ class Server:
                 ops = self.members.tick()
                 ops += self.reaper.tick(self.store, time.monotonic())
                 for op in ops:
-                    await self.write(op)
+                    try:
+                        await self.write(op)
+                    except CommandError as e:  # one refused verdict must not stop the loop
+                        log.warning("leader loop: %s refused: %s", type(op).__name__, e)
             except (RaftError, RPCError, CAError) as e:
                 log.warning("leader loop: %s", e)
                 for st in self.members.nodes.values():

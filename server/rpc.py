@@ -47,6 +47,10 @@ def make_rpc_app(server: Server) -> web.Application:
             return await handler(request)
         except msgspec.DecodeError as e:
             return web.Response(status=400, text=f"bad RPC body: {e}\n")
+        except CommandForbiddenError as e:
+            return web.Response(status=403, text=f"{e}\n")
+        except CommandError as e:
+            return web.Response(status=400, text=f"{e}\n")
         except (RaftError, RPCError) as e:
             return web.Response(status=503, text=f"{e}\n")
 

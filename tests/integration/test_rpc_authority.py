@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from helpers import free_port
 
 from meshd.agent.backend import RemoteBackend
-from meshd.rpc import AUTH_HEADER, WriteReply, WriteRequest, encoder, sign
+from meshd.rpc import AUTH_HEADER, Heartbeat, WriteReply, WriteRequest, encoder, sign
 from meshd.rpc_client import RPCClient
 from meshd.server.authority import CommandForbiddenError
 from meshd.server.cluster import Server, ServerSettings
@@ -44,14 +44,15 @@ class Cluster:
     server: Server
     client: TestClient[Any, Any]
 
+    async def post(self, path: str, payload: Any, key: bytes = KEY) -> tuple[int, bytes]:
+        body = encoder.encode(payload)
+        resp = await self.client.post(path, data=body, headers={AUTH_HEADER: sign(key, path, body)})
+        return resp.status, await resp.read()
+
     async def write(self, cmd: Any, key: bytes = KEY) -> tuple[int, WriteReply | bytes]:
-        body = encoder.encode(WriteRequest(Command=cmd))
-        resp = await self.client.post(
-            "/rpc/write", data=body, headers={AUTH_HEADER: sign(key, "/rpc/write", body)}
-        )
-        data = await resp.read()
-        if resp.status != 200:
-            return resp.status, data
+        status, data = await self.post("/rpc/write", WriteRequest(Command=cmd), key)
+        if status != 200:
+            return status, data
         return 200, msgspec.msgpack.decode(data, type=WriteReply)
 
     def state(self) -> bytes:
@@ -154,6 +155,17 @@ async def test_a_bad_registration_straight_to_the_server_is_refused(cluster: Clu
     status, body = await cluster.write(Register(Node="n9", Address="a", NodeMeta={"k": 1}))  # type: ignore[dict-item]
     assert status == 400 and b"Expected `str`, got `int`" in body  # type: ignore[operator]
     assert cluster.state() == before
+
+
+async def test_a_heartbeat_with_a_bad_node_name_is_refused(cluster: Cluster) -> None:
+    """The leader would turn it into a NodeStatus command: it must pass the same rules."""
+    bad = Heartbeat(Node="evil\nnode", Address="10.0.0.5", Datacenter="dc1")
+    status, body = await cluster.post("/rpc/heartbeat", bad)
+    assert status == 400 and b"heartbeat refused: Node 'evil\\nnode' contains control" in body
+    assert "evil\nnode" not in cluster.server.members.nodes
+    good = Heartbeat(Node="fine", Address="10.0.0.5", Datacenter="dc1")
+    assert (await cluster.post("/rpc/heartbeat", good))[0] == 200
+    assert "fine" in cluster.server.members.nodes
 
 
 async def test_wrong_key_is_refused(cluster: Cluster) -> None:
