@@ -10,6 +10,7 @@ row per command type, not a test scattered through the handlers.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -91,31 +92,53 @@ def check_command(cmd: Command, limits: validate.Limits | None = None) -> Comman
         raise CommandError(str(e)) from None
 
 
-def _normalise(cmd: Command) -> Command:
-    if isinstance(cmd, ConfigEntryOp):
-        if cmd.Kind not in KINDS:
-            raise validate.ValidationError(f"invalid config entry kind: {cmd.Kind}")
-        if cmd.Op == "set":
-            entry = normalize_entry(cmd.Entry)
-            if (entry["Kind"], entry["Name"]) != (cmd.Kind, cmd.Name):
-                raise validate.ValidationError(
-                    f"the entry is {entry['Kind']}/{entry['Name']}, "
-                    f"the command names {cmd.Kind}/{cmd.Name}"
-                )
-            return msgspec.structs.replace(cmd, Entry=entry)
-    elif isinstance(cmd, IntentionOp) and cmd.Op == "upsert":
-        source = {"Name": cmd.Source, **cmd.Fields}
-        intention_entry(cmd.Destination, [source])  # the one source, checked as it will be stored
-    elif isinstance(cmd, CASetRoots):
-        try:
-            roots = msgspec.msgpack.decode(cmd.Roots, type=list[CARoot])
-        except msgspec.DecodeError as e:
-            raise validate.ValidationError(f"bad CA roots: {e}") from None
-        if sum(1 for r in roots if r.Active) != 1:
-            raise validate.ValidationError("exactly one CA root must be active")
-    elif isinstance(cmd, Restore):
-        Store.check_snapshot(cmd.Data)
+def _config_entry(cmd: ConfigEntryOp) -> Command:
+    """The server stores its own normalised form of the entry, not what the agent sent."""
+    if cmd.Kind not in KINDS:
+        raise validate.ValidationError(f"invalid config entry kind: {cmd.Kind}")
+    if cmd.Op != "set":
+        return cmd
+    entry = normalize_entry(cmd.Entry)
+    if (entry["Kind"], entry["Name"]) != (cmd.Kind, cmd.Name):
+        raise validate.ValidationError(
+            f"the entry is {entry['Kind']}/{entry['Name']}, the command names {cmd.Kind}/{cmd.Name}"
+        )
+    return msgspec.structs.replace(cmd, Entry=entry)
+
+
+def _intention(cmd: IntentionOp) -> Command:
+    if cmd.Op == "upsert":  # the one source, checked as the state machine will store it
+        intention_entry(cmd.Destination, [{"Name": cmd.Source, **cmd.Fields}])
     return cmd
+
+
+def _ca_roots(cmd: CASetRoots) -> Command:
+    try:
+        roots = msgspec.msgpack.decode(cmd.Roots, type=list[CARoot])
+    except msgspec.DecodeError as e:
+        raise validate.ValidationError(f"bad CA roots: {e}") from None
+    if sum(1 for r in roots if r.Active) != 1:
+        raise validate.ValidationError("exactly one CA root must be active")
+    return cmd
+
+
+def _restore(cmd: Restore) -> Command:
+    Store.check_snapshot(cmd.Data)
+    return cmd
+
+
+# the server-side schema of the commands that have one beyond `meshd.validate`
+_SCHEMA: dict[type[Any], Callable[[Any], Command]] = {
+    ConfigEntryOp: _config_entry,
+    IntentionOp: _intention,
+    CASetRoots: _ca_roots,
+    Restore: _restore,
+}
+
+
+def _normalise(cmd: Command) -> Command:
+    schema = _SCHEMA.get(type(cmd))
+    return schema(cmd) if schema is not None else cmd
 
 
 def check_references(cmd: Command, store: Store) -> None:
@@ -133,28 +156,45 @@ def check_references(cmd: Command, store: Store) -> None:
             _references(cmd, store, {})
 
 
+def _register_refs(cmd: Register, store: Store, added: dict[str, set[str]]) -> None:
+    """`added`: services registered by earlier commands of the same batch, per node."""
+    known = added.setdefault(cmd.Node, set())
+    if not cmd.Address and cmd.Node not in store.nodes and not known:
+        raise CommandError("Must provide node and address")
+    if cmd.Service is not None:
+        known.add(cmd.Service.ID)
+    services = store.services.get(cmd.Node, {})
+    for c in [*([cmd.Check] if cmd.Check else []), *cmd.Checks]:
+        sid = c.ServiceID
+        if sid and sid not in known and sid not in services:
+            raise CommandError(f'Unknown service ID "{sid}" for check ID "{c.CheckID}"')
+
+
+def _ca_roots_refs(cmd: CASetRoots, store: Store, added: dict[str, set[str]]) -> None:
+    current = store.mesh.cluster_id
+    if current and cmd.ClusterID != current:
+        raise CommandError("the cluster id (trust domain) cannot change")
+
+
+def _intention_refs(cmd: IntentionOp, store: Store, added: dict[str, set[str]]) -> None:
+    if cmd.Op != "upsert" or not cmd.MustNotExist:
+        return
+    entry = store.mesh.entries.get((INTENTIONS, cmd.Destination)) or {}
+    if any(s.get("Name") == cmd.Source for s in entry.get("Sources", [])):
+        raise CommandError(f"an intention from {cmd.Source} to {cmd.Destination} already exists")
+
+
+_REFERENCES: dict[type[Any], Callable[[Any, Store, dict[str, set[str]]], None]] = {
+    Register: _register_refs,
+    CASetRoots: _ca_roots_refs,
+    IntentionOp: _intention_refs,
+}
+
+
 def _references(cmd: Command, store: Store, added: dict[str, set[str]]) -> None:
-    if isinstance(cmd, Register):
-        known = added.setdefault(cmd.Node, set())
-        if not cmd.Address and cmd.Node not in store.nodes and not known:
-            raise CommandError("Must provide node and address")
-        if cmd.Service is not None:
-            known.add(cmd.Service.ID)
-        services = store.services.get(cmd.Node, {})
-        for c in [*([cmd.Check] if cmd.Check else []), *cmd.Checks]:
-            sid = c.ServiceID
-            if sid and sid not in known and sid not in services:
-                raise CommandError(f'Unknown service ID "{sid}" for check ID "{c.CheckID}"')
-    elif isinstance(cmd, CASetRoots):
-        current = store.mesh.cluster_id
-        if current and cmd.ClusterID != current:
-            raise CommandError("the cluster id (trust domain) cannot change")
-    elif isinstance(cmd, IntentionOp) and cmd.Op == "upsert" and cmd.MustNotExist:
-        entry = store.mesh.entries.get((INTENTIONS, cmd.Destination)) or {}
-        if any(s.get("Name") == cmd.Source for s in entry.get("Sources", [])):
-            raise CommandError(
-                f"an intention from {cmd.Source} to {cmd.Destination} already exists"
-            )
+    check = _REFERENCES.get(type(cmd))
+    if check is not None:
+        check(cmd, store, added)
 
 
 def admit(
