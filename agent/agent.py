@@ -46,8 +46,9 @@ from meshd.rpc_client import RPCClient
 from meshd.server.cluster import Server, ServerSettings
 from meshd.server.raft import reserve_port
 from meshd.server.rpc import make_rpc_app
-from meshd.structs import HEALTH_CRITICAL, Barrier, Deregister, HealthCheck, Restore
+from meshd.structs import HEALTH_CRITICAL, Barrier, Deregister, HealthCheck
 from meshd.tls import server_hostname, tls_contexts
+from meshd.validate import Limits
 
 log = logging.getLogger("meshd.agent")
 
@@ -182,6 +183,7 @@ class Agent:
                     ssl_client=ssl_client,
                     bind=cfg.bind_addr if cfg.bind_addr != self.address else None,
                     server_name=server_name,
+                    limits=Limits.from_config(cfg.limits),
                 )
             )
             try:
@@ -207,7 +209,7 @@ class Agent:
                 ssl_context=ssl_client,
                 server_name=server_name,
             )
-            self.backend = RemoteBackend(self.rpc)
+            self.backend = RemoteBackend(self.rpc, Limits.from_config(cfg.limits))
             self.cache = CatalogCache(self.backend)
             self.view = CacheView(self.cache, cfg.datacenter, cfg.node_name)
         self.ae = AntiEntropy(self.local, self.backend)
@@ -575,4 +577,4 @@ class Agent:
         return server.store.index, data
 
     async def restore(self, data: bytes) -> None:
-        await self._require_server().write(Restore(Data=data))
+        await self._require_server().restore(data)

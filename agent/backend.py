@@ -26,10 +26,12 @@ from meshd.rpc import (
     decode_value,
 )
 from meshd.rpc_client import RPCClient, RPCError
+from meshd.server.authority import CommandForbiddenError, Origin, check_command
 from meshd.server.cluster import Server
 from meshd.server.raft import RaftError
 from meshd.server.store import CommandError
 from meshd.structs import Command
+from meshd.validate import Limits
 
 
 @dataclass
@@ -68,7 +70,8 @@ class LocalBackend:
         self.server = server
 
     async def write(self, cmd: Command) -> Any:
-        return await self.server.write(cmd)
+        # the HTTP API's writes are an agent's, whichever host it runs on
+        return await self.server.write(cmd, Origin.AGENT)
 
     async def read(
         self, query: q.Query, *, min_index: int = 0, wait: float = 0.0, consistency: str = "default"
@@ -98,8 +101,9 @@ class LocalBackend:
 class RemoteBackend:
     """A client agent's view: every call is an RPC to some server (failover inside RPCClient)."""
 
-    def __init__(self, rpc: RPCClient) -> None:
+    def __init__(self, rpc: RPCClient, limits: Limits | None = None) -> None:
         self.rpc = rpc
+        self.limits = limits or Limits()
         self._joined = list(rpc.servers)
 
     async def refresh_servers(self) -> None:
@@ -109,10 +113,17 @@ class RemoteBackend:
         self.rpc.set_servers(current + [s for s in self._joined if s not in current])
 
     async def write(self, cmd: Command) -> Any:
+        # the servers' own stateless rules, here first: a bad command fails with its reason
+        # instead of as an undecodable RPC body
+        cmd = check_command(cmd, self.limits)
         try:
             reply = await self.rpc.call("write", WriteRequest(Command=cmd), WriteReply)
         except RPCError as e:
+            if e.code == 400:
+                raise CommandError(str(e)) from None
             raise RaftError(str(e)) from None
+        if reply.Code == 403:
+            raise CommandForbiddenError(reply.Error)
         if reply.Code == 400:
             raise CommandError(reply.Error)
         if reply.Error:

@@ -7,19 +7,26 @@ typed shape and unknown keys are caught in one place.
 
 from __future__ import annotations
 
-import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshd import validate
 from meshd.config import ConfigError, parse_duration
-from meshd.structs import HEALTH_STATES, HealthCheck, NodeService, Weights
+from meshd.structs import HEALTH_STATES, SERF_CHECK_ID, HealthCheck, NodeService, Weights
 
 
 class DefinitionError(ValueError):
     """A user-supplied definition is invalid; the message is returned as HTTP 400 text."""
 
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-/]+$")
+def _servers_rule(rule: Callable[..., None], *args: Any, **kw: Any) -> None:
+    """The servers' own rule for this part, run before the agent changes its local state, so a
+    definition the agent accepts is one anti-entropy can push."""
+    try:
+        rule(*args, **kw)
+    except validate.ValidationError as e:
+        raise DefinitionError(f"invalid definition: {e}") from None
 
 
 def _fold(d: dict[str, Any], where: str) -> dict[str, Any]:
@@ -173,6 +180,10 @@ def parse_check(raw: dict[str, Any], *, service_id: str = "", index: int = 0) ->
         name = f"Service '{service_id}' check" if service_id else cid
     if not cid:
         raise DefinitionError("check: missing check name")
+    _servers_rule(validate.name, cid, "check: CheckID")
+    _servers_rule(validate.name, sid, "check: ServiceID", required=False)
+    if cid == SERF_CHECK_ID:
+        raise DefinitionError(f"check: CheckID {SERF_CHECK_ID!r} is maintained by the servers")
     args = d.get("args") or d.get("scriptargs") or []
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
         raise DefinitionError(f"{where}: Args must be a list of strings")
@@ -235,6 +246,10 @@ def parse_check(raw: dict[str, Any], *, service_id: str = "", index: int = 0) ->
         raise DefinitionError(f"check: Interval is required for {c.Type} checks")
     if c.Type == "http" and not c.HTTP.startswith(("http://", "https://")):
         raise DefinitionError(f"check: invalid HTTP URL {c.HTTP!r}")
+    if c.OutputMaxSize > validate.OUTPUT_MAX_SIZE:
+        raise DefinitionError(f"check: OutputMaxSize must be at most {validate.OUTPUT_MAX_SIZE}")
+    if len(c.Notes) > validate.MAX_TEXT:
+        raise DefinitionError(f"check: Notes is longer than {validate.MAX_TEXT} characters")
     for k in ("SuccessBeforePassing", "FailuresBeforeWarning", "FailuresBeforeCritical"):
         if getattr(c, k) < 0:
             raise DefinitionError(f"check: {k} must not be negative")
@@ -284,7 +299,7 @@ def parse_service(raw: dict[str, Any]) -> ServiceDefinition:
         raise DefinitionError("Missing service name")
     sid = _typed(d, "id", str, where, "") or name
     for what, v in (("name", name), ("ID", sid)):
-        if not _NAME_RE.match(v) or len(v) > 256:
+        if not validate.SERVICE_NAME_RE.match(v) or len(v) > validate.MAX_NAME:
             raise DefinitionError(f"{where}: invalid service {what} {v!r}")
     tags = _typed(d, "tags", list, where, [])
     if not all(isinstance(t, str) for t in tags):
@@ -322,6 +337,7 @@ def parse_service(raw: dict[str, Any]) -> ServiceDefinition:
         Connect=_typed(d, "connect", dict, where, None),
         TaggedAddresses=_typed(d, "taggedaddresses", dict, where, {}),
     )
+    _servers_rule(validate.service, svc)
     raw_checks: list[Any] = []
     if d.get("check"):
         raw_checks.append(d["check"])

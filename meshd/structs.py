@@ -149,6 +149,29 @@ class ConfigEntryOp(msgspec.Struct, tag="config_entry"):
     CASIndex: int = -1  # -1: unconditional
 
 
+class IntentionOp(msgspec.Struct, tag="intention"):
+    """Upsert or delete one source of a destination's service-intentions entry.
+
+    Applied in the state machine as one step, so concurrent writers for one destination never
+    lose each other's sources (the agent-side read-modify-write loop it replaces could).
+    """
+
+    Op: str  # upsert | delete
+    Destination: str
+    Source: str
+    Fields: dict[str, Any] = {}  # Action, Description, Permissions, LegacyMeta
+    MustNotExist: bool = False  # create: refuse when the pair already has an intention
+
+
+class NodeStatus(msgspec.Struct, tag="node_status"):
+    """The leader's liveness verdict on a node: its `serfHealth` check passing or critical."""
+
+    Node: str
+    Address: str
+    Status: str
+    Output: str = ""
+
+
 class CASetRoots(msgspec.Struct, tag="ca_roots"):
     """The CA state: cluster id (trust domain), roots (msgpack of server.ca.CARoot), config."""
 
@@ -157,7 +180,18 @@ class CASetRoots(msgspec.Struct, tag="ca_roots"):
     Config: dict[str, Any] = {}
 
 
-Command = Register | Deregister | KVOp | Batch | Barrier | Restore | ConfigEntryOp | CASetRoots
+Command = (
+    Register
+    | Deregister
+    | KVOp
+    | Batch
+    | Barrier
+    | Restore
+    | ConfigEntryOp
+    | IntentionOp
+    | NodeStatus
+    | CASetRoots
+)
 
 _cmd_encoder = msgspec.msgpack.Encoder()
 _cmd_decoder = msgspec.msgpack.Decoder(Command)

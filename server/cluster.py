@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshd import queries as q
+from meshd import validate
 from meshd.fsutil import atomic_write_json
 from meshd.rpc import (
     CAConfigRequest,
@@ -33,13 +34,15 @@ from meshd.rpc import (
 )
 from meshd.rpc_client import RPCClient, RPCError, normalize_addr
 from meshd.server import connect_ca
+from meshd.server.authority import Origin, admit
 from meshd.server.ca import CAError
 from meshd.server.members import Membership
 from meshd.server.raft import RaftError, RaftNode, RaftSettings
 from meshd.server.reads import blocking_query
 from meshd.server.reaper import CriticalReaper
-from meshd.server.store import Store
-from meshd.structs import SERF_CHECK_ID, Barrier, Command
+from meshd.server.store import CommandError, Store
+from meshd.structs import SERF_CHECK_ID, Barrier, Command, Restore
+from meshd.validate import Limits
 
 log = logging.getLogger("meshd.server")
 
@@ -63,6 +66,7 @@ class ServerSettings:
     bind: str | None = None  # Raft listen host when it differs from `advertise`
     server_name: str | None = None  # TLS name servers present to each other
     fsync: bool = True
+    limits: Limits = field(default_factory=Limits)
 
 
 @dataclass
@@ -206,8 +210,19 @@ class Server:
             raise RaftError("No cluster leader")
         return self.known.get(leader, _rpc_for(leader, self.s.rpc_port))
 
-    async def write(self, cmd: Command) -> Any:
-        return await self._raft().apply(cmd)
+    async def write(self, cmd: Command, origin: Origin = Origin.SERVER) -> Any:
+        """Propose `cmd` once it passes `admit`: the servers decide what enters the state.
+
+        `origin` is AGENT for anything an agent asked for (RPC and the HTTP API of an agent on
+        this server); a server's own decisions (CA, liveness, restore) come as SERVER.
+        """
+        raft = self._raft()
+        return await raft.apply(admit(cmd, origin, self.store, self.s.limits))
+
+    async def restore(self, data: bytes) -> None:
+        """Replace the state with a snapshot: an operator's request, served by a server agent
+        itself (never over /rpc/write), after the snapshot has been loaded on a scratch store."""
+        await self.write(Restore(Data=data))
 
     async def read(
         self, query: q.Query, min_index: int, wait: float, consistency: str
@@ -266,6 +281,11 @@ class Server:
     # ---- liveness -----------------------------------------------------------------------
 
     async def heartbeat(self, hb: Heartbeat) -> bool:
+        try:  # the leader turns heartbeats into NodeStatus commands: the same rules apply
+            validate.name(hb.Node, "Node")
+            validate.address(hb.Address, "Address")
+        except validate.ValidationError as e:
+            raise CommandError(f"heartbeat refused: {e}") from None
         raft = self._raft()
         if not raft.is_leader:
             return await self.rpc.call("heartbeat", hb, bool, addr=self.leader_rpc(), timeout=3.0)
@@ -306,7 +326,10 @@ class Server:
                 ops = self.members.tick()
                 ops += self.reaper.tick(self.store, time.monotonic())
                 for op in ops:
-                    await raft.apply(op)
+                    try:
+                        await self.write(op)
+                    except CommandError as e:  # one refused verdict must not stop the loop
+                        log.warning("leader loop: %s refused: %s", type(op).__name__, e)
             except (RaftError, RPCError, CAError) as e:
                 log.warning("leader loop: %s", e)
                 for st in self.members.nodes.values():

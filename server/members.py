@@ -12,14 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from meshd.rpc import Heartbeat, Member
-from meshd.structs import (
-    HEALTH_CRITICAL,
-    HEALTH_PASSING,
-    SERF_CHECK_ID,
-    Deregister,
-    HealthCheck,
-    Register,
-)
+from meshd.structs import HEALTH_CRITICAL, HEALTH_PASSING, Deregister, NodeStatus
 
 ALIVE, LEFT, FAILED = 1, 3, 4
 
@@ -35,16 +28,6 @@ class NodeState:
     status: int = ALIVE
     failed_at: float = 0.0
     synced_status: int = 0  # the status last committed to Raft (0: never)
-
-
-def serf_check(node: str, passing: bool) -> HealthCheck:
-    return HealthCheck(
-        Node=node,
-        CheckID=SERF_CHECK_ID,
-        Name="Serf Health Status",
-        Status=HEALTH_PASSING if passing else HEALTH_CRITICAL,
-        Output="Agent alive and reachable" if passing else "Agent not live or unreachable",
-    )
 
 
 class Membership:
@@ -74,10 +57,10 @@ class Membership:
             if name not in self.nodes:
                 self.nodes[name] = NodeState(name, addr, "", "node", last_seen=now, synced_status=0)
 
-    def tick(self, now: float | None = None) -> list[Register | Deregister]:
+    def tick(self, now: float | None = None) -> list[NodeStatus | Deregister]:
         """Pure-ish: the Raft writes that the elapsed time calls for."""
         now = time.monotonic() if now is None else now
-        ops: list[Register | Deregister] = []
+        ops: list[NodeStatus | Deregister] = []
         for name, st in list(self.nodes.items()):
             if st.status == ALIVE and now - st.last_seen > self.failure_timeout:
                 st.status = FAILED
@@ -92,14 +75,8 @@ class Membership:
                 del self.nodes[name]
                 continue
             if st.status != st.synced_status:
-                ops.append(
-                    Register(
-                        Node=name,
-                        Address=st.address,
-                        SkipNodeUpdate=True,
-                        Check=serf_check(name, st.status == ALIVE),
-                    )
-                )
+                status = HEALTH_PASSING if st.status == ALIVE else HEALTH_CRITICAL
+                ops.append(NodeStatus(Node=name, Address=st.address, Status=status))
                 st.synced_status = st.status
         return ops
 

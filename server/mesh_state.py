@@ -6,16 +6,42 @@ commands here. CA signing keys are in this state, which is why it only ever live
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
+from meshd.config_entries import ConfigEntryError, normalize_entry
+from meshd.intentions import intention_id
 from meshd.server.ca import CARoot
-from meshd.structs import CASetRoots, ConfigEntryOp
+from meshd.structs import CASetRoots, ConfigEntryOp, IntentionOp
+
+INTENTIONS = "service-intentions"
 
 
 class CommandRejectedError(Exception):
     """Raised inside apply; the store turns it into its CommandError."""
+
+
+def intention_entry(
+    destination: str, sources: list[dict[str, Any]], base: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The service-intentions entry the intentions API writes: Consul's "legacy" sources, each
+    with an ID per pair and its own Meta. Normalised, so it is what every server stores."""
+    legacy = [
+        {
+            **s,
+            "LegacyID": s.get("LegacyID") or intention_id(s["Name"], destination),
+            "LegacyMeta": s.get("LegacyMeta") or {},
+        }
+        for s in sources
+    ]
+    entry = {k: v for k, v in (base or {}).items() if k not in ("CreateIndex", "ModifyIndex")}
+    entry.update(Kind=INTENTIONS, Name=destination, Sources=legacy)
+    try:
+        return normalize_entry(entry, legacy=True)
+    except ConfigEntryError as e:
+        raise CommandRejectedError(str(e)) from None
 
 
 class MeshState:
@@ -45,6 +71,41 @@ class MeshState:
         changed.update((f"config:{op.Kind}", f"config:{op.Kind}:{op.Name}", "tbl:config"))
         return True
 
+    def apply_intention(self, op: IntentionOp, index: int, changed: set[str]) -> Any:
+        """Read, change and write one destination's entry in one step of the state machine.
+
+        Returns the intention's ID for an upsert (the API's create answers with it)."""
+        old = self.entries.get((INTENTIONS, op.Destination))
+        current = list(old.get("Sources", [])) if old else []
+        sources = [s for s in current if s.get("Name") != op.Source]
+        exists = len(sources) != len(current)
+        if op.Op == "delete":
+            if not exists:
+                return True
+            if not sources:
+                return self.apply_entry(
+                    ConfigEntryOp(Op="delete", Kind=INTENTIONS, Name=op.Destination),
+                    index,
+                    changed,
+                )
+        elif op.Op == "upsert":
+            if exists and op.MustNotExist:
+                raise CommandRejectedError(
+                    f"an intention from {op.Source} to {op.Destination} already exists"
+                )
+            sources.append({"Name": op.Source, **op.Fields})
+        else:
+            raise CommandRejectedError(f"unknown intention op {op.Op!r}")
+        entry = intention_entry(op.Destination, sources, old)
+        self.apply_entry(
+            ConfigEntryOp(Op="set", Kind=INTENTIONS, Name=op.Destination, Entry=entry),
+            index,
+            changed,
+        )
+        if op.Op == "delete":
+            return True
+        return next(s["LegacyID"] for s in entry["Sources"] if s["Name"] == op.Source)
+
     def apply_roots(self, cmd: CASetRoots, index: int, changed: set[str]) -> bool:
         try:
             roots = msgspec.msgpack.decode(cmd.Roots, type=list[CARoot])
@@ -61,6 +122,14 @@ class MeshState:
         self.ca_index = index
         changed.add("ca")
         return True
+
+    def handlers(self) -> dict[type[Any], Callable[[Any, int, set[str]], Any]]:
+        """The commands this part of the state applies, for the store's dispatch table."""
+        return {
+            ConfigEntryOp: self.apply_entry,
+            IntentionOp: self.apply_intention,
+            CASetRoots: self.apply_roots,
+        }
 
     def active_root(self) -> CARoot | None:
         return next((r for r in self.roots if r.Active), None)

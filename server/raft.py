@@ -23,7 +23,7 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replic
 from pysyncobj.pipe_notifier import PipeNotifier
 
 from meshd.server.store import CommandError, Store
-from meshd.structs import Command, decode_command, encode_command
+from meshd.structs import Command, encode_command
 
 log = logging.getLogger("meshd.raft")
 
@@ -92,7 +92,7 @@ class _FSM(SyncObjConsumer):
     @replicated
     def apply_command(self, data: bytes) -> Any:
         index = self._syncObj.raftLastApplied + 1
-        return self.store.apply(decode_command(data), index)
+        return self.store.apply_encoded(data, index)
 
     def _serialize(self) -> bytes:
         return self.store.dump()

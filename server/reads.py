@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from meshd import queries as q
@@ -40,112 +41,149 @@ def _instances(store: Store, keys: set[tuple[str, str]]) -> list[CheckServiceNod
     return out
 
 
-def run_query(store: Store, query: q.Query) -> tuple[int, Any, list[str]]:
+Answer = tuple[int, Any, list[str]]  # (index, value, topics it depends on)
+
+
+def run_query(store: Store, query: q.Query) -> Answer:
     """Execute a read under the store lock; returns (index, value, topics)."""
+    handler = _QUERIES.get(type(query))
+    if handler is None:
+        raise TypeError(f"unknown query {type(query).__name__}")
     with store.lock:
-        return _run(store, query)
+        return handler(store, query)
 
 
-def _run(store: Store, query: q.Query) -> tuple[int, Any, list[str]]:
-    if isinstance(query, q.ServiceNodes):
-        if query.Connect:
-            topics = [f"connect:{query.Service}"]
-            keys = set(store.by_dest.get(query.Service, ()))
-            keys |= {
-                k
-                for k in store.by_name.get(query.Service, ())
-                if (store.services[k[0]][k[1]].Connect or {}).get("Native")
-            }
-        else:
-            topics = [f"svc:{query.Service}"]
-            keys = store.by_name.get(query.Service, set())
-        return _index(store, topics, "tbl:services"), _instances(store, keys), topics
-    if isinstance(query, q.Services):
-        names: dict[str, set[str]] = {}
-        for m in store.services.values():
-            for s in m.values():
-                names.setdefault(s.Service, set()).update(s.Tags)
-        value = {k: sorted(v) for k, v in sorted(names.items())}
-        return _index(store, ["tbl:services"], "tbl:services"), value, ["tbl:services"]
-    if isinstance(query, q.Nodes):
-        nodes: list[Node] = sorted(store.nodes.values(), key=lambda n: n.Node)
-        return _index(store, ["tbl:nodes"], "tbl:nodes"), nodes, ["tbl:nodes"]
-    if isinstance(query, q.NodeInfo):
-        topics = [f"node:{query.Node}"]
-        node = store.nodes.get(query.Node)
-        value: Any = None
-        if node is not None:
-            svcs: list[NodeService] = sorted(
-                store.services.get(query.Node, {}).values(), key=lambda s: s.ID
-            )
-            checks: list[HealthCheck] = sorted(
-                store.checks.get(query.Node, {}).values(), key=lambda c: c.CheckID
-            )
-            value = (node, svcs, checks)
-        return _index(store, topics, "tbl:nodes"), value, topics
-    if isinstance(query, q.ServiceChecks):
-        topics = [f"svc:{query.Service}"]
-        out = [
-            c
-            for node, sid in sorted(store.by_name.get(query.Service, ()))
-            for c in store.checks.get(node, {}).values()
-            if c.ServiceID == sid
-        ]
-        return _index(store, topics, "tbl:checks"), out, topics
-    if isinstance(query, q.ChecksInState):
-        out = [
-            c
-            for m in store.checks.values()
-            for c in m.values()
-            if query.State == "any" or c.Status == query.State
-        ]
-        out.sort(key=lambda c: (c.Node, c.CheckID))
-        return _index(store, ["tbl:checks"], "tbl:checks"), out, ["tbl:checks"]
-    if isinstance(query, q.KVGet):
-        if not query.Recurse:
-            topics = [f"kv:{query.Key}"]
-            e = store.kv.get(query.Key)
-            return _index(store, topics, "tbl:kv"), [e] if e else [], topics
-        keys = store.kv_range(query.Key)
-        entries: list[KVEntry] = [store.kv[k] for k in keys if k in store.kv]
-        idx = max((store.topics.get(f"kv:{k}", 0) for k in keys), default=0)
-        return max(idx or store.topics.get("tbl:kv", 0), 1), entries, [f"kv:{query.Key}*"]
-    if isinstance(query, q.KVKeys):
-        keys = store.kv_range(query.Prefix)
-        idx = max((store.topics.get(f"kv:{k}", 0) for k in keys), default=0)
-        live = [k for k in keys if k in store.kv]
-        if query.Separator:
-            seen: dict[str, None] = {}
-            for k in live:
-                rest = k[len(query.Prefix) :]
-                cut = rest.find(query.Separator)
-                seen[k if cut < 0 else query.Prefix + rest[: cut + len(query.Separator)]] = None
-            live = list(seen)
-        return max(idx or store.topics.get("tbl:kv", 0), 1), live, [f"kv:{query.Prefix}*"]
-    if isinstance(query, q.ConfigEntries):
-        if query.Name:
-            topics = [f"config:{query.Kind}:{query.Name}"]
-            e = store.mesh.entries.get((query.Kind, query.Name))
-            rows = [e] if e else []
-        else:
-            topics = [f"config:{query.Kind}"] if query.Kind else ["tbl:config"]
-            rows = [
-                e
-                for (k, _), e in sorted(store.mesh.entries.items())
-                if not query.Kind or k == query.Kind
-            ]
-        return _index(store, topics, "tbl:config"), rows, topics
-    if isinstance(query, q.CARoots):
-        m = store.mesh
-        active = m.active_root()
-        value = {
-            "TrustDomain": trust_domain(m.cluster_id) if m.cluster_id else "",
-            "ActiveRootID": active.ID if active else "",
-            "Roots": [public_view(r) for r in m.roots],
-            "Config": dict(m.ca_config),
+def _service_nodes(store: Store, query: q.ServiceNodes) -> Answer:
+    if query.Connect:
+        topics = [f"connect:{query.Service}"]
+        keys = set(store.by_dest.get(query.Service, ()))
+        keys |= {
+            k
+            for k in store.by_name.get(query.Service, ())
+            if (store.services[k[0]][k[1]].Connect or {}).get("Native")
         }
-        return max(store.topics.get("ca", 0), 1), value, ["ca"]
-    raise TypeError(f"unknown query {type(query).__name__}")
+    else:
+        topics = [f"svc:{query.Service}"]
+        keys = store.by_name.get(query.Service, set())
+    return _index(store, topics, "tbl:services"), _instances(store, keys), topics
+
+
+def _services(store: Store, query: q.Services) -> Answer:
+    names: dict[str, set[str]] = {}
+    for m in store.services.values():
+        for s in m.values():
+            names.setdefault(s.Service, set()).update(s.Tags)
+    value = {k: sorted(v) for k, v in sorted(names.items())}
+    return _index(store, ["tbl:services"], "tbl:services"), value, ["tbl:services"]
+
+
+def _nodes(store: Store, query: q.Nodes) -> Answer:
+    nodes: list[Node] = sorted(store.nodes.values(), key=lambda n: n.Node)
+    return _index(store, ["tbl:nodes"], "tbl:nodes"), nodes, ["tbl:nodes"]
+
+
+def _node_info(store: Store, query: q.NodeInfo) -> Answer:
+    topics = [f"node:{query.Node}"]
+    node = store.nodes.get(query.Node)
+    value: tuple[Node, list[NodeService], list[HealthCheck]] | None = None
+    if node is not None:
+        svcs = sorted(store.services.get(query.Node, {}).values(), key=lambda s: s.ID)
+        checks = sorted(store.checks.get(query.Node, {}).values(), key=lambda c: c.CheckID)
+        value = (node, svcs, checks)
+    return _index(store, topics, "tbl:nodes"), value, topics
+
+
+def _service_checks(store: Store, query: q.ServiceChecks) -> Answer:
+    topics = [f"svc:{query.Service}"]
+    out = [
+        c
+        for node, sid in sorted(store.by_name.get(query.Service, ()))
+        for c in store.checks.get(node, {}).values()
+        if c.ServiceID == sid
+    ]
+    return _index(store, topics, "tbl:checks"), out, topics
+
+
+def _checks_in_state(store: Store, query: q.ChecksInState) -> Answer:
+    out = [
+        c
+        for m in store.checks.values()
+        for c in m.values()
+        if query.State == "any" or c.Status == query.State
+    ]
+    out.sort(key=lambda c: (c.Node, c.CheckID))
+    return _index(store, ["tbl:checks"], "tbl:checks"), out, ["tbl:checks"]
+
+
+def _kv_index(store: Store, keys: list[str]) -> int:
+    idx = max((store.topics.get(f"kv:{k}", 0) for k in keys), default=0)
+    return max(idx or store.topics.get("tbl:kv", 0), 1)
+
+
+def _kv_get(store: Store, query: q.KVGet) -> Answer:
+    if not query.Recurse:
+        topics = [f"kv:{query.Key}"]
+        e = store.kv.get(query.Key)
+        return _index(store, topics, "tbl:kv"), [e] if e else [], topics
+    keys = store.kv_range(query.Key)
+    entries: list[KVEntry] = [store.kv[k] for k in keys if k in store.kv]
+    return _kv_index(store, keys), entries, [f"kv:{query.Key}*"]
+
+
+def _kv_keys(store: Store, query: q.KVKeys) -> Answer:
+    keys = store.kv_range(query.Prefix)
+    live = [k for k in keys if k in store.kv]
+    if query.Separator:
+        seen: dict[str, None] = {}
+        for k in live:
+            rest = k[len(query.Prefix) :]
+            cut = rest.find(query.Separator)
+            seen[k if cut < 0 else query.Prefix + rest[: cut + len(query.Separator)]] = None
+        live = list(seen)
+    return _kv_index(store, keys), live, [f"kv:{query.Prefix}*"]
+
+
+def _config_entries(store: Store, query: q.ConfigEntries) -> Answer:
+    rows: list[dict[str, Any]]
+    if query.Name:
+        topics = [f"config:{query.Kind}:{query.Name}"]
+        e = store.mesh.entries.get((query.Kind, query.Name))
+        rows = [e] if e else []
+    else:
+        topics = [f"config:{query.Kind}"] if query.Kind else ["tbl:config"]
+        rows = [
+            e
+            for (k, _), e in sorted(store.mesh.entries.items())
+            if not query.Kind or k == query.Kind
+        ]
+    return _index(store, topics, "tbl:config"), rows, topics
+
+
+def _ca_roots(store: Store, query: q.CARoots) -> Answer:
+    m = store.mesh
+    active = m.active_root()
+    value = {
+        "TrustDomain": trust_domain(m.cluster_id) if m.cluster_id else "",
+        "ActiveRootID": active.ID if active else "",
+        "Roots": [public_view(r) for r in m.roots],
+        "Config": dict(m.ca_config),
+    }
+    return max(store.topics.get("ca", 0), 1), value, ["ca"]
+
+
+# one handler per query type (the read side of the store's command table)
+_QUERIES: dict[type[Any], Callable[[Store, Any], Answer]] = {
+    q.ServiceNodes: _service_nodes,
+    q.Services: _services,
+    q.Nodes: _nodes,
+    q.NodeInfo: _node_info,
+    q.ServiceChecks: _service_checks,
+    q.ChecksInState: _checks_in_state,
+    q.KVGet: _kv_get,
+    q.KVKeys: _kv_keys,
+    q.ConfigEntries: _config_entries,
+    q.CARoots: _ca_roots,
+}
 
 
 async def blocking_query(

@@ -22,6 +22,7 @@ from meshd.rpc import (
     verify,
 )
 from meshd.rpc_client import RPCError
+from meshd.server.authority import CommandForbiddenError, Origin
 from meshd.server.ca import CAError
 from meshd.server.cluster import Server
 from meshd.server.raft import RaftError
@@ -46,6 +47,10 @@ def make_rpc_app(server: Server) -> web.Application:
             return await handler(request)
         except msgspec.DecodeError as e:
             return web.Response(status=400, text=f"bad RPC body: {e}\n")
+        except CommandForbiddenError as e:
+            return web.Response(status=403, text=f"{e}\n")
+        except CommandError as e:
+            return web.Response(status=400, text=f"{e}\n")
         except (RaftError, RPCError) as e:
             return web.Response(status=503, text=f"{e}\n")
 
@@ -65,9 +70,12 @@ def make_rpc_app(server: Server) -> web.Application:
         )
 
     async def write(request: web.Request) -> web.Response:
+        """An agent's write: admitted as Origin.AGENT, so server-only commands are refused."""
         req = msgspec.msgpack.decode(await request.read(), type=WriteRequest)
         try:
-            return _reply(WriteReply(Result=await server.write(req.Command)))
+            return _reply(WriteReply(Result=await server.write(req.Command, Origin.AGENT)))
+        except CommandForbiddenError as e:
+            return _reply(WriteReply(Error=str(e), Code=403))
         except CommandError as e:
             return _reply(WriteReply(Error=str(e), Code=400))
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import logging
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -18,21 +20,24 @@ import msgspec
 from meshd.server.mesh_state import CommandRejectedError, MeshState
 from meshd.server.watch import WatchSet
 from meshd.structs import (
+    HEALTH_PASSING,
+    SERF_CHECK_ID,
     Barrier,
     Batch,
-    CASetRoots,
     Command,
-    ConfigEntryOp,
     Deregister,
     HealthCheck,
     KVEntry,
     KVOp,
     Node,
     NodeService,
+    NodeStatus,
     Register,
     Restore,
+    decode_command,
 )
 
+log = logging.getLogger("meshd.store")
 replace = msgspec.structs.replace
 
 
@@ -60,6 +65,13 @@ class _Snapshot(msgspec.Struct):
     mesh: dict[str, Any] = {}
 
 
+def _decode_snapshot(data: bytes) -> _Snapshot:
+    try:
+        return msgspec.msgpack.decode(data, type=_Snapshot)
+    except msgspec.DecodeError as e:
+        raise CommandError(f"not a meshd snapshot: {e}") from None
+
+
 class Store:
     def __init__(self) -> None:
         self.lock = threading.RLock()
@@ -77,47 +89,85 @@ class Store:
         self.kv_keys: list[str] = []  # sorted, live keys and tombstones (their topics keep indexes)
         self.topics: dict[str, int] = {}
         self.mesh = MeshState()
+        # one handler per command type, as Consul's FSM registers one per request type
+        self._handlers: dict[type[Any], Callable[[Any, int, set[str]], Any]] = {
+            Register: self._register,
+            Deregister: self._deregister,
+            KVOp: self._kv,
+            Batch: self._batch,
+            Barrier: self._barrier,
+            Restore: self._restore,
+            NodeStatus: self._node_status,
+            **self.mesh.handlers(),
+        }
 
     # ---- writes -------------------------------------------------------------------------------
 
     def apply(self, cmd: Command, index: int) -> Any:
+        """Apply one committed entry; total: any failure becomes the entry's result.
+
+        An exception escaping here would stop pysyncobj's apply loop, and the same entry would
+        fail again on every restart (DESIGN "Known traps"). The servers validate commands before
+        proposing them, so a failure here is a bug or a version skew: logged, never fatal.
+        """
         changed: set[str] = set()
         with self.lock:
             self.index = max(self.index, index)
             try:
-                result = self._apply(cmd, index, changed)
+                result = self._dispatch(cmd, index, changed)
             except CommandError as e:
                 result = e
+            except Exception as e:
+                log.exception("applying %s at index %d failed", type(cmd).__name__, index)
+                result = CommandError(f"the servers could not apply {type(cmd).__name__}: {e}")
             for t in changed:
                 self.topics[t] = index
         if changed:
             self.watches.notify(changed)
         return result
 
-    def _apply(self, cmd: Command, index: int, changed: set[str]) -> Any:
-        if isinstance(cmd, Batch):
-            for op in cmd.Ops:  # validated by the agent; an invalid op is skipped, not fatal
-                with contextlib.suppress(CommandError):
-                    self._apply(op, index, changed)
-            return True
-        if isinstance(cmd, Barrier):
-            return True
-        if isinstance(cmd, ConfigEntryOp | CASetRoots):
-            try:
-                if isinstance(cmd, ConfigEntryOp):
-                    return self.mesh.apply_entry(cmd, index, changed)
-                return self.mesh.apply_roots(cmd, index, changed)
-            except CommandRejectedError as e:
-                raise CommandError(str(e)) from None
-        if isinstance(cmd, Restore):
-            return self._restore(cmd.Data, index, changed)
-        if isinstance(cmd, Register):
-            return self._register(cmd, index, changed)
-        if isinstance(cmd, Deregister):
-            return self._deregister(cmd, index, changed)
-        if isinstance(cmd, KVOp):
-            return self._kv(cmd, index, changed)
-        raise CommandError(f"unknown command {type(cmd).__name__}")
+    def apply_encoded(self, data: bytes, index: int) -> Any:
+        """Decode a log entry and apply it; an entry this version cannot read is skipped."""
+        try:
+            cmd = decode_command(data)
+        except msgspec.DecodeError as e:
+            log.error("raft entry %d is not a command this version knows: %s", index, e)
+            with self.lock:
+                self.index = max(self.index, index)
+            return CommandError(f"unreadable command: {e}")
+        return self.apply(cmd, index)
+
+    def _dispatch(self, cmd: Any, index: int, changed: set[str]) -> Any:
+        handler = self._handlers.get(type(cmd))
+        if handler is None:
+            raise CommandError(f"unknown command {type(cmd).__name__}")
+        try:
+            return handler(cmd, index, changed)
+        except CommandRejectedError as e:
+            raise CommandError(str(e)) from None
+
+    def _batch(self, cmd: Batch, index: int, changed: set[str]) -> bool:
+        for op in cmd.Ops:  # validated by the server; a rejected op is skipped, not fatal
+            with contextlib.suppress(CommandError):
+                self._dispatch(op, index, changed)
+        return True
+
+    def _barrier(self, cmd: Barrier, index: int, changed: set[str]) -> bool:
+        return True
+
+    def _node_status(self, s: NodeStatus, index: int, changed: set[str]) -> bool:
+        """The leader's liveness verdict, stored as Consul's `serfHealth` node check."""
+        passing = s.Status == HEALTH_PASSING
+        check = HealthCheck(
+            Node=s.Node,
+            CheckID=SERF_CHECK_ID,
+            Name="Serf Health Status",
+            Status=s.Status,
+            Output=s.Output
+            or ("Agent alive and reachable" if passing else "Agent not live or unreachable"),
+        )
+        reg = Register(Node=s.Node, Address=s.Address, SkipNodeUpdate=True, Check=check)
+        return self._register(reg, index, changed)
 
     def _touch_service(self, node: str, svc: NodeService, changed: set[str]) -> None:
         changed.update((f"svc:{svc.Service}", f"node:{node}", "tbl:services"))
@@ -297,11 +347,8 @@ class Store:
             i += 1
         return out
 
-    def _restore(self, data: bytes, index: int, changed: set[str]) -> bool:
-        try:
-            snap = msgspec.msgpack.decode(data, type=_Snapshot)
-        except msgspec.DecodeError as e:
-            raise CommandError(f"not a meshd snapshot: {e}") from None
+    def _restore(self, cmd: Restore, index: int, changed: set[str]) -> bool:
+        snap = _decode_snapshot(cmd.Data)
         old_topics = set(self.topics)
         self._load(snap)
         self.index = index
@@ -325,6 +372,18 @@ class Store:
                 mesh=self.mesh.dump(),
             )
             return msgspec.msgpack.encode(snap)
+
+    @staticmethod
+    def check_snapshot(data: bytes) -> None:
+        """Refuse a snapshot that would not load, before it is proposed: load it into a scratch
+        store, since a restore that fails half-way through apply would leave half a state."""
+        scratch = Store()
+        try:
+            scratch._load(_decode_snapshot(data))
+        except CommandError:
+            raise
+        except Exception as e:
+            raise CommandError(f"not a meshd snapshot: {e}") from None
 
     def load(self, data: bytes) -> None:
         snap = msgspec.msgpack.decode(data, type=_Snapshot)

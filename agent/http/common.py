@@ -21,6 +21,7 @@ from meshd.agent.local import UnknownCheckError, UnknownServiceError
 from meshd.config import ConfigError, parse_duration
 from meshd.config_entries import ConfigEntryError
 from meshd.filter import FilterError, apply_filter
+from meshd.server.authority import CommandForbiddenError
 from meshd.server.ca import CAError
 from meshd.server.raft import RaftError
 from meshd.server.store import CommandError
@@ -139,6 +140,8 @@ def _text(status: int, msg: str) -> web.Response:
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except CommandForbiddenError as e:
+        return _text(403, str(e))
     except (
         BadRequestError,
         DefinitionError,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
 
@@ -17,8 +17,8 @@ from meshd.agent.http.common import (
     query_options,
 )
 from meshd.config_entries import KINDS, ConfigEntryError, normalize_entry
-from meshd.intentions import check, flatten, intention_id, match
-from meshd.structs import ConfigEntryOp
+from meshd.intentions import check, flatten, match
+from meshd.structs import ConfigEntryOp, IntentionOp
 
 if TYPE_CHECKING:
     from meshd.agent.agent import Agent
@@ -41,11 +41,9 @@ async def _entries(agent: Agent, kind: str = "", name: str = "") -> list[dict[st
     return (await agent.backend.read(q.ConfigEntries(Kind=kind, Name=name))).value
 
 
-async def _put_entry(
-    agent: Agent, raw: dict[str, Any], cas: int = -1, legacy: bool = False
-) -> bool:
+async def _put_entry(agent: Agent, raw: dict[str, Any], cas: int = -1) -> bool:
     try:
-        entry = normalize_entry(raw, legacy=legacy)
+        entry = normalize_entry(raw)
     except ConfigEntryError as e:
         raise BadRequestError(str(e)) from None
     return bool(
@@ -110,41 +108,20 @@ def _pair(request: web.Request) -> tuple[str, str]:
 
 async def _upsert_source(
     agent: Agent, src: str, dst: str, source: dict[str, Any] | None, *, replace: bool = True
-) -> bool:
-    """Change one source of a destination's service-intentions entry, CAS-retried."""
-    for _ in range(10):
-        rows = await _entries(agent, INTENTIONS, dst)
-        entry = rows[0] if rows else {"Kind": INTENTIONS, "Name": dst, "Sources": []}
-        cas = entry.get("ModifyIndex", 0)
-        sources = [s for s in entry.get("Sources", []) if s.get("Name") != src]
-        existing = len(sources) != len(entry.get("Sources", []))
-        if source is None:
-            if not existing:
-                return True
-        else:
-            if existing and not replace:
-                raise BadRequestError(f"an intention from {src} to {dst} already exists")
-            meta = source.pop("Meta", None)
-            sources.append({"Name": src, **source, "LegacyMeta": meta or {}})
-        # the intentions API writes Consul's "legacy" sources: an ID per pair, Meta per source
-        sources = [
-            {
-                **s,
-                "LegacyID": s.get("LegacyID") or intention_id(s["Name"], dst),
-                "LegacyMeta": s.get("LegacyMeta") or {},
-            }
-            for s in sources
-        ]
-        entry = {k: v for k, v in entry.items() if k not in ("CreateIndex", "ModifyIndex")}
-        if not sources:
-            ok = await agent.backend.write(
-                ConfigEntryOp(Op="delete", Kind=INTENTIONS, Name=dst, CASIndex=cas)
-            )
-        else:
-            ok = await _put_entry(agent, {**entry, "Sources": sources}, cas, legacy=True)
-        if ok:
-            return True
-    raise BadRequestError("intention changed concurrently; try again")
+) -> Any:
+    """Change one source of a destination's service-intentions entry: one server-side step.
+
+    The intentions API keeps Meta per source (Consul's LegacyMeta). Returns the intention's ID
+    for an upsert."""
+    if source is None:
+        op = IntentionOp(Op="delete", Destination=dst, Source=src)
+    else:
+        fields = {k: v for k, v in source.items() if k != "Meta"}
+        fields["LegacyMeta"] = source.get("Meta") or {}
+        op = IntentionOp(
+            Op="upsert", Destination=dst, Source=src, Fields=fields, MustNotExist=not replace
+        )
+    return await agent.backend.write(op)  # the backend runs the servers' rules first
 
 
 def _source_body(body: dict[str, Any]) -> dict[str, Any]:
@@ -172,7 +149,8 @@ def _source_body(body: dict[str, Any]) -> dict[str, Any]:
 async def intention_put(request: web.Request) -> web.Response:
     src, dst = _pair(request)
     body = await json_body(request)
-    return json_response(await _upsert_source(_agent(request), src, dst, _source_body(body)))
+    await _upsert_source(_agent(request), src, dst, _source_body(body))
+    return json_response(True)
 
 
 @routes.post("/v1/connect/intentions")
@@ -181,11 +159,8 @@ async def intention_create(request: web.Request) -> web.Response:
     src, dst = body.get("SourceName", ""), body.get("DestinationName", "")
     if not isinstance(src, str) or not isinstance(dst, str) or not src or not dst:
         raise BadRequestError("SourceName and DestinationName are required")
-    await _upsert_source(_agent(request), src, dst, _source_body(body), replace=False)
-    ixn = next(
-        i for i in flatten(await _entries(_agent(request), INTENTIONS, dst)) if i.SourceName == src
-    )
-    return json_response({"ID": ixn.ID})
+    ixn_id = await _upsert_source(_agent(request), src, dst, _source_body(body), replace=False)
+    return json_response({"ID": ixn_id})
 
 
 @routes.get("/v1/connect/intentions/exact")
@@ -200,7 +175,7 @@ async def intention_get(request: web.Request) -> web.Response:
 @routes.delete("/v1/connect/intentions/exact")
 async def intention_delete(request: web.Request) -> web.Response:
     src, dst = _pair(request)
-    return json_response(await _upsert_source(_agent(request), src, dst, None))
+    return json_response(bool(await _upsert_source(_agent(request), src, dst, None)))
 
 
 @routes.get("/v1/connect/intentions")
@@ -214,10 +189,11 @@ async def intention_list(request: web.Request) -> web.Response:
 
 @routes.get("/v1/connect/intentions/match")
 async def intention_match(request: web.Request) -> web.Response:
-    by = request.query.get("by", "")
+    by_raw = request.query.get("by", "")
     names = request.query.getall("name", [])
-    if by not in ("source", "destination"):
+    if by_raw not in ("source", "destination"):
         raise BadRequestError("'by' must be 'source' or 'destination'")
+    by: Literal["source", "destination"] = "source" if by_raw == "source" else "destination"
     if not names:
         raise BadRequestError("required query parameter 'name' not set")
     ixns = flatten(await _entries(_agent(request), INTENTIONS))

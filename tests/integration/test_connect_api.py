@@ -111,3 +111,37 @@ def test_connect_envoy_bootstrap_flag(agent):
     assert str(agent.grpc_port) in addr
     r = run_meshd("connect", "envoy", "-sidecar-for=nope", "-bootstrap", http_addr=agent.http)
     assert r.returncode == 1 and "no sidecar proxy" in r.stderr
+
+
+def _create_intentions(agent, pairs):
+    """POST every (source, destination) pair at once, one thread each; the responses in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def create(pair):
+        body = {"SourceName": pair[0], "DestinationName": pair[1], "Action": "allow"}
+        return agent.request("POST", "/v1/connect/intentions", body)
+
+    with ThreadPoolExecutor(len(pairs)) as pool:
+        return list(pool.map(create, pairs))
+
+
+def test_concurrent_intention_creates_lose_no_update(agent):
+    """Each create is one step of the state machine: many sources for one destination at once
+    must all be there afterwards (a read-modify-write on the agent could drop some)."""
+    sources = [f"racer-{i}" for i in range(40)]
+    replies = _create_intentions(agent, [(s, "race-dst") for s in sources])
+    assert [r.status for r in replies] == [200] * len(sources), [r.body for r in replies]
+    listed = agent.get("/v1/connect/intentions/match?by=destination&name=race-dst").json()
+    found = {i["SourceName"]: i["ID"] for i in listed["race-dst"]}
+    assert set(found) == set(sources)
+    assert {r.json()["ID"] for r in replies} == set(found.values())
+
+
+def test_concurrent_creates_of_one_pair_make_exactly_one(agent):
+    replies = _create_intentions(agent, [("dup-src", "dup-dst")] * 12)
+    statuses = sorted(r.status for r in replies)
+    assert statuses == [200] + [400] * 11, [r.body for r in replies]
+    refused = [r.body.decode() for r in replies if r.status == 400]
+    assert all("an intention from dup-src to dup-dst already exists" in t for t in refused)
+    listed = agent.get("/v1/connect/intentions/match?by=destination&name=dup-dst").json()
+    assert [i["SourceName"] for i in listed["dup-dst"]] == ["dup-src"]

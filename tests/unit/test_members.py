@@ -2,7 +2,7 @@
 
 from meshd.rpc import Heartbeat
 from meshd.server.members import ALIVE, FAILED, LEFT, Membership
-from meshd.structs import SERF_CHECK_ID, Deregister, Register
+from meshd.structs import Deregister, NodeStatus
 
 
 def hb(node: str, leaving: bool = False) -> Heartbeat:
@@ -10,11 +10,7 @@ def hb(node: str, leaving: bool = False) -> Heartbeat:
 
 
 def serf_status(ops):
-    return [
-        (op.Node, op.Check.Status)
-        for op in ops
-        if isinstance(op, Register) and op.Check and op.Check.CheckID == SERF_CHECK_ID
-    ]
+    return [(op.Node, op.Status) for op in ops if isinstance(op, NodeStatus)]
 
 
 def test_writes_only_on_state_changes():

@@ -1,0 +1,285 @@
+"""The rules a command must pass before it may enter the replicated state.
+
+Pure functions over the command structs, no I/O and no state. An agent runs them to refuse bad
+input early, before it changes its local state; the servers run the very same code, and are the
+authority, before anything is proposed to Raft: a committed entry that cannot be applied would
+be replayed on every server forever. Limits follow Consul's where Consul has one, so data moves
+between the two unchanged. Rules that need the state (a check's service exists on its node) and
+the config-entry schema live on the server side (`meshd.server.authority`), which calls these.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from meshd.structs import (
+    HEALTH_STATES,
+    SERF_CHECK_ID,
+    Barrier,
+    Batch,
+    CASetRoots,
+    Command,
+    ConfigEntryOp,
+    Deregister,
+    HealthCheck,
+    IntentionOp,
+    KVOp,
+    NodeService,
+    NodeStatus,
+    Register,
+    Restore,
+    decode_command,
+    encode_command,
+)
+
+
+class ValidationError(ValueError):
+    """A command the servers refuse; the text is the reason the user reads (HTTP 400)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Operator-tunable sizes (`limits` in the config); the rest are fixed below."""
+
+    kv_max_value_size: int = 512 * 1024  # Consul's kv_max_value_size
+
+    @classmethod
+    def from_config(cls, limits: Mapping[str, int]) -> Limits:
+        return cls(kv_max_value_size=int(limits.get("kv_max_value_size", cls.kv_max_value_size)))
+
+
+MAX_NAME = 256  # node names, service names and IDs, check IDs, tags, addresses
+MAX_KEY = 512  # KV keys
+MAX_TEXT = 128 * 1024  # a check's Output and Notes: a status line, not a log
+OUTPUT_MAX_SIZE = MAX_TEXT // 2  # an agent's OutputMaxSize: room left for its truncation note
+MAX_BATCH = 4096  # commands in one Batch (anti-entropy of one node)
+META_MAX_PAIRS = 64  # Consul's metaMaxKeyPairs, metaKeyMaxLength, metaValueMaxLength
+META_KEY_MAX = 128
+META_VALUE_MAX = 512
+SERVICE_NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-/]+$")
+_META_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+SERVICE_KINDS = (
+    "",
+    "connect-proxy",
+    "mesh-gateway",
+    "terminating-gateway",
+    "ingress-gateway",
+    "api-gateway",
+)
+KV_VERBS = ("set", "cas", "delete", "delete-tree", "delete-cas")
+CONFIG_OPS = ("set", "delete")
+INTENTION_OPS = ("upsert", "delete")
+INTENTION_FIELDS = ("Action", "Description", "Permissions", "LegacyMeta")
+
+
+def typed(cmd: Command) -> Command:
+    """The command as a server would decode it from the log: every field of its declared type.
+
+    A struct built in-process is not type-checked (a NodeMeta value may be an int); a round trip
+    through the log encoding checks all of it, once, before the entry exists.
+    """
+    try:
+        return decode_command(encode_command(cmd))
+    except (msgspec.MsgspecError, TypeError, ValueError, OverflowError) as e:
+        raise ValidationError(f"invalid {type(cmd).__name__}: {e}") from None
+
+
+def name(value: str, what: str, *, required: bool = True, limit: int = MAX_NAME) -> None:
+    """A printable identifier: no control characters, at most `limit` characters."""
+    if not value:
+        if required:
+            raise ValidationError(f"{what} is required")
+        return
+    if len(value) > limit:
+        raise ValidationError(f"{what} is longer than {limit} characters")
+    if _CONTROL_RE.search(value):
+        raise ValidationError(f"{what} {value!r} contains control characters")
+
+
+def service_name(value: str, what: str) -> None:
+    """Service names and IDs also appear in DNS names and URL paths: a restricted alphabet."""
+    name(value, what)
+    if not SERVICE_NAME_RE.match(value):
+        raise ValidationError(f"invalid {what} {value!r}")
+
+
+def meta(values: Mapping[str, str], what: str) -> None:
+    """Consul's metadata rules (ValidateMetadata), so entries stay portable to Consul."""
+    if len(values) > META_MAX_PAIRS:
+        raise ValidationError(f"{what} has more than {META_MAX_PAIRS} key/value pairs")
+    for key, value in values.items():
+        if not key:
+            raise ValidationError(f"{what}: key cannot be blank")
+        if len(key) > META_KEY_MAX:
+            raise ValidationError(f"{what}: key {key[:20]!r}... is longer than {META_KEY_MAX}")
+        if not _META_KEY_RE.match(key):
+            raise ValidationError(f"{what}: key {key!r} contains invalid characters")
+        if len(value) > META_VALUE_MAX:
+            raise ValidationError(f"{what}: value of {key!r} is longer than {META_VALUE_MAX}")
+
+
+def address(value: str, what: str) -> None:
+    name(value, what, required=False)
+    if any(ch.isspace() for ch in value):
+        raise ValidationError(f"{what} {value!r} contains whitespace")
+
+
+def service(svc: NodeService, where: str = "Service") -> None:
+    service_name(svc.Service, f"{where}.Service")
+    service_name(svc.ID, f"{where}.ID")
+    for tag in svc.Tags:
+        name(tag, f"{where}.Tags entry")
+    address(svc.Address, f"{where}.Address")
+    if not 0 <= svc.Port <= 65535:
+        raise ValidationError(f"{where}.Port {svc.Port} is out of range 0-65535")
+    if svc.Weights.Passing < 1:
+        raise ValidationError(f"{where}.Weights.Passing must be greater than 0")
+    if svc.Weights.Warning < 0:
+        raise ValidationError(f"{where}.Weights.Warning must not be negative")
+    if svc.Kind not in SERVICE_KINDS:
+        raise ValidationError(f"{where}.Kind {svc.Kind!r} is not a service kind")
+    if svc.Kind == "connect-proxy":
+        dest = (svc.Proxy or {}).get("DestinationServiceName")
+        if not isinstance(dest, str) or not dest:
+            raise ValidationError(
+                f"{where}.Proxy.DestinationServiceName must be set for a connect-proxy"
+            )
+    meta(svc.Meta, f"{where}.Meta")
+
+
+def check(c: HealthCheck, node: str, where: str = "Check") -> None:
+    name(c.CheckID, f"{where}.CheckID")
+    if c.CheckID == SERF_CHECK_ID:
+        raise ValidationError(f"{where}.CheckID {SERF_CHECK_ID!r} is maintained by the servers")
+    name(c.Name, f"{where}.Name", required=False)
+    if c.Node and c.Node != node:
+        raise ValidationError(f"{where}.Node {c.Node!r} does not match the node {node!r}")
+    if c.Status not in HEALTH_STATES:
+        raise ValidationError(
+            f"{where}.Status {c.Status!r} is not one of {', '.join(HEALTH_STATES)}"
+        )
+    name(c.ServiceID, f"{where}.ServiceID", required=False)
+    for field, text in (("Output", c.Output), ("Notes", c.Notes)):
+        if len(text) > MAX_TEXT:
+            raise ValidationError(f"{where}.{field} is longer than {MAX_TEXT} characters")
+
+
+def register(r: Register, limits: Limits) -> None:
+    name(r.Node, "Node")
+    address(r.Address, "Address")
+    for key, value in r.TaggedAddresses.items():
+        name(key, "TaggedAddresses key")
+        address(value, f"TaggedAddresses[{key!r}]")
+    meta(r.NodeMeta, "NodeMeta")
+    if r.Service is not None:
+        service(r.Service)
+    checks = [*([r.Check] if r.Check else []), *r.Checks]
+    seen: set[str] = set()
+    for i, c in enumerate(checks):
+        check(c, r.Node, f"Checks[{i}]")
+        if c.CheckID in seen:
+            raise ValidationError(f"Checks[{i}].CheckID {c.CheckID!r} appears more than once")
+        seen.add(c.CheckID)
+
+
+def deregister(d: Deregister, limits: Limits) -> None:
+    name(d.Node, "Node")
+    name(d.ServiceID, "ServiceID", required=False)
+    name(d.CheckID, "CheckID", required=False)
+
+
+def kv(op: KVOp, limits: Limits) -> None:
+    if op.Verb not in KV_VERBS:
+        raise ValidationError(f"unknown KV verb {op.Verb!r}")
+    if len(op.Key) > MAX_KEY:
+        raise ValidationError(f"KV key is longer than {MAX_KEY} characters")
+    if "\x00" in op.Key:
+        raise ValidationError("KV key contains a NUL character")
+    if not op.Key and op.Verb != "delete-tree":
+        raise ValidationError("Missing key name")
+    size = len(op.Value or b"")
+    if size > limits.kv_max_value_size:
+        raise ValidationError(f"Value exceeds {limits.kv_max_value_size} byte limit")
+    if not 0 <= op.Flags < 2**64:
+        raise ValidationError(f"KV flags {op.Flags} are not an unsigned 64-bit number")
+    if op.Index < 0:
+        raise ValidationError("KV CAS index must not be negative")
+
+
+def batch(b: Batch, limits: Limits) -> None:
+    if len(b.Ops) > MAX_BATCH:
+        raise ValidationError(f"a batch holds at most {MAX_BATCH} commands, got {len(b.Ops)}")
+    for i, op in enumerate(b.Ops):
+        try:
+            validate(op, limits)
+        except ValidationError as e:
+            raise ValidationError(f"Ops[{i}]: {e}") from None
+
+
+def config_entry(op: ConfigEntryOp, limits: Limits) -> None:
+    if op.Op not in CONFIG_OPS:
+        raise ValidationError(f"unknown config entry op {op.Op!r}")
+    name(op.Kind, "Kind")
+    name(op.Name, "Name")
+    if op.CASIndex < -1:
+        raise ValidationError("CAS index must not be negative")
+
+
+def intention(op: IntentionOp, limits: Limits) -> None:
+    if op.Op not in INTENTION_OPS:
+        raise ValidationError(f"unknown intention op {op.Op!r}")
+    name(op.Source, "SourceName")
+    name(op.Destination, "DestinationName")
+    unknown = sorted(set(op.Fields) - set(INTENTION_FIELDS))
+    if unknown:
+        raise ValidationError(f"unknown intention field {unknown[0]!r}")
+
+
+def node_status(s: NodeStatus, limits: Limits) -> None:
+    name(s.Node, "Node")
+    address(s.Address, "Address")
+    if s.Status not in HEALTH_STATES:
+        raise ValidationError(f"Status {s.Status!r} is not one of {', '.join(HEALTH_STATES)}")
+
+
+def ca_roots(c: CASetRoots, limits: Limits) -> None:
+    name(c.ClusterID, "ClusterID")
+    if not c.Roots:
+        raise ValidationError("CA roots are required")
+
+
+def restore(r: Restore, limits: Limits) -> None:
+    if not r.Data:
+        raise ValidationError("snapshot is empty")
+
+
+def _nothing(cmd: Any, limits: Limits) -> None:
+    """A barrier carries no data."""
+
+
+RULES: dict[type[Any], Callable[[Any, Limits], None]] = {
+    Register: register,
+    Deregister: deregister,
+    KVOp: kv,
+    Batch: batch,
+    Barrier: _nothing,
+    Restore: restore,
+    ConfigEntryOp: config_entry,
+    IntentionOp: intention,
+    NodeStatus: node_status,
+    CASetRoots: ca_roots,
+}
+
+
+def validate(cmd: Command, limits: Limits | None = None) -> None:
+    """Refuse `cmd` with the reason, or return: the stateless rules of its command type."""
+    rule = RULES.get(type(cmd))
+    if rule is None:
+        raise ValidationError(f"unknown command {type(cmd).__name__}")
+    rule(cmd, limits or Limits())
