@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from dnslib import CNAME, NS, PTR, SOA, SRV, TXT, DNSBuffer, DNSRecord
 
+from meshd import queries as q
 from meshd.structs import HEALTH_CRITICAL, HEALTH_PASSING, HEALTH_WARNING, CheckServiceNode, Node
 
 T_A, T_NS, T_CNAME, T_SOA, T_PTR, T_TXT, T_AAAA, T_SRV, T_OPT, T_ANY = (
@@ -46,14 +47,21 @@ Glue = tuple[bytes, ...]  # encoded additional records that travel with one answ
 _KINDS = frozenset((b"service", b"connect", b"node", b"addr", b"query", b"ingress", b"virtual"))
 _ADDR_TYPES = frozenset((T_A, T_AAAA, T_ANY))
 _IN_ADDR, _IP6 = (b"in-addr", b"arpa"), (b"ip6", b"arpa")
+_NODES = q.Nodes()
 _MEMO_MAX = 50_000  # entries per memo table; cleared wholesale when full (catalog-sized)
 _U16, _RR_FIXED, _HEADER = struct.Struct("!H"), struct.Struct("!HHIH"), struct.Struct("!6H")
 
 
+DNSRead = q.ServiceNodes | q.Nodes  # the catalog reads an answer is built from
+
+
 class DNSView(Protocol):
     """What DNS reads; implemented by the agent over its in-memory catalog (sync, fast, no I/O).
-    A view may also define `async prepare(qname, domains)`: `DNSServer` runs it before
-    answering so a client agent can warm its cache (answer() itself never awaits)."""
+
+    A view may also offer `stamp(read) -> int | None` and a `dns_answers: AnswerCache`: a stamp
+    moves whenever that read's answer changes, which lets answers be cached until something they
+    were built from changes; None says the view does not hold that data, and `answer()` returns
+    `NeedData` so the caller can run the view's `async load(reads)` and ask again."""
 
     datacenter: str
     node_name: str  # this agent's node (for NS/SOA answers)
@@ -85,13 +93,15 @@ class DNSSettings:
 
 @dataclass(slots=True)
 class DNSOutcome:
-    """`wire` is the response to send; when `forward` is set it is empty and the caller must
-    relay the query to the recursors (this module never touches a socket)."""
+    """`wire` is the response to send. It is empty when the caller has to act first (this
+    module never touches a socket nor awaits): with `forward`, relay the query to the recursors;
+    with `need` (NeedData), load those reads into the view and call `answer()` again."""
 
     wire: bytes
     forward: bool = False
     rcode: int = NOERROR
     truncated: bool = False
+    need: tuple[DNSRead, ...] = ()
 
     @property
     def response(self) -> DNSRecord:
@@ -265,9 +275,14 @@ def answer(request: DNSRecord, view: DNSView, cfg: DNSSettings, *, max_size: int
         return DNSOutcome(error_response(request, BADVERS, cfg), rcode=BADVERS)
 
     query = _Query(request, view, cfg)
-    cached = _from_cache(query, view, cfg)
-    if cached is not None:
-        return cached.assemble(_limit(max_size, opt), opt is not None)
+    stamp = getattr(view, "stamp", None)
+    cache: AnswerCache | None = None
+    if stamp is not None:
+        query.stamp = stamp
+        if not cfg.a_record_limit:
+            cache = getattr(view, "dns_answers", None)
+            if cache is not None and cache.restore(query, stamp):
+                return query.assemble(_limit(max_size, opt), opt is not None)
     low = query.qlow
     for zone_low, zone in _zones(cfg):
         n = len(zone_low)
@@ -284,7 +299,10 @@ def answer(request: DNSRecord, view: DNSView, cfg: DNSSettings, *, max_size: int
                 return DNSOutcome(error_response(request, REFUSED, cfg), rcode=REFUSED)
             query.aa = True
             query.negative(NXDOMAIN)
-    _to_cache(query, view, cfg)
+    if query.needs:
+        return DNSOutcome(b"", need=query.needs)
+    if cache is not None:
+        cache.store(query)
     return query.assemble(_limit(max_size, opt), opt is not None)
 
 
@@ -296,53 +314,52 @@ def _limit(max_size: int, opt: Any) -> int:
 
 # ---- answer cache -----------------------------------------------------------------------------
 # Building an answer (view lookups, health filtering, record encoding) is most of a query's
-# cost, yet the catalog changes far less often than it is asked. A view that exposes `version()`
-# (it moves on every catalog change) gets its encoded answers cached per question; a hit only
-# reshuffles and reassembles them. Only with a_record_limit = 0: a limit picks a random subset,
-# which a cached list would freeze.
+# cost, yet the catalog changes far less often than it is asked. A view that stamps its reads
+# gets its encoded answers cached per question, each with the stamps of the reads it was built
+# from; a hit checks those stamps and only reshuffles and reassembles. Only with
+# a_record_limit = 0: a limit picks a random subset, which a cached list would freeze.
 
 _CACHE_MAX = 8192
+Deps = tuple[tuple[DNSRead, int], ...]
 
 
-def _cache_of(view: DNSView, cfg: DNSSettings) -> dict[Any, Any] | None:
-    if cfg.a_record_limit or not hasattr(view, "version"):
-        return None
-    cache = getattr(view, "dns_cache", None)
-    if cache is None:
-        cache = {}
-        try:
-            view.dns_cache = cache  # type: ignore[attr-defined]
-        except AttributeError:
-            return None
-    return cache
+class AnswerCache:
+    """A view's encoded answers per question; `hits`/`misses` are exported as metrics."""
 
+    __slots__ = ("entries", "hits", "misses")
 
-def _from_cache(query: _Query, view: DNSView, cfg: DNSSettings) -> _Query | None:
-    cache = _cache_of(view, cfg)
-    if cache is None:
-        return None
-    hit = cache.get((query.qlabels, query.qtype))
-    if hit is None or hit[0] != view.version():  # type: ignore[attr-defined]
-        return None
-    _, query.aa, query.zone, query.rcode, answers, query.authority = hit
-    query.answers = random.sample(answers, len(answers))
-    return query
+    def __init__(self) -> None:
+        self.entries: dict[tuple[Labels, int], tuple[Any, ...]] = {}
+        self.hits = 0
+        self.misses = 0
 
+    def restore(self, query: _Query, stamp: Any) -> bool:
+        """Fill `query` from a still-valid cached answer; False on a miss."""
+        hit = self.entries.get((query.qlabels, query.qtype))
+        if hit is not None:
+            for read, seen in hit[0]:
+                if stamp(read) != seen:
+                    break
+            else:
+                _, query.aa, query.zone, query.rcode, answers, query.authority = hit
+                query.answers = random.sample(answers, len(answers))
+                self.hits += 1
+                return True
+        self.misses += 1
+        return False
 
-def _to_cache(query: _Query, view: DNSView, cfg: DNSSettings) -> None:
-    cache = _cache_of(view, cfg)
-    if cache is None:
-        return
-    if len(cache) >= _CACHE_MAX:
-        cache.clear()
-    cache[(query.qlabels, query.qtype)] = (
-        view.version(),
-        query.aa,
-        query.zone,
-        query.rcode,  # type: ignore[attr-defined]
-        list(query.answers),
-        list(query.authority),
-    )
+    def store(self, query: _Query) -> None:
+        entries = self.entries
+        if len(entries) >= _CACHE_MAX:
+            entries.clear()
+        entries[(query.qlabels, query.qtype)] = (
+            query.deps,
+            query.aa,
+            query.zone,
+            query.rcode,
+            list(query.answers),
+            list(query.authority),
+        )
 
 
 class _Query:
@@ -356,11 +373,14 @@ class _Query:
         "answers",
         "authority",
         "cfg",
+        "deps",
+        "needs",
         "qlabels",
         "qlow",
         "qtype",
         "rcode",
         "req",
+        "stamp",
         "view",
         "zone",
     )
@@ -377,6 +397,22 @@ class _Query:
         self.answers: list[tuple[bytes, Glue]] = []
         self.authority: list[bytes] = []
         self._suffixes: dict[Labels, int] | None = None
+        self.stamp: Any = None  # the view's stamp(read), when it has one
+        self.deps: Deps = ()  # tuples, not lists: a cache hit never allocates these
+        self.needs: tuple[DNSRead, ...] = ()
+
+    def uses(self, read: DNSRead) -> bool:
+        """Record that this answer is built from `read`; False when the view does not hold it
+        (the answer becomes NeedData, and the caller treats the data as absent meanwhile)."""
+        if self.stamp is None:
+            return True
+        seen = self.stamp(read)
+        if seen is None:
+            if read not in self.needs:
+                self.needs += (read,)
+            return False
+        self.deps += ((read, seen),)
+        return True
 
     # ---- encoding ----
 
@@ -470,9 +506,13 @@ class _Query:
         view, cfg, qtype = self.view, self.cfg, self.qtype
         lookup = view.connect_instances if connect else view.service_instances
         lname = name.lower()
-        instances = lookup(name) or (lookup(lname) if lname != name else [])
+        instances = self.uses(q.ServiceNodes(Service=name, Connect=connect)) and lookup(name)
+        if not instances and lname != name:
+            instances = self.uses(q.ServiceNodes(Service=lname, Connect=connect)) and lookup(lname)
+        if self.needs:
+            return None
         tag = tag_label.decode().lower() if tag_label is not None else None
-        healthy = _healthy(instances, cfg.only_passing, tag)
+        healthy = _healthy(instances or [], cfg.only_passing, tag)
         if not healthy:
             return self.negative(NXDOMAIN)
         random.shuffle(healthy)
@@ -529,6 +569,8 @@ class _Query:
         return target, (self.rr(target, T_A if kind == 4 else T_AAAA, ttl, value),)
 
     def node(self, name: str) -> None:
+        if not self.uses(_NODES):
+            return None
         node = self.view.node(name) or _node_nocase(self.view, name)
         if node is None:
             return self.negative(NXDOMAIN)
@@ -561,7 +603,7 @@ class _Query:
         if self.qtype in (T_SOA, T_ANY):
             self.soa()
             self.answers.append((self.authority.pop(), ()))
-        if self.qtype in (T_NS, T_ANY):
+        if self.qtype in (T_NS, T_ANY) and self.uses(_NODES):
             ttl = _ttl(self.cfg.node_ttl)
             servers = self.view.server_nodes()
             if not servers:
@@ -589,6 +631,8 @@ class _Query:
                 return False
         except ValueError:
             return False
+        if not self.uses(_NODES):
+            return True  # NeedData: asked again once the nodes are here
         ttl = _ttl(self.cfg.node_ttl)
         found = [n for n in self.view.nodes() if _addr(n.Address)[1] == packed]
         if not found:

@@ -86,7 +86,7 @@ def _catalog_check(node: str, raw: Any) -> HealthCheck:
     if not isinstance(raw, dict):
         raise BadRequestError("Check must be an object")
     d = {k.lower(): v for k, v in raw.items()}
-    fields = {}
+    fields: dict[str, Any] = {}
     for key, name in (
         ("checkid", "CheckID"),
         ("name", "Name"),
@@ -263,9 +263,9 @@ async def catalog_node(request: web.Request) -> web.Response:
 async def _cached(agent: Agent, query: q.Query, opts: Any) -> ReadResult | None:
     """A client agent answers plain reads of a service from its watch-fed cache (DESIGN:
     no server round-trip per query); blocking and ?consistent reads still go to the servers."""
-    if agent.cache is None or opts.index or opts.consistency == "consistent":
-        return None
-    got = await agent.cache.get_indexed(query)
+    if agent.server is not None or opts.index or opts.consistency == "consistent":
+        return None  # a server reads its own store: nothing to save
+    got = await agent.cache.fetch(query)
     if got is None:
         return None
     return ReadResult(got[0], got[1])
