@@ -294,7 +294,9 @@ class WatchCache:
                 backoff = min(backoff * 2, 2.0)
                 continue
             backoff = 0.1
-            changed = not entry.stamp or res.index != entry.index
+            # a wake-up can carry an equal answer (a table index moved, a wildcard topic fired):
+            # only a different answer is a change for readers
+            changed = not entry.stamp or (res.index != entry.index and res.value != entry.value)
             # an index that went back (a restored snapshot, a new leader) starts over from 0
             entry.index = res.index if res.index >= entry.index else 0
             if changed:

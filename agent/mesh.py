@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from meshd import queries as q
@@ -102,6 +103,7 @@ class MeshManager:
         self._task: asyncio.Task[None] | None = None
         self._snapshots: dict[str, ProxySnapshot] = {}
         self._version = 0
+        self.builds: Counter[str] = Counter()  # snapshot computations per proxy (tests, debug)
         # proxyless gRPC clients (gRFC A27): served from every service's healthy instances,
         # watched only once such a client has connected
         self._proxyless_active = False
@@ -172,7 +174,12 @@ class MeshManager:
             self._rebuild_proxyless()
         self._resubscribe()
 
+    def snapshot(self, proxy_id: str) -> ProxySnapshot | None:
+        """The latest snapshot pushed for a local proxy, if it has one yet."""
+        return self._snapshots.get(proxy_id)
+
     def _build(self, sid: str, svc: NodeService, roots: Any) -> None:
+        self.builds[sid] += 1
         snap = self._snapshot(sid, svc, roots)
         if snap is None:
             return
