@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import dns.exception
 import dns.flags
 import dns.message
 import dns.query
@@ -175,7 +176,16 @@ def test_malformed_packets_get_formerr_and_server_survives(server: DNSServer) ->
         size = struct.unpack("!H", s.recv(2))[0]
         reply = s.recv(size)
         assert reply[:2] == b"\xbe\xef" and reply[3] & 0xF == dns.rcode.FORMERR
-    assert addresses(udp(server, "web.service.consul")) == ["10.0.0.1", "10.0.0.2"]
+    # the burst can still fill the socket's receive buffer, dropping one datagram (as a real
+    # resolver would, retry): the UDP listener must answer again
+    for attempt in range(3):
+        try:
+            msg = udp(server, "web.service.consul")
+            break
+        except dns.exception.Timeout:
+            if attempt == 2:
+                raise
+    assert addresses(msg) == ["10.0.0.1", "10.0.0.2"]
 
 
 def test_tcp_connection_carries_several_queries(server: DNSServer) -> None:
