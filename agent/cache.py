@@ -144,6 +144,9 @@ def _empty(value: Any) -> bool:
 
 
 class WatchCache:
+    """Entries keyed by query value; at most one watch task each. Reads are synchronous
+    (`get`, `stamp`) or wait for a first answer (`fetch`); subscribers are told of changes."""
+
     def __init__(
         self,
         backend: CatalogBackend,

@@ -34,9 +34,14 @@ class StoreView:
         """The store's modify index of the topic the read depends on (server/watch.py topics:
         per service, per connect destination, the node table)."""
         topics = self.store.topics
-        if type(read) is q.ServiceNodes:
-            return topics.get(("connect:" if read.Connect else "svc:") + read.Service, 0)
-        return topics.get("tbl:nodes", 0)
+        if type(read) is not q.ServiceNodes:
+            return topics.get("tbl:nodes", 0)
+        svc = topics.get("svc:" + read.Service, 0)
+        if not read.Connect:
+            return svc
+        # proxies move `connect:NAME`, Connect-native instances only `svc:NAME`; both are
+        # Raft indexes, so their max moves whenever either does
+        return max(topics.get("connect:" + read.Service, 0), svc)
 
     def service_instances(self, name: str) -> list[CheckServiceNode]:
         return run_query(self.store, q.ServiceNodes(Service=name))[1]

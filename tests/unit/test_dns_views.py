@@ -10,7 +10,7 @@ from meshd import queries as q
 from meshd.agent.cache import WatchCache
 from meshd.agent.dns import NXDOMAIN, TCP_MAX, DNSOutcome, DNSSettings, answer
 from meshd.agent.views import CacheView, StoreView
-from meshd.structs import ConfigEntryOp, HealthCheck, KVOp, Register
+from meshd.structs import ConfigEntryOp, HealthCheck, KVOp, NodeService, Register
 
 
 def ask(view: StoreView | CacheView, name: str, qtype: str = "A") -> DNSOutcome:
@@ -95,3 +95,14 @@ async def test_cache_view_negative_answers_hold_no_watch() -> None:
     assert not any(cache.watching(q.ServiceNodes(Service=f"missing{i}")) for i in range(50))
     assert sum(backend.in_flight.values()) == 0  # no blocking read held for any of them
     await cache.close()
+
+
+def test_store_connect_answers_follow_native_instances_too() -> None:
+    backend = StoreBackend()
+    native = NodeService(ID="api-1", Service="api", Port=80, Connect={"Native": True})
+    backend.write(Register(Node="n1", Address="10.5.0.1", Service=native))
+    view = StoreView(backend.store, "dc1", "n1")
+    assert addresses(ask(view, "api.connect.consul")) == ["10.5.0.1"]
+    check = HealthCheck(Node="n1", CheckID="c", Name="c", Status="critical", ServiceID="api-1")
+    backend.write(Register(Node="n1", Address="10.5.0.1", Check=check))
+    assert ask(view, "api.connect.consul").rcode == NXDOMAIN
