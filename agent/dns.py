@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -239,6 +240,7 @@ def _limit(max_size: int, opt: Any) -> int:
 
 _CACHE_MAX = 8192
 Deps = tuple[tuple[DNSRead, int], ...]
+Stamp = Callable[[DNSRead], int | None]  # a view's `stamp` method
 
 
 class AnswerCache:
@@ -251,7 +253,7 @@ class AnswerCache:
         self.hits = 0
         self.misses = 0
 
-    def restore(self, query: _Query, stamp: Any) -> bool:
+    def restore(self, query: _Query, stamp: Stamp) -> bool:
         """Fill `query` from a still-valid cached answer; False on a miss."""
         hit = self.entries.get((query.qlabels, query.qtype))
         if hit is not None:
@@ -315,7 +317,7 @@ class _Query:
         self.answers: list[tuple[bytes, Glue]] = []
         self.authority: list[bytes] = []
         self._suffixes: dict[Labels, int] | None = None
-        self.stamp: Any = None  # the view's stamp(read), when it has one
+        self.stamp: Stamp | None = None  # the view's, when it has one
         self.deps: Deps = ()  # tuples, not lists: a cache hit never allocates these
         self.needs: tuple[DNSRead, ...] = ()
 
