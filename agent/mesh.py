@@ -169,7 +169,10 @@ class MeshManager:
         for sid, svc in proxies.items():
             if everything or sid in dirty or sid not in self._reads:
                 self._reads[sid] = _reads_of(svc)
-                self._build(sid, svc, roots)
+                try:
+                    self._build(sid, svc, roots)
+                except Exception:  # one bad input must not stop the other proxies' updates
+                    log.exception("building the snapshot of %s failed", sid)
         if self._proxyless_active and (everything or _PROXYLESS in dirty):
             self._rebuild_proxyless()
         self._resubscribe()
