@@ -4,7 +4,6 @@ it. A real dev agent in this process (real Raft, real HTTP), so its snapshots ca
 from __future__ import annotations
 
 import asyncio
-import tempfile
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -27,19 +26,16 @@ async def until(cond: Callable[[], bool], what: str, timeout: float = 20.0) -> N
 
 @pytest.fixture
 async def agent() -> AsyncIterator[Agent]:
-    with tempfile.TemporaryDirectory() as data_dir:
-        http, grpc = free_port(), free_port()
-        while grpc == http:
-            grpc = free_port()
-        flags = {"node": "mesh-1", "http-port": http, "grpc-port": grpc, "dns-port": -1}
-        cfg = load_config(flags=flags, dev=True)
-        cfg.data_dir = data_dir
-        a = Agent(cfg)
-        await a.start()
-        try:
-            yield a
-        finally:
-            await a.stop()
+    http, grpc = free_port(), free_port()
+    while grpc == http:
+        grpc = free_port()
+    flags = {"node": "mesh-1", "http-port": http, "grpc-port": grpc, "dns-port": -1}
+    a = Agent(load_config(flags=flags, dev=True))
+    await a.start()
+    try:
+        yield a
+    finally:
+        await a.stop()
 
 
 async def settled(agent: Agent) -> None:

@@ -190,3 +190,20 @@ async def test_a_subscriber_callback_that_fails_does_not_starve_others(
     assert await sub.wait_ready(5)
     assert seen == [WEB]
     await cache.close()
+
+
+async def test_a_wake_up_with_an_equal_answer_tells_nobody(backend: StoreBackend) -> None:
+    """A watch can be answered again with equal data: here the folded key list `a/` stays the
+    same when a second key appears under it, though the index moves."""
+    folded = q.KVKeys(Prefix="", Separator="/")
+    backend.write(KVOp(Verb="set", Key="a/1", Value=b"v"))
+    cache = WatchCache(backend)  # type: ignore[arg-type]
+    seen: list[q.Query] = []
+    sub = cache.subscribe(folded, seen.append)
+    assert await sub.wait_ready(5)
+    assert sub.value == ["a/"]
+    stamp, index = cache.stamp(folded), sub.index
+    backend.write(KVOp(Verb="set", Key="a/2", Value=b"v"))
+    await until(lambda: sub.index > index, "the watch to be answered again")
+    assert seen == [folded] and cache.stamp(folded) == stamp
+    await cache.close()
