@@ -3,12 +3,16 @@ read, not by every Raft index) and the watch cache (NeedData, then answers from 
 
 from __future__ import annotations
 
+import dns.asyncquery
+import dns.message
+import dns.rcode
 from dnslib import DNSRecord
 from test_cache import StoreBackend
 
 from meshd import queries as q
 from meshd.agent.cache import WatchCache
 from meshd.agent.dns import NXDOMAIN, TCP_MAX, DNSOutcome, DNSSettings, answer
+from meshd.agent.dns_server import DNSServer
 from meshd.agent.views import CacheView, StoreView
 from meshd.structs import ConfigEntryOp, HealthCheck, KVOp, NodeService, Register
 
@@ -106,3 +110,25 @@ def test_store_connect_answers_follow_native_instances_too() -> None:
     check = HealthCheck(Node="n1", CheckID="c", Name="c", Status="critical", ServiceID="api-1")
     backend.write(Register(Node="n1", Address="10.5.0.1", Check=check))
     assert ask(view, "api.connect.consul").rcode == NXDOMAIN
+
+
+async def test_a_client_agent_dns_listener_fills_its_cache_once_per_name() -> None:
+    backend = StoreBackend()
+    backend.register("web", node="n1", address="10.6.0.1")
+    cache = WatchCache(backend)  # type: ignore[arg-type]
+    server = DNSServer(CacheView(cache, "dc1", "agent"), DNSSettings(), "127.0.0.1", 0)
+    await server.start()
+    try:
+        for _ in range(3):
+            query = dns.message.make_query("web.service.consul", "A")
+            msg = await dns.asyncquery.udp(query, "127.0.0.1", port=server.udp_port, timeout=5)
+            assert sorted(rd.to_text() for rrset in msg.answer for rd in rrset) == ["10.6.0.1"]
+            query = dns.message.make_query("gone.service.consul", "A")
+            msg = await dns.asyncquery.tcp(query, "127.0.0.1", port=server.tcp_port, timeout=5)
+            assert msg.rcode() == dns.rcode.NXDOMAIN
+        assert backend.reads[q.ServiceNodes(Service="gone")] == 1  # a negative answer is kept
+        assert backend.in_flight[q.ServiceNodes(Service="gone")] == 0  # and not watched
+        assert cache.watching(q.ServiceNodes(Service="web"))
+    finally:
+        await server.stop()
+        await cache.close()
