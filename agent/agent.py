@@ -21,7 +21,7 @@ from aiohttp import web
 from meshd import __version__
 from meshd.agent.antientropy import AntiEntropy
 from meshd.agent.backend import CatalogBackend, LocalBackend, RemoteBackend
-from meshd.agent.cache import CatalogCache
+from meshd.agent.cache import WatchCache
 from meshd.agent.checks import CheckRunner
 from meshd.agent.definitions import (
     CheckDefinition,
@@ -144,7 +144,7 @@ class Agent:
         self._rpc_runner: web.AppRunner | None = None
         self.server: Server | None = None
         self.rpc: RPCClient | None = None
-        self.cache: CatalogCache | None = None
+        self.cache: WatchCache  # one cache of server watches: DNS, HTTP reads, the mesh
         self.view: StoreView | CacheView
         self.ae: AntiEntropy  # set in start(); stop() copes with a start that failed first
 
@@ -210,7 +210,8 @@ class Agent:
                 server_name=server_name,
             )
             self.backend = RemoteBackend(self.rpc, Limits.from_config(cfg.limits))
-            self.cache = CatalogCache(self.backend)
+        self.cache = WatchCache(self.backend)
+        if self.server is None:
             self.view = CacheView(self.cache, cfg.datacenter, cfg.node_name)
         self.ae = AntiEntropy(self.local, self.backend)
         self.mesh = MeshManager(
@@ -264,6 +265,10 @@ class Agent:
         if self.dns is not None:
             dns = self.dns
             st.counters["dns_queries"] = lambda: dns.queries
+            answers = self.view.dns_answers
+            st.counters["dns_answer_cache_hits"] = lambda: answers.hits
+            st.counters["dns_answer_cache_misses"] = lambda: answers.misses
+        st.gauges["cache_entries"] = lambda: len(self.cache)
         if self.server is not None:
             server = self.server
             st.gauges["catalog_nodes"] = lambda: len(server.store.nodes)
@@ -343,8 +348,9 @@ class Agent:
             await ae.stop()
         if self._mesh_started:
             await self.mesh.stop()
-        if self.cache:
-            await self.cache.close()
+        cache = getattr(self, "cache", None)
+        if cache is not None:
+            await cache.close()
         if self.rpc:
             await self.rpc.close()
         await self.checks.close()

@@ -14,46 +14,88 @@ which always sits at offset 12, so every chunk is position-independent and can b
 from __future__ import annotations
 
 import random
-import socket
-import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from dnslib import CNAME, NS, PTR, SOA, SRV, TXT, DNSBuffer, DNSRecord
+from dnslib import CNAME, NS, PTR, SOA, SRV, TXT, DNSRecord
 
+from meshd import queries as q
+from meshd.agent.dns_wire import (
+    BADVERS,
+    EDNS_MAX,
+    FORMERR,
+    HEADER,
+    NOERROR,
+    NOTIMP,
+    NXDOMAIN,
+    REFUSED,
+    RR_FIXED,
+    SERVFAIL,
+    T_A,
+    T_AAAA,
+    T_ANY,
+    T_CNAME,
+    T_NS,
+    T_PTR,
+    T_SOA,
+    T_SRV,
+    T_TXT,
+    TCP_MAX,
+    U16,
+    UDP_PLAIN,
+    Glue,
+    Labels,
+    clamp_ttl,
+    encode_rdata,
+    find_opt,
+    header_flags,
+    memo_put,
+    opt_wire,
+    parse_addr,
+    parse_packet,
+    question_wire,
+    rr_memo,
+    to_labels,
+)
 from meshd.structs import HEALTH_CRITICAL, HEALTH_PASSING, HEALTH_WARNING, CheckServiceNode, Node
 
-T_A, T_NS, T_CNAME, T_SOA, T_PTR, T_TXT, T_AAAA, T_SRV, T_OPT, T_ANY = (
-    1,
-    2,
-    5,
-    6,
-    12,
-    16,
-    28,
-    33,
-    41,
-    255,
-)
-NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED, BADVERS = 0, 1, 2, 3, 4, 5, 16
-UDP_PLAIN = 512  # a UDP answer's limit without EDNS0 (RFC 1035)
-EDNS_MAX = 4096  # the most we send over UDP even if a client offers more (fragmentation)
-TCP_MAX = 65535
-
-Labels = tuple[bytes, ...]  # a name, label by label
-Glue = tuple[bytes, ...]  # encoded additional records that travel with one answer
+__all__ = [  # the DNS interface the listener and the tests use (some defined in dns_wire)
+    "FORMERR",
+    "NOTIMP",
+    "NXDOMAIN",
+    "REFUSED",
+    "SERVFAIL",
+    "TCP_MAX",
+    "UDP_PLAIN",
+    "AnswerCache",
+    "DNSOutcome",
+    "DNSRead",
+    "DNSSettings",
+    "DNSView",
+    "answer",
+    "error_response",
+    "parse_packet",
+    "service_ttl",
+]
 _KINDS = frozenset((b"service", b"connect", b"node", b"addr", b"query", b"ingress", b"virtual"))
 _ADDR_TYPES = frozenset((T_A, T_AAAA, T_ANY))
 _IN_ADDR, _IP6 = (b"in-addr", b"arpa"), (b"ip6", b"arpa")
-_MEMO_MAX = 50_000  # entries per memo table; cleared wholesale when full (catalog-sized)
-_U16, _RR_FIXED, _HEADER = struct.Struct("!H"), struct.Struct("!HHIH"), struct.Struct("!6H")
+_NODES = q.Nodes()
+_zone_memo: dict[tuple[str, str | None], tuple[tuple[Labels, Labels], ...]] = {}
+
+
+DNSRead = q.ServiceNodes | q.Nodes  # the catalog reads an answer is built from
 
 
 class DNSView(Protocol):
     """What DNS reads; implemented by the agent over its in-memory catalog (sync, fast, no I/O).
-    A view may also define `async prepare(qname, domains)`: `DNSServer` runs it before
-    answering so a client agent can warm its cache (answer() itself never awaits)."""
+
+    A view may also offer `stamp(read) -> int | None` and a `dns_answers: AnswerCache`: a stamp
+    moves whenever that read's answer changes, which lets answers be cached until something they
+    were built from changes; None says the view does not hold that data, and `answer()` returns
+    `NeedData` so the caller can run the view's `async load(reads)` and ask again."""
 
     datacenter: str
     node_name: str  # this agent's node (for NS/SOA answers)
@@ -85,13 +127,15 @@ class DNSSettings:
 
 @dataclass(slots=True)
 class DNSOutcome:
-    """`wire` is the response to send; when `forward` is set it is empty and the caller must
-    relay the query to the recursors (this module never touches a socket)."""
+    """`wire` is the response to send. It is empty when the caller has to act first (this
+    module never touches a socket nor awaits): with `forward`, relay the query to the recursors;
+    with `need` (NeedData), load those reads into the view and call `answer()` again."""
 
     wire: bytes
     forward: bool = False
     rcode: int = NOERROR
     truncated: bool = False
+    need: tuple[DNSRead, ...] = ()
 
     @property
     def response(self) -> DNSRecord:
@@ -99,86 +143,16 @@ class DNSOutcome:
         return DNSRecord.parse(self.wire)
 
 
-# ---- memo tables: each is a pure function of its key, so sharing across queries is safe -------
-
-_rdata_memo: dict[tuple[Any, ...], bytes] = {}
-_rr_memo: dict[tuple[Any, ...], bytes] = {}
-_addr_memo: dict[str, tuple[int, Any]] = {}
-_labels_memo: dict[str, Labels | None] = {}
-_zone_memo: dict[tuple[str, str | None], tuple[tuple[Labels, Labels], ...]] = {}
-
-
-def _memo_put(table: dict[Any, Any], key: Any, value: Any) -> None:
-    if len(table) >= _MEMO_MAX:
-        table.clear()
-    table[key] = value
-
-
-class _FlatBuffer(DNSBuffer):
-    """rdata is encoded alone and spliced into other messages, so it must hold no compression
-    pointers (dnslib would compress SOA's rname against its mname, relative to this buffer)."""
-
-    def encode_name(self, name: Any) -> None:
-        self.encode_name_nocompress(name)
-
-
-def _rdata(cls: type, *args: Any) -> bytes:
-    """dnslib encodes each distinct rdata once; later queries reuse the bytes."""
-    key = (cls, *args)
-    data = _rdata_memo.get(key)
-    if data is None:
-        buf = _FlatBuffer()
-        cls(*args).pack(buf)
-        data = bytes(buf.data)
-        _memo_put(_rdata_memo, key, data)
-    return data
-
-
-def _labels(name: str) -> Labels | None:
-    """A DNS name as labels, or None when it cannot be one (so the record is skipped)."""
-    got = _labels_memo.get(name, False)
-    if got is not False:
-        return got  # type: ignore[return-value]
-    try:
-        parts = tuple(p.encode() for p in name.rstrip(".").split("."))
-    except UnicodeError:
-        parts = ()
-    ok = bool(parts) and all(0 < len(p) < 64 for p in parts) and sum(map(len, parts)) < 200
-    _memo_put(_labels_memo, name, parts if ok else None)
-    return parts if ok else None
-
-
-def _addr(address: str) -> tuple[int, Any]:
-    """(4, packed) / (6, packed) for IPs (packed is the A/AAAA rdata), (0, labels) for
-    hostnames, (0, None) when unusable."""
-    got = _addr_memo.get(address)
-    if got is None:
-        for family, kind in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
-            try:
-                got = (kind, socket.inet_pton(family, address))
-                break
-            except (OSError, ValueError):
-                continue
-        else:
-            got = (0, _labels(address) if address else None)
-        _memo_put(_addr_memo, address, got)
-    return got
-
-
 def _zones(cfg: DNSSettings) -> tuple[tuple[Labels, Labels], ...]:
     """(lowercase labels for matching, configured labels for building names) per domain."""
     key = (cfg.domain, cfg.alt_domain)
     zones = _zone_memo.get(key)
     if zones is None:
-        found = (_labels(d) if d else None for d in (cfg.domain, cfg.alt_domain))
+        found = (to_labels(d) if d else None for d in (cfg.domain, cfg.alt_domain))
         zones = tuple((tuple(x.lower() for x in z), z) for z in found if z)
         zones = zones or (((b"consul",), (b"consul",)),)  # an unusable domain: Consul's default
-        _memo_put(_zone_memo, key, zones)
+        memo_put(_zone_memo, key, zones)
     return zones
-
-
-def _ttl(value: float) -> int:
-    return min(max(int(value), 0), 0x7FFFFFFF)
 
 
 def service_ttl(cfg: DNSSettings, name: str) -> int:
@@ -188,66 +162,21 @@ def service_ttl(cfg: DNSSettings, name: str) -> int:
     if not table:
         return 0
     if name in table:
-        return _ttl(table[name])
+        return clamp_ttl(table[name])
     best = max(
         (k for k in table if k.endswith("*") and name.startswith(k[:-1])), key=len, default=None
     )
-    return _ttl(table[best]) if best is not None else 0
-
-
-def _flags(req: DNSRecord, rcode: int, aa: bool, tc: bool, ra: bool) -> int:
-    h = req.header
-    return (
-        0x8000
-        | (h.opcode & 0xF) << 11
-        | aa << 10
-        | tc << 9
-        | (h.rd & 1) << 8
-        | ra << 7
-        | (rcode & 0xF)
-    )
-
-
-def _question_wire(req: DNSRecord) -> bytes:
-    q = req.questions[0]
-    parts = [bytes((len(lab),)) + lab for lab in q.qname.label]
-    parts.append(b"\x00" + struct.pack("!HH", q.qtype, q.qclass))
-    return b"".join(parts)
-
-
-def _opt_wire(ext_rcode: int) -> bytes:
-    return b"\x00" + _RR_FIXED.pack(T_OPT, EDNS_MAX, (ext_rcode & 0xFF) << 24, 0)
-
-
-def _find_opt(req: DNSRecord) -> tuple[Any, bool]:
-    """(the OPT record or None, whether the request is malformed by carrying several)."""
-    opts = [rr for rr in req.ar if rr.rtype == T_OPT]
-    return (opts[0] if len(opts) == 1 else None), len(opts) > 1
+    return clamp_ttl(table[best]) if best is not None else 0
 
 
 def error_response(req: DNSRecord, rcode: int, cfg: DNSSettings) -> bytes:
     """An empty response with RCODE (the low 4 bits; an EDNS request gets the rest in its OPT),
     echoing the ID and a single question: request-level errors and SERVFAIL after forwarding."""
-    opt, _ = _find_opt(req)
-    qwire = _question_wire(req) if len(req.questions) == 1 else b""
-    tail = _opt_wire(rcode >> 4) if opt is not None else b""
-    flags = _flags(req, rcode, False, False, bool(cfg.recursors))
-    return _HEADER.pack(req.header.id, flags, bool(qwire), 0, 0, bool(tail)) + qwire + tail
-
-
-def parse_packet(data: bytes) -> DNSRecord | bytes:
-    """The request, or the bytes to send instead: FORMERR for a malformed packet (with its ID
-    when at least two bytes arrived) or b"" to drop it (too short to address, or a response:
-    answering responses lets two servers loop forever)."""
-    if len(data) >= 3 and data[2] & 0x80:
-        return b""
-    try:
-        return DNSRecord.parse(data)
-    except Exception:
-        if len(data) < 2:
-            return b""
-        opcode_rd = (data[2] & 0x79) << 8 if len(data) >= 3 else 0
-        return _HEADER.pack(_U16.unpack_from(data)[0], 0x8000 | opcode_rd | FORMERR, 0, 0, 0, 0)
+    opt, _ = find_opt(req)
+    qwire = question_wire(req) if len(req.questions) == 1 else b""
+    tail = opt_wire(rcode >> 4) if opt is not None else b""
+    flags = header_flags(req, rcode, False, False, bool(cfg.recursors))
+    return HEADER.pack(req.header.id, flags, bool(qwire), 0, 0, bool(tail)) + qwire + tail
 
 
 def answer(request: DNSRecord, view: DNSView, cfg: DNSSettings, *, max_size: int) -> DNSOutcome:
@@ -258,16 +187,21 @@ def answer(request: DNSRecord, view: DNSView, cfg: DNSSettings, *, max_size: int
         return DNSOutcome(error_response(request, FORMERR, cfg), rcode=FORMERR)
     if h.opcode != 0:
         return DNSOutcome(error_response(request, NOTIMP, cfg), rcode=NOTIMP)
-    opt, bad_opt = _find_opt(request)
+    opt, bad_opt = find_opt(request)
     if bad_opt:
         return DNSOutcome(error_response(request, FORMERR, cfg), rcode=FORMERR)
     if opt is not None and (opt.ttl >> 16) & 0xFF:  # EDNS version > 0: RFC 6891 says BADVERS
         return DNSOutcome(error_response(request, BADVERS, cfg), rcode=BADVERS)
 
     query = _Query(request, view, cfg)
-    cached = _from_cache(query, view, cfg)
-    if cached is not None:
-        return cached.assemble(_limit(max_size, opt), opt is not None)
+    stamp = getattr(view, "stamp", None)
+    cache: AnswerCache | None = None
+    if stamp is not None:
+        query.stamp = stamp
+        if not cfg.a_record_limit:
+            cache = getattr(view, "dns_answers", None)
+            if cache is not None and cache.restore(query, stamp):
+                return query.assemble(_limit(max_size, opt), opt is not None)
     low = query.qlow
     for zone_low, zone in _zones(cfg):
         n = len(zone_low)
@@ -284,7 +218,10 @@ def answer(request: DNSRecord, view: DNSView, cfg: DNSSettings, *, max_size: int
                 return DNSOutcome(error_response(request, REFUSED, cfg), rcode=REFUSED)
             query.aa = True
             query.negative(NXDOMAIN)
-    _to_cache(query, view, cfg)
+    if query.needs:
+        return DNSOutcome(b"", need=query.needs)
+    if cache is not None:
+        cache.store(query)
     return query.assemble(_limit(max_size, opt), opt is not None)
 
 
@@ -296,53 +233,53 @@ def _limit(max_size: int, opt: Any) -> int:
 
 # ---- answer cache -----------------------------------------------------------------------------
 # Building an answer (view lookups, health filtering, record encoding) is most of a query's
-# cost, yet the catalog changes far less often than it is asked. A view that exposes `version()`
-# (it moves on every catalog change) gets its encoded answers cached per question; a hit only
-# reshuffles and reassembles them. Only with a_record_limit = 0: a limit picks a random subset,
-# which a cached list would freeze.
+# cost, yet the catalog changes far less often than it is asked. A view that stamps its reads
+# gets its encoded answers cached per question, each with the stamps of the reads it was built
+# from; a hit checks those stamps and only reshuffles and reassembles. Only with
+# a_record_limit = 0: a limit picks a random subset, which a cached list would freeze.
 
 _CACHE_MAX = 8192
+Deps = tuple[tuple[DNSRead, int], ...]
+Stamp = Callable[[DNSRead], int | None]  # a view's `stamp` method
 
 
-def _cache_of(view: DNSView, cfg: DNSSettings) -> dict[Any, Any] | None:
-    if cfg.a_record_limit or not hasattr(view, "version"):
-        return None
-    cache = getattr(view, "dns_cache", None)
-    if cache is None:
-        cache = {}
-        try:
-            view.dns_cache = cache  # type: ignore[attr-defined]
-        except AttributeError:
-            return None
-    return cache
+class AnswerCache:
+    """A view's encoded answers per question; `hits`/`misses` are exported as metrics."""
 
+    __slots__ = ("entries", "hits", "misses")
 
-def _from_cache(query: _Query, view: DNSView, cfg: DNSSettings) -> _Query | None:
-    cache = _cache_of(view, cfg)
-    if cache is None:
-        return None
-    hit = cache.get((query.qlabels, query.qtype))
-    if hit is None or hit[0] != view.version():  # type: ignore[attr-defined]
-        return None
-    _, query.aa, query.zone, query.rcode, answers, query.authority = hit
-    query.answers = random.sample(answers, len(answers))
-    return query
+    def __init__(self) -> None:
+        self.entries: dict[tuple[Labels, int], tuple[Any, ...]] = {}
+        self.hits = 0
+        self.misses = 0
 
+    def restore(self, query: _Query, stamp: Stamp) -> bool:
+        """Fill `query` from a still-valid cached answer; False on a miss."""
+        hit = self.entries.get((query.qlabels, query.qtype))
+        if hit is not None:
+            for read, seen in hit[0]:
+                if stamp(read) != seen:
+                    break
+            else:
+                _, query.aa, query.zone, query.rcode, answers, query.authority = hit
+                query.answers = random.sample(answers, len(answers))
+                self.hits += 1
+                return True
+        self.misses += 1
+        return False
 
-def _to_cache(query: _Query, view: DNSView, cfg: DNSSettings) -> None:
-    cache = _cache_of(view, cfg)
-    if cache is None:
-        return
-    if len(cache) >= _CACHE_MAX:
-        cache.clear()
-    cache[(query.qlabels, query.qtype)] = (
-        view.version(),
-        query.aa,
-        query.zone,
-        query.rcode,  # type: ignore[attr-defined]
-        list(query.answers),
-        list(query.authority),
-    )
+    def store(self, query: _Query) -> None:
+        entries = self.entries
+        if len(entries) >= _CACHE_MAX:
+            entries.clear()
+        entries[(query.qlabels, query.qtype)] = (
+            query.deps,
+            query.aa,
+            query.zone,
+            query.rcode,
+            list(query.answers),
+            list(query.authority),
+        )
 
 
 class _Query:
@@ -356,11 +293,14 @@ class _Query:
         "answers",
         "authority",
         "cfg",
+        "deps",
+        "needs",
         "qlabels",
         "qlow",
         "qtype",
         "rcode",
         "req",
+        "stamp",
         "view",
         "zone",
     )
@@ -377,21 +317,37 @@ class _Query:
         self.answers: list[tuple[bytes, Glue]] = []
         self.authority: list[bytes] = []
         self._suffixes: dict[Labels, int] | None = None
+        self.stamp: Stamp | None = None  # the view's, when it has one
+        self.deps: Deps = ()  # tuples, not lists: a cache hit never allocates these
+        self.needs: tuple[DNSRead, ...] = ()
+
+    def uses(self, read: DNSRead) -> bool:
+        """Record that this answer is built from `read`; False when the view does not hold it
+        (the answer becomes NeedData, and the caller treats the data as absent meanwhile)."""
+        if self.stamp is None:
+            return True
+        seen = self.stamp(read)
+        if seen is None:
+            if read not in self.needs:
+                self.needs += (read,)
+            return False
+        self.deps += ((read, seen),)
+        return True
 
     # ---- encoding ----
 
     def add(self, rtype: int, ttl: int, rdata: bytes, glue: Glue = ()) -> None:
         """An answer owned by the question name: a pointer to offset 12."""
-        self.answers.append((b"\xc0\x0c" + _RR_FIXED.pack(rtype, 1, ttl, len(rdata)) + rdata, glue))
+        self.answers.append((b"\xc0\x0c" + RR_FIXED.pack(rtype, 1, ttl, len(rdata)) + rdata, glue))
 
     def rr(self, owner: Labels, rtype: int, ttl: int, rdata: bytes) -> bytes:
         """A record owned by another name (glue, SOA); memoized, as its encoding depends only on
         the key (compression points into the question, whose layout `qlow` fixes)."""
         key = (self.qlow, owner, rtype, ttl, rdata)
-        data = _rr_memo.get(key)
+        data = rr_memo.get(key)
         if data is None:
-            data = self.name(owner) + _RR_FIXED.pack(rtype, 1, ttl, len(rdata)) + rdata
-            _memo_put(_rr_memo, key, data)
+            data = self.name(owner) + RR_FIXED.pack(rtype, 1, ttl, len(rdata)) + rdata
+            memo_put(rr_memo, key, data)
         return data
 
     def name(self, labels: Labels) -> bytes:
@@ -408,7 +364,7 @@ class _Query:
         for i, lab in enumerate(labels):
             ptr = sfx.get(low[i:])
             if ptr is not None:
-                out.append(_U16.pack(0xC000 | ptr))
+                out.append(U16.pack(0xC000 | ptr))
                 return b"".join(out)
             out.append(bytes((len(lab),)) + lab)
         out.append(b"\x00")
@@ -424,8 +380,8 @@ class _Query:
             cfg.soa_expire,
             cfg.soa_min_ttl,
         )
-        rdata = _rdata(SOA, (b"ns", *zone), (b"hostmaster", *zone), times)
-        self.authority.append(self.rr(zone, T_SOA, _ttl(cfg.soa_min_ttl), rdata))
+        rdata = encode_rdata(SOA, (b"ns", *zone), (b"hostmaster", *zone), times)
+        self.authority.append(self.rr(zone, T_SOA, clamp_ttl(cfg.soa_min_ttl), rdata))
 
     def negative(self, rcode: int) -> None:
         self.rcode = rcode
@@ -470,9 +426,13 @@ class _Query:
         view, cfg, qtype = self.view, self.cfg, self.qtype
         lookup = view.connect_instances if connect else view.service_instances
         lname = name.lower()
-        instances = lookup(name) or (lookup(lname) if lname != name else [])
+        instances = self.uses(q.ServiceNodes(Service=name, Connect=connect)) and lookup(name)
+        if not instances and lname != name:
+            instances = self.uses(q.ServiceNodes(Service=lname, Connect=connect)) and lookup(lname)
+        if self.needs:
+            return None
         tag = tag_label.decode().lower() if tag_label is not None else None
-        healthy = _healthy(instances, cfg.only_passing, tag)
+        healthy = _healthy(instances or [], cfg.only_passing, tag)
         if not healthy:
             return self.negative(NXDOMAIN)
         random.shuffle(healthy)
@@ -492,7 +452,7 @@ class _Query:
                 weight = (weights.Warning if warn else weights.Passing) if weights else 1
                 target, glue = self.srv_target(inst, ttl)
                 if target is not None:
-                    rdata = _rdata(
+                    rdata = encode_rdata(
                         SRV, 1, min(max(weight, 0), 0xFFFF), inst.Service.Port & 0xFFFF, target
                     )
                     self.add(T_SRV, ttl, rdata, glue)
@@ -501,13 +461,13 @@ class _Query:
 
     def address_record(self, address: str, ttl: int) -> bool:
         """A or AAAA as asked, or a CNAME when the address is a hostname."""
-        kind, value = _addr(address)
+        kind, value = parse_addr(address)
         if kind == 4 and self.qtype != T_AAAA:
             self.add(T_A, ttl, value)
         elif kind == 6 and self.qtype != T_A:
             self.add(T_AAAA, ttl, value)
         elif kind == 0 and value is not None:
-            self.add(T_CNAME, ttl, _rdata(CNAME, value))
+            self.add(T_CNAME, ttl, encode_rdata(CNAME, value))
         else:
             return False
         return True
@@ -517,11 +477,11 @@ class _Query:
         `<hex>.addr.DC.DOMAIN` form for a different IP (so the glue A is unambiguous), else the
         service's hostname itself (no glue: we are not authoritative for it)."""
         address = inst.Service.Address or inst.Node.Address
-        kind, value = _addr(address)
+        kind, value = parse_addr(address)
         if kind == 0:
             return value, ()
         if address == inst.Node.Address:
-            target = self.target(_labels(inst.Node.Node))
+            target = self.target(to_labels(inst.Node.Node))
         else:
             target = self.target((value.hex().encode(),), b"addr")
         if target is None:
@@ -529,17 +489,19 @@ class _Query:
         return target, (self.rr(target, T_A if kind == 4 else T_AAAA, ttl, value),)
 
     def node(self, name: str) -> None:
+        if not self.uses(_NODES):
+            return None
         node = self.view.node(name) or _node_nocase(self.view, name)
         if node is None:
             return self.negative(NXDOMAIN)
-        ttl = _ttl(self.cfg.node_ttl)
+        ttl = clamp_ttl(self.cfg.node_ttl)
         if self.qtype in _ADDR_TYPES:
             self.address_record(node.Address, ttl)
         if self.qtype in (T_TXT, T_ANY):
             for key, value in node.Meta.items():
                 text = (value if key.startswith("rfc1035-") else f"{key}={value}").encode()
                 chunks = tuple(text[i : i + 255] for i in range(0, len(text), 255)) or (b"",)
-                self.add(T_TXT, ttl, _rdata(TXT, chunks))
+                self.add(T_TXT, ttl, encode_rdata(TXT, chunks))
         if not self.answers:
             self.soa()
 
@@ -561,19 +523,19 @@ class _Query:
         if self.qtype in (T_SOA, T_ANY):
             self.soa()
             self.answers.append((self.authority.pop(), ()))
-        if self.qtype in (T_NS, T_ANY):
-            ttl = _ttl(self.cfg.node_ttl)
+        if self.qtype in (T_NS, T_ANY) and self.uses(_NODES):
+            ttl = clamp_ttl(self.cfg.node_ttl)
             servers = self.view.server_nodes()
             if not servers:
                 me = self.view.node(self.view.node_name)
                 servers = [me] if me is not None else []
             for server in servers:
-                target = self.target(_labels(server.Node))
-                kind, value = _addr(server.Address)
+                target = self.target(to_labels(server.Node))
+                kind, value = parse_addr(server.Address)
                 if target is not None:
                     rtype = T_A if kind == 4 else T_AAAA
                     glue = (self.rr(target, rtype, ttl, value),) if kind else ()
-                    self.add(T_NS, ttl, _rdata(NS, target), glue)
+                    self.add(T_NS, ttl, encode_rdata(NS, target), glue)
         if not self.answers:
             self.soa()
 
@@ -589,16 +551,18 @@ class _Query:
                 return False
         except ValueError:
             return False
-        ttl = _ttl(self.cfg.node_ttl)
-        found = [n for n in self.view.nodes() if _addr(n.Address)[1] == packed]
+        if not self.uses(_NODES):
+            return True  # NeedData: asked again once the nodes are here
+        ttl = clamp_ttl(self.cfg.node_ttl)
+        found = [n for n in self.view.nodes() if parse_addr(n.Address)[1] == packed]
         if not found:
             return False
         self.aa = True
         if self.qtype in (T_PTR, T_ANY):
             for node in found:
-                target = self.target(_labels(node.Node))
+                target = self.target(to_labels(node.Node))
                 if target is not None:
-                    self.add(T_PTR, ttl, _rdata(PTR, target))
+                    self.add(T_PTR, ttl, encode_rdata(PTR, target))
         if not self.answers:
             self.soa()
         return True
@@ -612,8 +576,8 @@ class _Query:
         keep = len(answers)
         if limit == UDP_PLAIN and 0 < cfg.udp_answer_limit < keep:
             keep, tc = cfg.udp_answer_limit, cfg.enable_truncate
-        qwire = _question_wire(self.req)
-        opt = _opt_wire(0) if edns else b""
+        qwire = question_wire(self.req)
+        opt = opt_wire(0) if edns else b""
         size = 12 + len(qwire) + sum(map(len, authority)) + len(opt)
         if size > limit:  # only a pathological SOA could do this; never exceed the limit anyway
             authority, size, keep, tc = [], 12 + len(qwire) + len(opt), 0, True
@@ -633,8 +597,8 @@ class _Query:
                 seen.update(extra)
         if opt:
             ar.append(opt)
-        flags = _flags(self.req, self.rcode, self.aa, tc, bool(cfg.recursors))
-        head = _HEADER.pack(self.req.header.id, flags, 1, len(an), len(authority), len(ar))
+        flags = header_flags(self.req, self.rcode, self.aa, tc, bool(cfg.recursors))
+        head = HEADER.pack(self.req.header.id, flags, 1, len(an), len(authority), len(ar))
         return DNSOutcome(
             b"".join((head, qwire, *an, *authority, *ar)), rcode=self.rcode, truncated=tc
         )

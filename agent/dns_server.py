@@ -3,8 +3,9 @@
 All DNS semantics live in `agent.dns` (pure); this module only moves bytes. A local answer is
 computed synchronously inside the datagram callback (it takes tens of microseconds and touches
 only memory, so a task per query would cost more than the answer). Only waiting runs as a task:
-forwarding, and a view's `prepare` hook when it really has to fetch; the number of those in
-flight is capped so a flood of external or cold names cannot exhaust sockets or memory.
+forwarding, and loading the data the core said it needs (`NeedData`: a client agent's cache had
+no answer for that name yet) before asking the core again; the number of those in flight is
+capped so a flood of external or cold names cannot exhaust sockets or memory.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import logging
 import secrets
 import socket
 import struct
-from collections.abc import Coroutine
 from typing import Any
 
 from dnslib import DNSRecord
@@ -25,6 +25,8 @@ from meshd.agent.dns import (
     SERVFAIL,
     TCP_MAX,
     UDP_PLAIN,
+    DNSOutcome,
+    DNSRead,
     DNSSettings,
     DNSView,
     answer,
@@ -36,6 +38,7 @@ log = logging.getLogger("meshd.dns")
 _U16 = struct.Struct("!H")
 
 MAX_PENDING = 1024  # queries waiting on a recursor or a cache fill; beyond that, SERVFAIL at once
+MAX_LOAD_ROUNDS = 3  # NeedData rounds per query (a mixed-case name can take two); then SERVFAIL
 MAX_TCP_CONNS = 512
 PARSE_CACHE_MAX = 4096  # distinct questions whose parse we keep (cleared wholesale when full)
 TCP_IDLE_TIMEOUT = 10.0  # between queries on a kept-open connection (RFC 7766 allows closing)
@@ -57,25 +60,6 @@ def parse_recursor(spec: str) -> tuple[str, int]:
     if not 0 < port < 65536:
         raise ValueError(f"bad port in recursor {spec!r}")
     return host, port
-
-
-async def _finish(coro: Coroutine[Any, Any, Any], pending: Any) -> None:
-    """Drive a coroutine whose first step already ran and suspended on `pending`, as a Task
-    would: lets `prepare` run its first step inline, so a warm cache costs no task."""
-    try:
-        while True:
-            if pending is None:
-                await asyncio.sleep(0)
-            else:
-                pending._asyncio_future_blocking = False
-                await asyncio.wait((pending,))  # its outcome reaches `coro` through send()
-            pending = coro.send(None)
-    except StopIteration:
-        pass
-    except Exception:
-        log.debug("dns: view prepare failed", exc_info=True)
-    finally:
-        coro.close()
 
 
 class _UpstreamProtocol(asyncio.DatagramProtocol):
@@ -135,9 +119,8 @@ class DNSServer:
                 self.recursors.append(parse_recursor(spec))
             except ValueError:
                 log.warning("dns: ignoring recursor %r: not ip, ip:port or [ip6]:port", spec)
-        # Optional hook: `async prepare(qname, domains)` warms a client agent's cache.
-        self._prepare = getattr(view, "prepare", None)
-        self._domains = tuple(d for d in (cfg.domain, cfg.alt_domain) if d)
+        # A view that can lack data (the agent's cache) loads it when an answer needs it.
+        self._load = getattr(view, "load", None)
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -201,60 +184,50 @@ class DNSServer:
             request.header.id = _U16.unpack_from(data)[0]
         return request
 
-    def _warm(self, request: DNSRecord) -> Coroutine[Any, Any, None] | None:
-        """Run the view's prepare hook as far as it goes without waiting; None when it is done
-        (the usual case), else a coroutine to await before answering."""
-        if self._prepare is None or len(request.questions) != 1:
-            return None
-        try:
-            coro = self._prepare(str(request.q.qname), self._domains)
-            if not asyncio.iscoroutine(coro):
-                return None
-            pending = coro.send(None)
-        except StopIteration:
-            return None
-        except Exception:
-            log.debug("dns: view prepare failed", exc_info=True)
-            return None
-        return _finish(coro, pending)
-
-    def local_reply(self, data: bytes, max_size: int) -> bytes | None:
-        """The bytes to send (b"" = send nothing), or None when the query must be forwarded."""
-        request = self._parse(data)
-        return request if isinstance(request, bytes) else self._answer(request, max_size)
-
-    def _answer(self, request: DNSRecord, max_size: int) -> bytes | None:
-        self.queries += 1
-        try:
-            outcome = answer(request, self.view, self.cfg, max_size=max_size)
-        except Exception:
-            log.exception("dns: answering %s failed", request.q.qname if request.questions else "?")
-            return error_response(request, SERVFAIL, self.cfg)
-        if outcome.forward:
-            return None if self.recursors else error_response(request, SERVFAIL, self.cfg)
-        return outcome.wire
-
-    def on_datagram(self, data: bytes, addr: Any, proto: _UDPProtocol) -> None:
+    def _reply(self, data: bytes, max_size: int) -> DNSOutcome:
+        """The core's outcome for these bytes; a packet that cannot be answered becomes the bytes
+        to send instead (FORMERR, or b"" to stay silent)."""
         request = self._parse(data)
         if isinstance(request, bytes):
-            return proto.send(request, addr)
-        waiting = self._warm(request)
-        if waiting is None:
-            reply = self._answer(request, UDP_PLAIN)
-            if reply is not None:
-                return proto.send(reply, addr)
+            return DNSOutcome(request)
+        self.queries += 1
+        try:
+            return answer(request, self.view, self.cfg, max_size=max_size)
+        except Exception:
+            log.exception("dns: answering %s failed", request.q.qname if request.questions else "?")
+            return DNSOutcome(error_response(request, SERVFAIL, self.cfg), rcode=SERVFAIL)
+
+    async def _complete(self, data: bytes, outcome: DNSOutcome, max_size: int, tcp: bool) -> bytes:
+        """Finish what memory could not answer: load the data the core asked for and answer
+        again (re-parsing: the parse memo may have been reused meanwhile), or forward."""
+        rounds = 0
+        while outcome.need:
+            rounds += 1
+            if rounds > MAX_LOAD_ROUNDS or not await self._fill(outcome.need):
+                return self._servfail(data)
+            outcome = self._reply(data, max_size)
+        if outcome.forward:
+            return await self.forward(data, tcp=tcp) if self.recursors else self._servfail(data)
+        return outcome.wire
+
+    async def _fill(self, reads: tuple[DNSRead, ...]) -> bool:
+        if self._load is None:
+            return False
+        try:
+            return bool(await self._load(reads))
+        except Exception:
+            log.debug("dns: loading %s failed", reads, exc_info=True)
+            return False
+
+    def on_datagram(self, data: bytes, addr: Any, proto: _UDPProtocol) -> None:
+        outcome = self._reply(data, UDP_PLAIN)
+        if not (outcome.need or outcome.forward):
+            return proto.send(outcome.wire, addr)
         if len(self._tasks) >= MAX_PENDING:
-            if waiting is not None:
-                waiting.close()
             return proto.send(self._servfail(data), addr)
 
         async def slow() -> None:
-            if waiting is not None:
-                await waiting
-                reply = self.local_reply(data, UDP_PLAIN)
-                if reply is not None:
-                    return proto.send(reply, addr)
-            proto.send(await self.forward(data, tcp=False), addr)
+            proto.send(await self._complete(data, outcome, UDP_PLAIN, tcp=False), addr)
 
         task = asyncio.get_running_loop().create_task(slow())
         self._tasks.add(task)
@@ -320,12 +293,10 @@ class DNSServer:
                 head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_TIMEOUT)
                 size = int.from_bytes(head, "big")
                 data = await asyncio.wait_for(reader.readexactly(size), TCP_IO_TIMEOUT)
-                request = self._parse(data)
-                if not isinstance(request, bytes) and (waiting := self._warm(request)):
-                    await waiting
-                reply = self.local_reply(data, TCP_MAX)
-                if reply is None:
-                    reply = await self.forward(data, tcp=True)
+                outcome = self._reply(data, TCP_MAX)
+                reply = outcome.wire
+                if outcome.need or outcome.forward:
+                    reply = await self._complete(data, outcome, TCP_MAX, tcp=True)
                 if reply:
                     writer.write(len(reply).to_bytes(2, "big") + reply)
                     await writer.drain()

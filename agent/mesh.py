@@ -2,8 +2,9 @@
 
 For every local `connect-proxy` service the agent keeps a snapshot built from: the destination's
 leaf certificate, the CA roots, the intentions that apply to the destination, the protocol from
-`service-defaults`, and each upstream's healthy sidecar endpoints. Every input is a blocking
-watch on the catalog, so a change anywhere becomes a new snapshot (and an xDS push) at once; the
+`service-defaults`, and each upstream's healthy sidecar endpoints. Every input is a subscription
+to the agent's one watch cache (shared with DNS and HTTP; no watch loop of its own here), so a
+change becomes a new snapshot (and an xDS push) at once for the proxies that read it; the
 translation to Envoy resources is the pure `proxy.resources.build_resources`.
 """
 
@@ -12,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from meshd import queries as q
-from meshd.agent.backend import CatalogBackend
+from meshd.agent.cache import Subscription
 from meshd.agent.leaf import LeafManager
-from meshd.intentions import flatten, rbac_for_destination
+from meshd.intentions import WILDCARD, flatten, rbac_for_destination
 from meshd.proxy.ads import ADSServer
 from meshd.proxy.snapshot import Endpoint, ProxySnapshot, Upstream
 from meshd.structs import HEALTH_CRITICAL, CheckServiceNode, NodeService
@@ -27,44 +28,6 @@ if TYPE_CHECKING:
     from meshd.agent.agent import Agent
 
 log = logging.getLogger("meshd.mesh")
-
-
-class Watch:
-    """One blocking query kept running; `value` is the latest answer."""
-
-    def __init__(self, backend: CatalogBackend, query: Any, on_change: Callable[[], None]):
-        self.query = query
-        self.value: Any = None
-        self.index = 0
-        self.ready = asyncio.Event()
-        self._backend = backend
-        self._on_change = on_change
-        self._task = asyncio.create_task(self._run(), name=f"mesh watch {query}")
-
-    async def _run(self) -> None:
-        backoff = 0.1
-        while True:
-            try:
-                res = await self._backend.read(
-                    self.query, min_index=self.index, wait=300.0, consistency="stale"
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # keep the last value; the servers may be electing
-                log.debug("watch %s: %s", self.query, e)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
-            backoff = 0.1
-            changed = res.index != self.index or not self.ready.is_set()
-            self.index = res.index if res.index >= self.index else 0
-            if changed:
-                self.value = res.value
-                self.ready.set()
-                self._on_change()
-
-    def cancel(self) -> None:
-        self._task.cancel()
 
 
 def healthy_endpoints(rows: list[CheckServiceNode]) -> list[Endpoint]:
@@ -91,17 +54,42 @@ def protocol_of(entries: list[dict[str, Any]], service: str) -> str:
     return "tcp"
 
 
+_PROXYLESS = ""  # the reader key of the proxyless resources (no proxy id is empty)
+_BASE: tuple[q.Query, ...] = (q.CARoots(),)  # read for every proxy
+
+
+def _intentions(dest: str) -> tuple[q.Query, q.Query]:
+    """The entries that can decide who reaches `dest`: its own and the wildcard one."""
+    return (
+        q.ConfigEntries(Kind="service-intentions", Name=dest),
+        q.ConfigEntries(Kind="service-intentions", Name=WILDCARD),
+    )
+
+
+def _defaults(service: str) -> q.Query:
+    return q.ConfigEntries(Kind="service-defaults", Name=service)
+
+
 class MeshManager:
+    """Snapshots read the agent's watch cache through subscriptions, one per query, and each
+    query knows which proxies read it: a change rebuilds only those proxies (an intention for
+    `x` touches only the sidecars that front `x`). Local service changes and leaves rebuild all."""
+
     def __init__(self, agent: Agent, host: str, port: int) -> None:
         self.agent = agent
-        self.backend = agent.backend
+        self.cache = agent.cache
         self.ads = ADSServer(host, port)
         self.leaves = LeafManager(agent.backend, agent.config.datacenter, self.trigger)
-        self._watches: dict[Any, Watch] = {}
-        self._dirty = asyncio.Event()
+        self._subs: dict[q.Query, Subscription] = {}
+        self._reads: dict[str, frozenset[q.Query]] = {}  # proxy id (or _PROXYLESS) -> queries
+        self._readers: dict[q.Query, set[str]] = {}
+        self._dirty: set[str] = set()
+        self._all_dirty = True
+        self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._snapshots: dict[str, ProxySnapshot] = {}
         self._version = 0
+        self.builds: Counter[str] = Counter()  # snapshot computations per proxy (tests, debug)
         # proxyless gRPC clients (gRFC A27): served from every service's healthy instances,
         # watched only once such a client has connected
         self._proxyless_active = False
@@ -110,46 +98,46 @@ class MeshManager:
     async def start(self) -> None:
         await self.ads.start()
         self.ads.set_default_provider(self._provide_proxyless)
-        for query in (
-            q.CARoots(),
-            q.ConfigEntries(Kind="service-intentions"),
-            q.ConfigEntries(Kind="service-defaults"),
-        ):
-            self._watch(query)
         self._task = asyncio.create_task(self._builder(), name="mesh builder")
         self.trigger()
 
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
-        for w in self._watches.values():
-            w.cancel()
+        for sub in self._subs.values():
+            sub.close()
+        self._subs.clear()
         await self.leaves.close()
         await self.ads.stop()
 
     def trigger(self) -> None:
-        self._dirty.set()
+        """Rebuild every snapshot (local services or a leaf changed)."""
+        self._all_dirty = True
+        self._wake.set()
 
-    def _watch(self, query: Any) -> Watch:
-        w = self._watches.get(query)
-        if w is None:
-            w = self._watches[query] = Watch(self.backend, query, self.trigger)
-        return w
+    def _changed(self, query: q.Query) -> None:
+        if query in _BASE:
+            self._all_dirty = True
+        else:
+            self._dirty |= self._readers.get(query, set())
+        self._wake.set()
 
-    def _value(self, query: Any) -> Any:
-        return self._watch(query).value
+    def _value(self, query: q.Query) -> Any:
+        return self.cache.get(query)
 
     async def _builder(self) -> None:
         while True:
-            await self._dirty.wait()
+            await self._wake.wait()
             await asyncio.sleep(0.005)  # coalesce a burst of changes into one push
-            self._dirty.clear()
+            self._wake.clear()
             try:
                 self._rebuild()
             except Exception:  # never let one bad input stop every proxy's updates
                 log.exception("building proxy snapshots failed")
 
     def _rebuild(self) -> None:
+        dirty, everything = self._dirty, self._all_dirty
+        self._dirty, self._all_dirty = set(), False
         roots = self._value(q.CARoots())
         if roots:
             self.leaves.set_roots(roots["TrustDomain"], roots["ActiveRootID"])
@@ -157,32 +145,52 @@ class MeshManager:
             sid: s for sid, s in self.agent.local.services.items() if s.Kind == "connect-proxy"
         }
         served = {(s.Proxy or {}).get("DestinationServiceName") for s in proxies.values()}
+        for gone in set(self._reads) - set(proxies) - {_PROXYLESS}:
+            del self._reads[gone]
         for gone in set(self._snapshots) - set(proxies):
             snap = self._snapshots.pop(gone)
             self.ads.set_snapshot(gone, None)
             if snap.service not in served:
                 self.leaves.drop(snap.service)  # no sidecar left: stop renewing its leaf
-        wanted = {
-            q.CARoots(),
-            q.ConfigEntries(Kind="service-intentions"),
-            q.ConfigEntries(Kind="service-defaults"),
-        }
         for sid, svc in proxies.items():
-            for up in (svc.Proxy or {}).get("Upstreams") or []:
-                wanted.add(q.ServiceNodes(Service=up["DestinationName"], Connect=True))
-            snap = self._snapshot(sid, svc, roots)
-            if snap is None:
-                continue
-            old = self._snapshots.get(sid)
-            if old is None or dataclasses.replace(old, version=0) != snapshot_key(snap):
-                self._version += 1
-                snap.version = self._version
-                self._snapshots[sid] = snap
-                self.ads.set_snapshot(sid, snap)
-        if self._proxyless_active:
-            self._rebuild_proxyless(wanted)
-        for query in set(self._watches) - wanted:
-            self._watches.pop(query).cancel()
+            if everything or sid in dirty or sid not in self._reads:
+                self._reads[sid] = _reads_of(svc)
+                try:
+                    self._build(sid, svc, roots)
+                except Exception:  # one bad input must not stop the other proxies' updates
+                    log.exception("building the snapshot of %s failed", sid)
+        if self._proxyless_active and (everything or _PROXYLESS in dirty):
+            self._rebuild_proxyless()
+        self._resubscribe()
+
+    def snapshot(self, proxy_id: str) -> ProxySnapshot | None:
+        """The latest snapshot pushed for a local proxy, if it has one yet."""
+        return self._snapshots.get(proxy_id)
+
+    def _build(self, sid: str, svc: NodeService, roots: Any) -> None:
+        self.builds[sid] += 1
+        snap = self._snapshot(sid, svc, roots)
+        if snap is None:
+            return
+        old = self._snapshots.get(sid)
+        if old is None or snapshot_key(old) != snapshot_key(snap):
+            self._version += 1
+            snap.version = self._version
+            self._snapshots[sid] = snap
+            self.ads.set_snapshot(sid, snap)
+
+    def _resubscribe(self) -> None:
+        """One subscription per query some snapshot reads; the ones nobody reads any more are
+        closed (the cache lets them linger briefly, then stops their watch)."""
+        readers: dict[q.Query, set[str]] = {query: set() for query in _BASE}
+        for reader, queries in self._reads.items():
+            for query in queries:
+                readers.setdefault(query, set()).add(reader)
+        self._readers = readers
+        for query in set(self._subs) - set(readers):
+            self._subs.pop(query).close()
+        for query in readers.keys() - self._subs.keys():
+            self._subs[query] = self.cache.subscribe(query, self._changed)
 
     def _provide_proxyless(self, node_id: str) -> dict[str, list[object]] | None:
         if not self._proxyless_active:
@@ -190,18 +198,18 @@ class MeshManager:
             self.trigger()
         return self._proxyless
 
-    def _rebuild_proxyless(self, wanted: set[Any]) -> None:
-        wanted.add(q.Services())
+    def _rebuild_proxyless(self) -> None:
         names = sorted(self._value(q.Services()) or {})
+        reads: set[q.Query] = {q.Services()}
         services: dict[str, list[Endpoint]] = {}
         for name in names:
             query = q.ServiceNodes(Service=name)
-            wanted.add(query)
-            watch = self._watch(query)
-            if not watch.ready.is_set():
+            reads.add(query)
+            rows = self._value(query)
+            if rows is None:
                 continue  # absent rather than empty: a client waits instead of failing
-            rows = [r for r in watch.value or [] if r.Service.Kind == ""]
-            services[name] = healthy_endpoints(rows)
+            services[name] = healthy_endpoints([r for r in rows if r.Service.Kind == ""])
+        self._reads[_PROXYLESS] = frozenset(reads)
         from meshd.proxy.proxyless import proxyless_resources  # Envoy protos: only when used
 
         resources = proxyless_resources(services)
@@ -218,11 +226,10 @@ class MeshManager:
         if leaf is None:
             self.leaves.ensure(dest)  # its arrival triggers another rebuild
             return None
-        defaults = self._value(q.ConfigEntries(Kind="service-defaults")) or []
-        intentions = flatten(self._value(q.ConfigEntries(Kind="service-intentions")) or [])
-        protocol = protocol_of(defaults, dest)
+        entries = [e for query in _intentions(dest) for e in self._value(query) or []]
+        protocol = protocol_of(self._value(_defaults(dest)) or [], dest)
         plan = rbac_for_destination(
-            intentions,
+            flatten(entries),
             dest,
             self.agent.config.default_intention_policy == "allow",
             http=protocol != "tcp",
@@ -236,7 +243,7 @@ class MeshManager:
                     destination_name=name,
                     local_bind_port=int(up["LocalBindPort"]),
                     local_bind_address=up.get("LocalBindAddress") or "127.0.0.1",
-                    protocol=protocol_of(defaults, name),
+                    protocol=protocol_of(self._value(_defaults(name)) or [], name),
                     endpoints=healthy_endpoints(rows),
                 )
             )
@@ -256,6 +263,17 @@ class MeshManager:
             leaf_key_pem=leaf.key_pem,
             roots_pem=[r["RootCert"] for r in roots["Roots"]],
         )
+
+
+def _reads_of(svc: NodeService) -> frozenset[q.Query]:
+    """The queries one sidecar's snapshot is built from (besides the CA roots)."""
+    proxy = svc.Proxy or {}
+    dest = proxy.get("DestinationServiceName", "")
+    reads: set[q.Query] = {*_intentions(dest), _defaults(dest)}
+    for up in proxy.get("Upstreams") or []:
+        name = up["DestinationName"]
+        reads.update((q.ServiceNodes(Service=name, Connect=True), _defaults(name)))
+    return frozenset(reads)
 
 
 def snapshot_key(snap: ProxySnapshot) -> ProxySnapshot:

@@ -1,16 +1,24 @@
-"""The synchronous views DNS reads: a server's local store, or a client agent's cache.
+"""The synchronous views DNS reads: a server's local store, or the agent's watch cache.
 
-DNS answers from memory, never with a Raft or RPC round-trip per query. A client agent's view
-has an async `prepare` that warms the cache for the name asked before the answer is built.
+DNS answers from memory, never with a Raft or RPC round-trip per query. Both views give each
+read a stamp that moves only when that read's answer changes, so DNS's answer cache is
+invalidated by changes to what an answer was built from, not by every Raft index (a KV write
+leaves every DNS answer cached). The cache view may lack data (stamp None): DNS then returns
+`NeedData` and its I/O layer calls `load` before answering again.
 """
 
 from __future__ import annotations
 
+import asyncio
+
 from meshd import queries as q
-from meshd.agent.cache import CatalogCache
+from meshd.agent.cache import WatchCache
+from meshd.agent.dns import AnswerCache, DNSRead
 from meshd.server.reads import run_query
 from meshd.server.store import Store
 from meshd.structs import CheckServiceNode, Node
+
+LOAD_TIMEOUT = 5.0  # a DNS client retries after ~1-2 s, and gives up after ~5
 
 
 class StoreView:
@@ -20,13 +28,20 @@ class StoreView:
         self.store = store
         self.datacenter = datacenter
         self.node_name = node_name
+        self.dns_answers = AnswerCache()
 
-    async def prepare(self, qname: str, domains: tuple[str, ...]) -> None:
-        return None
-
-    def version(self) -> int:
-        """Moves on every applied write: DNS's answer cache is valid while it stands still."""
-        return self.store.index
+    def stamp(self, read: DNSRead) -> int:
+        """The store's modify index of the topic the read depends on (server/watch.py topics:
+        per service, per connect destination, the node table)."""
+        topics = self.store.topics
+        if type(read) is not q.ServiceNodes:
+            return topics.get("tbl:nodes", 0)
+        svc = topics.get("svc:" + read.Service, 0)
+        if not read.Connect:
+            return svc
+        # proxies move `connect:NAME`, Connect-native instances only `svc:NAME`; both are
+        # Raft indexes, so their max moves whenever either does
+        return max(topics.get("connect:" + read.Service, 0), svc)
 
     def service_instances(self, name: str) -> list[CheckServiceNode]:
         return run_query(self.store, q.ServiceNodes(Service=name))[1]
@@ -47,50 +62,36 @@ class StoreView:
 
 
 class CacheView:
-    """DNS's synchronous view over the cache; `prepare` warms it before a query is answered."""
+    """DNS's view over the agent's watch cache: data not held yet is fetched by `load`."""
 
-    def __init__(self, cache: CatalogCache, datacenter: str, node_name: str) -> None:
+    def __init__(self, cache: WatchCache, datacenter: str, node_name: str) -> None:
         self.cache = cache
         self.datacenter = datacenter
         self.node_name = node_name
+        self.dns_answers = AnswerCache()
 
-    def version(self) -> int:
-        return self.cache.version
+    def stamp(self, read: DNSRead) -> int | None:
+        return self.cache.stamp(read)
 
-    async def prepare(self, qname: str, domains: tuple[str, ...]) -> None:
-        labels = qname.lower().rstrip(".").split(".")
-        for dom in domains:
-            d = dom.lower().rstrip(".").split(".")
-            if labels[-len(d) :] == d:
-                labels = labels[: -len(d)]
-                break
-        else:
-            return
-        if "service" in labels:
-            i = labels.index("service")
-            if i >= 1:
-                name = labels[0][1:] if labels[0].startswith("_") else labels[i - 1]
-                await self.cache.get(q.ServiceNodes(Service=name))
-        elif "connect" in labels:
-            i = labels.index("connect")
-            if i >= 1:
-                await self.cache.get(q.ServiceNodes(Service=labels[i - 1], Connect=True))
-        await self.cache.get(q.Nodes())
+    async def load(self, reads: tuple[DNSRead, ...]) -> bool:
+        """Fetch what an answer needs; False when the servers gave no answer in time."""
+        got = await asyncio.gather(*(self.cache.fetch(r, LOAD_TIMEOUT) for r in reads))
+        return all(g is not None for g in got)
 
     def service_instances(self, name: str) -> list[CheckServiceNode]:
-        return self.cache.peek(q.ServiceNodes(Service=name)) or []
+        return self.cache.get(q.ServiceNodes(Service=name)) or []
 
     def connect_instances(self, name: str) -> list[CheckServiceNode]:
-        return self.cache.peek(q.ServiceNodes(Service=name, Connect=True)) or []
+        return self.cache.get(q.ServiceNodes(Service=name, Connect=True)) or []
 
     def node(self, name: str) -> Node | None:
-        for n in self.cache.peek(q.Nodes()) or []:
+        for n in self.cache.get(q.Nodes()) or []:
             if n.Node.lower() == name.lower():
                 return n
         return None
 
     def nodes(self) -> list[Node]:
-        return list(self.cache.peek(q.Nodes()) or [])
+        return list(self.cache.get(q.Nodes()) or [])
 
     def server_nodes(self) -> list[Node]:
         return []

@@ -264,9 +264,9 @@ async def catalog_node(request: web.Request) -> web.Response:
 async def _cached(agent: Agent, query: q.Query, opts: Any) -> ReadResult | None:
     """A client agent answers plain reads of a service from its watch-fed cache (DESIGN:
     no server round-trip per query); blocking and ?consistent reads still go to the servers."""
-    if agent.cache is None or opts.index or opts.consistency == "consistent":
-        return None
-    got = await agent.cache.get_indexed(query)
+    if agent.server is not None or opts.index or opts.consistency == "consistent":
+        return None  # a server reads its own store: nothing to save
+    got = await agent.cache.fetch(query)
     if got is None:
         return None
     return ReadResult(got[0], got[1])
