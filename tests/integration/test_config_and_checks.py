@@ -14,6 +14,8 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from helpers import BackgroundHTTP, MeshdProcess, dev_agent, free_port, wait_for
 
+from meshd.testing import free_ports
+
 
 @pytest.fixture(scope="module")
 def probes():
@@ -184,7 +186,18 @@ def test_bad_flag_value_fails_start():
 
 
 def test_single_server_persists_across_restart(tmp_path):
-    args = ["-server", "-bootstrap-expect=1", f"-data-dir={tmp_path}", "-node=solo"]
+    server_port, raft_port = free_ports(2)  # not Consul's defaults: other agents may hold them
+    ports = tmp_path / "ports.json"
+    ports.write_text(json.dumps({"ports": {"raft": raft_port}}))
+    data = tmp_path / "data"
+    args = [
+        "-server",
+        "-bootstrap-expect=1",
+        f"-data-dir={data}",
+        "-node=solo",
+        f"-server-port={server_port}",
+        f"-config-file={ports}",
+    ]
     a = dev_agent()
     a.args = args
     a.start()
