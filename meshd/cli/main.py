@@ -23,6 +23,7 @@ from meshd.cli.intention import intention
 from meshd.cli.kv import kv
 from meshd.cli.operator import keygen, leave, operator, snapshot
 from meshd.cli.services import services
+from meshd.cli.validate import validate
 
 CONTEXT_SETTINGS: dict[str, Any] = {
     "help_option_names": ["-h", "-help", "--help"],
@@ -76,6 +77,7 @@ for command in (
     operator,
     services,
     snapshot,
+    validate,
     version,
 ):
     cli.add_command(command)
