@@ -23,6 +23,7 @@ from meshd.cli.intention import intention
 from meshd.cli.kv import kv
 from meshd.cli.operator import keygen, leave, operator, snapshot
 from meshd.cli.services import services
+from meshd.cli.tls_cmd import tls
 from meshd.cli.validate import validate
 
 CONTEXT_SETTINGS: dict[str, Any] = {
@@ -77,6 +78,7 @@ for command in (
     operator,
     services,
     snapshot,
+    tls,
     validate,
     version,
 ):
