@@ -28,7 +28,7 @@ from meshd.agent.definitions import (
     parse_check,
     parse_service,
 )
-from meshd.config import Config, ConfigError, TLSConfig, load_config
+from meshd.config import Config, ConfigReport, TLSConfig, collect_config, load_config
 from meshd.tls import tls_contexts
 
 if TYPE_CHECKING:
@@ -36,7 +36,14 @@ if TYPE_CHECKING:
     from meshd.agent.logs import LogSetup
     from meshd.agent.sdnotify import Notifier
 
-__all__ = ["ConfigSource", "ReloadError", "ReloadResult", "Reloader", "definition_errors"]
+__all__ = [
+    "ConfigSource",
+    "ReloadError",
+    "ReloadResult",
+    "Reloader",
+    "config_errors",
+    "definition_errors",
+]
 
 log = logging.getLogger("meshd.reload")
 
@@ -70,6 +77,11 @@ class ConfigSource:
     def load(self) -> Config:
         return load_config(files=self.files, dirs=self.dirs, flags=self.flags, dev=self.dev)
 
+    def check(self) -> tuple[Config, list[str]]:
+        """The config and every problem in it, definitions included, each naming its file."""
+        report = collect_config(files=self.files, dirs=self.dirs, flags=self.flags, dev=self.dev)
+        return report.config, config_errors(report)
+
 
 @dataclass
 class ReloadResult:
@@ -102,6 +114,21 @@ def definition_errors(
                     f"{where}: script checks are disabled on this agent; "
                     "set enable_script_checks = true"
                 )
+    return errors
+
+
+def config_errors(report: ConfigReport) -> list[str]:
+    """The loader's errors, then each file's invalid service and check definitions."""
+    errors = list(report.errors)
+    for path, part in report.files:
+        errors.extend(
+            definition_errors(
+                f"config file {path}",
+                part.get("services", []),
+                part.get("checks", []),
+                report.config.enable_script_checks,
+            )
+        )
     return errors
 
 
@@ -183,14 +210,10 @@ class Reloader:
     async def _reload(self) -> ReloadResult:
         agent = self.agent
         old = agent.config
-        try:
-            new = await asyncio.to_thread(self.source.load)
-        except ConfigError as e:
-            raise ReloadError(str(e)) from None
-        cfg, applied, ignored = self._merge(old, new)
-        errors = definition_errors("config", cfg.services, cfg.checks, cfg.enable_script_checks)
+        new, errors = await asyncio.to_thread(self.source.check)
         if errors:
             raise ReloadError("\n".join(errors))
+        cfg, applied, ignored = self._merge(old, new)
         if cfg.tls.cert_file:
             try:  # load into throwaway contexts first: a bad file must change nothing
                 await asyncio.to_thread(tls_contexts, cfg)

@@ -17,23 +17,12 @@ from meshd.cli import CLIError
 
 def validation_errors(paths: list[str]) -> list[str]:
     """Every problem in the config named by `paths` (files and dirs), in the order met."""
-    from meshd.agent.reload import definition_errors
+    from meshd.agent.reload import config_errors
     from meshd.config import collect_config
 
     files = [p for p in paths if not os.path.isdir(p)]
     dirs = [p for p in paths if os.path.isdir(p)]
-    report = collect_config(files=files, dirs=dirs)
-    errors = list(report.errors)
-    for path, part in report.files:
-        errors.extend(
-            definition_errors(
-                f"config file {path}",
-                part.get("services", []),
-                part.get("checks", []),
-                report.config.enable_script_checks,
-            )
-        )
-    return errors
+    return config_errors(collect_config(files=files, dirs=dirs))
 
 
 @click.command("validate")
