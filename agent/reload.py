@@ -43,6 +43,7 @@ __all__ = [
     "Reloader",
     "config_errors",
     "definition_errors",
+    "merge_reload",
 ]
 
 log = logging.getLogger("meshd.reload")
@@ -147,6 +148,32 @@ def _refresh_tls(
             ctx.load_verify_locations(cafile=tls.ca_file)
 
 
+def merge_reload(old: Config, new: Config) -> tuple[Config, list[str], list[str]]:
+    """The config to run with (reloadable keys from `new`, the rest from `old`), and the
+    changed keys split into applied and ignored."""
+    applied: list[str] = []
+    ignored: list[str] = []
+    for f in dataclasses.fields(Config):
+        if getattr(old, f.name) != getattr(new, f.name) and f.name != "tls":
+            (applied if f.name in RELOADABLE else ignored).append(f.name)
+    kept = {k: getattr(new, k) for k in RELOADABLE}
+    o, n = old.tls, new.tls
+    had_tls, has_tls = bool(o.cert_file), bool(n.cert_file)
+    if had_tls != has_tls:
+        ignored.append("tls (turning TLS on or off)")
+        tls = o
+    else:
+        tls = dataclasses.replace(o, **{k: getattr(n, k) for k in _TLS_FILES})
+        if has_tls:
+            applied.append("tls")  # the files are re-read even when their paths are the same
+        ignored.extend(
+            f"tls.{k}"
+            for k in ("verify_incoming", "verify_outgoing", "verify_server_hostname")
+            if getattr(o, k) != getattr(n, k)
+        )
+    return dataclasses.replace(old, **kept, tls=tls), applied, ignored
+
+
 class Reloader:
     """Owns the reload of one agent; reloads are serialized."""
 
@@ -182,38 +209,13 @@ class Reloader:
             log.info("reload: applied %s", ", ".join(result.applied) or "no changes")
             return result
 
-    def _merge(self, old: Config, new: Config) -> tuple[Config, list[str], list[str]]:
-        """The config to run with (reloadable keys from `new`, the rest from `old`), and the
-        changed keys split into applied and ignored."""
-        applied: list[str] = []
-        ignored: list[str] = []
-        for f in dataclasses.fields(Config):
-            if getattr(old, f.name) != getattr(new, f.name) and f.name != "tls":
-                (applied if f.name in RELOADABLE else ignored).append(f.name)
-        kept = {k: getattr(new, k) for k in RELOADABLE}
-        o, n = old.tls, new.tls
-        had_tls, has_tls = bool(o.cert_file), bool(n.cert_file)
-        if had_tls != has_tls:
-            ignored.append("tls (turning TLS on or off)")
-            tls = o
-        else:
-            tls = dataclasses.replace(o, **{k: getattr(n, k) for k in _TLS_FILES})
-            if has_tls:
-                applied.append("tls")  # the files are re-read even when their paths are the same
-            ignored.extend(
-                f"tls.{k}"
-                for k in ("verify_incoming", "verify_outgoing", "verify_server_hostname")
-                if getattr(o, k) != getattr(n, k)
-            )
-        return dataclasses.replace(old, **kept, tls=tls), applied, ignored
-
     async def _reload(self) -> ReloadResult:
         agent = self.agent
         old = agent.config
         new, errors = await asyncio.to_thread(self.source.check)
         if errors:
             raise ReloadError("\n".join(errors))
-        cfg, applied, ignored = self._merge(old, new)
+        cfg, applied, ignored = merge_reload(old, new)
         if cfg.tls.cert_file:
             try:  # load into throwaway contexts first: a bad file must change nothing
                 await asyncio.to_thread(tls_contexts, cfg)
