@@ -376,10 +376,14 @@ def _walk(
                 _put(out, target, canonical)
 
 
-def read_config_file(path: str, errors: list[str] | None = None) -> dict[str, Any]:
-    """One file's keys in canonical form (only those it sets); see `_walk` for `errors`."""
+def read_config_file(
+    path: str, errors: list[str] | None = None, config_format: str | None = None
+) -> dict[str, Any]:
+    """One file's keys in canonical form (only those it sets); see `_walk` for `errors`.
+    `config_format` ("json" or "hcl") overrides the extension, as Consul's -config-format does:
+    tools that check a rendered file first (Ansible's `validate`) name it without one."""
     source = f"config file {path}"
-    suffix = Path(path).suffix.lower()
+    suffix = f".{config_format}" if config_format else Path(path).suffix.lower()
     if suffix not in CONFIG_EXTENSIONS:
         raise ConfigError(f"{source}: unknown format, the name must end in .json or .hcl")
     try:
@@ -501,22 +505,24 @@ def collect_config(
     dirs: Sequence[str | os.PathLike[str]] = (),
     flags: Mapping[str, Any] | None = None,
     dev: bool = False,
+    config_format: str | None = None,
 ) -> ConfigReport:
-    """`load_config` that keeps going after an error, so one run names every problem."""
+    """`load_config` that keeps going after an error, so one run names every problem.
+    `config_format` applies to `files` only; a directory's files are chosen by extension."""
     flags = flags or {}
     dev = dev or bool(flags.get("dev"))
     errors: list[str] = []
-    paths = [os.fspath(f) for f in files]
+    paths = [(os.fspath(f), config_format) for f in files]
     for directory in dirs:
         try:
-            paths.extend(_dir_files(os.fspath(directory)))
+            paths.extend((f, None) for f in _dir_files(os.fspath(directory)))
         except ConfigError as e:
             errors.append(str(e))
     merged: dict[str, Any] = {}
     parts: list[tuple[str, dict[str, Any]]] = []
-    for path in paths:
+    for path, fmt in paths:
         try:
-            part = read_config_file(path, errors)
+            part = read_config_file(path, errors, fmt)
         except ConfigError as e:
             errors.append(str(e))
             continue
