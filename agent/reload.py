@@ -257,11 +257,12 @@ class Reloader:
             await agent.deregister_check(cid)
         for sid, d in services.items():
             old = old_services.get(sid)
-            if old is None or old.raw != d.raw:
+            # Also when deregistered over the API since: the files are the truth, as in Consul.
+            if old is None or old.raw != d.raw or sid not in agent.local.services:
                 await agent.register_service(d, replace_checks=True, wait=False, persist=False)
         for cid, c in checks.items():
             old_check = old_checks.get(cid)
-            if old_check is None or old_check.raw != c.raw:
+            if old_check is None or old_check.raw != c.raw or cid not in agent.local.checks:
                 await agent.register_check(c, wait=False, persist=False)
         if not await agent.ae.wait_synced():
             log.warning("reload applied locally; catalog sync pending: %s", agent.ae.last_error)

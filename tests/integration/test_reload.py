@@ -78,6 +78,13 @@ def test_sighup_applies_definitions_without_restart(agent: MeshdProcess, conf: P
     assert agent.proc.pid == pid and agent.proc.poll() is None
 
 
+def test_reload_restores_a_file_service_removed_over_the_api(agent: MeshdProcess) -> None:
+    assert agent.put("/v1/agent/service/deregister/db").status == 200
+    assert "db" not in services(agent)
+    assert agent.put("/v1/agent/reload").status == 200
+    assert services(agent)["db"]["Port"] == 5432  # the config files are the truth, as in Consul
+
+
 def test_meshd_reload_command(agent: MeshdProcess, conf: Path) -> None:
     write(
         conf / "checks.json",
