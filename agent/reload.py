@@ -251,10 +251,13 @@ class Reloader:
         checks: dict[str, CheckDefinition],
     ) -> None:
         agent = self.agent
+        # (a removed definition may already be gone: deregistered over the API since)
         for sid in old_services.keys() - services.keys():
-            await agent.deregister_service(sid)
+            if sid in agent.local.services:
+                await agent.deregister_service(sid)
         for cid in old_checks.keys() - checks.keys():
-            await agent.deregister_check(cid)
+            if cid in agent.local.checks:
+                await agent.deregister_check(cid)
         for sid, d in services.items():
             old = old_services.get(sid)
             # Also when deregistered over the API since: the files are the truth, as in Consul.

@@ -88,8 +88,12 @@ class _Run:
 
     @staticmethod
     async def _reload(reloader: Reloader) -> None:
-        with contextlib.suppress(ReloadError):  # logged; the agent runs on with the old config
+        try:
             await reloader.reload()
+        except ReloadError:
+            pass  # logged by the reloader; the agent runs on with the old config
+        except Exception:  # a bug must not pass silently in a task nobody awaits
+            log.exception("reload failed")
 
     async def main(self) -> int:
         self.stop = asyncio.Event()

@@ -85,6 +85,14 @@ def test_reload_restores_a_file_service_removed_over_the_api(agent: MeshdProcess
     assert services(agent)["db"]["Port"] == 5432  # the config files are the truth, as in Consul
 
 
+def test_removing_a_definition_already_gone(agent: MeshdProcess, conf: Path) -> None:
+    assert agent.put("/v1/agent/service/deregister/db").status == 200
+    (conf / "db.json").unlink()
+    r = agent.put("/v1/agent/reload")
+    assert r.status == 200, r.body
+    assert set(services(agent)) == {"web"}
+
+
 def test_meshd_reload_command(agent: MeshdProcess, conf: Path) -> None:
     write(
         conf / "checks.json",
