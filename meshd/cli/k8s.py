@@ -1,0 +1,66 @@
+"""`meshd k8s`: render the objects that install meshd on Kubernetes, and serve the webhook."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from meshd.cli import CLIError
+
+
+@click.group()
+def k8s() -> None:
+    """Install and run meshd on Kubernetes."""
+
+
+def _opt(name: str, **kw: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Consul-style `-flag` and the `--flag` Kubernetes users type, both."""
+    return click.option(f"-{name}", f"--{name}", name.replace("-", "_"), **kw)
+
+
+@k8s.command("manifests")
+@_opt("namespace", default="meshd", show_default=True, help="Namespace for every object.")
+@_opt("name", default="meshd", show_default=True, help="Prefix of the objects' names.")
+@_opt("image", default="meshd:0.1.0", show_default=True, help="Image with `meshd` inside.")
+@_opt("datacenter", default="dc1", show_default=True, help="Datacenter name.")
+@_opt("domain", default="consul", show_default=True, help="meshd's DNS domain.")
+@_opt("cluster-domain", default="cluster.local", show_default=True, help="Cluster DNS domain.")
+@_opt("replicas", type=int, default=3, show_default=True, help="Number of servers.")
+@_opt("storage", default="10Gi", show_default=True, help="Size of each server's volume.")
+@_opt("storage-class", default=None, help="StorageClass of the servers' volumes.")
+@_opt("gossip-secret", default="meshd-gossip-key", show_default=True, help="Secret (key `key`).")
+@_opt(
+    "tls-secret",
+    default="meshd-server-tls",
+    show_default=True,
+    help="Servers' TLS Secret (tls.crt, tls.key, ca.crt); '' = no TLS on port 8300.",
+)
+@_opt("ca-secret", default="meshd-ca", show_default=True, help="Agents' CA Secret (ca.crt).")
+@_opt("agent-memory", default="128Mi", show_default=True, help="Agent memory request/limit.")
+@_opt("server-memory", default="256Mi", show_default=True, help="Server memory request/limit.")
+@_opt("dns-cluster-ip", default=None, help="Pin the ClusterIP of the agents' DNS Service.")
+@_opt(
+    "coredns-stub",
+    is_flag=True,
+    help="Print the CoreDNS server block for the DNS Service instead (needs -dns-cluster-ip).",
+)
+def manifests(coredns_stub: bool, **flags: Any) -> None:
+    """Print the objects for `kubectl apply -f -` (multi-document YAML)."""
+    from meshd.k8s import manifests as m
+
+    opts = m.ManifestOptions(**flags)
+    try:
+        opts.validate()
+        if coredns_stub:
+            if not opts.dns_cluster_ip:
+                raise m.ManifestError(
+                    "-coredns-stub needs -dns-cluster-ip: CoreDNS forwards to IPs"
+                )
+            click.echo(m.coredns_stub(opts, opts.dns_cluster_ip), nl=False)
+            return
+        objects = m.render(opts)
+    except m.ManifestError as e:
+        raise CLIError(str(e)) from None
+    click.echo(m.to_yaml(objects), nl=False)
