@@ -64,3 +64,42 @@ def manifests(coredns_stub: bool, **flags: Any) -> None:
     except m.ManifestError as e:
         raise CLIError(str(e)) from None
     click.echo(m.to_yaml(objects), nl=False)
+
+
+@k8s.command("webhook")
+@_opt("tls-cert-file", required=True, help="PEM certificate the API server will verify.")
+@_opt("tls-key-file", required=True, help="PEM private key of that certificate.")
+@_opt("listen", default="0.0.0.0:8080", show_default=True, help="host:port to serve HTTPS on.")
+@_opt("image", default="meshd:0.1.0", show_default=True, help="Image of injected containers.")
+@_opt("agent-http-port", type=int, default=8500, show_default=True, help="Agents' HTTP port.")
+@_opt("agent-grpc-port", type=int, default=8502, show_default=True, help="Agents' xDS port.")
+def webhook(
+    tls_cert_file: str,
+    tls_key_file: str,
+    listen: str,
+    image: str,
+    agent_http_port: int,
+    agent_grpc_port: int,
+) -> None:
+    """Serve the sidecar-injection admission webhook over HTTPS (POST /mutate)."""
+    import asyncio
+    import ssl
+
+    from meshd.k8s.webhook import InjectorSettings
+    from meshd.k8s.webhook_server import serve, server_ssl
+
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise CLIError(f"-listen {listen!r}: expected host:port")
+    try:
+        ctx = server_ssl(tls_cert_file, tls_key_file)
+    except (OSError, ssl.SSLError) as e:
+        raise CLIError(f"cannot load the TLS certificate and key: {e}") from None
+    settings = InjectorSettings(image, agent_http_port, agent_grpc_port)
+    click.echo(f"meshd webhook: serving HTTPS on {host}:{port} (POST /mutate)", err=True)
+    try:
+        asyncio.run(serve(settings, host.strip("[]"), int(port), ctx))
+    except OSError as e:
+        raise CLIError(f"cannot listen on {listen}: {e.strerror or e}") from None
+    except KeyboardInterrupt:
+        pass
