@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -41,6 +42,19 @@ def _opt(name: str, **kw: Any) -> Callable[[Callable[..., Any]], Callable[..., A
 @_opt("agent-memory", default="128Mi", show_default=True, help="Agent memory request/limit.")
 @_opt("server-memory", default="256Mi", show_default=True, help="Server memory request/limit.")
 @_opt("dns-cluster-ip", default=None, help="Pin the ClusterIP of the agents' DNS Service.")
+@_opt("webhook", is_flag=True, help="Also render the sidecar-injection webhook.")
+@_opt(
+    "webhook-ca-bundle",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="PEM file of the CA that signed the webhook's certificate (its caBundle).",
+)
+@_opt(
+    "webhook-tls-secret",
+    default="meshd-webhook-tls",
+    show_default=True,
+    help="Secret with the webhook's tls.crt and tls.key.",
+)
 @_opt(
     "coredns-stub",
     is_flag=True,
@@ -50,6 +64,12 @@ def manifests(coredns_stub: bool, **flags: Any) -> None:
     """Print the objects for `kubectl apply -f -` (multi-document YAML)."""
     from meshd.k8s import manifests as m
 
+    bundle_path = flags["webhook_ca_bundle"]
+    if bundle_path:
+        try:
+            flags["webhook_ca_bundle"] = Path(bundle_path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise CLIError(f"-webhook-ca-bundle: cannot read {bundle_path}: {e}") from None
     opts = m.ManifestOptions(**flags)
     try:
         opts.validate()

@@ -65,6 +65,10 @@ class ManifestOptions:
     server_cpu: str = "250m"
     server_memory: str = "256Mi"
     dns_cluster_ip: str | None = None
+    # The injector (meshd.k8s.webhook_manifests): off unless asked for.
+    webhook: bool = False
+    webhook_ca_bundle: str | None = None  # PEM of the CA that signed the webhook's certificate
+    webhook_tls_secret: str = "meshd-webhook-tls"
     extra_labels: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -89,6 +93,10 @@ class ManifestOptions:
         ):
             if not _QUANTITY.match(value):
                 raise ManifestError(f"--{flag} {value!r}: not a Kubernetes quantity (e.g. 128Mi)")
+        if self.webhook_ca_bundle is not None and (
+            "-----BEGIN CERTIFICATE-----" not in self.webhook_ca_bundle
+        ):
+            raise ManifestError("--webhook-ca-bundle: the file holds no PEM certificate")
 
     @property
     def server_name(self) -> str:
@@ -455,6 +463,8 @@ def render(opts: ManifestOptions) -> list[Obj]:
         "kind": "Namespace",
         "metadata": {"name": opts.namespace, "labels": {"app.kubernetes.io/part-of": "meshd"}},
     }
+    from meshd.k8s.webhook_manifests import webhook_objects  # it builds on this module
+
     return [
         namespace,
         *rbac(opts),
@@ -463,6 +473,7 @@ def render(opts: ManifestOptions) -> list[Obj]:
         disruption_budget(opts),
         server_statefulset(opts),
         agent_daemonset(opts),
+        *(webhook_objects(opts) if opts.webhook else []),
     ]
 
 

@@ -6,6 +6,7 @@ Kubernetes does not know fails here instead of being dropped silently by the API
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from certs import make_ca
 from click.testing import CliRunner
 
 from meshd.cli.main import cli
@@ -68,6 +70,66 @@ def test_every_rendered_object_validates_strictly(args: list[str], version: str)
     } <= kinds
     for obj in objects:
         validate_strict(obj, version)
+
+
+@pytest.fixture
+def ca_bundle(tmp_path: Path) -> Path:
+    path = tmp_path / "webhook-ca.pem"
+    path.write_text(make_ca("11111111-2222-3333-4444-555555555555.consul").pem)
+    return path
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_webhook_objects_validate_strictly(ca_bundle: Path, version: str) -> None:
+    objects = run_manifests("--webhook", "--webhook-ca-bundle", str(ca_bundle))
+    assert {"Deployment", "MutatingWebhookConfiguration"} <= {o["kind"] for o in objects}
+    for obj in objects:
+        validate_strict(obj, version)
+
+
+def test_webhook_is_wired_to_its_service_and_never_blocks_pods(ca_bundle: Path) -> None:
+    objects = run_manifests("--webhook", "--webhook-ca-bundle", str(ca_bundle), "-namespace", "m")
+    (hook,) = one(objects, "MutatingWebhookConfiguration")["webhooks"]
+    service = next(s for s in by_kind(objects, "Service") if "webhook" in s["metadata"]["name"])
+    deployment = one(objects, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    ref = hook["clientConfig"]["service"]
+    assert (ref["name"], ref["namespace"], ref["path"]) == (
+        service["metadata"]["name"],
+        "m",
+        "/mutate",
+    )
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"][0]["targetPort"] == container["ports"][0]["name"]
+    assert base64.b64decode(hook["clientConfig"]["caBundle"]).decode() == ca_bundle.read_text()
+    assert hook["failurePolicy"] == "Ignore"
+    assert hook["rules"][0]["operations"] == ["CREATE"]
+    assert hook["rules"][0]["resources"] == ["pods"]
+    (expr,) = hook["namespaceSelector"]["matchExpressions"]
+    assert expr["operator"] == "NotIn" and "m" in expr["values"] and "kube-system" in expr["values"]
+
+
+def test_webhook_deployment_args_are_ones_meshd_k8s_webhook_accepts(ca_bundle: Path) -> None:
+    deployment = one(run_manifests("--webhook"), "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["meshd", "k8s", "webhook"]
+    # Parsed by the real command; it gets as far as loading the (absent here) certificate.
+    result = CliRunner().invoke(cli, ["k8s", "webhook", *container["args"]])
+    assert result.exit_code == 1
+    assert "cannot load the TLS certificate and key" in result.output
+    assert "/meshd/webhook-tls/tls.crt" in container["args"][0]
+
+
+def test_no_webhook_unless_asked_and_a_bad_bundle_is_refused(tmp_path: Path) -> None:
+    assert not by_kind(run_manifests(), "MutatingWebhookConfiguration")
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate")
+    result = CliRunner().invoke(
+        cli, ["k8s", "manifests", "--webhook", "--webhook-ca-bundle", str(bad)]
+    )
+    assert result.exit_code == 1
+    assert "--webhook-ca-bundle" in result.output
+    assert "apiVersion" not in result.output
 
 
 def test_strict_validation_rejects_an_unknown_field() -> None:
