@@ -112,19 +112,23 @@ class ManifestOptions:
         return [f"{self.server_name}-{i}.{svc}" for i in range(self.replicas)]
 
 
-def _meta(opts: ManifestOptions, name: str, component: str, namespaced: bool = True) -> Obj:
-    meta: Obj = {"name": name, "labels": _labels(opts, component)}
+def object_meta(opts: ManifestOptions, name: str, component: str, namespaced: bool = True) -> Obj:
+    meta: Obj = {"name": name, "labels": pod_labels(opts, component)}
     if namespaced:
         meta["namespace"] = opts.namespace
     return meta
 
 
-def _selector(opts: ManifestOptions, component: str) -> dict[str, str]:
+def selector_labels(opts: ManifestOptions, component: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": opts.name, "app.kubernetes.io/component": component}
 
 
-def _labels(opts: ManifestOptions, component: str) -> dict[str, str]:
-    return {**opts.extra_labels, **_selector(opts, component), "app.kubernetes.io/part-of": "meshd"}
+def pod_labels(opts: ManifestOptions, component: str) -> dict[str, str]:
+    return {
+        **opts.extra_labels,
+        **selector_labels(opts, component),
+        "app.kubernetes.io/part-of": "meshd",
+    }
 
 
 def _field_env(name: str, path: str) -> Obj:
@@ -180,7 +184,7 @@ def config_maps(opts: ManifestOptions) -> list[Obj]:
         {
             "apiVersion": "v1",
             "kind": "ConfigMap",
-            "metadata": _meta(opts, f"{name}-config", component),
+            "metadata": object_meta(opts, f"{name}-config", component),
             "data": {f"{component}.json": _agent_json(opts, server=component == "server")},
         }
         for name, component in ((opts.server_name, "server"), (opts.agent_name, "agent"))
@@ -254,7 +258,7 @@ def _pod_security() -> Obj:
 
 def server_statefulset(opts: ManifestOptions) -> Obj:
     """The Raft voters: stable names, one volume each, never two on one node."""
-    selector = _selector(opts, "server")
+    selector = selector_labels(opts, "server")
     claim: Obj = {
         "metadata": {"name": "data"},
         "spec": {
@@ -281,7 +285,7 @@ def server_statefulset(opts: ManifestOptions) -> Obj:
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
-        "metadata": _meta(opts, opts.server_name, "server"),
+        "metadata": object_meta(opts, opts.server_name, "server"),
         "spec": {
             "serviceName": opts.server_name,
             "replicas": opts.replicas,
@@ -289,7 +293,7 @@ def server_statefulset(opts: ManifestOptions) -> Obj:
             "podManagementPolicy": "Parallel",
             "selector": {"matchLabels": selector},
             "template": {
-                "metadata": {"labels": _labels(opts, "server")},
+                "metadata": {"labels": pod_labels(opts, "server")},
                 "spec": {
                     "serviceAccountName": opts.server_name,
                     "automountServiceAccountToken": False,
@@ -335,12 +339,12 @@ def agent_daemonset(opts: ManifestOptions) -> Obj:
     return {
         "apiVersion": "apps/v1",
         "kind": "DaemonSet",
-        "metadata": _meta(opts, opts.agent_name, "agent"),
+        "metadata": object_meta(opts, opts.agent_name, "agent"),
         "spec": {
-            "selector": {"matchLabels": _selector(opts, "agent")},
+            "selector": {"matchLabels": selector_labels(opts, "agent")},
             "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
             "template": {
-                "metadata": {"labels": _labels(opts, "agent")},
+                "metadata": {"labels": pod_labels(opts, "agent")},
                 "spec": {
                     "serviceAccountName": opts.agent_name,
                     "terminationGracePeriodSeconds": 10,
@@ -360,7 +364,7 @@ def services(opts: ManifestOptions) -> list[Obj]:
     """The servers' headless Service (pod DNS names) and a ClusterIP for the agents' DNS."""
     dns_spec: Obj = {
         "type": "ClusterIP",
-        "selector": _selector(opts, "agent"),
+        "selector": selector_labels(opts, "agent"),
         "ports": [
             {"name": "dns-udp", "port": 53, "targetPort": "dns-udp", "protocol": "UDP"},
             {"name": "dns-tcp", "port": 53, "targetPort": "dns-tcp", "protocol": "TCP"},
@@ -372,11 +376,11 @@ def services(opts: ManifestOptions) -> list[Obj]:
         {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": _meta(opts, opts.server_name, "server"),
+            "metadata": object_meta(opts, opts.server_name, "server"),
             "spec": {
                 "clusterIP": "None",
                 "publishNotReadyAddresses": True,
-                "selector": _selector(opts, "server"),
+                "selector": selector_labels(opts, "server"),
                 "ports": [
                     {"name": "http", "port": HTTP_PORT, "targetPort": "http"},
                     {"name": "server", "port": SERVER_PORT, "targetPort": "server"},
@@ -387,7 +391,7 @@ def services(opts: ManifestOptions) -> list[Obj]:
         {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": _meta(opts, f"{opts.name}-dns", "agent"),
+            "metadata": object_meta(opts, f"{opts.name}-dns", "agent"),
             "spec": dns_spec,
         },
     ]
@@ -398,8 +402,8 @@ def disruption_budget(opts: ManifestOptions) -> Obj:
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": _meta(opts, opts.server_name, "server"),
-        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": _selector(opts, "server")}},
+        "metadata": object_meta(opts, opts.server_name, "server"),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(opts, "server")}},
     }
 
 
@@ -425,24 +429,24 @@ def rbac(opts: ManifestOptions) -> list[Obj]:
         {
             "apiVersion": "v1",
             "kind": "ServiceAccount",
-            "metadata": _meta(opts, opts.server_name, "server"),
+            "metadata": object_meta(opts, opts.server_name, "server"),
             "automountServiceAccountToken": False,
         },
         {
             "apiVersion": "v1",
             "kind": "ServiceAccount",
-            "metadata": _meta(opts, opts.agent_name, "agent"),
+            "metadata": object_meta(opts, opts.agent_name, "agent"),
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
-            "metadata": _meta(opts, role_name, "agent", namespaced=False),
+            "metadata": object_meta(opts, role_name, "agent", namespaced=False),
             "rules": AGENT_RULES,
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRoleBinding",
-            "metadata": _meta(opts, role_name, "agent", namespaced=False),
+            "metadata": object_meta(opts, role_name, "agent", namespaced=False),
             "roleRef": {
                 "apiGroup": "rbac.authorization.k8s.io",
                 "kind": "ClusterRole",

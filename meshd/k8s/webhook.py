@@ -274,17 +274,17 @@ def review(body: Any, settings: InjectorSettings) -> Obj:
         raise AdmissionError("the AdmissionReview has no request.uid")
     uid = request["uid"]
     pod = request.get("object")
-    kind = request.get("kind") or {}
-    if (
-        request.get("operation") != "CREATE"
-        or kind.get("kind") != "Pod"
-        or not isinstance(pod, dict)
-    ):
+    kind = request.get("kind")
+    is_pod = isinstance(kind, dict) and kind.get("kind") == "Pod"
+    if request.get("operation") != "CREATE" or not is_pod or not isinstance(pod, dict):
         return _allowed(uid, [], [])
     try:
         patch = injection_patch(pod, settings, request.get("namespace") or "default")
     except AnnotationError as e:
         return _allowed(uid, [], [f"meshd: sidecar not injected: {e}"])
+    except (KeyError, TypeError, AttributeError, IndexError) as e:
+        # A pod shaped unlike any the API server sends: still never meshd's reason to refuse it.
+        return _allowed(uid, [], [f"meshd: sidecar not injected: unreadable pod spec ({e!r})"])
     if patch and "annotations" not in pod["metadata"]:  # a patch means metadata exists
         patch.insert(0, {"op": "add", "path": "/metadata/annotations", "value": {}})
     return _allowed(uid, patch, [])

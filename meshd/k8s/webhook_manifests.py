@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 
-from meshd.k8s.manifests import ManifestOptions, Obj, _labels, _meta, _selector
+from meshd.k8s.manifests import ManifestOptions, Obj, object_meta, pod_labels, selector_labels
 
 WEBHOOK_PORT = 8080
 TLS_PATH = "/meshd/webhook-tls"
@@ -17,7 +17,7 @@ TLS_PATH = "/meshd/webhook-tls"
 
 def webhook_objects(opts: ManifestOptions) -> list[Obj]:
     name = f"{opts.name}-webhook"
-    selector = _selector(opts, "webhook")
+    selector = selector_labels(opts, "webhook")
     container: Obj = {
         "name": "webhook",
         "image": opts.image,
@@ -84,18 +84,18 @@ def webhook_objects(opts: ManifestOptions) -> list[Obj]:
         {
             "apiVersion": "v1",
             "kind": "ServiceAccount",
-            "metadata": _meta(opts, name, "webhook"),
+            "metadata": object_meta(opts, name, "webhook"),
             "automountServiceAccountToken": False,
         },
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": _meta(opts, name, "webhook"),
+            "metadata": object_meta(opts, name, "webhook"),
             "spec": {
                 "replicas": 2,
                 "selector": {"matchLabels": selector},
                 "template": {
-                    "metadata": {"labels": _labels(opts, "webhook")},
+                    "metadata": {"labels": pod_labels(opts, "webhook")},
                     "spec": {
                         "serviceAccountName": name,
                         "automountServiceAccountToken": False,
@@ -111,7 +111,7 @@ def webhook_objects(opts: ManifestOptions) -> list[Obj]:
         {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": _meta(opts, name, "webhook"),
+            "metadata": object_meta(opts, name, "webhook"),
             "spec": {
                 "selector": selector,
                 "ports": [{"name": "https", "port": 443, "targetPort": "https"}],
@@ -120,7 +120,7 @@ def webhook_objects(opts: ManifestOptions) -> list[Obj]:
         {
             "apiVersion": "admissionregistration.k8s.io/v1",
             "kind": "MutatingWebhookConfiguration",
-            "metadata": _meta(opts, f"{opts.namespace}-{name}", "webhook", namespaced=False),
+            "metadata": object_meta(opts, f"{opts.namespace}-{name}", "webhook", namespaced=False),
             "webhooks": [hook],
         },
     ]

@@ -364,6 +364,19 @@ async def test_a_malformed_annotation_admits_the_pod_unchanged_with_a_warning(
     assert pod == before
 
 
+async def test_a_pod_it_cannot_read_is_admitted_with_a_warning(
+    webhook_url: str, tls: tuple[str, str, str]
+) -> None:
+    pod = deployment_pod(INJECT)
+    del pod["spec"]["containers"][0]["ports"][0]["containerPort"]  # no API server sends this
+    status, answer = await post(webhook_url, tls[0], admission_review(pod))
+    assert status == 200
+    assert answer["response"]["allowed"] is True
+    assert "patch" not in answer["response"]
+    (warning,) = answer["response"]["warnings"]
+    assert "unreadable pod spec" in warning
+
+
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
