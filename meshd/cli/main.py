@@ -20,6 +20,7 @@ from meshd.cli.config_cmd import config
 from meshd.cli.connect import connect
 from meshd.cli.info import info, members, meshd_version, version
 from meshd.cli.intention import intention
+from meshd.cli.k8s import k8s
 from meshd.cli.kv import kv
 from meshd.cli.operator import keygen, leave, operator, snapshot
 from meshd.cli.reload_cmd import reload
@@ -72,6 +73,7 @@ for command in (
     connect,
     info,
     intention,
+    k8s,
     keygen,
     kv,
     leave,
