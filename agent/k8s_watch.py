@@ -155,7 +155,7 @@ class Reflector:
             except ResourceExpiredError as e:
                 log.info("%s watch expired (%s): listing again", self.kind, e)
                 need_list = True
-            except Exception as e:  # noqa: BLE001 - whatever the API server sent, never give up
+            except Exception as e:  # whatever the API server sent: never give up
                 log.warning("%s list/watch failed, retrying: %s", self.kind, _reason(e))
                 await backoff.sleep()
 
