@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 from kubernetes_asyncio.client import ApiClient, Configuration, CoreV1Api
@@ -43,6 +44,8 @@ class KubernetesError(StartError):
 async def api_client(cfg: KubernetesConfig) -> ApiClient:
     """In-cluster credentials (the pod's service account) unless a kubeconfig is named."""
     conf = Configuration()
+    if cfg.kubeconfig and not os.path.isfile(cfg.kubeconfig):
+        raise KubernetesError(f"kubernetes: kubeconfig {cfg.kubeconfig}: no such file")
     try:
         if cfg.kubeconfig:
             await load_kube_config(
@@ -100,6 +103,7 @@ class KubernetesMode:
         self.sync: CatalogSync | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()  # one pod change at a time: events stay in order
+        self._warned: dict[str, str] = {}  # pod key -> the annotation problem last logged
 
     async def start(self) -> None:
         self.api = await api_client(self.cfg)
@@ -174,7 +178,9 @@ class KubernetesMode:
         try:
             wanted = {d["id"]: d for d in kp.definitions(pod, self._k8s_services(), self.node)}
         except kp.AnnotationError as e:
-            log.warning("pod %s not registered: %s", key, e)
+            if self._warned.get(key) != str(e):  # once per reason, not on every resync
+                self._warned[key] = str(e)
+                log.warning("pod %s not registered: %s", key, e)
             wanted = {}
         async with self._lock:
             had = self.registered.get(key, {})
@@ -203,6 +209,7 @@ class KubernetesMode:
         self.agent.checks.update_ttl(check["check_id"], status, check["output"])
 
     async def forget_pod(self, key: str) -> None:
+        self._warned.pop(key, None)
         async with self._lock:
             for sid in self.registered.pop(key, {}):
                 if sid in self.agent.local.services:
