@@ -121,7 +121,9 @@ class KubernetesMode:
             self._spawn(self.services.run(), "k8s-services")
             self._spawn(self._pods_after_services(), "k8s-pods")
         sync = self.cfg.sync_catalog
-        if sync.to_consul or sync.to_k8s:
+        if (sync.to_consul or sync.to_k8s) and self.agent.server is None:
+            log.warning("kubernetes sync_catalog is set on a client agent: only servers sync")
+        elif sync.to_consul or sync.to_k8s:
             self._spawn(self._sync_while_leader(), "k8s-sync-leader")
         log.info("kubernetes mode: node %s, registering pods: %s", self.node, bool(self.pods))
 
@@ -200,7 +202,9 @@ class KubernetesMode:
     async def _register(self, d: Obj, before: Obj | None) -> None:
         check = d["check"]
         unchanged = before is not None and {**before, "check": None} == {**d, "check": None}
-        if not unchanged or d["id"] not in self.agent.local.services:
+        local = self.agent.local.services.get(d["id"])
+        # an injected pod's init container registers the same ID without our meta: take it back
+        if not unchanged or local is None or local.Meta.get(kp.META_SOURCE) != "kubernetes":
             defn = parse_service(d)
             for c in defn.checks:
                 c.TTL = 0.0  # no timer: pod events set this check's status

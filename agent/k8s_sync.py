@@ -177,7 +177,9 @@ class CatalogSync:
         try:
             await call
         except ApiException as e:
-            if e.status not in (404, 409):
+            if e.status == 422:  # refused as invalid: retrying the same object cannot help
+                log.warning("Kubernetes refused a Service meshd wrote: %s", e.reason)
+            elif e.status not in (404, 409):
                 raise
         except aiohttp.ClientError as e:
             raise ConnectionError(f"Kubernetes API: {e}") from None

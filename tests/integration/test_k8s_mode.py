@@ -9,6 +9,7 @@ writes back. Every wait polls with a generous timeout; nothing asserts how fast.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,8 @@ import pytest
 import yaml
 from helpers import MeshdProcess, dev_agent, free_port, wait_for
 from k8s_apiserver import FakeAPIServer
+
+from meshd.k8s.webhook import registration
 
 Obj = dict[str, Any]
 NODE = "node-a"
@@ -199,6 +202,42 @@ def test_an_injected_pod_is_named_by_the_service_selecting_it_and_gets_its_sidec
     api.delete("pods", "shop", "orders-7d9f-x2")
     wait_for(lambda: instances(k8s_agent, "orders") == [], WAIT)
     wait_for(lambda: instances(k8s_agent, "orders-sidecar-proxy") == [], WAIT)
+
+
+def test_the_init_containers_registration_and_the_agents_are_one_instance(
+    api: FakeAPIServer, k8s_agent: MeshdProcess
+) -> None:
+    """The webhook's init container registers `<pod>-<service>` over the HTTP API while the
+    pod is not ready yet; the Kubernetes mode registers the same ID. Whichever comes first,
+    once the pod turns Ready there is one instance, the agent's, and deleting the pod removes
+    it and its sidecar (no preStop needed)."""
+    notes = {"consul.hashicorp.com/connect-inject": "true"}
+    for order, name in (("init first", "twice-a"), ("agent first", "twice-b")):
+        starting = pod(
+            f"{name}-0", "10.1.0.80", ready=False, labels={"app": name}, annotations=notes
+        )
+        text = json.dumps(registration(name, 8080, [], "default")["service"])
+        init = json.loads(
+            text.replace("$(POD_NAME)", f"{name}-0").replace("$(POD_IP)", "10.1.0.80")
+        )
+        if order == "init first":
+            assert k8s_agent.put("/v1/agent/service/register", init).status == 200
+            api.put(starting)
+        else:
+            api.put(starting)
+            wait_for(lambda n=name: instances(k8s_agent, n), WAIT)
+            assert k8s_agent.put("/v1/agent/service/register", init).status == 200
+        ready = copy.deepcopy(starting)
+        ready["status"]["conditions"][0]["status"] = "True"
+        api.put(ready)
+        wait_for(lambda n=name: addresses(k8s_agent, n, passing=True) == {"10.1.0.80"}, WAIT)
+        (entry,) = instances(k8s_agent, name)
+        assert entry["Service"]["Meta"]["external-source"] == "kubernetes"
+        assert f"{name}-0-{name}:k8s-readiness" in {c["CheckID"] for c in entry["Checks"]}
+        assert len(instances(k8s_agent, f"{name}-sidecar-proxy")) == 1
+        api.delete("pods", "default", f"{name}-0")
+        wait_for(lambda n=name: instances(k8s_agent, n) == [], WAIT)
+        wait_for(lambda n=name: instances(k8s_agent, f"{n}-sidecar-proxy") == [], WAIT)
 
 
 def test_pods_that_ask_nothing_or_live_elsewhere_are_not_registered(
