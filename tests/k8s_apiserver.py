@@ -81,8 +81,9 @@ class _Watcher:
 
 
 class FakeAPIServer:
-    def __init__(self, port: int, bookmark_interval: float = 0.5) -> None:
+    def __init__(self, port: int, bookmark_interval: float = 0.5, host: str = "127.0.0.1") -> None:
         self.port = port
+        self.host = host
         self.bookmark_interval = bookmark_interval
         self.objects: dict[str, dict[str, Obj]] = {p: {} for p in KINDS}
         self.rv = 100
@@ -218,7 +219,7 @@ class FakeAPIServer:
             app.router.add_delete(prefix + "/namespaces/{ns}/{plural}/{name}", self._remove)
         self._runner = web.AppRunner(app, shutdown_timeout=0.1)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True).start()
+        await web.TCPSite(self._runner, self.host, self.port, reuse_address=True).start()
 
     async def _stop(self) -> None:
         for w in self.watchers:
@@ -354,7 +355,7 @@ class FakeAPIServer:
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [
-                {"name": "stand-in", "cluster": {"server": f"http://127.0.0.1:{self.port}"}}
+                {"name": "stand-in", "cluster": {"server": f"http://{self.host}:{self.port}"}}
             ],
             "users": [{"name": "meshd", "user": {"token": "test-token"}}],
             "contexts": [{"name": "stand-in", "context": {"cluster": "stand-in", "user": "meshd"}}],
@@ -364,3 +365,80 @@ class FakeAPIServer:
     def close(self) -> None:
         self.stop()
         self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+# ---- objects for the tests (each still validated by put) -----------------------------------
+
+NODE = "node-a"
+
+
+def pod(
+    name: str,
+    ip: str,
+    *,
+    node: str = NODE,
+    ready: bool = True,
+    ns: str = "default",
+    annotations: dict[str, str] | None = None,
+    labels: dict[str, str] | None = None,
+) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "labels": labels or {"app": name},
+            "annotations": annotations or {},
+        },
+        "spec": {
+            "nodeName": node,
+            "containers": [
+                {
+                    "name": "app",
+                    "image": "registry.example/app:1",
+                    "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
+                }
+            ],
+        },
+        "status": {
+            "phase": "Running",
+            "hostIP": "10.0.0.1",
+            "podIP": ip,
+            "podIPs": [{"ip": ip}],
+            "conditions": [
+                {"type": "Ready", "status": "True" if ready else "False"},
+                {"type": "PodScheduled", "status": "True"},
+            ],
+        },
+    }
+
+
+def service(name: str, ns: str, selector: dict[str, str], annotations: dict[str, str]) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": ns, "annotations": annotations},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector,
+            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def endpoint_slice(service_name: str, ns: str, endpoints: list[tuple[str, bool]]) -> Obj:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{service_name}-abc12",
+            "namespace": ns,
+            "labels": {"kubernetes.io/service-name": service_name},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [
+            {"addresses": [ip], "conditions": {"ready": ready}} for ip, ready in endpoints
+        ],
+    }

@@ -21,86 +21,13 @@ import dns.rdatatype
 import pytest
 import yaml
 from helpers import MeshdProcess, dev_agent, free_port, wait_for
-from k8s_apiserver import FakeAPIServer
+from k8s_apiserver import NODE, FakeAPIServer, endpoint_slice, pod, service
 
 from meshd.k8s.webhook import registration
 
 Obj = dict[str, Any]
-NODE = "node-a"
 SYNC_NS = "meshd-sync"
 WAIT = 30.0
-
-
-def pod(
-    name: str,
-    ip: str,
-    *,
-    node: str = NODE,
-    ready: bool = True,
-    ns: str = "default",
-    annotations: dict[str, str] | None = None,
-    labels: dict[str, str] | None = None,
-) -> Obj:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": ns,
-            "labels": labels or {"app": name},
-            "annotations": annotations or {},
-        },
-        "spec": {
-            "nodeName": node,
-            "containers": [
-                {
-                    "name": "app",
-                    "image": "registry.example/app:1",
-                    "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
-                }
-            ],
-        },
-        "status": {
-            "phase": "Running",
-            "hostIP": "10.0.0.1",
-            "podIP": ip,
-            "podIPs": [{"ip": ip}],
-            "conditions": [
-                {"type": "Ready", "status": "True" if ready else "False"},
-                {"type": "PodScheduled", "status": "True"},
-            ],
-        },
-    }
-
-
-def service(name: str, ns: str, selector: dict[str, str], annotations: dict[str, str]) -> Obj:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name, "namespace": ns, "annotations": annotations},
-        "spec": {
-            "type": "ClusterIP",
-            "selector": selector,
-            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
-        },
-    }
-
-
-def endpoint_slice(service_name: str, ns: str, endpoints: list[tuple[str, bool]]) -> Obj:
-    return {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": f"{service_name}-abc12",
-            "namespace": ns,
-            "labels": {"kubernetes.io/service-name": service_name},
-        },
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-        "endpoints": [
-            {"addresses": [ip], "conditions": {"ready": ready}} for ip, ready in endpoints
-        ],
-    }
 
 
 @pytest.fixture(scope="module")
