@@ -236,6 +236,7 @@ class Agent:
             from meshd.agent.k8s import KubernetesMode
 
             self.kube = KubernetesMode(self, cfg.kubernetes)
+            await self.kube.load_credentials()
         for raw in cfg.services:
             await self.register_service(parse_service(raw), wait=False, persist=False)
         for raw in cfg.checks:

@@ -105,8 +105,14 @@ class KubernetesMode:
         self._lock = asyncio.Lock()  # one pod change at a time: events stay in order
         self._warned: dict[str, str] = {}  # pod key -> the annotation problem last logged
 
-    async def start(self) -> None:
+    async def load_credentials(self) -> None:
+        """Before the agent serves anything: bad credentials stop the start, not a running agent."""
         self.api = await api_client(self.cfg)
+
+    async def start(self) -> None:
+        if self.api is None:
+            await self.load_credentials()
+        assert self.api is not None
         core = CoreV1Api(self.api)
         if self.cfg.register_pods:
             self.services = Reflector(
