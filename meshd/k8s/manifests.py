@@ -69,7 +69,7 @@ class ManifestOptions:
     webhook: bool = False
     webhook_ca_bundle: str | None = None  # PEM of the CA that signed the webhook's certificate
     webhook_tls_secret: str = "meshd-webhook-tls"
-    # Service sync (meshd.k8s.sync_manifests): off unless asked for; the leading server runs it.
+    # Service sync (meshd.k8s.rbac): off unless asked for; the leading server runs it.
     sync_catalog: bool = False
     sync_namespace: str = "default"  # where meshd's services appear as ExternalName Services
     extra_labels: dict[str, str] = field(default_factory=dict)
@@ -180,7 +180,7 @@ def _agent_json(opts: ManifestOptions, server: bool) -> str:
     if server:
         cfg.update(server=True, bootstrap_expect=opts.replicas)
         if opts.sync_catalog:
-            from meshd.k8s.sync_manifests import server_kubernetes_config
+            from meshd.k8s.rbac import server_kubernetes_config
 
             cfg["kubernetes"] = server_kubernetes_config(opts)
     else:
@@ -423,58 +423,6 @@ def disruption_budget(opts: ManifestOptions) -> Obj:
     }
 
 
-# What the agent's Kubernetes mode reads, and nothing it could change.
-AGENT_RULES: list[Obj] = [
-    {
-        "apiGroups": [""],
-        "resources": ["pods", "services", "namespaces"],
-        "verbs": ["get", "list", "watch"],
-    },
-    {
-        "apiGroups": ["discovery.k8s.io"],
-        "resources": ["endpointslices"],
-        "verbs": ["get", "list", "watch"],
-    },
-]
-
-
-def rbac(opts: ManifestOptions) -> list[Obj]:
-    """Servers get an account with no rights and no token; agents read pods and Services."""
-    role_name = f"{opts.namespace}-{opts.agent_name}"
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": object_meta(opts, opts.server_name, "server"),
-            "automountServiceAccountToken": opts.sync_catalog,
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": object_meta(opts, opts.agent_name, "agent"),
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRole",
-            "metadata": object_meta(opts, role_name, "agent", namespaced=False),
-            "rules": AGENT_RULES,
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": object_meta(opts, role_name, "agent", namespaced=False),
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": role_name,
-            },
-            "subjects": [
-                {"kind": "ServiceAccount", "name": opts.agent_name, "namespace": opts.namespace}
-            ],
-        },
-    ]
-
-
 def render(opts: ManifestOptions) -> list[Obj]:
     """Every object, in an order `kubectl apply` accepts in one pass."""
     opts.validate()
@@ -483,7 +431,7 @@ def render(opts: ManifestOptions) -> list[Obj]:
         "kind": "Namespace",
         "metadata": {"name": opts.namespace, "labels": {"app.kubernetes.io/part-of": "meshd"}},
     }
-    from meshd.k8s.sync_manifests import sync_rbac  # these build on this module
+    from meshd.k8s.rbac import rbac, sync_rbac  # these build on this module
     from meshd.k8s.webhook_manifests import webhook_objects
 
     return [

@@ -1,14 +1,66 @@
-"""The servers' rights when `--sync-catalog` is on (meshd.k8s.sync; run by the Raft leader).
+"""Accounts and rights: the agents read what their Kubernetes mode watches, nothing more.
 
-Only the leading server syncs Services, so only the servers' account gets rights, and only
-these: read Services and EndpointSlices cluster-wide, and write Services in the one namespace
-the ExternalName Services go to. Without the flag the servers keep an account with no rights
-and no token.
+With `--sync-catalog` the servers get rights too, since only the leading server syncs Services
+(meshd.k8s.sync): read Services and EndpointSlices cluster-wide, and write Services in the one
+namespace the ExternalName Services go to. Without the flag the servers keep an account with no
+rights and no token.
 """
 
 from __future__ import annotations
 
 from meshd.k8s.manifests import ManifestOptions, Obj, object_meta
+
+# What the agent's Kubernetes mode reads, and nothing it could change.
+AGENT_RULES: list[Obj] = [
+    {
+        "apiGroups": [""],
+        "resources": ["pods", "services", "namespaces"],
+        "verbs": ["get", "list", "watch"],
+    },
+    {
+        "apiGroups": ["discovery.k8s.io"],
+        "resources": ["endpointslices"],
+        "verbs": ["get", "list", "watch"],
+    },
+]
+
+
+def rbac(opts: ManifestOptions) -> list[Obj]:
+    """Servers get an account with no rights and no token; agents read pods and Services."""
+    role_name = f"{opts.namespace}-{opts.agent_name}"
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": object_meta(opts, opts.server_name, "server"),
+            "automountServiceAccountToken": opts.sync_catalog,
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": object_meta(opts, opts.agent_name, "agent"),
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": object_meta(opts, role_name, "agent", namespaced=False),
+            "rules": AGENT_RULES,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": object_meta(opts, role_name, "agent", namespaced=False),
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": role_name,
+            },
+            "subjects": [
+                {"kind": "ServiceAccount", "name": opts.agent_name, "namespace": opts.namespace}
+            ],
+        },
+    ]
+
 
 READ_RULES: list[Obj] = [
     {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch"]},
