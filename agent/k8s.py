@@ -83,10 +83,10 @@ class _PodHandler:
         await self.mode.replace_pods(objects)
 
     async def upsert(self, obj: Obj) -> None:
-        await self.mode.sync_pod(obj)
+        await self.mode.sync_pod(object_key(obj))
 
     async def delete(self, obj: Obj) -> None:
-        await self.mode.forget_pod(object_key(obj))
+        await self.mode.sync_pod(object_key(obj))  # gone from the watch's objects: forgotten
 
 
 class KubernetesMode:
@@ -162,48 +162,55 @@ class KubernetesMode:
     async def replace_pods(self, objects: dict[str, Obj]) -> None:
         """After a (re)list: pods no longer there are dropped, including registrations an
         init container made before this agent restarted (they carry the pod meta)."""
-        for key in list(self.registered):
-            if key not in objects:
-                await self.forget_pod(key)
-        for pod in objects.values():
-            await self.sync_pod(pod)
-        wanted = {sid for regs in self.registered.values() for sid in regs}
-        for sid, svc in list(self.agent.local.services.items()):
-            if kp.owned(svc.Meta) and sid not in wanted and svc.Kind != "connect-proxy":
-                log.info("deregistering %s: its pod is gone", sid)
-                await self.agent.deregister_service(sid, wait=False)
+        for key in set(self.registered) | set(objects):
+            await self.sync_pod(key)
+        async with self._lock:
+            wanted = {sid for regs in self.registered.values() for sid in regs}
+            for sid, svc in list(self.agent.local.services.items()):
+                if kp.owned(svc.Meta) and sid not in wanted and svc.Kind != "connect-proxy":
+                    log.info("deregistering %s: its pod is gone", sid)
+                    await self.agent.deregister_service(sid, wait=False)
 
     async def resync_pods(self) -> None:
         if self.pods is not None and self.pods.synced.is_set():
-            for pod in list(self.pods.objects.values()):
-                await self.sync_pod(pod)
+            for key in list(self.pods.objects):
+                await self.sync_pod(key)
 
-    async def sync_pod(self, pod: Obj) -> None:
-        key = object_key(pod)
-        if (pod.get("spec") or {}).get("nodeName") != self.node:
-            await self.forget_pod(key)  # moved (or a stale event): not this agent's any more
-            return
+    async def sync_pod(self, key: str) -> None:
+        """Make the registrations of pod `key` match the pod as the watch holds it now.
+
+        The object is read under the lock, never passed in: a Service change re-checking the
+        pods must not re-register a pod whose deletion was handled while it waited."""
+        async with self._lock:
+            pod = self.pods.objects.get(key) if self.pods else None
+            if pod is None or (pod.get("spec") or {}).get("nodeName") != self.node:
+                await self._forget(key)  # deleted, moved, or a stale event
+                return
+            await self._apply(key, self._wanted(key, pod))
+
+    def _wanted(self, key: str, pod: Obj) -> dict[str, Obj]:
         try:
-            wanted = {d["id"]: d for d in kp.definitions(pod, self._k8s_services(), self.node)}
+            return {d["id"]: d for d in kp.definitions(pod, self._k8s_services(), self.node)}
         except kp.AnnotationError as e:
             if self._warned.get(key) != str(e):  # once per reason, not on every resync
                 self._warned[key] = str(e)
                 log.warning("pod %s not registered: %s", key, e)
-            wanted = {}
-        async with self._lock:
-            had = self.registered.get(key, {})
-            for sid in set(had) - set(wanted):
-                await self.agent.deregister_service(sid, wait=False)
-            for sid, d in list(wanted.items()):
-                try:
-                    await self._register(d, had.get(sid))
-                except DefinitionError as e:
-                    log.warning("pod %s: service %s not registered: %s", key, sid, e)
-                    del wanted[sid]
-            if wanted:
-                self.registered[key] = wanted
-            else:
-                self.registered.pop(key, None)
+            return {}
+
+    async def _apply(self, key: str, wanted: dict[str, Obj]) -> None:
+        had = self.registered.get(key, {})
+        for sid in set(had) - set(wanted):
+            await self.agent.deregister_service(sid, wait=False)
+        for sid, d in list(wanted.items()):
+            try:
+                await self._register(d, had.get(sid))
+            except DefinitionError as e:
+                log.warning("pod %s: service %s not registered: %s", key, sid, e)
+                del wanted[sid]
+        if wanted:
+            self.registered[key] = wanted
+        else:
+            self.registered.pop(key, None)
 
     async def _register(self, d: Obj, before: Obj | None) -> None:
         check = d["check"]
@@ -218,13 +225,12 @@ class KubernetesMode:
         status = HEALTH_PASSING if check["status"] == "passing" else HEALTH_CRITICAL
         self.agent.checks.update_ttl(check["check_id"], status, check["output"])
 
-    async def forget_pod(self, key: str) -> None:
+    async def _forget(self, key: str) -> None:
         self._warned.pop(key, None)
-        async with self._lock:
-            for sid in self.registered.pop(key, {}):
-                if sid in self.agent.local.services:
-                    log.info("deregistering %s: pod %s is gone", sid, key)
-                    await self.agent.deregister_service(sid, wait=False)
+        for sid in self.registered.pop(key, {}):
+            if sid in self.agent.local.services:
+                log.info("deregistering %s: pod %s is gone", sid, key)
+                await self.agent.deregister_service(sid, wait=False)
 
     # ---- service sync, on the leader only -----------------------------------------------
 
