@@ -310,3 +310,49 @@ def test_external_name_services_validate_and_invalid_names_are_skipped() -> None
 def test_names_from_kubernetes_or_tagged_k8s_do_not_go_back_out() -> None:
     catalog = {"consul": [], "billing": ["k8s"], "orders": [], "vm-db": ["primary"]}
     assert ks.to_k8s_names(catalog, {"orders"}) == ["vm-db"]
+
+
+# ---- who syncs -------------------------------------------------------------------------------
+
+
+def _stub_agent(server: Any) -> Any:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        config=SimpleNamespace(node_name="host-1"),
+        local=SimpleNamespace(node_meta={}),
+        server=server,
+    )
+
+
+def test_a_client_agent_never_syncs_services_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    from kubernetes_asyncio.client import ApiClient
+
+    from meshd.agent.k8s import KubernetesMode
+
+    cfg = KubernetesConfig(register_pods=False, sync_catalog=SyncCatalog(to_consul=True))
+
+    async def run() -> list[Any]:
+        mode = KubernetesMode(_stub_agent(None), cfg)
+        mode.api = ApiClient()
+        await mode.start()
+        tasks = list(mode._tasks)
+        await mode.stop()
+        return tasks
+
+    assert asyncio.run(run()) == []
+    assert "only servers sync" in caplog.text
+
+
+def test_a_server_syncs_only_while_it_leads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    monkeypatch.delenv("NODE_NAME", raising=False)
+    from meshd.agent.k8s import KubernetesMode
+
+    raft = SimpleNamespace(is_leader=False)
+    mode = KubernetesMode(_stub_agent(SimpleNamespace(raft=raft)), KubernetesConfig())
+    assert not mode._is_leader()
+    raft.is_leader = True
+    assert mode._is_leader()
+    assert mode.agent.local.node_meta == {"k8s-node": "host-1"}  # node meta for the catalog
