@@ -336,6 +336,9 @@ class Agent:
     async def leave(self) -> None:
         """Graceful leave: the leader marks the node left and removes it from the catalog."""
         hb = self._heartbeat(leaving=True)
+        if self.kube is not None:  # no pod registration may race the leave
+            await self.kube.stop()
+            self.kube = None
         for t in self._tasks:
             t.cancel()
         await self.ae.stop()
