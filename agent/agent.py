@@ -52,6 +52,7 @@ from meshd.tls import server_hostname, tls_contexts
 from meshd.validate import Limits
 
 if TYPE_CHECKING:
+    from meshd.agent.k8s import KubernetesMode
     from meshd.agent.reload import Reloader
 
 log = logging.getLogger("meshd.agent")
@@ -154,6 +155,7 @@ class Agent:
         # (server side, client side), kept so a reload can load rotated certificates into them
         self.ssl_contexts: tuple[ssl.SSLContext | None, ssl.SSLContext | None] = (None, None)
         self.reloader: Reloader | None = None  # set by whoever knows the config's sources
+        self.kube: KubernetesMode | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -230,6 +232,11 @@ class Agent:
             self.mesh.trigger()
 
         self.local.on_change = changed
+        if cfg.kubernetes is not None:  # before the first sync: it sets node meta
+            from meshd.agent.k8s import KubernetesMode
+
+            self.kube = KubernetesMode(self, cfg.kubernetes)
+            await self.kube.load_credentials()
         for raw in cfg.services:
             await self.register_service(parse_service(raw), wait=False, persist=False)
         for raw in cfg.checks:
@@ -255,6 +262,8 @@ class Agent:
             dns_addr = cfg.addresses.get("dns", cfg.client_addr).split()[0]
             self.dns = DNSServer(self.view, dns_settings(cfg), dns_addr, cfg.ports.dns)
             await self.dns.start()
+        if self.kube is not None:
+            await self.kube.start()
         self._register_metrics()
         log.info(
             "meshd agent running: node=%s dc=%s http=%s:%d dns=%d",
@@ -327,6 +336,9 @@ class Agent:
     async def leave(self) -> None:
         """Graceful leave: the leader marks the node left and removes it from the catalog."""
         hb = self._heartbeat(leaving=True)
+        if self.kube is not None:  # no pod registration may race the leave
+            await self.kube.stop()
+            self.kube = None
         for t in self._tasks:
             t.cancel()
         await self.ae.stop()
@@ -348,6 +360,8 @@ class Agent:
             log.warning("no server has answered a heartbeat yet")
 
     async def stop(self) -> None:
+        if self.kube is not None:
+            await self.kube.stop()
         for t in self._tasks:
             t.cancel()
         ae = getattr(self, "ae", None)
@@ -414,13 +428,13 @@ class Agent:
                 "'enable_script_checks' to true"
             )
 
-    async def deregister_service(self, sid: str) -> None:
+    async def deregister_service(self, sid: str, wait: bool = True) -> None:
         sidecar = f"{sid}-sidecar-proxy"
         for s in [sid, sidecar] if sidecar in self.local.services else [sid]:
             for cid in self.local.remove_service(s):
                 self.checks.remove(cid)
             self.persisted.drop_service(s)
-        await self._commit(True)
+        await self._commit(wait)
 
     async def register_check(
         self, d: CheckDefinition, wait: bool = True, persist: bool = True

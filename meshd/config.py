@@ -26,6 +26,7 @@ from meshd import configvalues as cv
 from meshd.configvalues import Schema, Validator
 from meshd.durations import DurationError, parse_duration_seconds
 from meshd.hclparse import parse_hcl
+from meshd.k8s import settings as k8s_settings
 
 __all__ = [
     "Config",
@@ -144,6 +145,7 @@ class Config:
     log_rotate_max_files: int = 0  # 0: keep every archive; -1: keep none
     pid_file: str | None = None
     watches: list[dict[str, Any]] = field(default_factory=list)  # stored; run by a later issue
+    kubernetes: k8s_settings.KubernetesConfig | None = None  # the agent's Kubernetes mode
 
     def __post_init__(self) -> None:
         # Derived here rather than in load_config so a hand-built Config(dev=True) behaves too.
@@ -272,6 +274,7 @@ _TOP: Schema = {
     "dns_config": (None, _DNS),
     "tls": (None, _TLS),
     "limits": (None, _LIMITS),
+    "kubernetes": (("kubernetes", "enabled"), k8s_settings.SCHEMA),  # target: the block is there
     **_TLS_FILES,
     **_TLS_HOSTNAME,  # Consul's pre-1.12 top-level TLS keys
 }
@@ -365,6 +368,8 @@ def _walk(
                 continue
             target, check = entry
             if isinstance(check, dict):
+                if target is not None:
+                    _put(out, target, True)
                 _walk(value, check, dotted, source, out, errors)
                 continue
             try:
@@ -450,6 +455,7 @@ def _build(merged: dict[str, Any], dev: bool) -> Config:
             merged[key] = merged[key] or None
     return Config(
         dev=dev,
+        kubernetes=k8s_settings.build(merged.pop("kubernetes", None)),
         ports=Ports(**merged.pop("ports", {})),
         dns_config=DNSConfig(**dns),
         tls=TLSConfig(**tls),

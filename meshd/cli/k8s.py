@@ -56,6 +56,17 @@ def _opt(name: str, **kw: Any) -> Callable[[Callable[..., Any]], Callable[..., A
     help="Secret with the webhook's tls.crt and tls.key.",
 )
 @_opt(
+    "sync-catalog",
+    is_flag=True,
+    help="Sync Services both ways (run by the leading server; gives the servers RBAC for it).",
+)
+@_opt(
+    "sync-namespace",
+    default="default",
+    show_default=True,
+    help="Namespace of the ExternalName Services made for meshd's services.",
+)
+@_opt(
     "coredns-stub",
     is_flag=True,
     help="Print the CoreDNS server block for the DNS Service instead (needs -dns-cluster-ip).",

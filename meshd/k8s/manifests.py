@@ -69,11 +69,15 @@ class ManifestOptions:
     webhook: bool = False
     webhook_ca_bundle: str | None = None  # PEM of the CA that signed the webhook's certificate
     webhook_tls_secret: str = "meshd-webhook-tls"
+    # Service sync (meshd.k8s.rbac): off unless asked for; the leading server runs it.
+    sync_catalog: bool = False
+    sync_namespace: str = "default"  # where meshd's services appear as ExternalName Services
     extra_labels: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Refuse before rendering, so nothing half-valid reaches `kubectl apply`."""
-        for flag, value in (("namespace", self.namespace), ("name", self.name)):
+        names = [("namespace", self.namespace), ("name", self.name)]
+        for flag, value in [*names, ("sync-namespace", self.sync_namespace)]:
             if not _DNS_LABEL.match(value) or len(value) > 40:
                 raise ManifestError(
                     f"--{flag} {value!r}: must be a DNS label (a-z, 0-9, '-', at most 40 chars)"
@@ -175,6 +179,13 @@ def _agent_json(opts: ManifestOptions, server: bool) -> str:
     }
     if server:
         cfg.update(server=True, bootstrap_expect=opts.replicas)
+        if opts.sync_catalog:
+            from meshd.k8s.rbac import server_kubernetes_config
+
+            cfg["kubernetes"] = server_kubernetes_config(opts)
+    else:
+        # the Kubernetes mode: in-cluster credentials, this node's pods ($NODE_NAME)
+        cfg["kubernetes"] = {}
     return json.dumps(cfg, indent=2, sort_keys=True) + "\n"
 
 
@@ -296,7 +307,8 @@ def server_statefulset(opts: ManifestOptions) -> Obj:
                 "metadata": {"labels": pod_labels(opts, "server")},
                 "spec": {
                     "serviceAccountName": opts.server_name,
-                    "automountServiceAccountToken": False,
+                    # a token only for the Service sync's rights
+                    "automountServiceAccountToken": opts.sync_catalog,
                     "terminationGracePeriodSeconds": 30,
                     "securityContext": _pod_security(),
                     "affinity": {
@@ -323,7 +335,11 @@ def agent_daemonset(opts: ManifestOptions) -> Obj:
     container = _container(
         opts,
         "agent",
-        [_field_env("NODE", "spec.nodeName"), _field_env("ADVERTISE_IP", "status.hostIP")],
+        [
+            _field_env("NODE", "spec.nodeName"),
+            _field_env("ADVERTISE_IP", "status.hostIP"),
+            _field_env("NODE_NAME", "spec.nodeName"),  # the Kubernetes mode's pod selector
+        ],
         [
             _port("http", HTTP_PORT, host=True),
             _port("grpc", GRPC_PORT, host=True),
@@ -407,58 +423,6 @@ def disruption_budget(opts: ManifestOptions) -> Obj:
     }
 
 
-# What the agent's Kubernetes mode reads, and nothing it could change.
-AGENT_RULES: list[Obj] = [
-    {
-        "apiGroups": [""],
-        "resources": ["pods", "services", "namespaces"],
-        "verbs": ["get", "list", "watch"],
-    },
-    {
-        "apiGroups": ["discovery.k8s.io"],
-        "resources": ["endpointslices"],
-        "verbs": ["get", "list", "watch"],
-    },
-]
-
-
-def rbac(opts: ManifestOptions) -> list[Obj]:
-    """Servers get an account with no rights and no token; agents read pods and Services."""
-    role_name = f"{opts.namespace}-{opts.agent_name}"
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": object_meta(opts, opts.server_name, "server"),
-            "automountServiceAccountToken": False,
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": object_meta(opts, opts.agent_name, "agent"),
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRole",
-            "metadata": object_meta(opts, role_name, "agent", namespaced=False),
-            "rules": AGENT_RULES,
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": object_meta(opts, role_name, "agent", namespaced=False),
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": role_name,
-            },
-            "subjects": [
-                {"kind": "ServiceAccount", "name": opts.agent_name, "namespace": opts.namespace}
-            ],
-        },
-    ]
-
-
 def render(opts: ManifestOptions) -> list[Obj]:
     """Every object, in an order `kubectl apply` accepts in one pass."""
     opts.validate()
@@ -467,11 +431,13 @@ def render(opts: ManifestOptions) -> list[Obj]:
         "kind": "Namespace",
         "metadata": {"name": opts.namespace, "labels": {"app.kubernetes.io/part-of": "meshd"}},
     }
-    from meshd.k8s.webhook_manifests import webhook_objects  # it builds on this module
+    from meshd.k8s.rbac import rbac, sync_rbac  # these build on this module
+    from meshd.k8s.webhook_manifests import webhook_objects
 
     return [
         namespace,
         *rbac(opts),
+        *(sync_rbac(opts) if opts.sync_catalog else []),
         *config_maps(opts),
         *services(opts),
         disruption_budget(opts),

@@ -66,7 +66,7 @@ class Upstream:
     datacenter: str | None = None
 
 
-def _annotation(annotations: dict[str, str], names: tuple[str, ...]) -> str | None:
+def annotation(annotations: dict[str, str], names: tuple[str, ...]) -> str | None:
     for name in names:
         if name in annotations:
             return annotations[name]
@@ -75,7 +75,7 @@ def _annotation(annotations: dict[str, str], names: tuple[str, ...]) -> str | No
 
 def wants_injection(pod: Obj) -> bool:
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
-    value = _annotation(annotations, INJECT_ANNOTATIONS)
+    value = annotation(annotations, INJECT_ANNOTATIONS)
     return isinstance(value, str) and value.strip().lower() == "true"
 
 
@@ -101,7 +101,7 @@ def parse_upstreams(value: str) -> list[Upstream]:
     return out
 
 
-def _service_port(pod: Obj, value: str | None) -> int:
+def service_port(pod: Obj, value: str | None) -> int:
     """A number, or the name of a container port; without the annotation, the first port."""
     ports = [p for c in pod["spec"].get("containers") or [] for p in c.get("ports") or []]
     if value is None:
@@ -116,8 +116,8 @@ def _service_port(pod: Obj, value: str | None) -> int:
     )
 
 
-def _service_name(pod: Obj, annotations: dict[str, str]) -> str:
-    name = _annotation(annotations, SERVICE_ANNOTATIONS)
+def service_name(pod: Obj, annotations: dict[str, str]) -> str:
+    name = annotation(annotations, SERVICE_ANNOTATIONS)
     if name is None:
         labels = pod["metadata"].get("labels") or {}
         name = labels.get("app") or pod["spec"]["containers"][0]["name"]
@@ -237,9 +237,9 @@ def injection_patch(pod: Obj, settings: InjectorSettings, namespace: str) -> lis
         return []  # reinvoked, or injected by hand: never add a second sidecar
     if not spec.get("containers"):
         raise AnnotationError("the pod has no containers to put in the mesh")
-    service = _service_name(pod, annotations)
-    port = _service_port(pod, _annotation(annotations, PORT_ANNOTATIONS))
-    upstreams = parse_upstreams(_annotation(annotations, UPSTREAM_ANNOTATIONS) or "")
+    service = service_name(pod, annotations)
+    port = service_port(pod, annotation(annotations, PORT_ANNOTATIONS))
+    upstreams = parse_upstreams(annotation(annotations, UPSTREAM_ANNOTATIONS) or "")
     init, sidecar = containers(settings, service, registration(service, port, upstreams, namespace))
     return [
         _append(spec, "volumes", "/spec", {"name": VOLUME_NAME, "emptyDir": {}}),

@@ -52,6 +52,7 @@ def validate_strict(obj: dict[str, Any], version: str) -> None:
         [],
         ["--tls-secret", "", "--replicas", "5", "--storage-class", "fast"],
         ["--dns-cluster-ip", "10.96.0.53", "--namespace", "mesh", "--name", "m"],
+        ["--sync-catalog", "--sync-namespace", "apps"],
     ],
 )
 def test_every_rendered_object_validates_strictly(args: list[str], version: str) -> None:
@@ -282,6 +283,65 @@ def test_the_rendered_config_and_args_load_as_meshd_config(kind: str, tmp_path: 
     assert cfg.leave_on_terminate is (kind == "DaemonSet")
     if cfg.server:
         assert cfg.bootstrap_expect == 5
+        assert cfg.kubernetes is None  # no Service sync unless asked for
+    else:
+        # the Kubernetes mode, with this node's name from the downward API
+        assert cfg.kubernetes is not None and cfg.kubernetes.register_pods
+        assert cfg.kubernetes.kubeconfig is None  # in-cluster credentials
+        env = {e["name"]: e.get("valueFrom", {}).get("fieldRef") for e in container["env"]}
+        assert env["NODE_NAME"] == {"fieldPath": "spec.nodeName"}
+
+
+def _grants(role: dict[str, Any]) -> set[tuple[str, str, str]]:
+    return {
+        (group, res, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for res in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def test_without_sync_the_servers_have_no_token_and_no_rights() -> None:
+    objects = run_manifests()
+    server_sa = next(
+        o for o in by_kind(objects, "ServiceAccount") if "server" in o["metadata"]["name"]
+    )
+    assert server_sa["automountServiceAccountToken"] is False
+    assert not by_kind(objects, "Role")
+    sts = one(objects, "StatefulSet")
+    assert sts["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+
+
+def test_sync_gives_the_servers_the_sync_config_and_only_the_rights_it_needs(
+    tmp_path: Path,
+) -> None:
+    objects = run_manifests("--sync-catalog", "--sync-namespace", "apps")
+    (tmp_path / "server.json").write_text(one_config(objects, "server"))
+    cfg = load_config(dirs=[str(tmp_path)], flags={"node": "s0"})
+    assert cfg.kubernetes is not None and not cfg.kubernetes.register_pods
+    sync = cfg.kubernetes.sync_catalog
+    assert (sync.to_consul, sync.to_k8s, sync.k8s_namespace) == (True, True, "apps")
+    sts = one(objects, "StatefulSet")
+    account = sts["spec"]["template"]["spec"]["serviceAccountName"]
+    assert sts["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+    roles = {r["metadata"]["name"]: r for r in by_kind(objects, "ClusterRole")}
+    bindings = by_kind(objects, "ClusterRoleBinding") + by_kind(objects, "RoleBinding")
+    server_roles = {
+        b["roleRef"]["name"]
+        for b in bindings
+        if b["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "meshd"}]
+    }
+    read = [roles[n] for n in server_roles if n in roles]
+    (write,) = by_kind(objects, "Role")
+    assert write["metadata"]["namespace"] == "apps"
+    assert write["metadata"]["name"] in server_roles
+    assert {g for r in read for g in _grants(r)} == {
+        (g, r, v)
+        for g, r in [("", "services"), ("discovery.k8s.io", "endpointslices")]
+        for v in ("get", "list", "watch")
+    }
+    assert _grants(write) == {("", "services", v) for v in ("create", "update", "delete")}
 
 
 @pytest.mark.parametrize(
@@ -291,6 +351,7 @@ def test_the_rendered_config_and_args_load_as_meshd_config(kind: str, tmp_path: 
         (["--namespace", "Not_A_Label"], "--namespace"),
         (["--agent-memory", "lots"], "--agent-memory"),
         (["--coredns-stub"], "-dns-cluster-ip"),
+        (["--sync-catalog", "--sync-namespace", "No"], "--sync-namespace"),
     ],
 )
 def test_bad_flags_are_refused_with_the_flag_named_and_nothing_printed(
