@@ -17,7 +17,16 @@ from typing import Any
 import msgspec
 
 from meshd import queries as q
-from meshd.structs import CheckServiceNode, Command, HealthCheck, KVEntry, Node, NodeService
+from meshd.structs import (
+    CheckServiceNode,
+    Command,
+    EventsPage,
+    HealthCheck,
+    KVEntry,
+    Node,
+    NodeService,
+    TxnReply,
+)
 
 AUTH_HEADER = "X-Meshd-Auth"
 MAX_SKEW = 300.0
@@ -94,6 +103,8 @@ VALUE_TYPES: dict[type, Any] = {
     q.KVKeys: list[str],
     q.ConfigEntries: list[dict[str, Any]],
     q.CARoots: dict[str, Any],
+    q.TxnRead: TxnReply,
+    q.Events: EventsPage,
 }
 
 

@@ -180,6 +180,93 @@ class CASetRoots(msgspec.Struct, tag="ca_roots"):
     Config: dict[str, Any] = {}
 
 
+class UserEvent(msgspec.Struct):
+    """A user event (`meshd event`), in Consul's JSON shape; `LTime` is assigned by the servers."""
+
+    ID: str
+    Name: str
+    Payload: bytes | None = None
+    NodeFilter: str = ""
+    ServiceFilter: str = ""
+    TagFilter: str = ""
+    Version: int = 1
+    LTime: int = 0
+
+
+class EventFire(msgspec.Struct, tag="event_fire"):
+    """Append one user event to the servers' bounded ring; agents pull it from there."""
+
+    Event: UserEvent
+
+
+class EventsPage(msgspec.Struct):
+    """An answer to `queries.Events`: the ring's newest LTime and the events after `After`."""
+
+    Head: int
+    Events: list[UserEvent] = []
+
+
+# --- transactions (/v1/txn): each op is one of KV, Node, Service, Check, as Consul's TxnOp ----
+
+
+class TxnKVOp(msgspec.Struct):
+    Verb: str
+    Key: str
+    Value: bytes | None = None
+    Flags: int = 0
+    Index: int = 0
+    Session: str = ""
+
+
+class TxnNodeOp(msgspec.Struct):
+    Verb: str
+    Node: Node
+
+
+class TxnServiceOp(msgspec.Struct):
+    Verb: str
+    Node: str
+    Service: NodeService
+
+
+class TxnCheckOp(msgspec.Struct):
+    Verb: str
+    Check: HealthCheck
+
+
+class TxnOp(msgspec.Struct, omit_defaults=True):
+    KV: TxnKVOp | None = None
+    Node: TxnNodeOp | None = None
+    Service: TxnServiceOp | None = None
+    Check: TxnCheckOp | None = None
+
+
+class Txn(msgspec.Struct, tag="txn"):
+    """Operations applied all-or-nothing at one Raft index (server/txn.py)."""
+
+    Ops: list[TxnOp]
+
+
+class TxnResult(msgspec.Struct, omit_defaults=True):
+    KV: KVEntry | None = None
+    Node: Node | None = None
+    Service: NodeService | None = None
+    Check: HealthCheck | None = None
+
+
+class TxnError(msgspec.Struct):
+    OpIndex: int
+    What: str
+
+
+class TxnReply(msgspec.Struct):
+    """What a transaction answered: `Errors` set means it was rolled back (HTTP 409)."""
+
+    Results: list[TxnResult] | None = None
+    Errors: list[TxnError] | None = None
+    Index: int = 0
+
+
 Command = (
     Register
     | Deregister
@@ -191,6 +278,8 @@ Command = (
     | IntentionOp
     | NodeStatus
     | CASetRoots
+    | EventFire
+    | Txn
 )
 
 _cmd_encoder = msgspec.msgpack.Encoder()

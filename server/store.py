@@ -17,7 +17,9 @@ from typing import Any
 
 import msgspec
 
+from meshd.server.events import EventRing
 from meshd.server.mesh_state import CommandRejectedError, MeshState
+from meshd.server.txn import apply_txn
 from meshd.server.watch import WatchSet
 from meshd.structs import (
     HEALTH_PASSING,
@@ -26,6 +28,7 @@ from meshd.structs import (
     Batch,
     Command,
     Deregister,
+    EventFire,
     HealthCheck,
     KVEntry,
     KVOp,
@@ -34,6 +37,7 @@ from meshd.structs import (
     NodeStatus,
     Register,
     Restore,
+    Txn,
     decode_command,
 )
 
@@ -63,6 +67,7 @@ class _Snapshot(msgspec.Struct):
     kv: list[KVEntry]
     topics: dict[str, int]
     mesh: dict[str, Any] = {}
+    events: dict[str, Any] = {}
 
 
 def _decode_snapshot(data: bytes) -> _Snapshot:
@@ -89,6 +94,7 @@ class Store:
         self.kv_keys: list[str] = []  # sorted, live keys and tombstones (their topics keep indexes)
         self.topics: dict[str, int] = {}
         self.mesh = MeshState()
+        self.events = EventRing()
         # one handler per command type, as Consul's FSM registers one per request type
         self._handlers: dict[type[Any], Callable[[Any, int, set[str]], Any]] = {
             Register: self._register,
@@ -99,6 +105,8 @@ class Store:
             Restore: self._restore,
             NodeStatus: self._node_status,
             **self.mesh.handlers(),
+            EventFire: self.events.apply,
+            Txn: lambda cmd, index, changed: apply_txn(self, cmd, index, changed),
         }
 
     # ---- writes -------------------------------------------------------------------------------
@@ -222,10 +230,7 @@ class Store:
             self._touch_service(node, old, changed)
         new = replace(svc, CreateIndex=old.CreateIndex if old else index, ModifyIndex=index)
         self.services[node][svc.ID] = new
-        self.by_name[new.Service].add((node, new.ID))
-        dest = connect_destination(new)
-        if dest:
-            self.by_dest[dest].add((node, new.ID))
+        self._index_service(node, new)
         self._touch_service(node, new, changed)
         # service checks carry the service's name and tags: keep them in step
         for c in list(self.checks.get(node, {}).values()):
@@ -234,6 +239,12 @@ class Store:
                 self.checks[node][c.CheckID] = replace(
                     c, ServiceName=new.Service, ServiceTags=list(new.Tags), ModifyIndex=index
                 )
+
+    def _index_service(self, node: str, svc: NodeService) -> None:
+        self.by_name[svc.Service].add((node, svc.ID))
+        dest = connect_destination(svc)
+        if dest:
+            self.by_dest[dest].add((node, svc.ID))
 
     def _unindex_service(self, node: str, svc: NodeService) -> None:
         s = self.by_name.get(svc.Service)
@@ -354,7 +365,9 @@ class Store:
         self.index = index
         # every topic moves to this index so blocking readers see the change
         changed.update(
-            old_topics | set(self.topics) | {"tbl:nodes", "tbl:services", "tbl:checks", "tbl:kv"}
+            old_topics
+            | set(self.topics)
+            | {"tbl:nodes", "tbl:services", "tbl:checks", "tbl:kv", "events"}
         )
         return True
 
@@ -370,6 +383,7 @@ class Store:
                 kv=list(self.kv.values()),
                 topics=dict(self.topics),
                 mesh=self.mesh.dump(),
+                events=self.events.dump(),
             )
             return msgspec.msgpack.encode(snap)
 
@@ -408,5 +422,6 @@ class Store:
             self.kv[e.Key] = e
         self.topics = dict(snap.topics)
         self.mesh.load(snap.mesh)
+        self.events.load(snap.events)
         tombstones = {t[3:] for t in self.topics if t.startswith("kv:")}
         self.kv_keys = sorted(tombstones | set(self.kv))
