@@ -33,6 +33,7 @@ from meshd.agent.definitions import (
 )
 from meshd.agent.dns import DNSSettings
 from meshd.agent.dns_server import DNSServer
+from meshd.agent.events import EventReceiver
 from meshd.agent.http.server import make_app
 from meshd.agent.local import LocalState, UnknownCheckError
 from meshd.agent.mesh import MeshManager
@@ -151,6 +152,7 @@ class Agent:
         self.cache: WatchCache  # one cache of server watches: DNS, HTTP reads, the mesh
         self.view: StoreView | CacheView
         self.ae: AntiEntropy  # set in start(); stop() copes with a start that failed first
+        self.events: EventReceiver  # user events this agent received (set in start())
         # (server side, client side), kept so a reload can load rotated certificates into them
         self.ssl_contexts: tuple[ssl.SSLContext | None, ssl.SSLContext | None] = (None, None)
         self.reloader: Reloader | None = None  # set by whoever knows the config's sources
@@ -237,6 +239,8 @@ class Agent:
         await self._restore_persisted()
         self.ae.start()
         self.ae.trigger()
+        self.events = EventReceiver(self.backend, cfg.node_name, self.local.services.values)
+        await self.events.start(timeout=10.0)
         self._tasks.append(asyncio.create_task(self._reap_critical(), name="critical-reaper"))
         self._tasks.append(asyncio.create_task(self._heartbeats(), name="heartbeats"))
         # serve only once the node is in the catalog and known to the leader (bounded wait:
@@ -353,6 +357,9 @@ class Agent:
         ae = getattr(self, "ae", None)
         if ae is not None:
             await ae.stop()
+        events = getattr(self, "events", None)
+        if events is not None:
+            await events.stop()
         if self._mesh_started:
             await self.mesh.stop()
         cache = getattr(self, "cache", None)

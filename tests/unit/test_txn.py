@@ -31,7 +31,9 @@ def kv(verb: str, key: str, value: bytes | None = None, **kw: object) -> TxnOp:
 
 
 def node(verb: str, name: str, address: str = "10.0.0.9", index: int = 0) -> TxnOp:
-    return TxnOp(Node=TxnNodeOp(Verb=verb, Node=Node(Node=name, Address=address, ModifyIndex=index)))
+    return TxnOp(
+        Node=TxnNodeOp(Verb=verb, Node=Node(Node=name, Address=address, ModifyIndex=index))
+    )
 
 
 def svc(verb: str, node_name: str, sid: str, index: int = 0) -> TxnOp:
@@ -53,7 +55,9 @@ def chk(verb: str, node_name: str, cid: str, sid: str = "", index: int = 0) -> T
 
 def base() -> Store:
     s = Store()
-    s.apply(Register(Node="n1", Address="10.0.0.1", Service=NodeService(ID="web", Service="web")), 1)
+    s.apply(
+        Register(Node="n1", Address="10.0.0.1", Service=NodeService(ID="web", Service="web")), 1
+    )
     s.apply(KVOp(Verb="set", Key="a/1", Value=b"one"), 2)
     s.apply(KVOp(Verb="set", Key="a/2", Value=b"two"), 3)
     return s
