@@ -40,6 +40,7 @@ from meshd.agent.mesh import MeshManager
 from meshd.agent.persist import Persisted
 from meshd.agent.sidecar import expand_sidecar
 from meshd.agent.views import CacheView, StoreView
+from meshd.agent.watches import WatchRunner, local_address, parse_watches
 from meshd.config import Config
 from meshd.fsutil import atomic_write
 from meshd.metrics import Stats
@@ -51,6 +52,7 @@ from meshd.server.rpc import make_rpc_app
 from meshd.structs import HEALTH_CRITICAL, Barrier, Deregister, HealthCheck
 from meshd.tls import server_hostname, tls_contexts
 from meshd.validate import Limits
+from meshd.watchplan import WatchError
 
 if TYPE_CHECKING:
     from meshd.agent.reload import Reloader
@@ -153,6 +155,7 @@ class Agent:
         self.view: StoreView | CacheView
         self.ae: AntiEntropy  # set in start(); stop() copes with a start that failed first
         self.events: EventReceiver  # user events this agent received (set in start())
+        self.watches = WatchRunner("")  # the `watches` of the config, run once HTTP is up
         # (server side, client side), kept so a reload can load rotated certificates into them
         self.ssl_contexts: tuple[ssl.SSLContext | None, ssl.SSLContext | None] = (None, None)
         self.reloader: Reloader | None = None  # set by whoever knows the config's sources
@@ -232,6 +235,10 @@ class Agent:
             self.mesh.trigger()
 
         self.local.on_change = changed
+        try:
+            watch_specs = parse_watches(cfg.watches)
+        except WatchError as e:
+            raise StartError(str(e)) from None
         for raw in cfg.services:
             await self.register_service(parse_service(raw), wait=False, persist=False)
         for raw in cfg.checks:
@@ -252,6 +259,9 @@ class Agent:
         http_addr = cfg.addresses.get("http", cfg.client_addr)
         for host in http_addr.split():
             await web.TCPSite(self._runner, host, cfg.ports.http).start()
+        if cfg.watches and cfg.ports.http > 0:
+            self.watches = WatchRunner(local_address(http_addr.split()[0], cfg.ports.http))
+            self.watches.start(watch_specs)
         if cfg.ports.grpc > 0:
             await self.mesh.start()
             self._mesh_started = True
@@ -354,6 +364,7 @@ class Agent:
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
+        self.watches.stop()
         ae = getattr(self, "ae", None)
         if ae is not None:
             await ae.stop()

@@ -201,6 +201,31 @@ class Client:
         except ValueError:
             raise APIError(200, f"invalid JSON in response: {data[:200]!r}") from None
 
+    def get_indexed(self, path: str, params: Params | None = None) -> tuple[int, int, Any]:
+        """A blocking-query read for watches: (X-Consul-Index, status, JSON body). A 404 is an
+        answer here (a watched key that does not exist yet), not an error."""
+        req = urllib.request.Request(
+            self.url(path, params),
+            headers={
+                "User-Agent": "meshd-cli",
+                **({"X-Consul-Token": self.token} if self.token else {}),
+            },
+        )
+        try:
+            with self._opener.open(req, timeout=self.timeout) as resp:
+                return (
+                    int(resp.headers.get("X-Consul-Index") or 0),
+                    resp.status,
+                    self._decode(resp.read()),
+                )
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                return int(e.headers.get("X-Consul-Index") or 0), 404, None
+            text = e.read().decode("utf-8", errors="replace").strip()
+            raise APIError(e.code, text or f"unexpected response code {e.code}") from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            raise APIConnectionError(self.address, _reason(e)) from None
+
     def get(self, path: str, params: Params | None = None, *, raw: bool = False) -> Any:
         _, data = self.request("GET", path, params=params)
         return data if raw else self._decode(data)

@@ -18,6 +18,7 @@ from meshd.cli.agent_cmd import agent
 from meshd.cli.catalog import catalog
 from meshd.cli.config_cmd import config
 from meshd.cli.connect import connect
+from meshd.cli.event import event
 from meshd.cli.info import info, members, meshd_version, version
 from meshd.cli.intention import intention
 from meshd.cli.k8s import k8s
@@ -27,6 +28,7 @@ from meshd.cli.reload_cmd import reload
 from meshd.cli.services import services
 from meshd.cli.tls_cmd import tls
 from meshd.cli.validate import validate
+from meshd.cli.watch import watch
 
 CONTEXT_SETTINGS: dict[str, Any] = {
     "help_option_names": ["-h", "-help", "--help"],
@@ -71,6 +73,7 @@ for command in (
     catalog,
     config,
     connect,
+    event,
     info,
     intention,
     k8s,
@@ -85,6 +88,7 @@ for command in (
     tls,
     validate,
     version,
+    watch,
 ):
     cli.add_command(command)
 
