@@ -60,6 +60,13 @@ class CARoots(msgspec.Struct, tag="ca_roots", frozen=True):
     pass
 
 
+class Sessions(msgspec.Struct, tag="sessions", frozen=True):
+    """Sessions: one by ID, a node's, or (both empty) all of them."""
+
+    ID: str = ""
+    Node: str = ""
+
+
 Query = (
     Services
     | ServiceNodes
@@ -71,4 +78,5 @@ Query = (
     | KVKeys
     | ConfigEntries
     | CARoots
+    | Sessions
 )

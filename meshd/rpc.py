@@ -17,7 +17,15 @@ from typing import Any
 import msgspec
 
 from meshd import queries as q
-from meshd.structs import CheckServiceNode, Command, HealthCheck, KVEntry, Node, NodeService
+from meshd.structs import (
+    CheckServiceNode,
+    Command,
+    HealthCheck,
+    KVEntry,
+    Node,
+    NodeService,
+    Session,
+)
 
 AUTH_HEADER = "X-Meshd-Auth"
 MAX_SKEW = 300.0
@@ -94,7 +102,12 @@ VALUE_TYPES: dict[type, Any] = {
     q.KVKeys: list[str],
     q.ConfigEntries: list[dict[str, Any]],
     q.CARoots: dict[str, Any],
+    q.Sessions: list[Session],
 }
+
+
+class SessionRenew(msgspec.Struct):
+    ID: str
 
 
 class CAConfigRequest(msgspec.Struct):

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from meshd import queries as q
+from meshd.server import sessions
 from meshd.server.ca import public_view
 from meshd.server.store import Store
 from meshd.server.watch import Waiter
@@ -183,6 +184,7 @@ _QUERIES: dict[type[Any], Callable[[Store, Any], Answer]] = {
     q.KVKeys: _kv_keys,
     q.ConfigEntries: _config_entries,
     q.CARoots: _ca_roots,
+    q.Sessions: sessions.read_sessions,
 }
 
 
