@@ -74,6 +74,13 @@ class Events(msgspec.Struct, tag="events", frozen=True):
     After: int = -1
 
 
+class Sessions(msgspec.Struct, tag="sessions", frozen=True):
+    """Sessions: one by ID, a node's, or (both empty) all of them."""
+
+    ID: str = ""
+    Node: str = ""
+
+
 Query = (
     Services
     | ServiceNodes
@@ -87,4 +94,5 @@ Query = (
     | CARoots
     | TxnRead
     | Events
+    | Sessions
 )

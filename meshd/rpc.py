@@ -25,6 +25,7 @@ from meshd.structs import (
     KVEntry,
     Node,
     NodeService,
+    Session,
     TxnReply,
 )
 
@@ -105,7 +106,12 @@ VALUE_TYPES: dict[type, Any] = {
     q.CARoots: dict[str, Any],
     q.TxnRead: TxnReply,
     q.Events: EventsPage,
+    q.Sessions: list[Session],
 }
+
+
+class SessionRenew(msgspec.Struct):
+    ID: str
 
 
 class CAConfigRequest(msgspec.Struct):

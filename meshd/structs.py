@@ -116,11 +116,48 @@ class Deregister(msgspec.Struct, tag="deregister"):
 class KVOp(msgspec.Struct, tag="kv"):
     """One KV verb; `Index` carries the CAS index for the *-cas verbs."""
 
-    Verb: str  # set | cas | delete | delete-tree | delete-cas
+    Verb: str  # set | cas | delete | delete-tree | delete-cas | lock | unlock
     Key: str
     Value: bytes | None = None
     Flags: int = 0
     Index: int = 0
+    Session: str = ""  # lock / unlock: the session acquiring or releasing the key
+
+
+class ServiceCheck(msgspec.Struct):
+    """A service check a session depends on (Consul's `ServiceChecks` item)."""
+
+    ID: str
+    Namespace: str = ""
+
+
+class Session(msgspec.Struct):
+    """A session as Consul stores and shows it; `LockDelay` in nanoseconds, as its JSON."""
+
+    ID: str
+    Name: str = ""
+    Node: str = ""
+    LockDelay: int = 15_000_000_000
+    Behavior: str = "release"  # release | delete: what invalidation does to the keys it holds
+    TTL: str = ""
+    NodeChecks: list[str] = []
+    ServiceChecks: list[ServiceCheck] = []
+    CreateIndex: int = 0
+    ModifyIndex: int = 0
+
+
+class SessionOp(msgspec.Struct, tag="session"):
+    """Create or destroy a session (a user's request: Consul's Session.Apply)."""
+
+    Op: str  # create | destroy
+    Session: Session
+
+
+class SessionInvalidate(msgspec.Struct, tag="session_invalidate"):
+    """The leader's verdict that a session's TTL lapsed: only servers issue it."""
+
+    ID: str
+    Reason: str = ""
 
 
 class Batch(msgspec.Struct, tag="batch"):
@@ -280,6 +317,8 @@ Command = (
     | CASetRoots
     | EventFire
     | Txn
+    | SessionOp
+    | SessionInvalidate
 )
 
 _cmd_encoder = msgspec.msgpack.Encoder()

@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from meshd.durations import DurationError, parse_duration_seconds
 from meshd.structs import (
     HEALTH_STATES,
     SERF_CHECK_ID,
@@ -34,6 +35,8 @@ from meshd.structs import (
     NodeStatus,
     Register,
     Restore,
+    SessionInvalidate,
+    SessionOp,
     Txn,
     TxnOp,
     decode_command,
@@ -75,7 +78,7 @@ SERVICE_KINDS = (
     "ingress-gateway",
     "api-gateway",
 )
-KV_VERBS = ("set", "cas", "delete", "delete-tree", "delete-cas")
+KV_VERBS = ("set", "cas", "delete", "delete-tree", "delete-cas", "lock", "unlock")
 CONFIG_OPS = ("set", "delete")
 INTENTION_OPS = ("upsert", "delete")
 INTENTION_FIELDS = ("Action", "Description", "Permissions", "LegacyMeta")
@@ -234,6 +237,8 @@ def kv(op: KVOp, limits: Limits) -> None:
         raise ValidationError(f"KV flags {op.Flags} are not an unsigned 64-bit number")
     if op.Index < 0:
         raise ValidationError("KV CAS index must not be negative")
+    if op.Verb in ("lock", "unlock") and not op.Session:
+        raise ValidationError("missing session")
 
 
 def batch(b: Batch, limits: Limits) -> None:
@@ -379,6 +384,53 @@ def txn_is_read_only(t: Txn) -> bool:
     )
 
 
+SESSION_OPS = ("create", "destroy")
+SESSION_BEHAVIORS = ("release", "delete")
+SESSION_TTL_MIN, SESSION_TTL_MAX = 10.0, 86400.0  # Consul's session_ttl_min and SessionTTLMax
+MAX_LOCK_DELAY_NS = 60 * 10**9  # Consul's MaxLockDelay
+_UUID_RE = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
+
+
+def session_ttl(ttl: str) -> float:
+    """The TTL in seconds (0: none), refused outside Consul's bounds with Consul's wording."""
+    if not ttl:
+        return 0.0
+    try:
+        seconds = parse_duration_seconds(ttl)
+    except DurationError as e:
+        raise ValidationError(f"Session TTL '{ttl}' invalid: {e}") from None
+    if seconds and not SESSION_TTL_MIN <= seconds <= SESSION_TTL_MAX:
+        raise ValidationError(
+            f"Invalid Session TTL '{int(seconds * 1e9)}', must be between [10s=24h0m0s]"
+        )
+    return seconds
+
+
+def session_op(op: SessionOp, limits: Limits) -> None:
+    if op.Op not in SESSION_OPS:
+        raise ValidationError(f"unknown session op {op.Op!r}")
+    s = op.Session
+    if not _UUID_RE.match(s.ID):
+        raise ValidationError(f"Session ID {s.ID!r} is not a UUID")
+    if op.Op == "destroy":
+        return
+    name(s.Node, "Node")
+    name(s.Name, "Name", required=False)
+    if s.Behavior not in SESSION_BEHAVIORS:
+        raise ValidationError(f"Invalid Behavior setting '{s.Behavior}'")
+    session_ttl(s.TTL)
+    if not 0 <= s.LockDelay <= MAX_LOCK_DELAY_NS:
+        raise ValidationError("LockDelay must be between 0s and 60s")
+    for c in [*s.NodeChecks, *(sc.ID for sc in s.ServiceChecks)]:
+        name(c, "check ID")
+
+
+def session_invalidate(op: SessionInvalidate, limits: Limits) -> None:
+    name(op.ID, "ID")
+
+
 def _nothing(cmd: Any, limits: Limits) -> None:
     """A barrier carries no data."""
 
@@ -396,6 +448,8 @@ RULES: dict[type[Any], Callable[[Any, Limits], None]] = {
     CASetRoots: ca_roots,
     EventFire: event_fire,
     Txn: txn,
+    SessionOp: session_op,
+    SessionInvalidate: session_invalidate,
 }
 
 

@@ -33,6 +33,8 @@ from meshd.structs import (
     NodeStatus,
     Register,
     Restore,
+    SessionInvalidate,
+    SessionOp,
     Txn,
 )
 
@@ -62,6 +64,8 @@ ORIGINS: dict[type[Any], frozenset[Origin]] = {
     NodeStatus: _SERVERS,  # liveness verdicts of the leader (serfHealth)
     CASetRoots: _SERVERS,  # CA roots and rotation: the CA key never comes from outside
     Restore: _SERVERS,  # replaces the whole state: only via a server's snapshot restore
+    SessionOp: _ANY,  # a user's create / destroy
+    SessionInvalidate: _SERVERS,  # the leader's TTL verdict
 }
 
 

@@ -11,11 +11,12 @@ cost is in proportion to the transaction, not to the store.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from meshd.server import sessions
 from meshd.structs import (
     Deregister,
     HealthCheck,
@@ -45,11 +46,6 @@ class TxnOpError(Exception):
     """One op failed; its text is the `What` of the op's entry in `Errors`."""
 
 
-# Lock and unlock need sessions (server/sessions.py): (store, op, index, changed) -> ok
-LockFn = Callable[["Store", TxnKVOp, int, set[str]], bool]
-LOCKS: dict[str, LockFn] = {}
-
-
 def _q(s: str) -> str:
     """Go's %q, which Consul's messages use."""
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -64,9 +60,31 @@ class _Journal:
         self.nodes = {}
         self.kv: dict[str, KVEntry | None] = {}
         self.new_keys: set[str] = set()
+        self.sessions: dict[str, Any] | None = None  # the session table, once an op may touch it
+
+    def session_table(self) -> None:
+        """Locks and invalidations change the session table (and the keys a session holds):
+        copied whole, once, since it holds sessions, not data, and is small."""
+        if self.sessions is not None:
+            return
+        t = self.store.sessions
+        self.sessions = {
+            name: (
+                type(value)(value.default_factory, {k: set(v) for k, v in value.items()})
+                if isinstance(value, defaultdict)
+                else dict(value)
+            )
+            for name, value in vars(t).items()
+        }
 
     def node(self, name: str) -> None:
+        """A node's rows, and what invalidating its sessions would release."""
         if name not in self.nodes:
+            table = self.store.sessions
+            for sid in table.by_node.get(name, ()):
+                self.session_table()
+                for key in table.held.get(sid, ()):
+                    self.key(key)
             s = self.store
             self.nodes[name] = (
                 s.nodes.get(name),
@@ -89,6 +107,8 @@ class _Journal:
 
     def op(self, op: TxnOp) -> None:
         if op.KV is not None:
+            if op.KV.Verb in ("lock", "unlock"):
+                self.session_table()
             if op.KV.Verb == "delete-tree":
                 self.prefix(op.KV.Key)
             else:
@@ -102,6 +122,8 @@ class _Journal:
 
     def rollback(self) -> None:
         s = self.store
+        if self.sessions is not None:
+            vars(s.sessions).update(self.sessions)
         for key, entry in self.kv.items():
             if entry is None:
                 s.kv.pop(key, None)
@@ -146,29 +168,27 @@ def _kv(store: Store, op: TxnKVOp, index: int, changed: set[str]) -> list[TxnRes
         return [TxnResult(KV=store.kv[k]) for k in store.kv_range(key) if k in store.kv]
     if verb.startswith("check-"):
         return _kv_check(cur, op)
-    if verb in ("lock", "unlock"):
-        fn = LOCKS.get(verb)
-        if fn is None:
-            raise TxnOpError(f"KV {verb} needs sessions, which this server does not have")
-        if not fn(store, op, index, changed):
-            raise TxnOpError(
-                f"failed to lock key {_q(key)}, lock is already held"
-                if verb == "lock"
-                else f"failed to unlock key {_q(key)}, lock isn't held, or is held by another "
-                "session"
-            )
-        return [_blank(store.kv[key])]
     ok = store._kv(
-        KVOp(Verb=verb, Key=key, Value=op.Value, Flags=op.Flags, Index=op.Index),
+        KVOp(
+            Verb=verb, Key=key, Value=op.Value, Flags=op.Flags, Index=op.Index, Session=op.Session
+        ),
         index,
         changed,
     )
     if not ok:
-        what = "set" if verb == "cas" else "delete"
-        raise TxnOpError(f"failed to {what} key {_q(key)}, index is stale")
-    if verb in ("set", "cas"):
+        raise TxnOpError(_KV_FAILED[verb].format(key=_q(key)))
+    if verb in ("set", "cas", "lock", "unlock"):
         return [_blank(store.kv[key])]
     return []
+
+
+# Consul's reasons when a conditional KV write does not happen
+_KV_FAILED = {
+    "cas": "failed to set key {key}, index is stale",
+    "delete-cas": "failed to delete key {key}, index is stale",
+    "lock": "failed to lock key {key}, lock is already held",
+    "unlock": "failed to unlock key {key}, lock isn't held, or is held by another session",
+}
 
 
 def _kv_check(cur: KVEntry | None, op: TxnKVOp) -> list[TxnResult]:
@@ -286,7 +306,7 @@ def _dispatch(store: Store, op: TxnOp, index: int, changed: set[str]) -> list[Tx
             return _service(store, op.Service, index, changed)
         if op.Check is not None:
             return _check(store, op.Check, index, changed)
-    except CommandError as e:
+    except (CommandError, sessions.SessionStateError) as e:
         raise TxnOpError(str(e)) from None
     raise TxnOpError("an operation must have exactly one of KV, Node, Service, Check")
 

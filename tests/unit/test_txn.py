@@ -3,6 +3,8 @@ enforce before anything is proposed."""
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
 from meshd import queries as q
@@ -15,6 +17,8 @@ from meshd.structs import (
     Node,
     NodeService,
     Register,
+    Session,
+    SessionOp,
     Txn,
     TxnCheckOp,
     TxnKVOp,
@@ -242,3 +246,70 @@ def test_read_only_detection_and_read_path() -> None:
     index, reply, _ = run_query(s, q.TxnRead(Ops=[kv("get", "a/2"), kv("get", "gone")]))
     assert index == 3
     assert reply.Errors is not None and reply.Errors[0].OpIndex == 1
+
+
+# ---- sessions: lock, unlock, check-session ----------------------------------------------------
+
+
+def with_session(s: Store, node_name: str = "n1", behavior: str = "release") -> str:
+    sid = str(uuid.uuid4())
+    sess = Session(ID=sid, Node=node_name, NodeChecks=[], Behavior=behavior)
+    reply = s.apply(SessionOp(Op="create", Session=sess), 5)
+    assert reply == sid, reply
+    return sid
+
+
+def test_lock_unlock_and_check_session() -> None:
+    s = base()
+    sid = with_session(s)
+    r = run(
+        s, [kv("lock", "leader", b"me", Session=sid), kv("check-session", "leader", Session=sid)]
+    )
+    assert r.Errors is None and r.Results is not None
+    lock = r.Results[0].KV
+    assert lock is not None and lock.Session == sid and lock.LockIndex == 1 and lock.Value is None
+    other = with_session(s)
+    r = run(s, [kv("lock", "leader", b"you", Session=other)], index=11)
+    assert r.Errors is not None
+    assert r.Errors[0].What == 'failed to lock key "leader", lock is already held'
+    r = run(s, [kv("unlock", "leader", b"bye", Session=other)], index=12)
+    assert r.Errors is not None and "lock isn't held" in r.Errors[0].What
+    r = run(s, [kv("check-session", "leader", Session=other)], index=13)
+    assert r.Errors is not None and f'current session "{sid}" != "{other}"' in r.Errors[0].What
+    r = run(s, [kv("unlock", "leader", b"bye", Session=sid)], index=14)
+    assert r.Errors is None and s.kv["leader"].Session == "" and s.kv["leader"].Value == b"bye"
+
+
+def test_lock_with_an_unknown_session_fails_the_txn() -> None:
+    s = base()
+    before = content(s)
+    r = run(s, [kv("set", "x", b"1"), kv("lock", "k", b"v", Session=str(uuid.uuid4()))])
+    assert r.Errors is not None and "invalid session" in r.Errors[0].What
+    assert content(s) == before
+
+
+def test_rolled_back_unlock_keeps_the_session_holding_the_key() -> None:
+    """A refused txn that released a lock must leave the lock, and the session's claim on it,
+    so that invalidating the session later still releases the key."""
+    s = base()
+    sid = with_session(s)
+    assert run(s, [kv("lock", "leader", b"me", Session=sid)]).Errors is None
+    r = run(s, [kv("unlock", "leader", b"", Session=sid), kv("get", "missing")], index=11)
+    assert r.Errors is not None
+    assert s.kv["leader"].Session == sid
+    s.apply(SessionOp(Op="destroy", Session=Session(ID=sid)), 12)
+    assert s.kv["leader"].Session == ""
+
+
+def test_rolled_back_node_delete_keeps_its_sessions_and_their_locks() -> None:
+    s = base()
+    sid = with_session(s, behavior="delete")
+    assert run(s, [kv("lock", "leader", b"me", Session=sid)]).Errors is None
+    before = content(s)
+    r = run(s, [node("delete", "n1"), kv("get", "missing")], index=11)
+    assert r.Errors is not None
+    assert content(s) == before
+    assert sid in s.sessions.sessions and s.kv["leader"].Session == sid
+    # committed, the same delete invalidates the session, which deletes its key
+    assert run(s, [node("delete", "n1")], index=12).Errors is None
+    assert sid not in s.sessions.sessions and "leader" not in s.kv
