@@ -184,3 +184,27 @@ def test_event_list_blocks_until_a_new_event(agent: MeshdProcess) -> None:
     # a wait with nothing new ends at the deadline with the same index
     r = agent.get(f"/v1/event/list?name=blocker&index={r.headers['X-Consul-Index']}&wait=1s")
     assert r.json()[-1]["ID"] == second["ID"]
+
+
+def test_txn_lock_unlock_with_a_real_session(agent: MeshdProcess) -> None:
+    node = agent.get("/v1/agent/self").json()["Config"]["NodeName"]
+    s1 = agent.put("/v1/session/create", {"Node": node, "LockDelay": "0s"}).json()["ID"]
+    s2 = agent.put("/v1/session/create", {"Node": node, "LockDelay": "0s"}).json()["ID"]
+    r = agent.put("/v1/txn", [kv_op("lock", "txn5/leader", "me", Session=s1)])
+    assert r.status == 200, r.body
+    assert r.json()["Results"][0]["KV"]["Session"] == s1
+    r = agent.put(
+        "/v1/txn",
+        [kv_op("set", "txn5/side", "x"), kv_op("lock", "txn5/leader", "you", Session=s2)],
+    )
+    assert r.status == 409
+    assert r.json()["Errors"] == [
+        {"OpIndex": 1, "What": 'failed to lock key "txn5/leader", lock is already held'}
+    ]
+    assert kv_value(agent, "txn5/side") is None
+    r = agent.put("/v1/txn", [kv_op("check-session", "txn5/leader", Session=s1)])
+    assert r.status == 200  # read-only: served without a Raft entry
+    r = agent.put("/v1/txn", [kv_op("unlock", "txn5/leader", "bye", Session=s1)])
+    assert r.status == 200
+    entry = agent.get("/v1/kv/txn5/leader").json()[0]
+    assert entry.get("Session", "") == "" and base64.b64decode(entry["Value"]) == b"bye"
