@@ -4,6 +4,7 @@ fired gets it once it is back."""
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -72,3 +73,24 @@ def test_agent_cut_off_while_an_event_fires_gets_it_back(cluster: Cluster) -> No
         for s in cluster.servers:
             b.host.unblock(s.host)
     wait(lambda: listed(b, "while-away") == [missed], 30, "b never caught up:\n" + b.log())
+
+
+def test_txn_through_a_client_agent(cluster: Cluster) -> None:
+    """Writes and read-only transactions go over the client agent's RPC to the servers."""
+    _, b, c = cluster.clients
+    ops = [
+        {"KV": {"Verb": "set", "Key": "mh/txn/a", "Value": "YQ=="}},
+        {"KV": {"Verb": "check-not-exists", "Key": "mh/txn/b"}},
+    ]
+    status, body, _ = b.put("/v1/txn", ops)
+    assert status == 200 and body["Results"][0]["KV"]["Key"] == "mh/txn/a"
+    status, body, _ = c.put("/v1/txn", [{"KV": {"Verb": "get", "Key": "mh/txn/a"}}])
+    assert status == 200 and body["Results"][0]["KV"]["Value"] == "YQ=="
+    bad = [
+        {"KV": {"Verb": "delete", "Key": "mh/txn/a"}},
+        {"KV": {"Verb": "cas", "Key": "mh/txn/a", "Value": "Yg==", "Index": 1}},
+    ]
+    status, body, _ = c.put("/v1/txn", bad)
+    assert status == 409, (status, body)
+    assert json.loads(body)["Errors"][0]["OpIndex"] == 1  # the harness gives a 4xx body as text
+    assert b.get("/v1/kv/mh/txn/a?raw")[1] == b"a"
