@@ -246,13 +246,16 @@ class Agent:
         await self._restore_persisted()
         self.ae.start()
         self.ae.trigger()
-        self.events = EventReceiver(self.backend, cfg.node_name, self.local.services.values)
-        await self.events.start(timeout=10.0)
+        self.events = EventReceiver(
+            self.backend, cfg.node_name, lambda: list(self.local.services.values())
+        )
+        self.events.start()
         self._tasks.append(asyncio.create_task(self._reap_critical(), name="critical-reaper"))
         self._tasks.append(asyncio.create_task(self._heartbeats(), name="heartbeats"))
         # serve only once the node is in the catalog and known to the leader (bounded wait:
         # a client agent whose servers are down still starts, and keeps retrying)
         await self.wait_ready(15.0)
+        await self.events.positioned(5.0)
         app = make_app(self, max_body=cfg.http_max_body)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -262,6 +265,8 @@ class Agent:
         if cfg.watches and cfg.ports.http > 0:
             self.watches = WatchRunner(local_address(http_addr.split()[0], cfg.ports.http))
             self.watches.start(watch_specs)
+        elif cfg.watches:
+            log.warning("watches need the HTTP port (ports.http); %d not run", len(cfg.watches))
         if cfg.ports.grpc > 0:
             await self.mesh.start()
             self._mesh_started = True

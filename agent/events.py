@@ -86,10 +86,13 @@ class EventReceiver:
         self._task: asyncio.Task[None] | None = None
         self.listeners: list[Callable[[UserEvent], None]] = []
 
-    async def start(self, timeout: float) -> None:
-        """Position at the ring's head before the HTTP API opens (bounded: servers may be
-        down), so every event fired after the agent answers is delivered to it."""
+    def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="user-events")
+
+    async def positioned(self, timeout: float) -> None:
+        """Wait until the receiver knows the ring's head; the agent waits for this before its
+        HTTP API opens (bounded: servers may be down), so every event fired after the agent
+        answers is delivered to it."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._ready.wait(), timeout)
 

@@ -127,7 +127,8 @@ def test_receiver_takes_new_events_in_order_and_filters_them() -> None:
         store = Store()
         fire(store, ev("before-start"), 1)
         rx = EventReceiver(FakeBackend(store), "node-a", lambda: [WEB])  # type: ignore[arg-type]
-        await rx.start(timeout=5)
+        rx.start()
+        await rx.positioned(5)
         try:
             mine = await rx.fire(ev("mine"))
             fire(store, ev("for-b", NodeFilter="^node-b$"), 3)
