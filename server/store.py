@@ -380,7 +380,9 @@ class Store:
     def _restore(self, cmd: Restore, index: int, changed: set[str]) -> bool:
         snap = _decode_snapshot(cmd.Data)
         old_topics = set(self.topics)
+        ltime = self.events.ltime
         self._load(snap)
+        self.events.ltime = max(self.events.ltime, ltime)  # event LTimes never repeat
         self.index = index
         # every topic moves to this index so blocking readers see the change
         changed.update(

@@ -15,7 +15,7 @@ from meshd.server import events as ring_mod
 from meshd.server.authority import Origin, admit
 from meshd.server.reads import run_query
 from meshd.server.store import CommandError, Store
-from meshd.structs import EventFire, EventsPage, NodeService, UserEvent
+from meshd.structs import EventFire, EventsPage, NodeService, Restore, UserEvent
 
 
 def ev(name: str = "deploy", payload: bytes | None = None, **kw: Any) -> UserEvent:
@@ -144,3 +144,14 @@ def test_receiver_takes_new_events_in_order_and_filters_them() -> None:
             await rx.stop()
 
     asyncio.run(main())
+
+
+def test_a_restored_snapshot_does_not_reuse_event_ltimes() -> None:
+    s = Store()
+    fire(s, ev("old"), 1)
+    snap = s.dump()
+    fire(s, ev("newer"), 2)
+    fire(s, ev("newest"), 3)
+    s.apply(Restore(Data=snap), 4)
+    assert [e.Name for e in s.events.after(0).Events] == ["old"]
+    assert fire(s, ev("after-restore"), 5).LTime == 4
