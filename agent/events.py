@@ -84,7 +84,6 @@ class EventReceiver:
         self._ready = asyncio.Event()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.listeners: list[Callable[[UserEvent], None]] = []
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="user-events")
@@ -117,8 +116,6 @@ class EventReceiver:
             self._ids.discard(self.events[0].ID)
         self.events.append(ev)
         self._ids.add(ev.ID)
-        for fn in self.listeners:
-            fn(ev)
         wake, self._wake = self._wake, asyncio.Event()
         wake.set()
 
