@@ -6,6 +6,7 @@ collision is refused by the state machine rather than silently merged.
 
 from __future__ import annotations
 
+import math
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +42,7 @@ def _lock_delay(raw: Any) -> int:
     """Nanoseconds from Consul's forms: "15s", 15 (seconds), 15000000000 (nanoseconds)."""
     if isinstance(raw, bool):
         raise BadRequestError(f"Request decode failed: invalid LockDelay {raw!r}")
-    if isinstance(raw, (int, float)):
+    if isinstance(raw, (int, float)) and math.isfinite(raw):
         return int(raw * 1e9) if raw < _LOCK_DELAY_SECONDS_BELOW else int(raw)
     if isinstance(raw, str):
         try:
@@ -66,8 +67,7 @@ def _node_checks(body: dict[str, Any]) -> list[str]:
     legacy, node = _string_list(body, "Checks"), _string_list(body, "NodeChecks")
     if legacy is None and node is None:
         return [SERF_CHECK_ID]
-    merged = [*(node or []), *(c for c in legacy or [] if c not in (node or []))]
-    return merged
+    return [*(node or []), *(c for c in legacy or [] if c not in (node or []))]
 
 
 _FIELDS = ("Name", "Node", "NodeChecks", "ServiceChecks", "Checks", "Behavior", "LockDelay", "TTL")
