@@ -30,7 +30,7 @@ from meshd.rpc_client import RPCClient, RPCError
 from meshd.server.authority import CommandForbiddenError, Origin, check_command
 from meshd.server.cluster import Server
 from meshd.server.raft import RaftError
-from meshd.server.store import CommandError
+from meshd.server.store import CommandError, StateConflictError
 from meshd.structs import Command, Session
 from meshd.validate import Limits
 
@@ -132,6 +132,8 @@ class RemoteBackend:
             raise CommandForbiddenError(reply.Error)
         if reply.Code == 400:
             raise CommandError(reply.Error)
+        if reply.Code == 500:
+            raise StateConflictError(reply.Error)
         if reply.Error:
             raise RaftError(reply.Error)
         return reply.Result

@@ -99,10 +99,8 @@ class WatchSpec:
             q["name"] = str(p["name"])
         return "/v1/event/list", q
 
-    def result(self, status: int, body: Any) -> Any:
+    def result(self, body: Any) -> Any:
         """A key watch hands over the entry itself; a missing key or prefix is null."""
-        if status == 404:
-            return None
         if self.type == "key":
             return body[0] if body else None
         return body
@@ -253,8 +251,8 @@ class Plan:
         path, params = self.spec.request()
         if self.index:
             params = {**params, "index": str(self.index), "wait": self.wait}
-        index, status, body = self.client.get_indexed(path, params)
-        return index, self.spec.result(status, body)
+        body, index = self.client.get_indexed(path, params)  # body None: a 404
+        return index, self.spec.result(body)
 
     def run(
         self,

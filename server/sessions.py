@@ -310,11 +310,14 @@ class SessionTimers:
     """TTL deadlines held by the leader in memory, as liveness is: renewals write nothing.
 
     A session this leader has no timer for (created since, or inherited from the previous
-    leader) gets a full TTL from the moment it is first seen, so a leader change only ever
+    leader) gets a full timer from the moment it is first seen, so a leader change only ever
     delays an expiry, never brings one forward.
     """
 
     RETRY = 1.0  # seconds before re-issuing an invalidation that did not commit
+    # Consul's SessionTTLMultiplier: a session lapses 2x TTL after its last renew. Clients count
+    # on it (Patroni asks for half its own TTL for that reason), so it is kept.
+    MULTIPLIER = 2.0
 
     def __init__(self) -> None:
         self.deadlines: dict[str, float] = {}
@@ -330,7 +333,7 @@ class SessionTimers:
             return None
         ttl = session_ttl(s.TTL)
         if ttl:
-            self.deadlines[sid] = now + ttl
+            self.deadlines[sid] = now + ttl * self.MULTIPLIER
         return s
 
     def tick(self, store: Store, now: float | None = None) -> list[SessionInvalidate]:
@@ -346,7 +349,7 @@ class SessionTimers:
             if deadline is None:
                 seconds = session_ttl(ttl)
                 if seconds:
-                    self.deadlines[sid] = now + seconds
+                    self.deadlines[sid] = now + seconds * self.MULTIPLIER
                 continue
             if now >= deadline:
                 ops.append(SessionInvalidate(ID=sid, Reason="TTL expired"))

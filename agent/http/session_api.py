@@ -6,6 +6,7 @@ collision is refused by the state machine rather than silently merged.
 
 from __future__ import annotations
 
+import math
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +42,7 @@ def _lock_delay(raw: Any) -> int:
     """Nanoseconds from Consul's forms: "15s", 15 (seconds), 15000000000 (nanoseconds)."""
     if isinstance(raw, bool):
         raise BadRequestError(f"Request decode failed: invalid LockDelay {raw!r}")
-    if isinstance(raw, (int, float)):
+    if isinstance(raw, (int, float)) and math.isfinite(raw):
         return int(raw * 1e9) if raw < _LOCK_DELAY_SECONDS_BELOW else int(raw)
     if isinstance(raw, str):
         try:
@@ -66,18 +67,34 @@ def _node_checks(body: dict[str, Any]) -> list[str]:
     legacy, node = _string_list(body, "Checks"), _string_list(body, "NodeChecks")
     if legacy is None and node is None:
         return [SERF_CHECK_ID]
-    merged = [*(node or []), *(c for c in legacy or [] if c not in (node or []))]
-    return merged
+    return [*(node or []), *(c for c in legacy or [] if c not in (node or []))]
 
 
-def session_from_body(body: dict[str, Any], default_node: str) -> Session:
+_FIELDS = ("Name", "Node", "NodeChecks", "ServiceChecks", "Checks", "Behavior", "LockDelay", "TTL")
+_BY_LOWER = {f.lower(): f for f in _FIELDS}
+
+
+def _fold(body: dict[str, Any]) -> dict[str, Any]:
+    """Consul decodes field names case-insensitively (py-consul sends `ttl`, `lockdelay`)."""
+    return {_BY_LOWER[k.lower()]: v for k, v in body.items() if k.lower() in _BY_LOWER}
+
+
+def _service_check(raw: dict[str, Any]) -> ServiceCheck:
+    fields = {k.lower(): v for k, v in raw.items()}
+    try:
+        return msgspec.convert(
+            {"ID": fields.get("id", ""), "Namespace": fields.get("namespace") or ""}, ServiceCheck
+        )
+    except msgspec.ValidationError as e:
+        raise BadRequestError(f"Request decode failed: ServiceChecks: {e}") from None
+
+
+def session_from_body(raw: dict[str, Any], default_node: str) -> Session:
+    body = _fold(raw)
     service_checks = body.get("ServiceChecks") or []
     if not isinstance(service_checks, list) or not all(isinstance(c, dict) for c in service_checks):
         raise BadRequestError("Request decode failed: ServiceChecks must be a list of objects")
-    try:
-        checks = [msgspec.convert(c, ServiceCheck) for c in service_checks]
-    except msgspec.ValidationError as e:
-        raise BadRequestError(f"Request decode failed: ServiceChecks: {e}") from None
+    checks = [_service_check(c) for c in service_checks]
     fields = {"Name": "", "Node": "", "Behavior": "", "TTL": ""}
     for key in fields:
         v = body.get(key)

@@ -23,6 +23,7 @@ from meshd.cli.info import info, members, meshd_version, version
 from meshd.cli.intention import intention
 from meshd.cli.k8s import k8s
 from meshd.cli.kv import kv
+from meshd.cli.lock import lock
 from meshd.cli.operator import keygen, leave, operator, snapshot
 from meshd.cli.reload_cmd import reload
 from meshd.cli.services import services
@@ -80,6 +81,7 @@ for command in (
     keygen,
     kv,
     leave,
+    lock,
     members,
     operator,
     reload,

@@ -177,3 +177,32 @@ def test_session_list_blocks_until_a_change(agent: MeshdProcess) -> None:
 def test_destroy_of_a_non_uuid_is_refused(agent: MeshdProcess) -> None:
     r = agent.put("/v1/session/destroy/not-a-uuid")
     assert r.status == 400 and "not a UUID" in r.body.decode()
+
+
+def test_field_names_are_case_insensitive_and_service_checks(agent: MeshdProcess) -> None:
+    body = {
+        "Node": "sess-svc",
+        "Address": "10.77.0.2",
+        "Service": {"ID": "pg", "Service": "pg"},
+        "Check": {"CheckID": "pg-alive", "Name": "pg", "Status": "passing", "ServiceID": "pg"},
+    }
+    assert agent.put("/v1/catalog/register", body).status == 200
+    # py-consul's spelling: lower-case keys, durations as strings
+    sid = _create(
+        agent,
+        {
+            "node": "sess-svc",
+            "checks": [],
+            "servicechecks": [{"id": "pg-alive"}],
+            "lockdelay": "1s",
+            "ttl": "20s",
+            "behavior": "delete",
+        },
+    )
+    s = agent.get(f"/v1/session/info/{sid}").json()[0]
+    assert s["ServiceChecks"] == [{"ID": "pg-alive", "Namespace": ""}] and s["NodeChecks"] == []
+    assert (s["TTL"], s["LockDelay"], s["Behavior"]) == ("20s", 10**9, "delete")
+    assert agent.put(f"/v1/kv/sess/svc?acquire={sid}").json() is True
+    agent.put("/v1/catalog/deregister", {"Node": "sess-svc", "ServiceID": "pg"})
+    assert agent.get(f"/v1/session/info/{sid}").json() == []
+    assert agent.get("/v1/kv/sess/svc").status == 404  # Behavior delete

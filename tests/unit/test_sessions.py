@@ -234,11 +234,11 @@ def test_ttl_timers(log: Log) -> None:
     a = log.session(TTL="10s")
     log.session()  # no TTL: never expires
     timers = sessions.SessionTimers()
-    assert timers.tick(log.store, now=100.0) == []  # first sight: a full TTL from now
-    assert timers.tick(log.store, now=109.0) == []
-    assert timers.renew(log.store, a, now=109.0) is not None
-    assert timers.tick(log.store, now=118.0) == []
-    assert timers.tick(log.store, now=119.5) == [SessionInvalidate(ID=a, Reason="TTL expired")]
+    assert timers.tick(log.store, now=100.0) == []  # first sight: a full 2x TTL from now
+    assert timers.tick(log.store, now=119.0) == []
+    assert timers.renew(log.store, a, now=119.0) is not None
+    assert timers.tick(log.store, now=138.0) == []
+    assert timers.tick(log.store, now=139.5) == [SessionInvalidate(ID=a, Reason="TTL expired")]
     assert timers.renew(log.store, str(uuid.uuid4())) is None
     log.apply(SessionInvalidate(ID=a))
     assert timers.tick(log.store, now=200.0) == [] and timers.deadlines == {}
