@@ -33,12 +33,14 @@ from meshd.agent.definitions import (
 )
 from meshd.agent.dns import DNSSettings
 from meshd.agent.dns_server import DNSServer
+from meshd.agent.events import EventReceiver
 from meshd.agent.http.server import make_app
 from meshd.agent.local import LocalState, UnknownCheckError
 from meshd.agent.mesh import MeshManager
 from meshd.agent.persist import Persisted
 from meshd.agent.sidecar import expand_sidecar
 from meshd.agent.views import CacheView, StoreView
+from meshd.agent.watches import WatchRunner, local_address, parse_watches
 from meshd.config import Config
 from meshd.fsutil import atomic_write
 from meshd.metrics import Stats
@@ -50,6 +52,7 @@ from meshd.server.rpc import make_rpc_app
 from meshd.structs import HEALTH_CRITICAL, Barrier, Deregister, HealthCheck
 from meshd.tls import server_hostname, tls_contexts
 from meshd.validate import Limits
+from meshd.watchplan import WatchError
 
 if TYPE_CHECKING:
     from meshd.agent.k8s import KubernetesMode
@@ -152,6 +155,8 @@ class Agent:
         self.cache: WatchCache  # one cache of server watches: DNS, HTTP reads, the mesh
         self.view: StoreView | CacheView
         self.ae: AntiEntropy  # set in start(); stop() copes with a start that failed first
+        self.events: EventReceiver  # user events this agent received (set in start())
+        self.watches = WatchRunner("")  # the `watches` of the config, run once HTTP is up
         # (server side, client side), kept so a reload can load rotated certificates into them
         self.ssl_contexts: tuple[ssl.SSLContext | None, ssl.SSLContext | None] = (None, None)
         self.reloader: Reloader | None = None  # set by whoever knows the config's sources
@@ -237,6 +242,10 @@ class Agent:
 
             self.kube = KubernetesMode(self, cfg.kubernetes)
             await self.kube.load_credentials()
+        try:
+            watch_specs = parse_watches(cfg.watches)
+        except WatchError as e:
+            raise StartError(str(e)) from None
         for raw in cfg.services:
             await self.register_service(parse_service(raw), wait=False, persist=False)
         for raw in cfg.checks:
@@ -244,17 +253,27 @@ class Agent:
         await self._restore_persisted()
         self.ae.start()
         self.ae.trigger()
+        self.events = EventReceiver(
+            self.backend, cfg.node_name, lambda: list(self.local.services.values())
+        )
+        self.events.start()
         self._tasks.append(asyncio.create_task(self._reap_critical(), name="critical-reaper"))
         self._tasks.append(asyncio.create_task(self._heartbeats(), name="heartbeats"))
         # serve only once the node is in the catalog and known to the leader (bounded wait:
         # a client agent whose servers are down still starts, and keeps retrying)
         await self.wait_ready(15.0)
+        await self.events.positioned(5.0)
         app = make_app(self, max_body=cfg.http_max_body)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         http_addr = cfg.addresses.get("http", cfg.client_addr)
         for host in http_addr.split():
             await web.TCPSite(self._runner, host, cfg.ports.http).start()
+        if cfg.watches and cfg.ports.http > 0:
+            self.watches = WatchRunner(local_address(http_addr.split()[0], cfg.ports.http))
+            self.watches.start(watch_specs)
+        elif cfg.watches:
+            log.warning("watches need the HTTP port (ports.http); %d not run", len(cfg.watches))
         if cfg.ports.grpc > 0:
             await self.mesh.start()
             self._mesh_started = True
@@ -364,9 +383,13 @@ class Agent:
             await self.kube.stop()
         for t in self._tasks:
             t.cancel()
+        self.watches.stop()
         ae = getattr(self, "ae", None)
         if ae is not None:
             await ae.stop()
+        events = getattr(self, "events", None)
+        if events is not None:
+            await events.stop()
         if self._mesh_started:
             await self.mesh.stop()
         cache = getattr(self, "cache", None)

@@ -19,6 +19,7 @@ from meshd.rpc import (
     ReadReply,
     ReadRequest,
     ServerInfo,
+    SessionRenew,
     SignReply,
     SignRequest,
     WriteReply,
@@ -29,8 +30,8 @@ from meshd.rpc_client import RPCClient, RPCError
 from meshd.server.authority import CommandForbiddenError, Origin, check_command
 from meshd.server.cluster import Server
 from meshd.server.raft import RaftError
-from meshd.server.store import CommandError
-from meshd.structs import Command
+from meshd.server.store import CommandError, StateConflictError
+from meshd.structs import Command, Session
 from meshd.validate import Limits
 
 
@@ -58,6 +59,8 @@ class CatalogBackend(Protocol):
     async def sign(self, req: SignRequest) -> SignReply: ...
 
     async def set_ca_config(self, config: dict[str, Any], force_rotate: bool) -> None: ...
+
+    async def renew_session(self, sid: str) -> list[Session]: ...
 
 
 def blocking_wait(wait: float) -> float:
@@ -97,6 +100,9 @@ class LocalBackend:
     async def set_ca_config(self, config: dict[str, Any], force_rotate: bool) -> None:
         await self.server.set_ca_config(config, force_rotate)
 
+    async def renew_session(self, sid: str) -> list[Session]:
+        return await self.server.renew_session(sid)
+
 
 class RemoteBackend:
     """A client agent's view: every call is an RPC to some server (failover inside RPCClient)."""
@@ -126,6 +132,8 @@ class RemoteBackend:
             raise CommandForbiddenError(reply.Error)
         if reply.Code == 400:
             raise CommandError(reply.Error)
+        if reply.Code == 500:
+            raise StateConflictError(reply.Error)
         if reply.Error:
             raise RaftError(reply.Error)
         return reply.Result
@@ -169,3 +177,9 @@ class RemoteBackend:
         await self.rpc.call(
             "caconfig", CAConfigRequest(Config=config, ForceRotate=force_rotate), bool
         )
+
+    async def renew_session(self, sid: str) -> list[Session]:
+        try:
+            return await self.rpc.call("session_renew", SessionRenew(ID=sid), list[Session])
+        except RPCError as e:
+            raise RaftError(str(e)) from None

@@ -4,7 +4,7 @@ apply what can change without a restart, as Consul does.
 Reloadable: service and check definitions from config files (added, changed, removed; services
 registered over the API are never touched), the log level, TLS certificates, keys and CA files
 (the live SSL contexts load the new files, so new connections use them), recursors and
-`dns_config`, `watches` (stored; running them comes with the watches issue), and the leave
+`dns_config`, `watches` (restarted: each runs its handler once with the current data), the leave
 policy on signals. Everything else (ports, addresses, data_dir, server mode, node name,
 datacenter, turning TLS on or off, the verify_* switches...) needs a restart: a change there is
 reported and ignored. A reload is all or nothing: the new files are fully parsed and every
@@ -28,6 +28,7 @@ from meshd.agent.definitions import (
     parse_check,
     parse_service,
 )
+from meshd.agent.watches import parse_watches, watch_errors
 from meshd.config import Config, ConfigReport, TLSConfig, collect_config, load_config
 from meshd.tls import tls_contexts
 
@@ -121,6 +122,7 @@ def definition_errors(
 def config_errors(report: ConfigReport) -> list[str]:
     """The loader's errors, then each file's invalid service and check definitions."""
     errors = list(report.errors)
+    errors.extend(watch_errors(report.config.watches))
     for path, part in report.files:
         errors.extend(
             definition_errors(
@@ -236,10 +238,7 @@ class Reloader:
 
             agent.dns.reconfigure(dns_settings(cfg))
         if "watches" in applied:
-            log.info(
-                "reload: %d watches stored; running watches is not implemented yet",
-                len(cfg.watches),
-            )
+            agent.watches.replace(parse_watches(cfg.watches))
         await self._apply_definitions(old_services, services, old_checks, checks)
         return ReloadResult(applied, ignored)
 

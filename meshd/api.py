@@ -9,6 +9,7 @@ what an operator needs to read.
 from __future__ import annotations
 
 import base64
+import email.message
 import http.client
 import ipaddress
 import json
@@ -170,6 +171,22 @@ class Client:
         content_type: str | None = None,
     ) -> tuple[int, bytes]:
         """Send one request; return (status, body) for 2xx, raise APIError otherwise."""
+        status, data, _ = self.exchange(
+            method, path, params=params, body=body, content_type=content_type
+        )
+        return status, data
+
+    def exchange(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Params | None = None,
+        body: bytes | None = None,
+        content_type: str | None = None,
+        accept: tuple[int, ...] = (),
+    ) -> tuple[int, bytes, email.message.Message]:
+        """`request` with the response headers; statuses in `accept` are answers, not errors."""
         headers = {"User-Agent": "meshd-cli"}
         if self.token:
             headers["X-Consul-Token"] = self.token
@@ -182,15 +199,23 @@ class Client:
         )
         try:
             with self._opener.open(req, timeout=self.timeout) as resp:
-                return resp.status, resp.read()
+                return resp.status, resp.read(), resp.headers
         except urllib.error.HTTPError as e:
             try:
                 text = e.read().decode("utf-8", errors="replace").strip()
             except OSError:
                 text = ""
+            if e.code in accept:
+                return e.code, text.encode(), e.headers
             raise APIError(e.code, text or f"unexpected response code {e.code}") from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
             raise APIConnectionError(self.address, _reason(e)) from None
+
+    def get_indexed(self, path: str, params: Params | None = None) -> tuple[Any, int]:
+        """A (blocking) read: the value, None for a 404, and X-Consul-Index for the next one."""
+        status, data, headers = self.exchange("GET", path, params=params, accept=(404,))
+        index = int(headers.get("X-Consul-Index") or 0)
+        return (None if status == 404 else self._decode(data)), index
 
     @staticmethod
     def _decode(data: bytes) -> Any:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import msgspec
 
+from meshd.structs import TxnOp
+
 
 class Services(msgspec.Struct, tag="services", frozen=True):
     pass
@@ -60,6 +62,25 @@ class CARoots(msgspec.Struct, tag="ca_roots", frozen=True):
     pass
 
 
+class TxnRead(msgspec.Struct, tag="txn_read", frozen=True):
+    """A transaction of reads only (Consul's Txn.Read): answered without a Raft entry."""
+
+    Ops: list[TxnOp]
+
+
+class Events(msgspec.Struct, tag="events", frozen=True):
+    """User events in the servers' ring after LTime `After` (negative: only the head)."""
+
+    After: int = -1
+
+
+class Sessions(msgspec.Struct, tag="sessions", frozen=True):
+    """Sessions: one by ID, a node's, or (both empty) all of them."""
+
+    ID: str = ""
+    Node: str = ""
+
+
 Query = (
     Services
     | ServiceNodes
@@ -71,4 +92,7 @@ Query = (
     | KVKeys
     | ConfigEntries
     | CARoots
+    | TxnRead
+    | Events
+    | Sessions
 )

@@ -17,7 +17,17 @@ from typing import Any
 import msgspec
 
 from meshd import queries as q
-from meshd.structs import CheckServiceNode, Command, HealthCheck, KVEntry, Node, NodeService
+from meshd.structs import (
+    CheckServiceNode,
+    Command,
+    EventsPage,
+    HealthCheck,
+    KVEntry,
+    Node,
+    NodeService,
+    Session,
+    TxnReply,
+)
 
 AUTH_HEADER = "X-Meshd-Auth"
 MAX_SKEW = 300.0
@@ -94,7 +104,14 @@ VALUE_TYPES: dict[type, Any] = {
     q.KVKeys: list[str],
     q.ConfigEntries: list[dict[str, Any]],
     q.CARoots: dict[str, Any],
+    q.TxnRead: TxnReply,
+    q.Events: EventsPage,
+    q.Sessions: list[Session],
 }
+
+
+class SessionRenew(msgspec.Struct):
+    ID: str
 
 
 class CAConfigRequest(msgspec.Struct):

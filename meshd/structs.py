@@ -116,11 +116,48 @@ class Deregister(msgspec.Struct, tag="deregister"):
 class KVOp(msgspec.Struct, tag="kv"):
     """One KV verb; `Index` carries the CAS index for the *-cas verbs."""
 
-    Verb: str  # set | cas | delete | delete-tree | delete-cas
+    Verb: str  # set | cas | delete | delete-tree | delete-cas | lock | unlock
     Key: str
     Value: bytes | None = None
     Flags: int = 0
     Index: int = 0
+    Session: str = ""  # lock / unlock: the session acquiring or releasing the key
+
+
+class ServiceCheck(msgspec.Struct):
+    """A service check a session depends on (Consul's `ServiceChecks` item)."""
+
+    ID: str
+    Namespace: str = ""
+
+
+class Session(msgspec.Struct):
+    """A session as Consul stores and shows it; `LockDelay` in nanoseconds, as its JSON."""
+
+    ID: str
+    Name: str = ""
+    Node: str = ""
+    LockDelay: int = 15_000_000_000
+    Behavior: str = "release"  # release | delete: what invalidation does to the keys it holds
+    TTL: str = ""
+    NodeChecks: list[str] = []
+    ServiceChecks: list[ServiceCheck] = []
+    CreateIndex: int = 0
+    ModifyIndex: int = 0
+
+
+class SessionOp(msgspec.Struct, tag="session"):
+    """Create or destroy a session (a user's request: Consul's Session.Apply)."""
+
+    Op: str  # create | destroy
+    Session: Session
+
+
+class SessionInvalidate(msgspec.Struct, tag="session_invalidate"):
+    """The leader's verdict that a session's TTL lapsed: only servers issue it."""
+
+    ID: str
+    Reason: str = ""
 
 
 class Batch(msgspec.Struct, tag="batch"):
@@ -180,6 +217,93 @@ class CASetRoots(msgspec.Struct, tag="ca_roots"):
     Config: dict[str, Any] = {}
 
 
+class UserEvent(msgspec.Struct):
+    """A user event (`meshd event`), in Consul's JSON shape; `LTime` is assigned by the servers."""
+
+    ID: str
+    Name: str
+    Payload: bytes | None = None
+    NodeFilter: str = ""
+    ServiceFilter: str = ""
+    TagFilter: str = ""
+    Version: int = 1
+    LTime: int = 0
+
+
+class EventFire(msgspec.Struct, tag="event_fire"):
+    """Append one user event to the servers' bounded ring; agents pull it from there."""
+
+    Event: UserEvent
+
+
+class EventsPage(msgspec.Struct):
+    """An answer to `queries.Events`: the ring's newest LTime and the events after `After`."""
+
+    Head: int
+    Events: list[UserEvent] = []
+
+
+# --- transactions (/v1/txn): each op is one of KV, Node, Service, Check, as Consul's TxnOp ----
+
+
+class TxnKVOp(msgspec.Struct):
+    Verb: str
+    Key: str
+    Value: bytes | None = None
+    Flags: int = 0
+    Index: int = 0
+    Session: str = ""
+
+
+class TxnNodeOp(msgspec.Struct):
+    Verb: str
+    Node: Node
+
+
+class TxnServiceOp(msgspec.Struct):
+    Verb: str
+    Node: str
+    Service: NodeService
+
+
+class TxnCheckOp(msgspec.Struct):
+    Verb: str
+    Check: HealthCheck
+
+
+class TxnOp(msgspec.Struct, omit_defaults=True):
+    KV: TxnKVOp | None = None
+    Node: TxnNodeOp | None = None
+    Service: TxnServiceOp | None = None
+    Check: TxnCheckOp | None = None
+
+
+class Txn(msgspec.Struct, tag="txn"):
+    """Operations applied all-or-nothing at one Raft index (server/txn.py)."""
+
+    Ops: list[TxnOp]
+
+
+class TxnResult(msgspec.Struct, omit_defaults=True):
+    KV: KVEntry | None = None
+    Node: Node | None = None
+    Service: NodeService | None = None
+    Check: HealthCheck | None = None
+
+
+class TxnError(msgspec.Struct):
+    OpIndex: int
+    What: str
+
+
+class TxnReply(msgspec.Struct):
+    """What a transaction answered: `Errors` set means it was rolled back (HTTP 409)."""
+
+    Results: list[TxnResult] | None = None
+    Errors: list[TxnError] | None = None
+    Index: int = 0
+
+
 Command = (
     Register
     | Deregister
@@ -191,6 +315,10 @@ Command = (
     | IntentionOp
     | NodeStatus
     | CASetRoots
+    | EventFire
+    | Txn
+    | SessionOp
+    | SessionInvalidate
 )
 
 _cmd_encoder = msgspec.msgpack.Encoder()

@@ -27,11 +27,15 @@ from meshd.structs import (
     Command,
     ConfigEntryOp,
     Deregister,
+    EventFire,
     IntentionOp,
     KVOp,
     NodeStatus,
     Register,
     Restore,
+    SessionInvalidate,
+    SessionOp,
+    Txn,
 )
 
 
@@ -55,9 +59,13 @@ ORIGINS: dict[type[Any], frozenset[Origin]] = {
     Barrier: _ANY,
     ConfigEntryOp: _ANY,
     IntentionOp: _ANY,
+    EventFire: _ANY,  # user events (`meshd event`)
+    Txn: _ANY,  # /v1/txn; every op is checked by meshd.validate.txn
     NodeStatus: _SERVERS,  # liveness verdicts of the leader (serfHealth)
     CASetRoots: _SERVERS,  # CA roots and rotation: the CA key never comes from outside
     Restore: _SERVERS,  # replaces the whole state: only via a server's snapshot restore
+    SessionOp: _ANY,  # a user's create / destroy
+    SessionInvalidate: _SERVERS,  # the leader's TTL verdict
 }
 
 

@@ -28,6 +28,7 @@ from meshd.rpc import (
     ReadReply,
     ReadRequest,
     ServerInfo,
+    SessionRenew,
     SignReply,
     SignRequest,
     decode_value,
@@ -40,8 +41,9 @@ from meshd.server.members import Membership
 from meshd.server.raft import RaftError, RaftNode, RaftSettings
 from meshd.server.reads import blocking_query
 from meshd.server.reaper import CriticalReaper
+from meshd.server.sessions import SessionTimers, lock_delayed
 from meshd.server.store import CommandError, Store
-from meshd.structs import SERF_CHECK_ID, Barrier, Command, Restore
+from meshd.structs import SERF_CHECK_ID, Barrier, Command, KVOp, Restore, Session
 from meshd.validate import Limits
 
 log = logging.getLogger("meshd.server")
@@ -97,6 +99,7 @@ class Server:
         self._was_leader = False
         self._last_peers: list[str] = []
         self.reaper = CriticalReaper()
+        self.session_timers = SessionTimers()
 
     # ---- formation ----------------------------------------------------------------------
 
@@ -217,7 +220,10 @@ class Server:
         this server); a server's own decisions (CA, liveness, restore) come as SERVER.
         """
         raft = self._raft()
-        return await raft.apply(admit(cmd, origin, self.store, self.s.limits))
+        cmd = admit(cmd, origin, self.store, self.s.limits)
+        if isinstance(cmd, KVOp) and cmd.Verb == "lock" and lock_delayed(self.store, cmd.Key):
+            return False  # Consul refuses before the log: lock-delay is this server's clock
+        return await raft.apply(cmd)
 
     async def restore(self, data: bytes) -> None:
         """Replace the state with a snapshot: an operator's request, served by a server agent
@@ -294,6 +300,16 @@ class Server:
             self.known[hb.RaftAddr] = hb.RPCAddr
         return True
 
+    async def renew_session(self, sid: str) -> list[Session]:
+        """TTL timers live on the leader, so a renewal goes there; [] for an unknown session."""
+        raft = self._raft()
+        if not raft.is_leader:
+            return await self.rpc.call(
+                "session_renew", SessionRenew(ID=sid), list[Session], addr=self.leader_rpc()
+            )
+        s = self.session_timers.renew(self.store, sid)
+        return [s] if s is not None else []
+
     async def member_list(self) -> list[Member]:
         raft = self._raft()
         if not raft.is_leader:
@@ -322,9 +338,13 @@ class Server:
                     self.members.nodes.clear()
                     self.members.adopt(nodes)
                     self.reaper.reset()
+                    self.session_timers.reset()
                     await connect_ca.ensure_ca(self)
-                ops = self.members.tick()
-                ops += self.reaper.tick(self.store, time.monotonic())
+                ops: list[Command] = [
+                    *self.members.tick(),
+                    *self.reaper.tick(self.store, time.monotonic()),
+                    *self.session_timers.tick(self.store),
+                ]
                 for op in ops:
                     try:
                         await self.write(op)

@@ -13,8 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 from meshd import queries as q
+from meshd.server import sessions
 from meshd.server.ca import public_view
 from meshd.server.store import Store
+from meshd.server.txn import read_txn
 from meshd.server.watch import Waiter
 from meshd.spiffe import trust_domain
 from meshd.structs import CheckServiceNode, HealthCheck, KVEntry, Node, NodeService
@@ -171,6 +173,14 @@ def _ca_roots(store: Store, query: q.CARoots) -> Answer:
     return max(store.topics.get("ca", 0), 1), value, ["ca"]
 
 
+def _txn_read(store: Store, query: q.TxnRead) -> Answer:
+    return max(store.index, 1), read_txn(store, query.Ops), []
+
+
+def _events(store: Store, query: q.Events) -> Answer:
+    return max(store.topics.get("events", 0), 1), store.events.after(query.After), ["events"]
+
+
 # one handler per query type (the read side of the store's command table)
 _QUERIES: dict[type[Any], Callable[[Store, Any], Answer]] = {
     q.ServiceNodes: _service_nodes,
@@ -183,6 +193,9 @@ _QUERIES: dict[type[Any], Callable[[Store, Any], Answer]] = {
     q.KVKeys: _kv_keys,
     q.ConfigEntries: _config_entries,
     q.CARoots: _ca_roots,
+    q.TxnRead: _txn_read,
+    q.Events: _events,
+    q.Sessions: sessions.read_sessions,
 }
 
 

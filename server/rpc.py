@@ -15,6 +15,7 @@ from meshd.rpc import (
     PeerChange,
     ReadReply,
     ReadRequest,
+    SessionRenew,
     SignRequest,
     WriteReply,
     WriteRequest,
@@ -26,7 +27,7 @@ from meshd.server.authority import CommandForbiddenError, Origin
 from meshd.server.ca import CAError
 from meshd.server.cluster import Server
 from meshd.server.raft import RaftError
-from meshd.server.store import CommandError
+from meshd.server.store import CommandError, StateConflictError
 
 MAX_RPC_BODY = 8 * 1024 * 1024
 
@@ -76,12 +77,18 @@ def make_rpc_app(server: Server) -> web.Application:
             return _reply(WriteReply(Result=await server.write(req.Command, Origin.AGENT)))
         except CommandForbiddenError as e:
             return _reply(WriteReply(Error=str(e), Code=403))
+        except StateConflictError as e:
+            return _reply(WriteReply(Error=str(e), Code=500))
         except CommandError as e:
             return _reply(WriteReply(Error=str(e), Code=400))
 
     async def heartbeat(request: web.Request) -> web.Response:
         hb = msgspec.msgpack.decode(await request.read(), type=Heartbeat)
         return _reply(await server.heartbeat(hb))
+
+    async def session_renew(request: web.Request) -> web.Response:
+        req = msgspec.msgpack.decode(await request.read(), type=SessionRenew)
+        return _reply(await server.renew_session(req.ID))
 
     async def members(request: web.Request) -> web.Response:
         return _reply(await server.member_list())
@@ -113,5 +120,6 @@ def make_rpc_app(server: Server) -> web.Application:
     app.router.add_post("/rpc/write", write)
     app.router.add_post("/rpc/heartbeat", heartbeat)
     app.router.add_post("/rpc/members", members)
+    app.router.add_post("/rpc/session_renew", session_renew)
     app.router.add_post("/rpc/peer", peer)
     return app

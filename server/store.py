@@ -17,7 +17,10 @@ from typing import Any
 
 import msgspec
 
+from meshd.server import sessions
+from meshd.server.events import EventRing
 from meshd.server.mesh_state import CommandRejectedError, MeshState
+from meshd.server.txn import apply_txn
 from meshd.server.watch import WatchSet
 from meshd.structs import (
     HEALTH_PASSING,
@@ -26,6 +29,7 @@ from meshd.structs import (
     Batch,
     Command,
     Deregister,
+    EventFire,
     HealthCheck,
     KVEntry,
     KVOp,
@@ -34,6 +38,8 @@ from meshd.structs import (
     NodeStatus,
     Register,
     Restore,
+    Session,
+    Txn,
     decode_command,
 )
 
@@ -43,6 +49,10 @@ replace = msgspec.structs.replace
 
 class CommandError(Exception):
     """A write the state machine rejected; the text is shown to the user (HTTP 400/500)."""
+
+
+class StateConflictError(CommandError):
+    """Refused because of the current state, where Consul answers 500 (an invalid session)."""
 
 
 def _same(a: msgspec.Struct, b: msgspec.Struct) -> bool:
@@ -63,6 +73,8 @@ class _Snapshot(msgspec.Struct):
     kv: list[KVEntry]
     topics: dict[str, int]
     mesh: dict[str, Any] = {}
+    events: dict[str, Any] = {}
+    sessions: list[Session] = []
 
 
 def _decode_snapshot(data: bytes) -> _Snapshot:
@@ -89,6 +101,8 @@ class Store:
         self.kv_keys: list[str] = []  # sorted, live keys and tombstones (their topics keep indexes)
         self.topics: dict[str, int] = {}
         self.mesh = MeshState()
+        self.events = EventRing()
+        self.sessions = sessions.SessionTable()
         # one handler per command type, as Consul's FSM registers one per request type
         self._handlers: dict[type[Any], Callable[[Any, int, set[str]], Any]] = {
             Register: self._register,
@@ -99,6 +113,9 @@ class Store:
             Restore: self._restore,
             NodeStatus: self._node_status,
             **self.mesh.handlers(),
+            EventFire: self.events.apply,
+            Txn: lambda cmd, index, changed: apply_txn(self, cmd, index, changed),
+            **sessions.handlers(self),
         }
 
     # ---- writes -------------------------------------------------------------------------------
@@ -145,6 +162,8 @@ class Store:
             return handler(cmd, index, changed)
         except CommandRejectedError as e:
             raise CommandError(str(e)) from None
+        except sessions.SessionStateError as e:
+            raise StateConflictError(str(e)) from None
 
     def _batch(self, cmd: Batch, index: int, changed: set[str]) -> bool:
         for op in cmd.Ops:  # validated by the server; a rejected op is skipped, not fatal
@@ -222,10 +241,7 @@ class Store:
             self._touch_service(node, old, changed)
         new = replace(svc, CreateIndex=old.CreateIndex if old else index, ModifyIndex=index)
         self.services[node][svc.ID] = new
-        self.by_name[new.Service].add((node, new.ID))
-        dest = connect_destination(new)
-        if dest:
-            self.by_dest[dest].add((node, new.ID))
+        self._index_service(node, new)
         self._touch_service(node, new, changed)
         # service checks carry the service's name and tags: keep them in step
         for c in list(self.checks.get(node, {}).values()):
@@ -234,6 +250,12 @@ class Store:
                 self.checks[node][c.CheckID] = replace(
                     c, ServiceName=new.Service, ServiceTags=list(new.Tags), ModifyIndex=index
                 )
+
+    def _index_service(self, node: str, svc: NodeService) -> None:
+        self.by_name[svc.Service].add((node, svc.ID))
+        dest = connect_destination(svc)
+        if dest:
+            self.by_dest[dest].add((node, svc.ID))
 
     def _unindex_service(self, node: str, svc: NodeService) -> None:
         s = self.by_name.get(svc.Service)
@@ -264,6 +286,7 @@ class Store:
         self._touch_check(node, c, changed)
         if old is not None and old.ServiceID != c.ServiceID:
             self._touch_check(node, old, changed)
+        sessions.check_changed(self, node, c.CheckID, c.Status, index, changed)
 
     def _touch_check(self, node: str, c: HealthCheck, changed: set[str]) -> None:
         changed.update(("tbl:checks", f"node:{node}"))
@@ -281,12 +304,14 @@ class Store:
             c = self.checks.get(d.Node, {}).pop(d.CheckID, None)
             if c:
                 self._touch_check(d.Node, c, changed)
+                sessions.check_removed(self, d.Node, d.CheckID, index, changed)
             return True
         if d.ServiceID:
-            self._drop_service(d.Node, d.ServiceID, changed)
+            self._drop_service(d.Node, d.ServiceID, index, changed)
             return True
+        sessions.node_removed(self, d.Node, index, changed)
         for sid in list(self.services.get(d.Node, {})):
-            self._drop_service(d.Node, sid, changed)
+            self._drop_service(d.Node, sid, index, changed)
         for c in self.checks.pop(d.Node, {}).values():
             self._touch_check(d.Node, c, changed)
         self.services.pop(d.Node, None)
@@ -294,7 +319,7 @@ class Store:
         changed.update(("tbl:nodes", f"node:{d.Node}"))
         return True
 
-    def _drop_service(self, node: str, sid: str, changed: set[str]) -> None:
+    def _drop_service(self, node: str, sid: str, index: int, changed: set[str]) -> None:
         svc = self.services.get(node, {}).pop(sid, None)
         if svc is None:
             return
@@ -304,20 +329,23 @@ class Store:
             if c.ServiceID == sid:
                 del self.checks[node][cid]
                 changed.add("tbl:checks")
+                sessions.check_removed(self, node, cid, index, changed)
 
     def _kv(self, op: KVOp, index: int, changed: set[str]) -> bool:
         old = self.kv.get(op.Key)
         if op.Verb in ("set", "cas"):
             if op.Verb == "cas" and (old.ModifyIndex if old else 0) != op.Index:
                 return False
-            self.kv[op.Key] = KVEntry(
+            self.kv[op.Key] = KVEntry(  # a plain write keeps the key's lock, as Consul's
                 Key=op.Key,
                 Value=op.Value,
                 Flags=op.Flags,
+                LockIndex=old.LockIndex if old else 0,
+                Session=old.Session if old else "",
                 CreateIndex=old.CreateIndex if old else index,
                 ModifyIndex=index,
             )
-            self._kv_key(op.Key)
+            self.kv_index_key(op.Key)
             changed.update((f"kv:{op.Key}", "tbl:kv"))
             return True
         if op.Verb in ("delete", "delete-cas"):
@@ -327,6 +355,8 @@ class Store:
                 del self.kv[op.Key]
                 changed.update((f"kv:{op.Key}", "tbl:kv"))
             return True
+        if op.Verb in ("lock", "unlock"):
+            return sessions.apply_kv_lock(self, op, index, changed)
         if op.Verb == "delete-tree":
             for key in self.kv_range(op.Key):
                 if self.kv.pop(key, None) is not None:
@@ -334,7 +364,7 @@ class Store:
             return True
         raise CommandError(f"unknown KV verb {op.Verb!r}")
 
-    def _kv_key(self, key: str) -> None:
+    def kv_index_key(self, key: str) -> None:
         i = bisect.bisect_left(self.kv_keys, key)
         if i == len(self.kv_keys) or self.kv_keys[i] != key:
             self.kv_keys.insert(i, key)
@@ -350,11 +380,15 @@ class Store:
     def _restore(self, cmd: Restore, index: int, changed: set[str]) -> bool:
         snap = _decode_snapshot(cmd.Data)
         old_topics = set(self.topics)
+        ltime = self.events.ltime
         self._load(snap)
+        self.events.ltime = max(self.events.ltime, ltime)  # event LTimes never repeat
         self.index = index
         # every topic moves to this index so blocking readers see the change
         changed.update(
-            old_topics | set(self.topics) | {"tbl:nodes", "tbl:services", "tbl:checks", "tbl:kv"}
+            old_topics
+            | set(self.topics)
+            | {"tbl:nodes", "tbl:services", "tbl:checks", "tbl:kv", "events"}
         )
         return True
 
@@ -370,6 +404,8 @@ class Store:
                 kv=list(self.kv.values()),
                 topics=dict(self.topics),
                 mesh=self.mesh.dump(),
+                events=self.events.dump(),
+                sessions=self.sessions.dump(),
             )
             return msgspec.msgpack.encode(snap)
 
@@ -408,5 +444,7 @@ class Store:
             self.kv[e.Key] = e
         self.topics = dict(snap.topics)
         self.mesh.load(snap.mesh)
+        self.events.load(snap.events)
+        self.sessions.load(snap.sessions, self.kv)
         tombstones = {t[3:] for t in self.topics if t.startswith("kv:")}
         self.kv_keys = sorted(tombstones | set(self.kv))

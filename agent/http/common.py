@@ -24,7 +24,7 @@ from meshd.filter import FilterError, apply_filter
 from meshd.server.authority import CommandForbiddenError
 from meshd.server.ca import CAError
 from meshd.server.raft import RaftError
-from meshd.server.store import CommandError
+from meshd.server.store import CommandError, StateConflictError
 
 if TYPE_CHECKING:
     from meshd.agent.agent import Agent
@@ -142,6 +142,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except CommandForbiddenError as e:
         return _text(403, str(e))
+    except StateConflictError as e:
+        return _text(500, str(e))
     except (
         BadRequestError,
         DefinitionError,

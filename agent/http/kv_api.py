@@ -89,9 +89,11 @@ async def kv_put(request: web.Request) -> web.Response:
         return web.Response(status=413, text=f"Value exceeds {limit} byte limit\n")
     flags = _uint(request, "flags") or 0
     cas = _uint(request, "cas")
-    op = KVOp(
-        Verb="cas" if cas is not None else "set", Key=key, Value=value, Flags=flags, Index=cas or 0
-    )
+    verb, session = ("cas" if cas is not None else "set"), ""
+    for param, lock_verb in (("acquire", "lock"), ("release", "unlock")):  # Consul's precedence
+        if param in request.query:
+            verb, session = lock_verb, request.query[param]
+    op = KVOp(Verb=verb, Key=key, Value=value, Flags=flags, Index=cas or 0, Session=session)
     return json_response(await _agent(request).backend.write(op))
 
 

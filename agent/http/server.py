@@ -6,7 +6,16 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from meshd.agent.http import agent_api, catalog_api, connect_api, kv_api, operator_api
+from meshd.agent.http import (
+    agent_api,
+    catalog_api,
+    connect_api,
+    event_api,
+    kv_api,
+    operator_api,
+    session_api,
+    txn_api,
+)
 from meshd.agent.http.common import AGENT_KEY, error_middleware
 
 if TYPE_CHECKING:
@@ -25,6 +34,15 @@ def make_app(agent: Agent, max_body: int = 1024 * 1024) -> web.Application:
         middlewares=[count_middleware, error_middleware], client_max_size=max_body
     )
     app[AGENT_KEY] = agent
-    for mod in (agent_api, catalog_api, connect_api, kv_api, operator_api):
+    for mod in (
+        agent_api,
+        catalog_api,
+        connect_api,
+        kv_api,
+        operator_api,
+        session_api,
+        event_api,
+        txn_api,
+    ):
         app.add_routes(mod.routes)
     return app

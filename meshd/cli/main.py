@@ -18,15 +18,18 @@ from meshd.cli.agent_cmd import agent
 from meshd.cli.catalog import catalog
 from meshd.cli.config_cmd import config
 from meshd.cli.connect import connect
+from meshd.cli.event import event
 from meshd.cli.info import info, members, meshd_version, version
 from meshd.cli.intention import intention
 from meshd.cli.k8s import k8s
 from meshd.cli.kv import kv
+from meshd.cli.lock import lock
 from meshd.cli.operator import keygen, leave, operator, snapshot
 from meshd.cli.reload_cmd import reload
 from meshd.cli.services import services
 from meshd.cli.tls_cmd import tls
 from meshd.cli.validate import validate
+from meshd.cli.watch import watch
 
 CONTEXT_SETTINGS: dict[str, Any] = {
     "help_option_names": ["-h", "-help", "--help"],
@@ -71,12 +74,14 @@ for command in (
     catalog,
     config,
     connect,
+    event,
     info,
     intention,
     k8s,
     keygen,
     kv,
     leave,
+    lock,
     members,
     operator,
     reload,
@@ -85,6 +90,7 @@ for command in (
     tls,
     validate,
     version,
+    watch,
 ):
     cli.add_command(command)
 

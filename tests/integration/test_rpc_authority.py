@@ -25,7 +25,7 @@ from meshd.rpc_client import RPCClient
 from meshd.server.authority import CommandForbiddenError
 from meshd.server.cluster import Server, ServerSettings
 from meshd.server.rpc import make_rpc_app
-from meshd.server.store import CommandError
+from meshd.server.store import CommandError, StateConflictError
 from meshd.structs import (
     CASetRoots,
     HealthCheck,
@@ -34,6 +34,7 @@ from meshd.structs import (
     NodeStatus,
     Register,
     Restore,
+    SessionInvalidate,
 )
 
 KEY = os.urandom(32)
@@ -100,6 +101,7 @@ SERVER_ONLY = [
     CASetRoots(ClusterID="11111111-2222-3333-4444-555555555555", Roots=b"\x90"),
     Restore(Data=b""),  # filled in with a real snapshot of an empty store
     NodeStatus(Node="s1", Address="127.0.0.1", Status="critical"),
+    SessionInvalidate(ID="5e2b0a7c-4b8f-4c1e-9e34-0b3f2c7a9d10"),
 ]
 
 
@@ -194,6 +196,10 @@ async def test_a_client_agent_gets_the_servers_typed_errors(cluster: Cluster) ->
         ok = Register(Node="n9", Address="10.0.0.9", Service=NodeService(ID="w", Service="w"))
         assert await backend.write(ok) is True
         assert "w" in cluster.server.store.services["n9"]
+        ghost = "5e2b0a7c-4b8f-4c1e-9e34-0b3f2c7a9d10"
+        with pytest.raises(StateConflictError, match=f'invalid session "{ghost}"'):
+            await backend.write(KVOp(Verb="lock", Key="locked", Session=ghost))
+        assert "locked" not in cluster.server.store.kv
     finally:
         await rpc.close()
 
