@@ -135,13 +135,16 @@ class FakeAPIServer:
         """Every watch ends and new ones are refused (503) while `while_cut` changes objects;
         then the history is compacted away, as etcd does: the watchers' events for those
         changes are gone, and a watch from an old resourceVersion gets 410."""
-        self._call(self._forget_history)  # also ends the open watches
-        self.refuse_watches = True
+        # both steps on the server's loop, in one go: a watch must not slip in between them
+        self._call(lambda: self._cut_watches(refuse=True))  # also ends the open watches
         try:
             while_cut(self)
         finally:
-            self._call(self._forget_history)
-            self.refuse_watches = False
+            self._call(lambda: self._cut_watches(refuse=False))
+
+    def _cut_watches(self, *, refuse: bool) -> None:
+        self._forget_history()
+        self.refuse_watches = refuse
 
     def stat(self, name: str) -> int:
         return int(self._call(lambda: self.counts[name]))
