@@ -36,10 +36,13 @@ class LockError(Exception):
 class SessionKeeper:
     """A TTL session renewed in the background; `lost` is set once it cannot be kept."""
 
-    def __init__(self, client: Client, name: str, ttl: str = SESSION_TTL) -> None:
+    def __init__(
+        self, client: Client, name: str, ttl: str = SESSION_TTL, behavior: str = "release"
+    ) -> None:
         self.client = client
         self.ttl = parse_duration_seconds(ttl)
-        reply = client.put("/v1/session/create", {"Name": name, "TTL": ttl})
+        body = {"Name": name, "TTL": ttl, "Behavior": behavior}
+        reply = client.put("/v1/session/create", body)
         self.id = str(reply["ID"])
         self.lost = threading.Event()
         self._stop = threading.Event()
@@ -111,7 +114,11 @@ class Lock:
 
 
 class Semaphore:
-    """Up to `limit` holders: contender keys plus a check-and-set `.lock` holder list."""
+    """Up to `limit` holders: contender keys plus a check-and-set `.lock` holder list.
+
+    Its session must have Behavior `delete` (as Consul's): a contender key then goes with its
+    session, so a dead contender leaves nothing behind.
+    """
 
     def __init__(self, client: Client, prefix: str, session: SessionKeeper, limit: int) -> None:
         self.client = client
@@ -199,6 +206,10 @@ class Semaphore:
             if self._cas(state, cas):
                 break
         self.client.delete(f"/v1/kv/{self.contender}")
+        rows, _ = self._read(0)
+        lock_row = next((r for r in rows if r["Key"] == self.lock_key), None)
+        if lock_row is not None and len(rows) == 1:  # no contender left: tidy up, as Consul's
+            self.client.delete(f"/v1/kv/{self.lock_key}", {"cas": lock_row["ModifyIndex"]})
 
 
 def _value(row: dict[str, Any]) -> bytes:

@@ -124,7 +124,9 @@ def lock(
     previous = {
         s: signal.signal(s, lambda _n, _f: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)
     }
-    session = SessionKeeper(api, name or "meshd lock")
+    session = SessionKeeper(
+        api, name or "meshd lock", behavior="release" if limit == 1 else "delete"
+    )
     lk: Lock | Semaphore = (
         Lock(api, prefix, session) if limit == 1 else Semaphore(api, prefix, session, limit)
     )

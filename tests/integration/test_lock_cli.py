@@ -106,3 +106,8 @@ def test_semaphore_admits_n_and_refuses_other_limit(agent: MeshdProcess, tmp_pat
     assert [p.wait(60) for p in procs] == [0, 0, 0]
     counts = [int(x) for x in peak.read_text().split()]
     assert len(counts) == 3 and max(counts) <= 2
+    # nothing left behind but (at most) `.lock` with no holders, the refused `-n 3` included
+    left = agent.get(f"/v1/kv/{prefix}?recurse")
+    rows = left.json() if left.status == 200 else []
+    assert [r["Key"] for r in rows] in ([], [f"{prefix}/.lock"])
+    assert all(json.loads(base64.b64decode(r["Value"]))["Holders"] == {} for r in rows)

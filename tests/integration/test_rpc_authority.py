@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from helpers import free_port
 
+from meshd import queries as q
 from meshd.agent.backend import RemoteBackend
 from meshd.rpc import AUTH_HEADER, Heartbeat, WriteReply, WriteRequest, encoder, sign
 from meshd.rpc_client import RPCClient
@@ -34,7 +36,9 @@ from meshd.structs import (
     NodeStatus,
     Register,
     Restore,
+    Session,
     SessionInvalidate,
+    SessionOp,
 )
 
 KEY = os.urandom(32)
@@ -179,7 +183,8 @@ async def test_wrong_key_is_refused(cluster: Cluster) -> None:
 
 async def test_a_client_agent_gets_the_servers_typed_errors(cluster: Cluster) -> None:
     """The client agent's backend: 400s become CommandError (the HTTP API's 400 with the
-    reason), a server-only command a CommandForbiddenError (403)."""
+    reason), a server-only command a CommandForbiddenError (403), a state conflict (an invalid
+    session) a StateConflictError (500); session reads and renewals travel the same way."""
     port = cluster.client.server.port
     rpc = RPCClient([f"127.0.0.1:{port}"], KEY, default_port=port)
     backend = RemoteBackend(rpc)
@@ -200,6 +205,14 @@ async def test_a_client_agent_gets_the_servers_typed_errors(cluster: Cluster) ->
         with pytest.raises(StateConflictError, match=f'invalid session "{ghost}"'):
             await backend.write(KVOp(Verb="lock", Key="locked", Session=ghost))
         assert "locked" not in cluster.server.store.kv
+        # sessions through a client agent: create, read, renew (at the leader), lock
+        create = SessionOp(Op="create", Session=Session(ID=ghost, Node="n9", TTL="10s"))
+        assert await backend.write(create) == ghost
+        rows = (await backend.read(q.Sessions(Node="n9"))).value
+        assert [(s.ID, s.TTL) for s in rows] == [(ghost, "10s")]
+        assert [s.ID for s in await backend.renew_session(ghost)] == [ghost]
+        assert await backend.renew_session(str(uuid.uuid4())) == []
+        assert await backend.write(KVOp(Verb="lock", Key="locked", Session=ghost)) is True
     finally:
         await rpc.close()
 

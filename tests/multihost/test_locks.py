@@ -108,3 +108,34 @@ def test_holder_host_dies_new_holder_and_never_two(network_factory, tmp_path: Pa
         for p, c in zip(loops, cluster.clients, strict=False):
             c.host.kill(p)
         cluster.close()
+
+
+def test_holder_keeps_the_lock_across_a_leader_failover(network_factory, tmp_path: Path) -> None:
+    """TTL timers live on the leader: a new one must restart them, and renewals must reach it,
+    so a live holder never loses its lock because the servers changed leader."""
+    net = network_factory(5)
+    cluster = Cluster(net, n_servers=3)
+    history = tmp_path / "history"
+    loops: list[subprocess.Popen[bytes]] = []
+    try:
+        cluster.start()
+        loops = [_contender(c, history) for c in cluster.clients]
+        holder = wait(lambda: _holders(history), 60, "no holder:\n" + cluster.logs())[0][0]
+        _, entry, _ = cluster.clients[0].get(f"/v1/kv/{PREFIX}/.lock")
+        sid = entry[0]["Session"]
+        old_leader = cluster.leader_node()
+        old_leader.kill()
+        survivors = [s for s in cluster.servers if s is not old_leader]
+        cluster.wait_leader(among=survivors)
+        # two full session lifetimes (2x TTL each) under the new leader, renewals going to it
+        time.sleep(2 * 2 * SESSION_TTL)
+        spans = _holders(history)
+        assert spans == [(holder, spans[0][1], float("inf"))], spans
+        status, info, _ = survivors[0].get(f"/v1/session/info/{sid}")
+        assert status == 200 and [s["ID"] for s in info] == [sid]
+        _, entry, _ = survivors[0].get(f"/v1/kv/{PREFIX}/.lock")
+        assert entry[0]["Session"] == sid
+    finally:
+        for p, c in zip(loops, cluster.clients, strict=False):
+            c.host.kill(p)
+        cluster.close()
