@@ -20,6 +20,7 @@ class DefinitionError(ValueError):
 
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-/]+$")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # Go's int on the servers; msgspec's range too
 
 
 def _fold(d: dict[str, Any], where: str) -> dict[str, Any]:
@@ -36,6 +37,8 @@ def _typed(
         return default
     if kind is int and isinstance(v, bool):
         raise DefinitionError(f"{where}: field {key!r} must be a number")
+    if kind is int and isinstance(v, int) and not _INT64_MIN <= v <= _INT64_MAX:
+        raise DefinitionError(f"{where}: field {key!r} is out of range: {v}")
     if not isinstance(v, kind):
         name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
         raise DefinitionError(
@@ -241,6 +244,15 @@ def parse_check(raw: dict[str, Any], *, service_id: str = "", index: int = 0) ->
     return c
 
 
+def check_list(value: Any, where: str) -> list[Any]:
+    """`Checks` is a JSON array; `{}` or a number is a mistake to report, not an empty list."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise DefinitionError(f"{where}: Checks must be a list, got {type(value).__name__}")
+    return value
+
+
 _SERVICE_KEYS = {
     "id",
     "name",
@@ -325,10 +337,7 @@ def parse_service(raw: dict[str, Any]) -> ServiceDefinition:
     raw_checks: list[Any] = []
     if d.get("check"):
         raw_checks.append(d["check"])
-    more = d.get("checks") or []
-    if not isinstance(more, list):
-        raise DefinitionError(f"{where}: Checks must be a list")
-    raw_checks.extend(more)
+    raw_checks.extend(check_list(d.get("checks"), where))
     checks = [parse_check(c, service_id=sid, index=i) for i, c in enumerate(raw_checks)]
     sidecar = None
     if svc.Connect:
