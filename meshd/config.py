@@ -40,6 +40,9 @@ __all__ = [
 ]
 
 DEFAULT_HTTP_MAX_BODY = 1 << 20
+DEFAULT_HTTP_MAX_CONNS_PER_CLIENT = 200  # Consul's default
+DEFAULT_HTTP_READ_HEADER_TIMEOUT = 30.0
+DEFAULT_HTTP_MAX_SNAPSHOT = 256 << 20
 SOA_DEFAULTS: dict[str, int] = {"refresh": 3600, "retry": 600, "expire": 86400, "min_ttl": 0}
 CONFIG_EXTENSIONS = (".json", ".hcl")
 
@@ -150,6 +153,18 @@ class Config:
     @property
     def http_max_body(self) -> int:
         return int(self.limits.get("http_max_body_bytes", DEFAULT_HTTP_MAX_BODY))
+
+    @property
+    def http_max_conns_per_client(self) -> int:
+        return int(self.limits.get("http_max_conns_per_client", DEFAULT_HTTP_MAX_CONNS_PER_CLIENT))
+
+    @property
+    def http_read_header_timeout(self) -> float:
+        return float(self.limits.get("http_read_header_timeout", DEFAULT_HTTP_READ_HEADER_TIMEOUT))
+
+    @property
+    def http_max_snapshot(self) -> int:
+        return int(self.limits.get("http_max_snapshot_bytes", DEFAULT_HTTP_MAX_SNAPSHOT))
 
 
 # --- value validators: (raw value) -> canonical value, raising _InvalidError with the reason ---
@@ -398,6 +413,8 @@ _LIMITS = _fields(
     ("limits",),
     http_max_body_bytes=_count,
     http_max_conns_per_client=_count,
+    http_read_header_timeout=_duration(positive=True),
+    http_max_snapshot_bytes=_count,
     node_failure_timeout=_duration(positive=True),
     rpc_max_conns_per_client=_count,
     kv_max_value_size=_count,

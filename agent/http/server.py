@@ -8,6 +8,7 @@ from aiohttp import web
 
 from meshd.agent.http import agent_api, catalog_api, connect_api, kv_api, operator_api
 from meshd.agent.http.common import error_middleware
+from meshd.agent.http.guard import refuse_http09
 
 if TYPE_CHECKING:
     from meshd.agent.agent import Agent
@@ -22,7 +23,8 @@ async def count_middleware(request: web.Request, handler: Any) -> web.StreamResp
 
 def make_app(agent: Agent, max_body: int = 1024 * 1024) -> web.Application:
     app = web.Application(
-        middlewares=[count_middleware, error_middleware], client_max_size=max_body
+        middlewares=[refuse_http09, count_middleware, error_middleware],
+        client_max_size=max_body,
     )
     app["agent"] = agent
     for mod in (agent_api, catalog_api, connect_api, kv_api, operator_api):
