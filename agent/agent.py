@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ipaddress
 import logging
 import os
 import time
@@ -40,7 +39,7 @@ from meshd.agent.persist import Persisted
 from meshd.agent.sidecar import expand_sidecar
 from meshd.agent.views import CacheView, StoreView
 from meshd.config import Config
-from meshd.fsutil import atomic_write
+from meshd.fsutil import atomic_write, prepare_data_dir
 from meshd.metrics import Stats
 from meshd.rpc import Heartbeat, PeerChange
 from meshd.rpc_client import RPCClient
@@ -62,7 +61,6 @@ def _node_id(cfg: Config) -> str:
         with open(path) as f:
             return f.read().strip()
     except FileNotFoundError:
-        os.makedirs(cfg.data_dir, exist_ok=True)
         nid = str(uuid.uuid4())
         atomic_write(path, nid.encode())
         return nid
@@ -72,23 +70,20 @@ class StartError(Exception):
     """The agent cannot start with this configuration; the text says why."""
 
 
-def _loopback(addr: str) -> bool:
-    try:
-        return ipaddress.ip_address(addr).is_loopback
-    except ValueError:
-        return addr == "localhost"
-
-
 def _raft_password(cfg: Config) -> str | None:
     """The Raft transport key. A server with no peers to come (dev, or a lone server) gets a
     random one per start when none is configured: nobody else needs it, and it closes the
     pickle-speaking Raft port to other local users, whom loopback does not keep out."""
     if cfg.encrypt:
         return cfg.encrypt
-    if cfg.dev or (cfg.bootstrap_expect <= 1 and not cfg.retry_join):
+    if _lone_server(cfg):
         return base64.b64encode(os.urandom(32)).decode()
-    log.warning("Raft traffic is unauthenticated: set `encrypt` (see `meshd keygen`)")
-    return None
+    return None  # unreachable for a server: start() refuses one with peers and no key
+
+
+def _lone_server(cfg: Config) -> bool:
+    """A server that will never have Raft peers: -dev, or bootstrap_expect <= 1 and no joins."""
+    return cfg.dev or (cfg.bootstrap_expect <= 1 and not cfg.retry_join)
 
 
 def dns_settings(cfg: Config) -> DNSSettings:
@@ -115,6 +110,8 @@ def dns_settings(cfg: Config) -> DNSSettings:
 class Agent:
     def __init__(self, config: Config) -> None:
         self.config = config
+        if config.data_dir:
+            prepare_data_dir(config.data_dir)  # before anything is written into it
         self.started = time.time()
         self.backend: CatalogBackend
         self.address = config.advertise_addr or config.bind_addr
@@ -156,11 +153,12 @@ class Agent:
         ssl_server, ssl_client = tls_contexts(cfg)
         server_name = server_hostname(cfg) if cfg.tls.verify_server_hostname else None
         if cfg.server:
-            if not cfg.dev and not key and not _loopback(self.address):
+            if not key and not _lone_server(cfg):
                 raise StartError(
-                    "refusing to start a server on a non-loopback address without a cluster "
-                    "key: Raft peers exchange pickled messages, so an open Raft port is remote "
-                    "code execution. Generate a key with `meshd keygen` and set `encrypt`."
+                    "refusing to start a server that expects peers without a cluster key: "
+                    "Raft peers exchange pickled messages, so an open Raft port is remote "
+                    "code execution, on loopback too (any local user can reach it). Generate a "
+                    "key with `meshd keygen` and set `encrypt` on every server."
                 )
             self.local.node_meta.setdefault("meshd-server", "true")
             self.server = Server(

@@ -22,6 +22,7 @@ from typing import Any
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.pipe_notifier import PipeNotifier
 
+from meshd.fsutil import make_private, private_dirs
 from meshd.server.store import CommandError, Store
 from meshd.structs import Command, decode_command, encode_command
 
@@ -130,7 +131,8 @@ class RaftNode:
         journal = dump = None
         if settings.data_dir:
             raft_dir = os.path.join(settings.data_dir, "raft")
-            os.makedirs(raft_dir, exist_ok=True)
+            private_dirs(raft_dir)  # the journal holds the CA key and every KV value
+            make_private(raft_dir)
             journal = os.path.join(raft_dir, "journal.bin")
             dump = os.path.join(raft_dir, "snapshot.bin")
         self._last_contact = time.monotonic()
