@@ -125,7 +125,7 @@ class Agent:
         )
         self.checks = CheckRunner(
             self._on_check_update,
-            enable_script_checks=config.enable_script_checks,
+            enable_script_checks=config.enable_script_checks or config.enable_local_script_checks,
             alias_source=self._alias_source,
         )
         self.persisted = Persisted(
@@ -214,10 +214,15 @@ class Agent:
             self.mesh.trigger()
 
         self.local.on_change = changed
-        for raw in cfg.services:
-            await self.register_service(parse_service(raw), wait=False, persist=False)
-        for raw in cfg.checks:
-            await self.register_check(parse_check(raw), wait=False, persist=False)
+        try:
+            for raw in cfg.services:
+                await self.register_service(
+                    parse_service(raw), wait=False, persist=False, local=True
+                )
+            for raw in cfg.checks:
+                await self.register_check(parse_check(raw), wait=False, persist=False, local=True)
+        except DefinitionError as e:
+            raise StartError(f"invalid service or check in the configuration: {e}") from None
         await self._restore_persisted()
         self.ae.start()
         self.ae.trigger()
@@ -362,23 +367,25 @@ class Agent:
         replace_checks: bool = False,
         wait: bool = True,
         persist: bool = True,
+        local: bool = False,
     ) -> None:
+        """`local`: the definition comes from a config file (enable_local_script_checks)."""
         used = {
             s.Port
             for s in self.local.services.values()
             if s.Kind == "connect-proxy" and f"{defn.service.ID}-sidecar-proxy" != s.ID
         }
         sidecar = expand_sidecar(defn, used)
-        await self._register_one(defn, replace_checks, persist)
+        await self._register_one(defn, replace_checks, persist, local)
         if sidecar is not None:
-            await self._register_one(sidecar, replace_checks, persist=False)
+            await self._register_one(sidecar, replace_checks, False, local)
         await self._commit(wait)
 
     async def _register_one(
-        self, defn: ServiceDefinition, replace_checks: bool, persist: bool
+        self, defn: ServiceDefinition, replace_checks: bool, persist: bool, local: bool
     ) -> None:
         for d in defn.checks:
-            self._validate_check(d)
+            self._validate_check(d, local)
         dropped = self.local.add_service(defn.service, defn.checks, replace_checks)
         for cid in dropped:
             self.checks.remove(cid)
@@ -387,11 +394,14 @@ class Agent:
         if persist:
             self.persisted.put_service(defn.service.ID, defn.raw)
 
-    def _validate_check(self, d: CheckDefinition) -> None:
-        if d.Type == "script" and not self.config.enable_script_checks:
+    def _validate_check(self, d: CheckDefinition, local: bool = False) -> None:
+        cfg = self.config
+        if d.Type == "script" and not (
+            cfg.enable_script_checks or (local and cfg.enable_local_script_checks)
+        ):
             raise DefinitionError(
                 "Scripts are disabled on this agent; to enable, configure "
-                "'enable_script_checks' to true"
+                "'enable_script_checks' or 'enable_local_script_checks' to true"
             )
 
     async def deregister_service(self, sid: str) -> None:
@@ -403,9 +413,9 @@ class Agent:
         await self._commit(True)
 
     async def register_check(
-        self, d: CheckDefinition, wait: bool = True, persist: bool = True
+        self, d: CheckDefinition, wait: bool = True, persist: bool = True, local: bool = False
     ) -> None:
-        self._validate_check(d)
+        self._validate_check(d, local)
         self.local.add_check(d)
         self.checks.add(d)
         if persist:

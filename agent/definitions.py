@@ -7,12 +7,17 @@ typed shape and unknown keys are caught in one place.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from meshd.config import ConfigError, parse_duration
 from meshd.structs import HEALTH_STATES, HealthCheck, NodeService, Weights
+
+log = logging.getLogger("meshd.checks")
+
+MIN_INTERVAL = 1.0  # seconds; Consul's agent/checks.MinInterval
 
 
 class DefinitionError(ValueError):
@@ -236,6 +241,15 @@ def parse_check(raw: dict[str, Any], *, service_id: str = "", index: int = 0) ->
     c.Type = kinds[0]
     if c.Type in ("http", "tcp", "udp", "grpc", "script") and c.Interval <= 0:
         raise DefinitionError(f"check: Interval is required for {c.Type} checks")
+    if c.Type in ("http", "tcp", "udp", "grpc", "script") and c.Interval < MIN_INTERVAL:
+        # Consul's checks.MinInterval: "1ns" would spin a core (or fork-bomb, for a script)
+        log.warning(
+            "check %r has interval %gs, below the minimum: raised to %gs",
+            c.CheckID,
+            c.Interval,
+            MIN_INTERVAL,
+        )
+        c.Interval = MIN_INTERVAL
     if c.Type == "http" and not c.HTTP.startswith(("http://", "https://")):
         raise DefinitionError(f"check: invalid HTTP URL {c.HTTP!r}")
     for k in ("SuccessBeforePassing", "FailuresBeforeWarning", "FailuresBeforeCritical"):

@@ -126,6 +126,7 @@ class Config:
     services: list[dict[str, Any]] = field(default_factory=list)
     checks: list[dict[str, Any]] = field(default_factory=list)
     enable_script_checks: bool = False
+    enable_local_script_checks: bool = False  # script checks from config files only (Consul)
     encrypt: str | None = None
     retry_join: list[str] = field(default_factory=list)
     retry_interval: float = 30.0
@@ -438,6 +439,7 @@ _TOP: Schema = {
         services=_object_list,
         checks=_object_list,
         enable_script_checks=_bool,
+        enable_local_script_checks=_bool,
         encrypt=_optional(_encrypt),
         retry_join=_str_list,
         retry_interval=_duration(positive=True),
@@ -480,6 +482,7 @@ _FLAGS: Schema = {
             "encrypt": "encrypt",
             "log-level": "log_level",
             "enable-script-checks": "enable_script_checks",
+            "enable-local-script-checks": "enable_local_script_checks",
         }.items()
     },
     **{f"{p}-port": (("ports", p), _port) for p in ("http", "https", "grpc", "dns", "server")},

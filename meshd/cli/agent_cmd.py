@@ -45,6 +45,11 @@ AGENT_FLAGS: tuple[tuple[str, str, str], ...] = (
     ("log-level", "str", "trace, debug, info, warn or error."),
     ("node-meta", "multi", "Node metadata as key:value (repeatable)."),
     ("enable-script-checks", "flag", "Allow health checks that run commands."),
+    (
+        "enable-local-script-checks",
+        "flag",
+        "Allow health checks that run commands, from config files only (not the HTTP API).",
+    ),
 )
 
 # Passed to load_config as files/dirs, not as flags.
