@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshd.config import ConfigError, parse_duration
+from meshd.jsonshape import JSONShapeError, check_json_shape
 from meshd.structs import HEALTH_STATES, HealthCheck, NodeService, Weights
 
 log = logging.getLogger("meshd.checks")
@@ -49,6 +50,16 @@ def _typed(
         raise DefinitionError(
             f"{where}: field {key!r} must be of type {name}, got {type(v).__name__}"
         )
+    return v
+
+
+def _free_form(d: dict[str, Any], key: str, where: str, default: Any) -> Any:
+    """An object kept as given (Proxy, Connect): it must still be shallow and 64-bit clean."""
+    v = _typed(d, key, dict, where, default)
+    try:
+        check_json_shape(v)
+    except JSONShapeError as e:
+        raise DefinitionError(f"{where}: {key}: {e}") from None
     return v
 
 
@@ -344,9 +355,9 @@ def parse_service(raw: dict[str, Any]) -> ServiceDefinition:
         Weights=weights,
         EnableTagOverride=bool(d.get("enabletagoverride", False)),
         Kind=kind,
-        Proxy=_typed(d, "proxy", dict, where, None),
-        Connect=_typed(d, "connect", dict, where, None),
-        TaggedAddresses=_typed(d, "taggedaddresses", dict, where, {}),
+        Proxy=_free_form(d, "proxy", where, None),
+        Connect=_free_form(d, "connect", where, None),
+        TaggedAddresses=_free_form(d, "taggedaddresses", where, {}),
     )
     raw_checks: list[Any] = []
     if d.get("check"):

@@ -22,6 +22,7 @@ from meshd.agent.local import UnknownCheckError, UnknownServiceError
 from meshd.config import ConfigError, parse_duration
 from meshd.config_entries import ConfigEntryError
 from meshd.filter import FilterError, apply_filter
+from meshd.jsonshape import MAX_JSON_DEPTH, JSONShapeError, check_json_shape
 from meshd.server.ca import CAError
 from meshd.server.raft import RaftError
 from meshd.server.store import CommandError
@@ -29,11 +30,6 @@ from meshd.server.store import CommandError
 _encoder = msgspec.json.Encoder()
 DEFAULT_WAIT = 300.0
 MAX_WAIT = 600.0
-# Consul's structures nest a few levels (a config entry with routes, a txn with ops); Go's
-# decoder stops at 10,000. Far below Python's recursion limit, so nothing downstream (msgspec,
-# the filter, the Raft encoder) can hit a RecursionError on a body we accepted.
-MAX_JSON_DEPTH = 128
-_INT64_MIN, _UINT64_LIMIT = -(2**63), 2**64
 
 
 class BadRequestError(Exception):
@@ -106,7 +102,7 @@ def query_uint(request: web.Request, name: str) -> int | None:
     v = request.query.get(name)
     if v is None:
         return None
-    if not (v.isascii() and v.isdigit()) or len(v) > 20 or int(v) >= _UINT64_LIMIT:
+    if not (v.isascii() and v.isdigit()) or len(v) > 20 or int(v) >= 2**64:
         raise BadRequestError(f"Invalid {name} value: {v!r}")
     return int(v)
 
@@ -128,29 +124,6 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def check_json_shape(data: Any) -> None:
-    """Refuse what Go's decoder would and what would break us later: deep nesting, huge ints.
-
-    Iterative, so checking a hostile body cannot itself recurse too deeply.
-    """
-    stack: list[tuple[Any, int]] = [(data, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, dict):
-            children: Any = value.values()
-        elif isinstance(value, list):
-            children = value
-        else:
-            if isinstance(value, int) and not _INT64_MIN <= value < _UINT64_LIMIT:
-                raise BadRequestError(f"Request decode failed: number {value} overflows 64 bits")
-            continue
-        if depth > MAX_JSON_DEPTH:
-            raise BadRequestError(
-                f"Request decode failed: JSON nested deeper than {MAX_JSON_DEPTH} levels"
-            )
-        stack.extend((child, depth + 1) for child in children)
-
-
 def decode_json(raw: bytes | str) -> Any:
     """Strict JSON as Consul reads it, or BadRequestError with the reason."""
     try:
@@ -161,7 +134,10 @@ def decode_json(raw: bytes | str) -> Any:
         ) from None
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRequestError(f"Request decode failed: {e}") from None
-    check_json_shape(data)
+    try:
+        check_json_shape(data)
+    except JSONShapeError as e:
+        raise BadRequestError(f"Request decode failed: {e}") from None
     return data
 
 
