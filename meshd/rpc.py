@@ -130,6 +130,18 @@ def sign(key: bytes | None, path: str, body: bytes, now: float | None = None) ->
     return f"{ts}:{mac.hexdigest()}"
 
 
+def plausible(header: str | None) -> bool:
+    """The header's shape and freshness, checked before the body is read: a caller who cannot
+    produce even that gets nothing buffered for it."""
+    if not header or ":" not in header:
+        return False
+    ts, _, mac = header.partition(":")
+    try:
+        return abs(time.time() - int(ts)) <= MAX_SKEW and len(mac) == 64
+    except ValueError:
+        return False
+
+
 def verify(key: bytes | None, path: str, body: bytes, header: str | None) -> bool:
     """Constant-time check of a request's HMAC, with a bounded clock skew against replays."""
     if not key:
