@@ -31,7 +31,7 @@ from meshd.agent.definitions import (
 )
 from meshd.agent.dns import DNSSettings
 from meshd.agent.dns_server import DNSServer
-from meshd.agent.http.guard import ClientCounts, GuardedSite, runner_options
+from meshd.agent.http.guard import ConnectionLimits, GuardedSite, runner_options
 from meshd.agent.http.server import make_app
 from meshd.agent.local import LocalState, UnknownCheckError
 from meshd.agent.mesh import MeshManager
@@ -232,10 +232,10 @@ class Agent:
         # a client agent whose servers are down still starts, and keeps retrying)
         await self.wait_ready(15.0)
         app = make_app(self, max_body=cfg.http_max_body)
-        self._runner = web.AppRunner(app, **runner_options(cfg.http_read_header_timeout))
+        self._runner = web.AppRunner(app, **runner_options())
         await self._runner.setup()
         http_addr = cfg.addresses.get("http", cfg.client_addr)
-        per_client = ClientCounts(cfg.http_max_conns_per_client)
+        per_client = ConnectionLimits(cfg.http_max_conns_per_client, cfg.http_read_header_timeout)
         for host in http_addr.split():
             await GuardedSite(self._runner, host, cfg.ports.http, per_client).start()
         if cfg.ports.grpc > 0:

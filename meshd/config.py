@@ -41,7 +41,7 @@ __all__ = [
 
 DEFAULT_HTTP_MAX_BODY = 1 << 20
 DEFAULT_HTTP_MAX_CONNS_PER_CLIENT = 200  # Consul's default
-DEFAULT_HTTP_READ_HEADER_TIMEOUT = 30.0
+DEFAULT_HTTP_READ_HEADER_TIMEOUT = 10.0
 DEFAULT_HTTP_MAX_SNAPSHOT = 256 << 20
 SOA_DEFAULTS: dict[str, int] = {"refresh": 3600, "retry": 600, "expire": 86400, "min_ttl": 0}
 CONFIG_EXTENSIONS = (".json", ".hcl")

@@ -3,9 +3,12 @@
 aiohttp serves every connection it accepts for as long as the peer keeps it open, so 5,000
 half-open connections from one host (slowloris) used to stay open and starve everyone else.
 Consul caps concurrent connections per client IP (`limits.http_max_conns_per_client`, 200) and
-answers the excess with 429; `GuardedSite` does the same in front of aiohttp's protocol. The
-header-read timeout is aiohttp's keep-alive timer, which (since 3.10) starts when a connection
-opens and closes it if no complete request has arrived by then (`read_header_timeout` below).
+answers the excess with 429; `GuardedSite` does the same in front of aiohttp's protocol, and
+closes a new connection whose first request head has not arrived within the header timeout.
+Later requests on a kept-alive connection are bounded by aiohttp's keep-alive timer
+(`KEEPALIVE`), which closes a connection that has not completed a new request head by then. It
+is longer than Go's 90 s client idle pool: a Go client (Consul's) reusing a connection the
+server just closed would see EOF on a PUT it cannot retry.
 """
 
 from __future__ import annotations
@@ -19,11 +22,20 @@ from aiohttp import HttpVersion10, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
-__all__ = ["ClientCounts", "GuardedSite", "QuietBadRequests", "refuse_http09", "runner_options"]
+__all__ = [
+    "KEEPALIVE",
+    "ConnectionLimits",
+    "GuardedSite",
+    "QuietBadRequests",
+    "refuse_http09",
+    "runner_options",
+]
 
 log = logging.getLogger("meshd.http")
 _LINGER = 2.0  # seconds a refused connection may take to read its 429
 _BACKLOG = 1024  # aiohttp's 128 drops a burst of connections before the cap can answer them
+KEEPALIVE = 120.0  # seconds; see the module docstring
+_HEAD_END = b"\r\n\r\n"
 
 _TOO_MANY_TEXT = (
     b"Your IP is issuing too many concurrent connections, please rate limit your calls\n"
@@ -34,11 +46,13 @@ _TOO_MANY = (
 )
 
 
-class ClientCounts:
-    """Open connections per client address, shared by every listener of one agent."""
+class ConnectionLimits:
+    """Open connections per client address, shared by every listener of one agent, and the time
+    a new connection has to send its first request head."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, header_timeout: float) -> None:
         self.limit = limit
+        self.header_timeout = header_timeout
         self.open: Counter[str] = Counter()
         self.refused = 0
 
@@ -66,10 +80,12 @@ class ClientCounts:
 class _Guarded(asyncio.Protocol):
     """Forwards to aiohttp's protocol once the client is under its cap; else 429 and close."""
 
-    def __init__(self, inner: Any, counts: ClientCounts) -> None:
+    def __init__(self, inner: Any, counts: ConnectionLimits) -> None:
         self.inner = inner
         self.counts = counts
         self.ip: str | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._tail = b""  # the last bytes seen, so a head end split across reads is found
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -78,7 +94,15 @@ class _Guarded(asyncio.Protocol):
             self._refuse(transport)
             return
         self.ip = ip
+        self._deadline = asyncio.get_running_loop().call_later(
+            self.counts.header_timeout, self._too_slow, transport
+        )
         self.inner.connection_made(transport)
+
+    def _too_slow(self, transport: asyncio.BaseTransport) -> None:
+        self._deadline = None
+        log.debug("closing HTTP connection from %s: no request head in time", self.ip)
+        transport.close()
 
     @staticmethod
     def _refuse(transport: asyncio.BaseTransport) -> None:
@@ -93,8 +117,15 @@ class _Guarded(asyncio.Protocol):
             stream.close()
 
     def data_received(self, data: bytes) -> None:
-        if self.ip is not None:
-            self.inner.data_received(data)
+        if self.ip is None:
+            return
+        if self._deadline is not None:
+            seen = self._tail + data
+            if _HEAD_END in seen:
+                self._deadline.cancel()
+                self._deadline = None
+            self._tail = seen[-(len(_HEAD_END) - 1) :]
+        self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
         return self.inner.eof_received() if self.ip is not None else None
@@ -112,6 +143,9 @@ class _Guarded(asyncio.Protocol):
             return
         self.counts.release(self.ip)
         self.ip = None
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         self.inner.connection_lost(exc)
 
 
@@ -123,7 +157,7 @@ class GuardedSite(web.BaseSite):
         runner: web.BaseRunner,
         host: str,
         port: int,
-        counts: ClientCounts,
+        counts: ConnectionLimits,
         *,
         ssl_context: Any = None,
     ) -> None:
@@ -169,13 +203,9 @@ class QuietBadRequests(logging.LoggerAdapter[logging.Logger]):
         self.logger.log(level, msg, *args, **kw)
 
 
-def runner_options(read_header_timeout: float) -> dict[str, Any]:
-    """Keyword arguments for web.AppRunner that bound how long a request's headers may take."""
-    return {
-        "access_log": None,
-        "keepalive_timeout": read_header_timeout,
-        "logger": QuietBadRequests(),
-    }
+def runner_options() -> dict[str, Any]:
+    """Keyword arguments for web.AppRunner: the keep-alive bound and the quiet error logger."""
+    return {"access_log": None, "keepalive_timeout": KEEPALIVE, "logger": QuietBadRequests()}
 
 
 @web.middleware
