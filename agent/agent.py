@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ipaddress
 import logging
 import os
 import ssl
@@ -34,6 +33,7 @@ from meshd.agent.definitions import (
 from meshd.agent.dns import DNSSettings
 from meshd.agent.dns_server import DNSServer
 from meshd.agent.events import EventReceiver
+from meshd.agent.http.guard import ConnectionLimits, GuardedSite, runner_options
 from meshd.agent.http.server import make_app
 from meshd.agent.local import LocalState, UnknownCheckError
 from meshd.agent.mesh import MeshManager
@@ -42,7 +42,7 @@ from meshd.agent.sidecar import expand_sidecar
 from meshd.agent.views import CacheView, StoreView
 from meshd.agent.watches import WatchRunner, local_address, parse_watches
 from meshd.config import Config
-from meshd.fsutil import atomic_write
+from meshd.fsutil import atomic_write, prepare_data_dir
 from meshd.metrics import Stats
 from meshd.rpc import Heartbeat, PeerChange
 from meshd.rpc_client import RPCClient
@@ -70,7 +70,6 @@ def _node_id(cfg: Config) -> str:
         with open(path) as f:
             return f.read().strip()
     except FileNotFoundError:
-        os.makedirs(cfg.data_dir, exist_ok=True)
         nid = str(uuid.uuid4())
         atomic_write(path, nid.encode())
         return nid
@@ -80,23 +79,20 @@ class StartError(Exception):
     """The agent cannot start with this configuration; the text says why."""
 
 
-def _loopback(addr: str) -> bool:
-    try:
-        return ipaddress.ip_address(addr).is_loopback
-    except ValueError:
-        return addr == "localhost"
-
-
 def _raft_password(cfg: Config) -> str | None:
     """The Raft transport key. A server with no peers to come (dev, or a lone server) gets a
     random one per start when none is configured: nobody else needs it, and it closes the
     pickle-speaking Raft port to other local users, whom loopback does not keep out."""
     if cfg.encrypt:
         return cfg.encrypt
-    if cfg.dev or (cfg.bootstrap_expect <= 1 and not cfg.retry_join):
+    if _lone_server(cfg):
         return base64.b64encode(os.urandom(32)).decode()
-    log.warning("Raft traffic is unauthenticated: set `encrypt` (see `meshd keygen`)")
-    return None
+    return None  # unreachable for a server: start() refuses one with peers and no key
+
+
+def _lone_server(cfg: Config) -> bool:
+    """A server that will never have Raft peers: -dev, or bootstrap_expect <= 1 and no joins."""
+    return cfg.dev or (cfg.bootstrap_expect <= 1 and not cfg.retry_join)
 
 
 def dns_settings(cfg: Config) -> DNSSettings:
@@ -123,6 +119,8 @@ def dns_settings(cfg: Config) -> DNSSettings:
 class Agent:
     def __init__(self, config: Config) -> None:
         self.config = config
+        if config.data_dir:
+            prepare_data_dir(config.data_dir)  # before anything is written into it
         self.started = time.time()
         self.backend: CatalogBackend
         self.address = config.advertise_addr or config.bind_addr
@@ -136,7 +134,7 @@ class Agent:
         )
         self.checks = CheckRunner(
             self._on_check_update,
-            enable_script_checks=config.enable_script_checks,
+            enable_script_checks=config.enable_script_checks or config.enable_local_script_checks,
             alias_source=self._alias_source,
         )
         self.persisted = Persisted(
@@ -170,11 +168,12 @@ class Agent:
         ssl_server, ssl_client = self.ssl_contexts = tls_contexts(cfg)
         server_name = server_hostname(cfg) if cfg.tls.verify_server_hostname else None
         if cfg.server:
-            if not cfg.dev and not key and not _loopback(self.address):
+            if not key and not _lone_server(cfg):
                 raise StartError(
-                    "refusing to start a server on a non-loopback address without a cluster "
-                    "key: Raft peers exchange pickled messages, so an open Raft port is remote "
-                    "code execution. Generate a key with `meshd keygen` and set `encrypt`."
+                    "refusing to start a server that expects peers without a cluster key: "
+                    "Raft peers exchange pickled messages, so an open Raft port is remote "
+                    "code execution, on loopback too (any local user can reach it). Generate a "
+                    "key with `meshd keygen` and set `encrypt` on every server."
                 )
             self.local.node_meta.setdefault("meshd-server", "true")
             dev_raft = reserve_port(cfg.bind_addr) if cfg.dev else None
@@ -246,10 +245,15 @@ class Agent:
             watch_specs = parse_watches(cfg.watches)
         except WatchError as e:
             raise StartError(str(e)) from None
-        for raw in cfg.services:
-            await self.register_service(parse_service(raw), wait=False, persist=False)
-        for raw in cfg.checks:
-            await self.register_check(parse_check(raw), wait=False, persist=False)
+        try:
+            for raw in cfg.services:
+                await self.register_service(
+                    parse_service(raw), wait=False, persist=False, local=True
+                )
+            for raw in cfg.checks:
+                await self.register_check(parse_check(raw), wait=False, persist=False, local=True)
+        except DefinitionError as e:
+            raise StartError(f"invalid service or check in the configuration: {e}") from None
         await self._restore_persisted()
         self.ae.start()
         self.ae.trigger()
@@ -264,11 +268,12 @@ class Agent:
         await self.wait_ready(15.0)
         await self.events.positioned(5.0)
         app = make_app(self, max_body=cfg.http_max_body)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, **runner_options())
         await self._runner.setup()
         http_addr = cfg.addresses.get("http", cfg.client_addr)
+        per_client = ConnectionLimits(cfg.http_max_conns_per_client, cfg.http_read_header_timeout)
         for host in http_addr.split():
-            await web.TCPSite(self._runner, host, cfg.ports.http).start()
+            await GuardedSite(self._runner, host, cfg.ports.http, per_client).start()
         if cfg.watches and cfg.ports.http > 0:
             self.watches = WatchRunner(local_address(http_addr.split()[0], cfg.ports.http))
             self.watches.start(watch_specs)
@@ -419,23 +424,25 @@ class Agent:
         replace_checks: bool = False,
         wait: bool = True,
         persist: bool = True,
+        local: bool = False,
     ) -> None:
+        """`local`: the definition comes from a config file (enable_local_script_checks)."""
         used = {
             s.Port
             for s in self.local.services.values()
             if s.Kind == "connect-proxy" and f"{defn.service.ID}-sidecar-proxy" != s.ID
         }
         sidecar = expand_sidecar(defn, used)
-        await self._register_one(defn, replace_checks, persist)
+        await self._register_one(defn, replace_checks, persist, local)
         if sidecar is not None:
-            await self._register_one(sidecar, replace_checks, persist=False)
+            await self._register_one(sidecar, replace_checks, False, local)
         await self._commit(wait)
 
     async def _register_one(
-        self, defn: ServiceDefinition, replace_checks: bool, persist: bool
+        self, defn: ServiceDefinition, replace_checks: bool, persist: bool, local: bool
     ) -> None:
         for d in defn.checks:
-            self._validate_check(d)
+            self._validate_check(d, local)
         dropped = self.local.add_service(defn.service, defn.checks, replace_checks)
         for cid in dropped:
             self.checks.remove(cid)
@@ -444,11 +451,14 @@ class Agent:
         if persist:
             self.persisted.put_service(defn.service.ID, defn.raw)
 
-    def _validate_check(self, d: CheckDefinition) -> None:
-        if d.Type == "script" and not self.config.enable_script_checks:
+    def _validate_check(self, d: CheckDefinition, local: bool = False) -> None:
+        cfg = self.config
+        if d.Type == "script" and not (
+            cfg.enable_script_checks or (local and cfg.enable_local_script_checks)
+        ):
             raise DefinitionError(
                 "Scripts are disabled on this agent; to enable, configure "
-                "'enable_script_checks' to true"
+                "'enable_script_checks' or 'enable_local_script_checks' to true"
             )
 
     async def deregister_service(self, sid: str, wait: bool = True) -> None:
@@ -460,9 +470,9 @@ class Agent:
         await self._commit(wait)
 
     async def register_check(
-        self, d: CheckDefinition, wait: bool = True, persist: bool = True
+        self, d: CheckDefinition, wait: bool = True, persist: bool = True, local: bool = False
     ) -> None:
-        self._validate_check(d)
+        self._validate_check(d, local)
         self.local.add_check(d)
         self.checks.add(d)
         if persist:

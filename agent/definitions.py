@@ -7,13 +7,20 @@ typed shape and unknown keys are caught in one place.
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from meshd import validate
 from meshd.config import ConfigError, parse_duration
+from meshd.jsonshape import JSONShapeError, check_json_shape
 from meshd.structs import HEALTH_STATES, SERF_CHECK_ID, HealthCheck, NodeService, Weights
+
+log = logging.getLogger("meshd.checks")
+
+MIN_INTERVAL = 1.0  # seconds; Consul's agent/checks.MinInterval
 
 
 class DefinitionError(ValueError):
@@ -27,6 +34,10 @@ def _servers_rule(rule: Callable[..., None], *args: Any, **kw: Any) -> None:
         rule(*args, **kw)
     except validate.ValidationError as e:
         raise DefinitionError(f"invalid definition: {e}") from None
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-/]+$")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # Go's int on the servers; msgspec's range too
 
 
 def _fold(d: dict[str, Any], where: str) -> dict[str, Any]:
@@ -43,11 +54,23 @@ def _typed(
         return default
     if kind is int and isinstance(v, bool):
         raise DefinitionError(f"{where}: field {key!r} must be a number")
+    if kind is int and isinstance(v, int) and not _INT64_MIN <= v <= _INT64_MAX:
+        raise DefinitionError(f"{where}: field {key!r} is out of range: {v}")
     if not isinstance(v, kind):
         name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
         raise DefinitionError(
             f"{where}: field {key!r} must be of type {name}, got {type(v).__name__}"
         )
+    return v
+
+
+def _free_form(d: dict[str, Any], key: str, where: str, default: Any) -> Any:
+    """An object kept as given (Proxy, Connect): it must still be shallow and 64-bit clean."""
+    v = _typed(d, key, dict, where, default)
+    try:
+        check_json_shape(v)
+    except JSONShapeError as e:
+        raise DefinitionError(f"{where}: {key}: {e}") from None
     return v
 
 
@@ -244,6 +267,15 @@ def parse_check(raw: dict[str, Any], *, service_id: str = "", index: int = 0) ->
     c.Type = kinds[0]
     if c.Type in ("http", "tcp", "udp", "grpc", "script") and c.Interval <= 0:
         raise DefinitionError(f"check: Interval is required for {c.Type} checks")
+    if c.Type in ("http", "tcp", "udp", "grpc", "script") and c.Interval < MIN_INTERVAL:
+        # Consul's checks.MinInterval: "1ns" would spin a core (or fork-bomb, for a script)
+        log.warning(
+            "check %r has interval %gs, below the minimum: raised to %gs",
+            c.CheckID,
+            c.Interval,
+            MIN_INTERVAL,
+        )
+        c.Interval = MIN_INTERVAL
     if c.Type == "http" and not c.HTTP.startswith(("http://", "https://")):
         raise DefinitionError(f"check: invalid HTTP URL {c.HTTP!r}")
     if c.OutputMaxSize > validate.OUTPUT_MAX_SIZE:
@@ -254,6 +286,15 @@ def parse_check(raw: dict[str, Any], *, service_id: str = "", index: int = 0) ->
         if getattr(c, k) < 0:
             raise DefinitionError(f"check: {k} must not be negative")
     return c
+
+
+def check_list(value: Any, where: str) -> list[Any]:
+    """`Checks` is a JSON array; `{}` or a number is a mistake to report, not an empty list."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise DefinitionError(f"{where}: Checks must be a list, got {type(value).__name__}")
+    return value
 
 
 _SERVICE_KEYS = {
@@ -333,18 +374,15 @@ def parse_service(raw: dict[str, Any]) -> ServiceDefinition:
         Weights=weights,
         EnableTagOverride=bool(d.get("enabletagoverride", False)),
         Kind=kind,
-        Proxy=_typed(d, "proxy", dict, where, None),
-        Connect=_typed(d, "connect", dict, where, None),
-        TaggedAddresses=_typed(d, "taggedaddresses", dict, where, {}),
+        Proxy=_free_form(d, "proxy", where, None),
+        Connect=_free_form(d, "connect", where, None),
+        TaggedAddresses=_free_form(d, "taggedaddresses", where, {}),
     )
     _servers_rule(validate.service, svc)
     raw_checks: list[Any] = []
     if d.get("check"):
         raw_checks.append(d["check"])
-    more = d.get("checks") or []
-    if not isinstance(more, list):
-        raise DefinitionError(f"{where}: Checks must be a list")
-    raw_checks.extend(more)
+    raw_checks.extend(check_list(d.get("checks"), where))
     checks = [parse_check(c, service_id=sid, index=i) for i, c in enumerate(raw_checks)]
     sidecar = None
     if svc.Connect:

@@ -17,9 +17,13 @@ from dataclasses import dataclass
 
 from meshd.agent.backend import CatalogBackend
 from meshd.rpc import SignRequest
-from meshd.spiffe import spiffe_service_id
+from meshd.spiffe import check_service_name, spiffe_service_id
 
 log = logging.getLogger("meshd.leaf")
+
+
+class LeafError(ValueError):
+    """A leaf that can never be issued (the name cannot be in a SPIFFE ID): a 400, not a retry."""
 
 
 @dataclass
@@ -65,12 +69,26 @@ class LeafManager:
         self._tasks[service] = asyncio.create_task(self._loop(service), name=f"leaf {service}")
 
     def ensure(self, service: str) -> None:
-        """Start issuing (and renewing) a leaf for `service`, once."""
+        """Start issuing (and renewing) a leaf for `service`, once.
+
+        A name no CA would sign starts no retry loop: it would fail, and log, forever.
+        """
+        if service in self._tasks:
+            return
+        try:
+            check_service_name(service)
+        except ValueError as e:
+            log.warning("no leaf for %r: %s", service, e)
+            return
         if service not in self._tasks:
             self._ready[service] = asyncio.Event()
             self._restart(service)
 
     async def get(self, service: str, timeout: float = 15.0) -> Leaf:
+        try:
+            check_service_name(service)
+        except ValueError as e:
+            raise LeafError(f"cannot issue a leaf certificate: {e}") from None
         self.ensure(service)
         await asyncio.wait_for(self._ready[service].wait(), timeout)
         return self.leaves[service]

@@ -13,7 +13,7 @@ import os
 from hashlib import sha256
 from typing import Any
 
-from meshd.fsutil import atomic_write_json
+from meshd.fsutil import atomic_write_json, private_dirs
 
 
 class Persisted:
@@ -24,7 +24,7 @@ class Persisted:
         if self.root is None:
             return None
         d = os.path.join(self.root, kind)
-        os.makedirs(d, exist_ok=True)
+        private_dirs(d)
         return d
 
     @staticmethod

@@ -42,6 +42,9 @@ __all__ = [
 ]
 
 DEFAULT_HTTP_MAX_BODY = 1 << 20
+DEFAULT_HTTP_MAX_CONNS_PER_CLIENT = 200  # Consul's default
+DEFAULT_HTTP_READ_HEADER_TIMEOUT = 10.0
+DEFAULT_HTTP_MAX_SNAPSHOT = 256 << 20
 SOA_DEFAULTS: dict[str, int] = {"refresh": 3600, "retry": 600, "expire": 86400, "min_ttl": 0}
 CONFIG_EXTENSIONS = (".json", ".hcl")
 
@@ -125,6 +128,7 @@ class Config:
     services: list[dict[str, Any]] = field(default_factory=list)
     checks: list[dict[str, Any]] = field(default_factory=list)
     enable_script_checks: bool = False
+    enable_local_script_checks: bool = False  # script checks from config files only (Consul)
     encrypt: str | None = None
     retry_join: list[str] = field(default_factory=list)
     retry_interval: float = 30.0
@@ -164,6 +168,18 @@ class Config:
     @property
     def http_max_body(self) -> int:
         return int(self.limits.get("http_max_body_bytes", DEFAULT_HTTP_MAX_BODY))
+
+    @property
+    def http_max_conns_per_client(self) -> int:
+        return int(self.limits.get("http_max_conns_per_client", DEFAULT_HTTP_MAX_CONNS_PER_CLIENT))
+
+    @property
+    def http_read_header_timeout(self) -> float:
+        return float(self.limits.get("http_read_header_timeout", DEFAULT_HTTP_READ_HEADER_TIMEOUT))
+
+    @property
+    def http_max_snapshot(self) -> int:
+        return int(self.limits.get("http_max_snapshot_bytes", DEFAULT_HTTP_MAX_SNAPSHOT))
 
 
 # --- schemas: key -> (target path in the canonical dict or None to drop, validator/schema) ------
@@ -226,6 +242,8 @@ _LIMITS = _fields(
     ("limits",),
     http_max_body_bytes=cv.count,
     http_max_conns_per_client=cv.count,
+    http_read_header_timeout=cv.duration(positive=True),
+    http_max_snapshot_bytes=cv.count,
     node_failure_timeout=cv.duration(positive=True),
     rpc_max_conns_per_client=cv.count,
     kv_max_value_size=cv.count,
@@ -249,6 +267,7 @@ _TOP: Schema = {
         services=cv.object_list,
         checks=cv.object_list,
         enable_script_checks=cv.boolean,
+        enable_local_script_checks=cv.boolean,
         encrypt=cv.optional(cv.encrypt),
         retry_join=cv.str_list,
         retry_interval=cv.duration(positive=True),
@@ -306,6 +325,7 @@ _FLAGS: Schema = {
             "log-rotate-duration": "log_rotate_duration",
             "log-rotate-max-files": "log_rotate_max_files",
             "pid-file": "pid_file",
+            "enable-local-script-checks": "enable_local_script_checks",
         }.items()
     },
     **{f"{p}-port": (("ports", p), cv.port) for p in ("http", "https", "grpc", "dns", "server")},

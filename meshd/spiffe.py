@@ -27,6 +27,11 @@ def _segment(kind: str, value: str) -> str:
     return value
 
 
+def check_service_name(service: str) -> str:
+    """A service name that can stand in a SPIFFE ID, or ValueError naming why it cannot."""
+    return _segment("service", service)
+
+
 def trust_domain(cluster_id: str) -> str:
     """Consul derives the trust domain from the cluster ID, so every DC of a cluster shares it."""
     return f"{_segment('cluster id', cluster_id)}.consul"

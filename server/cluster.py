@@ -19,7 +19,7 @@ from typing import Any
 
 from meshd import queries as q
 from meshd import validate
-from meshd.fsutil import atomic_write_json
+from meshd.fsutil import atomic_write_json, private_dirs
 from meshd.rpc import (
     CAConfigRequest,
     Heartbeat,
@@ -118,7 +118,7 @@ class Server:
         if not path or self.raft is None:
             return
         peers = {p: self.known.get(p, _rpc_for(p, self.s.rpc_port)) for p in self.raft.peers()}
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        private_dirs(os.path.dirname(path))
         atomic_write_json(path, peers)
 
     def _start_raft(self, peers: list[str]) -> None:

@@ -49,6 +49,30 @@ async def ensure_ca(server: Server) -> None:
     )
 
 
+def check_ca_config(config: dict[str, Any]) -> None:
+    """Refuse a CA config the built-in CA would silently not honour.
+
+    Consul's built-in provider takes `ec` (P-224/256/384/521) or `rsa` keys; meshd's generates
+    EC P-256 only, so any other type or size is refused rather than stored and ignored.
+    """
+    key_type = config.get("PrivateKeyType", "ec")
+    if key_type not in ("ec", "rsa"):
+        raise CAError(f"invalid PrivateKeyType {key_type!r}: must be 'ec' or 'rsa'")
+    if key_type != "ec":
+        raise CAError(f"PrivateKeyType {key_type!r} is not supported: the built-in CA uses 'ec'")
+    bits = config.get("PrivateKeyBits", 256)
+    if isinstance(bits, bool) or bits != 256:
+        raise CAError(f"PrivateKeyBits {bits!r} is not supported: the built-in CA uses EC P-256")
+    for key in ("LeafCertTTL", "RotationPeriod", "RootCertTTL", "IntermediateCertTTL"):
+        value = config.get(key)
+        if value is None:
+            continue
+        try:
+            parse_duration(value)
+        except (ConfigError, ValueError) as e:
+            raise CAError(f"invalid {key} {value!r}: {e}") from None
+
+
 def leaf_ttl(config: dict[str, Any]) -> float:
     try:
         return parse_duration(config.get("LeafCertTTL", "72h"))
@@ -85,6 +109,7 @@ async def set_config(server: Server, config: dict[str, Any], force_rotate: bool)
     with cross-signing, keeping the old root trusted so no connection breaks."""
     m = server.store.mesh
     merged = {**DEFAULT_CA_CONFIG, **m.ca_config, **config}
+    check_ca_config(merged)
     leaf_ttl(merged)
     old = m.active_root()
     roots = list(m.roots)

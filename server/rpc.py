@@ -20,6 +20,7 @@ from meshd.rpc import (
     WriteReply,
     WriteRequest,
     encoder,
+    plausible,
     verify,
 )
 from meshd.rpc_client import RPCError
@@ -41,8 +42,14 @@ def make_rpc_app(server: Server) -> web.Application:
     async def auth(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
+        # refuse before reading: a body is only buffered for a caller whose header could verify
+        header = request.headers.get(AUTH_HEADER)
+        if server.s.key and not plausible(header):
+            return web.Response(status=403, text="RPC refused: missing or wrong cluster key\n")
+        if (request.content_length or 0) > MAX_RPC_BODY:
+            return web.Response(status=413, text=f"RPC body over {MAX_RPC_BODY} bytes\n")
         body = await request.read()
-        if not verify(server.s.key, request.path, body, request.headers.get(AUTH_HEADER)):
+        if not verify(server.s.key, request.path, body, header):
             return web.Response(status=403, text="RPC refused: missing or wrong cluster key\n")
         try:
             return await handler(request)

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from meshd import queries as q
 from meshd.agent.backend import ReadResult
-from meshd.agent.definitions import parse_service
+from meshd.agent.definitions import check_list, parse_service
 from meshd.agent.http.common import (
     AGENT_KEY,
     BadRequestError,
@@ -153,8 +153,8 @@ async def catalog_register(request: web.Request) -> web.Response:
         # the catalog body names the service `Service` (an AgentService), the agent's `Name`
         raw_svc = {("Name" if k.lower() == "service" else k): v for k, v in raw_svc.items()}
         svc = parse_service(raw_svc).service
-    raw_checks = ([folded["check"]] if folded.get("check") else []) + list(
-        folded.get("checks") or []
+    raw_checks = ([folded["check"]] if folded.get("check") else []) + check_list(
+        folded.get("checks"), "register"
     )
     checks = [_catalog_check(node, rc) for rc in raw_checks]
     for key, kind in (("taggedaddresses", dict), ("nodemeta", dict)):

@@ -17,10 +17,12 @@ from aiohttp import web
 from meshd import queries as q
 from meshd.agent.backend import CatalogBackend, ReadResult
 from meshd.agent.definitions import DefinitionError
+from meshd.agent.leaf import LeafError
 from meshd.agent.local import UnknownCheckError, UnknownServiceError
 from meshd.config import ConfigError, parse_duration
 from meshd.config_entries import ConfigEntryError
 from meshd.filter import FilterError, apply_filter
+from meshd.jsonshape import MAX_JSON_DEPTH, JSONShapeError, check_json_shape
 from meshd.server.authority import CommandForbiddenError
 from meshd.server.ca import CAError
 from meshd.server.raft import RaftError
@@ -80,13 +82,9 @@ class QueryOptions:
 def query_options(request: web.Request) -> QueryOptions:
     qs = request.query
     opts = QueryOptions(filter=qs.get("filter") or None)
-    if "index" in qs:
-        try:
-            opts.index = int(qs["index"])
-        except ValueError:
-            raise BadRequestError("Invalid index value") from None
-        if opts.index < 0:
-            raise BadRequestError("Invalid index value")
+    index = query_uint(request, "index")
+    if index is not None:
+        opts.index = index
         opts.wait = DEFAULT_WAIT
     if "wait" in qs:
         try:
@@ -102,6 +100,20 @@ def query_options(request: web.Request) -> QueryOptions:
     return opts
 
 
+def query_uint(request: web.Request, name: str) -> int | None:
+    """A uint64 query parameter as Go's strconv.ParseUint reads it: digits only, below 2**64.
+
+    Python's int() also takes "1_000", " 7" and "+7", and any size; an index beyond 64 bits
+    would block forever and a CAS beyond it cannot be encoded, so both are refused here.
+    """
+    v = request.query.get(name)
+    if v is None:
+        return None
+    if not (v.isascii() and v.isdigit()) or len(v) > 20 or int(v) >= 2**64:
+        raise BadRequestError(f"Invalid {name} value: {v!r}")
+    return int(v)
+
+
 async def blocking_read(backend: CatalogBackend, query: q.Query, opts: QueryOptions) -> ReadResult:
     return await backend.read(
         query, min_index=opts.index, wait=opts.wait, consistency=opts.consistency
@@ -114,16 +126,35 @@ def filtered(opts: QueryOptions, rows: list[Any]) -> list[Any]:
     return apply_filter(opts.filter, rows, to_builtins)
 
 
+def _refuse_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON (Go's decoder refuses them); Python's accepts them."""
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def decode_json(raw: bytes | str) -> Any:
+    """Strict JSON as Consul reads it, or BadRequestError with the reason."""
+    try:
+        data = json.loads(raw, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise BadRequestError(
+            f"Request decode failed: JSON nested deeper than {MAX_JSON_DEPTH} levels"
+        ) from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequestError(f"Request decode failed: {e}") from None
+    try:
+        check_json_shape(data)
+    except JSONShapeError as e:
+        raise BadRequestError(f"Request decode failed: {e}") from None
+    return data
+
+
 async def json_body(request: web.Request, kind: type | None = dict) -> Any:
     raw = await request.read()
     if not raw.strip():
         if kind is None:
             return None
         raise BadRequestError("Request decode failed: empty body")
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequestError(f"Request decode failed: {e}") from None
+    data = decode_json(raw)
     if kind is not None and not isinstance(data, kind):
         raise BadRequestError(f"Request decode failed: expected a JSON {kind.__name__}")
     return data
@@ -152,6 +183,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         ConfigError,
         CAError,
         ConfigEntryError,
+        LeafError,
     ) as e:
         return _text(400, str(e))
     except (NotFoundError, UnknownServiceError, UnknownCheckError) as e:

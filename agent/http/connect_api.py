@@ -15,6 +15,7 @@ from meshd.agent.http.common import (
     json_body,
     json_response,
     query_options,
+    query_uint,
 )
 from meshd.config_entries import KINDS, ConfigEntryError, normalize_entry
 from meshd.intentions import check, flatten, match
@@ -61,11 +62,8 @@ async def _put_entry(agent: Agent, raw: dict[str, Any], cas: int = -1) -> bool:
 @routes.put("/v1/config")
 async def config_write(request: web.Request) -> web.Response:
     body = await json_body(request)
-    cas = request.query.get("cas")
-    try:
-        cas_index = int(cas) if cas is not None else -1
-    except ValueError:
-        raise BadRequestError(f"invalid cas value {cas!r}") from None
+    cas = query_uint(request, "cas")
+    cas_index = -1 if cas is None else cas
     return json_response(await _put_entry(_agent(request), body, cas_index))
 
 
@@ -286,6 +284,8 @@ async def agent_authorize(request: web.Request) -> web.Response:
     target, uri = body.get("Target", ""), body.get("ClientCertURI", "")
     if not target or not uri:
         raise BadRequestError("Target and ClientCertURI are required")
+    if not isinstance(target, str) or not isinstance(uri, str):
+        raise BadRequestError("Target and ClientCertURI must be strings")
     from meshd.spiffe import parse_service_id
 
     try:

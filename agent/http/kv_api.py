@@ -14,6 +14,7 @@ from meshd.agent.http.common import (
     flag,
     json_response,
     query_options,
+    query_uint,
     set_read_headers,
 )
 from meshd.structs import KVOp
@@ -31,19 +32,6 @@ def _agent(request: web.Request) -> Agent:
 
 def _key(request: web.Request) -> str:
     return request.match_info.get("key", "")
-
-
-def _uint(request: web.Request, name: str) -> int | None:
-    v = request.query.get(name)
-    if v is None:
-        return None
-    try:
-        n = int(v)
-    except ValueError:
-        raise BadRequestError(f"Invalid {name} value: {v!r}") from None
-    if n < 0 or n >= 2**64:
-        raise BadRequestError(f"Invalid {name} value: {v!r}")
-    return n
 
 
 @routes.get("/v1/kv/{key:.*}")
@@ -87,8 +75,8 @@ async def kv_put(request: web.Request) -> web.Response:
     value = await request.read()
     if len(value) > limit:
         return web.Response(status=413, text=f"Value exceeds {limit} byte limit\n")
-    flags = _uint(request, "flags") or 0
-    cas = _uint(request, "cas")
+    flags = query_uint(request, "flags") or 0
+    cas = query_uint(request, "cas")
     verb, session = ("cas" if cas is not None else "set"), ""
     for param, lock_verb in (("acquire", "lock"), ("release", "unlock")):  # Consul's precedence
         if param in request.query:
@@ -101,7 +89,7 @@ async def kv_put(request: web.Request) -> web.Response:
 async def kv_delete(request: web.Request) -> web.Response:
     key = _key(request)
     recurse = flag(request, "recurse")
-    cas = _uint(request, "cas")
+    cas = query_uint(request, "cas")
     if not key and not recurse:
         raise BadRequestError("Missing key name")
     if recurse:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import tempfile
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -15,7 +16,9 @@ if TYPE_CHECKING:
     from meshd.agent.agent import Agent
 
 routes = web.RouteTableDef()
-MAX_SNAPSHOT = 512 * 1024 * 1024
+_CHUNK = 1 << 20
+# A snapshot is a msgpack map (GET /v1/snapshot writes one); its first byte says so.
+_SNAPSHOT_START = frozenset({bytes([b]) for b in (*range(0x80, 0x90), 0xDE, 0xDF)})
 
 
 def _agent(request: web.Request) -> Agent:
@@ -60,16 +63,30 @@ async def snapshot_save(request: web.Request) -> web.Response:
 
 @routes.put("/v1/snapshot")
 async def snapshot_restore(request: web.Request) -> web.Response:
-    chunks, size = [], 0
-    async for chunk in request.content.iter_chunked(1 << 20):  # past the general body limit
-        size += len(chunk)
-        if size > MAX_SNAPSHOT:
-            return web.Response(status=413, text="snapshot too large\n")
-        chunks.append(chunk)
-    data = b"".join(chunks)
-    if not data:
-        raise BadRequestError("snapshot body is empty")
-    await _agent(request).restore(data)
+    """Streamed to a private temporary file, never held whole while it arrives.
+
+    The size limit applies to what is read, not to a Content-Length the client may omit, and a
+    body that does not start like a snapshot is refused at its first chunk.
+    """
+    agent = _agent(request)
+    limit = agent.config.http_max_snapshot
+    with tempfile.TemporaryFile(dir=agent.config.data_dir or None) as spool:  # mode 0600
+        size = 0
+        async for chunk in request.content.iter_chunked(_CHUNK):
+            if size == 0 and chunk[:1] not in _SNAPSHOT_START:
+                raise BadRequestError("not a meshd snapshot (it must come from GET /v1/snapshot)")
+            size += len(chunk)
+            if size > limit:
+                return web.Response(
+                    status=413,
+                    text=f"snapshot larger than limits.http_max_snapshot_bytes={limit}\n",
+                )
+            await asyncio.to_thread(spool.write, chunk)
+        if not size:
+            raise BadRequestError("snapshot body is empty")
+        await asyncio.to_thread(spool.seek, 0)
+        data = await asyncio.to_thread(spool.read)
+    await agent.restore(data)
     return web.Response(status=200)
 
 

@@ -17,6 +17,7 @@ from meshd.agent.http import (
     txn_api,
 )
 from meshd.agent.http.common import AGENT_KEY, error_middleware
+from meshd.agent.http.guard import refuse_http09
 
 if TYPE_CHECKING:
     from meshd.agent.agent import Agent
@@ -31,7 +32,8 @@ async def count_middleware(request: web.Request, handler: Any) -> web.StreamResp
 
 def make_app(agent: Agent, max_body: int = 1024 * 1024) -> web.Application:
     app = web.Application(
-        middlewares=[count_middleware, error_middleware], client_max_size=max_body
+        middlewares=[refuse_http09, count_middleware, error_middleware],
+        client_max_size=max_body,
     )
     app[AGENT_KEY] = agent
     for mod in (

@@ -51,6 +51,11 @@ AGENT_FLAGS: tuple[tuple[str, str, str], ...] = (
     ("log-rotate-duration", "str", "Rotate the log file this often (default 24h)."),
     ("log-rotate-max-files", "int", "Rotated log files to keep (0: all, -1: none)."),
     ("pid-file", "str", "Write the agent's PID to this file."),
+    (
+        "enable-local-script-checks",
+        "flag",
+        "Allow health checks that run commands, from config files only (not the HTTP API).",
+    ),
 )
 
 # Passed to load_config as files/dirs, not as flags.

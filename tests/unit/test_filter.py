@@ -479,3 +479,44 @@ def test_deep_nesting_is_a_filter_error_not_a_recursion_error() -> None:
 def test_long_flat_chains_do_not_recurse() -> None:
     expr = " or ".join(f"Service.Port == {port}" for port in range(3000, 9000))
     assert matches(expr, ENTRY)
+
+
+@pytest.mark.timeout(30)
+def test_matches_runs_in_linear_time_on_catastrophic_patterns() -> None:
+    """`(a+)+$` backtracks for ages in Python's `re`; RE2 (Go's semantics) answers at once."""
+    assert not matches('Node.Node matches "(a+)+$"', health_entry(node="a" * 5000 + "!"))
+    assert matches('Node.Node matches "(a+)+$"', health_entry(node="a" * 5000))
+
+
+@pytest.mark.parametrize(
+    ("pattern", "reason"),
+    [
+        ("a{4294967296}", "invalid repeat count"),  # RE2 alone reads this as literal text
+        ("a{1001}", "invalid repeat count"),
+        ("x{2,99999999999}", "invalid repeat count"),
+        ("(a)\\\\1", "invalid regular expression"),  # backreferences: not RE2, not Go
+        ("(?=a)", "invalid regular expression"),
+        ("((a{1000}){1000})", "invalid regular expression"),
+        ("a" * 5000, "the limit is 4096"),
+    ],
+)
+def test_regexes_go_refuses_or_too_costly_are_filter_errors(pattern: str, reason: str) -> None:
+    with pytest.raises(FilterError, match=reason):
+        compile_filter(f'Node.Node matches "{pattern}"')
+
+
+def test_escaped_or_bracketed_braces_are_literals_not_repeats() -> None:
+    assert matches(r'Node.Meta.rack matches "^r\\{5000\\}$"', health_entry(), None) is False
+    assert matches('Node.Node matches "^node[{]"', health_entry(node="node{1"))
+
+
+def test_a_lone_surrogate_in_the_data_does_not_match_instead_of_raising() -> None:
+    assert not matches('Node.Node matches "."', health_entry(node="\ud800"))
+
+
+def test_filter_size_and_term_count_are_bounded() -> None:
+    with pytest.raises(FilterError, match="characters long"):
+        compile_filter("Service.Service == " + "x" * (300 * 1024))
+    too_many = " or ".join("Service.Port == 1" for _ in range(10_001))
+    with pytest.raises(FilterError, match="terms in one filter"):
+        compile_filter(too_many)
