@@ -8,7 +8,6 @@ typed shape and unknown keys are caught in one place.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +35,6 @@ def _servers_rule(rule: Callable[..., None], *args: Any, **kw: Any) -> None:
         raise DefinitionError(f"invalid definition: {e}") from None
 
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-/]+$")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # Go's int on the servers; msgspec's range too
 
 
