@@ -16,6 +16,7 @@ from meshd.agent.http.common import (
     json_response,
     query_options,
 )
+from meshd.chain import ChainError, compile_chain
 from meshd.config_entries import KINDS, ConfigEntryError, normalize_entry
 from meshd.intentions import check, flatten, match
 from meshd.structs import ConfigEntryOp, IntentionOp
@@ -94,6 +95,27 @@ async def config_delete(request: web.Request) -> web.Response:
     kind, name = _kind(request.match_info["kind"]), request.match_info["name"]
     await _agent(request).backend.write(ConfigEntryOp(Op="delete", Kind=kind, Name=name))
     return json_response(True)
+
+
+@routes.get("/v1/discovery-chain/{service}")
+async def discovery_chain(request: web.Request) -> web.Response:
+    """Consul's compiled chain for `service`; blocks on any config entry (the chain reads
+    entries of several kinds and services)."""
+    agent = _agent(request)
+    res = await blocking_read(agent.backend, q.ConfigEntries(), query_options(request))
+    entries = {(e["Kind"], e["Name"]): e for e in res.value}
+    roots = (await agent.backend.read(q.CARoots())).value or {}
+    dc = request.query.get("compile-dc") or agent.config.datacenter
+    try:
+        chain = compile_chain(
+            request.match_info["service"],
+            lambda kind, name: entries.get((kind, name)),
+            datacenter=dc,
+            trust_domain=roots.get("TrustDomain", ""),
+        )
+    except ChainError as e:
+        raise BadRequestError(str(e)) from None
+    return json_response({"Chain": chain}, result=res)
 
 
 # ---- intentions -----------------------------------------------------------------------------
