@@ -14,15 +14,20 @@ import asyncio
 import dataclasses
 import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from meshd import queries as q
 from meshd.agent.cache import Subscription
 from meshd.agent.leaf import LeafManager
+from meshd.chain import ChainError, compile_chain
+from meshd.filter import compile_filter
 from meshd.intentions import WILDCARD, flatten, rbac_for_destination
 from meshd.proxy.ads import ADSServer
 from meshd.proxy.snapshot import Endpoint, ProxySnapshot, Upstream
-from meshd.structs import HEALTH_CRITICAL, CheckServiceNode, NodeService
+from meshd.structs import HEALTH_CRITICAL, HEALTH_WARNING, CheckServiceNode, NodeService
 
 if TYPE_CHECKING:
     from meshd.agent.agent import Agent
@@ -30,11 +35,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("meshd.mesh")
 
 
-def healthy_endpoints(rows: list[CheckServiceNode]) -> list[Endpoint]:
-    """Pure: the sidecars of a destination that may receive traffic (no critical check)."""
+def healthy_endpoints(
+    rows: list[CheckServiceNode], subset: dict[str, Any] | None = None
+) -> list[Endpoint]:
+    """Pure: the sidecars of a destination that may receive traffic (no critical check), and
+    of those, the ones a chain target's subset selects (its Filter; OnlyPassing)."""
+    subset = subset or {}
+    selects = compile_filter(subset.get("Filter"))
+    unfit = {HEALTH_CRITICAL, HEALTH_WARNING} if subset.get("OnlyPassing") else {HEALTH_CRITICAL}
     out = []
     for r in rows:
-        if any(c.Status == HEALTH_CRITICAL for c in r.Checks):
+        if any(c.Status in unfit for c in r.Checks):
+            continue
+        if subset.get("Filter") and not selects(msgspec.to_builtins(r)):
             continue
         out.append(
             Endpoint(
@@ -52,6 +65,33 @@ def protocol_of(entries: list[dict[str, Any]], service: str) -> str:
         if e.get("Name") == service:
             return str(e.get("Protocol") or "tcp")
     return "tcp"
+
+
+def upstream_config(defaults: list[dict[str, Any]], upstream: str) -> dict[str, Any]:
+    """The calling service's UpstreamConfig for one upstream: Defaults, then its Override."""
+    config = (defaults[0].get("UpstreamConfig") or {}) if defaults else {}
+    merged = dict(config.get("Defaults") or {})
+    for override in config.get("Overrides") or []:
+        if override.get("Name") == upstream:
+            merged.update({k: v for k, v in override.items() if k != "Name"})
+    return merged
+
+
+class _Reader:
+    """Reads the watch cache and remembers every query, so a snapshot is rebuilt when anything
+    it was built from changes, including the entries a discovery chain happened to consult."""
+
+    def __init__(self, get: Callable[[q.Query], Any]) -> None:
+        self._get = get
+        self.reads: set[q.Query] = set()
+
+    def __call__(self, query: q.Query) -> Any:
+        self.reads.add(query)
+        return self._get(query)
+
+    def entry(self, kind: str, name: str) -> dict[str, Any] | None:
+        rows = self(q.ConfigEntries(Kind=kind, Name=name))
+        return rows[0] if rows else None
 
 
 _PROXYLESS = ""  # the reader key of the proxyless resources (no proxy id is empty)
@@ -154,11 +194,13 @@ class MeshManager:
                 self.leaves.drop(snap.service)  # no sidecar left: stop renewing its leaf
         for sid, svc in proxies.items():
             if everything or sid in dirty or sid not in self._reads:
-                self._reads[sid] = _reads_of(svc)
+                reader = _Reader(self._value)
                 try:
-                    self._build(sid, svc, roots)
+                    self._build(sid, svc, roots, reader)
                 except Exception:  # one bad input must not stop the other proxies' updates
                     log.exception("building the snapshot of %s failed", sid)
+                finally:
+                    self._reads[sid] = _reads_of(svc) | reader.reads
         if self._proxyless_active and (everything or _PROXYLESS in dirty):
             self._rebuild_proxyless()
         self._resubscribe()
@@ -167,9 +209,9 @@ class MeshManager:
         """The latest snapshot pushed for a local proxy, if it has one yet."""
         return self._snapshots.get(proxy_id)
 
-    def _build(self, sid: str, svc: NodeService, roots: Any) -> None:
+    def _build(self, sid: str, svc: NodeService, roots: Any, reader: _Reader) -> None:
         self.builds[sid] += 1
-        snap = self._snapshot(sid, svc, roots)
+        snap = self._snapshot(sid, svc, roots, reader)
         if snap is None:
             return
         old = self._snapshots.get(sid)
@@ -217,7 +259,35 @@ class MeshManager:
             self._proxyless = resources
             self.ads.invalidate()
 
-    def _snapshot(self, sid: str, svc: NodeService, roots: Any) -> ProxySnapshot | None:
+    def _upstream(self, up: dict[str, Any], dest: str, td: str, read: _Reader) -> Upstream:
+        """One upstream through its discovery chain: targets, their subsets' endpoints, and the
+        caller's UpstreamConfig (circuit breakers, outlier detection)."""
+        name = up["DestinationName"]
+        dc = self.agent.config.datacenter
+        try:
+            chain = compile_chain(name, read.entry, datacenter=dc, trust_domain=td)
+        except ChainError as e:  # the servers refuse such entries; a race may still show one
+            log.warning("discovery chain of %s: %s; using the default chain", name, e)
+            chain = compile_chain(name, lambda kind, n: None, datacenter=dc, trust_domain=td)
+        targets = {}
+        for tid, target in chain["Targets"].items():
+            rows = read(q.ServiceNodes(Service=target["Service"], Connect=True)) or []
+            targets[tid] = healthy_endpoints(rows, target["Subset"])
+        rows = read(q.ServiceNodes(Service=name, Connect=True)) or []
+        return Upstream(
+            destination_name=name,
+            local_bind_port=int(up["LocalBindPort"]),
+            local_bind_address=up.get("LocalBindAddress") or "127.0.0.1",
+            protocol=chain["Protocol"],
+            endpoints=healthy_endpoints(rows),
+            chain=chain,
+            target_endpoints=targets,
+            config=upstream_config(read(_defaults(dest)) or [], name),
+        )
+
+    def _snapshot(
+        self, sid: str, svc: NodeService, roots: Any, read: _Reader
+    ) -> ProxySnapshot | None:
         proxy = svc.Proxy or {}
         dest = proxy.get("DestinationServiceName", "")
         if not dest or not roots or not roots["TrustDomain"]:
@@ -234,19 +304,8 @@ class MeshManager:
             self.agent.config.default_intention_policy == "allow",
             http=protocol != "tcp",
         )
-        upstreams = []
-        for up in proxy.get("Upstreams") or []:
-            name = up["DestinationName"]
-            rows = self._value(q.ServiceNodes(Service=name, Connect=True)) or []
-            upstreams.append(
-                Upstream(
-                    destination_name=name,
-                    local_bind_port=int(up["LocalBindPort"]),
-                    local_bind_address=up.get("LocalBindAddress") or "127.0.0.1",
-                    protocol=protocol_of(self._value(_defaults(name)) or [], name),
-                    endpoints=healthy_endpoints(rows),
-                )
-            )
+        td = roots["TrustDomain"]
+        upstreams = [self._upstream(up, dest, td, read) for up in proxy.get("Upstreams") or []]
         return ProxySnapshot(
             proxy_id=sid,
             service=dest,
