@@ -81,15 +81,23 @@ class _Reader:
     """Reads the watch cache and remembers every query, so a snapshot is rebuilt when anything
     it was built from changes, including the entries a discovery chain happened to consult."""
 
-    def __init__(self, get: Callable[[q.Query], Any]) -> None:
+    def __init__(self, get: Callable[[q.Query], Any], *, by_kind: bool = False) -> None:
         self._get = get
         self.reads: set[q.Query] = set()
+        # Proxyless clients may resolve any service: one watch per kind, not per entry.
+        self._by_kind = by_kind
+        self._kinds: dict[str, dict[str, dict[str, Any]]] = {}
 
     def __call__(self, query: q.Query) -> Any:
         self.reads.add(query)
         return self._get(query)
 
     def entry(self, kind: str, name: str) -> dict[str, Any] | None:
+        if self._by_kind:
+            if kind not in self._kinds:
+                rows = self(q.ConfigEntries(Kind=kind)) or []
+                self._kinds[kind] = {e["Name"]: e for e in rows}
+            return self._kinds[kind].get(name)
         rows = self(q.ConfigEntries(Kind=kind, Name=name))
         return rows[0] if rows else None
 
@@ -242,33 +250,47 @@ class MeshManager:
 
     def _rebuild_proxyless(self) -> None:
         names = sorted(self._value(q.Services()) or {})
-        reads: set[q.Query] = {q.Services()}
+        read = _Reader(self._value, by_kind=True)
+        read(q.Services())
         services: dict[str, list[Endpoint]] = {}
+        chains: dict[str, dict[str, Any]] = {}
+        targets: dict[str, list[Endpoint]] = {}
+        roots = self._value(q.CARoots()) or {}
         for name in names:
-            query = q.ServiceNodes(Service=name)
-            reads.add(query)
-            rows = self._value(query)
+            rows = read(q.ServiceNodes(Service=name))
             if rows is None:
                 continue  # absent rather than empty: a client waits instead of failing
             services[name] = healthy_endpoints([r for r in rows if r.Service.Kind == ""])
-        self._reads[_PROXYLESS] = frozenset(reads)
+            chain = self._chain(name, roots.get("TrustDomain", ""), read)
+            if chain["Default"]:
+                continue
+            chains[name] = chain
+            for target in chain["Targets"].values():
+                found = read(q.ServiceNodes(Service=target["Service"])) or []
+                targets[target["Name"]] = healthy_endpoints(
+                    [r for r in found if r.Service.Kind == ""], target["Subset"]
+                )
+        self._reads[_PROXYLESS] = frozenset(read.reads)
         from meshd.proxy.proxyless import proxyless_resources  # Envoy protos: only when used
 
-        resources = proxyless_resources(services)
+        resources = proxyless_resources(services, chains, targets)
         if resources != self._proxyless:
             self._proxyless = resources
             self.ads.invalidate()
+
+    def _chain(self, name: str, td: str, read: _Reader) -> dict[str, Any]:
+        dc = self.agent.config.datacenter
+        try:
+            return compile_chain(name, read.entry, datacenter=dc, trust_domain=td)
+        except ChainError as e:  # the servers refuse such entries; a race may still show one
+            log.warning("discovery chain of %s: %s; using the default chain", name, e)
+            return compile_chain(name, lambda kind, n: None, datacenter=dc, trust_domain=td)
 
     def _upstream(self, up: dict[str, Any], dest: str, td: str, read: _Reader) -> Upstream:
         """One upstream through its discovery chain: targets, their subsets' endpoints, and the
         caller's UpstreamConfig (circuit breakers, outlier detection)."""
         name = up["DestinationName"]
-        dc = self.agent.config.datacenter
-        try:
-            chain = compile_chain(name, read.entry, datacenter=dc, trust_domain=td)
-        except ChainError as e:  # the servers refuse such entries; a race may still show one
-            log.warning("discovery chain of %s: %s; using the default chain", name, e)
-            chain = compile_chain(name, lambda kind, n: None, datacenter=dc, trust_domain=td)
+        chain = self._chain(name, td, read)
         targets = {}
         for tid, target in chain["Targets"].items():
             rows = read(q.ServiceNodes(Service=target["Service"], Connect=True)) or []

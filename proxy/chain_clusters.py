@@ -130,7 +130,7 @@ def _target_cluster(
     return c
 
 
-def _aggregate(name: str, members: list[str]) -> cluster_pb2.Cluster:
+def aggregate_cluster(name: str, members: list[str]) -> cluster_pb2.Cluster:
     c = cluster_pb2.Cluster(
         name=name,
         connect_timeout=seconds(CONNECT_TIMEOUT_S),
@@ -173,7 +173,7 @@ def chain_clusters(
         if failover:
             primary = chain["Targets"][node["Resolver"]["Target"]]["Name"]
             members = [primary, *(chain["Targets"][t]["Name"] for t in failover["Targets"])]
-            clusters.append(_aggregate(failover_cluster_name(primary), members))
+            clusters.append(aggregate_cluster(failover_cluster_name(primary), members))
     for tid, target in chain["Targets"].items():
         clusters.append(_target_cluster(snap, up, target, lb_of.get(tid, {})))
         assignments.append(_assignment(target["Name"], up, tid))

@@ -221,3 +221,34 @@ def test_default_chain_keeps_the_plain_upstream_cluster() -> None:
     res = resources(chain())
     assert set(by_name(res, CLUSTER)) == {"local_app", "api.default.dc1.internal.abc.consul"}
     assert ROUTE not in res or not res[ROUTE]  # tcp: no route configuration
+
+
+def test_proxyless_chain_routes_split_and_time_out_as_grpc_reads_them() -> None:
+    from envoy.config.listener.v3 import listener_pb2 as lpb
+
+    from meshd.proxy.proxyless import proxyless_resources
+
+    timeout_router = {
+        "Kind": "service-router",
+        "Name": "api",
+        "Routes": [
+            {
+                "Match": {"HTTP": {"PathPrefix": "/pkg.Api/"}},
+                "Destination": {"ServiceSubset": "v2", "RequestTimeout": "250ms"},
+            }
+        ],
+    }
+    compiled = chain(HTTP, RESOLVER, SPLITTER, timeout_router)
+    v1, v2 = (f"{s}.api.default.dc1.internal.abc.consul" for s in ("v1", "v2"))
+    res = proxyless_resources({"api": [], "web": V1}, {"api": compiled}, {v1: V1, v2: V2})
+    listeners = {x.name: x for x in res[LISTENER] if isinstance(x, lpb.Listener)}
+    manager = hcm.HttpConnectionManager()
+    listeners["api"].api_listener.api_listener.Unpack(manager)
+    routes = as_json(manager.route_config)["virtualHosts"][0]["routes"]
+    assert routes[0]["route"]["maxStreamDuration"] == {"maxStreamDuration": "0.250s"}
+    assert routes[0]["route"]["cluster"] == f"failover-target~{v2}"
+    assert [c["weight"] for c in routes[1]["route"]["weightedClusters"]["clusters"]] == [9000, 1000]
+    clusters = {as_json(c)["name"] for c in res[CLUSTER]}  # type: ignore[arg-type]
+    assert clusters == {"web", v1, v2, f"failover-target~{v2}"}
+    endpoints = {c.cluster_name: c for c in res[ENDPOINT]}  # type: ignore[attr-defined]
+    assert set(endpoints) == {"web", v1, v2}
