@@ -55,7 +55,14 @@ def _node_name(service: str) -> str:
 
 
 class _Compiler:
-    def __init__(self, service: str, lookup: Lookup, datacenter: str, trust_domain: str) -> None:
+    def __init__(
+        self,
+        service: str,
+        lookup: Lookup,
+        datacenter: str,
+        trust_domain: str,
+        overrides: Mapping[str, str],
+    ) -> None:
         self.service = service
         self.lookup = lookup
         self.dc = datacenter
@@ -63,10 +70,16 @@ class _Compiler:
         self.nodes: dict[str, dict[str, Any]] = {}
         self.targets: dict[str, dict[str, Any]] = {}
         self.protocol = protocol_of(lookup, service)
+        self.connect_timeout = overrides.get("ConnectTimeout", "")
+        protocol = overrides.get("Protocol", "")
+        # Consul: an overridden protocol keeps routers and splitters only if both it and the
+        # chain's own protocol are L7 (an upstream's `protocol` config cannot add L7 routing)
+        self.no_l7 = bool(protocol) and not {protocol, self.protocol} <= L7_PROTOCOLS
+        self.protocol = protocol or self.protocol
 
     def compile(self) -> dict[str, Any]:
-        router = self.lookup(ROUTER, self.service)
-        splitter = self.lookup(SPLITTER, self.service)
+        router = None if self.no_l7 else self.lookup(ROUTER, self.service)
+        splitter = None if self.no_l7 else self.lookup(SPLITTER, self.service)
         if (router or splitter) and self.protocol not in L7_PROTOCOLS:
             raise ChainError(
                 f"discovery chain {self.service!r} uses a protocol {self.protocol!r} that does "
@@ -87,7 +100,7 @@ class _Compiler:
         }
 
     def _same_protocol(self, service: str) -> None:
-        if service == self.service:
+        if service == self.service or self.no_l7:
             return
         theirs = protocol_of(self.lookup, service)
         if theirs != self.protocol:
@@ -118,7 +131,7 @@ class _Compiler:
         return name
 
     def _splitter_or_resolver(self, service: str) -> str:
-        if self.lookup(SPLITTER, service):
+        if not self.no_l7 and self.lookup(SPLITTER, service):
             return self._splitter(service)
         return self._resolver(service, "")
 
@@ -191,11 +204,18 @@ class _Compiler:
                 "Datacenter": self.dc,
                 "MeshGateway": {},
                 "Subset": dict(subsets.get(subset) or {}),
-                "ConnectTimeout": (resolver or {}).get("ConnectTimeout") or DEFAULT_CONNECT_TIMEOUT,
+                "ConnectTimeout": self._connect_timeout(resolver),
                 "SNI": sni,
                 "Name": sni,
             }
         return tid, resolver
+
+    def _connect_timeout(self, resolver: dict[str, Any] | None) -> str:
+        return (
+            self.connect_timeout
+            or (resolver or {}).get("ConnectTimeout")
+            or DEFAULT_CONNECT_TIMEOUT
+        )
 
     def _resolver(self, service: str, subset: str) -> str:
         tid, resolver = self._target(service, subset)
@@ -205,7 +225,7 @@ class _Compiler:
         resolver = resolver or {}
         node_resolver: dict[str, Any] = {
             "Default": not resolver,
-            "ConnectTimeout": resolver.get("ConnectTimeout") or DEFAULT_CONNECT_TIMEOUT,
+            "ConnectTimeout": self._connect_timeout(resolver),
             "Target": tid,
         }
         if resolver.get("RequestTimeout"):
@@ -236,12 +256,19 @@ class _Compiler:
 
 
 def compile_chain(
-    service: str, lookup: Lookup, *, datacenter: str, trust_domain: str = ""
+    service: str,
+    lookup: Lookup,
+    *,
+    datacenter: str,
+    trust_domain: str = "",
+    overrides: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The compiled chain of `service` (Consul's `CompiledDiscoveryChain` as JSON).
 
-    Raises ChainError when the entries cannot form a valid chain."""
-    return _Compiler(service, lookup, datacenter, trust_domain).compile()
+    `overrides`: "Protocol" and "ConnectTimeout" as the discovery-chain API's
+    OverrideProtocol / OverrideConnectTimeout give them. Raises ChainError when the entries
+    cannot form a valid chain."""
+    return _Compiler(service, lookup, datacenter, trust_domain, overrides or {}).compile()
 
 
 def check_chains(entries: Mapping[tuple[str, str], dict[str, Any]]) -> None:

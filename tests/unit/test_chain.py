@@ -180,3 +180,21 @@ def test_server_refuses_an_entry_that_breaks_a_chain_and_changes_nothing() -> No
             store,
         )
     assert store.dump() == before
+
+
+def test_overridden_tcp_protocol_drops_routers_and_splitters() -> None:
+    table = entries(HTTP, RESOLVER, SPLITTER, ROUTER)
+    chain = compile_chain(
+        "api",
+        lambda k, n: table.get((k, n)),
+        datacenter="dc1",
+        overrides={"Protocol": "tcp", "ConnectTimeout": "7s"},
+    )
+    assert chain["Protocol"] == "tcp"
+    assert chain["StartNode"] == "resolver:v1.api.default.default.dc1"
+    assert {n["Type"] for n in chain["Nodes"].values()} == {"resolver"}
+    assert chain["Targets"]["v1.api.default.default.dc1"]["ConnectTimeout"] == "7s"
+    l7 = compile_chain(
+        "api", lambda k, n: table.get((k, n)), datacenter="dc1", overrides={"Protocol": "grpc"}
+    )
+    assert l7["Protocol"] == "grpc" and l7["StartNode"] == "router:api.default.default"
