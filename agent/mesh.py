@@ -2,7 +2,9 @@
 
 For every local `connect-proxy` service the agent keeps a snapshot built from: the destination's
 leaf certificate, the CA roots, the intentions that apply to the destination, the protocol from
-`service-defaults`, and each upstream's healthy sidecar endpoints. Every input is a subscription
+`service-defaults` / `proxy-defaults`, and for each upstream its compiled discovery chain
+(`meshd.chain`) with the healthy sidecar endpoints of every chain target, filtered by the
+target's subset, plus the caller's `UpstreamConfig`. Every input is a subscription
 to the agent's one watch cache (shared with DNS and HTTP; no watch loop of its own here), so a
 change becomes a new snapshot (and an xDS push) at once for the proxies that read it; the
 translation to Envoy resources is the pure `proxy.resources.build_resources`.
@@ -23,6 +25,7 @@ from meshd import queries as q
 from meshd.agent.cache import Subscription
 from meshd.agent.leaf import LeafManager
 from meshd.chain import ChainError, compile_chain
+from meshd.chain import protocol_of as chain_protocol
 from meshd.filter import compile_filter
 from meshd.intentions import WILDCARD, flatten, rbac_for_destination
 from meshd.proxy.ads import ADSServer
@@ -58,13 +61,6 @@ def healthy_endpoints(
         )
     out.sort(key=lambda e: (e.address, e.port))
     return out
-
-
-def protocol_of(entries: list[dict[str, Any]], service: str) -> str:
-    for e in entries:
-        if e.get("Name") == service:
-            return str(e.get("Protocol") or "tcp")
-    return "tcp"
 
 
 def upstream_config(defaults: list[dict[str, Any]], upstream: str) -> dict[str, Any]:
@@ -319,7 +315,7 @@ class MeshManager:
             self.leaves.ensure(dest)  # its arrival triggers another rebuild
             return None
         entries = [e for query in _intentions(dest) for e in self._value(query) or []]
-        protocol = protocol_of(self._value(_defaults(dest)) or [], dest)
+        protocol = chain_protocol(read.entry, dest)  # proxy-defaults count too, as in Consul
         plan = rbac_for_destination(
             flatten(entries),
             dest,
