@@ -29,7 +29,7 @@ from meshd.chain import protocol_of as chain_protocol
 from meshd.filter import compile_filter
 from meshd.intentions import WILDCARD, flatten, rbac_for_destination
 from meshd.proxy.ads import ADSServer
-from meshd.proxy.snapshot import Endpoint, ProxySnapshot, Upstream
+from meshd.proxy.snapshot import PROTOCOLS, Endpoint, ProxySnapshot, Upstream
 from meshd.structs import HEALTH_CRITICAL, HEALTH_WARNING, CheckServiceNode, NodeService
 
 if TYPE_CHECKING:
@@ -274,19 +274,29 @@ class MeshManager:
             self._proxyless = resources
             self.ads.invalidate()
 
-    def _chain(self, name: str, td: str, read: _Reader) -> dict[str, Any]:
+    def _chain(self, name: str, td: str, read: _Reader, protocol: str = "") -> dict[str, Any]:
         dc = self.agent.config.datacenter
+        over = {"Protocol": protocol} if protocol else {}
         try:
-            return compile_chain(name, read.entry, datacenter=dc, trust_domain=td)
+            return compile_chain(name, read.entry, datacenter=dc, trust_domain=td, overrides=over)
         except ChainError as e:  # the servers refuse such entries; a race may still show one
             log.warning("discovery chain of %s: %s; using the default chain", name, e)
-            return compile_chain(name, lambda kind, n: None, datacenter=dc, trust_domain=td)
+            return compile_chain(
+                name, lambda kind, n: None, datacenter=dc, trust_domain=td, overrides=over
+            )
 
     def _upstream(self, up: dict[str, Any], dest: str, td: str, read: _Reader) -> Upstream:
         """One upstream through its discovery chain: targets, their subsets' endpoints, and the
         caller's UpstreamConfig (circuit breakers, outlier detection)."""
         name = up["DestinationName"]
-        chain = self._chain(name, td, read)
+        config = upstream_config(read(_defaults(dest)) or [], name)
+        # Consul: an upstream's own `protocol` (its Config, or UpstreamConfig) overrides the
+        # chain's, and a tcp on either side drops routers and splitters
+        protocol = str((up.get("Config") or {}).get("protocol") or config.get("Protocol") or "")
+        if protocol and protocol not in PROTOCOLS:
+            log.warning("upstream %s: unknown protocol %r ignored", name, protocol)
+            protocol = ""
+        chain = self._chain(name, td, read, protocol)
         targets = {}
         for tid, target in chain["Targets"].items():
             rows = read(q.ServiceNodes(Service=target["Service"], Connect=True)) or []
@@ -300,7 +310,7 @@ class MeshManager:
             endpoints=healthy_endpoints(rows),
             chain=chain,
             target_endpoints=targets,
-            config=upstream_config(read(_defaults(dest)) or [], name),
+            config=config,
         )
 
     def _snapshot(

@@ -17,6 +17,7 @@ from typing import Any
 
 from meshd.config_entries import (
     HTTP_METHODS,
+    PROTOCOLS,
     ConfigEntryError,
     _bool,
     _fold,
@@ -610,6 +611,11 @@ def _upstream(raw: Any, where: str, *, named: bool) -> dict[str, Any]:
         if up.get(field):
             raise ConfigEntryError(f"{where}.{field}: not supported by meshd")
     protocol = _string(up.get("Protocol"), f"{where}.Protocol")
+    if protocol and protocol not in PROTOCOLS:
+        raise ConfigEntryError(
+            f"{where}.Protocol: invalid protocol {protocol!r}; expected one of "
+            f"{', '.join(PROTOCOLS)}"
+        )
     if protocol:
         out["Protocol"] = protocol
     if up.get("ConnectTimeoutMs") is not None:
