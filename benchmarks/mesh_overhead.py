@@ -502,7 +502,7 @@ def set_chain(mesh: Mesh, on: bool) -> None:
     admin = mesh.envoys["web"][1]
 
     def routed() -> bool:
-        dump = envoy_admin(admin, "/config_dump?resource=dynamic_route_configs")
+        dump = envoy_admin(admin, "/config_dump")
         return ("weighted_clusters" in dump) == on
 
     wait_until(routed, 30, f"web's routes {'with' if on else 'without'} the chain", interval=0.1)

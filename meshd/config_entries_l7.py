@@ -26,6 +26,7 @@ from meshd.config_entries import (
     _string,
 )
 from meshd.durations import DurationError, parse_duration_seconds
+from meshd.filter import FilterError, compile_filter
 
 __all__ = ["L7_KINDS", "L7_TOP_KEYS", "go_duration", "normalize_l7", "upstream_config"]
 
@@ -230,8 +231,6 @@ def _resolver(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def _subset(raw: Any, where: str) -> dict[str, Any]:
-    from meshd.filter import FilterError, compile_filter
-
     sdef = _fold(raw if raw is not None else {}, ("Filter", "OnlyPassing"), where)
     flt = _string(sdef.get("Filter"), f"{where}.Filter")
     try:

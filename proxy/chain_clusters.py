@@ -14,13 +14,12 @@ from __future__ import annotations
 from typing import Any
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2 as ec
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2
 
 from meshd.durations import parse_duration_seconds
 
-from .clusters import CONNECT_TIMEOUT_S, h2_options, lb_endpoint
+from .clusters import CONNECT_TIMEOUT_S, assignment, h2_options
 from .common import ads_source, pack, seconds, upstream_tls
 from .snapshot import H2_PROTOCOLS, ProxySnapshot, Upstream
 
@@ -141,20 +140,16 @@ def aggregate_cluster(name: str, members: list[str]) -> cluster_pb2.Cluster:
     return c
 
 
-def _assignment(name: str, up: Upstream, tid: str) -> endpoint_pb2.ClusterLoadAssignment:
-    healthy = sorted(
-        {
-            (e.address, e.port, max(1, e.weight))
-            for e in up.target_endpoints.get(tid, [])
-            if e.healthy
-        }
-    )
-    cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
-    if healthy:
-        cla.endpoints.append(
-            ec.LocalityLbEndpoints(lb_endpoints=[lb_endpoint(a, p, w) for a, p, w in healthy])
-        )
-    return cla
+def failover_groups(chain: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """(aggregate cluster name, member clusters in order) per resolver node with failover."""
+    out = []
+    for node in chain["Nodes"].values():
+        failover = node["Resolver"].get("Failover") if node["Type"] == "resolver" else None
+        if failover:
+            primary = chain["Targets"][node["Resolver"]["Target"]]["Name"]
+            members = [primary, *(chain["Targets"][t]["Name"] for t in failover["Targets"])]
+            out.append((failover_cluster_name(primary), members))
+    return out
 
 
 def chain_clusters(
@@ -162,19 +157,14 @@ def chain_clusters(
 ) -> tuple[list[cluster_pb2.Cluster], list[endpoint_pb2.ClusterLoadAssignment]]:
     """Every cluster (and EDS assignment) the chain of `up` routes to."""
     chain = up.chain or {}
-    clusters: list[cluster_pb2.Cluster] = []
+    lb_of = {
+        node["Resolver"]["Target"]: node.get("LoadBalancer") or {}
+        for node in chain["Nodes"].values()
+        if node["Type"] == "resolver"
+    }
+    clusters = [aggregate_cluster(name, members) for name, members in failover_groups(chain)]
     assignments = []
-    lb_of: dict[str, dict[str, Any]] = {}
-    for node in chain["Nodes"].values():
-        if node["Type"] != "resolver":
-            continue
-        lb_of[node["Resolver"]["Target"]] = node.get("LoadBalancer") or {}
-        failover = node["Resolver"].get("Failover")
-        if failover:
-            primary = chain["Targets"][node["Resolver"]["Target"]]["Name"]
-            members = [primary, *(chain["Targets"][t]["Name"] for t in failover["Targets"])]
-            clusters.append(aggregate_cluster(failover_cluster_name(primary), members))
     for tid, target in chain["Targets"].items():
         clusters.append(_target_cluster(snap, up, target, lb_of.get(tid, {})))
-        assignments.append(_assignment(target["Name"], up, tid))
+        assignments.append(assignment(target["Name"], up.target_endpoints.get(tid, [])))
     return clusters, assignments

@@ -9,7 +9,7 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
 
 from .common import LOCAL_APP_CLUSTER, ads_source, pack, seconds, socket_address, upstream_tls
-from .snapshot import H2_PROTOCOLS, ProxySnapshot, Upstream
+from .snapshot import H2_PROTOCOLS, Endpoint, ProxySnapshot, Upstream
 
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 CONNECT_TIMEOUT_S = 5.0
@@ -69,9 +69,13 @@ def upstream_cluster(snap: ProxySnapshot, up: Upstream) -> cluster_pb2.Cluster:
 
 
 def load_assignment(snap: ProxySnapshot, up: Upstream) -> endpoint_pb2.ClusterLoadAssignment:
+    return assignment(snap.upstream_cluster(up), up.endpoints)
+
+
+def assignment(name: str, endpoints: list[Endpoint]) -> endpoint_pb2.ClusterLoadAssignment:
     """Only healthy endpoints, sorted, so an unchanged set gives unchanged bytes."""
-    healthy = sorted({(e.address, e.port, max(1, e.weight)) for e in up.endpoints if e.healthy})
-    cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=snap.upstream_cluster(up))
+    healthy = sorted({(e.address, e.port, max(1, e.weight)) for e in endpoints if e.healthy})
+    cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
     if healthy:
         cla.endpoints.append(
             ec.LocalityLbEndpoints(lb_endpoints=[lb_endpoint(a, p, w) for a, p, w in healthy])

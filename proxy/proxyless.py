@@ -23,7 +23,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
 
-from .chain_clusters import aggregate_cluster, failover_cluster_name
+from .chain_clusters import aggregate_cluster, failover_groups
 from .chain_routes import chain_routes
 from .common import CLUSTER, ENDPOINT, LISTENER, ads_source, pack, socket_address
 from .snapshot import Endpoint
@@ -96,15 +96,7 @@ def _chain_listener(name: str, chain: dict[str, Any]) -> listener_pb2.Listener:
 def _chain_clusters(chain: dict[str, Any]) -> list[cluster_pb2.Cluster]:
     """One EDS cluster per target (no TLS: proxyless clients talk to instances directly) and
     an aggregate cluster per failover group (gRFC A37)."""
-    out = []
-    for node in chain["Nodes"].values():
-        if node["Type"] == "resolver" and node["Resolver"].get("Failover"):
-            primary = chain["Targets"][node["Resolver"]["Target"]]["Name"]
-            members = [
-                primary,
-                *(chain["Targets"][t]["Name"] for t in node["Resolver"]["Failover"]["Targets"]),
-            ]
-            out.append(aggregate_cluster(failover_cluster_name(primary), members))
+    out = [aggregate_cluster(name, members) for name, members in failover_groups(chain)]
     out.extend(_cluster(t["Name"]) for t in chain["Targets"].values())
     return out
 
