@@ -131,6 +131,11 @@ def _uint(value: Any, field: str) -> int:
 def _target(raw: dict[str, Any], where: str) -> dict[str, Any]:
     """Service/ServiceSubset/Namespace/Partition of a split, route or redirect destination."""
     out: dict[str, Any] = {}
+    for field in ("Datacenter", "Peer"):
+        if _string(raw.get(field), f"{where}.{field}"):
+            raise ConfigEntryError(
+                f"{where}.{field}: other datacenters and peers are not supported by meshd"
+            )
     for field in _TARGET_KEYS:
         value = _string(raw.get(field), f"{where}.{field}")
         if field in ("Namespace", "Partition"):

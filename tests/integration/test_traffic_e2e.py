@@ -217,8 +217,8 @@ def test_request_timeout_cuts_a_slow_upstream_with_504(traffic: Traffic) -> None
 
 
 def test_retries_turn_a_flaky_upstream_into_successes(traffic: Traffic) -> None:
-    without = Counter(traffic.client.get("/flaky")[0] for _ in range(100))
-    assert without[503] >= 40, without  # what the app does on its own: half are 503
+    without = Counter(traffic.client.get("/flaky")[0] for _ in range(60))
+    assert without[503] >= 25, without  # what the app does on its own: half are 503
     router = {
         "Kind": "service-router",
         "Name": "api",
@@ -231,8 +231,9 @@ def test_retries_turn_a_flaky_upstream_into_successes(traffic: Traffic) -> None:
     }
     with traffic.entries(router):
         wait_for(lambda: all(traffic.client.get("/flaky")[0] == 200 for _ in range(10)), 30)
-        outcome = Counter(traffic.client.get("/flaky")[0] for _ in range(300))
-        assert outcome[200] / 300 >= 0.99, outcome
+        # each retry waits Envoy's back-off (25 ms base), so a few hundred requests suffice
+        outcome = Counter(traffic.client.get("/flaky")[0] for _ in range(200))
+        assert outcome[200] / 200 >= 0.99, outcome
 
 
 def test_failover_to_another_subset_and_back(traffic: Traffic) -> None:

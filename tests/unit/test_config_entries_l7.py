@@ -67,6 +67,9 @@ def test_resolver_normalises_keys_and_durations() -> None:
             "without a FieldValue",
         ),
         ({"Subsetz": {}}, "Subsetz: unknown field"),
+        ({"Redirect": {"Service": "x", "Datacenter": "dc2"}}, "other datacenters"),
+        ({"Failover": {"*": {"Targets": [{"Peer": "p"}]}}}, r"Targets\[0\]\.Peer: not supported"),
+        ({"Failover": {"*": {"Datacenters": ["dc2"]}}}, "not supported by meshd"),
     ],
 )
 def test_bad_resolvers_are_refused_with_the_reason(fields: dict[str, Any], error: str) -> None:
