@@ -410,3 +410,37 @@ async def test_dropped_cluster_stays_until_routes_leave_it_and_endpoints_follow_
             await c.ack(r, [db])
     await ads.wait_synced(NODE, 2)
     c.close()
+
+
+async def test_delta_keeps_a_dropped_cluster_until_the_listener_leaves_it(ads: Any) -> None:
+    c = Client(ads.channel, delta=True)
+    ads.set_snapshot(NODE, snap())
+    await c.send(type_url=CLUSTER)
+    await c.send(type_url=LISTENER)
+    subscribed: set[str] = set()
+    seen: list[tuple[str, list[str], list[str]]] = []
+
+    async def step() -> None:
+        r = await c.recv()
+        seen.append((r.type_url, [x.name for x in r.resources], list(r.removed_resources)))
+        await c.ack(r)
+        if r.type_url == CLUSTER:  # Envoy asks endpoints of the EDS clusters it now holds
+            new = {x.name for x in r.resources} - {"local_app"} - subscribed
+            if new:
+                subscribed.update(new)
+                await c.send(type_url=ENDPOINT, resource_names_subscribe=sorted(new))
+
+    while {t for t, _, _ in seen} != {CLUSTER, ENDPOINT, LISTENER}:
+        await step()
+    await ads.wait_synced(NODE, 2)
+    seen.clear()
+    db = "db.default.dc1.internal.td.consul"
+    ads.set_snapshot(NODE, snap(2, upstreams=[Upstream("db", 9292)]))
+    while not any(t == CLUSTER and API_CLUSTER in removed for t, _, removed in seen):
+        await step()
+        assert len(seen) < 10, seen
+    first_cds = seen[0]
+    assert first_cds[0] == CLUSTER and db in first_cds[1] and first_cds[2] == []
+    order = [t for t, _, _ in seen]
+    assert order.index(ENDPOINT) < order.index(LISTENER) < len(order) - 1, seen
+    c.close()
