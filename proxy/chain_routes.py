@@ -229,9 +229,9 @@ def chain_route_config(name: str, up: Upstream) -> route_pb2.RouteConfiguration:
     return route_pb2.RouteConfiguration(name=name, virtual_hosts=[vhost])
 
 
-def chain_has_faults(up: Upstream) -> bool:
-    """Whether the upstream listener needs the fault filter (only then: it costs every request)."""
-    for node in (up.chain or {}).get("Nodes", {}).values():
+def chain_has_faults(chain: dict[str, Any] | None) -> bool:
+    """Whether the listener needs the fault filter (only then: it costs every request)."""
+    for node in (chain or {}).get("Nodes", {}).values():
         for route in node.get("Routes", []):
             if (route["Definition"].get("Destination") or {}).get("Fault"):
                 return True

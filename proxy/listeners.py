@@ -130,7 +130,7 @@ def upstream_listener(snap: ProxySnapshot, up: Upstream) -> listener_pb2.Listene
     cluster = snap.upstream_cluster(up)
     stat = f"upstream.{up.destination_name}"
     if up.protocol in HTTP_PROTOCOLS:
-        filt = _hcm(stat, cluster, inbound=False, fault=chain_has_faults(up))
+        filt = _hcm(stat, cluster, inbound=False, fault=chain_has_faults(up.chain))
     else:
         filt = _tcp_proxy(chain_tcp_cluster(up) if up.chain else cluster, stat)
     return listener_pb2.Listener(

@@ -18,13 +18,14 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import api_listener_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
 
 from .chain_clusters import aggregate_cluster, failover_groups
-from .chain_routes import chain_routes
+from .chain_routes import FAULT_FILTER, chain_has_faults, chain_routes
 from .common import CLUSTER, ENDPOINT, LISTENER, ads_source, pack, socket_address
 from .snapshot import Endpoint
 
@@ -75,7 +76,8 @@ def _assignment(name: str, endpoints: list[Endpoint]) -> endpoint_pb2.ClusterLoa
 
 def _chain_listener(name: str, chain: dict[str, Any]) -> listener_pb2.Listener:
     """gRFC A28 routing from the compiled chain; a request timeout travels as the route's
-    max_stream_duration, which is what gRPC reads (A31), and retries as A44 policies."""
+    max_stream_duration, which is what gRPC reads (A31), retries as A44 policies, and fault
+    injection through the fault filter gRPC implements (A33)."""
     routes = chain_routes(chain)
     for route in routes:
         action = route.route
@@ -88,6 +90,9 @@ def _chain_listener(name: str, chain: dict[str, Any]) -> listener_pb2.Listener:
         ),
         http_filters=[hcm.HttpFilter(name=ROUTER, typed_config=pack(router_pb2.Router()))],
     )
+    if chain_has_faults(chain):
+        fault = hcm.HttpFilter(name=FAULT_FILTER, typed_config=pack(fault_pb2.HTTPFault()))
+        manager.http_filters.insert(0, fault)
     return listener_pb2.Listener(
         name=name, api_listener=api_listener_pb2.ApiListener(api_listener=pack(manager))
     )

@@ -234,7 +234,11 @@ def test_proxyless_chain_routes_split_and_time_out_as_grpc_reads_them() -> None:
         "Routes": [
             {
                 "Match": {"HTTP": {"PathPrefix": "/pkg.Api/"}},
-                "Destination": {"ServiceSubset": "v2", "RequestTimeout": "250ms"},
+                "Destination": {
+                    "ServiceSubset": "v2",
+                    "RequestTimeout": "250ms",
+                    "Fault": {"AbortStatus": 503, "AbortPercent": 10},
+                },
             }
         ],
     }
@@ -246,6 +250,11 @@ def test_proxyless_chain_routes_split_and_time_out_as_grpc_reads_them() -> None:
     listeners["api"].api_listener.api_listener.Unpack(manager)
     routes = as_json(manager.route_config)["virtualHosts"][0]["routes"]
     assert routes[0]["route"]["maxStreamDuration"] == {"maxStreamDuration": "0.250s"}
+    assert [f.name for f in manager.http_filters] == [
+        "envoy.filters.http.fault",  # gRFC A33: gRPC applies the route's fault config
+        "envoy.filters.http.router",
+    ]
+    assert "envoy.filters.http.fault" in routes[0]["typedPerFilterConfig"]
     assert routes[0]["route"]["cluster"] == f"failover-target~{v2}"
     assert [c["weight"] for c in routes[1]["route"]["weightedClusters"]["clusters"]] == [9000, 1000]
     clusters = {as_json(c)["name"] for c in res[CLUSTER]}  # type: ignore[arg-type]
