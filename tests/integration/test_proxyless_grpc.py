@@ -17,8 +17,12 @@ import collections, sys, grpc
 channel = grpc.insecure_channel(sys.argv[1])
 call = channel.unary_unary("/meshd.test.Who/Who")
 metadata = [tuple(kv.split("=", 1)) for kv in sys.argv[3:]]
-n = int(sys.argv[2])
-seen = collections.Counter(call(b"", timeout=10, metadata=metadata).decode() for _ in range(n))
+seen = collections.Counter()
+for _ in range(int(sys.argv[2])):
+    try:
+        seen[call(b"", timeout=10, metadata=metadata).decode()] += 1
+    except grpc.RpcError as e:
+        seen[e.code().name] += 1
 print(dict(seen))
 """
 
@@ -128,7 +132,11 @@ def test_proxyless_client_follows_a_weighted_split_and_a_header_route(grpc_mesh)
                 {
                     "Match": {"HTTP": {"Header": [{"Name": "x-canary", "Exact": "1"}]}},
                     "Destination": {"ServiceSubset": "v2"},
-                }
+                },
+                {
+                    "Match": {"HTTP": {"Header": [{"Name": "x-fault", "Exact": "1"}]}},
+                    "Destination": {"Fault": {"AbortStatus": 503, "AbortPercent": 100}},
+                },
             ],
         },
     ]
@@ -138,6 +146,8 @@ def test_proxyless_client_follows_a_weighted_split_and_a_header_route(grpc_mesh)
             assert r.status == 200, r.body
         canary = ("xds:///grpcapi", 20, "x-canary=1")
         wait_for(lambda: run_client(bootstrap, *canary) == {"api-2": 20}, 30)
+        # the meshd fault extension, applied by gRPC itself (A33): HTTP 503 is UNAVAILABLE
+        assert run_client(bootstrap, "xds:///grpcapi", 5, "x-fault=1") == {"UNAVAILABLE": 5}
         seen = run_client(bootstrap, "xds:///grpcapi", 500)
         assert set(seen) == {"api-1", "api-2"}, seen
         assert 0.72 <= seen["api-1"] / 500 <= 0.88, seen  # 80 % +- 4 standard deviations
