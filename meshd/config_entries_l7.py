@@ -164,7 +164,12 @@ def _resolver(entry: dict[str, Any]) -> dict[str, Any]:
         out["DefaultSubset"] = default
     if entry.get("Redirect") is not None:
         redirect = _target(
-            _fold(entry["Redirect"], (*_TARGET_KEYS, "Datacenter"), "Redirect"), "Redirect"
+            _fold(
+                entry["Redirect"],
+                (*_TARGET_KEYS, "Datacenter", "Peer", "SamenessGroup"),
+                "Redirect",
+            ),
+            "Redirect",
         )
         if not redirect:
             raise ConfigEntryError("Redirect is empty")
@@ -209,7 +214,9 @@ def _failover(key: Any, raw: Any, name: str, subsets: dict[str, Any]) -> dict[st
     where = f"Failover[{key}]"
     if key != "*" and key not in subsets:
         raise ConfigEntryError(f"Bad Failover[{key!r}]: not a valid subset")
-    fo = _fold(raw, (*_TARGET_KEYS, "Datacenters", "Targets"), where)
+    fo = _fold(raw, (*_TARGET_KEYS, "Datacenters", "Targets", "SamenessGroup", "Policy"), where)
+    if fo.get("Policy"):
+        raise ConfigEntryError(f"{where}.Policy: not supported by meshd")
     out = _target(fo, where)
     targets = fo.get("Targets") or []
     if not isinstance(targets, list):

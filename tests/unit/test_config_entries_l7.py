@@ -70,6 +70,8 @@ def test_resolver_normalises_keys_and_durations() -> None:
         ({"Redirect": {"Service": "x", "Datacenter": "dc2"}}, "other datacenters"),
         ({"Failover": {"*": {"Targets": [{"Peer": "p"}]}}}, r"Targets\[0\]\.Peer: not supported"),
         ({"Failover": {"*": {"Datacenters": ["dc2"]}}}, "not supported by meshd"),
+        ({"Failover": {"*": {"SamenessGroup": "g"}}}, "SamenessGroup: not supported"),
+        ({"Redirect": {"Service": "x", "Peer": "p"}}, "Redirect.Peer: not supported"),
     ],
 )
 def test_bad_resolvers_are_refused_with_the_reason(fields: dict[str, Any], error: str) -> None:
