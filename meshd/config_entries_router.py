@@ -116,7 +116,15 @@ def _route(raw: Any, where: str) -> dict[str, Any]:
 
 
 def _route_http(raw: Any, where: str) -> dict[str, Any]:
-    keys = ("PathExact", "PathPrefix", "PathRegex", "Header", "QueryParam", "Methods")
+    keys = (
+        "PathExact",
+        "PathPrefix",
+        "PathRegex",
+        "CaseInsensitive",
+        "Header",
+        "QueryParam",
+        "Methods",
+    )
     http = _fold(raw, keys, where)
     out: dict[str, Any] = {}
     for field in ("PathExact", "PathPrefix", "PathRegex"):
@@ -132,6 +140,10 @@ def _route_http(raw: Any, where: str) -> dict[str, Any]:
         raise ConfigEntryError(
             f"{where} should only contain at most one of PathExact, PathPrefix, or PathRegex"
         )
+    if _bool(http.get("CaseInsensitive"), f"{where}.CaseInsensitive"):
+        if "PathRegex" in out:  # Envoy ignores it for regexes: a regex says (?i) itself
+            raise ConfigEntryError(f"{where}.CaseInsensitive cannot be used with PathRegex")
+        out["CaseInsensitive"] = True
     for field, check in (("Header", _header), ("QueryParam", _query_param)):
         items = http.get(field)
         if items is None:

@@ -72,6 +72,8 @@ def route_match(http: dict[str, Any]) -> rc.RouteMatch:
         m.safe_regex.CopyFrom(_regex(http["PathRegex"]))
     else:
         m.prefix = http.get("PathPrefix", "/")
+    if http.get("CaseInsensitive"):
+        m.case_sensitive.value = False
     m.headers.extend(_header_matcher(h) for h in http.get("Header", []))
     if http.get("Methods"):
         m.headers.append(

@@ -171,6 +171,7 @@ def test_router_keeps_matches_and_destination_policy() -> None:
         ({"Destination": {"NumRetries": -1}}, "non-negative integer"),
         ({"Destination": {"Fault": {"AbortStatus": 503, "AbortPercent": 150}}}, "percentage"),
         ({"Match": {"HTTP": {"PathRegex": "(?=x)"}}}, "look-around"),
+        ({"Match": {"HTTP": {"PathRegex": "/a", "CaseInsensitive": True}}}, "CaseInsensitive"),
     ],
 )
 def test_bad_routes_are_refused_with_the_reason(route: dict[str, Any], error: str) -> None:

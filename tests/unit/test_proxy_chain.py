@@ -52,6 +52,7 @@ ROUTER = {
             "Match": {
                 "HTTP": {
                     "PathPrefix": "/admin",
+                    "CaseInsensitive": True,
                     "Header": [{"Name": "x-canary", "Exact": "1"}],
                     "QueryParam": [{"Name": "debug", "Present": True}],
                     "Methods": ["GET", "PUT"],
@@ -119,6 +120,7 @@ def test_router_splitter_resolver_become_routes_and_weighted_clusters() -> None:
     canary, default = as_json(route)["virtualHosts"][0]["routes"]
     assert canary["match"] == {
         "prefix": "/admin",
+        "caseSensitive": False,
         "headers": [
             {"name": "x-canary", "stringMatch": {"exact": "1"}},
             {"name": ":method", "stringMatch": {"safeRegex": {"regex": "GET|PUT"}}},
