@@ -2,7 +2,9 @@
 
 For every local `connect-proxy` service the agent keeps a snapshot built from: the destination's
 leaf certificate, the CA roots, the intentions that apply to the destination, the protocol from
-`service-defaults`, and each upstream's healthy sidecar endpoints. Every input is a subscription
+`service-defaults` / `proxy-defaults`, and for each upstream its compiled discovery chain
+(`meshd.chain`) with the healthy sidecar endpoints of every chain target, filtered by the
+target's subset, plus the caller's `UpstreamConfig`. Every input is a subscription
 to the agent's one watch cache (shared with DNS and HTTP; no watch loop of its own here), so a
 change becomes a new snapshot (and an xDS push) at once for the proxies that read it; the
 translation to Envoy resources is the pure `proxy.resources.build_resources`.
@@ -14,15 +16,21 @@ import asyncio
 import dataclasses
 import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from meshd import queries as q
 from meshd.agent.cache import Subscription
 from meshd.agent.leaf import LeafManager
+from meshd.chain import ChainError, compile_chain
+from meshd.chain import protocol_of as chain_protocol
+from meshd.filter import compile_filter
 from meshd.intentions import WILDCARD, flatten, rbac_for_destination
 from meshd.proxy.ads import ADSServer
-from meshd.proxy.snapshot import Endpoint, ProxySnapshot, Upstream
-from meshd.structs import HEALTH_CRITICAL, CheckServiceNode, NodeService
+from meshd.proxy.snapshot import PROTOCOLS, Endpoint, ProxySnapshot, Upstream
+from meshd.structs import HEALTH_CRITICAL, HEALTH_WARNING, CheckServiceNode, NodeService
 
 if TYPE_CHECKING:
     from meshd.agent.agent import Agent
@@ -30,11 +38,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("meshd.mesh")
 
 
-def healthy_endpoints(rows: list[CheckServiceNode]) -> list[Endpoint]:
-    """Pure: the sidecars of a destination that may receive traffic (no critical check)."""
+def healthy_endpoints(
+    rows: list[CheckServiceNode], subset: dict[str, Any] | None = None
+) -> list[Endpoint]:
+    """Pure: the sidecars of a destination that may receive traffic (no critical check), and
+    of those, the ones a chain target's subset selects (its Filter; OnlyPassing)."""
+    subset = subset or {}
+    selects = compile_filter(subset.get("Filter"))
+    unfit = {HEALTH_CRITICAL, HEALTH_WARNING} if subset.get("OnlyPassing") else {HEALTH_CRITICAL}
     out = []
     for r in rows:
-        if any(c.Status == HEALTH_CRITICAL for c in r.Checks):
+        if any(c.Status in unfit for c in r.Checks):
+            continue
+        if subset.get("Filter") and not selects(msgspec.to_builtins(r)):
             continue
         out.append(
             Endpoint(
@@ -47,11 +63,39 @@ def healthy_endpoints(rows: list[CheckServiceNode]) -> list[Endpoint]:
     return out
 
 
-def protocol_of(entries: list[dict[str, Any]], service: str) -> str:
-    for e in entries:
-        if e.get("Name") == service:
-            return str(e.get("Protocol") or "tcp")
-    return "tcp"
+def upstream_config(defaults: list[dict[str, Any]], upstream: str) -> dict[str, Any]:
+    """The calling service's UpstreamConfig for one upstream: Defaults, then its Override."""
+    config = (defaults[0].get("UpstreamConfig") or {}) if defaults else {}
+    merged = dict(config.get("Defaults") or {})
+    for override in config.get("Overrides") or []:
+        if override.get("Name") == upstream:
+            merged.update({k: v for k, v in override.items() if k != "Name"})
+    return merged
+
+
+class _Reader:
+    """Reads the watch cache and remembers every query, so a snapshot is rebuilt when anything
+    it was built from changes, including the entries a discovery chain happened to consult."""
+
+    def __init__(self, get: Callable[[q.Query], Any], *, by_kind: bool = False) -> None:
+        self._get = get
+        self.reads: set[q.Query] = set()
+        # Proxyless clients may resolve any service: one watch per kind, not per entry.
+        self._by_kind = by_kind
+        self._kinds: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def __call__(self, query: q.Query) -> Any:
+        self.reads.add(query)
+        return self._get(query)
+
+    def entry(self, kind: str, name: str) -> dict[str, Any] | None:
+        if self._by_kind:
+            if kind not in self._kinds:
+                rows = self(q.ConfigEntries(Kind=kind)) or []
+                self._kinds[kind] = {e["Name"]: e for e in rows}
+            return self._kinds[kind].get(name)
+        rows = self(q.ConfigEntries(Kind=kind, Name=name))
+        return rows[0] if rows else None
 
 
 _PROXYLESS = ""  # the reader key of the proxyless resources (no proxy id is empty)
@@ -154,11 +198,13 @@ class MeshManager:
                 self.leaves.drop(snap.service)  # no sidecar left: stop renewing its leaf
         for sid, svc in proxies.items():
             if everything or sid in dirty or sid not in self._reads:
-                self._reads[sid] = _reads_of(svc)
+                reader = _Reader(self._value)
                 try:
-                    self._build(sid, svc, roots)
+                    self._build(sid, svc, roots, reader)
                 except Exception:  # one bad input must not stop the other proxies' updates
                     log.exception("building the snapshot of %s failed", sid)
+                finally:
+                    self._reads[sid] = _reads_of(svc) | reader.reads
         if self._proxyless_active and (everything or _PROXYLESS in dirty):
             self._rebuild_proxyless()
         self._resubscribe()
@@ -167,9 +213,9 @@ class MeshManager:
         """The latest snapshot pushed for a local proxy, if it has one yet."""
         return self._snapshots.get(proxy_id)
 
-    def _build(self, sid: str, svc: NodeService, roots: Any) -> None:
+    def _build(self, sid: str, svc: NodeService, roots: Any, reader: _Reader) -> None:
         self.builds[sid] += 1
-        snap = self._snapshot(sid, svc, roots)
+        snap = self._snapshot(sid, svc, roots, reader)
         if snap is None:
             return
         old = self._snapshots.get(sid)
@@ -200,24 +246,76 @@ class MeshManager:
 
     def _rebuild_proxyless(self) -> None:
         names = sorted(self._value(q.Services()) or {})
-        reads: set[q.Query] = {q.Services()}
+        read = _Reader(self._value, by_kind=True)
+        read(q.Services())
         services: dict[str, list[Endpoint]] = {}
+        chains: dict[str, dict[str, Any]] = {}
+        targets: dict[str, list[Endpoint]] = {}
+        roots = self._value(q.CARoots()) or {}
         for name in names:
-            query = q.ServiceNodes(Service=name)
-            reads.add(query)
-            rows = self._value(query)
+            rows = read(q.ServiceNodes(Service=name))
             if rows is None:
                 continue  # absent rather than empty: a client waits instead of failing
             services[name] = healthy_endpoints([r for r in rows if r.Service.Kind == ""])
-        self._reads[_PROXYLESS] = frozenset(reads)
+            chain = self._chain(name, roots.get("TrustDomain", ""), read)
+            if chain["Default"]:
+                continue
+            chains[name] = chain
+            for target in chain["Targets"].values():
+                found = read(q.ServiceNodes(Service=target["Service"])) or []
+                targets[target["Name"]] = healthy_endpoints(
+                    [r for r in found if r.Service.Kind == ""], target["Subset"]
+                )
+        self._reads[_PROXYLESS] = frozenset(read.reads)
         from meshd.proxy.proxyless import proxyless_resources  # Envoy protos: only when used
 
-        resources = proxyless_resources(services)
+        resources = proxyless_resources(services, chains, targets)
         if resources != self._proxyless:
             self._proxyless = resources
             self.ads.invalidate()
 
-    def _snapshot(self, sid: str, svc: NodeService, roots: Any) -> ProxySnapshot | None:
+    def _chain(self, name: str, td: str, read: _Reader, protocol: str = "") -> dict[str, Any]:
+        dc = self.agent.config.datacenter
+        over = {"Protocol": protocol} if protocol else {}
+        try:
+            return compile_chain(name, read.entry, datacenter=dc, trust_domain=td, overrides=over)
+        except ChainError as e:  # the servers refuse such entries; a race may still show one
+            log.warning("discovery chain of %s: %s; using the default chain", name, e)
+            return compile_chain(
+                name, lambda kind, n: None, datacenter=dc, trust_domain=td, overrides=over
+            )
+
+    def _upstream(self, up: dict[str, Any], dest: str, td: str, read: _Reader) -> Upstream:
+        """One upstream through its discovery chain: targets, their subsets' endpoints, and the
+        caller's UpstreamConfig (circuit breakers, outlier detection)."""
+        name = up["DestinationName"]
+        config = upstream_config(read(_defaults(dest)) or [], name)
+        # Consul: an upstream's own `protocol` (its Config, or UpstreamConfig) overrides the
+        # chain's, and a tcp on either side drops routers and splitters
+        protocol = str((up.get("Config") or {}).get("protocol") or config.get("Protocol") or "")
+        if protocol and protocol not in PROTOCOLS:
+            log.warning("upstream %s: unknown protocol %r ignored", name, protocol)
+            protocol = ""
+        chain = self._chain(name, td, read, protocol)
+        targets = {}
+        for tid, target in chain["Targets"].items():
+            rows = read(q.ServiceNodes(Service=target["Service"], Connect=True)) or []
+            targets[tid] = healthy_endpoints(rows, target["Subset"])
+        rows = read(q.ServiceNodes(Service=name, Connect=True)) or []
+        return Upstream(
+            destination_name=name,
+            local_bind_port=int(up["LocalBindPort"]),
+            local_bind_address=up.get("LocalBindAddress") or "127.0.0.1",
+            protocol=chain["Protocol"],
+            endpoints=healthy_endpoints(rows),
+            chain=chain,
+            target_endpoints=targets,
+            config=config,
+        )
+
+    def _snapshot(
+        self, sid: str, svc: NodeService, roots: Any, read: _Reader
+    ) -> ProxySnapshot | None:
         proxy = svc.Proxy or {}
         dest = proxy.get("DestinationServiceName", "")
         if not dest or not roots or not roots["TrustDomain"]:
@@ -227,26 +325,15 @@ class MeshManager:
             self.leaves.ensure(dest)  # its arrival triggers another rebuild
             return None
         entries = [e for query in _intentions(dest) for e in self._value(query) or []]
-        protocol = protocol_of(self._value(_defaults(dest)) or [], dest)
+        protocol = chain_protocol(read.entry, dest)  # proxy-defaults count too, as in Consul
         plan = rbac_for_destination(
             flatten(entries),
             dest,
             self.agent.config.default_intention_policy == "allow",
             http=protocol != "tcp",
         )
-        upstreams = []
-        for up in proxy.get("Upstreams") or []:
-            name = up["DestinationName"]
-            rows = self._value(q.ServiceNodes(Service=name, Connect=True)) or []
-            upstreams.append(
-                Upstream(
-                    destination_name=name,
-                    local_bind_port=int(up["LocalBindPort"]),
-                    local_bind_address=up.get("LocalBindAddress") or "127.0.0.1",
-                    protocol=protocol_of(self._value(_defaults(name)) or [], name),
-                    endpoints=healthy_endpoints(rows),
-                )
-            )
+        td = roots["TrustDomain"]
+        upstreams = [self._upstream(up, dest, td, read) for up in proxy.get("Upstreams") or []]
         return ProxySnapshot(
             proxy_id=sid,
             service=dest,

@@ -41,14 +41,15 @@ def expand_sidecar(defn: ServiceDefinition, used_ports: set[int]) -> ServiceDefi
             raise DefinitionError(f"sidecar upstream {i}: destination_name is required")
         if not isinstance(bind, int) or isinstance(bind, bool) or not 0 < bind < 65536:
             raise DefinitionError(f"sidecar upstream {i}: local_bind_port must be a port")
-        upstreams.append(
-            {
-                "DestinationType": "service",
-                "DestinationName": name,
-                "LocalBindPort": bind,
-                "LocalBindAddress": up.get("localbindaddress") or "127.0.0.1",
-            }
-        )
+        upstream = {
+            "DestinationType": "service",
+            "DestinationName": name,
+            "LocalBindPort": bind,
+            "LocalBindAddress": up.get("localbindaddress") or "127.0.0.1",
+        }
+        if isinstance(up.get("config"), dict) and up["config"]:
+            upstream["Config"] = dict(up["config"])  # opaque; `protocol` overrides the chain's
+        upstreams.append(upstream)
     sid = f"{svc.ID}-sidecar-proxy"
     raw = {
         "ID": sid,

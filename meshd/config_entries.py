@@ -24,7 +24,14 @@ class ConfigEntryError(ValueError):
     """A config entry the server refuses; the text names the offending field (HTTP 400)."""
 
 
-KINDS = ("service-intentions", "service-defaults", "proxy-defaults")
+KINDS = (
+    "service-intentions",
+    "service-defaults",
+    "proxy-defaults",
+    "service-resolver",
+    "service-splitter",
+    "service-router",
+)
 PROTOCOLS = ("tcp", "http", "http2", "grpc")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 
@@ -224,7 +231,11 @@ def normalize_entry(raw: dict[str, Any], *, legacy: bool = False) -> dict[str, A
         raise ConfigEntryError(
             f"Kind: unsupported config entry kind {kind!r}; supported: {', '.join(KINDS)}"
         )
-    entry = _fold(raw, _TOP_KEYS[kind], "")
+    # they build on this module's helpers, hence imported here
+    from meshd import config_entries_l7 as l7
+    from meshd import config_entries_router as router
+
+    entry = _fold(raw, _TOP_KEYS.get(kind) or l7.L7_TOP_KEYS[kind], "")
     for field in _SERVER_SET:
         entry.pop(field, None)
     _default_scope(entry, "")
@@ -238,6 +249,12 @@ def normalize_entry(raw: dict[str, Any], *, legacy: bool = False) -> dict[str, A
         entry["Name"] = _string(entry.get("Name"), "Name", required=True)
     if kind == "service-intentions":
         return _intentions(entry, legacy)
+    if kind == "service-router":
+        return router.normalize_router(entry)
+    if kind in l7.L7_KINDS:
+        return l7.normalize_l7(entry)
+    if kind == "service-defaults" and entry.get("UpstreamConfig") is not None:
+        entry["UpstreamConfig"] = router.upstream_config(entry["UpstreamConfig"])
     return _defaults(entry)
 
 

@@ -21,7 +21,16 @@ from typing import Any, Protocol
 from envoy.service.discovery.v3 import discovery_pb2 as ds
 from google.protobuf import any_pb2, descriptor_pool, message_factory
 
-from .common import CLUSTER, LISTENER, PUSH_ORDER, ROUTE, WILDCARD_TYPES, digest, resource_name
+from .common import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    PUSH_ORDER,
+    ROUTE,
+    WILDCARD_TYPES,
+    digest,
+    resource_name,
+)
 
 _nonces = itertools.count(1)
 
@@ -101,6 +110,7 @@ class BaseStream:
         self._inbox: deque[Any] = deque()
         self._closed = False
         self._gate_deadline: float | None = None
+        self._awaiting_eds_since: float | None = None
 
     async def _read(self) -> None:
         try:
@@ -144,9 +154,33 @@ class BaseStream:
             if self.node_id is not None:
                 self.host.unregister(self)
 
+    def warming_since(
+        self,
+        outstanding: list[float],
+        cds_wildcard: bool,
+        eds_names: set[str] | None,
+        res: NodeResources,
+        now: float,
+    ) -> float | None:
+        """Since when clusters may still be warming: a CDS or EDS response not yet ACKed, or (an
+        Envoy, which takes every cluster) new EDS clusters it has not asked endpoints for yet.
+        A route to a cluster still warming answers 503, so a chain change (new subset clusters)
+        would drop requests without this wait."""
+        missing = (
+            cds_wildcard
+            and eds_names is not None
+            and bool(set(res.by_type.get(ENDPOINT, {})) - eds_names)
+        )
+        if not missing:
+            self._awaiting_eds_since = None
+        elif self._awaiting_eds_since is None:
+            self._awaiting_eds_since = now
+        since = [*outstanding, *([self._awaiting_eds_since] if missing else [])]
+        return min((t for t in since if t is not None), default=None)
+
     def gated(self, type_url: str, cds_sent_at: float | None, now: float) -> bool:
-        """Listeners and routes wait (bounded) for an outstanding CDS response to be ACKed, so
-        they never point at clusters Envoy does not have yet."""
+        """Listeners and routes wait (bounded) for an outstanding CDS response to be ACKed (and
+        the new clusters' endpoints), so they never point at clusters Envoy does not have yet."""
         if type_url not in (LISTENER, ROUTE) or cds_sent_at is None:
             return False
         deadline = cds_sent_at + self.host.cds_gate_s
@@ -184,6 +218,31 @@ class SotwStream(BaseStream):
     def __init__(self, host: StreamHost, request_iterator: AsyncIterator[Any]) -> None:
         super().__init__(host, request_iterator)
         self.types: dict[str, SotwType] = {}
+        self._clusters: dict[str, Prepared] = {}  # the clusters last sent (what Envoy holds)
+
+    def _routes_settled(self, res: NodeResources) -> bool:
+        """Envoy runs the current listeners and routes (ACKed, nothing in flight)."""
+        for t in (LISTENER, ROUTE):
+            st = self.types.get(t)
+            if st is not None and (
+                st.sent_at is not None or res.select(t, st.names)[1] != st.acked_hash
+            ):
+                return False
+        return True
+
+    def _keep_routed(
+        self, chosen: list[Prepared], h: str, res: NodeResources
+    ) -> tuple[list[Prepared], str]:
+        """Break after make: a cluster the new snapshot drops stays in CDS until Envoy runs the
+        routes that no longer name it; removed first, it would answer 503 in between."""
+        if self._routes_settled(res):
+            return chosen, h
+        names = {p.name for p in chosen}
+        kept = [p for n, p in self._clusters.items() if n not in names]
+        if not kept:
+            return chosen, h
+        both = sorted([*chosen, *kept], key=lambda p: p.name)
+        return both, digest(p.version.encode() for p in both)
 
     @staticmethod
     def _names(type_url: str, names: Iterable[str]) -> set[str] | None:
@@ -222,13 +281,29 @@ class SotwStream(BaseStream):
             st = self.types.get(t)
             if st is None:
                 continue
-            cds = self.types.get(CLUSTER)
-            if self.gated(t, cds.sent_at if cds else None, now):
+            cds, eds = self.types.get(CLUSTER), self.types.get(ENDPOINT)
+            since = self.warming_since(
+                [x.sent_at for x in (cds, eds) if x is not None and x.sent_at is not None],
+                cds is not None and cds.names is None,
+                eds.names if eds is not None else None,
+                res,
+                now,
+            )
+            if self.gated(t, since, now):
                 continue
             chosen, h = res.select(t, st.names)
+            if t == CLUSTER:
+                chosen, h = self._keep_routed(chosen, h, res)
             # A NACKed selection has sent_hash == its hash: nothing goes out until it changes.
             if not st.must_respond and h == st.sent_hash:
                 continue
+            if t == CLUSTER:
+                self._clusters = {p.name: p for p in chosen}
+                eds = self.types.get(ENDPOINT)
+                if eds is not None:
+                    # a changed cluster warms again and waits for its endpoints (for Envoy's
+                    # 15 s initial fetch timeout if none come): send them again after it
+                    eds.must_respond = True
             nonce = _nonce()
             st.must_respond, st.sent_nonce, st.sent_hash = False, nonce, h
             st.sent_version, st.sent_at = res.version, now
@@ -318,19 +393,33 @@ class DeltaStream(BaseStream):
         cur = res.by_type.get(t, {})
         wanted = set(cur) if st.wildcard else st.names
         send = [cur[n] for n in sorted(wanted) if n in cur and st.known.get(n) != cur[n].version]
-        removed = sorted(
-            {n for n in st.known if n not in cur} | {n for n in st.absent if n not in cur}
-        )
+        gone = {n for n in st.known if n not in cur}
+        if t == CLUSTER and gone and not self._routes_settled(res):
+            gone = set()  # break after make: removed once the routes no longer name them
+        removed = sorted(gone | {n for n in st.absent if n not in cur})
         return send, removed
+
+    def _routes_settled(self, res: NodeResources) -> bool:
+        for t in (LISTENER, ROUTE):
+            st = self.types.get(t)
+            if st is not None and (st.outstanding or any(self._diff(st, res, t))):
+                return False
+        return True
 
     def compute(self, res: NodeResources, now: float) -> Iterable[ds.DeltaDiscoveryResponse]:
         for t in PUSH_ORDER + tuple(sorted(set(self.types) - set(PUSH_ORDER))):
             st = self.types.get(t)
             if st is None:
                 continue
-            cds = self.types.get(CLUSTER)
-            cds_at = min((a for _, a in cds.outstanding.values()), default=None) if cds else None
-            if self.gated(t, cds_at, now):
+            cds, eds = self.types.get(CLUSTER), self.types.get(ENDPOINT)
+            since = self.warming_since(
+                [a for x in (cds, eds) if x is not None for _, a in x.outstanding.values()],
+                cds is not None and cds.wildcard,
+                eds.names if eds is not None else None,
+                res,
+                now,
+            )
+            if self.gated(t, since, now):
                 continue
             send, removed = self._diff(st, res, t)
             st.absent.clear()
@@ -339,6 +428,10 @@ class DeltaStream(BaseStream):
             st.must_respond = False
             for p in send:
                 st.known[p.name] = p.version
+            eds = self.types.get(ENDPOINT)
+            if t == CLUSTER and eds is not None:
+                for p in send:  # a changed cluster warms again: resend its endpoints after it
+                    eds.known.pop(p.name, None)
             for n in removed:
                 st.known.pop(n, None)
             nonce = _nonce()

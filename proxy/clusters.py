@@ -9,13 +9,13 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
 
 from .common import LOCAL_APP_CLUSTER, ads_source, pack, seconds, socket_address, upstream_tls
-from .snapshot import H2_PROTOCOLS, ProxySnapshot, Upstream
+from .snapshot import H2_PROTOCOLS, Endpoint, ProxySnapshot, Upstream
 
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 CONNECT_TIMEOUT_S = 5.0
 
 
-def _h2_options(cluster: cluster_pb2.Cluster) -> None:
+def h2_options(cluster: cluster_pb2.Cluster) -> None:
     """The typed form; the old `Cluster.http2_protocol_options` is deprecated in v3."""
     opts = hpo.HttpProtocolOptions(
         explicit_http_config=hpo.HttpProtocolOptions.ExplicitHttpConfig(
@@ -25,7 +25,7 @@ def _h2_options(cluster: cluster_pb2.Cluster) -> None:
     cluster.typed_extension_protocol_options[_HTTP_OPTIONS].CopyFrom(pack(opts))
 
 
-def _lb_endpoint(address: str, port: int, weight: int) -> ec.LbEndpoint:
+def lb_endpoint(address: str, port: int, weight: int) -> ec.LbEndpoint:
     ep = ec.LbEndpoint(
         endpoint=ec.Endpoint(address=socket_address(address, port)),
         health_status=health_check_pb2.HEALTHY,
@@ -43,13 +43,13 @@ def local_app_cluster(snap: ProxySnapshot) -> cluster_pb2.Cluster:
             cluster_name=LOCAL_APP_CLUSTER,
             endpoints=[
                 ec.LocalityLbEndpoints(
-                    lb_endpoints=[_lb_endpoint(snap.local_app_address, snap.local_app_port, 1)]
+                    lb_endpoints=[lb_endpoint(snap.local_app_address, snap.local_app_port, 1)]
                 )
             ],
         ),
     )
     if snap.protocol in H2_PROTOCOLS:
-        _h2_options(c)
+        h2_options(c)
     return c
 
 
@@ -64,17 +64,21 @@ def upstream_cluster(snap: ProxySnapshot, up: Upstream) -> cluster_pb2.Cluster:
         transport_socket=upstream_tls(name, snap.upstream_spiffe(up), ["h2"] if h2 else []),
     )
     if h2:
-        _h2_options(c)
+        h2_options(c)
     return c
 
 
 def load_assignment(snap: ProxySnapshot, up: Upstream) -> endpoint_pb2.ClusterLoadAssignment:
+    return assignment(snap.upstream_cluster(up), up.endpoints)
+
+
+def assignment(name: str, endpoints: list[Endpoint]) -> endpoint_pb2.ClusterLoadAssignment:
     """Only healthy endpoints, sorted, so an unchanged set gives unchanged bytes."""
-    healthy = sorted({(e.address, e.port, max(1, e.weight)) for e in up.endpoints if e.healthy})
-    cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=snap.upstream_cluster(up))
+    healthy = sorted({(e.address, e.port, max(1, e.weight)) for e in endpoints if e.healthy})
+    cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
     if healthy:
         cla.endpoints.append(
-            ec.LocalityLbEndpoints(lb_endpoints=[_lb_endpoint(a, p, w) for a, p, w in healthy])
+            ec.LocalityLbEndpoints(lb_endpoints=[lb_endpoint(a, p, w) for a, p, w in healthy])
         )
     return cla
 
@@ -84,8 +88,21 @@ def build_clusters(
 ) -> tuple[list[cluster_pb2.Cluster], list[endpoint_pb2.ClusterLoadAssignment]]:
     # Two upstreams may target one destination on different local ports: one cluster serves
     # both, and a duplicate name would make Envoy reject the whole CDS response.
+    from .chain_clusters import chain_clusters
+
     by_name = {snap.upstream_cluster(u): u for u in reversed(snap.upstreams)}
     ups = [by_name[n] for n in sorted(by_name)]
-    clusters = [local_app_cluster(snap)] + [upstream_cluster(snap, u) for u in ups]
-    assignments = [load_assignment(snap, u) for u in ups]
-    return clusters, assignments
+    clusters = {LOCAL_APP_CLUSTER: local_app_cluster(snap)}
+    assignments: dict[str, endpoint_pb2.ClusterLoadAssignment] = {}
+    for u in ups:
+        if u.chain is None:
+            clusters.setdefault(snap.upstream_cluster(u), upstream_cluster(snap, u))
+            assignments.setdefault(snap.upstream_cluster(u), load_assignment(snap, u))
+            continue
+        # chains of two upstreams may share targets (a common failover service): once each
+        found, loads = chain_clusters(snap, u)
+        for c in found:
+            clusters.setdefault(c.name, c)
+        for a in loads:
+            assignments.setdefault(a.cluster_name, a)
+    return list(clusters.values()), list(assignments.values())

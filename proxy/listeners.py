@@ -14,6 +14,7 @@ from envoy.config.listener.v3 import listener_components_pb2 as lc
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -22,6 +23,12 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as net_rbac
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
+from .chain_routes import (
+    FAULT_FILTER,
+    chain_has_faults,
+    chain_route_config,
+    chain_tcp_cluster,
+)
 from .common import (
     LOCAL_APP_CLUSTER,
     ads_source,
@@ -61,8 +68,10 @@ def _tcp_proxy(cluster: str, stat_prefix: str) -> lc.Filter:
     )
 
 
-def _hcm(stat_prefix: str, route_name: str, *, inbound: bool) -> lc.Filter:
+def _hcm(stat_prefix: str, route_name: str, *, inbound: bool, fault: bool = False) -> lc.Filter:
     filters = []
+    if fault:
+        filters.append(hcm.HttpFilter(name=FAULT_FILTER, typed_config=pack(fault_pb2.HTTPFault())))
     if inbound:
         filters.append(
             hcm.HttpFilter(
@@ -121,9 +130,9 @@ def upstream_listener(snap: ProxySnapshot, up: Upstream) -> listener_pb2.Listene
     cluster = snap.upstream_cluster(up)
     stat = f"upstream.{up.destination_name}"
     if up.protocol in HTTP_PROTOCOLS:
-        filt = _hcm(stat, cluster, inbound=False)
+        filt = _hcm(stat, cluster, inbound=False, fault=chain_has_faults(up.chain))
     else:
-        filt = _tcp_proxy(cluster, stat)
+        filt = _tcp_proxy(chain_tcp_cluster(up) if up.chain else cluster, stat)
     return listener_pb2.Listener(
         name=upstream_listener_name(up),
         address=socket_address(up.local_bind_address, up.local_bind_port),
@@ -163,6 +172,9 @@ def build_listeners(
         listeners.append(upstream_listener(snap, up))
         if up.protocol in HTTP_PROTOCOLS:
             name = snap.upstream_cluster(up)
-            routes.setdefault(name, _route(name, name, up.protocol))
+            if up.chain is not None:
+                routes.setdefault(name, chain_route_config(name, up))
+            else:
+                routes.setdefault(name, _route(name, name, up.protocol))
     listeners.sort(key=lambda x: x.name)
     return listeners, [routes[n] for n in sorted(routes)]

@@ -8,6 +8,7 @@ unit tests can drive without a cluster.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from meshd.intentions import RBACPlan
 from meshd.spiffe import spiffe_service_id
@@ -43,6 +44,12 @@ class Upstream:
     spiffe_id: str = ""
     #: Datacenter of the destination; empty means the proxy's own.
     datacenter: str = ""
+    #: The compiled discovery chain (`meshd.chain`); None keeps the plain one-cluster upstream.
+    chain: dict[str, Any] | None = None
+    #: Endpoints per chain target id, already filtered by the target's subset.
+    target_endpoints: dict[str, list[Endpoint]] = field(default_factory=dict)
+    #: The calling service's UpstreamConfig for this upstream (Defaults merged with Overrides).
+    config: dict[str, Any] = field(default_factory=dict)
 
 
 def _deny_all() -> RBACPlan:

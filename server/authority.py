@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 
 from meshd import validate
+from meshd.chain import CHAIN_KINDS, ChainError, check_chains
 from meshd.config_entries import KINDS, ConfigEntryError, normalize_entry
 from meshd.server.ca import CARoot
 from meshd.server.mesh_state import INTENTIONS, CommandRejectedError, intention_entry
@@ -192,10 +193,27 @@ def _intention_refs(cmd: IntentionOp, store: Store, added: dict[str, set[str]]) 
         raise CommandError(f"an intention from {cmd.Source} to {cmd.Destination} already exists")
 
 
+def _config_entry_refs(cmd: ConfigEntryOp, store: Store, added: dict[str, set[str]]) -> None:
+    """Consul compiles every discovery chain the write touches against the proposed state: a
+    split to a missing subset or a loop is refused now, not discovered by the proxies."""
+    if cmd.Kind not in CHAIN_KINDS:
+        return
+    proposed = dict(store.mesh.entries)
+    if cmd.Op == "set":
+        proposed[(cmd.Kind, cmd.Name)] = cmd.Entry
+    else:
+        proposed.pop((cmd.Kind, cmd.Name), None)
+    try:
+        check_chains(proposed)
+    except ChainError as e:
+        raise CommandError(str(e)) from None
+
+
 _REFERENCES: dict[type[Any], Callable[[Any, Store, dict[str, set[str]]], None]] = {
     Register: _register_refs,
     CASetRoots: _ca_roots_refs,
     IntentionOp: _intention_refs,
+    ConfigEntryOp: _config_entry_refs,
 }
 
 

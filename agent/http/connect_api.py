@@ -17,7 +17,10 @@ from meshd.agent.http.common import (
     query_options,
     query_uint,
 )
-from meshd.config_entries import KINDS, ConfigEntryError, normalize_entry
+from meshd.chain import ChainError, compile_chain
+from meshd.config_entries import KINDS, PROTOCOLS, ConfigEntryError, normalize_entry
+from meshd.config_entries_l7 import go_duration
+from meshd.durations import DurationError, parse_duration_seconds
 from meshd.intentions import check, flatten, match
 from meshd.structs import ConfigEntryOp, IntentionOp
 
@@ -92,6 +95,61 @@ async def config_delete(request: web.Request) -> web.Response:
     kind, name = _kind(request.match_info["kind"]), request.match_info["name"]
     await _agent(request).backend.write(ConfigEntryOp(Op="delete", Kind=kind, Name=name))
     return json_response(True)
+
+
+_OVERRIDES = {"OverrideProtocol": "Protocol", "OverrideConnectTimeout": "ConnectTimeout"}
+
+
+async def _chain_overrides(request: web.Request) -> dict[str, str]:
+    """POST carries Consul's override parameters; OverrideMeshGateway has nothing to act on
+    here (meshd has no mesh gateways) and is accepted and ignored."""
+    body = await json_body(request, kind=None) if request.method == "POST" else None
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise BadRequestError("Request decode failed: the body must be a JSON object")
+    out: dict[str, str] = {}
+    for key, value in body.items():
+        if key == "OverrideMeshGateway":
+            continue
+        if key not in _OVERRIDES:
+            raise BadRequestError(f"Request decode failed: unknown field {key!r}")
+        if not isinstance(value, str):
+            raise BadRequestError(f"Request decode failed: {key} must be a string")
+        if value:
+            out[_OVERRIDES[key]] = value
+    if "ConnectTimeout" in out:
+        try:
+            out["ConnectTimeout"] = go_duration(parse_duration_seconds(out["ConnectTimeout"]))
+        except DurationError as e:
+            raise BadRequestError(f"OverrideConnectTimeout: {e}") from None
+    if out.get("Protocol", "tcp") not in PROTOCOLS:
+        raise BadRequestError(f"OverrideProtocol: unknown protocol {out['Protocol']!r}")
+    return out
+
+
+@routes.get("/v1/discovery-chain/{service}")
+@routes.post("/v1/discovery-chain/{service}")
+async def discovery_chain(request: web.Request) -> web.Response:
+    """Consul's compiled chain for `service`; blocks on any config entry (the chain reads
+    entries of several kinds and services)."""
+    agent = _agent(request)
+    overrides = await _chain_overrides(request)
+    res = await blocking_read(agent.backend, q.ConfigEntries(), query_options(request))
+    entries = {(e["Kind"], e["Name"]): e for e in res.value}
+    roots = (await agent.backend.read(q.CARoots())).value or {}
+    dc = request.query.get("compile-dc") or agent.config.datacenter
+    try:
+        chain = compile_chain(
+            request.match_info["service"],
+            lambda kind, name: entries.get((kind, name)),
+            datacenter=dc,
+            trust_domain=roots.get("TrustDomain", ""),
+            overrides=overrides,
+        )
+    except ChainError as e:
+        raise BadRequestError(str(e)) from None
+    return json_response({"Chain": chain}, result=res)
 
 
 # ---- intentions -----------------------------------------------------------------------------

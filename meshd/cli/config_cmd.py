@@ -28,6 +28,11 @@ _LIST_FIELDS = {
     "envoyextensions",
     "paths",
     "accesslogs",
+    "splits",
+    "routes",
+    "queryparam",
+    "hashpolicies",
+    "targets",
 }
 # User maps whose keys belong to the user: never reshaped.
 _OPAQUE = {"meta", "config", "arguments", "legacymeta"}
@@ -135,8 +140,20 @@ def write(path: str, cas: bool, modify_index: int | None) -> None:
 @http_options
 @click.option("-kind", "--kind", default=None, help="The config entry's kind.")
 @click.option("-name", "--name", default=None, help="The config entry's name.")
-def read(kind: str | None, name: str | None) -> None:
-    """Print one config entry as JSON."""
+@click.option(
+    "-chain",
+    "--chain",
+    is_flag=True,
+    help="Print the compiled discovery chain of service -name instead (no -kind).",
+)
+def read(kind: str | None, name: str | None, chain: bool) -> None:
+    """Print one config entry as JSON, or with -chain the service's compiled chain."""
+    if chain:
+        if kind:
+            raise CLIError("-chain shows a service's whole chain: give -name only, not -kind")
+        compiled = client().get(f"/v1/discovery-chain/{_need(name, '-name')}")
+        click.echo(json.dumps(compiled["Chain"], indent=4))
+        return
     kind, name = _need(kind, "-kind"), _need(name, "-name")
     entry = client().get(f"/v1/config/{kind}/{name}")
     click.echo(json.dumps(entry, indent=4))

@@ -281,3 +281,55 @@ def test_config_bad_input_changes_nothing(agent: MeshdProcess, tmp_path: Path) -
     fails(agent, "config", "write", "-", stdin=json.dumps(bad_action))
     assert entry(agent, "service-intentions", dst)["Sources"][0]["Action"] == "deny"
     ok(agent, "intention", "delete", src, dst)
+
+
+SPLIT_HCL = """
+Kind = "service-splitter"
+Name = "{api}"
+Splits {{
+  Weight        = 90
+  ServiceSubset = "v1"
+}}
+Splits {{
+  Weight        = 10
+  ServiceSubset = "v2"
+}}
+"""
+
+
+def test_config_read_chain_shows_the_compiled_discovery_chain(
+    agent: MeshdProcess, tmp_path: Path
+) -> None:
+    (api,) = names("api")
+    resolver = {
+        "Kind": "service-resolver",
+        "Name": api,
+        "Subsets": {
+            "v1": {"Filter": "Service.Meta.version == v1"},
+            "v2": {"Filter": "Service.Meta.version == v2"},
+        },
+    }
+    splitter = tmp_path / "splitter.hcl"
+    splitter.write_text(SPLIT_HCL.format(api=api))
+    # tcp cannot split: refused with Consul's reason, nothing stored
+    ok(agent, "config", "write", "-", stdin=json.dumps(resolver))
+    assert "does not permit advanced routing" in fails(agent, "config", "write", str(splitter))
+    assert entry(agent, "service-splitter", api) is None
+    defaults = {"Kind": "service-defaults", "Name": api, "Protocol": "http"}
+    ok(agent, "config", "write", "-", stdin=json.dumps(defaults))
+    ok(agent, "config", "write", str(splitter))
+    chain = json.loads(ok(agent, "config", "read", "-chain", "-name", api))
+    assert chain["StartNode"] == f"splitter:{api}.default.default"
+    splits = chain["Nodes"][chain["StartNode"]]["Splits"]
+    assert [(s["Weight"], s["NextNode"]) for s in splits] == [
+        (90, f"resolver:v1.{api}.default.default.dc1"),
+        (10, f"resolver:v2.{api}.default.default.dc1"),
+    ]
+    assert "-name" in fails(agent, "config", "read", "-chain")
+    assert "-kind" in fails(
+        agent, "config", "read", "-chain", "-kind=service-router", f"-name={api}"
+    )
+    # the resolver cannot go while the splitter uses its subsets
+    assert "subset" in fails(agent, "config", "delete", "-kind=service-resolver", f"-name={api}")
+    for kind in ("service-splitter", "service-resolver", "service-defaults"):
+        ok(agent, "config", "delete", f"-kind={kind}", f"-name={api}")

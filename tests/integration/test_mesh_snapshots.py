@@ -99,3 +99,66 @@ async def test_a_wildcard_intention_wakes_every_proxy(agent: Agent) -> None:
     await until(
         lambda: all(mesh.snapshot(p) is not before[p] for p in (px, py)), "both new snapshots"
     )
+
+
+async def test_a_chain_entry_wakes_only_its_callers_and_is_watched(agent: Agent) -> None:
+    """A splitter for `api` rebuilds the sidecar that calls api (its chain gains the split and
+    the subset targets), not one that does not; an upstream's own protocol tcp drops it."""
+    upstreams = {
+        "web": [{"DestinationName": "api", "LocalBindPort": 9311}],
+        "raw": [{"DestinationName": "api", "LocalBindPort": 9312, "Config": {"protocol": "tcp"}}],
+        "other": [],
+    }
+    for i, (name, ups) in enumerate(upstreams.items()):
+        sidecar = {"Checks": [], "Proxy": {"Upstreams": ups}}
+        defn = parse_service(
+            {"Name": name, "Port": 9301 + i, "Connect": {"SidecarService": sidecar}}
+        )
+        await agent.register_service(defn)
+    mesh = agent.mesh
+    proxies = [f"{n}-sidecar-proxy" for n in upstreams]
+    await until(lambda: all(mesh.snapshot(p) is not None for p in proxies), "snapshots")
+    await settled(agent)
+    before = {p: mesh.snapshot(p) for p in proxies}
+    builds_other = mesh.builds["other-sidecar-proxy"]
+    base = f"http://127.0.0.1:{agent.config.ports.http}/v1/config"
+    entries = [
+        {"Kind": "service-defaults", "Name": "api", "Protocol": "http"},
+        {
+            "Kind": "service-resolver",
+            "Name": "api",
+            "Subsets": {"v1": {"Filter": "Service.Meta.version == v1"}, "v2": {"Filter": ""}},
+        },
+        {
+            "Kind": "service-splitter",
+            "Name": "api",
+            "Splits": [
+                {"Weight": 75, "ServiceSubset": "v1"},
+                {"Weight": 25, "ServiceSubset": "v2"},
+            ],
+        },
+    ]
+    async with aiohttp.ClientSession() as http:
+        for entry in entries:
+            async with http.put(base, json=entry) as resp:
+                assert resp.status == 200, await resp.text()
+
+    def chain_of(proxy: str) -> dict:
+        snap = mesh.snapshot(proxy)
+        assert snap is not None and snap.upstreams[0].chain is not None
+        return snap.upstreams[0].chain
+
+    await until(
+        lambda: chain_of("web-sidecar-proxy")["StartNode"] == "splitter:api.default.default",
+        "web's chain with the splitter",
+    )
+    assert set(chain_of("web-sidecar-proxy")["Targets"]) == {
+        "v1.api.default.default.dc1",
+        "v2.api.default.default.dc1",
+    }
+    assert agent.cache.watching(q.ConfigEntries(Kind="service-splitter", Name="api"))
+    raw = chain_of("raw-sidecar-proxy")
+    assert raw["Protocol"] == "tcp" and raw["StartNode"] == "resolver:api.default.default.dc1"
+    assert mesh.snapshot("raw-sidecar-proxy").upstreams[0].protocol == "tcp"
+    assert mesh.snapshot("other-sidecar-proxy") is before["other-sidecar-proxy"]
+    assert mesh.builds["other-sidecar-proxy"] == builds_other

@@ -10,13 +10,19 @@ from concurrent import futures
 
 import grpc
 import pytest
-from helpers import dev_agent, free_ports
+from helpers import dev_agent, free_ports, wait_for
 
 CLIENT = r"""
 import collections, sys, grpc
 channel = grpc.insecure_channel(sys.argv[1])
 call = channel.unary_unary("/meshd.test.Who/Who")
-seen = collections.Counter(call(b"", timeout=10).decode() for _ in range(int(sys.argv[2])))
+metadata = [tuple(kv.split("=", 1)) for kv in sys.argv[3:]]
+seen = collections.Counter()
+for _ in range(int(sys.argv[2])):
+    try:
+        seen[call(b"", timeout=10, metadata=metadata).decode()] += 1
+    except grpc.RpcError as e:
+        seen[e.code().name] += 1
 print(dict(seen))
 """
 
@@ -46,6 +52,7 @@ def grpc_mesh(tmp_path_factory):
                 "ID": f"grpcapi-{i + 1}",
                 "Address": "127.0.0.1",
                 "Port": p,
+                "Meta": {"version": f"v{i + 1}"},
                 "Check": {"CheckID": f"grpcapi-{i + 1}-ttl", "TTL": "10m", "Status": "passing"},
             },
         )
@@ -71,9 +78,9 @@ def grpc_mesh(tmp_path_factory):
     agent.stop()
 
 
-def run_client(bootstrap: str, target: str, n: int) -> dict[str, int]:
+def run_client(bootstrap: str, target: str, n: int, *metadata: str) -> dict[str, int]:
     out = subprocess.run(
-        [sys.executable, "-c", CLIENT, target, str(n)],
+        [sys.executable, "-c", CLIENT, target, str(n), *metadata],
         capture_output=True,
         text=True,
         timeout=60,
@@ -85,8 +92,7 @@ def run_client(bootstrap: str, target: str, n: int) -> dict[str, int]:
 
 def test_xds_target_reaches_both_instances(grpc_mesh):
     _agent, bootstrap = grpc_mesh
-    seen = run_client(bootstrap, "xds:///grpcapi", 20)
-    assert set(seen) == {"api-1", "api-2"}, seen
+    wait_for(lambda: set(run_client(bootstrap, "xds:///grpcapi", 20)) == {"api-1", "api-2"}, 30)
 
 
 def test_critical_instance_is_not_used(grpc_mesh):
@@ -97,3 +103,55 @@ def test_critical_instance_is_not_used(grpc_mesh):
         assert set(seen) == {"api-1"}, seen
     finally:
         agent.put("/v1/agent/check/pass/grpcapi-2-ttl")
+
+
+def test_proxyless_client_follows_a_weighted_split_and_a_header_route(grpc_mesh):
+    agent, bootstrap = grpc_mesh
+    entries = [
+        {"Kind": "service-defaults", "Name": "grpcapi", "Protocol": "grpc"},
+        {
+            "Kind": "service-resolver",
+            "Name": "grpcapi",
+            "Subsets": {
+                "v1": {"Filter": "Service.Meta.version == v1"},
+                "v2": {"Filter": "Service.Meta.version == v2"},
+            },
+        },
+        {
+            "Kind": "service-splitter",
+            "Name": "grpcapi",
+            "Splits": [
+                {"Weight": 80, "ServiceSubset": "v1"},
+                {"Weight": 20, "ServiceSubset": "v2"},
+            ],
+        },
+        {
+            "Kind": "service-router",
+            "Name": "grpcapi",
+            "Routes": [
+                {
+                    "Match": {"HTTP": {"Header": [{"Name": "x-canary", "Exact": "1"}]}},
+                    "Destination": {"ServiceSubset": "v2"},
+                },
+                {
+                    "Match": {"HTTP": {"Header": [{"Name": "x-fault", "Exact": "1"}]}},
+                    "Destination": {"Fault": {"AbortStatus": 503, "AbortPercent": 100}},
+                },
+            ],
+        },
+    ]
+    try:
+        for entry in entries:
+            r = agent.put("/v1/config", entry)
+            assert r.status == 200, r.body
+        canary = ("xds:///grpcapi", 20, "x-canary=1")
+        wait_for(lambda: run_client(bootstrap, *canary) == {"api-2": 20}, 30)
+        # the meshd fault extension, applied by gRPC itself (A33): HTTP 503 is UNAVAILABLE
+        assert run_client(bootstrap, "xds:///grpcapi", 5, "x-fault=1") == {"UNAVAILABLE": 5}
+        seen = run_client(bootstrap, "xds:///grpcapi", 500)
+        assert set(seen) == {"api-1", "api-2"}, seen
+        assert 0.72 <= seen["api-1"] / 500 <= 0.88, seen  # 80 % +- 4 standard deviations
+    finally:
+        for entry in reversed(entries):
+            agent.request("DELETE", f"/v1/config/{entry['Kind']}/{entry['Name']}")
+    wait_for(lambda: set(run_client(bootstrap, "xds:///grpcapi", 20)) == {"api-1", "api-2"}, 30)

@@ -306,7 +306,7 @@ def test_source_validation(source: dict[str, Any], dest: str, message: str) -> N
             "JWT: not supported",
         ),
         ({"Name": "api"}, "Kind is required"),
-        ({"Kind": "service-router", "Name": "api"}, "unsupported config entry kind"),
+        ({"Kind": "ingress-gateway", "Name": "api"}, "unsupported config entry kind"),
         ({"Kind": "service-defaults"}, "Name is required"),
         ({"Kind": "service-defaults", "Name": "api", "Protocol": "udp"}, "Protocol: invalid"),
         ({"Kind": "service-defaults", "Name": "api", "Bogus": 1}, "Bogus: unknown field"),

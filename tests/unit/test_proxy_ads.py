@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import replace
 from typing import Any
@@ -350,4 +351,96 @@ async def test_route_and_listener_names_for_http(ads: Any) -> None:
     await c.send(type_url=ROUTE, resource_names=["public_listener", API_CLUSTER])
     r = await c.recv()
     assert names(r) == [API_CLUSTER, "public_listener"]
+    c.close()
+
+
+async def play_envoy(c: Client, stop: Any, limit: int = 12) -> list[tuple[str, list[str]]]:
+    """ACK everything as Envoy does: after a CDS response it asks endpoints for every EDS
+    cluster it now holds, on the latest EDS nonce."""
+    seen: list[tuple[str, list[str]]] = []
+    clusters: list[str] = []
+    last_eds: Any = None
+    for _ in range(limit):
+        r = await c.recv()
+        seen.append((r.type_url, names(r)))
+        if r.type_url == CLUSTER:
+            await c.ack(r)
+            new = [n for n in names(r) if n != "local_app"]
+            if new != clusters:
+                clusters = new
+                if last_eds is None:
+                    await c.send(type_url=ENDPOINT, resource_names=clusters)
+                else:
+                    await c.ack(last_eds, clusters)
+        elif r.type_url == ENDPOINT:
+            last_eds = r
+            await c.ack(r, clusters)
+        else:
+            await c.ack(r)
+        if stop(seen):
+            return seen
+    pytest.fail(f"no end in {seen}")
+
+
+async def test_dropped_cluster_stays_until_routes_leave_it_and_endpoints_follow_cds(
+    ads: Any,
+) -> None:
+    """Make before break: a chain change swaps clusters; Envoy must never hold a listener or
+    route that names a cluster it lacks, and a changed cluster gets its endpoints again."""
+    c = Client(ads.channel)
+    ads.set_snapshot(NODE, snap())
+    await c.send(type_url=CLUSTER)
+    await c.send(type_url=LISTENER)
+    await play_envoy(c, lambda seen: {t for t, _ in seen} >= {CLUSTER, ENDPOINT, LISTENER})
+    await ads.wait_synced(NODE, 2)
+    db = "db.default.dc1.internal.td.consul"
+    ads.set_snapshot(NODE, snap(2, upstreams=[Upstream("db", 9292)]))
+    seen = await play_envoy(c, lambda s: s[-1][0] == CLUSTER and API_CLUSTER not in s[-1][1])
+    first_cds = next(n for t, n in seen if t == CLUSTER)
+    assert set(first_cds) >= {API_CLUSTER, db}  # api kept while the listener still uses it
+    lds_at = next(i for i, (t, _) in enumerate(seen) if t == LISTENER)
+    eds_for_db = next(i for i, (t, n) in enumerate(seen) if t == ENDPOINT and db in n)
+    assert eds_for_db < lds_at < len(seen) - 1  # db warmed before the listener, api removed last
+    eds = await c.recv()  # endpoints again after the changed CDS
+    assert eds.type_url == ENDPOINT and db in names(eds)
+    await c.ack(eds, [db])
+    with contextlib.suppress(TimeoutError):
+        while True:  # the EDS subscription shrinks to db: one more answer
+            r = await c.recv(timeout=0.3)
+            await c.ack(r, [db])
+    await ads.wait_synced(NODE, 2)
+    c.close()
+
+
+async def test_delta_keeps_a_dropped_cluster_until_the_listener_leaves_it(ads: Any) -> None:
+    c = Client(ads.channel, delta=True)
+    ads.set_snapshot(NODE, snap())
+    await c.send(type_url=CLUSTER)
+    await c.send(type_url=LISTENER)
+    subscribed: set[str] = set()
+    seen: list[tuple[str, list[str], list[str]]] = []
+
+    async def step() -> None:
+        r = await c.recv()
+        seen.append((r.type_url, [x.name for x in r.resources], list(r.removed_resources)))
+        await c.ack(r)
+        if r.type_url == CLUSTER:  # Envoy asks endpoints of the EDS clusters it now holds
+            new = {x.name for x in r.resources} - {"local_app"} - subscribed
+            if new:
+                subscribed.update(new)
+                await c.send(type_url=ENDPOINT, resource_names_subscribe=sorted(new))
+
+    while {t for t, _, _ in seen} != {CLUSTER, ENDPOINT, LISTENER}:
+        await step()
+    await ads.wait_synced(NODE, 2)
+    seen.clear()
+    db = "db.default.dc1.internal.td.consul"
+    ads.set_snapshot(NODE, snap(2, upstreams=[Upstream("db", 9292)]))
+    while not any(t == CLUSTER and API_CLUSTER in removed for t, _, removed in seen):
+        await step()
+        assert len(seen) < 10, seen
+    first_cds = seen[0]
+    assert first_cds[0] == CLUSTER and db in first_cds[1] and first_cds[2] == []
+    order = [t for t, _, _ in seen]
+    assert order.index(ENDPOINT) < order.index(LISTENER) < len(order) - 1, seen
     c.close()
