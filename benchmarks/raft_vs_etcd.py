@@ -18,7 +18,8 @@ The leaders are found with GET /v1/status/leader (meshd, mapped to the server by
 and POST /v3/maintenance/status (etcd). A meshd follower forwards the write to its leader; an
 etcd follower does the same through its Raft proposal path. Both clusters write their journal to
 the same filesystem and sync it before acknowledging (meshd: msync per batch; etcd: fdatasync of
-its WAL), and neither uses TLS or authentication unless --encrypt is given (meshd cluster key).
+its WAL), and neither uses TLS. meshd's Raft and RPC are encrypted and authenticated with the
+cluster key, which a multi-server meshd cluster requires; etcd runs without authentication.
 
 Targets (DESIGN.md): meshd p50 <= 2x etcd's, throughput >= etcd's. CPU is reported as cores
 busy (100% = one core) for the three servers together and for the client; on a 2-core machine
@@ -240,12 +241,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--no-followers", action="store_true", help="measure only through each cluster's leader"
     )
     p.add_argument(
-        "--encrypt",
-        action="store_true",
-        help="give the meshd servers a cluster key (encrypted, authenticated Raft "
-        "and HMAC'd RPC); etcd stays plaintext",
-    )
-    p.add_argument(
         "--wait-quiet",
         type=float,
         default=0.0,
@@ -272,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     with Procs("meshd-bench-raft-", keep=args.keep) as procs:
         etcd = EtcdCluster(procs)  # fails fast when etcd is not installed
         t0 = time.monotonic()
-        meshd = MeshdCluster(procs, encrypt=keygen() if args.encrypt else None).start()
+        meshd = MeshdCluster(procs, encrypt=keygen()).start()
         m_leader = meshd.wait_formed()
         print(
             f"meshd: 3 servers formed in {time.monotonic() - t0:.1f}s, leader "
@@ -336,7 +331,7 @@ def report(phases: list[Phase], args: argparse.Namespace, load0: float) -> None:
             ]
         )
     print()
-    enc = "meshd with cluster key" if args.encrypt else "no encryption on either side"
+    enc = "meshd with its cluster key (required for 3 servers); etcd plaintext"
     print(
         table(
             [
