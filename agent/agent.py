@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from meshd import __version__
+from meshd import queries as q
 from meshd.agent.antientropy import AntiEntropy
 from meshd.agent.backend import CatalogBackend, LocalBackend, RemoteBackend
 from meshd.agent.cache import WatchCache
@@ -45,9 +46,17 @@ from meshd.metrics import Stats
 from meshd.rpc import Heartbeat, PeerChange
 from meshd.rpc_client import RPCClient
 from meshd.server.cluster import Server, ServerSettings
-from meshd.server.raft import reserve_port
+from meshd.server.raft import RaftError, reserve_port
 from meshd.server.rpc import make_rpc_app
-from meshd.structs import HEALTH_CRITICAL, Barrier, Deregister, HealthCheck
+from meshd.server.store import CommandError
+from meshd.structs import (
+    HEALTH_CRITICAL,
+    HEALTH_PASSING,
+    SERF_CHECK_ID,
+    Barrier,
+    Deregister,
+    HealthCheck,
+)
 from meshd.tls import server_hostname, tls_contexts
 from meshd.validate import Limits
 
@@ -346,6 +355,27 @@ class Agent:
             await asyncio.wait_for(self._heartbeat_ok.wait(), max(deadline - time.monotonic(), 0.1))
         except TimeoutError:
             log.warning("no server has answered a heartbeat yet")
+            return
+        await self._wait_node_alive(deadline)
+
+    async def _wait_node_alive(self, deadline: float) -> None:
+        """Until the leader's `serfHealth` verdict on this node is in the catalog: a user who
+        reads /v1/agent/members or the node's checks right after start sees this node, as with
+        Consul, whose agent joins Serf before it serves."""
+        index = 0
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                res = await self.backend.read(
+                    q.NodeInfo(Node=self.config.node_name), min_index=index, wait=min(left, 5.0)
+                )
+            except (RaftError, CommandError) as e:
+                log.debug("waiting for this node's serfHealth: %s", e)
+                await asyncio.sleep(0.1)
+                continue
+            checks = res.value[2] if res.value else []
+            if any(c.CheckID == SERF_CHECK_ID and c.Status == HEALTH_PASSING for c in checks):
+                return
+            index = res.index
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -569,7 +599,7 @@ class Agent:
         return self.server
 
     def server_name(self, raft_addr: str) -> str:
-        if self.server is not None and raft_addr == self.server.raft_addr:
+        if self.server is not None and raft_addr in (self.server.raft_addr, self.server.rpc_addr):
             return self.config.node_name
         host = raft_addr.rsplit(":", 1)[0]
         if self.server is not None:
@@ -580,7 +610,8 @@ class Agent:
         return host
 
     async def remove_peer(self, addr: str) -> None:
-        await self._require_server().change_peer(PeerChange(RaftAddr=addr, Remove=True))
+        server = self._require_server()
+        await server.change_peer(PeerChange(RaftAddr=server.raft_of(addr), Remove=True))
 
     async def snapshot(self) -> tuple[int, bytes]:
         """A consistent point-in-time copy: a barrier first, so every committed write is in."""

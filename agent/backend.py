@@ -49,7 +49,9 @@ class CatalogBackend(Protocol):
         self, query: q.Query, *, min_index: int = 0, wait: float = 0.0, consistency: str = "default"
     ) -> ReadResult: ...
 
-    async def status(self) -> tuple[str, list[str]]: ...
+    async def status(self) -> tuple[str, list[str]]:
+        """(leader, peers) as server RPC addresses, as Consul's /v1/status reports them."""
+        ...
 
     async def heartbeat(self, hb: Heartbeat) -> None: ...
 
@@ -83,7 +85,10 @@ class LocalBackend:
         raft = self.server.raft
         if raft is None:
             return "", []
-        return raft.leader(), raft.peers()
+        leader = raft.leader()
+        return (self.server.rpc_of(leader) if leader else ""), [
+            self.server.rpc_of(p) for p in raft.peers()
+        ]
 
     async def heartbeat(self, hb: Heartbeat) -> None:
         await self.server.heartbeat(hb)
@@ -149,7 +154,8 @@ class RemoteBackend:
 
     async def status(self) -> tuple[str, list[str]]:
         info = await self.rpc.call("info", b"", ServerInfo)
-        return info.Leader, info.Peers
+        rpc = dict((raft, addr) for raft, addr in info.Known)
+        return rpc.get(info.Leader, info.Leader), [rpc.get(p, p) for p in info.Peers]
 
     async def heartbeat(self, hb: Heartbeat) -> None:
         await self.rpc.call("heartbeat", hb, bool, timeout=3.0)

@@ -581,20 +581,11 @@ class _Query:
         size = 12 + len(qwire) + sum(map(len, authority)) + len(opt)
         if size > limit:  # only a pathological SOA could do this; never exceed the limit anyway
             authority, size, keep, tc = [], 12 + len(qwire) + len(opt), 0, True
-        an: list[bytes] = []
-        ar: list[bytes] = []
-        seen: set[bytes] = set()
-        for rr, glue in answers[:keep]:
-            extra = [g for g in glue if g not in seen] if glue else glue
-            grow = len(rr) + sum(map(len, extra))
-            if size + grow > limit:
-                tc = True
-                break
-            size += grow
-            an.append(rr)
-            if extra:
-                ar.extend(extra)
-                seen.update(extra)
+        trimmed = keep < len(answers)
+        an, ar, overflow = _sections(answers, keep, size, limit, trimmed)
+        if overflow and not trimmed:
+            an, ar, overflow = _sections(answers, keep, size, limit, True)
+        tc = tc or overflow
         if opt:
             ar.append(opt)
         flags = header_flags(self.req, self.rcode, self.aa, tc, bool(cfg.recursors))
@@ -602,6 +593,30 @@ class _Query:
         return DNSOutcome(
             b"".join((head, qwire, *an, *authority, *ar)), rcode=self.rcode, truncated=tc
         )
+
+
+def _sections(
+    answers: list[tuple[bytes, Glue]], keep: int, size: int, limit: int, dedupe: bool
+) -> tuple[list[bytes], list[bytes], bool]:
+    """(answer, additional, overflowed). An answer that is not being trimmed carries one glue
+    record per SRV record even when targets repeat (HAProxy's server-template fills one slot per
+    additional record); once trimming, a target's glue is sent once, as Consul's syncExtra."""
+    an: list[bytes] = []
+    ar: list[bytes] = []
+    seen: set[bytes] | None = set() if dedupe else None
+    for rr, glue in answers[:keep]:
+        extra = glue
+        if seen is not None and glue:
+            extra = tuple(g for g in glue if g not in seen)
+            seen.update(extra)
+        grow = len(rr) + sum(map(len, extra))
+        if size + grow > limit:
+            return an, ar, True
+        size += grow
+        an.append(rr)
+        if extra:
+            ar.extend(extra)
+    return an, ar, False
 
 
 def _healthy(

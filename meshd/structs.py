@@ -40,7 +40,8 @@ class NodeService(msgspec.Struct):
     Kind: str = ""
     Proxy: dict[str, Any] | None = None
     Connect: dict[str, Any] | None = None
-    TaggedAddresses: dict[str, Any] = {}
+    TaggedAddresses: dict[str, Any] = {}  # name -> {"Address": str, "Port": int}
+    Locality: dict[str, str] | None = None  # {"Region", "Zone"}, as Consul 1.17+
     Datacenter: str = ""
     CreateIndex: int = 0
     ModifyIndex: int = 0
@@ -80,6 +81,7 @@ HEALTH_CRITICAL = "critical"
 HEALTH_MAINT = "maintenance"
 HEALTH_STATES = (HEALTH_PASSING, HEALTH_WARNING, HEALTH_CRITICAL)
 SERF_CHECK_ID = "serfHealth"
+CONSUL_SERVICE = "consul"  # the service every server's node carries (port: server RPC)
 NODE_MAINT_CHECK_ID = "_node_maintenance"
 
 
@@ -170,6 +172,7 @@ class NodeStatus(msgspec.Struct, tag="node_status"):
     Address: str
     Status: str
     Output: str = ""
+    ServerPort: int = 0  # a server's RPC port: its node carries the `consul` service
 
 
 class CASetRoots(msgspec.Struct, tag="ca_roots"):

@@ -61,7 +61,7 @@ MAX_BATCH = 4096  # commands in one Batch (anti-entropy of one node)
 META_MAX_PAIRS = 64  # Consul's metaMaxKeyPairs, metaKeyMaxLength, metaValueMaxLength
 META_KEY_MAX = 128
 META_VALUE_MAX = 512
-SERVICE_NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-/]+$")
+DNS_LABEL_RE = re.compile(r"^[A-Za-z0-9-]{1,63}$")  # Consul's test for a discoverable name
 _META_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 SERVICE_KINDS = (
@@ -102,11 +102,16 @@ def name(value: str, what: str, *, required: bool = True, limit: int = MAX_NAME)
         raise ValidationError(f"{what} {value!r} contains control characters")
 
 
+def dns_safe(value: str) -> bool:
+    """Whether a service name can be looked up in DNS. Consul registers a name that is not
+    (and logs a warning), so the servers accept it too: refusing it would break tools that
+    register such names against Consul today."""
+    return bool(DNS_LABEL_RE.match(value))
+
+
 def service_name(value: str, what: str) -> None:
-    """Service names and IDs also appear in DNS names and URL paths: a restricted alphabet."""
+    """Service names and IDs: printable, bounded; any alphabet Consul accepts."""
     name(value, what)
-    if not SERVICE_NAME_RE.match(value):
-        raise ValidationError(f"invalid {what} {value!r}")
 
 
 def meta(values: Mapping[str, str], what: str) -> None:
@@ -136,6 +141,17 @@ def service(svc: NodeService, where: str = "Service") -> None:
     for tag in svc.Tags:
         name(tag, f"{where}.Tags entry")
     address(svc.Address, f"{where}.Address")
+    for key, ta in svc.TaggedAddresses.items():
+        name(key, f"{where}.TaggedAddresses key")
+        if not isinstance(ta, dict) or set(ta) - {"Address", "Port"}:
+            raise ValidationError(f"{where}.TaggedAddresses[{key!r}] must be {{Address, Port}}")
+        if not isinstance(ta.get("Address", ""), str):
+            raise ValidationError(f"{where}.TaggedAddresses[{key!r}].Address must be a string")
+        port = ta.get("Port", 0)
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+            raise ValidationError(f"{where}.TaggedAddresses[{key!r}].Port must be a port number")
+    if svc.Locality is not None and set(svc.Locality) - {"Region", "Zone"}:
+        raise ValidationError(f"{where}.Locality holds only Region and Zone")
     if not 0 <= svc.Port <= 65535:
         raise ValidationError(f"{where}.Port {svc.Port} is out of range 0-65535")
     if svc.Weights.Passing < 1:
@@ -246,6 +262,8 @@ def node_status(s: NodeStatus, limits: Limits) -> None:
     address(s.Address, "Address")
     if s.Status not in HEALTH_STATES:
         raise ValidationError(f"Status {s.Status!r} is not one of {', '.join(HEALTH_STATES)}")
+    if not 0 <= s.ServerPort <= 65535:
+        raise ValidationError(f"ServerPort {s.ServerPort} is out of range 0-65535")
 
 
 def ca_roots(c: CASetRoots, limits: Limits) -> None:

@@ -204,6 +204,21 @@ class Server:
             raise RaftError("No cluster leader (the cluster has not bootstrapped yet)")
         return self.raft
 
+    def rpc_of(self, raft_addr: str) -> str:
+        """A server's RPC address, the one Consul's status and operator endpoints report."""
+        return self.known.get(raft_addr) or _rpc_for(raft_addr, self.s.rpc_port)
+
+    def raft_of(self, addr: str) -> str:
+        """The Raft address of a server named by its RPC (or Raft) address."""
+        for raft, rpc in self.known.items():
+            if addr in (raft, rpc):
+                return raft
+        host = addr.rsplit(":", 1)[0]
+        same_host = [
+            p for p in (self.raft.peers() if self.raft else []) if p.startswith(host + ":")
+        ]
+        return same_host[0] if len(same_host) == 1 else addr
+
     def leader_rpc(self) -> str:
         leader = self._raft().leader()
         if not leader:
@@ -319,8 +334,7 @@ class Server:
                             for n in self.store.nodes.values()
                             if SERF_CHECK_ID in self.store.checks.get(n.Node, {})
                         ]
-                    self.members.nodes.clear()
-                    self.members.adopt(nodes)
+                    self.members.take_office(nodes)
                     self.reaper.reset()
                     await connect_ca.ensure_ca(self)
                 ops = self.members.tick()

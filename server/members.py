@@ -29,6 +29,15 @@ class NodeState:
     failed_at: float = 0.0
     synced_status: int = 0  # the status last committed to Raft (0: never)
 
+    def server_port(self) -> int:
+        """The RPC port of a server member (0 for a client), for its `consul` service."""
+        if self.role != "consul" or ":" not in self.rpc_addr:
+            return 0
+        try:
+            return int(self.rpc_addr.rsplit(":", 1)[1])
+        except ValueError:
+            return 0
+
 
 class Membership:
     def __init__(self, failure_timeout: float = 5.0, reap_after: float = 72 * 3600.0) -> None:
@@ -49,6 +58,19 @@ class Membership:
             st.status = LEFT
         elif st.status != ALIVE:
             st.status = ALIVE
+
+    def take_office(self, catalog_nodes: list[tuple[str, str]], now: float | None = None) -> None:
+        """On becoming leader: every node gets a full grace period and its status is re-written.
+
+        Nodes that heartbeated since Raft made us leader stay (clearing them would empty
+        /v1/agent/members until their next beat); a timer from an earlier term is restarted,
+        since its time was not replicated to us and may be arbitrarily stale.
+        """
+        now = time.monotonic() if now is None else now
+        for st in self.nodes.values():
+            st.last_seen = now
+            st.synced_status = 0
+        self.adopt(catalog_nodes, now)
 
     def adopt(self, names_and_addrs: list[tuple[str, str]], now: float | None = None) -> None:
         """On becoming leader: give catalog nodes we have no timer for a full grace period."""
@@ -76,7 +98,11 @@ class Membership:
                 continue
             if st.status != st.synced_status:
                 status = HEALTH_PASSING if st.status == ALIVE else HEALTH_CRITICAL
-                ops.append(NodeStatus(Node=name, Address=st.address, Status=status))
+                ops.append(
+                    NodeStatus(
+                        Node=name, Address=st.address, Status=status, ServerPort=st.server_port()
+                    )
+                )
                 st.synced_status = st.status
         return ops
 

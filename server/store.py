@@ -20,6 +20,7 @@ import msgspec
 from meshd.server.mesh_state import CommandRejectedError, MeshState
 from meshd.server.watch import WatchSet
 from meshd.structs import (
+    CONSUL_SERVICE,
     HEALTH_PASSING,
     SERF_CHECK_ID,
     Barrier,
@@ -166,7 +167,16 @@ class Store:
             Output=s.Output
             or ("Agent alive and reachable" if passing else "Agent not live or unreachable"),
         )
-        reg = Register(Node=s.Node, Address=s.Address, SkipNodeUpdate=True, Check=check)
+        # a server's node carries the `consul` service (its RPC port), as Consul's leader
+        # registers it: `consul.service.consul` then finds the servers
+        svc = (
+            NodeService(ID=CONSUL_SERVICE, Service=CONSUL_SERVICE, Port=s.ServerPort)
+            if s.ServerPort
+            else None
+        )
+        reg = Register(
+            Node=s.Node, Address=s.Address, SkipNodeUpdate=True, Check=check, Service=svc
+        )
         return self._register(reg, index, changed)
 
     def _touch_service(self, node: str, svc: NodeService, changed: set[str]) -> None:

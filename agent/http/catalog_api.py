@@ -70,6 +70,7 @@ def service_node(row: CheckServiceNode, dc: str) -> dict[str, Any]:
         "ServiceEnableTagOverride": s.EnableTagOverride,
         "ServiceProxy": s.Proxy or {},
         "ServiceConnect": s.Connect or {},
+        "ServiceLocality": s.Locality,
         "CreateIndex": s.CreateIndex,
         "ModifyIndex": s.ModifyIndex,
     }

@@ -89,8 +89,12 @@ async def kv_put(request: web.Request) -> web.Response:
         return web.Response(status=413, text=f"Value exceeds {limit} byte limit\n")
     flags = _uint(request, "flags") or 0
     cas = _uint(request, "cas")
-    op = KVOp(
-        Verb="cas" if cas is not None else "set", Key=key, Value=value, Flags=flags, Index=cas or 0
+    op = KVOp(  # an empty value is stored as none: it reads back as `null`, as in Consul
+        Verb="cas" if cas is not None else "set",
+        Key=key,
+        Value=value or None,
+        Flags=flags,
+        Index=cas or 0,
     )
     return json_response(await _agent(request).backend.write(op))
 

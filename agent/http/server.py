@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from meshd.agent.http import agent_api, catalog_api, connect_api, kv_api, operator_api
-from meshd.agent.http.common import AGENT_KEY, error_middleware
+from meshd.agent.http.common import AGENT_KEY, datacenter_middleware, error_middleware
 
 if TYPE_CHECKING:
     from meshd.agent.agent import Agent
@@ -22,7 +22,8 @@ async def count_middleware(request: web.Request, handler: Any) -> web.StreamResp
 
 def make_app(agent: Agent, max_body: int = 1024 * 1024) -> web.Application:
     app = web.Application(
-        middlewares=[count_middleware, error_middleware], client_max_size=max_body
+        middlewares=[count_middleware, error_middleware, datacenter_middleware],
+        client_max_size=max_body,
     )
     app[AGENT_KEY] = agent
     for mod in (agent_api, catalog_api, connect_api, kv_api, operator_api):
