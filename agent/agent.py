@@ -15,16 +15,16 @@ import os
 import ssl
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from meshd import __version__
 from meshd import queries as q
 from meshd.agent.antientropy import AntiEntropy
 from meshd.agent.backend import CatalogBackend, LocalBackend, RemoteBackend
 from meshd.agent.cache import WatchCache
 from meshd.agent.checks import CheckRunner
+from meshd.agent.coordinate_client import AgentCoordinate
 from meshd.agent.definitions import (
     CheckDefinition,
     DefinitionError,
@@ -152,6 +152,7 @@ class Agent:
         self._tasks: list[asyncio.Task[None]] = []
         self._heartbeat_ok = asyncio.Event()
         self.stats = Stats()
+        self.coordinate = AgentCoordinate()
         self._mesh_started = False
         self.mesh: MeshManager
         self._rpc_runner: web.AppRunner | None = None
@@ -324,7 +325,10 @@ class Agent:
         beats = 0
         while True:
             try:
-                await self.backend.heartbeat(hb)
+                hb.Coord = self.coordinate.coord.to_json()
+                sent = time.monotonic()
+                reply = await self.backend.heartbeat(hb)
+                self.coordinate.observe(reply, time.monotonic() - sent)
                 self._heartbeat_ok.set()
                 beats += 1
                 if isinstance(self.backend, RemoteBackend) and beats % 30 == 1:
@@ -536,60 +540,6 @@ class Agent:
                     await self.deregister_service(d.ServiceID)
 
     # ---- introspection --------------------------------------------------------------------
-
-    async def members(self) -> list[dict[str, Any]]:
-        cfg = self.config
-        out = []
-        for m in await self.backend.members():
-            port = int(m.RPCAddr.rsplit(":", 1)[1]) if m.RPCAddr else cfg.ports.server
-            out.append(
-                {
-                    "Name": m.Name,
-                    "Addr": m.Addr,
-                    "Port": port,
-                    "Tags": {
-                        "role": m.Role,
-                        "dc": m.Datacenter or cfg.datacenter,
-                        "build": __version__,
-                        "port": str(port),
-                        "vsn": "2",
-                    },
-                    "Status": m.Status,
-                    "ProtocolMin": 1,
-                    "ProtocolMax": 5,
-                    "ProtocolCur": 2,
-                    "DelegateMin": 2,
-                    "DelegateMax": 5,
-                    "DelegateCur": 4,
-                }
-            )
-        return out
-
-    def self_info(self) -> dict[str, Any]:
-        cfg = self.config
-        return {
-            "Config": {
-                "Datacenter": cfg.datacenter,
-                "NodeName": cfg.node_name,
-                "NodeID": self.local.node_id,
-                "Server": bool(cfg.server or cfg.dev),
-                "Revision": "",
-                "Version": __version__,
-                "PrimaryDatacenter": cfg.datacenter,
-            },
-            "DebugConfig": {},
-            "Member": (self._members_now()),
-            "Meta": dict(cfg.node_meta),
-            "xDS": {"Port": cfg.ports.grpc},
-        }
-
-    def _members_now(self) -> dict[str, Any]:
-        return {
-            "Name": self.config.node_name,
-            "Addr": self.address,
-            "Port": self.config.ports.raft,
-            "Status": 1,
-        }
 
     # ---- operating the servers ------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from meshd.rpc import (
 from meshd.rpc_client import RPCClient, RPCError
 from meshd.server.authority import CommandForbiddenError, Origin, check_command
 from meshd.server.cluster import Server
+from meshd.server.operator import OperatorRequest
 from meshd.server.raft import RaftError
 from meshd.server.store import CommandError
 from meshd.structs import Command
@@ -53,13 +54,19 @@ class CatalogBackend(Protocol):
         """(leader, peers) as server RPC addresses, as Consul's /v1/status reports them."""
         ...
 
-    async def heartbeat(self, hb: Heartbeat) -> None: ...
+    async def heartbeat(self, hb: Heartbeat) -> Any:
+        """The leader's reply: its node name and coordinate (for the sender's RTT sample)."""
+        ...
 
     async def members(self) -> list[Member]: ...
 
     async def sign(self, req: SignRequest) -> SignReply: ...
 
     async def set_ca_config(self, config: dict[str, Any], force_rotate: bool) -> None: ...
+
+    async def operator(self, req: OperatorRequest) -> Any:
+        """An operator request answered by the leader (server/operator.py)."""
+        ...
 
 
 def blocking_wait(wait: float) -> float:
@@ -90,8 +97,8 @@ class LocalBackend:
             self.server.rpc_of(p) for p in raft.peers()
         ]
 
-    async def heartbeat(self, hb: Heartbeat) -> None:
-        await self.server.heartbeat(hb)
+    async def heartbeat(self, hb: Heartbeat) -> Any:
+        return await self.server.heartbeat(hb)
 
     async def members(self) -> list[Member]:
         return await self.server.member_list()
@@ -101,6 +108,9 @@ class LocalBackend:
 
     async def set_ca_config(self, config: dict[str, Any], force_rotate: bool) -> None:
         await self.server.set_ca_config(config, force_rotate)
+
+    async def operator(self, req: OperatorRequest) -> Any:
+        return await self.server.operator(req)
 
 
 class RemoteBackend:
@@ -157,8 +167,8 @@ class RemoteBackend:
         rpc = dict((raft, addr) for raft, addr in info.Known)
         return rpc.get(info.Leader, info.Leader), [rpc.get(p, p) for p in info.Peers]
 
-    async def heartbeat(self, hb: Heartbeat) -> None:
-        await self.rpc.call("heartbeat", hb, bool, timeout=3.0)
+    async def heartbeat(self, hb: Heartbeat) -> Any:
+        return await self.rpc.call("heartbeat", hb, Any, timeout=3.0)
 
     async def members(self) -> list[Member]:
         return await self.rpc.call("members", b"", list[Member])
@@ -175,3 +185,11 @@ class RemoteBackend:
         await self.rpc.call(
             "caconfig", CAConfigRequest(Config=config, ForceRotate=force_rotate), bool
         )
+
+    async def operator(self, req: OperatorRequest) -> Any:
+        try:
+            return await self.rpc.call("operator", req, Any, timeout=15.0)
+        except RPCError as e:
+            if e.code == 400:
+                raise CommandError(str(e)) from None
+            raise RaftError(str(e)) from None

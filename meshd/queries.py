@@ -60,6 +60,16 @@ class CARoots(msgspec.Struct, tag="ca_roots", frozen=True):
     pass
 
 
+class AutopilotConfig(msgspec.Struct, tag="autopilot_config", frozen=True):
+    pass
+
+
+class Coordinates(msgspec.Struct, tag="coordinates", frozen=True):
+    """Network coordinates of every node, or of one (`Node`)."""
+
+    Node: str = ""
+
+
 Query = (
     Services
     | ServiceNodes
@@ -71,4 +81,6 @@ Query = (
     | KVKeys
     | ConfigEntries
     | CARoots
+    | AutopilotConfig
+    | Coordinates
 )

@@ -55,6 +55,7 @@ class Heartbeat(msgspec.Struct):
     RPCAddr: str = ""
     RaftAddr: str = ""
     Leaving: bool = False
+    Coord: dict[str, Any] | None = None  # the sender's network coordinate (meshd.coordinate)
 
 
 class Member(msgspec.Struct):
@@ -94,6 +95,8 @@ VALUE_TYPES: dict[type, Any] = {
     q.KVKeys: list[str],
     q.ConfigEntries: list[dict[str, Any]],
     q.CARoots: dict[str, Any],
+    q.AutopilotConfig: dict[str, Any],
+    q.Coordinates: list[dict[str, Any]],
 }
 
 

@@ -183,6 +183,25 @@ class CASetRoots(msgspec.Struct, tag="ca_roots"):
     Config: dict[str, Any] = {}
 
 
+class AutopilotConfigOp(msgspec.Struct, tag="autopilot_config"):
+    """Set the autopilot configuration (Consul's /v1/operator/autopilot/configuration)."""
+
+    Config: dict[str, Any]
+    CASIndex: int = -1  # -1: unconditional
+
+
+class CoordinateUpdate(msgspec.Struct):
+    Node: str
+    Coord: dict[str, Any]  # Vec, Error, Adjustment, Height (meshd.coordinate)
+    Segment: str = ""
+
+
+class CoordinateBatch(msgspec.Struct, tag="coordinates"):
+    """Nodes' network coordinates, written in batches (Consul's Coordinate.Update)."""
+
+    Updates: list[CoordinateUpdate]
+
+
 Command = (
     Register
     | Deregister
@@ -194,6 +213,8 @@ Command = (
     | IntentionOp
     | NodeStatus
     | CASetRoots
+    | AutopilotConfigOp
+    | CoordinateBatch
 )
 
 _cmd_encoder = msgspec.msgpack.Encoder()

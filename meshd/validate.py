@@ -17,14 +17,18 @@ from typing import Any
 
 import msgspec
 
+from meshd.autopilot import AutopilotConfigError, normalize_config
+from meshd.coordinate import Coordinate, CoordinateError
 from meshd.structs import (
     HEALTH_STATES,
     SERF_CHECK_ID,
+    AutopilotConfigOp,
     Barrier,
     Batch,
     CASetRoots,
     Command,
     ConfigEntryOp,
+    CoordinateBatch,
     Deregister,
     HealthCheck,
     IntentionOp,
@@ -277,6 +281,30 @@ def restore(r: Restore, limits: Limits) -> None:
         raise ValidationError("snapshot is empty")
 
 
+def autopilot_config(op: AutopilotConfigOp, limits: Limits) -> None:
+    if op.CASIndex < -1:
+        raise ValidationError("CAS index must not be negative")
+    try:
+        normalize_config(op.Config)
+    except AutopilotConfigError as e:
+        raise ValidationError(str(e)) from None
+
+
+MAX_COORDINATES = 1024  # updates in one batch (the leader writes every few seconds)
+
+
+def coordinates(b: CoordinateBatch, limits: Limits) -> None:
+    if len(b.Updates) > MAX_COORDINATES:
+        raise ValidationError(f"a coordinate batch holds at most {MAX_COORDINATES} updates")
+    for u in b.Updates:
+        name(u.Node, "Node")
+        name(u.Segment, "Segment", required=False)
+        try:
+            Coordinate.from_json(u.Coord)
+        except CoordinateError as e:
+            raise ValidationError(f"coordinate of {u.Node!r}: {e}") from None
+
+
 def _nothing(cmd: Any, limits: Limits) -> None:
     """A barrier carries no data."""
 
@@ -292,6 +320,8 @@ RULES: dict[type[Any], Callable[[Any, Limits], None]] = {
     IntentionOp: intention,
     NodeStatus: node_status,
     CASetRoots: ca_roots,
+    AutopilotConfigOp: autopilot_config,
+    CoordinateBatch: coordinates,
 }
 
 

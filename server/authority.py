@@ -21,11 +21,13 @@ from meshd.server.ca import CARoot
 from meshd.server.mesh_state import INTENTIONS, CommandRejectedError, intention_entry
 from meshd.server.store import CommandError, Store
 from meshd.structs import (
+    AutopilotConfigOp,
     Barrier,
     Batch,
     CASetRoots,
     Command,
     ConfigEntryOp,
+    CoordinateBatch,
     Deregister,
     IntentionOp,
     KVOp,
@@ -58,6 +60,8 @@ ORIGINS: dict[type[Any], frozenset[Origin]] = {
     NodeStatus: _SERVERS,  # liveness verdicts of the leader (serfHealth)
     CASetRoots: _SERVERS,  # CA roots and rotation: the CA key never comes from outside
     Restore: _SERVERS,  # replaces the whole state: only via a server's snapshot restore
+    AutopilotConfigOp: _ANY,  # an operator's, through any agent's HTTP API
+    CoordinateBatch: _ANY,  # the leader's batches, and /v1/coordinate/update from agents
 }
 
 

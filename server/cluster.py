@@ -33,18 +33,20 @@ from meshd.rpc import (
     decode_value,
 )
 from meshd.rpc_client import RPCClient, RPCError, normalize_addr
-from meshd.server import connect_ca
+from meshd.server import connect_ca, operator
 from meshd.server.authority import Origin, admit
 from meshd.server.ca import CAError
 from meshd.server.members import Membership
+from meshd.server.operator import OperatorRequest
 from meshd.server.raft import RaftError, RaftNode, RaftSettings
 from meshd.server.reads import blocking_query
 from meshd.server.reaper import CriticalReaper
 from meshd.server.store import CommandError, Store
-from meshd.structs import SERF_CHECK_ID, Barrier, Command, Restore
+from meshd.structs import SERF_CHECK_ID, Barrier, Command, CoordinateBatch, Restore
 from meshd.validate import Limits
 
 log = logging.getLogger("meshd.server")
+COORDINATE_BATCH_ROUNDS = 10  # leader rounds (0.5 s each) between coordinate writes: 5 s
 
 
 @dataclass
@@ -97,6 +99,7 @@ class Server:
         self._was_leader = False
         self._last_peers: list[str] = []
         self.reaper = CriticalReaper()
+        self.started = time.time()
 
     # ---- formation ----------------------------------------------------------------------
 
@@ -272,6 +275,14 @@ class Server:
             await raft.add_peer(change.RaftAddr)
         return True
 
+    # ---- operator requests (force-leave, leadership, autopilot, usage) ------------------
+
+    async def operator(self, req: OperatorRequest) -> Any:
+        """Answered by the leader, which holds the liveness timers and follower positions."""
+        if not self._raft().is_leader:
+            return await self.rpc.call("operator", req, Any, addr=self.leader_rpc(), timeout=15.0)
+        return await operator.handle(self, req)
+
     # ---- mesh CA ------------------------------------------------------------------------
 
     async def sign(self, req: SignRequest) -> SignReply:
@@ -295,7 +306,7 @@ class Server:
 
     # ---- liveness -----------------------------------------------------------------------
 
-    async def heartbeat(self, hb: Heartbeat) -> bool:
+    async def heartbeat(self, hb: Heartbeat) -> Any:
         try:  # the leader turns heartbeats into NodeStatus commands: the same rules apply
             validate.name(hb.Node, "Node")
             validate.address(hb.Address, "Address")
@@ -303,11 +314,34 @@ class Server:
             raise CommandError(f"heartbeat refused: {e}") from None
         raft = self._raft()
         if not raft.is_leader:
-            return await self.rpc.call("heartbeat", hb, bool, addr=self.leader_rpc(), timeout=3.0)
+            return await self._forward_heartbeat(raft, hb)
         self.members.heartbeat(hb)
         if hb.Role == "consul" and hb.RaftAddr:
             self.known[hb.RaftAddr] = hb.RPCAddr
-        return True
+        # the reply carries the leader's coordinate: the sender's RTT sample is to us
+        me = self.members.nodes.get(self.s.node_name)
+        return {
+            "Node": self.s.node_name,
+            "Coord": me.coord if me is not None else None,
+            "Self": hb.Node == self.s.node_name,
+        }
+
+    async def _forward_heartbeat(self, raft: RaftNode, hb: Heartbeat) -> Any:
+        """To the leader; with no leader known, through any other server. A server that
+        autopilot removed from Raft while it was down knows no leader when it comes back, and
+        its heartbeat reaching the leader is what gets it added again."""
+        if raft.leader():
+            return await self.rpc.call("heartbeat", hb, Any, addr=self.leader_rpc(), timeout=3.0)
+        others = [rpc for raft_addr, rpc in self.known.items() if raft_addr != self.raft_addr]
+        if hb.Node != self.s.node_name or not others:
+            raise RaftError("No cluster leader")
+        errors = []
+        for addr in others:
+            try:
+                return await self.rpc.call("heartbeat", hb, Any, addr=addr, timeout=3.0)
+            except RPCError as e:
+                errors.append(str(e))
+        raise RaftError(f"No cluster leader ({'; '.join(errors)})")
 
     async def member_list(self) -> list[Member]:
         raft = self._raft()
@@ -316,6 +350,7 @@ class Server:
         return self.members.members(self.s.datacenter)
 
     async def _leader_loop(self) -> None:
+        rounds = 0
         while True:
             await asyncio.sleep(0.5)
             raft = self.raft
@@ -337,7 +372,13 @@ class Server:
                     self.members.take_office(nodes)
                     self.reaper.reset()
                     await connect_ca.ensure_ca(self)
-                ops = self.members.tick()
+                await operator.reconcile(self)
+                ops: list[Command] = [*self.members.tick()]
+                rounds += 1
+                if rounds % COORDINATE_BATCH_ROUNDS == 0 and (
+                    coords := self.members.pending_coordinates()
+                ):
+                    ops.append(CoordinateBatch(Updates=coords))
                 ops += self.reaper.tick(self.store, time.monotonic())
                 for op in ops:
                     try:

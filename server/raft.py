@@ -12,10 +12,12 @@ single-node cluster is woken again right after it appends so the entry commits o
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,6 +183,8 @@ class RaftNode:
         self._journal: _GroupCommit | None = None
         if journal and settings.fsync:
             self._install_group_commit()
+        # calls that must run on the Raft thread (pysyncobj's state is not locked)
+        self._on_raft_thread: collections.deque[Callable[[], None]] = collections.deque()
         self._sync.addOnTickCallback(self._on_tick)
 
     def _install_group_commit(self) -> None:
@@ -208,6 +212,8 @@ class RaftNode:
         # Runs at the end of every tick, after new commands were appended to the log.
         # pysyncobj keeps these in name-mangled attributes; there is no public hook.
         sync = self._sync
+        while self._on_raft_thread:
+            self._on_raft_thread.popleft()()
         if self._journal is not None:
             self._journal.flush_if_dirty()
         if self._single:
@@ -248,6 +254,21 @@ class RaftNode:
         fn(addr, callback=lambda res, err: loop.call_soon_threadsafe(_settle, fut, res, err))
         await asyncio.wait_for(fut, 10.0)
 
+    async def transfer_leadership(self, addr: str | None) -> None:
+        """Ask the Raft thread to hand leadership to `addr` (None: the most caught-up peer).
+        Success means the request was sent; the caller watches `is_leader` for the outcome."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+
+        def call() -> None:
+            self._sync.transferLeadership(
+                addr, callback=lambda res, err: loop.call_soon_threadsafe(_settle, fut, res, err)
+            )
+
+        self._on_raft_thread.append(call)
+        self._wake()
+        await asyncio.wait_for(fut, 10.0)
+
     async def add_peer(self, addr: str) -> None:
         if addr in self.peers():
             return
@@ -270,6 +291,16 @@ class RaftNode:
 
     def peers(self) -> list[str]:
         return sorted([self.settings.self_addr, *(n.address for n in self._sync.otherNodes)])
+
+    def status(self) -> dict[str, Any]:
+        """pysyncobj's status (commit index, each follower's match index); read from the event
+        loop while the Raft thread may change it, so a read that races a change is retried."""
+        for _ in range(5):
+            try:
+                return dict(self._sync.getStatus())
+            except RuntimeError:  # a dict changed size during iteration
+                continue
+        return {}
 
     def last_contact_ms(self) -> int:
         return 0 if self.is_leader else int((time.monotonic() - self._last_contact) * 1000)

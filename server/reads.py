@@ -14,6 +14,7 @@ from typing import Any
 
 from meshd import queries as q
 from meshd.server.ca import public_view
+from meshd.server.coordinates import read_autopilot, read_coordinates
 from meshd.server.store import Store
 from meshd.server.watch import Waiter
 from meshd.spiffe import trust_domain
@@ -183,6 +184,8 @@ _QUERIES: dict[type[Any], Callable[[Store, Any], Answer]] = {
     q.KVKeys: _kv_keys,
     q.ConfigEntries: _config_entries,
     q.CARoots: _ca_roots,
+    q.AutopilotConfig: read_autopilot,
+    q.Coordinates: read_coordinates,
 }
 
 

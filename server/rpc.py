@@ -25,6 +25,7 @@ from meshd.rpc_client import RPCError
 from meshd.server.authority import CommandForbiddenError, Origin
 from meshd.server.ca import CAError
 from meshd.server.cluster import Server
+from meshd.server.operator import OperatorRequest
 from meshd.server.raft import RaftError
 from meshd.server.store import CommandError
 
@@ -105,7 +106,12 @@ def make_rpc_app(server: Server) -> web.Application:
             return web.Response(status=400, text=f"{e}\n")
         return _reply(True)
 
+    async def operator(request: web.Request) -> web.Response:
+        req = msgspec.msgpack.decode(await request.read(), type=OperatorRequest)
+        return _reply(await server.operator(req))
+
     app = web.Application(middlewares=[auth], client_max_size=MAX_RPC_BODY)
+    app.router.add_post("/rpc/operator", operator)
     app.router.add_post("/rpc/caconfig", caconfig)
     app.router.add_post("/rpc/sign", sign)
     app.router.add_post("/rpc/info", info)

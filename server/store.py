@@ -17,6 +17,8 @@ from typing import Any
 
 import msgspec
 
+from meshd.server.autopilot import AutopilotState
+from meshd.server.coordinates import CoordinateState
 from meshd.server.mesh_state import CommandRejectedError, MeshState
 from meshd.server.watch import WatchSet
 from meshd.structs import (
@@ -64,6 +66,8 @@ class _Snapshot(msgspec.Struct):
     kv: list[KVEntry]
     topics: dict[str, int]
     mesh: dict[str, Any] = {}
+    autopilot: dict[str, Any] = {}
+    coordinates: list[list[Any]] = []
 
 
 def _decode_snapshot(data: bytes) -> _Snapshot:
@@ -90,6 +94,8 @@ class Store:
         self.kv_keys: list[str] = []  # sorted, live keys and tombstones (their topics keep indexes)
         self.topics: dict[str, int] = {}
         self.mesh = MeshState()
+        self.autopilot = AutopilotState()
+        self.coordinates = CoordinateState(self.nodes)
         # one handler per command type, as Consul's FSM registers one per request type
         self._handlers: dict[type[Any], Callable[[Any, int, set[str]], Any]] = {
             Register: self._register,
@@ -100,6 +106,8 @@ class Store:
             Restore: self._restore,
             NodeStatus: self._node_status,
             **self.mesh.handlers(),
+            **self.autopilot.handlers(),
+            **self.coordinates.handlers(),
         }
 
     # ---- writes -------------------------------------------------------------------------------
@@ -380,6 +388,8 @@ class Store:
                 kv=list(self.kv.values()),
                 topics=dict(self.topics),
                 mesh=self.mesh.dump(),
+                autopilot=self.autopilot.dump(),
+                coordinates=self.coordinates.dump(),
             )
             return msgspec.msgpack.encode(snap)
 
@@ -418,5 +428,7 @@ class Store:
             self.kv[e.Key] = e
         self.topics = dict(snap.topics)
         self.mesh.load(snap.mesh)
+        self.autopilot.load(snap.autopilot)
+        self.coordinates.load(snap.coordinates, self.nodes)
         tombstones = {t[3:] for t in self.topics if t.startswith("kv:")}
         self.kv_keys = sorted(tombstones | set(self.kv))

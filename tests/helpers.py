@@ -192,3 +192,36 @@ class BackgroundHTTP:
         for r in self.runners:
             self._asyncio.run_coroutine_threadsafe(r.cleanup(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def server_agent(
+    tmp: str, *extra: str, name: str = "srv", config: dict[str, Any] | None = None
+) -> MeshdProcess:
+    """A real (non-dev) single server on loopback with its own RPC and Raft ports; the RPC
+    port is `proc.rpc_port`, for client agents to join. `config` adds to its config file."""
+    rpc, raft = free_ports(2)
+    conf = os.path.join(tmp, f"{name}.json")
+    with open(conf, "w") as f:
+        json.dump(
+            {
+                "server": True,
+                "bootstrap": True,
+                "node_name": name,
+                "data_dir": os.path.join(tmp, f"{name}-data"),
+                "ports": {"server": rpc, "raft": raft},
+                **(config or {}),
+            },
+            f,
+        )
+    proc = dev_agent("-config-file", conf, *extra)
+    proc.args.remove("-dev")
+    proc.rpc_port = rpc  # type: ignore[attr-defined]
+    return proc
+
+
+def client_agent(server: MeshdProcess, name: str, *extra: str) -> MeshdProcess:
+    """A client agent (no -dev, no -server) that joins `server` over RPC."""
+    rpc_port = server.rpc_port  # type: ignore[attr-defined]
+    proc = dev_agent("-node", name, "-retry-join", f"127.0.0.1:{rpc_port}", *extra)
+    proc.args.remove("-dev")
+    return proc

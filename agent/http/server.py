@@ -6,7 +6,15 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from meshd.agent.http import agent_api, catalog_api, connect_api, kv_api, operator_api
+from meshd.agent.http import (
+    agent_api,
+    catalog_api,
+    connect_api,
+    coordinate_api,
+    kv_api,
+    operator_api,
+    ops_api,
+)
 from meshd.agent.http.common import AGENT_KEY, datacenter_middleware, error_middleware
 
 if TYPE_CHECKING:
@@ -26,6 +34,6 @@ def make_app(agent: Agent, max_body: int = 1024 * 1024) -> web.Application:
         client_max_size=max_body,
     )
     app[AGENT_KEY] = agent
-    for mod in (agent_api, catalog_api, connect_api, kv_api, operator_api):
+    for mod in (agent_api, catalog_api, connect_api, kv_api, operator_api, ops_api, coordinate_api):
         app.add_routes(mod.routes)
     return app

@@ -24,6 +24,7 @@ from meshd.cli.k8s import k8s
 from meshd.cli.kv import kv
 from meshd.cli.operator import keygen, leave, operator, snapshot
 from meshd.cli.reload_cmd import reload
+from meshd.cli.rtt import rtt
 from meshd.cli.services import services
 from meshd.cli.tls_cmd import tls
 from meshd.cli.validate import validate
@@ -80,6 +81,7 @@ for command in (
     members,
     operator,
     reload,
+    rtt,
     services,
     snapshot,
     tls,
