@@ -70,6 +70,12 @@ class Coordinates(msgspec.Struct, tag="coordinates", frozen=True):
     Node: str = ""
 
 
+class PreparedQueries(msgspec.Struct, tag="prepared_queries", frozen=True):
+    """Every prepared query definition, or one (`ID`)."""
+
+    ID: str = ""
+
+
 Query = (
     Services
     | ServiceNodes
@@ -83,4 +89,5 @@ Query = (
     | CARoots
     | AutopilotConfig
     | Coordinates
+    | PreparedQueries
 )

@@ -97,6 +97,7 @@ VALUE_TYPES: dict[type, Any] = {
     q.CARoots: dict[str, Any],
     q.AutopilotConfig: dict[str, Any],
     q.Coordinates: list[dict[str, Any]],
+    q.PreparedQueries: list[dict[str, Any]],
 }
 
 

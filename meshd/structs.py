@@ -202,6 +202,14 @@ class CoordinateBatch(msgspec.Struct, tag="coordinates"):
     Updates: list[CoordinateUpdate]
 
 
+class PreparedQueryOp(msgspec.Struct, tag="prepared_query"):
+    """Create/update (`set`) or `delete` one prepared query (Consul's /v1/query)."""
+
+    Op: str
+    ID: str
+    Query: dict[str, Any] = {}  # the normalized definition (meshd.prepared_query)
+
+
 Command = (
     Register
     | Deregister
@@ -215,6 +223,7 @@ Command = (
     | CASetRoots
     | AutopilotConfigOp
     | CoordinateBatch
+    | PreparedQueryOp
 )
 
 _cmd_encoder = msgspec.msgpack.Encoder()

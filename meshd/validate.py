@@ -19,6 +19,7 @@ import msgspec
 
 from meshd.autopilot import AutopilotConfigError, normalize_config
 from meshd.coordinate import Coordinate, CoordinateError
+from meshd.prepared_query import PreparedQueryError, normalize
 from meshd.structs import (
     HEALTH_STATES,
     SERF_CHECK_ID,
@@ -35,6 +36,7 @@ from meshd.structs import (
     KVOp,
     NodeService,
     NodeStatus,
+    PreparedQueryOp,
     Register,
     Restore,
     decode_command,
@@ -305,6 +307,17 @@ def coordinates(b: CoordinateBatch, limits: Limits) -> None:
             raise ValidationError(f"coordinate of {u.Node!r}: {e}") from None
 
 
+def prepared_query(op: PreparedQueryOp, limits: Limits) -> None:
+    if op.Op not in ("set", "delete"):
+        raise ValidationError(f"unknown prepared query op {op.Op!r}")
+    name(op.ID, "ID")
+    if op.Op == "set":
+        try:
+            normalize(op.Query, op.ID)
+        except PreparedQueryError as e:
+            raise ValidationError(str(e)) from None
+
+
 def _nothing(cmd: Any, limits: Limits) -> None:
     """A barrier carries no data."""
 
@@ -322,6 +335,7 @@ RULES: dict[type[Any], Callable[[Any, Limits], None]] = {
     CASetRoots: ca_roots,
     AutopilotConfigOp: autopilot_config,
     CoordinateBatch: coordinates,
+    PreparedQueryOp: prepared_query,
 }
 
 

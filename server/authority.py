@@ -17,6 +17,8 @@ import msgspec
 
 from meshd import validate
 from meshd.config_entries import KINDS, ConfigEntryError, normalize_entry
+from meshd.prepared_query import PreparedQueryError, check_unique
+from meshd.prepared_query import normalize as normalize_query
 from meshd.server.ca import CARoot
 from meshd.server.mesh_state import INTENTIONS, CommandRejectedError, intention_entry
 from meshd.server.store import CommandError, Store
@@ -32,6 +34,7 @@ from meshd.structs import (
     IntentionOp,
     KVOp,
     NodeStatus,
+    PreparedQueryOp,
     Register,
     Restore,
 )
@@ -62,6 +65,7 @@ ORIGINS: dict[type[Any], frozenset[Origin]] = {
     Restore: _SERVERS,  # replaces the whole state: only via a server's snapshot restore
     AutopilotConfigOp: _ANY,  # an operator's, through any agent's HTTP API
     CoordinateBatch: _ANY,  # the leader's batches, and /v1/coordinate/update from agents
+    PreparedQueryOp: _ANY,
 }
 
 
@@ -92,7 +96,12 @@ def check_command(cmd: Command, limits: validate.Limits | None = None) -> Comman
         cmd = validate.typed(cmd)
         validate.validate(cmd, limits)
         return _normalise(cmd)
-    except (validate.ValidationError, ConfigEntryError, CommandRejectedError) as e:
+    except (
+        validate.ValidationError,
+        ConfigEntryError,
+        CommandRejectedError,
+        PreparedQueryError,
+    ) as e:
         raise CommandError(str(e)) from None
 
 
@@ -132,7 +141,15 @@ def _restore(cmd: Restore) -> Command:
 
 
 # the server-side schema of the commands that have one beyond `meshd.validate`
+def _prepared_query(cmd: PreparedQueryOp) -> Command:
+    """The server stores the normalized definition (every field, Consul's names)."""
+    if cmd.Op != "set":
+        return cmd
+    return msgspec.structs.replace(cmd, Query=normalize_query(cmd.Query, cmd.ID))
+
+
 _SCHEMA: dict[type[Any], Callable[[Any], Command]] = {
+    PreparedQueryOp: _prepared_query,
     ConfigEntryOp: _config_entry,
     IntentionOp: _intention,
     CASetRoots: _ca_roots,
@@ -188,7 +205,16 @@ def _intention_refs(cmd: IntentionOp, store: Store, added: dict[str, set[str]]) 
         raise CommandError(f"an intention from {cmd.Source} to {cmd.Destination} already exists")
 
 
+def _prepared_query_refs(cmd: PreparedQueryOp, store: Store, added: dict[str, set[str]]) -> None:
+    if cmd.Op == "set":
+        try:
+            check_unique(cmd.Query, list(store.prepared_queries.queries.values()))
+        except PreparedQueryError as e:
+            raise CommandError(str(e)) from None
+
+
 _REFERENCES: dict[type[Any], Callable[[Any, Store, dict[str, set[str]]], None]] = {
+    PreparedQueryOp: _prepared_query_refs,
     Register: _register_refs,
     CASetRoots: _ca_roots_refs,
     IntentionOp: _intention_refs,

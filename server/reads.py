@@ -15,6 +15,7 @@ from typing import Any
 from meshd import queries as q
 from meshd.server.ca import public_view
 from meshd.server.coordinates import read_autopilot, read_coordinates
+from meshd.server.prepared_queries import read_prepared_queries
 from meshd.server.store import Store
 from meshd.server.watch import Waiter
 from meshd.spiffe import trust_domain
@@ -186,6 +187,7 @@ _QUERIES: dict[type[Any], Callable[[Store, Any], Answer]] = {
     q.CARoots: _ca_roots,
     q.AutopilotConfig: read_autopilot,
     q.Coordinates: read_coordinates,
+    q.PreparedQueries: read_prepared_queries,
 }
 
 

@@ -20,6 +20,7 @@ import msgspec
 from meshd.server.autopilot import AutopilotState
 from meshd.server.coordinates import CoordinateState
 from meshd.server.mesh_state import CommandRejectedError, MeshState
+from meshd.server.prepared_queries import PreparedQueryState
 from meshd.server.watch import WatchSet
 from meshd.structs import (
     CONSUL_SERVICE,
@@ -68,6 +69,7 @@ class _Snapshot(msgspec.Struct):
     mesh: dict[str, Any] = {}
     autopilot: dict[str, Any] = {}
     coordinates: list[list[Any]] = []
+    prepared_queries: list[dict[str, Any]] = []
 
 
 def _decode_snapshot(data: bytes) -> _Snapshot:
@@ -96,6 +98,7 @@ class Store:
         self.mesh = MeshState()
         self.autopilot = AutopilotState()
         self.coordinates = CoordinateState(self.nodes)
+        self.prepared_queries = PreparedQueryState()
         # one handler per command type, as Consul's FSM registers one per request type
         self._handlers: dict[type[Any], Callable[[Any, int, set[str]], Any]] = {
             Register: self._register,
@@ -108,6 +111,7 @@ class Store:
             **self.mesh.handlers(),
             **self.autopilot.handlers(),
             **self.coordinates.handlers(),
+            **self.prepared_queries.handlers(),
         }
 
     # ---- writes -------------------------------------------------------------------------------
@@ -390,6 +394,7 @@ class Store:
                 mesh=self.mesh.dump(),
                 autopilot=self.autopilot.dump(),
                 coordinates=self.coordinates.dump(),
+                prepared_queries=self.prepared_queries.dump(),
             )
             return msgspec.msgpack.encode(snap)
 
@@ -430,5 +435,6 @@ class Store:
         self.mesh.load(snap.mesh)
         self.autopilot.load(snap.autopilot)
         self.coordinates.load(snap.coordinates, self.nodes)
+        self.prepared_queries.load(snap.prepared_queries)
         tombstones = {t[3:] for t in self.topics if t.startswith("kv:")}
         self.kv_keys = sorted(tombstones | set(self.kv))

@@ -90,13 +90,18 @@ async def coordinate_update(request: web.Request) -> web.Response:
 async def sort_near(
     request: web.Request, rows: list[Any], node_of: Callable[[Any], str]
 ) -> list[Any]:
-    """Consul's `?near=NODE`: rows by estimated round-trip time from NODE (`_agent`: this
-    agent's node), nearest first; rows whose node has no coordinate go last. Without `near`, or
-    when NODE has no coordinate yet, the order is unchanged."""
-    near = request.query.get("near")
+    """Consul's `?near=NODE` on a read."""
+    return await sort_near_node(_agent(request), request.query.get("near", ""), rows, node_of)
+
+
+async def sort_near_node(
+    agent: Agent, near: str, rows: list[Any], node_of: Callable[[Any], str]
+) -> list[Any]:
+    """Rows by estimated round-trip time from `near` (`_agent`: this agent's node), nearest
+    first; rows whose node has no coordinate go last. Without `near`, or when that node has no
+    coordinate yet, the order is unchanged."""
     if not near or not rows:
         return rows
-    agent = _agent(request)
     if near == AGENT_ALIAS:
         near = agent.config.node_name
     coords = {

@@ -14,6 +14,7 @@ from meshd.agent.http import (
     kv_api,
     operator_api,
     ops_api,
+    query_api,
 )
 from meshd.agent.http.common import AGENT_KEY, datacenter_middleware, error_middleware
 
@@ -34,6 +35,15 @@ def make_app(agent: Agent, max_body: int = 1024 * 1024) -> web.Application:
         client_max_size=max_body,
     )
     app[AGENT_KEY] = agent
-    for mod in (agent_api, catalog_api, connect_api, kv_api, operator_api, ops_api, coordinate_api):
+    for mod in (
+        agent_api,
+        catalog_api,
+        connect_api,
+        kv_api,
+        operator_api,
+        ops_api,
+        coordinate_api,
+        query_api,
+    ):
         app.add_routes(mod.routes)
     return app

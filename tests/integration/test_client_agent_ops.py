@@ -6,6 +6,8 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 
+import dns.message
+import dns.query
 import pytest
 from helpers import MeshdProcess, client_agent, server_agent, wait_for
 
@@ -86,3 +88,21 @@ def test_force_leave_of_a_failed_client(server):
             & {"fl-keep", "fl-prune"}
         )
     )
+
+
+def test_prepared_query_dns_on_a_client_agent(server):
+    """A client agent answers `NAME.query.consul` from its watch cache (two loads: the query
+    definitions, then the service)."""
+    client = client_agent(server, "pq-client").start()
+    try:
+        client.put(
+            "/v1/agent/service/register",
+            {"Name": "pq-remote", "Address": "127.0.5.9", "Port": 1, "Tags": ["blue"]},
+        )
+        body = {"Name": "pq-blue", "Service": {"Service": "pq-remote", "Tags": ["blue"]}}
+        assert server.request("POST", "/v1/query", body).status == 200
+        q = dns.message.make_query("pq-blue.query.consul", "A")
+        resp = dns.query.udp(q, "127.0.0.1", port=client.dns_port, timeout=5)
+        assert [rr.address for rrset in resp.answer for rr in rrset] == ["127.0.5.9"]
+    finally:
+        client.stop()
