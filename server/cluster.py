@@ -280,7 +280,14 @@ class Server:
     async def operator(self, req: OperatorRequest) -> Any:
         """Answered by the leader, which holds the liveness timers and follower positions."""
         if not self._raft().is_leader:
-            return await self.rpc.call("operator", req, Any, addr=self.leader_rpc(), timeout=15.0)
+            try:
+                return await self.rpc.call(
+                    "operator", req, Any, addr=self.leader_rpc(), timeout=15.0
+                )
+            except RPCError as e:  # the leader's refusal keeps its reason and its status
+                if e.code == 400:
+                    raise CommandError(str(e)) from None
+                raise RaftError(str(e)) from None
         return await operator.handle(self, req)
 
     # ---- mesh CA ------------------------------------------------------------------------

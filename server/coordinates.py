@@ -27,6 +27,10 @@ class CoordinateState:
         return {CoordinateBatch: self.apply}
 
     def apply(self, batch: CoordinateBatch, index: int, changed: set[str]) -> bool:
+        # coordinates of nodes deregistered since the last batch go now (a node registered
+        # again starts without its old position); deterministic, as every server applies it
+        for key in [k for k in self.coords if k[0] not in self._nodes]:
+            del self.coords[key]
         for u in batch.Updates:
             if u.Node in self._nodes:
                 self.coords[(u.Node, u.Segment)] = dict(u.Coord)

@@ -78,6 +78,13 @@ def test_force_leave_of_a_failed_client(server):
         c.proc.kill()  # no graceful leave: the leader sees it fail
         c.proc.wait()
     wait_for(lambda: _status(server, "fl-keep") == 4 and _status(server, "fl-prune") == 4, 20)
+    # through a client agent too: the request reaches the leader (the node is unknown there)
+    asker = client_agent(server, "fl-asker").start()
+    try:
+        r = asker.put("/v1/agent/force-leave/no-such-node")
+        assert r.status == 500 and b"No node found with name 'no-such-node'" in r.body
+    finally:
+        asker.stop()
     assert server.put("/v1/agent/force-leave/fl-keep").status == 200
     assert server.put("/v1/agent/force-leave/fl-prune?prune").status == 200
     wait_for(lambda: _status(server, "fl-keep") == 3)  # left
