@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from meshd import keyring
 from meshd import queries as q
 from meshd.agent.antientropy import AntiEntropy
 from meshd.agent.backend import CatalogBackend, LocalBackend, RemoteBackend
@@ -35,6 +36,7 @@ from meshd.agent.definitions import (
 from meshd.agent.dns import DNSSettings
 from meshd.agent.dns_server import DNSServer
 from meshd.agent.http.server import make_app
+from meshd.agent.keyring_client import AgentKeyring
 from meshd.agent.local import LocalState, UnknownCheckError
 from meshd.agent.mesh import MeshManager
 from meshd.agent.persist import Persisted
@@ -92,12 +94,12 @@ def _loopback(addr: str) -> bool:
         return addr == "localhost"
 
 
-def _raft_password(cfg: Config) -> str | None:
+def _raft_password(cfg: Config, primary: str | None) -> str | None:
     """The Raft transport key. A server with no peers to come (dev, or a lone server) gets a
     random one per start when none is configured: nobody else needs it, and it closes the
     pickle-speaking Raft port to other local users, whom loopback does not keep out."""
-    if cfg.encrypt:
-        return cfg.encrypt
+    if primary:
+        return primary
     if cfg.dev or (cfg.bootstrap_expect <= 1 and not cfg.retry_join):
         return base64.b64encode(os.urandom(32)).decode()
     log.warning("Raft traffic is unauthenticated: set `encrypt` (see `meshd keygen`)")
@@ -153,6 +155,7 @@ class Agent:
         self._heartbeat_ok = asyncio.Event()
         self.stats = Stats()
         self.coordinate = AgentCoordinate()
+        self.keyring = AgentKeyring(config)
         self._mesh_started = False
         self.mesh: MeshManager
         self._rpc_runner: web.AppRunner | None = None
@@ -169,7 +172,8 @@ class Agent:
 
     async def start(self) -> None:
         cfg = self.config
-        key = base64.b64decode(cfg.encrypt) if cfg.encrypt else None
+        primary = self.keyring.primary
+        key = keyring.hmac_key(primary) if primary else None
         ssl_server, ssl_client = self.ssl_contexts = tls_contexts(cfg)
         server_name = server_hostname(cfg) if cfg.tls.verify_server_hostname else None
         if cfg.server:
@@ -190,7 +194,8 @@ class Agent:
                     raft_port=dev_raft.getsockname()[1] if dev_raft else cfg.ports.raft,
                     data_dir=cfg.data_dir,
                     key=key,
-                    password=_raft_password(cfg),
+                    password=_raft_password(cfg, primary),
+                    keyring=list(self.keyring.keys),
                     bootstrap_expect=cfg.bootstrap_expect or 1,
                     retry_join=list(cfg.retry_join),
                     retry_interval=min(cfg.retry_interval, 30.0),
@@ -326,9 +331,14 @@ class Agent:
         while True:
             try:
                 hb.Coord = self.coordinate.coord.to_json()
+                if self.server is not None:
+                    self.keyring.follow(self.server.keys)
+                hb.KeyringVersion = self.keyring.version
+                hb.KeyFingerprints = self.keyring.fingerprints()
                 sent = time.monotonic()
                 reply = await self.backend.heartbeat(hb)
                 self.coordinate.observe(reply, time.monotonic() - sent)
+                self.keyring.observe(reply, self.rpc)
                 self._heartbeat_ok.set()
                 beats += 1
                 if isinstance(self.backend, RemoteBackend) and beats % 30 == 1:

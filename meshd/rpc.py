@@ -56,6 +56,8 @@ class Heartbeat(msgspec.Struct):
     RaftAddr: str = ""
     Leaving: bool = False
     Coord: dict[str, Any] | None = None  # the sender's network coordinate (meshd.coordinate)
+    KeyringVersion: int = 0  # the replicated keyring version the sender holds
+    KeyFingerprints: list[str] = []  # its keys' fingerprints, primary first (meshd.keyring)
 
 
 class Member(msgspec.Struct):
@@ -132,6 +134,13 @@ def sign(key: bytes | None, path: str, body: bytes, now: float | None = None) ->
     ts = str(int(now if now is not None else time.time()))
     mac = hmac.new(key, ts.encode() + b"\n" + path.encode() + b"\n" + body, hashlib.sha256)
     return f"{ts}:{mac.hexdigest()}"
+
+
+def verify_any(keys: list[bytes], path: str, body: bytes, header: str | None) -> bool:
+    """`verify` against every key of the keyring (during a rotation agents sign with either)."""
+    if not keys:
+        return True
+    return any(verify(k, path, body, header) for k in keys)
 
 
 def verify(key: bytes | None, path: str, body: bytes, header: str | None) -> bool:

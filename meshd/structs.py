@@ -210,6 +210,17 @@ class PreparedQueryOp(msgspec.Struct, tag="prepared_query"):
     Query: dict[str, Any] = {}  # the normalized definition (meshd.prepared_query)
 
 
+class KeyringOp(msgspec.Struct, tag="keyring"):
+    """Install, use (make primary) or remove a cluster key (Consul's /v1/operator/keyring).
+
+    `Current` is the sender's ring when the replicated one is still empty (a cluster started
+    with `encrypt` and never rotated), so the first install keeps the key in use."""
+
+    Op: str
+    Key: str
+    Current: list[str] = []
+
+
 Command = (
     Register
     | Deregister
@@ -224,6 +235,7 @@ Command = (
     | AutopilotConfigOp
     | CoordinateBatch
     | PreparedQueryOp
+    | KeyringOp
 )
 
 _cmd_encoder = msgspec.msgpack.Encoder()

@@ -19,6 +19,7 @@ import msgspec
 
 from meshd.autopilot import AutopilotConfigError, normalize_config
 from meshd.coordinate import Coordinate, CoordinateError
+from meshd.keyring import KeyringError, key_bytes
 from meshd.prepared_query import PreparedQueryError, normalize
 from meshd.structs import (
     HEALTH_STATES,
@@ -33,6 +34,7 @@ from meshd.structs import (
     Deregister,
     HealthCheck,
     IntentionOp,
+    KeyringOp,
     KVOp,
     NodeService,
     NodeStatus,
@@ -318,6 +320,16 @@ def prepared_query(op: PreparedQueryOp, limits: Limits) -> None:
             raise ValidationError(str(e)) from None
 
 
+def keyring(op: KeyringOp, limits: Limits) -> None:
+    if op.Op not in ("install", "use", "remove"):
+        raise ValidationError(f"unknown keyring op {op.Op!r}")
+    try:
+        for key in [op.Key, *op.Current]:
+            key_bytes(key)
+    except KeyringError as e:
+        raise ValidationError(str(e)) from None
+
+
 def _nothing(cmd: Any, limits: Limits) -> None:
     """A barrier carries no data."""
 
@@ -336,6 +348,7 @@ RULES: dict[type[Any], Callable[[Any, Limits], None]] = {
     AutopilotConfigOp: autopilot_config,
     CoordinateBatch: coordinates,
     PreparedQueryOp: prepared_query,
+    KeyringOp: keyring,
 }
 
 

@@ -32,6 +32,7 @@ from meshd.structs import (
     CoordinateBatch,
     Deregister,
     IntentionOp,
+    KeyringOp,
     KVOp,
     NodeStatus,
     PreparedQueryOp,
@@ -66,6 +67,7 @@ ORIGINS: dict[type[Any], frozenset[Origin]] = {
     AutopilotConfigOp: _ANY,  # an operator's, through any agent's HTTP API
     CoordinateBatch: _ANY,  # the leader's batches, and /v1/coordinate/update from agents
     PreparedQueryOp: _ANY,
+    KeyringOp: _ANY,  # an operator's rotation, through any agent's HTTP API
 }
 
 

@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshd import keyring, validate
 from meshd import queries as q
-from meshd import validate
 from meshd.fsutil import atomic_write_json
 from meshd.rpc import (
     CAConfigRequest,
@@ -34,6 +34,7 @@ from meshd.rpc import (
 )
 from meshd.rpc_client import RPCClient, RPCError, normalize_addr
 from meshd.server import connect_ca, operator
+from meshd.server import keyring as server_keyring
 from meshd.server.authority import Origin, admit
 from meshd.server.ca import CAError
 from meshd.server.members import Membership
@@ -69,6 +70,7 @@ class ServerSettings:
     server_name: str | None = None  # TLS name servers present to each other
     fsync: bool = True
     limits: Limits = field(default_factory=Limits)
+    keyring: list[str] = field(default_factory=list)  # cluster keys, primary first (encrypt)
 
 
 @dataclass
@@ -100,6 +102,7 @@ class Server:
         self._last_peers: list[str] = []
         self.reaper = CriticalReaper()
         self.started = time.time()
+        self.keys: list[str] = list(settings.keyring)  # the ring this server uses now
 
     # ---- formation ----------------------------------------------------------------------
 
@@ -135,7 +138,15 @@ class Server:
                 fsync=self.s.fsync,
             ),
         )
+        if len(self.keys) > 1:  # restarted mid-rotation: accept every key from the start
+            self.raft.set_passwords(self.keys)
         self.save_peers()
+
+    def rpc_keys(self) -> list[bytes]:
+        """The keys an RPC request may be signed with (none: the cluster has no key)."""
+        if not self.keys:
+            return [self.s.key] if self.s.key else []
+        return [keyring.hmac_key(k) for k in self.keys]
 
     async def start(self) -> None:
         stored = self._load_peers()
@@ -327,11 +338,16 @@ class Server:
             self.known[hb.RaftAddr] = hb.RPCAddr
         # the reply carries the leader's coordinate: the sender's RTT sample is to us
         me = self.members.nodes.get(self.s.node_name)
-        return {
+        reply: dict[str, Any] = {
             "Node": self.s.node_name,
             "Coord": me.coord if me is not None else None,
             "Self": hb.Node == self.s.node_name,
         }
+        ring = self.store.keyring
+        if ring.keys and hb.KeyringVersion != ring.version and hb.Role != "consul":
+            # a client that has not seen this rotation (servers take it from Raft)
+            reply["Keyring"] = {"Version": ring.version, "Sealed": keyring.seal(ring.keys)}
+        return reply
 
     async def _forward_heartbeat(self, raft: RaftNode, hb: Heartbeat) -> Any:
         """To the leader; with no leader known, through any other server. A server that
@@ -364,6 +380,7 @@ class Server:
             if raft is None:
                 continue
             try:
+                await server_keyring.sync(self)
                 self._peers_changed(raft)
                 if not raft.is_leader:
                     self._was_leader = False

@@ -40,6 +40,7 @@ class NodeState:
     prune: bool = False  # force-leave -prune: forget the node once its leave is written
     coord: dict[str, Any] | None = None  # its network coordinate, as its last heartbeat said
     coord_dirty: bool = False  # not yet written to Raft
+    key_fps: list[str] = field(default_factory=list)  # its keyring's fingerprints
 
     def server_port(self) -> int:
         """The RPC port of a server member (0 for a client), for its `consul` service."""
@@ -66,6 +67,7 @@ class Membership:
             )
         st.address, st.role, st.rpc_addr = hb.Address, hb.Role, hb.RPCAddr or st.rpc_addr
         st.raft_addr = hb.RaftAddr or st.raft_addr
+        st.key_fps = list(hb.KeyFingerprints)
         if hb.Coord is not None and hb.Coord != st.coord:
             st.coord, st.coord_dirty = hb.Coord, True
         st.last_seen = now

@@ -22,6 +22,7 @@ import msgspec
 
 from meshd import autopilot
 from meshd.autopilot import ServerView, dead_servers_to_remove
+from meshd.server import keyring
 from meshd.server.members import ALIVE, FAILED, LEFT, NodeState
 from meshd.server.raft import RaftError
 from meshd.server.store import CommandError
@@ -50,7 +51,11 @@ class Usage(msgspec.Struct, tag="usage"):
     pass
 
 
-OperatorRequest = ForceLeave | TransferLeader | AutopilotHealth | Usage
+class KeyringList(msgspec.Struct, tag="keyring_list"):
+    pass
+
+
+OperatorRequest = ForceLeave | TransferLeader | AutopilotHealth | Usage | KeyringList
 
 
 _STATES = {ALIVE: "alive", FAILED: "failed", LEFT: "left"}
@@ -70,6 +75,8 @@ async def handle(server: Server, req: OperatorRequest) -> Any:
         views = server_views(server)
         config = server.store.autopilot.config
         return autopilot.state(views, config) if req.State else autopilot.health(views, config)
+    if isinstance(req, KeyringList):
+        return keyring.listing(server)
     return usage(server)
 
 

@@ -21,7 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.fernet import MultiFernet
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj.encryptor import getEncryptor
 from pysyncobj.pipe_notifier import PipeNotifier
 
 from meshd.server.store import CommandError, Store
@@ -213,15 +215,18 @@ class RaftNode:
         # pysyncobj keeps these in name-mangled attributes; there is no public hook.
         sync = self._sync
         while self._on_raft_thread:
-            self._on_raft_thread.popleft()()
+            try:  # an escaping exception would stop pysyncobj's thread
+                self._on_raft_thread.popleft()()
+            except Exception:
+                log.exception("raft: a queued call failed")
         if self._journal is not None:
             self._journal.flush_if_dirty()
         if self._single:
             if self._submitted != self._settled:  # a lone node commits on the tick after it appends
                 self._wake()
         elif sync._isLeader():
-            log = sync._SyncObj__raftLog
-            state = (log[-1][1] if len(log) else 0, sync.raftCommitIndex)
+            entries = sync._SyncObj__raftLog
+            state = (entries[-1][1] if len(entries) else 0, sync.raftCommitIndex)
             if state != self._sent:  # new entries or a new commit index: send them now, batched
                 self._sent = state
                 sync._SyncObj__sendAppendEntries()  # its sends flush the journal first
@@ -253,6 +258,23 @@ class RaftNode:
         fut: asyncio.Future[Any] = loop.create_future()
         fn(addr, callback=lambda res, err: loop.call_soon_threadsafe(_settle, fut, res, err))
         await asyncio.wait_for(fut, 10.0)
+
+    def set_passwords(self, passwords: list[str]) -> None:
+        """Every key decrypts, the first encrypts (a keyring rotation). Slow (key derivation):
+        call it off the event loop."""
+        encryptor = MultiFernet([getEncryptor(p) for p in passwords])
+
+        def swap() -> None:  # on the Raft thread, which owns the connections
+            self._sync._SyncObj__encryptor = encryptor  # pysyncobj has no public setter
+            # every connection (an outgoing one is reused for each reconnect) holds the
+            # encryptor it was made with: all of them switch now, so established connections
+            # stop accepting a removed key too, without being dropped
+            transport = self._sync._SyncObj__transport
+            for conn in [*transport._connections.values(), *transport._unknownConnections]:
+                conn.encryptor = encryptor
+
+        self._on_raft_thread.append(swap)
+        self._wake()
 
     async def transfer_leadership(self, addr: str | None) -> None:
         """Ask the Raft thread to hand leadership to `addr` (None: the most caught-up peer).

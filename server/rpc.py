@@ -19,7 +19,7 @@ from meshd.rpc import (
     WriteReply,
     WriteRequest,
     encoder,
-    verify,
+    verify_any,
 )
 from meshd.rpc_client import RPCError
 from meshd.server.authority import CommandForbiddenError, Origin
@@ -42,7 +42,8 @@ def make_rpc_app(server: Server) -> web.Application:
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         body = await request.read()
-        if not verify(server.s.key, request.path, body, request.headers.get(AUTH_HEADER)):
+        header = request.headers.get(AUTH_HEADER)
+        if not verify_any(server.rpc_keys(), request.path, body, header):
             return web.Response(status=403, text="RPC refused: missing or wrong cluster key\n")
         try:
             return await handler(request)

@@ -19,6 +19,7 @@ import msgspec
 
 from meshd.server.autopilot import AutopilotState
 from meshd.server.coordinates import CoordinateState
+from meshd.server.keyring import KeyringState
 from meshd.server.mesh_state import CommandRejectedError, MeshState
 from meshd.server.prepared_queries import PreparedQueryState
 from meshd.server.watch import WatchSet
@@ -70,6 +71,7 @@ class _Snapshot(msgspec.Struct):
     autopilot: dict[str, Any] = {}
     coordinates: list[list[Any]] = []
     prepared_queries: list[dict[str, Any]] = []
+    keyring: dict[str, Any] = {}
 
 
 def _decode_snapshot(data: bytes) -> _Snapshot:
@@ -99,6 +101,7 @@ class Store:
         self.autopilot = AutopilotState()
         self.coordinates = CoordinateState(self.nodes)
         self.prepared_queries = PreparedQueryState()
+        self.keyring = KeyringState()
         # one handler per command type, as Consul's FSM registers one per request type
         self._handlers: dict[type[Any], Callable[[Any, int, set[str]], Any]] = {
             Register: self._register,
@@ -112,6 +115,7 @@ class Store:
             **self.autopilot.handlers(),
             **self.coordinates.handlers(),
             **self.prepared_queries.handlers(),
+            **self.keyring.handlers(),
         }
 
     # ---- writes -------------------------------------------------------------------------------
@@ -395,6 +399,7 @@ class Store:
                 autopilot=self.autopilot.dump(),
                 coordinates=self.coordinates.dump(),
                 prepared_queries=self.prepared_queries.dump(),
+                keyring=self.keyring.dump(),
             )
             return msgspec.msgpack.encode(snap)
 
@@ -436,5 +441,6 @@ class Store:
         self.autopilot.load(snap.autopilot)
         self.coordinates.load(snap.coordinates, self.nodes)
         self.prepared_queries.load(snap.prepared_queries)
+        self.keyring.load(snap.keyring)
         tombstones = {t[3:] for t in self.topics if t.startswith("kv:")}
         self.kv_keys = sorted(tombstones | set(self.kv))

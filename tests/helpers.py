@@ -225,3 +225,54 @@ def client_agent(server: MeshdProcess, name: str, *extra: str) -> MeshdProcess:
     proc = dev_agent("-node", name, "-retry-join", f"127.0.0.1:{rpc_port}", *extra)
     proc.args.remove("-dev")
     return proc
+
+
+def server_cluster(
+    tmp: str, n: int = 3, config: dict[str, Any] | None = None
+) -> list[MeshdProcess]:
+    """`n` real servers on loopback that form one cluster (bootstrap_expect n, each joining the
+    others' RPC ports), a node failure timeout of 2 s; not started: start them together."""
+    ports = [free_ports(2) for _ in range(n)]
+    procs = []
+    for i, (rpc, raft) in enumerate(ports):
+        conf = os.path.join(tmp, f"s{i}.json")
+        with open(conf, "w") as f:
+            json.dump(
+                {
+                    "server": True,
+                    "bootstrap_expect": n,
+                    "node_name": f"s{i}",
+                    "data_dir": os.path.join(tmp, f"s{i}"),
+                    "ports": {"server": rpc, "raft": raft},
+                    "retry_join": [f"127.0.0.1:{p}" for j, (p, _) in enumerate(ports) if j != i],
+                    "limits": {"node_failure_timeout": 2},
+                    **(config or {}),
+                },
+                f,
+            )
+        proc = dev_agent("-config-file", conf)
+        proc.args.remove("-dev")
+        proc.rpc_port = rpc  # type: ignore[attr-defined]
+        procs.append(proc)
+    return procs
+
+
+def start_all(procs: list[MeshdProcess], timeout: float = 60.0) -> None:
+    """Start processes that wait for each other (a cluster forming) in parallel."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def run(p: MeshdProcess) -> None:
+        try:
+            p.start(timeout=timeout)
+        except BaseException as e:  # re-raised below, in the caller's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in procs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]

@@ -22,9 +22,15 @@ from meshd.agent.http.common import (
 )
 from meshd.agent.join import JoinError, join
 from meshd.agent.logs import secrets_of
-from meshd.server.operator import AutopilotHealth, ForceLeave, TransferLeader, Usage
+from meshd.server.operator import (
+    AutopilotHealth,
+    ForceLeave,
+    KeyringList,
+    TransferLeader,
+    Usage,
+)
 from meshd.server.store import CommandError
-from meshd.structs import AutopilotConfigOp
+from meshd.structs import AutopilotConfigOp, KeyringOp
 
 if TYPE_CHECKING:
     from meshd.agent.agent import Agent
@@ -152,6 +158,39 @@ async def operator_usage(request: web.Request) -> web.Response:
         "ResultsFilteredByACLs": False,
     }
     return json_response(body, result=ReadResult(index, None))
+
+
+# ---- keyring -------------------------------------------------------------------------------
+
+
+@routes.get("/v1/operator/keyring")
+async def keyring_list(request: web.Request) -> web.Response:
+    return json_response(await _agent(request).backend.operator(KeyringList()))
+
+
+async def _keyring_op(request: web.Request, op: str) -> web.Response:
+    body = {k.lower(): v for k, v in (await json_body(request)).items()}
+    key = body.get("key")
+    if not isinstance(key, str) or not key:
+        raise BadRequestError("Request body must have a Key")
+    agent = _agent(request)
+    await agent.backend.write(KeyringOp(Op=op, Key=key, Current=list(agent.keyring.keys)))
+    return web.Response(status=200)
+
+
+@routes.post("/v1/operator/keyring")
+async def keyring_install(request: web.Request) -> web.Response:
+    return await _keyring_op(request, "install")
+
+
+@routes.put("/v1/operator/keyring")
+async def keyring_use(request: web.Request) -> web.Response:
+    return await _keyring_op(request, "use")
+
+
+@routes.delete("/v1/operator/keyring")
+async def keyring_remove(request: web.Request) -> web.Response:
+    return await _keyring_op(request, "remove")
 
 
 # ---- gateways -------------------------------------------------------------------------------

@@ -3,52 +3,20 @@
 
 from __future__ import annotations
 
-import json
-import os
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 
 import pytest
-from helpers import MeshdProcess, dev_agent, free_ports, wait_for
-
-
-def _servers(tmp: str, n: int = 3) -> list[MeshdProcess]:
-    ports = [free_ports(2) for _ in range(n)]
-    procs = []
-    for i, (rpc, raft) in enumerate(ports):
-        conf = os.path.join(tmp, f"s{i}.json")
-        with open(conf, "w") as f:
-            json.dump(
-                {
-                    "server": True,
-                    "bootstrap_expect": n,
-                    "node_name": f"ap{i}",
-                    "data_dir": os.path.join(tmp, f"s{i}"),
-                    "ports": {"server": rpc, "raft": raft},
-                    "retry_join": [f"127.0.0.1:{p}" for j, (p, _) in enumerate(ports) if j != i],
-                    "limits": {"node_failure_timeout": 2},
-                },
-                f,
-            )
-        proc = dev_agent("-config-file", conf)
-        proc.args.remove("-dev")
-        proc.rpc_port = rpc  # type: ignore[attr-defined]
-        procs.append(proc)
-    return procs
+from helpers import MeshdProcess, server_cluster, start_all, wait_for
 
 
 @pytest.fixture
 def cluster() -> Iterator[list[MeshdProcess]]:
     with tempfile.TemporaryDirectory() as tmp:
-        procs = _servers(tmp)
+        procs = server_cluster(tmp)
         try:
-            threads = [threading.Thread(target=p.start, kwargs={"timeout": 60}) for p in procs]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            start_all(procs)
             yield procs
         finally:
             for p in procs:
