@@ -45,7 +45,8 @@ class MeshdProcess:
     def http(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def start(self, timeout: float = 20.0) -> MeshdProcess:
+    def spawn(self) -> None:
+        """Start the process without waiting for it (tests that watch it come up)."""
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the fd
             self.proc = subprocess.Popen(
                 [
@@ -62,6 +63,10 @@ class MeshdProcess:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **self.env},
             )
+
+    def start(self, timeout: float = 20.0) -> MeshdProcess:
+        self.spawn()
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

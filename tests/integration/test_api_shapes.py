@@ -48,24 +48,7 @@ def test_status_reports_server_rpc_addresses(server_port_agent):
 def test_members_and_serf_health_present_once_http_answers():
     """Poll from the first moment the port accepts: no answer may show an empty member list."""
     a = dev_agent()
-    with open(a.log_path, "ab") as log:
-        import subprocess
-        import sys
-
-        a.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "meshd",
-                "agent",
-                *a.args,
-                f"-http-port={a.http_port}",
-                f"-dns-port={a.dns_port}",
-                f"-grpc-port={a.grpc_port}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    a.spawn()
     try:
         deadline = time.monotonic() + 30
         while True:
