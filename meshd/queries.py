@@ -81,6 +81,22 @@ class Sessions(msgspec.Struct, tag="sessions", frozen=True):
     Node: str = ""
 
 
+class AutopilotConfig(msgspec.Struct, tag="autopilot_config", frozen=True):
+    pass
+
+
+class Coordinates(msgspec.Struct, tag="coordinates", frozen=True):
+    """Network coordinates of every node, or of one (`Node`)."""
+
+    Node: str = ""
+
+
+class PreparedQueries(msgspec.Struct, tag="prepared_queries", frozen=True):
+    """Every prepared query definition, or one (`ID`)."""
+
+    ID: str = ""
+
+
 Query = (
     Services
     | ServiceNodes
@@ -95,4 +111,7 @@ Query = (
     | TxnRead
     | Events
     | Sessions
+    | AutopilotConfig
+    | Coordinates
+    | PreparedQueries
 )

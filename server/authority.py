@@ -18,20 +18,26 @@ import msgspec
 from meshd import validate
 from meshd.chain import CHAIN_KINDS, ChainError, check_chains
 from meshd.config_entries import KINDS, ConfigEntryError, normalize_entry
+from meshd.prepared_query import PreparedQueryError, check_unique
+from meshd.prepared_query import normalize as normalize_query
 from meshd.server.ca import CARoot
 from meshd.server.mesh_state import INTENTIONS, CommandRejectedError, intention_entry
 from meshd.server.store import CommandError, Store
 from meshd.structs import (
+    AutopilotConfigOp,
     Barrier,
     Batch,
     CASetRoots,
     Command,
     ConfigEntryOp,
+    CoordinateBatch,
     Deregister,
     EventFire,
     IntentionOp,
+    KeyringOp,
     KVOp,
     NodeStatus,
+    PreparedQueryOp,
     Register,
     Restore,
     SessionInvalidate,
@@ -67,6 +73,10 @@ ORIGINS: dict[type[Any], frozenset[Origin]] = {
     Restore: _SERVERS,  # replaces the whole state: only via a server's snapshot restore
     SessionOp: _ANY,  # a user's create / destroy
     SessionInvalidate: _SERVERS,  # the leader's TTL verdict
+    AutopilotConfigOp: _ANY,  # an operator's, through any agent's HTTP API
+    CoordinateBatch: _ANY,  # the leader's batches, and /v1/coordinate/update from agents
+    PreparedQueryOp: _ANY,
+    KeyringOp: _ANY,  # an operator's rotation, through any agent's HTTP API
 }
 
 
@@ -97,7 +107,12 @@ def check_command(cmd: Command, limits: validate.Limits | None = None) -> Comman
         cmd = validate.typed(cmd)
         validate.validate(cmd, limits)
         return _normalise(cmd)
-    except (validate.ValidationError, ConfigEntryError, CommandRejectedError) as e:
+    except (
+        validate.ValidationError,
+        ConfigEntryError,
+        CommandRejectedError,
+        PreparedQueryError,
+    ) as e:
         raise CommandError(str(e)) from None
 
 
@@ -137,7 +152,15 @@ def _restore(cmd: Restore) -> Command:
 
 
 # the server-side schema of the commands that have one beyond `meshd.validate`
+def _prepared_query(cmd: PreparedQueryOp) -> Command:
+    """The server stores the normalized definition (every field, Consul's names)."""
+    if cmd.Op != "set":
+        return cmd
+    return msgspec.structs.replace(cmd, Query=normalize_query(cmd.Query, cmd.ID))
+
+
 _SCHEMA: dict[type[Any], Callable[[Any], Command]] = {
+    PreparedQueryOp: _prepared_query,
     ConfigEntryOp: _config_entry,
     IntentionOp: _intention,
     CASetRoots: _ca_roots,
@@ -209,7 +232,16 @@ def _config_entry_refs(cmd: ConfigEntryOp, store: Store, added: dict[str, set[st
         raise CommandError(str(e)) from None
 
 
+def _prepared_query_refs(cmd: PreparedQueryOp, store: Store, added: dict[str, set[str]]) -> None:
+    if cmd.Op == "set":
+        try:
+            check_unique(cmd.Query, list(store.prepared_queries.queries.values()))
+        except PreparedQueryError as e:
+            raise CommandError(str(e)) from None
+
+
 _REFERENCES: dict[type[Any], Callable[[Any, Store, dict[str, set[str]]], None]] = {
+    PreparedQueryOp: _prepared_query_refs,
     Register: _register_refs,
     CASetRoots: _ca_roots_refs,
     IntentionOp: _intention_refs,

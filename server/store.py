@@ -18,11 +18,16 @@ from typing import Any
 import msgspec
 
 from meshd.server import sessions
+from meshd.server.autopilot import AutopilotState
+from meshd.server.coordinates import CoordinateState
 from meshd.server.events import EventRing
+from meshd.server.keyring import KeyringState
 from meshd.server.mesh_state import CommandRejectedError, MeshState
+from meshd.server.prepared_queries import PreparedQueryState
 from meshd.server.txn import apply_txn
 from meshd.server.watch import WatchSet
 from meshd.structs import (
+    CONSUL_SERVICE,
     HEALTH_PASSING,
     SERF_CHECK_ID,
     Barrier,
@@ -75,6 +80,10 @@ class _Snapshot(msgspec.Struct):
     mesh: dict[str, Any] = {}
     events: dict[str, Any] = {}
     sessions: list[Session] = []
+    autopilot: dict[str, Any] = {}
+    coordinates: list[list[Any]] = []
+    prepared_queries: list[dict[str, Any]] = []
+    keyring: dict[str, Any] = {}
 
 
 def _decode_snapshot(data: bytes) -> _Snapshot:
@@ -103,6 +112,10 @@ class Store:
         self.mesh = MeshState()
         self.events = EventRing()
         self.sessions = sessions.SessionTable()
+        self.autopilot = AutopilotState()
+        self.coordinates = CoordinateState(self.nodes)
+        self.prepared_queries = PreparedQueryState()
+        self.keyring = KeyringState()
         # one handler per command type, as Consul's FSM registers one per request type
         self._handlers: dict[type[Any], Callable[[Any, int, set[str]], Any]] = {
             Register: self._register,
@@ -116,6 +129,10 @@ class Store:
             EventFire: self.events.apply,
             Txn: lambda cmd, index, changed: apply_txn(self, cmd, index, changed),
             **sessions.handlers(self),
+            **self.autopilot.handlers(),
+            **self.coordinates.handlers(),
+            **self.prepared_queries.handlers(),
+            **self.keyring.handlers(),
         }
 
     # ---- writes -------------------------------------------------------------------------------
@@ -185,7 +202,16 @@ class Store:
             Output=s.Output
             or ("Agent alive and reachable" if passing else "Agent not live or unreachable"),
         )
-        reg = Register(Node=s.Node, Address=s.Address, SkipNodeUpdate=True, Check=check)
+        # a server's node carries the `consul` service (its RPC port), as Consul's leader
+        # registers it: `consul.service.consul` then finds the servers
+        svc = (
+            NodeService(ID=CONSUL_SERVICE, Service=CONSUL_SERVICE, Port=s.ServerPort)
+            if s.ServerPort
+            else None
+        )
+        reg = Register(
+            Node=s.Node, Address=s.Address, SkipNodeUpdate=True, Check=check, Service=svc
+        )
         return self._register(reg, index, changed)
 
     def _touch_service(self, node: str, svc: NodeService, changed: set[str]) -> None:
@@ -406,6 +432,10 @@ class Store:
                 mesh=self.mesh.dump(),
                 events=self.events.dump(),
                 sessions=self.sessions.dump(),
+                autopilot=self.autopilot.dump(),
+                coordinates=self.coordinates.dump(),
+                prepared_queries=self.prepared_queries.dump(),
+                keyring=self.keyring.dump(),
             )
             return msgspec.msgpack.encode(snap)
 
@@ -446,5 +476,9 @@ class Store:
         self.mesh.load(snap.mesh)
         self.events.load(snap.events)
         self.sessions.load(snap.sessions, self.kv)
+        self.autopilot.load(snap.autopilot)
+        self.coordinates.load(snap.coordinates, self.nodes)
+        self.prepared_queries.load(snap.prepared_queries)
+        self.keyring.load(snap.keyring)
         tombstones = {t[3:] for t in self.topics if t.startswith("kv:")}
         self.kv_keys = sorted(tombstones | set(self.kv))

@@ -10,13 +10,16 @@ from meshd.agent.http import (
     agent_api,
     catalog_api,
     connect_api,
+    coordinate_api,
     event_api,
     kv_api,
     operator_api,
+    ops_api,
+    query_api,
     session_api,
     txn_api,
 )
-from meshd.agent.http.common import AGENT_KEY, error_middleware
+from meshd.agent.http.common import AGENT_KEY, datacenter_middleware, error_middleware
 from meshd.agent.http.guard import refuse_http09
 
 if TYPE_CHECKING:
@@ -32,7 +35,7 @@ async def count_middleware(request: web.Request, handler: Any) -> web.StreamResp
 
 def make_app(agent: Agent, max_body: int = 1024 * 1024) -> web.Application:
     app = web.Application(
-        middlewares=[refuse_http09, count_middleware, error_middleware],
+        middlewares=[refuse_http09, count_middleware, error_middleware, datacenter_middleware],
         client_max_size=max_body,
     )
     app[AGENT_KEY] = agent
@@ -45,6 +48,9 @@ def make_app(agent: Agent, max_body: int = 1024 * 1024) -> web.Application:
         session_api,
         event_api,
         txn_api,
+        ops_api,
+        coordinate_api,
+        query_api,
     ):
         app.add_routes(mod.routes)
     return app
