@@ -32,11 +32,14 @@ from meshd.hclparse import parse_hcl
 __all__ = [
     "Config",
     "ConfigError",
+    "ConfigReport",
     "DNSConfig",
     "Ports",
     "TLSConfig",
+    "collect_config",
     "load_config",
     "parse_duration",
+    "read_config_file",
 ]
 
 DEFAULT_HTTP_MAX_BODY = 1 << 20
@@ -134,6 +137,15 @@ class Config:
     leave_on_terminate: bool | None = None  # None = derive: True for clients, False for servers
     raft_fsync: bool = True
     limits: dict[str, int] = field(default_factory=dict)
+    # None = derive: True for servers (a ^C must not shrink the quorum), False for clients
+    skip_leave_on_interrupt: bool | None = None
+    log_json: bool = False
+    log_file: str | None = None
+    log_rotate_bytes: int = 0  # 0: no size limit
+    log_rotate_duration: float = 24 * 3600.0
+    log_rotate_max_files: int = 0  # 0: keep every archive; -1: keep none
+    pid_file: str | None = None
+    watches: list[dict[str, Any]] = field(default_factory=list)  # stored; run by a later issue
 
     def __post_init__(self) -> None:
         # Derived here rather than in load_config so a hand-built Config(dev=True) behaves too.
@@ -146,6 +158,8 @@ class Config:
             self.default_intention_policy = "allow" if self.dev else "deny"
         if self.leave_on_terminate is None:
             self.leave_on_terminate = not self.server
+        if self.skip_leave_on_interrupt is None:
+            self.skip_leave_on_interrupt = self.server
 
     @property
     def http_max_body(self) -> int:
@@ -182,6 +196,12 @@ def _count(v: Any) -> int:
 def _port(v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not (v == -1 or 1 <= v <= 65535):
         raise _InvalidError(f"must be a port number 1-65535, or -1 to disable; got {_show(v)}")
+    return v
+
+
+def _max_files(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < -1:
+        raise _InvalidError(f"must be -1 (keep none), 0 (keep all) or a count; got {_show(v)}")
     return v
 
 
@@ -428,8 +448,16 @@ _TOP: Schema = {
         log_level=_log_level,
         node_meta=_node_meta,
         leave_on_terminate=_bool,
+        skip_leave_on_interrupt=_bool,
         default_intention_policy=_policy,
         raft_fsync=_bool,
+        log_json=_bool,
+        log_file=_str,
+        log_rotate_bytes=_count,
+        log_rotate_duration=_duration(positive=True),
+        log_rotate_max_files=_max_files,
+        pid_file=_str,
+        watches=_object_list,
     ),
     "service": (("services",), _object_list),
     "check": (("checks",), _object_list),
@@ -463,6 +491,12 @@ _FLAGS: Schema = {
             "encrypt": "encrypt",
             "log-level": "log_level",
             "enable-script-checks": "enable_script_checks",
+            "log-json": "log_json",
+            "log-file": "log_file",
+            "log-rotate-bytes": "log_rotate_bytes",
+            "log-rotate-duration": "log_rotate_duration",
+            "log-rotate-max-files": "log_rotate_max_files",
+            "pid-file": "pid_file",
         }.items()
     },
     **{f"{p}-port": (("ports", p), _port) for p in ("http", "https", "grpc", "dns", "server")},
@@ -495,30 +529,49 @@ def _put(out: dict[str, Any], target: tuple[str, ...], value: Any) -> None:
     _merge(out, value)
 
 
-def _walk(raw: Any, schema: Schema, path: str, source: str, out: dict[str, Any]) -> None:
+def _walk(
+    raw: Any,
+    schema: Schema,
+    path: str,
+    source: str,
+    out: dict[str, Any],
+    errors: list[str] | None = None,
+) -> None:
+    """Canonical values into `out`; with `errors`, every problem is collected instead of the
+    first one raised (`meshd validate` names them all)."""
+
+    def fail(message: str) -> None:
+        if errors is None:
+            raise ConfigError(message)
+        errors.append(message)
+
     for block in raw if isinstance(raw, list) else [raw]:  # HCL repeats blocks as lists
         if not isinstance(block, dict):
-            raise ConfigError(f"{source}: {path!r} must be an object, got {_show(block)}")
+            fail(f"{source}: {path!r} must be an object, got {_show(block)}")
+            continue
         for key, value in block.items():
             dotted = f"{path}.{key}" if path else str(key)
             entry = schema.get(key) or schema.get(str(key).lower())
             if entry is None:
-                raise ConfigError(f"{source}: unknown key {dotted!r}")
+                fail(f"{source}: unknown key {dotted!r}")
+                continue
             if value is None:  # JSON null: not set
                 continue
             target, check = entry
             if isinstance(check, dict):
-                _walk(value, check, dotted, source, out)
+                _walk(value, check, dotted, source, out, errors)
                 continue
             try:
                 canonical = check(value)
             except _InvalidError as e:
-                raise ConfigError(f"{source}: invalid {dotted!r}: {e}") from None
+                fail(f"{source}: invalid {dotted!r}: {e}")
+                continue
             if target is not None:
                 _put(out, target, canonical)
 
 
-def _read_file(path: str) -> dict[str, Any]:
+def read_config_file(path: str, errors: list[str] | None = None) -> dict[str, Any]:
+    """One file's keys in canonical form (only those it sets); see `_walk` for `errors`."""
     source = f"config file {path}"
     suffix = Path(path).suffix.lower()
     if suffix not in CONFIG_EXTENSIONS:
@@ -534,7 +587,7 @@ def _read_file(path: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be an object")
     out: dict[str, Any] = {}
-    _walk(raw, _TOP, "", source, out)
+    _walk(raw, _TOP, "", source, out, errors)
     return out
 
 
@@ -592,34 +645,82 @@ def _build(merged: dict[str, Any], dev: bool) -> Config:
     )
 
 
-def _check(cfg: Config) -> None:
+def _problems(cfg: Config) -> list[str]:
     """Rules spanning several keys, checked once every source has been merged."""
+    out: list[str] = []
     if cfg.dev and cfg.bootstrap_expect:
-        raise ConfigError("bootstrap_expect is not allowed in dev mode (dev mode bootstraps)")
+        out.append("bootstrap_expect is not allowed in dev mode (dev mode bootstraps)")
     if cfg.bootstrap and cfg.bootstrap_expect:
-        raise ConfigError("bootstrap and bootstrap_expect are mutually exclusive")
+        out.append("bootstrap and bootstrap_expect are mutually exclusive")
     if not cfg.server and (cfg.bootstrap or cfg.bootstrap_expect):
-        raise ConfigError("bootstrap and bootstrap_expect require server = true (-server)")
+        out.append("bootstrap and bootstrap_expect require server = true (-server)")
     if cfg.server and not cfg.dev and cfg.data_dir is None:
-        raise ConfigError(
+        out.append(
             "data_dir is required when server = true (set data_dir / -data-dir, "
             "or use -dev for an in-memory agent)"
         )
     try:
         _node_name(cfg.node_name)
     except _InvalidError as e:
-        raise ConfigError(f"invalid 'node_name' (defaults to the host name): {e}") from None
+        out.append(f"invalid 'node_name' (defaults to the host name): {e}")
     if cfg.alt_domain and cfg.alt_domain == cfg.domain:
-        raise ConfigError("alt_domain must differ from domain")
+        out.append("alt_domain must differ from domain")
     if len(cfg.node_meta) > 64:
-        raise ConfigError(f"node_meta has {len(cfg.node_meta)} keys; at most 64 are allowed")
+        out.append(f"node_meta has {len(cfg.node_meta)} keys; at most 64 are allowed")
     tls = cfg.tls
     if bool(tls.cert_file) != bool(tls.key_file):
-        raise ConfigError("tls: cert_file and key_file must be set together")
+        out.append("tls: cert_file and key_file must be set together")
     if (tls.verify_incoming or tls.verify_outgoing) and not tls.ca_file:
-        raise ConfigError("tls: verify_incoming/verify_outgoing require ca_file")
+        out.append("tls: verify_incoming/verify_outgoing require ca_file")
     if cfg.ports.https != -1 and not tls.cert_file:
-        raise ConfigError("ports.https is enabled but tls cert_file/key_file are not set")
+        out.append("ports.https is enabled but tls cert_file/key_file are not set")
+    return out
+
+
+@dataclass
+class ConfigReport:
+    """What `collect_config` found: the merged Config, each file's own keys (so a definition's
+    error can name the file that holds it), and every problem, in the order met."""
+
+    config: Config
+    files: list[tuple[str, dict[str, Any]]]
+    errors: list[str]
+
+
+def collect_config(
+    *,
+    files: Sequence[str | os.PathLike[str]] = (),
+    dirs: Sequence[str | os.PathLike[str]] = (),
+    flags: Mapping[str, Any] | None = None,
+    dev: bool = False,
+) -> ConfigReport:
+    """`load_config` that keeps going after an error, so one run names every problem."""
+    flags = flags or {}
+    dev = dev or bool(flags.get("dev"))
+    errors: list[str] = []
+    paths = [os.fspath(f) for f in files]
+    for directory in dirs:
+        try:
+            paths.extend(_dir_files(os.fspath(directory)))
+        except ConfigError as e:
+            errors.append(str(e))
+    merged: dict[str, Any] = {}
+    parts: list[tuple[str, dict[str, Any]]] = []
+    for path in paths:
+        try:
+            part = read_config_file(path, errors)
+        except ConfigError as e:
+            errors.append(str(e))
+            continue
+        parts.append((path, part))
+        _merge(merged, part)
+    try:
+        _merge(merged, _read_flags(flags))
+    except ConfigError as e:
+        errors.append(str(e))
+    cfg = _build(merged, dev)  # only valid values reached `merged`
+    errors.extend(_problems(cfg))
+    return ConfigReport(cfg, parts, errors)
 
 
 def load_config(
@@ -632,17 +733,10 @@ def load_config(
     """Merge `files`, then every *.json/*.hcl of each of `dirs`, then `flags`, into a Config.
 
     Files and dirs are separate arguments, so the interleaving of repeated -config-file and
-    -config-dir on Consul's command line is not kept: all files come first.
+    -config-dir on Consul's command line is not kept: all files come first. Raises one
+    ConfigError naming every problem, one per line.
     """
-    flags = flags or {}
-    dev = dev or bool(flags.get("dev"))
-    paths = [os.fspath(f) for f in files]
-    for directory in dirs:
-        paths.extend(_dir_files(os.fspath(directory)))
-    merged: dict[str, Any] = {}
-    for path in paths:
-        _merge(merged, _read_file(path))
-    _merge(merged, _read_flags(flags))
-    cfg = _build(merged, dev)
-    _check(cfg)
-    return cfg
+    report = collect_config(files=files, dirs=dirs, flags=flags, dev=dev)
+    if report.errors:
+        raise ConfigError("\n".join(report.errors))
+    return report.config

@@ -23,6 +23,8 @@ from meshd.cli.intention import intention
 from meshd.cli.kv import kv
 from meshd.cli.operator import keygen, leave, operator, snapshot
 from meshd.cli.services import services
+from meshd.cli.tls_cmd import tls
+from meshd.cli.validate import validate
 
 CONTEXT_SETTINGS: dict[str, Any] = {
     "help_option_names": ["-h", "-help", "--help"],
@@ -76,6 +78,8 @@ for command in (
     operator,
     services,
     snapshot,
+    tls,
+    validate,
     version,
 ):
     cli.add_command(command)
