@@ -3,6 +3,8 @@ under the restrictions it imposes (system call filter, address families, W^X mem
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -21,12 +23,13 @@ DEBIAN_PYTHON = "/usr/bin/python3"  # has python3-seccomp (scripts/test installs
 
 
 def verify(unit: Path) -> subprocess.CompletedProcess[str]:
-    """`systemd-analyze verify` also checks that ExecStart exists, so give it /opt/meshd/bin/meshd
-    (this checkout's meshd) in a private mount namespace, leaving the machine's /opt alone."""
+    """`systemd-analyze verify` also checks that ExecStart exists, so give it the unit's
+    /opt/meshd/venv/bin/meshd (this checkout's meshd) in a private mount namespace, leaving the
+    machine's own /opt alone."""
     meshd = Path(sys.executable).with_name("meshd")
     script = (
         "mount --make-rprivate / && mount -t tmpfs meshd-opt /opt && "
-        f"mkdir -p /opt/meshd/bin && ln -s {meshd} /opt/meshd/bin/meshd && "
+        f"mkdir -p /opt/meshd/venv/bin && ln -s {meshd} /opt/meshd/venv/bin/meshd && "
         f'exec systemd-analyze verify "{unit}"'
     )
     return subprocess.run(
@@ -34,8 +37,38 @@ def verify(unit: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def render_role_unit(dest: Path, **extra_vars: object) -> str:
+    """The role's template rendered by Ansible itself, with the role's defaults."""
+    role = REPO / "ansible" / "roles" / "meshd"
+    cmd = ["ansible", "localhost", "-i", "localhost,", "-c", "local"]
+    cmd += ["-e", f"ansible_python_interpreter={sys.executable}"]
+    cmd += ["-e", f"@{role / 'defaults' / 'main.yml'}", "-e", json.dumps(extra_vars)]
+    cmd += ["-m", "ansible.builtin.template"]
+    cmd += ["-a", f"src={role / 'templates' / 'meshd.service.j2'} dest={dest}"]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return dest.read_text()
+
+
 def test_shipped_unit_verifies() -> None:
     r = verify(UNIT)
+    assert (r.returncode, r.stdout + r.stderr) == (0, "")
+
+
+def test_role_renders_the_shipped_unit(tmp_path: Path) -> None:
+    assert render_role_unit(tmp_path / "meshd.service") == UNIT.read_text()
+
+
+def test_role_unit_for_dns_on_port_53(tmp_path: Path) -> None:
+    """Port 53 needs CAP_NET_BIND_SERVICE (and no user namespace); other ports get no capability."""
+    unit = tmp_path / "meshd.service"
+    text = render_role_unit(unit, meshd_ports={"dns": 53, "http": 8500})
+    assert "CapabilityBoundingSet=CAP_NET_BIND_SERVICE" in text.splitlines()
+    assert "AmbientCapabilities=CAP_NET_BIND_SERVICE" in text.splitlines()
+    assert "PrivateUsers=yes" not in text
+    assert "CapabilityBoundingSet=" in UNIT.read_text().splitlines()
+    r = verify(unit)
     assert (r.returncode, r.stdout + r.stderr) == (0, "")
 
 
