@@ -12,9 +12,10 @@ import base64
 import ipaddress
 import logging
 import os
+import ssl
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -48,6 +49,9 @@ from meshd.server.raft import free_loopback_port
 from meshd.server.rpc import make_rpc_app
 from meshd.structs import HEALTH_CRITICAL, Barrier, Deregister, HealthCheck, Restore
 from meshd.tls import server_hostname, tls_contexts
+
+if TYPE_CHECKING:
+    from meshd.agent.reload import Reloader
 
 log = logging.getLogger("meshd.agent")
 
@@ -146,13 +150,16 @@ class Agent:
         self.cache: CatalogCache | None = None
         self.view: StoreView | CacheView
         self.ae: AntiEntropy  # set in start(); stop() copes with a start that failed first
+        # (server side, client side), kept so a reload can load rotated certificates into them
+        self.ssl_contexts: tuple[ssl.SSLContext | None, ssl.SSLContext | None] = (None, None)
+        self.reloader: Reloader | None = None  # set by whoever knows the config's sources
 
     # ---- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
         cfg = self.config
         key = base64.b64decode(cfg.encrypt) if cfg.encrypt else None
-        ssl_server, ssl_client = tls_contexts(cfg)
+        ssl_server, ssl_client = self.ssl_contexts = tls_contexts(cfg)
         server_name = server_hostname(cfg) if cfg.tls.verify_server_hostname else None
         if cfg.server:
             if not cfg.dev and not key and not _loopback(self.address):

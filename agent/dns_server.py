@@ -130,19 +130,28 @@ class DNSServer:
         self.tcp_port = 0
         self.queries = 0  # answered locally; read by the metrics endpoint
         self.recursors: list[tuple[str, int]] = []
-        for spec in cfg.recursors:
-            try:
-                self.recursors.append(parse_recursor(spec))
-            except ValueError:
-                log.warning("dns: ignoring recursor %r: not ip, ip:port or [ip6]:port", spec)
+        self.reconfigure(cfg)
         # Optional hook: `async prepare(qname, domains)` warms a client agent's cache.
         self._prepare = getattr(view, "prepare", None)
-        self._domains = tuple(d for d in (cfg.domain, cfg.alt_domain) if d)
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._parsed: dict[bytes, DNSRecord] = {}
+
+    def reconfigure(self, cfg: DNSSettings) -> None:
+        """Settings for the queries from now on (a config reload); the sockets stay."""
+        recursors = []
+        for spec in cfg.recursors:
+            try:
+                recursors.append(parse_recursor(spec))
+            except ValueError:
+                log.warning("dns: ignoring recursor %r: not ip, ip:port or [ip6]:port", spec)
+        self.cfg, self.recursors = cfg, recursors
+        self._domains = tuple(d for d in (cfg.domain, cfg.alt_domain) if d)
+        cached = getattr(self.view, "dns_cache", None)  # answers built with the old TTLs
+        if cached:
+            cached.clear()
 
     async def start(self) -> None:
         """Bind TCP first, then UDP on the same port (with port 0, the port TCP got), so clients

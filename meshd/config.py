@@ -14,18 +14,16 @@ client/server distinction supply defaults without overriding anything the user w
 
 from __future__ import annotations
 
-import base64
-import binascii
-import ipaddress
 import json
 import os
-import re
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from meshd import configvalues as cv
+from meshd.configvalues import Schema, Validator
 from meshd.durations import DurationError, parse_duration_seconds
 from meshd.hclparse import parse_hcl
 
@@ -166,210 +164,6 @@ class Config:
         return int(self.limits.get("http_max_body_bytes", DEFAULT_HTTP_MAX_BODY))
 
 
-# --- value validators: (raw value) -> canonical value, raising _InvalidError with the reason ---
-
-
-class _InvalidError(Exception):
-    """A value's reason for rejection; the caller adds where it came from."""
-
-
-Validator = Callable[[Any], Any]
-Schema = dict[str, tuple[tuple[str, ...] | None, "Validator | Schema"]]
-
-
-def _show(v: Any) -> str:
-    return f"{v!r} ({type(v).__name__})" if not isinstance(v, str) else repr(v)
-
-
-def _bool(v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise _InvalidError(f"must be true or false, got {_show(v)}")
-    return v
-
-
-def _count(v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise _InvalidError(f"must be a non-negative integer, got {_show(v)}")
-    return v
-
-
-def _port(v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or not (v == -1 or 1 <= v <= 65535):
-        raise _InvalidError(f"must be a port number 1-65535, or -1 to disable; got {_show(v)}")
-    return v
-
-
-def _max_files(v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < -1:
-        raise _InvalidError(f"must be -1 (keep none), 0 (keep all) or a count; got {_show(v)}")
-    return v
-
-
-def _str(v: Any) -> str:
-    if not isinstance(v, str):
-        raise _InvalidError(f"must be a string, got {_show(v)}")
-    return v
-
-
-def _optional(check: Validator) -> Validator:
-    """An empty string means "unset" in Consul's files, so it must not fail format checks."""
-    return lambda v: "" if _str(v) == "" else check(v)
-
-
-def _policy(v: Any) -> str:
-    if _str(v).lower() not in ("allow", "deny"):
-        raise _InvalidError(f"must be allow or deny, got {v!r}")
-    return v.lower()
-
-
-def _duration(minimum: float = 0.0, *, positive: bool = False) -> Validator:
-    def check(v: Any) -> float:
-        try:
-            seconds = parse_duration_seconds(v)
-        except DurationError as e:
-            raise _InvalidError(str(e)) from None
-        if positive and seconds <= 0:
-            raise _InvalidError(f"must be greater than zero, got {v!r}")
-        if seconds < minimum:
-            raise _InvalidError(f"must be at least {minimum / 3600:g}h, got {v!r}")
-        return seconds
-
-    return check
-
-
-def _ip(v: Any) -> str:
-    try:
-        ipaddress.ip_address(_str(v))
-    except ValueError:
-        raise _InvalidError(f"must be an IP address, got {v!r}") from None
-    return v
-
-
-def _ip_list(v: Any) -> str:
-    """Consul's client_addr may name several space-separated addresses."""
-    if not _str(v).split():
-        raise _InvalidError("must name at least one IP address")
-    for part in v.split():
-        _ip(part)
-    return v
-
-
-_DC_RE = re.compile(r"[A-Za-z0-9_-]+")
-_NODE_RE = re.compile(r"[A-Za-z0-9_.-]{1,255}")
-_DOMAIN_RE = re.compile(r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)+")
-_META_KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
-
-
-def _datacenter(v: Any) -> str:
-    if not _DC_RE.fullmatch(_str(v)):
-        raise _InvalidError(f"may only contain letters, digits, '-' and '_'; got {v!r}")
-    return v.lower()  # Consul lowercases datacenter names
-
-
-def _node_name(v: Any) -> str:
-    if not _NODE_RE.fullmatch(_str(v)):
-        raise _InvalidError(f"must be 1-255 letters, digits, '.', '-' or '_'; got {v!r}")
-    return v
-
-
-def _domain(v: Any) -> str:
-    name = _str(v).strip().lower()
-    name = name if name.endswith(".") else name + "."
-    if not _DOMAIN_RE.fullmatch(name):
-        raise _InvalidError(f"must be a DNS domain such as 'consul.'; got {v!r}")
-    return name
-
-
-def _encrypt(v: Any) -> str:
-    try:
-        key = base64.b64decode(_str(v), validate=True)
-    except (binascii.Error, ValueError):
-        raise _InvalidError("must be a base64-encoded key") from None
-    if len(key) not in (16, 24, 32):
-        raise _InvalidError(
-            f"must decode to a 16, 24 or 32 byte key, got {len(key)} bytes "
-            "(generate one with `openssl rand -base64 32`)"
-        )
-    return v
-
-
-_LEVELS = {
-    "TRACE": "TRACE",
-    "DEBUG": "DEBUG",
-    "INFO": "INFO",
-    "WARN": "WARN",
-    "WARNING": "WARN",
-    "ERR": "ERROR",
-    "ERROR": "ERROR",
-}
-
-
-def _log_level(v: Any) -> str:
-    level = _LEVELS.get(_str(v).upper())
-    if level is None:
-        raise _InvalidError(f"must be one of trace, debug, info, warn, error; got {v!r}")
-    return level
-
-
-def _str_list(v: Any) -> list[str]:
-    if isinstance(v, tuple):  # click hands multi-value options over as tuples
-        v = list(v)
-    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-        raise _InvalidError(f"must be a list of strings, got {_show(v)}")
-    return v
-
-
-def _object_list(v: Any) -> list[dict[str, Any]]:
-    """`service {}` is one object and repeated blocks a list in HCL; JSON allows either too."""
-    items = [v] if isinstance(v, dict) else v
-    if not isinstance(items, list):
-        raise _InvalidError(f"must be an object or a list of objects, got {_show(v)}")
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise _InvalidError(f"item {i} must be an object, got {_show(item)}")
-    return list(items)
-
-
-def _map(v: Any) -> dict[str, Any]:
-    """A user-keyed map; repeated HCL blocks arrive as a list of maps, merged in order."""
-    parts = v if isinstance(v, list) else [v]
-    if not parts or not all(isinstance(p, dict) for p in parts):
-        raise _InvalidError(f"must be an object, got {_show(v)}")
-    return {k: x for p in parts for k, x in p.items()}
-
-
-def _node_meta(v: Any) -> dict[str, str]:
-    meta = _map(v)
-    for key, value in meta.items():
-        if not _META_KEY_RE.fullmatch(str(key)):
-            raise _InvalidError(f"key {key!r} must be 1-128 letters, digits, '-' or '_'")
-        if key.startswith("consul-"):
-            raise _InvalidError(f"key {key!r} uses the reserved prefix 'consul-'")
-        if not isinstance(value, str) or len(value) > 512:
-            raise _InvalidError(f"value of {key!r} must be a string of at most 512 characters")
-    return meta
-
-
-def _meta_pairs(v: Any) -> dict[str, str]:
-    """-node-meta key:value, repeatable; like Consul, a pair without ':' gets an empty value."""
-    pairs = (p.split(":", 1) for p in _str_list(v))
-    return _node_meta({p[0]: p[1] if len(p) > 1 else "" for p in pairs})
-
-
-def _service_ttl(v: Any) -> dict[str, float]:
-    ttls = _map(v)
-    for name in ttls:
-        if "*" in name[:-1]:
-            raise _InvalidError(f"{name!r}: '*' is only allowed at the end (a prefix wildcard)")
-    out: dict[str, float] = {}
-    for name, ttl in ttls.items():
-        try:
-            out[name] = _duration()(ttl)
-        except _InvalidError as e:
-            raise _InvalidError(f"{name!r}: {e}") from None
-    return out
-
-
 # --- schemas: key -> (target path in the canonical dict or None to drop, validator/schema) ------
 
 
@@ -378,36 +172,48 @@ def _fields(prefix: tuple[str, ...], **validators: Validator) -> Schema:
 
 
 _PORTS: Schema = {
-    **_fields(("ports",), http=_port, https=_port, grpc=_port, dns=_port, server=_port, raft=_port),
-    "serf_lan": (None, _port),
-    "serf_wan": (None, _port),  # accepted for Consul files, unused
+    **_fields(
+        ("ports",),
+        http=cv.port,
+        https=cv.port,
+        grpc=cv.port,
+        dns=cv.port,
+        server=cv.port,
+        raft=cv.port,
+    ),
+    "serf_lan": (None, cv.port),
+    "serf_wan": (None, cv.port),  # accepted for Consul files, unused
 }
-_ADDRESSES = _fields(("addresses",), http=_ip_list, https=_ip_list, grpc=_ip_list, dns=_ip_list)
-_SOA = _fields(("dns_config", "soa"), refresh=_count, retry=_count, expire=_count, min_ttl=_count)
+_ADDRESSES = _fields(
+    ("addresses",), http=cv.ip_list, https=cv.ip_list, grpc=cv.ip_list, dns=cv.ip_list
+)
+_SOA = _fields(
+    ("dns_config", "soa"), refresh=cv.count, retry=cv.count, expire=cv.count, min_ttl=cv.count
+)
 _DNS: Schema = {
     **_fields(
         ("dns_config",),
-        allow_stale=_bool,
-        max_stale=_duration(),
-        node_ttl=_duration(),
-        service_ttl=_service_ttl,
-        only_passing=_bool,
-        a_record_limit=_count,
-        udp_answer_limit=_count,
-        enable_truncate=_bool,
-        recursor_timeout=_duration(positive=True),
+        allow_stale=cv.boolean,
+        max_stale=cv.duration(),
+        node_ttl=cv.duration(),
+        service_ttl=cv.service_ttl,
+        only_passing=cv.boolean,
+        a_record_limit=cv.count,
+        udp_answer_limit=cv.count,
+        enable_truncate=cv.boolean,
+        recursor_timeout=cv.duration(positive=True),
     ),
     "soa": (None, _SOA),
 }
 _TLS_FILES = _fields(
     ("tls",),
-    ca_file=_str,
-    cert_file=_str,
-    key_file=_str,
-    verify_incoming=_bool,
-    verify_outgoing=_bool,
+    ca_file=cv.string,
+    cert_file=cv.string,
+    key_file=cv.string,
+    verify_incoming=cv.boolean,
+    verify_outgoing=cv.boolean,
 )
-_TLS_HOSTNAME = _fields(("tls",), verify_server_hostname=_bool)
+_TLS_HOSTNAME = _fields(("tls",), verify_server_hostname=cv.boolean)
 _TLS: Schema = {
     "defaults": (None, _TLS_FILES),
     "internal_rpc": (None, _TLS_HOSTNAME),  # Consul >= 1.12
@@ -416,51 +222,51 @@ _TLS: Schema = {
 }
 _LIMITS = _fields(
     ("limits",),
-    http_max_body_bytes=_count,
-    http_max_conns_per_client=_count,
-    node_failure_timeout=_duration(positive=True),
-    rpc_max_conns_per_client=_count,
-    kv_max_value_size=_count,
-    txn_max_req_len=_count,
+    http_max_body_bytes=cv.count,
+    http_max_conns_per_client=cv.count,
+    node_failure_timeout=cv.duration(positive=True),
+    rpc_max_conns_per_client=cv.count,
+    kv_max_value_size=cv.count,
+    txn_max_req_len=cv.count,
 )
 _TOP: Schema = {
     **_fields(
         (),
-        server=_bool,
-        bootstrap=_bool,
-        bootstrap_expect=_count,
-        node_name=_node_name,
-        datacenter=_datacenter,
-        data_dir=_str,
-        client_addr=_ip_list,
-        bind_addr=_ip,
-        advertise_addr=_optional(_ip),
-        domain=_domain,
-        alt_domain=_optional(_domain),
-        recursors=_str_list,
-        services=_object_list,
-        checks=_object_list,
-        enable_script_checks=_bool,
-        encrypt=_optional(_encrypt),
-        retry_join=_str_list,
-        retry_interval=_duration(positive=True),
-        reconnect_timeout=_duration(8 * 3600.0),
-        log_level=_log_level,
-        node_meta=_node_meta,
-        leave_on_terminate=_bool,
-        skip_leave_on_interrupt=_bool,
-        default_intention_policy=_policy,
-        raft_fsync=_bool,
-        log_json=_bool,
-        log_file=_str,
-        log_rotate_bytes=_count,
-        log_rotate_duration=_duration(positive=True),
-        log_rotate_max_files=_max_files,
-        pid_file=_str,
-        watches=_object_list,
+        server=cv.boolean,
+        bootstrap=cv.boolean,
+        bootstrap_expect=cv.count,
+        node_name=cv.node_name,
+        datacenter=cv.datacenter,
+        data_dir=cv.string,
+        client_addr=cv.ip_list,
+        bind_addr=cv.ip,
+        advertise_addr=cv.optional(cv.ip),
+        domain=cv.domain,
+        alt_domain=cv.optional(cv.domain),
+        recursors=cv.str_list,
+        services=cv.object_list,
+        checks=cv.object_list,
+        enable_script_checks=cv.boolean,
+        encrypt=cv.optional(cv.encrypt),
+        retry_join=cv.str_list,
+        retry_interval=cv.duration(positive=True),
+        reconnect_timeout=cv.duration(8 * 3600.0),
+        log_level=cv.log_level,
+        node_meta=cv.node_meta,
+        leave_on_terminate=cv.boolean,
+        skip_leave_on_interrupt=cv.boolean,
+        default_intention_policy=cv.policy,
+        raft_fsync=cv.boolean,
+        log_json=cv.boolean,
+        log_file=cv.string,
+        log_rotate_bytes=cv.count,
+        log_rotate_duration=cv.duration(positive=True),
+        log_rotate_max_files=cv.max_files,
+        pid_file=cv.string,
+        watches=cv.object_list,
     ),
-    "service": (("services",), _object_list),
-    "check": (("checks",), _object_list),
+    "service": (("services",), cv.object_list),
+    "check": (("checks",), cv.object_list),
     "ports": (None, _PORTS),
     "addresses": (None, _ADDRESSES),
     "dns_config": (None, _DNS),
@@ -499,10 +305,10 @@ _FLAGS: Schema = {
             "pid-file": "pid_file",
         }.items()
     },
-    **{f"{p}-port": (("ports", p), _port) for p in ("http", "https", "grpc", "dns", "server")},
-    "serf-lan-port": (None, _port),
-    "serf-wan-port": (None, _port),
-    "node-meta": (("node_meta",), _meta_pairs),
+    **{f"{p}-port": (("ports", p), cv.port) for p in ("http", "https", "grpc", "dns", "server")},
+    "serf-lan-port": (None, cv.port),
+    "serf-wan-port": (None, cv.port),
+    "node-meta": (("node_meta",), cv.meta_pairs),
 }
 
 
@@ -547,7 +353,7 @@ def _walk(
 
     for block in raw if isinstance(raw, list) else [raw]:  # HCL repeats blocks as lists
         if not isinstance(block, dict):
-            fail(f"{source}: {path!r} must be an object, got {_show(block)}")
+            fail(f"{source}: {path!r} must be an object, got {cv.show(block)}")
             continue
         for key, value in block.items():
             dotted = f"{path}.{key}" if path else str(key)
@@ -563,17 +369,21 @@ def _walk(
                 continue
             try:
                 canonical = check(value)
-            except _InvalidError as e:
+            except cv.InvalidError as e:
                 fail(f"{source}: invalid {dotted!r}: {e}")
                 continue
             if target is not None:
                 _put(out, target, canonical)
 
 
-def read_config_file(path: str, errors: list[str] | None = None) -> dict[str, Any]:
-    """One file's keys in canonical form (only those it sets); see `_walk` for `errors`."""
+def read_config_file(
+    path: str, errors: list[str] | None = None, config_format: str | None = None
+) -> dict[str, Any]:
+    """One file's keys in canonical form (only those it sets); see `_walk` for `errors`.
+    `config_format` ("json" or "hcl") overrides the extension, as Consul's -config-format does:
+    tools that check a rendered file first (Ansible's `validate`) name it without one."""
     source = f"config file {path}"
-    suffix = Path(path).suffix.lower()
+    suffix = f".{config_format}" if config_format else Path(path).suffix.lower()
     if suffix not in CONFIG_EXTENSIONS:
         raise ConfigError(f"{source}: unknown format, the name must end in .json or .hcl")
     try:
@@ -615,11 +425,11 @@ def _read_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
         if entry is None:
             raise ConfigError(f"unknown flag -{name}")
         target, check = entry
-        if value is None or value in ((), []) or (check is _bool and value is False):
+        if value is None or value in ((), []) or (check is cv.boolean and value is False):
             continue
         try:
             canonical = check(value)  # type: ignore[operator]
-        except _InvalidError as e:
+        except cv.InvalidError as e:
             raise ConfigError(f"flag -{name}: invalid value: {e}") from None
         if target is not None:
             _put(out, target, canonical)
@@ -632,8 +442,10 @@ def _read_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
 def _build(merged: dict[str, Any], dev: bool) -> Config:
     dns = dict(merged.pop("dns_config", {}))
     dns["soa"] = {**SOA_DEFAULTS, **dns.get("soa", {})}
-    tls = {k: (v or None) if isinstance(v, str) else v for k, v in merged.pop("tls", {}).items()}
-    for key in ("data_dir", "advertise_addr", "alt_domain", "encrypt"):
+    tls: dict[str, Any] = {
+        k: (v or None) if isinstance(v, str) else v for k, v in merged.pop("tls", {}).items()
+    }
+    for key in ("data_dir", "advertise_addr", "alt_domain", "encrypt", "log_file", "pid_file"):
         if key in merged:
             merged[key] = merged[key] or None
     return Config(
@@ -660,8 +472,8 @@ def _problems(cfg: Config) -> list[str]:
             "or use -dev for an in-memory agent)"
         )
     try:
-        _node_name(cfg.node_name)
-    except _InvalidError as e:
+        cv.node_name(cfg.node_name)
+    except cv.InvalidError as e:
         out.append(f"invalid 'node_name' (defaults to the host name): {e}")
     if cfg.alt_domain and cfg.alt_domain == cfg.domain:
         out.append("alt_domain must differ from domain")
@@ -693,22 +505,24 @@ def collect_config(
     dirs: Sequence[str | os.PathLike[str]] = (),
     flags: Mapping[str, Any] | None = None,
     dev: bool = False,
+    config_format: str | None = None,
 ) -> ConfigReport:
-    """`load_config` that keeps going after an error, so one run names every problem."""
+    """`load_config` that keeps going after an error, so one run names every problem.
+    `config_format` applies to `files` only; a directory's files are chosen by extension."""
     flags = flags or {}
     dev = dev or bool(flags.get("dev"))
     errors: list[str] = []
-    paths = [os.fspath(f) for f in files]
+    paths = [(os.fspath(f), config_format) for f in files]
     for directory in dirs:
         try:
-            paths.extend(_dir_files(os.fspath(directory)))
+            paths.extend((f, None) for f in _dir_files(os.fspath(directory)))
         except ConfigError as e:
             errors.append(str(e))
     merged: dict[str, Any] = {}
     parts: list[tuple[str, dict[str, Any]]] = []
-    for path in paths:
+    for path, fmt in paths:
         try:
-            part = read_config_file(path, errors)
+            part = read_config_file(path, errors, fmt)
         except ConfigError as e:
             errors.append(str(e))
             continue

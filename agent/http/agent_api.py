@@ -224,3 +224,20 @@ async def metrics(request: web.Request) -> web.Response:
             body=prometheus_text(stats), headers={"Content-Type": "text/plain; version=0.0.4"}
         )
     return json_response(consul_json(stats))
+
+
+@routes.put("/v1/agent/reload")
+async def reload_config(request: web.Request) -> web.Response:
+    """Consul's reload: 200 once applied; a refused config is a 500 with the reason, as in
+    Consul (the request itself was fine; the files on the agent are not). The body lists what
+    was applied and what needs a restart."""
+    from meshd.agent.reload import ReloadError
+
+    reloader = _agent(request).reloader
+    if reloader is None:
+        return web.Response(status=500, text="reload is not available until the agent is ready")
+    try:
+        result = await reloader.reload()
+    except ReloadError as e:
+        return web.Response(status=500, text=f"Failed reloading config: {e}")
+    return json_response(result.to_json())

@@ -45,6 +45,12 @@ AGENT_FLAGS: tuple[tuple[str, str, str], ...] = (
     ("log-level", "str", "trace, debug, info, warn or error."),
     ("node-meta", "multi", "Node metadata as key:value (repeatable)."),
     ("enable-script-checks", "flag", "Allow health checks that run commands."),
+    ("log-json", "flag", "Log one JSON object per line."),
+    ("log-file", "str", "Also log to this file (a path ending in / is a directory)."),
+    ("log-rotate-bytes", "int", "Rotate the log file past this size (0: no limit)."),
+    ("log-rotate-duration", "str", "Rotate the log file this often (default 24h)."),
+    ("log-rotate-max-files", "int", "Rotated log files to keep (0: all, -1: none)."),
+    ("pid-file", "str", "Write the agent's PID to this file."),
 )
 
 # Passed to load_config as files/dirs, not as flags.
@@ -89,19 +95,19 @@ def build_flags(params: dict[str, Any]) -> dict[str, Any]:
 @_agent_options
 def agent(**params: Any) -> None:
     """Run a meshd agent (and, with -server or -dev, a server) until SIGINT/SIGTERM."""
-    from meshd.config import ConfigError, load_config
+    from meshd.agent.reload import ConfigSource
+    from meshd.agent.run import run_agent  # heavy (aiohttp, grpc, Raft); only the agent needs it
+    from meshd.config import ConfigError
 
+    source = ConfigSource(
+        files=list(params.get("config_file") or ()),
+        dirs=list(params.get("config_dir") or ()),
+        flags=build_flags(params),
+        dev=bool(params.get("dev")),
+    )
     try:
-        cfg = load_config(
-            files=list(params.get("config_file") or ()),
-            dirs=list(params.get("config_dir") or ()),
-            flags=build_flags(params),
-            dev=bool(params.get("dev")),
-        )
+        cfg = source.load()
     except ConfigError as e:
         click.echo(f"Error: {e}", err=True)
         sys.exit(1)
-
-    from meshd.agent.run import run_agent  # heavy (aiohttp, grpc, Raft); only the agent needs it
-
-    sys.exit(run_agent(cfg))
+    sys.exit(run_agent(cfg, source))

@@ -22,6 +22,7 @@ from meshd.cli.info import info, members, meshd_version, version
 from meshd.cli.intention import intention
 from meshd.cli.kv import kv
 from meshd.cli.operator import keygen, leave, operator, snapshot
+from meshd.cli.reload_cmd import reload
 from meshd.cli.services import services
 from meshd.cli.tls_cmd import tls
 from meshd.cli.validate import validate
@@ -76,6 +77,7 @@ for command in (
     leave,
     members,
     operator,
+    reload,
     services,
     snapshot,
     tls,

@@ -727,3 +727,70 @@ def test_examples_in_the_configuration_reference_load(tmp_path: Path) -> None:
     ]
     assert all(cfg == loaded[0] for cfg in loaded)
     assert loaded[0].services[0]["name"] == "web"
+
+
+# --- keys for running under systemd (issue 11) ------------------------------------------------
+
+
+def test_logging_and_lifecycle_keys(tmp_path: Path) -> None:
+    cfg = load_json(
+        tmp_path,
+        {
+            "log_json": True,
+            "log_file": "/var/log/meshd/",
+            "log_rotate_bytes": 1048576,
+            "log_rotate_duration": "1h",
+            "log_rotate_max_files": -1,
+            "pid_file": "/run/meshd.pid",
+            "skip_leave_on_interrupt": False,
+            "watches": [{"type": "key", "key": "a", "args": ["/bin/true"]}],
+        },
+    )
+    assert (cfg.log_json, cfg.log_file, cfg.log_rotate_bytes) == (True, "/var/log/meshd/", 1 << 20)
+    assert (cfg.log_rotate_duration, cfg.log_rotate_max_files) == (3600.0, -1)
+    assert (cfg.pid_file, cfg.skip_leave_on_interrupt) == ("/run/meshd.pid", False)
+    assert cfg.watches == [{"type": "key", "key": "a", "args": ["/bin/true"]}]
+
+
+def test_logging_flags() -> None:
+    cfg = load_config(
+        flags={
+            "log-json": True,
+            "log-file": "/tmp/m.log",
+            "log-rotate-bytes": 10,
+            "log-rotate-duration": "30m",
+            "log-rotate-max-files": 3,
+            "pid-file": "/tmp/m.pid",
+        }
+    )
+    assert (cfg.log_json, cfg.log_file, cfg.log_rotate_bytes) == (True, "/tmp/m.log", 10)
+    assert (cfg.log_rotate_duration, cfg.log_rotate_max_files, cfg.pid_file) == (
+        1800.0,
+        3,
+        "/tmp/m.pid",
+    )
+
+
+def test_leave_defaults_follow_consul() -> None:
+    server, client = Config(server=True), Config(server=False)
+    assert (server.leave_on_terminate, server.skip_leave_on_interrupt) == (False, True)
+    assert (client.leave_on_terminate, client.skip_leave_on_interrupt) == (True, False)
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ({"log_rotate_max_files": -2}, "-1 (keep none)"),
+        ({"log_rotate_duration": "0s"}, "greater than zero"),
+        ({"log_rotate_bytes": -1}, "non-negative"),
+        ({"watches": "key"}, "object or a list of objects"),
+    ],
+)
+def test_bad_logging_keys(tmp_path: Path, content: dict[str, Any], reason: str) -> None:
+    assert reason in json_error(tmp_path, content)
+
+
+def test_every_error_is_reported_at_once(tmp_path: Path) -> None:
+    message = json_error(tmp_path, {"bogus": 1, "ports": {"http": 0}, "log_level": "loud"})
+    assert len(message.splitlines()) == 3
+    assert "'bogus'" in message and "'ports.http'" in message and "'log_level'" in message

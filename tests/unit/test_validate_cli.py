@@ -94,3 +94,14 @@ def test_unreadable_and_malformed(tmp_path: Path) -> None:
 def test_no_argument() -> None:
     code, _, err = run()
     assert code == 1 and "at least one config file or directory" in err
+
+
+def test_config_format_for_a_file_without_extension(tmp_path: Path) -> None:
+    """Ansible's `template: validate=` checks a temporary file with no extension."""
+    f = tmp_path / "tmpXYZ"
+    f.write_text('datacenter = "dc2"\nservice { name = "web" }\n')
+    code, _, err = run(str(f))
+    assert code == 1 and "must end in .json or .hcl" in err
+    assert run("-config-format", "hcl", str(f))[0] == 0
+    code, _, err = run("-config-format", "json", str(f))
+    assert code == 1 and "invalid JSON" in err
