@@ -124,6 +124,26 @@ def test_secrets_have_tight_modes(converged: Converged) -> None:
     )
 
 
+def test_invalid_service_is_refused_and_changes_nothing(converged: Converged) -> None:
+    dep = converged[0]
+    c1 = dep.hosts["c1"]
+    services = c1.path("/etc/meshd/conf.d/services.json")
+    before, pid = services.read_text(), main_pid(c1)
+    hostvars = dep.inventory["all"]["children"]["clients"]["hosts"]["c1"]
+    good = hostvars["meshd_services"]
+    hostvars["meshd_services"] = [{"name": "web", "port": "eighty"}]
+    try:
+        run = dep.playbook("--limit", "c1")
+    finally:
+        hostvars["meshd_services"] = good
+    assert run.returncode != 0
+    assert "failed to validate" in run.stdout and "port" in run.stdout, str(run)
+    assert services.read_text() == before
+    assert main_pid(c1) == pid
+    catalog = api(dep, "c2", "/v1/catalog/service/web")
+    assert [s["ServiceTags"] for s in catalog] == [["v1"]]  # type: ignore[attr-defined]
+
+
 def test_service_change_reloads_without_restart(converged: Converged) -> None:
     dep = converged[0]
     pids = {n: main_pid(h) for n, h in dep.hosts.items()}
