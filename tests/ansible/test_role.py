@@ -144,19 +144,44 @@ def test_invalid_service_is_refused_and_changes_nothing(converged: Converged) ->
     assert [s["ServiceTags"] for s in catalog] == [["v1"]]  # type: ignore[attr-defined]
 
 
-def test_service_change_reloads_without_restart(converged: Converged) -> None:
+def _served_cert(dep: Deployment, server: str) -> bytes:
+    """The certificate a server presents on its RPC port now (DER)."""
+    ctx = _tls_context(dep, "c1", True)
+    with (
+        socket.create_connection((dep.hosts[server].addr, 8300), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="server.dc1.consul") as conn,
+    ):
+        der = conn.getpeercert(binary_form=True)
+    assert der
+    return der
+
+
+def _file_cert(dep: Deployment, host: str) -> bytes:
+    pem = dep.hosts[host].path("/etc/meshd/tls/agent.pem").read_text()
+    return ssl.PEM_cert_to_DER_cert(pem)
+
+
+def test_service_change_and_certificate_rotation_reload_without_restart(
+    converged: Converged,
+) -> None:
+    """c1's service changes and s2's certificate is rotated (docs/ansible.md): both hosts
+    reload, nothing restarts, and both changes are live."""
     dep = converged[0]
     pids = {n: main_pid(h) for n, h in dep.hosts.items()}
     assert all(pids.values()), pids
+    old_cert = _file_cert(dep, "s2")
+    assert _served_cert(dep, "s2") == old_cert
     c1 = dep.inventory["all"]["children"]["clients"]["hosts"]["c1"]
     c1["meshd_services"] = [service_web(dep.hosts["c1"].addr, "v2")]
+    assert dep.hosts["s1"].run("rm -r /etc/meshd/ca/hosts/s2").returncode == 0
     run = dep.playbook()
     assert run.returncode == 0, str(run)
     assert {h: c["changed"] > 0 for h, c in run.recap().items()} == {
-        n: n == "c1" for n in dep.hosts
+        n: n in ("c1", "s2") for n in dep.hosts
     }, str(run)
-    assert run.ran("Reload meshd") == ["c1"], str(run)
+    assert sorted(run.ran("Reload meshd")) == ["c1", "s2"], str(run)
     assert run.ran("Restart meshd client agents") == []
+    assert run.ran("Restart meshd servers one at a time") == []
     tags = wait_for(
         lambda: (
             [s["ServiceTags"] for s in api(dep, "c2", "/v1/catalog/service/web")]  # type: ignore[attr-defined]
@@ -165,6 +190,9 @@ def test_service_change_reloads_without_restart(converged: Converged) -> None:
         timeout=15,
     )
     assert tags
+    new_cert = _file_cert(dep, "s2")
+    assert new_cert != old_cert
+    assert wait_for(lambda: _served_cert(dep, "s2") == new_cert, timeout=15)
     assert {n: main_pid(h) for n, h in dep.hosts.items()} == pids
 
 
