@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -238,6 +239,7 @@ def server_cluster(
     """`n` real servers on loopback that form one cluster (bootstrap_expect n, each joining the
     others' RPC ports), a node failure timeout of 2 s; not started: start them together."""
     ports = [free_ports(2) for _ in range(n)]
+    key = base64.b64encode(os.urandom(32)).decode()  # servers with peers refuse to run without
     procs = []
     for i, (rpc, raft) in enumerate(ports):
         conf = os.path.join(tmp, f"s{i}.json")
@@ -251,6 +253,7 @@ def server_cluster(
                     "ports": {"server": rpc, "raft": raft},
                     "retry_join": [f"127.0.0.1:{p}" for j, (p, _) in enumerate(ports) if j != i],
                     "limits": {"node_failure_timeout": 2},
+                    "encrypt": key,
                     **(config or {}),
                 },
                 f,
