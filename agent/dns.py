@@ -233,6 +233,21 @@ def _limit(max_size: int, opt: Any) -> int:
     return max_size
 
 
+def fit_udp(request: DNSRecord, reply: bytes) -> bytes:
+    """A reply we did not build (a recursor's) held to the client's UDP limit: 512 bytes
+    without EDNS0 (RFC 1035), else what it offered. Too big becomes the header and question
+    with TC set, so the client retries over TCP instead of getting a datagram it cannot take."""
+    if len(reply) <= UDP_PLAIN:
+        return reply
+    opt, _ = find_opt(request)
+    if len(reply) <= _limit(UDP_PLAIN, opt):
+        return reply
+    tail = opt_wire(0) if opt is not None else b""
+    flags = U16.unpack_from(reply, 2)[0] | 0x0200
+    head = HEADER.pack(request.header.id, flags, 1, 0, 0, bool(tail))
+    return head + question_wire(request) + tail
+
+
 # ---- answer cache -----------------------------------------------------------------------------
 # Building an answer (view lookups, health filtering, record encoding) is most of a query's
 # cost, yet the catalog changes far less often than it is asked. A view that stamps its reads
