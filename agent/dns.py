@@ -25,7 +25,6 @@ from meshd import prepared_query as pq
 from meshd import queries as q
 from meshd.agent.dns_wire import (
     BADVERS,
-    EDNS_MAX,
     FORMERR,
     HEADER,
     NOERROR,
@@ -59,6 +58,7 @@ from meshd.agent.dns_wire import (
     question_wire,
     rr_memo,
     to_labels,
+    udp_limit,
 )
 from meshd.structs import HEALTH_CRITICAL, HEALTH_PASSING, HEALTH_WARNING, CheckServiceNode, Node
 
@@ -203,7 +203,7 @@ def answer(request: DNSRecord, view: DNSView, cfg: DNSSettings, *, max_size: int
         if not cfg.a_record_limit:
             cache = getattr(view, "dns_answers", None)
             if cache is not None and cache.restore(query, stamp):
-                return query.assemble(_limit(max_size, opt), opt is not None)
+                return query.assemble(udp_limit(max_size, opt), opt is not None)
     low = query.qlow
     for zone_low, zone in _zones(cfg):
         n = len(zone_low)
@@ -224,28 +224,7 @@ def answer(request: DNSRecord, view: DNSView, cfg: DNSSettings, *, max_size: int
         return DNSOutcome(b"", need=query.needs)
     if cache is not None:
         cache.store(query)
-    return query.assemble(_limit(max_size, opt), opt is not None)
-
-
-def _limit(max_size: int, opt: Any) -> int:
-    if opt is not None and max_size < EDNS_MAX:
-        return max(max_size, min(max(opt.rclass, UDP_PLAIN), EDNS_MAX))
-    return max_size
-
-
-def fit_udp(request: DNSRecord, reply: bytes) -> bytes:
-    """A reply we did not build (a recursor's) held to the client's UDP limit: 512 bytes
-    without EDNS0 (RFC 1035), else what it offered. Too big becomes the header and question
-    with TC set, so the client retries over TCP instead of getting a datagram it cannot take."""
-    if len(reply) <= UDP_PLAIN:
-        return reply
-    opt, _ = find_opt(request)
-    if len(reply) <= _limit(UDP_PLAIN, opt):
-        return reply
-    tail = opt_wire(0) if opt is not None else b""
-    flags = U16.unpack_from(reply, 2)[0] | 0x0200
-    head = HEADER.pack(request.header.id, flags, 1, 0, 0, bool(tail))
-    return head + question_wire(request) + tail
+    return query.assemble(udp_limit(max_size, opt), opt is not None)
 
 
 # ---- answer cache -----------------------------------------------------------------------------

@@ -31,9 +31,9 @@ from meshd.agent.dns import (
     DNSView,
     answer,
     error_response,
-    fit_udp,
     parse_packet,
 )
+from meshd.agent.dns_wire import fit_udp
 
 log = logging.getLogger("meshd.dns")
 _U16 = struct.Struct("!H")
@@ -249,8 +249,9 @@ class DNSServer:
 
         async def slow() -> None:
             reply = await self._complete(data, outcome, UDP_PLAIN, tcp=False)
-            request = parse_packet(data) if len(reply) > UDP_PLAIN else reply
-            proto.send(reply if isinstance(request, bytes) else fit_udp(request, reply), addr)
+            if len(reply) > UDP_PLAIN and not isinstance(request := parse_packet(data), bytes):
+                reply = fit_udp(request, reply)  # a recursor's reply may ignore the limit
+            proto.send(reply, addr)
 
         task = asyncio.get_running_loop().create_task(slow())
         self._tasks.add(task)

@@ -132,6 +132,27 @@ def find_opt(req: DNSRecord) -> tuple[Any, bool]:
     return (opts[0] if len(opts) == 1 else None), len(opts) > 1
 
 
+def udp_limit(max_size: int, opt: Any) -> int:
+    if opt is not None and max_size < EDNS_MAX:
+        return max(max_size, min(max(opt.rclass, UDP_PLAIN), EDNS_MAX))
+    return max_size
+
+
+def fit_udp(request: DNSRecord, reply: bytes) -> bytes:
+    """A reply we did not build (a recursor's) held to the client's UDP limit: 512 bytes
+    without EDNS0 (RFC 1035), else what it offered. Too big becomes the header and question
+    with TC set, so the client retries over TCP instead of getting a datagram it cannot take."""
+    if len(reply) <= UDP_PLAIN:
+        return reply
+    opt, _ = find_opt(request)
+    if len(reply) <= udp_limit(UDP_PLAIN, opt):
+        return reply
+    tail = opt_wire(0) if opt is not None else b""
+    flags = U16.unpack_from(reply, 2)[0] | 0x0200
+    head = HEADER.pack(request.header.id, flags, 1, 0, 0, bool(tail))
+    return head + question_wire(request) + tail
+
+
 MAX_NAME_WIRE = 255  # RFC 1035 2.3.4: a name's wire form, length octets included
 
 
