@@ -212,6 +212,7 @@ class Agent:
                     bind=cfg.bind_addr if cfg.bind_addr != self.address else None,
                     server_name=server_name,
                     limits=Limits.from_config(cfg.limits),
+                    tombstone_ttl=cfg.kv_tombstone_ttl,
                 )
             )
             try:

@@ -25,7 +25,6 @@ from meshd import prepared_query as pq
 from meshd import queries as q
 from meshd.agent.dns_wire import (
     BADVERS,
-    EDNS_MAX,
     FORMERR,
     HEADER,
     NOERROR,
@@ -59,6 +58,7 @@ from meshd.agent.dns_wire import (
     question_wire,
     rr_memo,
     to_labels,
+    udp_limit,
 )
 from meshd.structs import HEALTH_CRITICAL, HEALTH_PASSING, HEALTH_WARNING, CheckServiceNode, Node
 
@@ -203,7 +203,7 @@ def answer(request: DNSRecord, view: DNSView, cfg: DNSSettings, *, max_size: int
         if not cfg.a_record_limit:
             cache = getattr(view, "dns_answers", None)
             if cache is not None and cache.restore(query, stamp):
-                return query.assemble(_limit(max_size, opt), opt is not None)
+                return query.assemble(udp_limit(max_size, opt), opt is not None)
     low = query.qlow
     for zone_low, zone in _zones(cfg):
         n = len(zone_low)
@@ -224,13 +224,7 @@ def answer(request: DNSRecord, view: DNSView, cfg: DNSSettings, *, max_size: int
         return DNSOutcome(b"", need=query.needs)
     if cache is not None:
         cache.store(query)
-    return query.assemble(_limit(max_size, opt), opt is not None)
-
-
-def _limit(max_size: int, opt: Any) -> int:
-    if opt is not None and max_size < EDNS_MAX:
-        return max(max_size, min(max(opt.rclass, UDP_PLAIN), EDNS_MAX))
-    return max_size
+    return query.assemble(udp_limit(max_size, opt), opt is not None)
 
 
 # ---- answer cache -----------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from meshd.agent.dns import (
     error_response,
     parse_packet,
 )
+from meshd.agent.dns_wire import fit_udp
 
 log = logging.getLogger("meshd.dns")
 _U16 = struct.Struct("!H")
@@ -40,7 +41,12 @@ _U16 = struct.Struct("!H")
 MAX_PENDING = 1024  # queries waiting on a recursor or a cache fill; beyond that, SERVFAIL at once
 MAX_LOAD_ROUNDS = 3  # NeedData rounds per query (a mixed-case name can take two); then SERVFAIL
 MAX_TCP_CONNS = 512
-PARSE_CACHE_MAX = 4096  # distinct questions whose parse we keep (cleared wholesale when full)
+MAX_TCP_PER_CLIENT = 64  # one address's share: beyond it, its own longest-idle connection goes
+# The parse memo is bounded by the bytes it holds, not its entries: a parsed packet costs ~40x its
+# wire size, so a few thousand 60 KB queries stuffed with records would pin gigabytes. Ordinary
+# questions are under 100 bytes; bigger packets are parsed every time and never kept.
+PARSE_CACHE_BYTES = 256 * 1024  # wire bytes of the memo's keys (cleared wholesale when full)
+PARSE_CACHE_ENTRY_MAX = 512
 TCP_IDLE_TIMEOUT = 10.0  # between queries on a kept-open connection (RFC 7766 allows closing)
 TCP_IO_TIMEOUT = 5.0  # to finish reading one message once its length arrived (slowloris)
 
@@ -120,8 +126,10 @@ class DNSServer:
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
+        # Open TCP connections -> (client address, loop time it went idle, or None mid-query).
+        self._conns: dict[asyncio.StreamWriter, tuple[str, float | None]] = {}
         self._parsed: dict[bytes, DNSRecord] = {}
+        self._parsed_bytes = 0
 
     def reconfigure(self, cfg: DNSSettings) -> None:
         """Settings for the queries from now on (a config reload); the sockets stay."""
@@ -165,7 +173,7 @@ class DNSServer:
             self._udp.close()
         if self._tcp is not None:
             self._tcp.close()
-        for writer in list(self._writers):
+        for writer in list(self._conns):
             writer.close()
         for task in list(self._tasks):
             task.cancel()
@@ -187,9 +195,12 @@ class DNSServer:
             request = parse_packet(data)
             if isinstance(request, bytes):
                 return request
-            if len(self._parsed) >= PARSE_CACHE_MAX:
-                self._parsed.clear()
-            self._parsed[key] = request
+            if len(key) <= PARSE_CACHE_ENTRY_MAX:
+                if self._parsed_bytes + len(key) > PARSE_CACHE_BYTES:
+                    self._parsed.clear()
+                    self._parsed_bytes = 0
+                self._parsed[key] = request
+                self._parsed_bytes += len(key)
         else:
             request.header.id = _U16.unpack_from(data)[0]
         return request
@@ -237,7 +248,10 @@ class DNSServer:
             return proto.send(self._servfail(data), addr)
 
         async def slow() -> None:
-            proto.send(await self._complete(data, outcome, UDP_PLAIN, tcp=False), addr)
+            reply = await self._complete(data, outcome, UDP_PLAIN, tcp=False)
+            if len(reply) > UDP_PLAIN and not isinstance(request := parse_packet(data), bytes):
+                reply = fit_udp(request, reply)  # a recursor's reply may ignore the limit
+            proto.send(reply, addr)
 
         task = asyncio.get_running_loop().create_task(slow())
         self._tasks.add(task)
@@ -288,19 +302,45 @@ class DNSServer:
 
         return await asyncio.wait_for(exchange(), self.cfg.recursor_timeout)
 
+    def _admit_tcp(self, client: str) -> bool:
+        """Make room for a new connection from `client`: at its own cap, or at the global cap,
+        the longest-idle connection of that set is closed (RFC 7766 lets a server close idle
+        connections), so idle or slow clients cannot lock out others. Refused only when every
+        candidate is mid-query (each of those ends within TCP_IO_TIMEOUT)."""
+        mine = [w for w, (who, _) in self._conns.items() if who == client]
+        if len(mine) >= MAX_TCP_PER_CLIENT:
+            candidates = mine
+        elif len(self._conns) >= MAX_TCP_CONNS:
+            candidates = list(self._conns)
+        else:
+            return True
+        idle = [(since, w) for w in candidates if (since := self._conns[w][1]) is not None]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda pair: pair[0])[1]
+        del self._conns[victim]
+        victim.close()
+        return True
+
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """RFC 7766: several length-prefixed queries per connection, answered in order."""
-        if len(self._writers) >= MAX_TCP_CONNS:
+        peer = writer.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) else ""
+        if not self._admit_tcp(client):
             writer.close()
             return
-        self._writers.add(writer)
+        loop = asyncio.get_running_loop()
+        self._conns[writer] = (client, loop.time())
         sock = writer.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            while True:
+            while writer in self._conns:
                 head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_TIMEOUT)
+                if writer not in self._conns:  # evicted while idle
+                    break
+                self._conns[writer] = (client, None)
                 size = int.from_bytes(head, "big")
                 data = await asyncio.wait_for(reader.readexactly(size), TCP_IO_TIMEOUT)
                 outcome = self._reply(data, TCP_MAX)
@@ -310,10 +350,12 @@ class DNSServer:
                 if reply:
                     writer.write(len(reply).to_bytes(2, "big") + reply)
                     await writer.drain()
+                if writer in self._conns:
+                    self._conns[writer] = (client, loop.time())
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError, OSError):
             pass
         except Exception:
             log.exception("dns: TCP connection failed")
         finally:
-            self._writers.discard(writer)
+            self._conns.pop(writer, None)
             writer.close()

@@ -132,6 +132,42 @@ def find_opt(req: DNSRecord) -> tuple[Any, bool]:
     return (opts[0] if len(opts) == 1 else None), len(opts) > 1
 
 
+def udp_limit(max_size: int, opt: Any) -> int:
+    if opt is not None and max_size < EDNS_MAX:
+        return max(max_size, min(max(opt.rclass, UDP_PLAIN), EDNS_MAX))
+    return max_size
+
+
+def fit_udp(request: DNSRecord, reply: bytes) -> bytes:
+    """A reply we did not build (a recursor's) held to the client's UDP limit: 512 bytes
+    without EDNS0 (RFC 1035), else what it offered. Too big becomes the header and question
+    with TC set, so the client retries over TCP instead of getting a datagram it cannot take."""
+    if len(reply) <= UDP_PLAIN:
+        return reply
+    opt, _ = find_opt(request)
+    if len(reply) <= udp_limit(UDP_PLAIN, opt):
+        return reply
+    tail = opt_wire(0) if opt is not None else b""
+    flags = U16.unpack_from(reply, 2)[0] | 0x0200
+    head = HEADER.pack(request.header.id, flags, 1, 0, 0, bool(tail))
+    return head + question_wire(request) + tail
+
+
+MAX_NAME_WIRE = 255  # RFC 1035 2.3.4: a name's wire form, length octets included
+
+
+def _wire_len(name: Any) -> int:
+    return sum(len(label) + 1 for label in name.label) + 1
+
+
+def _names_fit(req: DNSRecord) -> bool:
+    """dnslib decodes names longer than DNS allows; such a request is malformed (FORMERR),
+    and answering it would echo an oversized question."""
+    names = [qq.qname for qq in req.questions]
+    names += [rr.rname for rr in (*req.rr, *req.auth, *req.ar)]
+    return all(_wire_len(n) <= MAX_NAME_WIRE for n in names)
+
+
 def parse_packet(data: bytes) -> DNSRecord | bytes:
     """The request, or the bytes to send instead: FORMERR for a malformed packet (with its ID
     when at least two bytes arrived) or b"" to drop it (too short to address, or a response:
@@ -139,9 +175,12 @@ def parse_packet(data: bytes) -> DNSRecord | bytes:
     if len(data) >= 3 and data[2] & 0x80:
         return b""
     try:
-        return DNSRecord.parse(data)
+        request = DNSRecord.parse(data)
     except Exception:
-        if len(data) < 2:
-            return b""
-        opcode_rd = (data[2] & 0x79) << 8 if len(data) >= 3 else 0
-        return HEADER.pack(U16.unpack_from(data)[0], 0x8000 | opcode_rd | FORMERR, 0, 0, 0, 0)
+        request = None
+    if request is not None and _names_fit(request):
+        return request
+    if len(data) < 2:
+        return b""
+    opcode_rd = (data[2] & 0x79) << 8 if len(data) >= 3 else 0
+    return HEADER.pack(U16.unpack_from(data)[0], 0x8000 | opcode_rd | FORMERR, 0, 0, 0, 0)

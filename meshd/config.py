@@ -133,6 +133,7 @@ class Config:
     retry_join: list[str] = field(default_factory=list)
     retry_interval: float = 30.0
     reconnect_timeout: float = 72 * 3600.0
+    kv_tombstone_ttl: float = 15 * 60.0  # deleted KV keys' tombstones are reaped after this
     log_level: str = "INFO"
     node_meta: dict[str, str] = field(default_factory=dict)
     tls: TLSConfig = field(default_factory=TLSConfig)
@@ -272,6 +273,7 @@ _TOP: Schema = {
         retry_join=cv.str_list,
         retry_interval=cv.duration(positive=True),
         reconnect_timeout=cv.duration(8 * 3600.0),
+        kv_tombstone_ttl=cv.duration(positive=True),
         log_level=cv.log_level,
         node_meta=cv.node_meta,
         leave_on_terminate=cv.boolean,

@@ -4,13 +4,18 @@ RPC is HTTP/1.1 (HTTPS with the `tls` config) on the server port, POST /rpc/<met
 bodies. HTTP was chosen over gRPC for this channel because aiohttp is already the agent's stack,
 keep-alive pooling and TLS come with it, and a blocking query is simply a long request.
 When the cluster key (`encrypt`) is set every request carries an HMAC of its body under that key,
-so only holders of the key can write to or read from the servers.
+so only holders of the key can write to or read from the servers. The header is
+`TIMESTAMP:NONCE:MAC`: the timestamp bounds how long a captured request could be replayed
+(MAX_SKEW), and the random nonce, remembered by each server for that long (`ReplayGuard`),
+makes a replay within it fail too.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import hmac
+import secrets
 import time
 from typing import Any
 
@@ -31,6 +36,8 @@ from meshd.structs import (
 
 AUTH_HEADER = "X-Meshd-Auth"
 MAX_SKEW = 300.0
+NONCE_BYTES = 16
+MAX_NONCES = 1_000_000  # ~100 MB at most; live nonces are about 300 s of a server's requests
 
 
 class ReadRequest(msgspec.Struct):
@@ -145,24 +152,36 @@ def decode_value(query: q.Query, raw: bytes) -> Any:
     return msgspec.msgpack.decode(raw, type=VALUE_TYPES[type(query)])
 
 
-def sign(key: bytes | None, path: str, body: bytes, now: float | None = None) -> str:
+def sign(
+    key: bytes | None, path: str, body: bytes, now: float | None = None, nonce: str | None = None
+) -> str:
     if not key:
         return ""
     ts = str(int(now if now is not None else time.time()))
-    mac = hmac.new(key, ts.encode() + b"\n" + path.encode() + b"\n" + body, hashlib.sha256)
-    return f"{ts}:{mac.hexdigest()}"
+    nonce = nonce if nonce is not None else secrets.token_hex(NONCE_BYTES)
+    msg = b"\n".join((ts.encode(), nonce.encode(), path.encode(), body))
+    return f"{ts}:{nonce}:{hmac.new(key, msg, hashlib.sha256).hexdigest()}"
+
+
+def _fields(header: str) -> tuple[int, str, str] | None:
+    parts = header.split(":")
+    if len(parts) != 3:
+        return None
+    ts, nonce, mac = parts
+    if len(nonce) != 2 * NONCE_BYTES or len(mac) != 64:
+        return None
+    try:
+        bytes.fromhex(nonce)
+        return int(ts), nonce, mac
+    except ValueError:
+        return None
 
 
 def plausible(header: str | None) -> bool:
     """The header's shape and freshness, checked before the body is read: a caller who cannot
     produce even that gets nothing buffered for it."""
-    if not header or ":" not in header:
-        return False
-    ts, _, mac = header.partition(":")
-    try:
-        return abs(time.time() - int(ts)) <= MAX_SKEW and len(mac) == 64
-    except ValueError:
-        return False
+    got = _fields(header) if header else None
+    return got is not None and abs(time.time() - got[0]) <= MAX_SKEW
 
 
 def verify_any(keys: list[bytes], path: str, body: bytes, header: str | None) -> bool:
@@ -173,10 +192,43 @@ def verify_any(keys: list[bytes], path: str, body: bytes, header: str | None) ->
 
 
 def verify(key: bytes | None, path: str, body: bytes, header: str | None) -> bool:
-    """Constant-time check of a request's HMAC, with a bounded clock skew against replays."""
+    """Constant-time check of a request's HMAC and freshness (replays: `ReplayGuard`)."""
     if not key:
         return True
     if header is None or not plausible(header):
         return False
-    expected = sign(key, path, body, float(header.partition(":")[0]))
+    ts, nonce, _ = header.split(":")
+    expected = sign(key, path, body, float(ts), nonce)
     return hmac.compare_digest(expected, header)
+
+
+class ReplayError(Exception):
+    """Why a verified request is still refused (HTTP 403, or 503 when the ledger is full)."""
+
+    def __init__(self, reason: str, status: int = 403) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+class ReplayGuard:
+    """The nonces of verified requests, each kept until its timestamp leaves the skew window
+    (after that `plausible` refuses the header anyway). Only requests that carried a valid MAC
+    are recorded, so only key holders fill it; it is still capped, and a full ledger refuses
+    (503: the caller tries another server) rather than forgetting a nonce that is still live."""
+
+    def __init__(self, cap: int = MAX_NONCES) -> None:
+        self.cap = cap
+        self._seen: set[str] = set()
+        self._expiry: list[tuple[float, str]] = []
+
+    def first_use(self, header: str, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        while self._expiry and self._expiry[0][0] < now:
+            self._seen.discard(heapq.heappop(self._expiry)[1])
+        ts, nonce, _ = header.split(":")
+        if nonce in self._seen:
+            raise ReplayError("RPC refused: this request was already received (replay)")
+        if len(self._seen) >= self.cap:
+            raise ReplayError("RPC refused: too many requests in the replay window", 503)
+        self._seen.add(nonce)
+        heapq.heappush(self._expiry, (int(ts) + MAX_SKEW, nonce))

@@ -345,6 +345,13 @@ class KeyringOp(msgspec.Struct, tag="keyring"):
     Current: list[str] = []
 
 
+class KVReap(msgspec.Struct, tag="kv_reap"):
+    """The leader's tombstone GC: forget deleted keys whose deletion index is at most `Index`
+    (Consul's TombstoneRequest reap)."""
+
+    Index: int
+
+
 Command = (
     Register
     | Deregister
@@ -364,6 +371,7 @@ Command = (
     | CoordinateBatch
     | PreparedQueryOp
     | KeyringOp
+    | KVReap
 )
 
 _cmd_encoder = msgspec.msgpack.Encoder()

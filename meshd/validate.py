@@ -38,6 +38,7 @@ from meshd.structs import (
     IntentionOp,
     KeyringOp,
     KVOp,
+    KVReap,
     NodeService,
     NodeStatus,
     PreparedQueryOp,
@@ -502,6 +503,11 @@ def keyring(op: KeyringOp, limits: Limits) -> None:
         raise ValidationError(str(e)) from None
 
 
+def kv_reap(cmd: Any, limits: Limits) -> None:
+    if not 0 <= cmd.Index < 2**63:
+        raise ValidationError(f"reap index {cmd.Index} is out of range")
+
+
 def _nothing(cmd: Any, limits: Limits) -> None:
     """A barrier carries no data."""
 
@@ -525,6 +531,7 @@ RULES: dict[type[Any], Callable[[Any, Limits], None]] = {
     CoordinateBatch: coordinates,
     PreparedQueryOp: prepared_query,
     KeyringOp: keyring,
+    KVReap: kv_reap,
 }
 
 

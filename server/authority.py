@@ -36,6 +36,7 @@ from meshd.structs import (
     IntentionOp,
     KeyringOp,
     KVOp,
+    KVReap,
     NodeStatus,
     PreparedQueryOp,
     Register,
@@ -77,6 +78,7 @@ ORIGINS: dict[type[Any], frozenset[Origin]] = {
     CoordinateBatch: _ANY,  # the leader's batches, and /v1/coordinate/update from agents
     PreparedQueryOp: _ANY,
     KeyringOp: _ANY,  # an operator's rotation, through any agent's HTTP API
+    KVReap: _SERVERS,  # the leader's tombstone GC
 }
 
 

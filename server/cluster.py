@@ -45,6 +45,7 @@ from meshd.server.reads import blocking_query
 from meshd.server.reaper import CriticalReaper
 from meshd.server.sessions import SessionTimers, lock_delayed
 from meshd.server.store import CommandError, Store
+from meshd.server.tombstones import DEFAULT_TTL, TombstoneGC
 from meshd.structs import SERF_CHECK_ID, Barrier, Command, CoordinateBatch, KVOp, Restore, Session
 from meshd.validate import Limits
 
@@ -73,6 +74,7 @@ class ServerSettings:
     fsync: bool = True
     limits: Limits = field(default_factory=Limits)
     keyring: list[str] = field(default_factory=list)  # cluster keys, primary first (encrypt)
+    tombstone_ttl: float = DEFAULT_TTL  # deleted KV keys are forgotten after this
 
 
 @dataclass
@@ -104,6 +106,7 @@ class Server:
         self._last_peers: list[str] = []
         self.reaper = CriticalReaper()
         self.session_timers = SessionTimers()
+        self.tombstone_gc = TombstoneGC(settings.tombstone_ttl)
         self.started = time.time()
         self.keys: list[str] = list(settings.keyring)  # the ring this server uses now
 
@@ -412,6 +415,7 @@ class Server:
                     self.members.take_office(nodes)
                     self.reaper.reset()
                     self.session_timers.reset()
+                    self.tombstone_gc.reset()
                     await connect_ca.ensure_ca(self)
                 await operator.reconcile(self)
                 ops: list[Command] = [*self.members.tick()]
@@ -422,6 +426,7 @@ class Server:
                     ops.append(CoordinateBatch(Updates=coords))
                 ops += self.reaper.tick(self.store, time.monotonic())
                 ops += self.session_timers.tick(self.store)
+                ops += self.tombstone_gc.tick(self.store, time.monotonic())
                 for op in ops:
                     try:
                         await self.write(op)

@@ -18,6 +18,7 @@ from meshd.server.ca import public_view
 from meshd.server.coordinates import read_autopilot, read_coordinates
 from meshd.server.prepared_queries import read_prepared_queries
 from meshd.server.store import Store
+from meshd.server.tombstones import REAPED_TOPIC
 from meshd.server.txn import read_txn
 from meshd.server.watch import Waiter
 from meshd.spiffe import trust_domain
@@ -121,7 +122,8 @@ def _checks_in_state(store: Store, query: q.ChecksInState) -> Answer:
 
 def _kv_index(store: Store, keys: list[str]) -> int:
     idx = max((store.topics.get(f"kv:{k}", 0) for k in keys), default=0)
-    return max(idx or store.topics.get("tbl:kv", 0), 1)
+    reaped = store.topics.get(REAPED_TOPIC, 0)  # a reaped tombstone's index lives on here
+    return max(idx or store.topics.get("tbl:kv", 0), reaped, 1)
 
 
 def _kv_get(store: Store, query: q.KVGet) -> Answer:

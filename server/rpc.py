@@ -15,6 +15,8 @@ from meshd.rpc import (
     PeerChange,
     ReadReply,
     ReadRequest,
+    ReplayError,
+    ReplayGuard,
     SessionRenew,
     SignRequest,
     WriteReply,
@@ -39,6 +41,8 @@ def _reply(obj: Any) -> web.Response:
 
 
 def make_rpc_app(server: Server) -> web.Application:
+    replays = ReplayGuard()
+
     @web.middleware
     async def auth(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -52,6 +56,11 @@ def make_rpc_app(server: Server) -> web.Application:
         body = await request.read()
         if not verify_any(server.rpc_keys(), request.path, body, header):
             return web.Response(status=403, text="RPC refused: missing or wrong cluster key\n")
+        if header and server.rpc_keys():
+            try:
+                replays.first_use(header)
+            except ReplayError as e:
+                return web.Response(status=e.status, text=f"{e}\n")
         try:
             return await handler(request)
         except msgspec.DecodeError as e:

@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from meshd.server import sessions
+from meshd.server import sessions, tombstones
 from meshd.server.autopilot import AutopilotState
 from meshd.server.coordinates import CoordinateState
 from meshd.server.events import EventRing
@@ -38,6 +38,7 @@ from meshd.structs import (
     HealthCheck,
     KVEntry,
     KVOp,
+    KVReap,
     Node,
     NodeService,
     NodeStatus,
@@ -133,6 +134,7 @@ class Store:
             **self.coordinates.handlers(),
             **self.prepared_queries.handlers(),
             **self.keyring.handlers(),
+            KVReap: lambda cmd, index, changed: tombstones.reap(self, cmd, index, changed),
         }
 
     # ---- writes -------------------------------------------------------------------------------

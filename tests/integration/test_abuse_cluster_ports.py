@@ -85,7 +85,10 @@ def _rpc_reply(port: int, head: bytes) -> bytes:
     ("auth", "status"),
     [
         (b"", b"403"),  # no header: nothing is read
-        (f"{int(time.time())}:{'0' * 64}".encode(), b"413"),  # plausible header: length checked
+        (
+            f"{int(time.time())}:{'0' * 32}:{'0' * 64}".encode(),
+            b"413",
+        ),  # plausible header: length checked
     ],
 )
 def test_an_rpc_body_is_refused_before_it_is_read(

@@ -181,6 +181,26 @@ async def test_wrong_key_is_refused(cluster: Cluster) -> None:
     assert cluster.state() == before
 
 
+async def test_a_captured_request_replayed_is_refused_and_changes_nothing(
+    cluster: Cluster,
+) -> None:
+    path = "/rpc/write"
+    old = encoder.encode(WriteRequest(Command=KVOp(Verb="set", Key="k", Value=b"old")))
+    captured = sign(KEY, path, old)
+    first = await cluster.client.post(path, data=old, headers={AUTH_HEADER: captured})
+    assert first.status == 200
+    assert (await cluster.write(KVOp(Verb="set", Key="k", Value=b"new")))[0] == 200
+    before = cluster.state()
+    again = await cluster.client.post(path, data=old, headers={AUTH_HEADER: captured})
+    assert again.status == 403 and b"replay" in await again.read()
+    ts, nonce, mac = captured.split(":")
+    for forged in (f"{ts}:{'0' * len(nonce)}:{mac}", f"{ts}:{mac}"):  # new nonce, or none
+        resp = await cluster.client.post(path, data=old, headers={AUTH_HEADER: forged})
+        assert resp.status == 403
+    assert cluster.state() == before
+    assert cluster.server.store.kv["k"].Value == b"new"
+
+
 async def test_a_client_agent_gets_the_servers_typed_errors(cluster: Cluster) -> None:
     """The client agent's backend: 400s become CommandError (the HTTP API's 400 with the
     reason), a server-only command a CommandForbiddenError (403), a state conflict (an invalid

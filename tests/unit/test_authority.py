@@ -21,6 +21,7 @@ from meshd.structs import (
     HealthCheck,
     IntentionOp,
     KVOp,
+    KVReap,
     NodeService,
     NodeStatus,
     Register,
@@ -45,6 +46,7 @@ def check(sid: str) -> HealthCheck:
         NodeStatus(Node="n1", Address="10.0.0.1", Status="critical"),
         CASetRoots(ClusterID="c", Roots=b"\x90"),
         Restore(Data=Store().dump()),
+        KVReap(Index=10**6),  # an agent could make servers forget fresh deletes
         Batch(Ops=[NodeStatus(Node="n1", Address="10.0.0.1", Status="critical")]),  # type: ignore[list-item]
     ],
     ids=lambda c: type(c).__name__,

@@ -20,6 +20,7 @@ import dns.flags
 import dns.message
 import dns.query
 import dns.rcode
+import dns.rdata
 import dns.rdatatype
 import pytest
 
@@ -311,3 +312,143 @@ def test_view_failure_is_servfail_not_a_crash(start: Any) -> None:
     assert udp(server, "web.service.consul").rcode() == dns.rcode.SERVFAIL
     assert tcp(server, "web.service.consul").rcode() == dns.rcode.SERVFAIL
     assert udp(server, "consul", "SOA").rcode() == dns.rcode.NOERROR
+
+
+# ---- hardening: oversized names, oversized UDP replies, parse memory, TCP exhaustion ----------
+
+
+def test_name_over_255_bytes_is_formerr(server: DNSServer) -> None:
+    name = b"".join(bytes((63,)) + b"a" * 63 for _ in range(4)) + b"\x00"  # 257 bytes on the wire
+    packet = struct.pack("!6H", 0x4242, 0x0100, 1, 0, 0, 0) + name + b"\x00\x01\x00\x01"
+    reply = raw_udp(server, packet)
+    assert reply is not None
+    msg = dns.message.from_wire(reply)
+    assert msg.id == 0x4242 and msg.rcode() == dns.rcode.FORMERR and not msg.question
+    fits = b"".join(bytes((63,)) + b"a" * 63 for _ in range(3)) + b"\x3da" + b"a" * 60 + b"\x00"
+    ok = struct.pack("!6H", 0x4343, 0x0100, 1, 0, 0, 0) + fits + b"\x00\x01\x00\x01"
+    assert len(fits) == 255
+    reply = raw_udp(server, ok)
+    assert reply is not None and dns.message.from_wire(reply).rcode() == dns.rcode.REFUSED
+
+
+class BigUpstream:
+    """A recursor that ignores the client's limit and answers every query with ~1 KB."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except OSError:
+                return
+            query = dns.message.from_wire(data)
+            reply = dns.message.make_response(query)
+            name = query.question[0].name
+            rrset = reply.find_rrset(reply.answer, name, 1, 1, create=True)
+            for i in range(60):
+                rrset.add(dns.rdata.from_text(1, 1, f"10.9.0.{i + 1}"))
+            self.sock.sendto(reply.to_wire(max_size=65535), addr)
+
+
+def test_forwarded_udp_reply_never_exceeds_the_clients_limit(start: Any) -> None:
+    upstream = BigUpstream()
+    try:
+        front = start(MemView(), DNSSettings(recursors=[f"127.0.0.1:{upstream.port}"]))
+        plain = dns.message.make_query("example.com", "A", use_edns=False)
+        reply = raw_udp(front, plain.to_wire(), timeout=3)
+        assert reply is not None and len(reply) <= 512
+        msg = dns.message.from_wire(reply)
+        assert msg.flags & dns.flags.TC and msg.id == plain.id
+        assert msg.question[0].name.to_text() == "example.com."
+        edns = udp(front, "example.com", use_edns=0, payload=4096)
+        assert len(addresses(edns)) == 60 and not edns.flags & dns.flags.TC
+    finally:
+        upstream.sock.close()
+
+
+def stuffed_query(i: int) -> bytes:
+    """~58 KB: one question and 3,600 additional A records (pointers to the question name)."""
+    head = struct.pack("!6H", i & 0xFFFF, 0x0100, 1, 0, 0, 3600)
+    question = b"\x03web\x07service\x06consul\x00\x00\x01\x00\x01"
+    rr = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 0, 4)
+    records = b"".join(rr + struct.pack("!I", i * 4096 + n) for n in range(3600))
+    return head + question + records
+
+
+def test_parse_memo_does_not_keep_huge_queries(server: DNSServer) -> None:
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(8):
+            reply = raw_udp(server, stuffed_query(i), timeout=10)
+            assert reply is not None and dns.message.from_wire(reply).answer
+        gc.collect()
+        retained = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert retained < 4 * 1024 * 1024, f"{retained} bytes kept after 8 large queries"
+
+
+def open_idle(server: DNSServer, source: str) -> socket.socket:
+    """A TCP connection that asked one question, got its answer and now sits idle."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(3)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", server.tcp_port))
+    wire = dns.message.make_query("web.service.consul", "A").to_wire()
+    sock.sendall(struct.pack("!H", len(wire)) + wire)
+    size = struct.unpack("!H", sock.recv(2))[0]
+    assert len(sock.recv(size, socket.MSG_WAITALL)) == size
+    return sock
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except ConnectionError:
+        return True
+
+
+def test_idle_tcp_connections_cannot_lock_out_other_clients(
+    server: DNSServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from meshd.agent import dns_server
+
+    monkeypatch.setattr(dns_server, "MAX_TCP_CONNS", 16)
+    hogs = [open_idle(server, "127.0.0.1") for _ in range(16)]
+    try:
+        q = dns.message.make_query("web.service.consul", "A")
+        msg = dns.query.tcp(q, "127.0.0.1", port=server.tcp_port, timeout=3, source="127.0.0.2")
+        assert addresses(msg) == ["10.0.0.1", "10.0.0.2"]
+        assert closed_by_server(hogs[0])  # the longest idle made room
+    finally:
+        for sock in hogs:
+            sock.close()
+
+
+def test_one_client_cannot_hold_more_than_its_share(
+    server: DNSServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from meshd.agent import dns_server
+
+    monkeypatch.setattr(dns_server, "MAX_TCP_PER_CLIENT", 4)
+    conns = [open_idle(server, "127.0.0.1") for _ in range(6)]
+    other = open_idle(server, "127.0.0.2")
+    try:
+        assert closed_by_server(conns[0]) and closed_by_server(conns[1])
+        wire = dns.message.make_query("web.service.consul", "A").to_wire()
+        for sock in (conns[-1], other):  # the newest ones, and other clients', still serve
+            sock.sendall(struct.pack("!H", len(wire)) + wire)
+            assert len(sock.recv(2)) == 2
+    finally:
+        for sock in (*conns, other):
+            sock.close()
