@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from meshd import __version__
+from meshd.agent.acl import TokenResolver
 from meshd.agent.antientropy import AntiEntropy
 from meshd.agent.backend import CatalogBackend, LocalBackend, RemoteBackend
 from meshd.agent.cache import WatchCache
@@ -197,6 +198,7 @@ class Agent:
                     bind=cfg.bind_addr if cfg.bind_addr != self.address else None,
                     server_name=server_name,
                     limits=Limits.from_config(cfg.limits),
+                    acl=cfg.acl,
                 )
             )
             try:
@@ -204,7 +206,7 @@ class Agent:
             finally:
                 if dev_raft is not None:
                     dev_raft.close()  # Raft's listener holds the port now
-            self.backend = LocalBackend(self.server)
+            self.backend = LocalBackend(self.server, cfg.acl.tokens.agent)
             self.view = StoreView(self.server.store, cfg.datacenter, cfg.node_name)
             if not cfg.dev:
                 self._rpc_runner = web.AppRunner(make_rpc_app(self.server), access_log=None)
@@ -222,8 +224,11 @@ class Agent:
                 ssl_context=ssl_client,
                 server_name=server_name,
             )
-            self.backend = RemoteBackend(self.rpc, Limits.from_config(cfg.limits))
+            self.backend = RemoteBackend(
+                self.rpc, Limits.from_config(cfg.limits), cfg.acl.tokens.agent
+            )
         self.cache = WatchCache(self.backend)
+        self.acl = TokenResolver(cfg.acl, self.backend)
         if self.server is None:
             self.view = CacheView(self.cache, cfg.datacenter, cfg.node_name)
         self.ae = AntiEntropy(self.local, self.backend)

@@ -44,7 +44,8 @@ class ReadResult:
 
 
 class CatalogBackend(Protocol):
-    async def write(self, cmd: Command) -> Any: ...
+    async def write(self, cmd: Command, token: str | None = None) -> Any:
+        """`token`: the caller's ACL token; None = this agent's own (`acl.tokens.agent`)."""
 
     async def read(
         self, query: q.Query, *, min_index: int = 0, wait: float = 0.0, consistency: str = "default"
@@ -69,12 +70,13 @@ def blocking_wait(wait: float) -> float:
 
 
 class LocalBackend:
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, token: str = "") -> None:
         self.server = server
+        self.token = token
 
-    async def write(self, cmd: Command) -> Any:
+    async def write(self, cmd: Command, token: str | None = None) -> Any:
         # the HTTP API's writes are an agent's, whichever host it runs on
-        return await self.server.write(cmd, Origin.AGENT)
+        return await self.server.write(cmd, Origin.AGENT, self.token if token is None else token)
 
     async def read(
         self, query: q.Query, *, min_index: int = 0, wait: float = 0.0, consistency: str = "default"
@@ -107,8 +109,9 @@ class LocalBackend:
 class RemoteBackend:
     """A client agent's view: every call is an RPC to some server (failover inside RPCClient)."""
 
-    def __init__(self, rpc: RPCClient, limits: Limits | None = None) -> None:
+    def __init__(self, rpc: RPCClient, limits: Limits | None = None, token: str = "") -> None:
         self.rpc = rpc
+        self.token = token
         self.limits = limits or Limits()
         self._joined = list(rpc.servers)
 
@@ -118,12 +121,16 @@ class RemoteBackend:
         current = [rpc for raft, rpc in info.Known if raft in info.Peers]
         self.rpc.set_servers(current + [s for s in self._joined if s not in current])
 
-    async def write(self, cmd: Command) -> Any:
+    async def write(self, cmd: Command, token: str | None = None) -> Any:
         # the servers' own stateless rules, here first: a bad command fails with its reason
         # instead of as an undecodable RPC body
         cmd = check_command(cmd, self.limits)
         try:
-            reply = await self.rpc.call("write", WriteRequest(Command=cmd), WriteReply)
+            reply = await self.rpc.call(
+                "write",
+                WriteRequest(Command=cmd, Token=self.token if token is None else token),
+                WriteReply,
+            )
         except RPCError as e:
             if e.code == 400:
                 raise CommandError(str(e)) from None

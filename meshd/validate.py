@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from meshd.acl.checks import RULES as ACL_RULES
 from meshd.durations import DurationError, parse_duration_seconds
 from meshd.structs import (
     HEALTH_STATES,
@@ -450,6 +451,7 @@ RULES: dict[type[Any], Callable[[Any, Limits], None]] = {
     Txn: txn,
     SessionOp: session_op,
     SessionInvalidate: session_invalidate,
+    **ACL_RULES,  # tokens, policies, roles: meshd/acl/checks.py
 }
 
 

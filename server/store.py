@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from meshd.server import sessions
+from meshd.server.acl_state import ACLState
 from meshd.server.events import EventRing
 from meshd.server.mesh_state import CommandRejectedError, MeshState
 from meshd.server.txn import apply_txn
@@ -75,6 +76,7 @@ class _Snapshot(msgspec.Struct):
     mesh: dict[str, Any] = {}
     events: dict[str, Any] = {}
     sessions: list[Session] = []
+    acl: dict[str, Any] = {}
 
 
 def _decode_snapshot(data: bytes) -> _Snapshot:
@@ -103,6 +105,7 @@ class Store:
         self.mesh = MeshState()
         self.events = EventRing()
         self.sessions = sessions.SessionTable()
+        self.acl = ACLState()
         # one handler per command type, as Consul's FSM registers one per request type
         self._handlers: dict[type[Any], Callable[[Any, int, set[str]], Any]] = {
             Register: self._register,
@@ -116,6 +119,7 @@ class Store:
             EventFire: self.events.apply,
             Txn: lambda cmd, index, changed: apply_txn(self, cmd, index, changed),
             **sessions.handlers(self),
+            **self.acl.handlers(),
         }
 
     # ---- writes -------------------------------------------------------------------------------
@@ -406,6 +410,7 @@ class Store:
                 mesh=self.mesh.dump(),
                 events=self.events.dump(),
                 sessions=self.sessions.dump(),
+                acl=self.acl.dump(),
             )
             return msgspec.msgpack.encode(snap)
 
@@ -446,5 +451,6 @@ class Store:
         self.mesh.load(snap.mesh)
         self.events.load(snap.events)
         self.sessions.load(snap.sessions, self.kv)
+        self.acl.load(snap.acl)
         tombstones = {t[3:] for t in self.topics if t.startswith("kv:")}
         self.kv_keys = sorted(tombstones | set(self.kv))
