@@ -8,6 +8,7 @@ server uses `LocalBackend` (the in-process server); a client agent on another ho
 from __future__ import annotations
 
 import random
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -33,6 +34,18 @@ from meshd.server.raft import RaftError
 from meshd.server.store import CommandError, StateConflictError
 from meshd.structs import Command, Session
 from meshd.validate import Limits
+
+# The ACL token of the HTTP request being served (set by the ACL middleware), so that the
+# writes a handler makes reach the servers with the caller's token; tasks of the agent itself
+# (anti-entropy, checks) run outside any request and use the agent's own token.
+caller_token: ContextVar[str | None] = ContextVar("caller_token", default=None)
+
+
+def _token(explicit: str | None, own: str) -> str:
+    if explicit is not None:
+        return explicit
+    caller = caller_token.get()
+    return own if caller is None else caller
 
 
 @dataclass
@@ -76,7 +89,7 @@ class LocalBackend:
 
     async def write(self, cmd: Command, token: str | None = None) -> Any:
         # the HTTP API's writes are an agent's, whichever host it runs on
-        return await self.server.write(cmd, Origin.AGENT, self.token if token is None else token)
+        return await self.server.write(cmd, Origin.AGENT, _token(token, self.token))
 
     async def read(
         self, query: q.Query, *, min_index: int = 0, wait: float = 0.0, consistency: str = "default"
@@ -128,7 +141,7 @@ class RemoteBackend:
         try:
             reply = await self.rpc.call(
                 "write",
-                WriteRequest(Command=cmd, Token=self.token if token is None else token),
+                WriteRequest(Command=cmd, Token=_token(token, self.token)),
                 WriteReply,
             )
         except RPCError as e:

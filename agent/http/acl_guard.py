@@ -17,6 +17,7 @@ from aiohttp import web
 
 from meshd.acl import MANAGEMENT, Access, Authorizer, PermissionDeniedError
 from meshd.agent.acl import ACLNotFoundError
+from meshd.agent.backend import caller_token
 from meshd.agent.http.acl_routes import PERMISSIONS, route_key
 from meshd.agent.http.common import AGENT_KEY, Handler
 
@@ -80,7 +81,11 @@ async def acl_middleware(request: web.Request, handler: Handler) -> web.StreamRe
             raise PermissionDeniedError(authz.accessor, "operator", Access.WRITE)
         if perm.check is not None:
             await perm.check(request, authz)
-        resp = await handler(request)
+        reset = caller_token.set(token_of(request))
+        try:
+            resp = await handler(request)
+        finally:
+            caller_token.reset(reset)
     except ACLNotFoundError as e:
         return _deny(str(e))
     except PermissionDeniedError as e:
