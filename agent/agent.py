@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from meshd import __version__
+from meshd.agent import dns_acl
 from meshd.agent.acl import TokenResolver
 from meshd.agent.antientropy import AntiEntropy
 from meshd.agent.backend import CatalogBackend, LocalBackend, RemoteBackend
@@ -31,7 +32,7 @@ from meshd.agent.definitions import (
     parse_check,
     parse_service,
 )
-from meshd.agent.dns import DNSSettings
+from meshd.agent.dns import DNSSettings, DNSView
 from meshd.agent.dns_server import DNSServer
 from meshd.agent.events import EventReceiver
 from meshd.agent.http.guard import ConnectionLimits, GuardedSite, runner_options
@@ -289,7 +290,11 @@ class Agent:
             self._mesh_started = True
         if cfg.ports.dns > 0:
             dns_addr = cfg.addresses.get("dns", cfg.client_addr).split()[0]
-            self.dns = DNSServer(self.view, dns_settings(cfg), dns_addr, cfg.ports.dns)
+            dns_view: DNSView = self.view
+            if cfg.acl.enabled:  # services the dns token cannot read do not exist
+                dns_view, refresher = await dns_acl.guarded(self.view, self.acl)
+                self._tasks.append(refresher)
+            self.dns = DNSServer(dns_view, dns_settings(cfg), dns_addr, cfg.ports.dns)
             await self.dns.start()
         if self.kube is not None:
             await self.kube.start()
