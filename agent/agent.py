@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from meshd import __version__
-from meshd.agent import dns_acl
+from meshd.agent import dns_acl, mesh_acl
 from meshd.agent.acl import TokenResolver
 from meshd.agent.antientropy import AntiEntropy
 from meshd.agent.backend import CatalogBackend, LocalBackend, RemoteBackend
@@ -286,6 +286,8 @@ class Agent:
         elif cfg.watches:
             log.warning("watches need the HTTP port (ports.http); %d not run", len(cfg.watches))
         if cfg.ports.grpc > 0:
+            if cfg.acl.enabled:  # a stream needs service:write on the service it fronts
+                self.mesh.ads.authorize = mesh_acl.xds_hook(self)
             await self.mesh.start()
             self._mesh_started = True
         if cfg.ports.dns > 0:
