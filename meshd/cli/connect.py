@@ -89,6 +89,7 @@ def envoy(
         ads_host=host,
         ads_port=int(port),
         admin_bind=admin_bind,
+        ads_token=api.token,  # the ADS stream needs service:write on the service (ACLs on)
     )
     if print_only:
         click.echo(json.dumps(config, indent=2))
