@@ -57,6 +57,8 @@ class ReadResult:
 
 
 class CatalogBackend(Protocol):
+    token: str  # the agent's own ACL token (acl.tokens.agent), for its background writes
+
     async def write(self, cmd: Command, token: str | None = None) -> Any:
         """`token`: the caller's ACL token; None = this agent's own (`acl.tokens.agent`)."""
 

@@ -56,7 +56,7 @@ class ACLAgent:
         return tok["AccessorID"], tok["SecretID"]
 
 
-def start_acl_agent(tokens: str = "", acl: str = "") -> ACLAgent:
+def start_acl_agent(tokens: str = "", acl: str = "", agent_token: bool = True) -> ACLAgent:
     """`tokens`/`acl`: extra HCL lines inside `acl.tokens {}` / `acl {}`. Logs at debug level,
     so that tests can look for secrets in everything the agent writes."""
     conf_dir = tempfile.mkdtemp(prefix="meshd-acl-")
@@ -64,7 +64,8 @@ def start_acl_agent(tokens: str = "", acl: str = "") -> ACLAgent:
     with open(conf, "w") as f:
         f.write(
             f'acl {{\n  enabled = true\n  default_policy = "deny"\n{acl}\n'
-            f'  tokens {{\n    initial_management = "{MGMT}"\n    agent = "{MGMT}"\n'
+            f'  tokens {{\n    initial_management = "{MGMT}"\n'
+            f'    agent = "{MGMT if agent_token else ""}"\n'
             f"{tokens}\n  }}\n}}\n"
         )
     proc = dev_agent(f"-config-file={conf}", "-log-level=debug")

@@ -298,3 +298,34 @@ def _crud(kind: str) -> None:
 
 _crud("policy")
 _crud("role")
+
+
+# ---- the agent's own tokens -------------------------------------------------------------------
+
+# Consul's `PUT /v1/agent/token/:type` names (and its older aliases)
+_AGENT_TOKENS = {
+    "default": "default",
+    "agent": "agent",
+    "agent_recovery": "agent_recovery",
+    "agent_master": "agent_recovery",
+    "dns": "dns",
+    "config_file_service_registration": "config_file_service_registration",
+}
+
+
+@routes.put("/v1/agent/token/{type}")
+async def set_agent_token(request: web.Request) -> web.Response:
+    """Set one of the agent's tokens in memory (until restart, as Consul without persistence)."""
+    kind = _AGENT_TOKENS.get(request.match_info["type"])
+    if kind is None:
+        raise NotFoundError(f"Token {request.match_info['type']!r} is unknown")
+    body = await json_body(request)
+    value = body.get("Token")
+    if not isinstance(value, str):
+        raise BadRequestError("Request decode failed: Token must be a string")
+    agent = request.app[AGENT_KEY]
+    setattr(agent.config.acl.tokens, kind, value)
+    if kind == "agent":
+        agent.backend.token = value  # background writes (anti-entropy, checks) use it from now
+    agent.acl.forget()
+    return web.Response(status=200)

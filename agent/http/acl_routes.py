@@ -285,6 +285,7 @@ PERMISSIONS: dict[tuple[str, str], Perm] = {
     ("PUT", "/v1/agent/reload"): AGENT_WRITE,
     ("PUT", "/v1/agent/maintenance"): Perm(need("node", W, this_node)),
     ("PUT", "/v1/agent/service/register"): Perm(_service_register),
+    ("PUT", "/v1/agent/token/{type}"): AGENT_WRITE,  # Consul: agent:write on this node
     ("PUT", "/v1/agent/service/deregister/{sid}"): Perm(_local_service_write),
     ("PUT", "/v1/agent/service/maintenance/{sid}"): Perm(_local_service_write),
     # catalog and health: reads are filtered

@@ -303,3 +303,13 @@ def role_delete(ident: str, name: str) -> None:
     row = _by_id_or_name("role", ident, name)
     _call(lambda: client().delete(f"/v1/acl/role/{row['ID']}"))
     click.echo(f"Role {row['Name']!r} deleted successfully")
+
+
+@acl.command("set-agent-token")
+@click.argument("kind", metavar="TYPE")
+@click.argument("secret", metavar="TOKEN")
+@http_options
+def set_agent_token(kind: str, secret: str) -> None:
+    """Set one of the agent's tokens (default, agent, agent_recovery, dns, ...) until restart."""
+    _call(lambda: client().put(f"/v1/agent/token/{kind}", {"Token": secret}))
+    click.echo("ACL token set successfully")

@@ -12,12 +12,12 @@ import pytest
 from acl_helpers import ACLAgent, start_acl_agent
 from helpers import wait_for
 
-DNS_SECRET = str(uuid.uuid4())  # configured before the token exists
+DNS_SECRET = str(uuid.uuid4())
 
 
 @pytest.fixture(scope="module")
 def acl() -> Iterator[ACLAgent]:
-    agent = start_acl_agent(tokens=f'dns = "{DNS_SECRET}"', acl='token_ttl = "1s"')
+    agent = start_acl_agent(acl='token_ttl = "1s"')
     try:
         yield agent
     finally:
@@ -35,7 +35,7 @@ def test_dns_answers_only_what_the_dns_token_reads(acl: ACLAgent) -> None:
     wait_for(
         lambda: acl.ok("GET", "/v1/catalog/service/web") and acl.ok("GET", "/v1/catalog/service/db")
     )
-    # the dns token does not exist yet: nothing is readable, so nothing exists
+    # no dns token yet: anonymous under default deny reads nothing, so nothing exists
     assert _rcode(acl, "web.service.consul.") == dns.rcode.NXDOMAIN
     acl.ok(
         "PUT",
@@ -46,5 +46,9 @@ def test_dns_answers_only_what_the_dns_token_reads(acl: ACLAgent) -> None:
         },
     )
     acl.ok("PUT", "/v1/acl/token", {"SecretID": DNS_SECRET, "Policies": [{"Name": "dns-web"}]})
+    _, weak = acl.token_for('service_prefix "" { policy = "read" }')
+    refused = acl.call("PUT", "/v1/agent/token/dns", {"Token": DNS_SECRET}, token=weak)
+    assert refused.status == 403 and b"'agent:write'" in refused.body
+    acl.ok("PUT", "/v1/agent/token/dns", {"Token": DNS_SECRET})
     wait_for(lambda: _rcode(acl, "web.service.consul.") == dns.rcode.NOERROR, timeout=10)
     assert _rcode(acl, "db.service.consul.") == dns.rcode.NXDOMAIN
