@@ -271,7 +271,9 @@ class Agent:
         self._tasks.append(asyncio.create_task(self._heartbeats(), name="heartbeats"))
         # serve only once the node is in the catalog and known to the leader (bounded wait:
         # a client agent whose servers are down still starts, and keeps retrying)
-        await self.wait_ready(15.0)
+        # with ACLs on and no token of its own, the agent's sync waits for `set-agent-token`
+        can_sync = not cfg.acl.enabled or bool(cfg.acl.tokens.agent or cfg.acl.tokens.default)
+        await self.wait_ready(15.0, sync=can_sync)
         await self.events.positioned(5.0)
         app = make_app(self, max_body=cfg.http_max_body)
         self._runner = web.AppRunner(app, **runner_options())
@@ -381,7 +383,7 @@ class Agent:
         await self.backend.heartbeat(hb)
         await self.backend.write(Deregister(Node=self.config.node_name))
 
-    async def wait_ready(self, timeout: float = 10.0) -> None:
+    async def wait_ready(self, timeout: float = 10.0, sync: bool = True) -> None:
         deadline = time.monotonic() + timeout
         while self.server is not None and (
             self.server.raft is None or not self.server.raft.ready()
@@ -389,7 +391,8 @@ class Agent:
             if time.monotonic() > deadline:
                 return
             await asyncio.sleep(0.01)
-        await self.ae.wait_synced(max(deadline - time.monotonic(), 0.1))
+        if sync:
+            await self.ae.wait_synced(max(deadline - time.monotonic(), 0.1))
         try:
             await asyncio.wait_for(self._heartbeat_ok.wait(), max(deadline - time.monotonic(), 0.1))
         except TimeoutError:

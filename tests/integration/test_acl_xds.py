@@ -3,7 +3,12 @@ proxy fronts opens its stream or gets its leaf (a real agent's ADS port, a real 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
 import threading
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +18,9 @@ from acl_helpers import ACLAgent, start_acl_agent
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.discovery.v3 import discovery_pb2 as ds
-from helpers import wait_for
+from helpers import REPO, wait_for
+
+from meshd.testing import free_ports
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 PROXY = "web-sidecar-proxy"
@@ -79,3 +86,58 @@ def test_leaf_needs_service_write(acl: ACLAgent) -> None:
     assert acl.call("GET", "/v1/agent/connect/ca/leaf/web", token=other).status == 403
     leaf = acl.call("GET", "/v1/agent/connect/ca/leaf/web", token=web)
     assert leaf.status == 200 and "PrivateKeyPEM" in leaf.json()
+
+
+def _run_envoy(acl: ACLAgent, token: str) -> tuple[subprocess.Popen[bytes], int, str]:
+    admin = free_ports(1)[0]
+    fd, log_path = tempfile.mkstemp(prefix="envoy-acl-", suffix=".log")
+    env = {
+        **os.environ,
+        "PYTHONPATH": REPO,
+        "MESHD_HTTP_ADDR": acl.proc.http,
+        "MESHD_HTTP_TOKEN": token,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meshd", "connect", "envoy", "-sidecar-for", "web",
+         f"-grpc-addr=127.0.0.1:{acl.proc.grpc_port}", f"-admin-bind=127.0.0.1:{admin}",
+         "--", "--base-id", str(admin)],
+        stdout=fd, stderr=subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    os.close(fd)
+    return proc, admin, log_path
+
+
+def _admin(port: int, path: str) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+            return str(r.read().decode())
+    except OSError:
+        return ""
+
+
+def _log(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _identity_token(acl: ACLAgent, service: str) -> str:
+    body = {"ServiceIdentities": [{"ServiceName": service}]}
+    return str(acl.ok("PUT", "/v1/acl/token", body)["SecretID"])
+
+
+def test_real_envoy_gets_its_key_only_with_the_right_token(acl: ACLAgent) -> None:
+    web, other = _identity_token(acl, "web"), _identity_token(acl, "db")
+    denied, denied_admin, denied_log = _run_envoy(acl, other)
+    allowed, allowed_admin, _ = _run_envoy(acl, web)
+    try:
+        wait_for(lambda: "spiffe://" in _admin(allowed_admin, "/certs"), timeout=20)
+        wait_for(
+            lambda: "lacks permission 'service:write' on \"web\"" in _log(denied_log),
+            timeout=20,
+        )
+        assert '"certificates": []' in _admin(denied_admin, "/certs")
+        assert "public_listener" not in _admin(denied_admin, "/listeners")
+    finally:
+        for p in (denied, allowed):
+            p.terminate()
+            p.wait(10)
