@@ -10,9 +10,9 @@ passes every request straight through.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from meshd.acl import MANAGEMENT, Access, Authorizer, PermissionDeniedError
@@ -52,7 +52,7 @@ def _deny(message: str) -> web.Response:
 
 
 def _filter(body: bytes, authz: Authorizer, keep: Any) -> tuple[bytes, bool]:
-    data = json.loads(body)
+    data = orjson.loads(body)
     if isinstance(data, list):
         kept: Any = [row for row in data if keep(authz, row)]
         dropped = len(kept) != len(data)
@@ -62,7 +62,7 @@ def _filter(body: bytes, authz: Authorizer, keep: Any) -> tuple[bytes, bool]:
         dropped = len(kept) != len(data)
     else:
         return body, False
-    return (json.dumps(kept).encode() if dropped else body), dropped
+    return (orjson.dumps(kept) if dropped else body), dropped
 
 
 @web.middleware
@@ -90,7 +90,9 @@ async def acl_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         return _deny(str(e))
     except PermissionDeniedError as e:
         return _deny(str(e))
-    if perm.keep is not None and isinstance(resp, web.Response) and resp.status == 200:
+    if perm.keep is None or (perm.skip is not None and perm.skip(request, authz)):
+        return resp
+    if isinstance(resp, web.Response) and resp.status == 200:
         raw = resp.body
         if isinstance(raw, bytes) and raw:
             body, dropped = _filter(raw, authz, perm.keep)

@@ -7,6 +7,7 @@ for any registered route without a row.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,10 +28,26 @@ Check = Callable[[web.Request, Authorizer], Awaitable[None]]
 Keep = Callable[[Authorizer, Any], bool]
 
 
+Skip = Callable[[web.Request, Authorizer], bool]
+
+
 @dataclass(frozen=True)
 class Perm:
+    """`skip`: the token reads every row this answer can hold, so `keep` need not run (the
+    answer is not decoded at all: the common case, and the hot path)."""
+
     check: Check | None = None
     keep: Keep | None = None
+    skip: Skip | None = None
+
+
+def reads_all(*resources: str) -> Skip:
+    return lambda request, authz: all(authz.reads_all(r) for r in resources)
+
+
+def _named_service(request: web.Request, authz: Authorizer) -> bool:
+    """One service's instances: that service readable and every node readable."""
+    return authz.allowed("service", request.match_info["name"], R) and authz.reads_all("node")
 
 
 # ---- checks -------------------------------------------------------------------------------
@@ -261,7 +278,10 @@ ACL_WRITE = Perm(need("acl", W))
 AGENT_READ = Perm(need("agent", R, this_node))
 AGENT_WRITE = Perm(need("agent", W, this_node))
 SERVICE_READ = Perm(need("service", R, path("name")))
-CHECK_ROWS = Perm(keep=_check_row)
+CHECK_ROWS = Perm(keep=_check_row, skip=reads_all("node", "service"))
+SESSION_ROWS = Perm(keep=keep_session, skip=reads_all("session"))
+INSTANCES = Perm(keep=_instance_row, skip=_named_service)
+CATALOG_ROWS = Perm(keep=keep_catalog_row, skip=_named_service)
 
 PERMISSIONS: dict[tuple[str, str], Perm] = {
     # agent
@@ -269,11 +289,11 @@ PERMISSIONS: dict[tuple[str, str], Perm] = {
     ("GET", "/v1/agent/connect/ca/leaf/{service}"): Perm(need("service", W, path("service"))),
     ("GET", "/v1/agent/health/service/id/{sid}"): Perm(_local_service_read),
     ("GET", "/v1/agent/health/service/name/{name}"): SERVICE_READ,
-    ("GET", "/v1/agent/members"): Perm(keep=keep_member),
+    ("GET", "/v1/agent/members"): Perm(keep=keep_member, skip=reads_all("node")),
     ("GET", "/v1/agent/metrics"): AGENT_READ,
     ("GET", "/v1/agent/self"): AGENT_READ,
     ("GET", "/v1/agent/service/{sid}"): Perm(_local_service_read),
-    ("GET", "/v1/agent/services"): Perm(keep=keep_agent_service),
+    ("GET", "/v1/agent/services"): Perm(keep=keep_agent_service, skip=reads_all("service")),
     ("POST", "/v1/agent/connect/authorize"): Perm(_authorize_target),
     ("PUT", "/v1/agent/check/deregister/{cid}"): Perm(_local_check_write),
     ("PUT", "/v1/agent/check/fail/{cid}"): Perm(_local_check_write),
@@ -289,28 +309,30 @@ PERMISSIONS: dict[tuple[str, str], Perm] = {
     ("PUT", "/v1/agent/service/deregister/{sid}"): Perm(_local_service_write),
     ("PUT", "/v1/agent/service/maintenance/{sid}"): Perm(_local_service_write),
     # catalog and health: reads are filtered
-    ("GET", "/v1/catalog/connect/{name}"): Perm(keep=keep_catalog_row),
+    ("GET", "/v1/catalog/connect/{name}"): CATALOG_ROWS,
     ("GET", "/v1/catalog/datacenters"): OPEN,
     ("GET", "/v1/catalog/node/{node}"): Perm(need("node", R, path("node"))),
-    ("GET", "/v1/catalog/nodes"): Perm(keep=keep_node_row),
-    ("GET", "/v1/catalog/service/{name}"): Perm(keep=keep_catalog_row),
-    ("GET", "/v1/catalog/services"): Perm(keep=keep_service_key),
+    ("GET", "/v1/catalog/nodes"): Perm(keep=keep_node_row, skip=reads_all("node")),
+    ("GET", "/v1/catalog/service/{name}"): CATALOG_ROWS,
+    ("GET", "/v1/catalog/services"): Perm(keep=keep_service_key, skip=reads_all("service")),
     ("PUT", "/v1/catalog/register"): Perm(_catalog_register),
     ("PUT", "/v1/catalog/deregister"): Perm(_catalog_deregister),
     ("GET", "/v1/health/checks/{service}"): CHECK_ROWS,
-    ("GET", "/v1/health/connect/{name}"): Perm(keep=_instance_row),
+    ("GET", "/v1/health/connect/{name}"): INSTANCES,
     ("GET", "/v1/health/node/{node}"): CHECK_ROWS,
-    ("GET", "/v1/health/service/{name}"): Perm(keep=_instance_row),
+    ("GET", "/v1/health/service/{name}"): INSTANCES,
     ("GET", "/v1/health/state/{state}"): CHECK_ROWS,
     # config entries, CA, intentions, discovery chains
-    ("GET", "/v1/config/{kind}"): Perm(keep=_config_row),
+    ("GET", "/v1/config/{kind}"): Perm(
+        keep=_config_row, skip=reads_all("service", "intention", "mesh")
+    ),
     ("GET", "/v1/config/{kind}/{name}"): Perm(_config(R)),
     ("PUT", "/v1/config"): Perm(_config(W)),
     ("DELETE", "/v1/config/{kind}/{name}"): Perm(_config(W)),
     ("GET", "/v1/connect/ca/configuration"): Perm(need("operator", R)),
     ("PUT", "/v1/connect/ca/configuration"): Perm(need("operator", W)),
     ("GET", "/v1/connect/ca/roots"): OPEN,
-    ("GET", "/v1/connect/intentions"): Perm(keep=keep_intention),
+    ("GET", "/v1/connect/intentions"): Perm(keep=keep_intention, skip=reads_all("intention")),
     ("POST", "/v1/connect/intentions"): Perm(_intention_create),
     ("GET", "/v1/connect/intentions/check"): Perm(need("intention", R, query("destination"))),
     ("GET", "/v1/connect/intentions/exact"): Perm(need("intention", R, query("destination"))),
@@ -320,14 +342,14 @@ PERMISSIONS: dict[tuple[str, str], Perm] = {
     ("GET", "/v1/discovery-chain/{service}"): Perm(need("service", R, path("service"))),
     ("POST", "/v1/discovery-chain/{service}"): Perm(need("service", R, path("service"))),
     # events, KV, sessions, transactions
-    ("GET", "/v1/event/list"): Perm(keep=keep_event),
+    ("GET", "/v1/event/list"): Perm(keep=keep_event, skip=reads_all("event")),
     ("PUT", "/v1/event/fire/{name}"): Perm(need("event", W, path("name"))),
-    ("GET", "/v1/kv/{key}"): Perm(_kv_read, keep_kv),
+    ("GET", "/v1/kv/{key}"): Perm(_kv_read, keep_kv, reads_all("key")),
     ("PUT", "/v1/kv/{key}"): Perm(need("key", W, path("key"))),
     ("DELETE", "/v1/kv/{key}"): Perm(need("key", W, path("key"))),
-    ("GET", "/v1/session/info/{id}"): Perm(keep=keep_session),
-    ("GET", "/v1/session/list"): Perm(keep=keep_session),
-    ("GET", "/v1/session/node/{node}"): Perm(keep=keep_session),
+    ("GET", "/v1/session/info/{id}"): SESSION_ROWS,
+    ("GET", "/v1/session/list"): SESSION_ROWS,
+    ("GET", "/v1/session/node/{node}"): SESSION_ROWS,
     ("PUT", "/v1/session/create"): Perm(_session_create),
     ("PUT", "/v1/session/destroy/{id}"): Perm(_session_by_id),
     ("PUT", "/v1/session/renew/{id}"): Perm(_session_by_id),
@@ -363,6 +385,7 @@ PERMISSIONS: dict[tuple[str, str], Perm] = {
 }
 
 
+@functools.lru_cache(maxsize=1024)
 def route_key(method: str, canonical: str) -> tuple[str, str]:
     """The table's key: HEAD is GET's, and a path part's regex (`{key:.*}`) is dropped."""
     parts = [

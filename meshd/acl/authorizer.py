@@ -95,6 +95,7 @@ class Authorizer:
         self._single: dict[str, str] = {}
         self._tables: dict[str, _Table] = {}
         self._intentions = _Table()
+        self._reads_all: dict[str, bool] = {}
         for r in rules:
             if r.resource in SINGLE:
                 self._single[r.resource] = _merge(self._single.get(r.resource, ""), r.policy)
@@ -125,6 +126,26 @@ class Authorizer:
         if policy is None:
             return self.default_allow and resource != "acl"
         return access in _GRANTS[policy]
+
+    def reads_all(self, resource: str) -> bool:
+        """True when every name of `resource` is readable: lets a list answer skip filtering."""
+        known = self._reads_all.get(resource)
+        if known is None:
+            known = self._reads_all[resource] = self._reads_everything(resource)
+        return known
+
+    def _reads_everything(self, resource: str) -> bool:
+        if self.management:
+            return True
+        if resource in SINGLE:
+            return self.allowed(resource, "", Access.READ)
+        table = self._intentions if resource == "intention" else self._tables.get(resource)
+        if table is None:
+            return self.default_allow and resource != "acl"
+        base = table.prefix.get("")
+        covered = self.default_allow if base is None else Access.READ in _GRANTS[base]
+        rows = [*table.exact.values(), *table.prefix.values()]
+        return covered and all(Access.READ in _GRANTS[p] for p in rows)
 
     def check(self, resource: str, name: str, access: Access) -> None:
         if not self.allowed(resource, name, access):

@@ -143,3 +143,24 @@ def test_repeated_blocks_all_count() -> None:
         ("service", "c", "deny"),
         ("key", "k", "read"),
     }
+
+
+@pytest.mark.parametrize(
+    ("rules", "default", "resource", "expected"),
+    [
+        ('node_prefix "" { policy = "read" }', "deny", "node", True),
+        ('node_prefix "" { policy = "read" }\nnode "x" { policy = "deny" }', "deny", "node", False),
+        ('node_prefix "a" { policy = "read" }', "deny", "node", False),  # "b..." is not covered
+        ('node_prefix "a" { policy = "read" }', "allow", "node", True),
+        ('node "x" { policy = "deny" }', "allow", "node", False),
+        ('service_prefix "" { policy = "write" }', "deny", "service", True),
+        ("", "deny", "service", False),
+        ("", "allow", "acl", False),
+        ('operator = "read"', "deny", "mesh", True),
+    ],
+)
+def test_reads_all_lets_lists_skip_filtering(
+    rules: str, default: str, resource: str, expected: bool
+) -> None:
+    """A wrong True here would leak rows a token may not read: each case is checked both ways."""
+    assert build_authorizer(parse_rules(rules), default).reads_all(resource) is expected
