@@ -12,11 +12,10 @@ import hmac
 import logging
 import time
 from collections import OrderedDict
-from datetime import UTC, datetime
 
 from meshd import queries as q
 from meshd.acl import MANAGEMENT, Authorizer, build_authorizer, parse_rules
-from meshd.acl.model import ANONYMOUS_ACCESSOR
+from meshd.acl.model import ANONYMOUS_ACCESSOR, expired
 from meshd.acl.settings import ACLConfig
 from meshd.agent.backend import CatalogBackend
 from meshd.server.raft import RaftError
@@ -30,18 +29,6 @@ class ACLNotFoundError(Exception):
 
     def __init__(self) -> None:
         super().__init__("ACL not found")
-
-
-def expired(expiration_time: str, now: float | None = None) -> bool:
-    if not expiration_time:
-        return False
-    try:
-        when = datetime.fromisoformat(expiration_time.replace("Z", "+00:00"))
-    except ValueError:
-        return True  # an unreadable expiry must not make a token live forever
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.timestamp() <= (time.time() if now is None else now)
 
 
 class TokenResolver:

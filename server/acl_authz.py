@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from meshd.acl import MANAGEMENT, Access, Authorizer, build_authorizer, parse_rules
-from meshd.acl.model import ACLPolicyOp, ACLRoleOp, ACLTokenOp
+from meshd.acl.model import ACLPolicyOp, ACLRoleOp, ACLTokenOp, expired
 from meshd.acl.settings import ACLConfig
 from meshd.server.acl_state import ACLState
 from meshd.structs import (
@@ -130,7 +130,7 @@ def server_authorizer(config: ACLConfig, state: ACLState, secret: str) -> Author
     if initial and hmac.compare_digest(initial.encode(), secret.encode()):
         return MANAGEMENT
     resolved = state.resolve(secret)
-    if resolved is None:
+    if resolved is None or expired(resolved.ExpirationTime):
         raise TokenNotFoundError("ACL not found")
     if resolved.Management:
         return Authorizer(management=True, accessor=resolved.AccessorID)

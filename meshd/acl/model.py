@@ -7,6 +7,9 @@ body). IDs, secrets and times are chosen by the agent that receives the request,
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
+
 import msgspec
 
 MANAGEMENT_POLICY_ID = "00000000-0000-0000-0000-000000000001"
@@ -95,3 +98,15 @@ class ResolvedToken(msgspec.Struct):
     Management: bool = False
     Rules: list[str] = []
     ExpirationTime: str = ""
+
+
+def expired(expiration_time: str, now: float | None = None) -> bool:
+    if not expiration_time:
+        return False
+    try:
+        when = datetime.fromisoformat(expiration_time.replace("Z", "+00:00"))
+    except ValueError:
+        return True  # an unreadable expiry must not make a token live forever
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp() <= (time.time() if now is None else now)

@@ -95,3 +95,17 @@ def test_acl_state_survives_a_snapshot() -> None:
     assert copy.acl.tokens == store.acl.tokens
     assert copy.acl.bootstrap_index == 1
     assert copy.acl.resolve(boot.SecretID) == store.acl.resolve(boot.SecretID)
+
+
+def test_servers_refuse_an_expired_token() -> None:
+    from meshd.acl.settings import ACLConfig
+    from meshd.server.acl_authz import TokenNotFoundError, server_authorizer
+
+    store = Store()
+    live, dead = _token(), _token(ExpirationTime="2020-01-01T00:00:00Z")
+    for tok in (live, dead):
+        _apply(store, ACLTokenOp(Op="set", Token=tok))
+    cfg = ACLConfig(enabled=True, default_policy="deny")
+    assert server_authorizer(cfg, store.acl, live.SecretID).accessor == live.AccessorID
+    with pytest.raises(TokenNotFoundError):
+        server_authorizer(cfg, store.acl, dead.SecretID)
