@@ -9,6 +9,8 @@ import pytest
 from meshd import queries as q
 from meshd.acl import Access, build_authorizer, parse_rules
 from meshd.acl.model import ACLLink, ACLPolicy, ACLPolicyOp, ACLToken, ACLTokenOp
+from meshd.acl.settings import ACLConfig
+from meshd.server.acl_authz import TokenNotFoundError, server_authorizer
 from meshd.server.authority import CommandForbiddenError, Origin, admit
 from meshd.server.reads import run_query
 from meshd.server.store import CommandError, Store
@@ -98,9 +100,6 @@ def test_acl_state_survives_a_snapshot() -> None:
 
 
 def test_servers_refuse_an_expired_token() -> None:
-    from meshd.acl.settings import ACLConfig
-    from meshd.server.acl_authz import TokenNotFoundError, server_authorizer
-
     store = Store()
     live, dead = _token(), _token(ExpirationTime="2020-01-01T00:00:00Z")
     for tok in (live, dead):
