@@ -16,9 +16,14 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from helpers import free_port
 
+from meshd.acl import Access
 from meshd.acl.model import ACLLink, ACLPolicy, ACLPolicyOp, ACLToken, ACLTokenOp
 from meshd.acl.settings import ACLConfig, ACLTokens
+from meshd.agent.acl import ACLNotFoundError, TokenResolver
+from meshd.agent.backend import RemoteBackend
 from meshd.rpc import AUTH_HEADER, WriteReply, WriteRequest, encoder, sign
+from meshd.rpc_client import RPCClient
+from meshd.server.authority import CommandForbiddenError
 from meshd.server.cluster import Server, ServerSettings
 from meshd.server.rpc import make_rpc_app
 from meshd.structs import KVOp, NodeService, Register
@@ -109,3 +114,26 @@ async def test_no_token_and_unknown_token_are_refused(rpc: RPC) -> None:
     unknown = await rpc.write(_register("node-a"), str(uuid.uuid4()))
     assert (unknown.Code, unknown.Error) == (403, "ACL not found")
     assert "node-a" not in rpc.server.store.nodes
+
+
+async def test_a_client_agent_resolves_and_writes_with_tokens_over_rpc(rpc: RPC) -> None:
+    """A client agent's RemoteBackend: token resolution is one read over RPC, its compiled
+    authorizer is cached, and a write carries the token the caller gave."""
+    accessor, secret = await _agent_token(rpc, "node-a")
+    port = rpc.client.server.port
+    backend = RemoteBackend(RPCClient([f"127.0.0.1:{port}"], KEY, default_port=port), token="")
+    resolver = TokenResolver(rpc.server.s.acl, backend)
+    try:
+        authz = await resolver.resolve(secret)
+        assert authz.accessor == accessor
+        assert authz.allowed("node", "node-a", Access.WRITE)
+        assert not authz.allowed("node", "node-b", Access.WRITE)
+        with pytest.raises(ACLNotFoundError):
+            await resolver.resolve(str(uuid.uuid4()))
+        assert await backend.write(_register("node-a"), secret) is True
+        with pytest.raises(CommandForbiddenError, match="lacks permission"):
+            await backend.write(_register("node-b"), secret)
+        with pytest.raises(CommandForbiddenError):  # the agent's own token: none configured
+            await backend.write(_register("node-a", "api"))
+    finally:
+        await backend.rpc.close()
