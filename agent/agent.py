@@ -14,17 +14,19 @@ import os
 import ssl
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from meshd import __version__
+from meshd import keyring
+from meshd import queries as q
 from meshd.agent import dns_acl, mesh_acl
 from meshd.agent.acl import TokenResolver
 from meshd.agent.antientropy import AntiEntropy
 from meshd.agent.backend import CatalogBackend, LocalBackend, RemoteBackend
 from meshd.agent.cache import WatchCache
 from meshd.agent.checks import CheckRunner
+from meshd.agent.coordinate_client import AgentCoordinate
 from meshd.agent.definitions import (
     CheckDefinition,
     DefinitionError,
@@ -37,6 +39,7 @@ from meshd.agent.dns_server import DNSServer
 from meshd.agent.events import EventReceiver
 from meshd.agent.http.guard import ConnectionLimits, GuardedSite, runner_options
 from meshd.agent.http.server import make_app
+from meshd.agent.keyring_client import AgentKeyring
 from meshd.agent.local import LocalState, UnknownCheckError
 from meshd.agent.mesh import MeshManager
 from meshd.agent.persist import Persisted
@@ -49,9 +52,17 @@ from meshd.metrics import Stats
 from meshd.rpc import Heartbeat, PeerChange
 from meshd.rpc_client import RPCClient
 from meshd.server.cluster import Server, ServerSettings
-from meshd.server.raft import reserve_port
+from meshd.server.raft import RaftError, reserve_port
 from meshd.server.rpc import make_rpc_app
-from meshd.structs import HEALTH_CRITICAL, Barrier, Deregister, HealthCheck
+from meshd.server.store import CommandError
+from meshd.structs import (
+    HEALTH_CRITICAL,
+    HEALTH_PASSING,
+    SERF_CHECK_ID,
+    Barrier,
+    Deregister,
+    HealthCheck,
+)
 from meshd.tls import server_hostname, tls_contexts
 from meshd.validate import Limits
 from meshd.watchplan import WatchError
@@ -81,12 +92,12 @@ class StartError(Exception):
     """The agent cannot start with this configuration; the text says why."""
 
 
-def _raft_password(cfg: Config) -> str | None:
+def _raft_password(cfg: Config, primary: str | None) -> str | None:
     """The Raft transport key. A server with no peers to come (dev, or a lone server) gets a
     random one per start when none is configured: nobody else needs it, and it closes the
     pickle-speaking Raft port to other local users, whom loopback does not keep out."""
-    if cfg.encrypt:
-        return cfg.encrypt
+    if primary:
+        return primary
     if _lone_server(cfg):
         return base64.b64encode(os.urandom(32)).decode()
     return None  # unreachable for a server: start() refuses one with peers and no key
@@ -147,6 +158,8 @@ class Agent:
         self._tasks: list[asyncio.Task[None]] = []
         self._heartbeat_ok = asyncio.Event()
         self.stats = Stats()
+        self.coordinate = AgentCoordinate()
+        self.keyring = AgentKeyring(config)
         self._mesh_started = False
         self.mesh: MeshManager
         self._rpc_runner: web.AppRunner | None = None
@@ -166,7 +179,8 @@ class Agent:
 
     async def start(self) -> None:
         cfg = self.config
-        key = base64.b64decode(cfg.encrypt) if cfg.encrypt else None
+        primary = self.keyring.primary
+        key = keyring.hmac_key(primary) if primary else None
         ssl_server, ssl_client = self.ssl_contexts = tls_contexts(cfg)
         server_name = server_hostname(cfg) if cfg.tls.verify_server_hostname else None
         if cfg.server:
@@ -188,7 +202,8 @@ class Agent:
                     raft_port=dev_raft.getsockname()[1] if dev_raft else cfg.ports.raft,
                     data_dir=cfg.data_dir,
                     key=key,
-                    password=_raft_password(cfg),
+                    password=_raft_password(cfg, primary),
+                    keyring=list(self.keyring.keys),
                     bootstrap_expect=cfg.bootstrap_expect or 1,
                     retry_join=list(cfg.retry_join),
                     retry_interval=min(cfg.retry_interval, 30.0),
@@ -362,7 +377,15 @@ class Agent:
         beats = 0
         while True:
             try:
-                await self.backend.heartbeat(hb)
+                hb.Coord = self.coordinate.coord.to_json()
+                if self.server is not None:
+                    self.keyring.follow(self.server.keys)
+                hb.KeyringVersion = self.keyring.version
+                hb.KeyFingerprints = self.keyring.fingerprints()
+                sent = time.monotonic()
+                reply = await self.backend.heartbeat(hb)
+                self.coordinate.observe(reply, time.monotonic() - sent)
+                self.keyring.observe(reply, self.rpc)
                 self._heartbeat_ok.set()
                 beats += 1
                 if isinstance(self.backend, RemoteBackend) and beats % 30 == 1:
@@ -397,6 +420,27 @@ class Agent:
             await asyncio.wait_for(self._heartbeat_ok.wait(), max(deadline - time.monotonic(), 0.1))
         except TimeoutError:
             log.warning("no server has answered a heartbeat yet")
+            return
+        await self._wait_node_alive(deadline)
+
+    async def _wait_node_alive(self, deadline: float) -> None:
+        """Until the leader's `serfHealth` verdict on this node is in the catalog: a user who
+        reads /v1/agent/members or the node's checks right after start sees this node, as with
+        Consul, whose agent joins Serf before it serves."""
+        index = 0
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                res = await self.backend.read(
+                    q.NodeInfo(Node=self.config.node_name), min_index=index, wait=min(left, 5.0)
+                )
+            except (RaftError, CommandError) as e:
+                log.debug("waiting for this node's serfHealth: %s", e)
+                await asyncio.sleep(0.1)
+                continue
+            checks = res.value[2] if res.value else []
+            if any(c.CheckID == SERF_CHECK_ID and c.Status == HEALTH_PASSING for c in checks):
+                return
+            index = res.index
 
     async def stop(self) -> None:
         if self.kube is not None:
@@ -569,60 +613,6 @@ class Agent:
 
     # ---- introspection --------------------------------------------------------------------
 
-    async def members(self) -> list[dict[str, Any]]:
-        cfg = self.config
-        out = []
-        for m in await self.backend.members():
-            port = int(m.RPCAddr.rsplit(":", 1)[1]) if m.RPCAddr else cfg.ports.server
-            out.append(
-                {
-                    "Name": m.Name,
-                    "Addr": m.Addr,
-                    "Port": port,
-                    "Tags": {
-                        "role": m.Role,
-                        "dc": m.Datacenter or cfg.datacenter,
-                        "build": __version__,
-                        "port": str(port),
-                        "vsn": "2",
-                    },
-                    "Status": m.Status,
-                    "ProtocolMin": 1,
-                    "ProtocolMax": 5,
-                    "ProtocolCur": 2,
-                    "DelegateMin": 2,
-                    "DelegateMax": 5,
-                    "DelegateCur": 4,
-                }
-            )
-        return out
-
-    def self_info(self) -> dict[str, Any]:
-        cfg = self.config
-        return {
-            "Config": {
-                "Datacenter": cfg.datacenter,
-                "NodeName": cfg.node_name,
-                "NodeID": self.local.node_id,
-                "Server": bool(cfg.server or cfg.dev),
-                "Revision": "",
-                "Version": __version__,
-                "PrimaryDatacenter": cfg.datacenter,
-            },
-            "DebugConfig": {},
-            "Member": (self._members_now()),
-            "Meta": dict(cfg.node_meta),
-            "xDS": {"Port": cfg.ports.grpc},
-        }
-
-    def _members_now(self) -> dict[str, Any]:
-        return {
-            "Name": self.config.node_name,
-            "Addr": self.address,
-            "Port": self.config.ports.raft,
-            "Status": 1,
-        }
-
     # ---- operating the servers ------------------------------------------------------------
 
     def _require_server(self) -> Server:
@@ -631,7 +621,7 @@ class Agent:
         return self.server
 
     def server_name(self, raft_addr: str) -> str:
-        if self.server is not None and raft_addr == self.server.raft_addr:
+        if self.server is not None and raft_addr in (self.server.raft_addr, self.server.rpc_addr):
             return self.config.node_name
         host = raft_addr.rsplit(":", 1)[0]
         if self.server is not None:
@@ -642,7 +632,8 @@ class Agent:
         return host
 
     async def remove_peer(self, addr: str) -> None:
-        await self._require_server().change_peer(PeerChange(RaftAddr=addr, Remove=True))
+        server = self._require_server()
+        await server.change_peer(PeerChange(RaftAddr=server.raft_of(addr), Remove=True))
 
     async def snapshot(self) -> tuple[int, bytes]:
         """A consistent point-in-time copy: a barrier first, so every committed write is in."""

@@ -19,7 +19,15 @@ import msgspec
 from meshd import queries as q
 from meshd.agent.backend import CatalogBackend
 from meshd.agent.local import LocalState
-from meshd.structs import SERF_CHECK_ID, Batch, Deregister, HealthCheck, NodeService, Register
+from meshd.structs import (
+    CONSUL_SERVICE,
+    SERF_CHECK_ID,
+    Batch,
+    Deregister,
+    HealthCheck,
+    NodeService,
+    Register,
+)
 
 log = logging.getLogger("meshd.antientropy")
 replace = msgspec.structs.replace
@@ -58,14 +66,12 @@ def diff_node(local: LocalState, remote: Any) -> list[Register | Deregister]:
         ops.append(node_reg)
     remote_svcs = {s.ID: s for s in rsvcs}
     remote_checks = {c.CheckID: c for c in rchecks}
-    for sid in remote_svcs.keys() - local.services.keys():
+    # the servers own the `consul` service of a server's node (as Consul's anti-entropy skips it)
+    remote_only = remote_svcs.keys() - local.services.keys() - {CONSUL_SERVICE}
+    for sid in remote_only:
         ops.append(Deregister(Node=local.node, ServiceID=sid))
     for cid, c in remote_checks.items():
-        if (
-            cid not in local.checks
-            and cid != SERF_CHECK_ID
-            and c.ServiceID not in (remote_svcs.keys() - local.services.keys())
-        ):
+        if cid not in local.checks and cid != SERF_CHECK_ID and c.ServiceID not in remote_only:
             ops.append(Deregister(Node=local.node, CheckID=cid))
     for sid, svc in local.services.items():
         r = remote_svcs.get(sid)

@@ -30,6 +30,7 @@ from meshd.rpc import (
 from meshd.rpc_client import RPCClient, RPCError
 from meshd.server.authority import CommandForbiddenError, Origin, check_command
 from meshd.server.cluster import Server
+from meshd.server.operator import OperatorRequest
 from meshd.server.raft import RaftError
 from meshd.server.store import CommandError, StateConflictError
 from meshd.structs import Command, Session
@@ -66,9 +67,13 @@ class CatalogBackend(Protocol):
         self, query: q.Query, *, min_index: int = 0, wait: float = 0.0, consistency: str = "default"
     ) -> ReadResult: ...
 
-    async def status(self) -> tuple[str, list[str]]: ...
+    async def status(self) -> tuple[str, list[str]]:
+        """(leader, peers) as server RPC addresses, as Consul's /v1/status reports them."""
+        ...
 
-    async def heartbeat(self, hb: Heartbeat) -> None: ...
+    async def heartbeat(self, hb: Heartbeat) -> Any:
+        """The leader's reply: its node name and coordinate (for the sender's RTT sample)."""
+        ...
 
     async def members(self) -> list[Member]: ...
 
@@ -77,6 +82,9 @@ class CatalogBackend(Protocol):
     async def set_ca_config(self, config: dict[str, Any], force_rotate: bool) -> None: ...
 
     async def renew_session(self, sid: str) -> list[Session]: ...
+    async def operator(self, req: OperatorRequest) -> Any:
+        """An operator request answered by the leader (server/operator.py)."""
+        ...
 
 
 def blocking_wait(wait: float) -> float:
@@ -103,10 +111,13 @@ class LocalBackend:
         raft = self.server.raft
         if raft is None:
             return "", []
-        return raft.leader(), raft.peers()
+        leader = raft.leader()
+        return (self.server.rpc_of(leader) if leader else ""), [
+            self.server.rpc_of(p) for p in raft.peers()
+        ]
 
-    async def heartbeat(self, hb: Heartbeat) -> None:
-        await self.server.heartbeat(hb)
+    async def heartbeat(self, hb: Heartbeat) -> Any:
+        return await self.server.heartbeat(hb)
 
     async def members(self) -> list[Member]:
         return await self.server.member_list()
@@ -119,6 +130,9 @@ class LocalBackend:
 
     async def renew_session(self, sid: str) -> list[Session]:
         return await self.server.renew_session(sid)
+
+    async def operator(self, req: OperatorRequest) -> Any:
+        return await self.server.operator(req)
 
 
 class RemoteBackend:
@@ -179,10 +193,11 @@ class RemoteBackend:
 
     async def status(self) -> tuple[str, list[str]]:
         info = await self.rpc.call("info", b"", ServerInfo)
-        return info.Leader, info.Peers
+        rpc = dict((raft, addr) for raft, addr in info.Known)
+        return rpc.get(info.Leader, info.Leader), [rpc.get(p, p) for p in info.Peers]
 
-    async def heartbeat(self, hb: Heartbeat) -> None:
-        await self.rpc.call("heartbeat", hb, bool, timeout=3.0)
+    async def heartbeat(self, hb: Heartbeat) -> Any:
+        return await self.rpc.call("heartbeat", hb, Any, timeout=3.0)
 
     async def members(self) -> list[Member]:
         return await self.rpc.call("members", b"", list[Member])
@@ -204,4 +219,12 @@ class RemoteBackend:
         try:
             return await self.rpc.call("session_renew", SessionRenew(ID=sid), list[Session])
         except RPCError as e:
+            raise RaftError(str(e)) from None
+
+    async def operator(self, req: OperatorRequest) -> Any:
+        try:
+            return await self.rpc.call("operator", req, Any, timeout=15.0)
+        except RPCError as e:
+            if e.code == 400:
+                raise CommandError(str(e)) from None
             raise RaftError(str(e)) from None

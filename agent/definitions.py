@@ -17,7 +17,7 @@ from meshd.config import ConfigError, parse_duration
 from meshd.jsonshape import JSONShapeError, check_json_shape
 from meshd.structs import HEALTH_STATES, SERF_CHECK_ID, HealthCheck, NodeService, Weights
 
-log = logging.getLogger("meshd.checks")
+log = logging.getLogger("meshd.agent")
 
 MIN_INTERVAL = 1.0  # seconds; Consul's agent/checks.MinInterval
 
@@ -295,6 +295,38 @@ def check_list(value: Any, where: str) -> list[Any]:
     return value
 
 
+def _tagged_addresses(v: Any, where: str) -> dict[str, Any]:
+    """Consul's service tagged addresses: name -> {"Address", "Port"} (a ServiceAddress)."""
+    out: dict[str, Any] = {}
+    for key, raw in _typed({"t": v}, "t", dict, where, {}).items():
+        a = _fold(raw, f"{where}: TaggedAddresses[{key!r}]")
+        unknown = sorted(set(a) - {"address", "port"})
+        if unknown:
+            raise DefinitionError(
+                f"{where}: TaggedAddresses[{key!r}]: unknown field {unknown[0]!r}"
+            )
+        out[key] = {
+            "Address": _typed(a, "address", str, f"{where}: TaggedAddresses[{key!r}]", ""),
+            "Port": _typed(a, "port", int, f"{where}: TaggedAddresses[{key!r}]", 0),
+        }
+    return out
+
+
+def _locality(v: Any, where: str) -> dict[str, str] | None:
+    """Consul 1.17's `Locality {Region, Zone}`: where the instance runs, for locality-aware
+    routing; kept and reported as given."""
+    if v is None:
+        return None
+    loc = _fold(v, f"{where}: Locality")
+    unknown = sorted(set(loc) - {"region", "zone"})
+    if unknown:
+        raise DefinitionError(f"{where}: Locality: unknown field {unknown[0]!r}")
+    return {
+        "Region": _typed(loc, "region", str, f"{where}: Locality", ""),
+        "Zone": _typed(loc, "zone", str, f"{where}: Locality", ""),
+    }
+
+
 _SERVICE_KEYS = {
     "id",
     "name",
@@ -338,8 +370,13 @@ def parse_service(raw: dict[str, Any]) -> ServiceDefinition:
         raise DefinitionError("Missing service name")
     sid = _typed(d, "id", str, where, "") or name
     for what, v in (("name", name), ("ID", sid)):
-        if not validate.SERVICE_NAME_RE.match(v) or len(v) > validate.MAX_NAME:
-            raise DefinitionError(f"{where}: invalid service {what} {v!r}")
+        _servers_rule(validate.name, v, f"{where}: service {what}")
+    if not validate.dns_safe(name):
+        log.warning(
+            "Service name %r will not be discoverable via DNS: valid characters are letters, "
+            "digits and dashes, at most 63 of them",
+            name,
+        )
     tags = _typed(d, "tags", list, where, [])
     if not all(isinstance(t, str) for t in tags):
         raise DefinitionError(f"{where}: Tags must be a list of strings")
@@ -374,7 +411,8 @@ def parse_service(raw: dict[str, Any]) -> ServiceDefinition:
         Kind=kind,
         Proxy=_free_form(d, "proxy", where, None),
         Connect=_free_form(d, "connect", where, None),
-        TaggedAddresses=_free_form(d, "taggedaddresses", where, {}),
+        TaggedAddresses=_tagged_addresses(d.get("taggedaddresses"), where),
+        Locality=_locality(d.get("locality"), where),
     )
     _servers_rule(validate.service, svc)
     raw_checks: list[Any] = []

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from dnslib import CNAME, NS, PTR, SOA, SRV, TXT, DNSRecord
 
+from meshd import prepared_query as pq
 from meshd import queries as q
 from meshd.agent.dns_wire import (
     BADVERS,
@@ -83,10 +84,11 @@ _KINDS = frozenset((b"service", b"connect", b"node", b"addr", b"query", b"ingres
 _ADDR_TYPES = frozenset((T_A, T_AAAA, T_ANY))
 _IN_ADDR, _IP6 = (b"in-addr", b"arpa"), (b"ip6", b"arpa")
 _NODES = q.Nodes()
+_QUERIES = q.PreparedQueries()
 _zone_memo: dict[tuple[str, str | None], tuple[tuple[Labels, Labels], ...]] = {}
 
 
-DNSRead = q.ServiceNodes | q.Nodes  # the catalog reads an answer is built from
+DNSRead = q.ServiceNodes | q.Nodes | q.PreparedQueries  # the reads an answer is built from
 
 
 class DNSView(Protocol):
@@ -420,10 +422,12 @@ class _Query:
             return self.node(b".".join(orig).decode())
         if kind == b"addr" and len(names) == 1:
             return self.addr(names[0])
+        if kind == b"query" and len(names) == 1:
+            return self.prepared(orig[0].decode())
         return self.negative(NXDOMAIN)
 
     def service(self, name: str, tag_label: bytes | None, connect: bool = False) -> None:
-        view, cfg, qtype = self.view, self.cfg, self.qtype
+        view, cfg = self.view, self.cfg
         lookup = view.connect_instances if connect else view.service_instances
         lname = name.lower()
         instances = self.uses(q.ServiceNodes(Service=name, Connect=connect)) and lookup(name)
@@ -436,7 +440,34 @@ class _Query:
         if not healthy:
             return self.negative(NXDOMAIN)
         random.shuffle(healthy)
-        ttl = service_ttl(cfg, lname)
+        self.instances(healthy, service_ttl(cfg, lname))
+
+    def prepared(self, name: str) -> None:
+        """`NAME.query.DOMAIN`: a prepared query, executed as the HTTP API does (its filters,
+        its DNS TTL), answered like a service."""
+        queries = getattr(self.view, "prepared_queries", None)
+        if queries is None or not self.uses(_QUERIES):
+            return None if queries is not None else self.negative(NXDOMAIN)
+        resolved = pq.resolve(queries(), name)
+        if resolved is None:
+            return self.negative(NXDOMAIN)
+        query = resolved.query
+        svc = query["Service"]
+        connect = bool(svc["Connect"]["Enabled"])
+        if not self.uses(q.ServiceNodes(Service=svc["Service"], Connect=connect)):
+            return None
+        lookup = self.view.connect_instances if connect else self.view.service_instances
+        rows = pq.select(query, lookup(svc["Service"]))
+        if not rows:
+            return self.negative(NXDOMAIN)
+        warned = [(r, any(c.Status == HEALTH_WARNING for c in r.Checks)) for r in rows]
+        random.shuffle(warned)
+        ttl = pq.dns_ttl(query)
+        self.instances(warned, clamp_ttl(ttl) if ttl is not None else service_ttl(self.cfg, name))
+
+    def instances(self, healthy: list[tuple[CheckServiceNode, bool]], ttl: int) -> None:
+        """A/AAAA or SRV records for (instance, has a warning) pairs, in the order given."""
+        cfg, qtype = self.cfg, self.qtype
         if qtype in _ADDR_TYPES:
             seen: set[str] = set()
             limit = cfg.a_record_limit if cfg.a_record_limit > 0 else len(healthy)
@@ -581,20 +612,11 @@ class _Query:
         size = 12 + len(qwire) + sum(map(len, authority)) + len(opt)
         if size > limit:  # only a pathological SOA could do this; never exceed the limit anyway
             authority, size, keep, tc = [], 12 + len(qwire) + len(opt), 0, True
-        an: list[bytes] = []
-        ar: list[bytes] = []
-        seen: set[bytes] = set()
-        for rr, glue in answers[:keep]:
-            extra = [g for g in glue if g not in seen] if glue else glue
-            grow = len(rr) + sum(map(len, extra))
-            if size + grow > limit:
-                tc = True
-                break
-            size += grow
-            an.append(rr)
-            if extra:
-                ar.extend(extra)
-                seen.update(extra)
+        trimmed = keep < len(answers)
+        an, ar, overflow = _sections(answers, keep, size, limit, trimmed)
+        if overflow and not trimmed:
+            an, ar, overflow = _sections(answers, keep, size, limit, True)
+        tc = tc or overflow
         if opt:
             ar.append(opt)
         flags = header_flags(self.req, self.rcode, self.aa, tc, bool(cfg.recursors))
@@ -602,6 +624,30 @@ class _Query:
         return DNSOutcome(
             b"".join((head, qwire, *an, *authority, *ar)), rcode=self.rcode, truncated=tc
         )
+
+
+def _sections(
+    answers: list[tuple[bytes, Glue]], keep: int, size: int, limit: int, dedupe: bool
+) -> tuple[list[bytes], list[bytes], bool]:
+    """(answer, additional, overflowed). An answer that is not being trimmed carries one glue
+    record per SRV record even when targets repeat (HAProxy's server-template fills one slot per
+    additional record); once trimming, a target's glue is sent once, as Consul's syncExtra."""
+    an: list[bytes] = []
+    ar: list[bytes] = []
+    seen: set[bytes] | None = set() if dedupe else None
+    for rr, glue in answers[:keep]:
+        extra = glue
+        if seen is not None and glue:
+            extra = tuple(g for g in glue if g not in seen)
+            seen.update(extra)
+        grow = len(rr) + sum(map(len, extra))
+        if size + grow > limit:
+            return an, ar, True
+        size += grow
+        an.append(rr)
+        if extra:
+            ar.extend(extra)
+    return an, ar, False
 
 
 def _healthy(

@@ -59,6 +59,8 @@ def expand_sidecar(defn: ServiceDefinition, used_ports: set[int]) -> ServiceDefi
         "Address": sc.get("address") or svc.Address or "",
         "Tags": list(sc.get("tags") or svc.Tags),
         "Meta": dict(sc.get("meta") or svc.Meta),
+        # Consul: a sidecar runs where its service runs
+        "Locality": sc.get("locality") or svc.Locality,
         "Proxy": {
             "DestinationServiceName": svc.Service,
             "DestinationServiceID": svc.ID,

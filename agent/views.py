@@ -10,14 +10,17 @@ leaves every DNS answer cached). The cache view may lack data (stamp None): DNS 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from meshd import queries as q
 from meshd.agent.cache import WatchCache
 from meshd.agent.dns import AnswerCache, DNSRead
+from meshd.server.prepared_queries import TOPIC as QUERIES_TOPIC
 from meshd.server.reads import run_query
 from meshd.server.store import Store
 from meshd.structs import CheckServiceNode, Node
 
+_QUERIES = q.PreparedQueries()
 LOAD_TIMEOUT = 5.0  # a DNS client retries after ~1-2 s, and gives up after ~5
 
 
@@ -34,6 +37,8 @@ class StoreView:
         """The store's modify index of the topic the read depends on (server/watch.py topics:
         per service, per connect destination, the node table)."""
         topics = self.store.topics
+        if type(read) is q.PreparedQueries:
+            return topics.get(QUERIES_TOPIC, 0)
         if type(read) is not q.ServiceNodes:
             return topics.get("tbl:nodes", 0)
         svc = topics.get("svc:" + read.Service, 0)
@@ -45,6 +50,9 @@ class StoreView:
 
     def service_instances(self, name: str) -> list[CheckServiceNode]:
         return run_query(self.store, q.ServiceNodes(Service=name))[1]
+
+    def prepared_queries(self) -> list[dict[str, Any]]:
+        return run_query(self.store, _QUERIES)[1]
 
     def connect_instances(self, name: str) -> list[CheckServiceNode]:
         return run_query(self.store, q.ServiceNodes(Service=name, Connect=True))[1]
@@ -80,6 +88,9 @@ class CacheView:
 
     def service_instances(self, name: str) -> list[CheckServiceNode]:
         return self.cache.get(q.ServiceNodes(Service=name)) or []
+
+    def prepared_queries(self) -> list[dict[str, Any]]:
+        return list(self.cache.get(_QUERIES) or [])
 
     def connect_instances(self, name: str) -> list[CheckServiceNode]:
         return self.cache.get(q.ServiceNodes(Service=name, Connect=True)) or []

@@ -104,6 +104,22 @@ class ACLResolve(msgspec.Struct, tag="acl_resolve", frozen=True):
     SecretID: str
 
 
+class AutopilotConfig(msgspec.Struct, tag="autopilot_config", frozen=True):
+    pass
+
+
+class Coordinates(msgspec.Struct, tag="coordinates", frozen=True):
+    """Network coordinates of every node, or of one (`Node`)."""
+
+    Node: str = ""
+
+
+class PreparedQueries(msgspec.Struct, tag="prepared_queries", frozen=True):
+    """Every prepared query definition, or one (`ID`)."""
+
+    ID: str = ""
+
+
 Query = (
     Services
     | ServiceNodes
@@ -122,4 +138,7 @@ Query = (
     | ACLPolicies
     | ACLRoles
     | ACLResolve
+    | AutopilotConfig
+    | Coordinates
+    | PreparedQueries
 )

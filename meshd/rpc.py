@@ -67,6 +67,9 @@ class Heartbeat(msgspec.Struct):
     RPCAddr: str = ""
     RaftAddr: str = ""
     Leaving: bool = False
+    Coord: dict[str, Any] | None = None  # the sender's network coordinate (meshd.coordinate)
+    KeyringVersion: int = 0  # the replicated keyring version the sender holds
+    KeyFingerprints: list[str] = []  # its keys' fingerprints, primary first (meshd.keyring)
 
 
 class Member(msgspec.Struct):
@@ -113,6 +116,9 @@ VALUE_TYPES: dict[type, Any] = {
     q.ACLPolicies: list[ACLPolicy],
     q.ACLRoles: list[ACLRole],
     q.ACLResolve: ResolvedToken | None,
+    q.AutopilotConfig: dict[str, Any],
+    q.Coordinates: list[dict[str, Any]],
+    q.PreparedQueries: list[dict[str, Any]],
 }
 
 
@@ -163,6 +169,13 @@ def plausible(header: str | None) -> bool:
         return abs(time.time() - int(ts)) <= MAX_SKEW and len(mac) == 64
     except ValueError:
         return False
+
+
+def verify_any(keys: list[bytes], path: str, body: bytes, header: str | None) -> bool:
+    """`verify` against every key of the keyring (during a rotation agents sign with either)."""
+    if not keys:
+        return True
+    return any(verify(k, path, body, header) for k in keys)
 
 
 def verify(key: bytes | None, path: str, body: bytes, header: str | None) -> bool:

@@ -42,7 +42,8 @@ class NodeService(msgspec.Struct):
     Kind: str = ""
     Proxy: dict[str, Any] | None = None
     Connect: dict[str, Any] | None = None
-    TaggedAddresses: dict[str, Any] = {}
+    TaggedAddresses: dict[str, Any] = {}  # name -> {"Address": str, "Port": int}
+    Locality: dict[str, str] | None = None  # {"Region", "Zone"}, as Consul 1.17+
     Datacenter: str = ""
     CreateIndex: int = 0
     ModifyIndex: int = 0
@@ -82,6 +83,7 @@ HEALTH_CRITICAL = "critical"
 HEALTH_MAINT = "maintenance"
 HEALTH_STATES = (HEALTH_PASSING, HEALTH_WARNING, HEALTH_CRITICAL)
 SERF_CHECK_ID = "serfHealth"
+CONSUL_SERVICE = "consul"  # the service every server's node carries (port: server RPC)
 NODE_MAINT_CHECK_ID = "_node_maintenance"
 
 
@@ -209,6 +211,7 @@ class NodeStatus(msgspec.Struct, tag="node_status"):
     Address: str
     Status: str
     Output: str = ""
+    ServerPort: int = 0  # a server's RPC port: its node carries the `consul` service
 
 
 class CASetRoots(msgspec.Struct, tag="ca_roots"):
@@ -306,6 +309,44 @@ class TxnReply(msgspec.Struct):
     Index: int = 0
 
 
+class AutopilotConfigOp(msgspec.Struct, tag="autopilot_config"):
+    """Set the autopilot configuration (Consul's /v1/operator/autopilot/configuration)."""
+
+    Config: dict[str, Any]
+    CASIndex: int = -1  # -1: unconditional
+
+
+class CoordinateUpdate(msgspec.Struct):
+    Node: str
+    Coord: dict[str, Any]  # Vec, Error, Adjustment, Height (meshd.coordinate)
+    Segment: str = ""
+
+
+class CoordinateBatch(msgspec.Struct, tag="coordinates"):
+    """Nodes' network coordinates, written in batches (Consul's Coordinate.Update)."""
+
+    Updates: list[CoordinateUpdate]
+
+
+class PreparedQueryOp(msgspec.Struct, tag="prepared_query"):
+    """Create/update (`set`) or `delete` one prepared query (Consul's /v1/query)."""
+
+    Op: str
+    ID: str
+    Query: dict[str, Any] = {}  # the normalized definition (meshd.prepared_query)
+
+
+class KeyringOp(msgspec.Struct, tag="keyring"):
+    """Install, use (make primary) or remove a cluster key (Consul's /v1/operator/keyring).
+
+    `Current` is the sender's ring when the replicated one is still empty (a cluster started
+    with `encrypt` and never rotated), so the first install keeps the key in use."""
+
+    Op: str
+    Key: str
+    Current: list[str] = []
+
+
 Command = (
     Register
     | Deregister
@@ -324,6 +365,10 @@ Command = (
     | ACLTokenOp
     | ACLPolicyOp
     | ACLRoleOp
+    | AutopilotConfigOp
+    | CoordinateBatch
+    | PreparedQueryOp
+    | KeyringOp
 )
 
 _cmd_encoder = msgspec.msgpack.Encoder()

@@ -18,22 +18,30 @@ from typing import Any
 import msgspec
 
 from meshd.acl.checks import RULES as ACL_RULES
+from meshd.autopilot import AutopilotConfigError, normalize_config
+from meshd.coordinate import Coordinate, CoordinateError
 from meshd.durations import DurationError, parse_duration_seconds
+from meshd.keyring import KeyringError, key_bytes
+from meshd.prepared_query import PreparedQueryError, normalize
 from meshd.structs import (
     HEALTH_STATES,
     SERF_CHECK_ID,
+    AutopilotConfigOp,
     Barrier,
     Batch,
     CASetRoots,
     Command,
     ConfigEntryOp,
+    CoordinateBatch,
     Deregister,
     EventFire,
     HealthCheck,
     IntentionOp,
+    KeyringOp,
     KVOp,
     NodeService,
     NodeStatus,
+    PreparedQueryOp,
     Register,
     Restore,
     SessionInvalidate,
@@ -68,7 +76,7 @@ MAX_BATCH = 4096  # commands in one Batch (anti-entropy of one node)
 META_MAX_PAIRS = 64  # Consul's metaMaxKeyPairs, metaKeyMaxLength, metaValueMaxLength
 META_KEY_MAX = 128
 META_VALUE_MAX = 512
-SERVICE_NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-/]+$")
+DNS_LABEL_RE = re.compile(r"^[A-Za-z0-9-]{1,63}$")  # Consul's test for a discoverable name
 _META_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 SERVICE_KINDS = (
@@ -130,11 +138,16 @@ def name(value: str, what: str, *, required: bool = True, limit: int = MAX_NAME)
         raise ValidationError(f"{what} {value!r} contains control characters")
 
 
+def dns_safe(value: str) -> bool:
+    """Whether a service name can be looked up in DNS. Consul registers a name that is not
+    (and logs a warning), so the servers accept it too: refusing it would break tools that
+    register such names against Consul today."""
+    return bool(DNS_LABEL_RE.match(value))
+
+
 def service_name(value: str, what: str) -> None:
-    """Service names and IDs also appear in DNS names and URL paths: a restricted alphabet."""
+    """Service names and IDs: printable, bounded; any alphabet Consul accepts."""
     name(value, what)
-    if not SERVICE_NAME_RE.match(value):
-        raise ValidationError(f"invalid {what} {value!r}")
 
 
 def meta(values: Mapping[str, str], what: str) -> None:
@@ -164,6 +177,17 @@ def service(svc: NodeService, where: str = "Service") -> None:
     for tag in svc.Tags:
         name(tag, f"{where}.Tags entry")
     address(svc.Address, f"{where}.Address")
+    for key, ta in svc.TaggedAddresses.items():
+        name(key, f"{where}.TaggedAddresses key")
+        if not isinstance(ta, dict) or set(ta) - {"Address", "Port"}:
+            raise ValidationError(f"{where}.TaggedAddresses[{key!r}] must be {{Address, Port}}")
+        if not isinstance(ta.get("Address", ""), str):
+            raise ValidationError(f"{where}.TaggedAddresses[{key!r}].Address must be a string")
+        port = ta.get("Port", 0)
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+            raise ValidationError(f"{where}.TaggedAddresses[{key!r}].Port must be a port number")
+    if svc.Locality is not None and set(svc.Locality) - {"Region", "Zone"}:
+        raise ValidationError(f"{where}.Locality holds only Region and Zone")
     if not 0 <= svc.Port <= 65535:
         raise ValidationError(f"{where}.Port {svc.Port} is out of range 0-65535")
     if svc.Weights.Passing < 1:
@@ -276,6 +300,8 @@ def node_status(s: NodeStatus, limits: Limits) -> None:
     address(s.Address, "Address")
     if s.Status not in HEALTH_STATES:
         raise ValidationError(f"Status {s.Status!r} is not one of {', '.join(HEALTH_STATES)}")
+    if not 0 <= s.ServerPort <= 65535:
+        raise ValidationError(f"ServerPort {s.ServerPort} is out of range 0-65535")
 
 
 def ca_roots(c: CASetRoots, limits: Limits) -> None:
@@ -432,6 +458,51 @@ def session_invalidate(op: SessionInvalidate, limits: Limits) -> None:
     name(op.ID, "ID")
 
 
+def autopilot_config(op: AutopilotConfigOp, limits: Limits) -> None:
+    if op.CASIndex < -1:
+        raise ValidationError("CAS index must not be negative")
+    try:
+        normalize_config(op.Config)
+    except AutopilotConfigError as e:
+        raise ValidationError(str(e)) from None
+
+
+MAX_COORDINATES = 1024  # updates in one batch (the leader writes every few seconds)
+
+
+def coordinates(b: CoordinateBatch, limits: Limits) -> None:
+    if len(b.Updates) > MAX_COORDINATES:
+        raise ValidationError(f"a coordinate batch holds at most {MAX_COORDINATES} updates")
+    for u in b.Updates:
+        name(u.Node, "Node")
+        name(u.Segment, "Segment", required=False)
+        try:
+            Coordinate.from_json(u.Coord)
+        except CoordinateError as e:
+            raise ValidationError(f"coordinate of {u.Node!r}: {e}") from None
+
+
+def prepared_query(op: PreparedQueryOp, limits: Limits) -> None:
+    if op.Op not in ("set", "delete"):
+        raise ValidationError(f"unknown prepared query op {op.Op!r}")
+    name(op.ID, "ID")
+    if op.Op == "set":
+        try:
+            normalize(op.Query, op.ID)
+        except PreparedQueryError as e:
+            raise ValidationError(str(e)) from None
+
+
+def keyring(op: KeyringOp, limits: Limits) -> None:
+    if op.Op not in ("install", "use", "remove"):
+        raise ValidationError(f"unknown keyring op {op.Op!r}")
+    try:
+        for key in [op.Key, *op.Current]:
+            key_bytes(key)
+    except KeyringError as e:
+        raise ValidationError(str(e)) from None
+
+
 def _nothing(cmd: Any, limits: Limits) -> None:
     """A barrier carries no data."""
 
@@ -452,6 +523,10 @@ RULES: dict[type[Any], Callable[[Any, Limits], None]] = {
     SessionOp: session_op,
     SessionInvalidate: session_invalidate,
     **ACL_RULES,  # tokens, policies, roles: meshd/acl/checks.py
+    AutopilotConfigOp: autopilot_config,
+    CoordinateBatch: coordinates,
+    PreparedQueryOp: prepared_query,
+    KeyringOp: keyring,
 }
 
 

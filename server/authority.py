@@ -20,21 +20,27 @@ from meshd.acl.checks import ValidationError as ACLValidationError
 from meshd.acl.model import ACLPolicyOp, ACLRoleOp, ACLTokenOp
 from meshd.chain import CHAIN_KINDS, ChainError, check_chains
 from meshd.config_entries import KINDS, ConfigEntryError, normalize_entry
+from meshd.prepared_query import PreparedQueryError, check_unique
+from meshd.prepared_query import normalize as normalize_query
 from meshd.server.acl_state import BootstrapDoneError
 from meshd.server.ca import CARoot
 from meshd.server.mesh_state import INTENTIONS, CommandRejectedError, intention_entry
 from meshd.server.store import CommandError, Store
 from meshd.structs import (
+    AutopilotConfigOp,
     Barrier,
     Batch,
     CASetRoots,
     Command,
     ConfigEntryOp,
+    CoordinateBatch,
     Deregister,
     EventFire,
     IntentionOp,
+    KeyringOp,
     KVOp,
     NodeStatus,
+    PreparedQueryOp,
     Register,
     Restore,
     SessionInvalidate,
@@ -73,6 +79,10 @@ ORIGINS: dict[type[Any], frozenset[Origin]] = {
     ACLTokenOp: _ANY,  # ACL writes need acl:write on the caller's token (and bootstrap, none)
     ACLPolicyOp: _ANY,
     ACLRoleOp: _ANY,
+    AutopilotConfigOp: _ANY,  # an operator's, through any agent's HTTP API
+    CoordinateBatch: _ANY,  # the leader's batches, and /v1/coordinate/update from agents
+    PreparedQueryOp: _ANY,
+    KeyringOp: _ANY,  # an operator's rotation, through any agent's HTTP API
 }
 
 
@@ -108,6 +118,7 @@ def check_command(cmd: Command, limits: validate.Limits | None = None) -> Comman
         ACLValidationError,
         ConfigEntryError,
         CommandRejectedError,
+        PreparedQueryError,
     ) as e:
         raise CommandError(str(e)) from None
 
@@ -148,7 +159,15 @@ def _restore(cmd: Restore) -> Command:
 
 
 # the server-side schema of the commands that have one beyond `meshd.validate`
+def _prepared_query(cmd: PreparedQueryOp) -> Command:
+    """The server stores the normalized definition (every field, Consul's names)."""
+    if cmd.Op != "set":
+        return cmd
+    return msgspec.structs.replace(cmd, Query=normalize_query(cmd.Query, cmd.ID))
+
+
 _SCHEMA: dict[type[Any], Callable[[Any], Command]] = {
+    PreparedQueryOp: _prepared_query,
     ConfigEntryOp: _config_entry,
     IntentionOp: _intention,
     CASetRoots: _ca_roots,
@@ -231,10 +250,19 @@ def _acl_refs(
         raise CommandError(str(e)) from None
 
 
+def _prepared_query_refs(cmd: PreparedQueryOp, store: Store, added: dict[str, set[str]]) -> None:
+    if cmd.Op == "set":
+        try:
+            check_unique(cmd.Query, list(store.prepared_queries.queries.values()))
+        except PreparedQueryError as e:
+            raise CommandError(str(e)) from None
+
+
 _REFERENCES: dict[type[Any], Callable[[Any, Store, dict[str, set[str]]], None]] = {
     ACLTokenOp: _acl_refs,
     ACLPolicyOp: _acl_refs,
     ACLRoleOp: _acl_refs,
+    PreparedQueryOp: _prepared_query_refs,
     Register: _register_refs,
     CASetRoots: _ca_roots_refs,
     IntentionOp: _intention_refs,

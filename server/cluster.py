@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshd import keyring, validate
 from meshd import queries as q
-from meshd import validate
 from meshd.acl import PermissionDeniedError
 from meshd.acl.settings import ACLConfig
 from meshd.fsutil import atomic_write_json, private_dirs
@@ -36,20 +36,23 @@ from meshd.rpc import (
     decode_value,
 )
 from meshd.rpc_client import RPCClient, RPCError, normalize_addr
-from meshd.server import connect_ca
+from meshd.server import connect_ca, operator
+from meshd.server import keyring as server_keyring
 from meshd.server.acl_authz import TokenNotFoundError, authorize, server_authorizer
 from meshd.server.authority import CommandForbiddenError, Origin, admit
 from meshd.server.ca import CAError
 from meshd.server.members import Membership
+from meshd.server.operator import OperatorRequest
 from meshd.server.raft import RaftError, RaftNode, RaftSettings
 from meshd.server.reads import blocking_query
 from meshd.server.reaper import CriticalReaper
 from meshd.server.sessions import SessionTimers, lock_delayed
 from meshd.server.store import CommandError, Store
-from meshd.structs import SERF_CHECK_ID, Barrier, Command, KVOp, Restore, Session
+from meshd.structs import SERF_CHECK_ID, Barrier, Command, CoordinateBatch, KVOp, Restore, Session
 from meshd.validate import Limits
 
 log = logging.getLogger("meshd.server")
+COORDINATE_BATCH_ROUNDS = 10  # leader rounds (0.5 s each) between coordinate writes: 5 s
 
 
 @dataclass
@@ -73,6 +76,7 @@ class ServerSettings:
     fsync: bool = True
     limits: Limits = field(default_factory=Limits)
     acl: ACLConfig = field(default_factory=ACLConfig)
+    keyring: list[str] = field(default_factory=list)  # cluster keys, primary first (encrypt)
 
 
 @dataclass
@@ -104,6 +108,8 @@ class Server:
         self._last_peers: list[str] = []
         self.reaper = CriticalReaper()
         self.session_timers = SessionTimers()
+        self.started = time.time()
+        self.keys: list[str] = list(settings.keyring)  # the ring this server uses now
 
     # ---- formation ----------------------------------------------------------------------
 
@@ -139,7 +145,15 @@ class Server:
                 fsync=self.s.fsync,
             ),
         )
+        if len(self.keys) > 1:  # restarted mid-rotation: accept every key from the start
+            self.raft.set_passwords(self.keys)
         self.save_peers()
+
+    def rpc_keys(self) -> list[bytes]:
+        """The keys an RPC request may be signed with (none: the cluster has no key)."""
+        if not self.keys:
+            return [self.s.key] if self.s.key else []
+        return [keyring.hmac_key(k) for k in self.keys]
 
     async def start(self) -> None:
         stored = self._load_peers()
@@ -211,6 +225,21 @@ class Server:
             raise RaftError("No cluster leader (the cluster has not bootstrapped yet)")
         return self.raft
 
+    def rpc_of(self, raft_addr: str) -> str:
+        """A server's RPC address, the one Consul's status and operator endpoints report."""
+        return self.known.get(raft_addr) or _rpc_for(raft_addr, self.s.rpc_port)
+
+    def raft_of(self, addr: str) -> str:
+        """The Raft address of a server named by its RPC (or Raft) address."""
+        for raft, rpc in self.known.items():
+            if addr in (raft, rpc):
+                return raft
+        host = addr.rsplit(":", 1)[0]
+        same_host = [
+            p for p in (self.raft.peers() if self.raft else []) if p.startswith(host + ":")
+        ]
+        return same_host[0] if len(same_host) == 1 else addr
+
     def leader_rpc(self) -> str:
         leader = self._raft().leader()
         if not leader:
@@ -280,6 +309,21 @@ class Server:
             await raft.add_peer(change.RaftAddr)
         return True
 
+    # ---- operator requests (force-leave, leadership, autopilot, usage) ------------------
+
+    async def operator(self, req: OperatorRequest) -> Any:
+        """Answered by the leader, which holds the liveness timers and follower positions."""
+        if not self._raft().is_leader:
+            try:
+                return await self.rpc.call(
+                    "operator", req, Any, addr=self.leader_rpc(), timeout=15.0
+                )
+            except RPCError as e:  # the leader's refusal keeps its reason and its status
+                if e.code == 400:
+                    raise CommandError(str(e)) from None
+                raise RaftError(str(e)) from None
+        return await operator.handle(self, req)
+
     # ---- mesh CA ------------------------------------------------------------------------
 
     async def sign(self, req: SignRequest) -> SignReply:
@@ -303,7 +347,7 @@ class Server:
 
     # ---- liveness -----------------------------------------------------------------------
 
-    async def heartbeat(self, hb: Heartbeat) -> bool:
+    async def heartbeat(self, hb: Heartbeat) -> Any:
         try:  # the leader turns heartbeats into NodeStatus commands: the same rules apply
             validate.name(hb.Node, "Node")
             validate.address(hb.Address, "Address")
@@ -311,11 +355,39 @@ class Server:
             raise CommandError(f"heartbeat refused: {e}") from None
         raft = self._raft()
         if not raft.is_leader:
-            return await self.rpc.call("heartbeat", hb, bool, addr=self.leader_rpc(), timeout=3.0)
+            return await self._forward_heartbeat(raft, hb)
         self.members.heartbeat(hb)
         if hb.Role == "consul" and hb.RaftAddr:
             self.known[hb.RaftAddr] = hb.RPCAddr
-        return True
+        # the reply carries the leader's coordinate: the sender's RTT sample is to us
+        me = self.members.nodes.get(self.s.node_name)
+        reply: dict[str, Any] = {
+            "Node": self.s.node_name,
+            "Coord": me.coord if me is not None else None,
+            "Self": hb.Node == self.s.node_name,
+        }
+        ring = self.store.keyring
+        if ring.keys and hb.KeyringVersion != ring.version and hb.Role != "consul":
+            # a client that has not seen this rotation (servers take it from Raft)
+            reply["Keyring"] = {"Version": ring.version, "Sealed": keyring.seal(ring.keys)}
+        return reply
+
+    async def _forward_heartbeat(self, raft: RaftNode, hb: Heartbeat) -> Any:
+        """To the leader; with no leader known, through any other server. A server that
+        autopilot removed from Raft while it was down knows no leader when it comes back, and
+        its heartbeat reaching the leader is what gets it added again."""
+        if raft.leader():
+            return await self.rpc.call("heartbeat", hb, Any, addr=self.leader_rpc(), timeout=3.0)
+        others = [rpc for raft_addr, rpc in self.known.items() if raft_addr != self.raft_addr]
+        if hb.Node != self.s.node_name or not others:
+            raise RaftError("No cluster leader")
+        errors = []
+        for addr in others:
+            try:
+                return await self.rpc.call("heartbeat", hb, Any, addr=addr, timeout=3.0)
+            except RPCError as e:
+                errors.append(str(e))
+        raise RaftError(f"No cluster leader ({'; '.join(errors)})")
 
     async def renew_session(self, sid: str) -> list[Session]:
         """TTL timers live on the leader, so a renewal goes there; [] for an unknown session."""
@@ -334,12 +406,14 @@ class Server:
         return self.members.members(self.s.datacenter)
 
     async def _leader_loop(self) -> None:
+        rounds = 0
         while True:
             await asyncio.sleep(0.5)
             raft = self.raft
             if raft is None:
                 continue
             try:
+                await server_keyring.sync(self)
                 self._peers_changed(raft)
                 if not raft.is_leader:
                     self._was_leader = False
@@ -352,16 +426,19 @@ class Server:
                             for n in self.store.nodes.values()
                             if SERF_CHECK_ID in self.store.checks.get(n.Node, {})
                         ]
-                    self.members.nodes.clear()
-                    self.members.adopt(nodes)
+                    self.members.take_office(nodes)
                     self.reaper.reset()
                     self.session_timers.reset()
                     await connect_ca.ensure_ca(self)
-                ops: list[Command] = [
-                    *self.members.tick(),
-                    *self.reaper.tick(self.store, time.monotonic()),
-                    *self.session_timers.tick(self.store),
-                ]
+                await operator.reconcile(self)
+                ops: list[Command] = [*self.members.tick()]
+                rounds += 1
+                if rounds % COORDINATE_BATCH_ROUNDS == 0 and (
+                    coords := self.members.pending_coordinates()
+                ):
+                    ops.append(CoordinateBatch(Updates=coords))
+                ops += self.reaper.tick(self.store, time.monotonic())
+                ops += self.session_timers.tick(self.store)
                 for op in ops:
                     try:
                         await self.write(op)

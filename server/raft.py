@@ -12,15 +12,19 @@ single-node cluster is woken again right after it appends so the entry commits o
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.fernet import MultiFernet
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj.encryptor import getEncryptor
 from pysyncobj.pipe_notifier import PipeNotifier
 from pysyncobj.tcp_connection import TcpConnection
 
@@ -238,6 +242,8 @@ class RaftNode:
         self._journal: _GroupCommit | None = None
         if journal and settings.fsync:
             self._install_group_commit()
+        # calls that must run on the Raft thread (pysyncobj's state is not locked)
+        self._on_raft_thread: collections.deque[Callable[[], None]] = collections.deque()
         self._sync.addOnTickCallback(self._on_tick)
 
     def _install_group_commit(self) -> None:
@@ -265,14 +271,19 @@ class RaftNode:
         # Runs at the end of every tick, after new commands were appended to the log.
         # pysyncobj keeps these in name-mangled attributes; there is no public hook.
         sync = self._sync
+        while self._on_raft_thread:
+            try:  # an escaping exception would stop pysyncobj's thread
+                self._on_raft_thread.popleft()()
+            except Exception:
+                log.exception("raft: a queued call failed")
         if self._journal is not None:
             self._journal.flush_if_dirty()
         if self._single:
             if self._submitted != self._settled:  # a lone node commits on the tick after it appends
                 self._wake()
         elif sync._isLeader():
-            log = sync._SyncObj__raftLog
-            state = (log[-1][1] if len(log) else 0, sync.raftCommitIndex)
+            entries = sync._SyncObj__raftLog
+            state = (entries[-1][1] if len(entries) else 0, sync.raftCommitIndex)
             if state != self._sent:  # new entries or a new commit index: send them now, batched
                 self._sent = state
                 sync._SyncObj__sendAppendEntries()  # its sends flush the journal first
@@ -305,6 +316,38 @@ class RaftNode:
         fn(addr, callback=lambda res, err: loop.call_soon_threadsafe(_settle, fut, res, err))
         await asyncio.wait_for(fut, 10.0)
 
+    def set_passwords(self, passwords: list[str]) -> None:
+        """Every key decrypts, the first encrypts (a keyring rotation). Slow (key derivation):
+        call it off the event loop."""
+        encryptor = MultiFernet([getEncryptor(p) for p in passwords])
+
+        def swap() -> None:  # on the Raft thread, which owns the connections
+            self._sync._SyncObj__encryptor = encryptor  # pysyncobj has no public setter
+            # every connection (an outgoing one is reused for each reconnect) holds the
+            # encryptor it was made with: all of them switch now, so established connections
+            # stop accepting a removed key too, without being dropped
+            transport = self._sync._SyncObj__transport
+            for conn in [*transport._connections.values(), *transport._unknownConnections]:
+                conn.encryptor = encryptor
+
+        self._on_raft_thread.append(swap)
+        self._wake()
+
+    async def transfer_leadership(self, addr: str | None) -> None:
+        """Ask the Raft thread to hand leadership to `addr` (None: the most caught-up peer).
+        Success means the request was sent; the caller watches `is_leader` for the outcome."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+
+        def call() -> None:
+            self._sync.transferLeadership(
+                addr, callback=lambda res, err: loop.call_soon_threadsafe(_settle, fut, res, err)
+            )
+
+        self._on_raft_thread.append(call)
+        self._wake()
+        await asyncio.wait_for(fut, 10.0)
+
     async def add_peer(self, addr: str) -> None:
         if addr in self.peers():
             return
@@ -327,6 +370,16 @@ class RaftNode:
 
     def peers(self) -> list[str]:
         return sorted([self.settings.self_addr, *(n.address for n in self._sync.otherNodes)])
+
+    def status(self) -> dict[str, Any]:
+        """pysyncobj's status (commit index, each follower's match index); read from the event
+        loop while the Raft thread may change it, so a read that races a change is retried."""
+        for _ in range(5):
+            try:
+                return dict(self._sync.getStatus())
+            except RuntimeError:  # a dict changed size during iteration
+                continue
+        return {}
 
     def last_contact_ms(self) -> int:
         return 0 if self.is_leader else int((time.monotonic() - self._last_contact) * 1000)

@@ -15,6 +15,8 @@ from typing import Any
 from meshd import queries as q
 from meshd.server import acl_state, sessions
 from meshd.server.ca import public_view
+from meshd.server.coordinates import read_autopilot, read_coordinates
+from meshd.server.prepared_queries import read_prepared_queries
 from meshd.server.store import Store
 from meshd.server.txn import read_txn
 from meshd.server.watch import Waiter
@@ -197,6 +199,9 @@ _QUERIES: dict[type[Any], Callable[[Store, Any], Answer]] = {
     q.Events: _events,
     q.Sessions: sessions.read_sessions,
     **acl_state.read_handlers(lambda store: store.acl),
+    q.AutopilotConfig: read_autopilot,
+    q.Coordinates: read_coordinates,
+    q.PreparedQueries: read_prepared_queries,
 }
 
 

@@ -21,12 +21,13 @@ from meshd.rpc import (
     WriteRequest,
     encoder,
     plausible,
-    verify,
+    verify_any,
 )
 from meshd.rpc_client import RPCError
 from meshd.server.authority import CommandForbiddenError, Origin
 from meshd.server.ca import CAError
 from meshd.server.cluster import Server
+from meshd.server.operator import OperatorRequest
 from meshd.server.raft import RaftError
 from meshd.server.store import CommandError, StateConflictError
 
@@ -44,12 +45,12 @@ def make_rpc_app(server: Server) -> web.Application:
     ) -> web.StreamResponse:
         # refuse before reading: a body is only buffered for a caller whose header could verify
         header = request.headers.get(AUTH_HEADER)
-        if server.s.key and not plausible(header):
+        if server.rpc_keys() and not plausible(header):
             return web.Response(status=403, text="RPC refused: missing or wrong cluster key\n")
         if (request.content_length or 0) > MAX_RPC_BODY:
             return web.Response(status=413, text=f"RPC body over {MAX_RPC_BODY} bytes\n")
         body = await request.read()
-        if not verify(server.s.key, request.path, body, header):
+        if not verify_any(server.rpc_keys(), request.path, body, header):
             return web.Response(status=403, text="RPC refused: missing or wrong cluster key\n")
         try:
             return await handler(request)
@@ -121,7 +122,12 @@ def make_rpc_app(server: Server) -> web.Application:
             return web.Response(status=400, text=f"{e}\n")
         return _reply(True)
 
+    async def operator(request: web.Request) -> web.Response:
+        req = msgspec.msgpack.decode(await request.read(), type=OperatorRequest)
+        return _reply(await server.operator(req))
+
     app = web.Application(middlewares=[auth], client_max_size=MAX_RPC_BODY)
+    app.router.add_post("/rpc/operator", operator)
     app.router.add_post("/rpc/caconfig", caconfig)
     app.router.add_post("/rpc/sign", sign)
     app.router.add_post("/rpc/info", info)

@@ -19,11 +19,16 @@ import msgspec
 
 from meshd.server import sessions
 from meshd.server.acl_state import ACLState
+from meshd.server.autopilot import AutopilotState
+from meshd.server.coordinates import CoordinateState
 from meshd.server.events import EventRing
+from meshd.server.keyring import KeyringState
 from meshd.server.mesh_state import CommandRejectedError, MeshState
+from meshd.server.prepared_queries import PreparedQueryState
 from meshd.server.txn import apply_txn
 from meshd.server.watch import WatchSet
 from meshd.structs import (
+    CONSUL_SERVICE,
     HEALTH_PASSING,
     SERF_CHECK_ID,
     Barrier,
@@ -77,6 +82,10 @@ class _Snapshot(msgspec.Struct):
     events: dict[str, Any] = {}
     sessions: list[Session] = []
     acl: dict[str, Any] = {}
+    autopilot: dict[str, Any] = {}
+    coordinates: list[list[Any]] = []
+    prepared_queries: list[dict[str, Any]] = []
+    keyring: dict[str, Any] = {}
 
 
 def _decode_snapshot(data: bytes) -> _Snapshot:
@@ -106,6 +115,10 @@ class Store:
         self.events = EventRing()
         self.sessions = sessions.SessionTable()
         self.acl = ACLState()
+        self.autopilot = AutopilotState()
+        self.coordinates = CoordinateState(self.nodes)
+        self.prepared_queries = PreparedQueryState()
+        self.keyring = KeyringState()
         # one handler per command type, as Consul's FSM registers one per request type
         self._handlers: dict[type[Any], Callable[[Any, int, set[str]], Any]] = {
             Register: self._register,
@@ -120,6 +133,10 @@ class Store:
             Txn: lambda cmd, index, changed: apply_txn(self, cmd, index, changed),
             **sessions.handlers(self),
             **self.acl.handlers(),
+            **self.autopilot.handlers(),
+            **self.coordinates.handlers(),
+            **self.prepared_queries.handlers(),
+            **self.keyring.handlers(),
         }
 
     # ---- writes -------------------------------------------------------------------------------
@@ -189,7 +206,16 @@ class Store:
             Output=s.Output
             or ("Agent alive and reachable" if passing else "Agent not live or unreachable"),
         )
-        reg = Register(Node=s.Node, Address=s.Address, SkipNodeUpdate=True, Check=check)
+        # a server's node carries the `consul` service (its RPC port), as Consul's leader
+        # registers it: `consul.service.consul` then finds the servers
+        svc = (
+            NodeService(ID=CONSUL_SERVICE, Service=CONSUL_SERVICE, Port=s.ServerPort)
+            if s.ServerPort
+            else None
+        )
+        reg = Register(
+            Node=s.Node, Address=s.Address, SkipNodeUpdate=True, Check=check, Service=svc
+        )
         return self._register(reg, index, changed)
 
     def _touch_service(self, node: str, svc: NodeService, changed: set[str]) -> None:
@@ -411,6 +437,10 @@ class Store:
                 events=self.events.dump(),
                 sessions=self.sessions.dump(),
                 acl=self.acl.dump(),
+                autopilot=self.autopilot.dump(),
+                coordinates=self.coordinates.dump(),
+                prepared_queries=self.prepared_queries.dump(),
+                keyring=self.keyring.dump(),
             )
             return msgspec.msgpack.encode(snap)
 
@@ -452,5 +482,9 @@ class Store:
         self.events.load(snap.events)
         self.sessions.load(snap.sessions, self.kv)
         self.acl.load(snap.acl)
+        self.autopilot.load(snap.autopilot)
+        self.coordinates.load(snap.coordinates, self.nodes)
+        self.prepared_queries.load(snap.prepared_queries)
+        self.keyring.load(snap.keyring)
         tombstones = {t[3:] for t in self.topics if t.startswith("kv:")}
         self.kv_keys = sorted(tombstones | set(self.kv))

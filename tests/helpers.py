@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -45,7 +46,8 @@ class MeshdProcess:
     def http(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def start(self, timeout: float = 20.0) -> MeshdProcess:
+    def spawn(self) -> None:
+        """Start the process without waiting for it (tests that watch it come up)."""
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the fd
             self.proc = subprocess.Popen(
                 [
@@ -62,6 +64,10 @@ class MeshdProcess:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **self.env},
             )
+
+    def start(self, timeout: float = 20.0) -> MeshdProcess:
+        self.spawn()
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -192,3 +198,89 @@ class BackgroundHTTP:
         for r in self.runners:
             self._asyncio.run_coroutine_threadsafe(r.cleanup(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def server_agent(
+    tmp: str, *extra: str, name: str = "srv", config: dict[str, Any] | None = None
+) -> MeshdProcess:
+    """A real (non-dev) single server on loopback with its own RPC and Raft ports; the RPC
+    port is `proc.rpc_port`, for client agents to join. `config` adds to its config file."""
+    rpc, raft = free_ports(2)
+    conf = os.path.join(tmp, f"{name}.json")
+    with open(conf, "w") as f:
+        json.dump(
+            {
+                "server": True,
+                "bootstrap": True,
+                "node_name": name,
+                "data_dir": os.path.join(tmp, f"{name}-data"),
+                "ports": {"server": rpc, "raft": raft},
+                **(config or {}),
+            },
+            f,
+        )
+    proc = dev_agent("-config-file", conf, *extra)
+    proc.args.remove("-dev")
+    proc.rpc_port = rpc  # type: ignore[attr-defined]
+    return proc
+
+
+def client_agent(server: MeshdProcess, name: str, *extra: str) -> MeshdProcess:
+    """A client agent (no -dev, no -server) that joins `server` over RPC."""
+    rpc_port = server.rpc_port  # type: ignore[attr-defined]
+    proc = dev_agent("-node", name, "-retry-join", f"127.0.0.1:{rpc_port}", *extra)
+    proc.args.remove("-dev")
+    return proc
+
+
+def server_cluster(
+    tmp: str, n: int = 3, config: dict[str, Any] | None = None
+) -> list[MeshdProcess]:
+    """`n` real servers on loopback that form one cluster (bootstrap_expect n, each joining the
+    others' RPC ports), a node failure timeout of 2 s; not started: start them together."""
+    ports = [free_ports(2) for _ in range(n)]
+    key = base64.b64encode(os.urandom(32)).decode()  # servers with peers refuse to run without
+    procs = []
+    for i, (rpc, raft) in enumerate(ports):
+        conf = os.path.join(tmp, f"s{i}.json")
+        with open(conf, "w") as f:
+            json.dump(
+                {
+                    "server": True,
+                    "bootstrap_expect": n,
+                    "node_name": f"s{i}",
+                    "data_dir": os.path.join(tmp, f"s{i}"),
+                    "ports": {"server": rpc, "raft": raft},
+                    "retry_join": [f"127.0.0.1:{p}" for j, (p, _) in enumerate(ports) if j != i],
+                    "limits": {"node_failure_timeout": 2},
+                    "encrypt": key,
+                    **(config or {}),
+                },
+                f,
+            )
+        proc = dev_agent("-config-file", conf)
+        proc.args.remove("-dev")
+        proc.rpc_port = rpc  # type: ignore[attr-defined]
+        procs.append(proc)
+    return procs
+
+
+def start_all(procs: list[MeshdProcess], timeout: float = 60.0) -> None:
+    """Start processes that wait for each other (a cluster forming) in parallel."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def run(p: MeshdProcess) -> None:
+        try:
+            p.start(timeout=timeout)
+        except BaseException as e:  # re-raised below, in the caller's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in procs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from meshd.agent import introspect
 from meshd.agent.definitions import parse_check, parse_service
 from meshd.agent.http.common import (
     AGENT_KEY,
@@ -209,12 +210,12 @@ async def check_update(request: web.Request) -> web.Response:
 
 @routes.get("/v1/agent/members")
 async def members(request: web.Request) -> web.Response:
-    return json_response(await _agent(request).members())
+    return json_response(await introspect.members(_agent(request)))
 
 
 @routes.get("/v1/agent/self")
 async def self_info(request: web.Request) -> web.Response:
-    return json_response(_agent(request).self_info())
+    return json_response(introspect.self_info(_agent(request)))
 
 
 @routes.get("/v1/agent/metrics")

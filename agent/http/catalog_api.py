@@ -20,6 +20,7 @@ from meshd.agent.http.common import (
     query_options,
     to_builtins,
 )
+from meshd.agent.http.coordinate_api import sort_near
 from meshd.structs import (
     HEALTH_PASSING,
     HEALTH_STATES,
@@ -70,9 +71,14 @@ def service_node(row: CheckServiceNode, dc: str) -> dict[str, Any]:
         "ServiceEnableTagOverride": s.EnableTagOverride,
         "ServiceProxy": s.Proxy or {},
         "ServiceConnect": s.Connect or {},
+        "ServiceLocality": s.Locality,
         "CreateIndex": s.CreateIndex,
         "ModifyIndex": s.ModifyIndex,
     }
+
+
+def _node_key(row: dict[str, Any]) -> str:
+    return str(row["Node"])
 
 
 def _with_dc(row: Any, dc: str) -> dict[str, Any]:
@@ -221,7 +227,8 @@ async def catalog_service(request: web.Request) -> web.Response:
     )
     tags = _tags(request)
     rows = [service_node(r, agent.config.datacenter) for r in res.value if _has_tags(r, tags)]
-    return json_response(filtered(opts, rows), result=res)
+    rows = await sort_near(request, filtered(opts, rows), _node_key)
+    return json_response(rows, result=res)
 
 
 @routes.get("/v1/catalog/connect/{name}")
@@ -241,7 +248,8 @@ async def catalog_nodes(request: web.Request) -> web.Response:
     opts = query_options(request)
     res = await blocking_read(agent.backend, q.Nodes(), opts)
     rows = [_with_dc(n, agent.config.datacenter) for n in res.value]
-    return json_response(filtered(opts, rows), result=res)
+    rows = await sort_near(request, filtered(opts, rows), _node_key)
+    return json_response(rows, result=res)
 
 
 @routes.get("/v1/catalog/node/{node}")
@@ -296,6 +304,7 @@ async def _health_rows(request: web.Request, connect: bool) -> web.Response:
     rows = [r for r in res.value if _has_tags(r, tags) and (not passing or _all_passing(r))]
     if opts.filter:
         rows = filtered(opts, rows)
+    rows = await sort_near(request, rows, lambda r: r.Node.Node)
     return json_response(rows, result=res)
 
 

@@ -194,3 +194,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _text(500, str(e))
     except web.HTTPRequestEntityTooLarge as e:
         return _text(413, f"Request body too large: {e.text}")
+
+
+@web.middleware
+async def datacenter_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """`?dc=` naming another datacenter fails as Consul fails it (500 "No path to datacenter"):
+    silently answering from this datacenter would hand a caller the wrong data. The agent's own
+    endpoints ignore `dc`, as in Consul."""
+    dc = request.query.get("dc")
+    local = request.app[AGENT_KEY].config.datacenter
+    if dc and dc != local and not request.path.startswith("/v1/agent/"):
+        return _text(500, "No path to datacenter")
+    return await handler(request)

@@ -81,7 +81,14 @@ async def kv_put(request: web.Request) -> web.Response:
     for param, lock_verb in (("acquire", "lock"), ("release", "unlock")):  # Consul's precedence
         if param in request.query:
             verb, session = lock_verb, request.query[param]
-    op = KVOp(Verb=verb, Key=key, Value=value, Flags=flags, Index=cas or 0, Session=session)
+    op = KVOp(  # an empty value is stored as none: it reads back as `null`, as in Consul
+        Verb=verb,
+        Key=key,
+        Value=value or None,
+        Flags=flags,
+        Index=cas or 0,
+        Session=session,
+    )
     return json_response(await _agent(request).backend.write(op))
 
 

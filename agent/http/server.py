@@ -11,14 +11,17 @@ from meshd.agent.http import (
     agent_api,
     catalog_api,
     connect_api,
+    coordinate_api,
     event_api,
     kv_api,
     operator_api,
+    ops_api,
+    query_api,
     session_api,
     txn_api,
 )
 from meshd.agent.http.acl_guard import acl_middleware
-from meshd.agent.http.common import AGENT_KEY, error_middleware
+from meshd.agent.http.common import AGENT_KEY, datacenter_middleware, error_middleware
 from meshd.agent.http.guard import refuse_http09
 
 if TYPE_CHECKING:
@@ -34,7 +37,13 @@ async def count_middleware(request: web.Request, handler: Any) -> web.StreamResp
 
 def make_app(agent: Agent, max_body: int = 1024 * 1024) -> web.Application:
     app = web.Application(
-        middlewares=[refuse_http09, count_middleware, error_middleware, acl_middleware],
+        middlewares=[
+            refuse_http09,
+            count_middleware,
+            error_middleware,
+            datacenter_middleware,
+            acl_middleware,
+        ],
         client_max_size=max_body,
     )
     app[AGENT_KEY] = agent
@@ -48,6 +57,9 @@ def make_app(agent: Agent, max_body: int = 1024 * 1024) -> web.Application:
         event_api,
         txn_api,
         acl_api,
+        ops_api,
+        coordinate_api,
+        query_api,
     ):
         app.add_routes(mod.routes)
     return app

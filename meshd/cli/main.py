@@ -27,6 +27,7 @@ from meshd.cli.kv import kv
 from meshd.cli.lock import lock
 from meshd.cli.operator import keygen, leave, operator, snapshot
 from meshd.cli.reload_cmd import reload
+from meshd.cli.rtt import rtt
 from meshd.cli.services import services
 from meshd.cli.tls_cmd import tls
 from meshd.cli.validate import validate
@@ -87,6 +88,7 @@ for command in (
     members,
     operator,
     reload,
+    rtt,
     services,
     snapshot,
     tls,

@@ -58,7 +58,7 @@ def test_bad_input_changes_nothing(agent):
         b'{"Name": 5}',
         b'{"Name": "x", "Port": "80"}',
         b'{"Name": "x", "Bogus": 1}',
-        b'{"Name": "bad name!"}',
+        b'{"Name": "bad\\u0000name"}',
         b'{"Name": "x", "Check": {"HTTP": "http://x", "Interval": "zz"}}',
     ):
         r = agent.put("/v1/agent/service/register", body)

@@ -216,3 +216,35 @@ def test_configured_domain_alt_domain_and_recursor(custom_domain_agent, dns_serv
     forwarded = ask(b, "dnsweb.service.consul")
     assert forwarded.rcode() == dns.rcode.NOERROR
     assert addrs(forwarded) == {"127.0.1.1", "127.0.1.2", "127.0.1.3"}
+
+
+def test_srv_answers_sharing_a_target_each_get_glue(agent):
+    """HAProxy `server-template ... resolvers`: N instances on one node need N additional
+    records, one per SRV answer, or all but one server slot stays without an address."""
+    for i in range(3):
+        r = agent.put(
+            "/v1/agent/service/register",
+            {"Name": "hapback", "ID": f"hapback-{i}", "Port": 7000 + i},
+        )
+        assert r.status == 200
+    for tcp in (False, True):
+        q = dns.message.make_query("_hapback._tcp.service.consul", "SRV")
+        fn = dns.query.tcp if tcp else dns.query.udp
+        resp = fn(q, "127.0.0.1", port=agent.dns_port, timeout=3, one_rr_per_rrset=True)
+        srv = [r for rrset in resp.answer for r in rrset]
+        assert sorted(r.port for r in srv) == [7000, 7001, 7002]
+        targets = {str(r.target) for r in srv}
+        glue = [rrset for rrset in resp.additional if rrset.rdtype == dns.rdatatype.A]
+        assert len(glue) == 3 and {str(g.name) for g in glue} == targets
+
+
+def test_srv_target_is_addr_name_when_service_address_differs(agent):
+    agent.put(
+        "/v1/agent/service/register",
+        {"Name": "addrsvc", "Address": "127.0.9.7", "Port": 5555},
+    )
+    resp = ask(agent, "addrsvc.service.consul", "SRV")
+    target = str(resp.answer[0][0].target)
+    assert target == "7f000907.addr.dc1.consul."
+    assert addrs(ask(agent, target)) == {"127.0.9.7"}
+    assert ask(agent, "7f000907.addr.dc1.consul", "AAAA").answer == []

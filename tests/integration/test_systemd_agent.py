@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import MeshdProcess, dev_agent, free_port, wait_for
+from helpers import MeshdProcess, client_agent, dev_agent, free_port, server_agent, wait_for
 
 RECV_BOUND = 30.0  # a bound on a hung agent, not a performance assertion
 
@@ -195,35 +195,11 @@ def test_no_secrets_in_logs(tmp_path: Path) -> None:
 
 
 def _server(tmp: str) -> MeshdProcess:
-    rpc, raft = free_port(), free_port()
-    conf = Path(tmp) / "server.json"
-    conf.write_text(
-        json.dumps(
-            {
-                "server": True,
-                "bootstrap": True,
-                "node_name": "srv",
-                "data_dir": str(Path(tmp) / "data"),
-                "ports": {"server": rpc, "raft": raft},
-            }
-        )
-    )
-    proc = dev_agent("-config-file", str(conf))
-    proc.args.remove("-dev")
-    proc.rpc_port = rpc  # type: ignore[attr-defined]
-    return proc
+    return server_agent(tmp)
 
 
 def _client(server: MeshdProcess, name: str, *extra: str) -> MeshdProcess:
-    proc = dev_agent(
-        "-node",
-        name,
-        "-retry-join",
-        f"127.0.0.1:{server.rpc_port}",
-        *extra,  # type: ignore[attr-defined]
-    )
-    proc.args.remove("-dev")
-    return proc
+    return client_agent(server, name, *extra)
 
 
 def _status(server: MeshdProcess, node: str) -> int:

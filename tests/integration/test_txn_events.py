@@ -121,7 +121,7 @@ def test_txn_limits_and_malformed_ops(agent: MeshdProcess) -> None:
         ({"KV": {}}, b"JSON array"),
         ([{"KV": {"Verb": "set", "Key": "txn4/a", "Value": "%%%"}}], b"operation 0"),
         ([kv_op("lock", "txn4/a", "v")], b"needs a Session"),
-        ([{"Service": {"Verb": "set", "Node": "n", "Service": {"Service": "bad name!"}}}], b""),
+        ([{"Service": {"Verb": "set", "Node": "n", "Service": {"Service": "bad\x01name"}}}], b""),
     ]
     for body, reason in cases:
         r = agent.put("/v1/txn", body)

@@ -42,8 +42,9 @@ def test_add_fourth_and_fifth_server_then_remove(network_factory):
         )
         assert extra[-1].get("/v1/kv/grow?raw&stale")[0] == 200
         assert extra[-1].put("/v1/kv/grow", b"2")[1] is True
-        # remove s5 with the CLI
-        target = f"{extra[-1].host.addr}:8301"
+        # remove s5 with the CLI, named by its server RPC address as Consul lists it
+        target = f"{extra[-1].host.addr}:8300"
+        assert target in c.servers[0].get("/v1/status/peers")[1]
         extra[-1].kill()
         r = run_meshd(
             "operator", "raft", "remove-peer", f"-address={target}", http_addr=c.servers[0].http

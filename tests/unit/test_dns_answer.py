@@ -449,3 +449,34 @@ def test_mutated_packets_never_raise(view: MemView) -> None:
             assert out.response.header.id == req.header.id
             if out.rcode != NOTIMP:  # dnspython reads other opcodes (UPDATE) by their own rules
                 dns.message.from_wire(out.wire)
+
+
+def _shared_target_view(n: int) -> MemView:
+    v = MemView()
+    for i in range(n):
+        v.add("host-1", "10.0.0.1", "hap", f"hap-{i}", port=9000 + i)
+    return v
+
+
+def test_srv_answers_sharing_a_target_each_carry_glue_when_not_trimmed() -> None:
+    """HAProxy's server-template fills one server slot per additional record."""
+    v = _shared_target_view(3)
+    for max_size in (UDP_PLAIN, TCP_MAX):
+        out = outcome(v, "_hap._tcp.service.consul", "SRV", max_size=max_size)
+        resp = out.response
+        assert len(resp.rr) == 3 and not resp.header.tc
+        assert [(str(r.rname), str(r.rdata)) for r in resp.ar] == [
+            ("host-1.node.dc1.consul.", "10.0.0.1")
+        ] * 3
+        msg = dns.message.from_wire(out.wire, one_rr_per_rrset=True)
+        assert len(msg.additional) == 3
+
+
+def test_srv_glue_is_sent_once_per_target_when_trimmed() -> None:
+    v = _shared_target_view(8)
+    out = outcome(v, "hap.service.consul", "SRV", max_size=UDP_PLAIN)
+    resp = out.response
+    assert out.truncated and len(resp.rr) == 3  # udp_answer_limit trims
+    assert [str(r.rname) for r in resp.ar] == ["host-1.node.dc1.consul."]
+    whole = ask(v, "hap.service.consul", "SRV", max_size=TCP_MAX)
+    assert len(whole.rr) == 8 and len(whole.ar) == 8

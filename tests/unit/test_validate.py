@@ -69,7 +69,7 @@ BAD: list[tuple[Command, str]] = [
     (reg(NodeMeta={"k": "v" * 513}), "value of 'k' is longer than 512"),
     (reg(NodeMeta={f"k{i}": "v" for i in range(65)}), "more than 64 key/value pairs"),
     (reg(Service=svc(Service="")), "Service.Service is required"),
-    (reg(Service=svc(ID="web one")), "invalid Service.ID 'web one'"),
+    (reg(Service=svc(ID="web\x01one")), "Service.ID 'web\\x01one' contains control characters"),
     (reg(Service=svc(Port=70000)), "Port 70000 is out of range"),
     (reg(Service=svc(Weights=Weights(Passing=0))), "Weights.Passing must be greater than 0"),
     (reg(Service=svc(Kind="router")), "Kind 'router' is not a service kind"),
