@@ -14,15 +14,20 @@ from typing import Any
 from meshd.acl import MANAGEMENT, Access, Authorizer, build_authorizer, parse_rules
 from meshd.acl.model import ACLPolicyOp, ACLRoleOp, ACLTokenOp, expired
 from meshd.acl.settings import ACLConfig
+from meshd.prepared_query import acl_prefix
 from meshd.server.acl_state import ACLState
 from meshd.structs import (
+    AutopilotConfigOp,
     Barrier,
     Batch,
     ConfigEntryOp,
+    CoordinateBatch,
     Deregister,
     EventFire,
     IntentionOp,
+    KeyringOp,
     KVOp,
+    PreparedQueryOp,
     Register,
     SessionOp,
     Txn,
@@ -91,6 +96,20 @@ def _batch(cmd: Batch, authz: Authorizer) -> None:
         authorize(op, authz)
 
 
+def _coordinates(cmd: CoordinateBatch, authz: Authorizer) -> None:
+    for update in cmd.Updates:
+        authz.check("node", update.Node, W)
+
+
+def _prepared_query(cmd: PreparedQueryOp, authz: Authorizer) -> None:
+    """query:write on the name (a template's name is a prefix); an unnamed query is managed by
+    whoever holds its ID, as in Consul. The existing definition's name is checked as well, by
+    `authorize_with_state`, so a rename cannot take over another team's query."""
+    prefix = acl_prefix(cmd.Query) if cmd.Query else None
+    if prefix is not None:
+        authz.check("query", prefix, W)
+
+
 def _nothing(cmd: Any, authz: Authorizer) -> None:
     """A barrier changes nothing."""
 
@@ -109,7 +128,21 @@ PERMISSIONS: dict[type[Any], Callable[[Any, Authorizer], None]] = {
     ACLTokenOp: _acl,
     ACLPolicyOp: _acl,
     ACLRoleOp: _acl,
+    AutopilotConfigOp: lambda cmd, a: a.check("operator", "", W),
+    KeyringOp: lambda cmd, a: a.check("keyring", "", W),
+    PreparedQueryOp: _prepared_query,
+    CoordinateBatch: _coordinates,
 }
+
+
+def authorize_query_owner(
+    cmd: PreparedQueryOp, queries: dict[str, dict[str, Any]], authz: Authorizer
+) -> None:
+    """Changing or deleting a query needs query:write on the name it has now, too."""
+    existing = queries.get(cmd.ID)
+    prefix = acl_prefix(existing) if existing is not None else None
+    if prefix is not None:
+        authz.check("query", prefix, W)
 
 
 def authorize(cmd: Any, authz: Authorizer) -> None:

@@ -38,7 +38,12 @@ from meshd.rpc import (
 from meshd.rpc_client import RPCClient, RPCError, normalize_addr
 from meshd.server import connect_ca, operator
 from meshd.server import keyring as server_keyring
-from meshd.server.acl_authz import TokenNotFoundError, authorize, server_authorizer
+from meshd.server.acl_authz import (
+    TokenNotFoundError,
+    authorize,
+    authorize_query_owner,
+    server_authorizer,
+)
 from meshd.server.authority import CommandForbiddenError, Origin, admit
 from meshd.server.ca import CAError
 from meshd.server.members import Membership
@@ -48,7 +53,16 @@ from meshd.server.reads import blocking_query
 from meshd.server.reaper import CriticalReaper
 from meshd.server.sessions import SessionTimers, lock_delayed
 from meshd.server.store import CommandError, Store
-from meshd.structs import SERF_CHECK_ID, Barrier, Command, CoordinateBatch, KVOp, Restore, Session
+from meshd.structs import (
+    SERF_CHECK_ID,
+    Barrier,
+    Command,
+    CoordinateBatch,
+    KVOp,
+    PreparedQueryOp,
+    Restore,
+    Session,
+)
 from meshd.validate import Limits
 
 log = logging.getLogger("meshd.server")
@@ -267,6 +281,8 @@ class Server:
         try:
             with self.store.lock:
                 authz = server_authorizer(self.s.acl, self.store.acl, token)
+                if isinstance(cmd, PreparedQueryOp):
+                    authorize_query_owner(cmd, self.store.prepared_queries.queries, authz)
             authorize(cmd, authz)
         except (PermissionDeniedError, TokenNotFoundError) as e:
             raise CommandForbiddenError(str(e)) from None

@@ -56,9 +56,11 @@ class ACLAgent:
         return tok["AccessorID"], tok["SecretID"]
 
 
-def start_acl_agent(tokens: str = "", acl: str = "", agent_token: bool = True) -> ACLAgent:
-    """`tokens`/`acl`: extra HCL lines inside `acl.tokens {}` / `acl {}`. Logs at debug level,
-    so that tests can look for secrets in everything the agent writes."""
+def start_acl_agent(
+    tokens: str = "", acl: str = "", agent_token: bool = True, args: tuple[str, ...] = ()
+) -> ACLAgent:
+    """`tokens`/`acl`: extra HCL lines inside `acl.tokens {}` / `acl {}`; `args`: more flags.
+    Logs at debug level, so that tests can look for secrets in everything the agent writes."""
     conf_dir = tempfile.mkdtemp(prefix="meshd-acl-")
     conf = os.path.join(conf_dir, "acl.hcl")
     with open(conf, "w") as f:
@@ -68,7 +70,7 @@ def start_acl_agent(tokens: str = "", acl: str = "", agent_token: bool = True) -
             f'    agent = "{MGMT if agent_token else ""}"\n'
             f"{tokens}\n  }}\n}}\n"
         )
-    proc = dev_agent(f"-config-file={conf}", "-log-level=debug")
+    proc = dev_agent(f"-config-file={conf}", "-log-level=debug", *args)
     proc.request = lambda method, path, body=None, timeout=10.0: ACLAgent(proc).call(  # type: ignore[method-assign]
         method, path, body
     )

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from meshd import queries as q
 from meshd.acl import Access, Authorizer, PermissionDeniedError
+from meshd.agent.http import acl_query_rows as pq_rows
 from meshd.agent.http.common import AGENT_KEY
 from meshd.agent.http.common import decode_json as _decode
 
@@ -282,6 +283,9 @@ CHECK_ROWS = Perm(keep=_check_row, skip=reads_all("node", "service"))
 SESSION_ROWS = Perm(keep=keep_session, skip=reads_all("session"))
 INSTANCES = Perm(keep=_instance_row, skip=_named_service)
 CATALOG_ROWS = Perm(keep=keep_catalog_row, skip=_named_service)
+OPERATOR_READ = Perm(need("operator", R))
+OPERATOR_WRITE = Perm(need("operator", W))
+KEYRING_WRITE = Perm(need("keyring", W))
 
 PERMISSIONS: dict[tuple[str, str], Perm] = {
     # agent
@@ -308,6 +312,11 @@ PERMISSIONS: dict[tuple[str, str], Perm] = {
     ("PUT", "/v1/agent/token/{type}"): AGENT_WRITE,  # Consul: agent:write on this node
     ("PUT", "/v1/agent/service/deregister/{sid}"): Perm(_local_service_write),
     ("PUT", "/v1/agent/service/maintenance/{sid}"): Perm(_local_service_write),
+    ("GET", "/v1/agent/version"): OPEN,  # Consul: none
+    ("GET", "/v1/agent/host"): OPERATOR_READ,
+    ("GET", "/v1/agent/monitor"): AGENT_READ,
+    ("PUT", "/v1/agent/join/{address}"): AGENT_WRITE,
+    ("PUT", "/v1/agent/force-leave/{node}"): OPERATOR_WRITE,
     # catalog and health: reads are filtered
     ("GET", "/v1/catalog/connect/{name}"): CATALOG_ROWS,
     ("GET", "/v1/catalog/datacenters"): OPEN,
@@ -322,6 +331,23 @@ PERMISSIONS: dict[tuple[str, str], Perm] = {
     ("GET", "/v1/health/node/{node}"): CHECK_ROWS,
     ("GET", "/v1/health/service/{name}"): INSTANCES,
     ("GET", "/v1/health/state/{state}"): CHECK_ROWS,
+    ("GET", "/v1/catalog/gateway-services/{gateway}"): Perm(need("service", R, path("gateway"))),
+    ("GET", "/v1/health/ingress/{service}"): Perm(
+        need("service", R, path("service")), _instance_row, reads_all("node", "service")
+    ),
+    # coordinates: reads filtered by node:read, as Consul
+    ("GET", "/v1/coordinate/datacenters"): OPEN,
+    ("GET", "/v1/coordinate/nodes"): Perm(keep=keep_node_row, skip=reads_all("node")),
+    ("GET", "/v1/coordinate/node/{node}"): Perm(need("node", R, path("node"))),
+    ("PUT", "/v1/coordinate/update"): Perm(pq_rows.coordinate_update),
+    # prepared queries: guarded by the query's name (a template's is a prefix)
+    ("POST", "/v1/query"): Perm(pq_rows.query_create),
+    ("GET", "/v1/query"): Perm(keep=pq_rows.keep_query),
+    ("GET", "/v1/query/{id}"): Perm(pq_rows.query_read),
+    ("PUT", "/v1/query/{id}"): Perm(pq_rows.query_update),
+    ("DELETE", "/v1/query/{id}"): Perm(pq_rows.query_update),
+    ("GET", "/v1/query/{id}/explain"): Perm(pq_rows.query_resolved),
+    ("GET", "/v1/query/{id}/execute"): Perm(pq_rows.query_resolved),
     # config entries, CA, intentions, discovery chains
     ("GET", "/v1/config/{kind}"): Perm(
         keep=_config_row, skip=reads_all("service", "intention", "mesh")
@@ -356,7 +382,18 @@ PERMISSIONS: dict[tuple[str, str], Perm] = {
     ("PUT", "/v1/txn"): Perm(_txn),
     # operator, snapshots, status
     ("GET", "/v1/operator/raft/configuration"): Perm(need("operator", R)),
-    ("DELETE", "/v1/operator/raft/peer"): Perm(need("operator", W)),
+    ("DELETE", "/v1/operator/raft/peer"): OPERATOR_WRITE,
+    ("POST", "/v1/operator/raft/transfer-leader"): OPERATOR_WRITE,
+    ("PUT", "/v1/operator/raft/transfer-leader"): OPERATOR_WRITE,
+    ("GET", "/v1/operator/autopilot/configuration"): OPERATOR_READ,
+    ("PUT", "/v1/operator/autopilot/configuration"): OPERATOR_WRITE,
+    ("GET", "/v1/operator/autopilot/health"): OPERATOR_READ,
+    ("GET", "/v1/operator/autopilot/state"): OPERATOR_READ,
+    ("GET", "/v1/operator/usage"): OPERATOR_READ,
+    ("GET", "/v1/operator/keyring"): Perm(need("keyring", R)),
+    ("POST", "/v1/operator/keyring"): KEYRING_WRITE,
+    ("PUT", "/v1/operator/keyring"): KEYRING_WRITE,
+    ("DELETE", "/v1/operator/keyring"): KEYRING_WRITE,
     ("GET", "/v1/snapshot"): ACL_WRITE,  # Consul: a management token
     ("PUT", "/v1/snapshot"): ACL_WRITE,
     ("GET", "/v1/status/leader"): OPEN,
