@@ -20,6 +20,8 @@ from aiohttp import web
 
 from meshd import keyring
 from meshd import queries as q
+from meshd.agent import dns_acl, mesh_acl
+from meshd.agent.acl import TokenResolver
 from meshd.agent.antientropy import AntiEntropy
 from meshd.agent.backend import CatalogBackend, LocalBackend, RemoteBackend
 from meshd.agent.cache import WatchCache
@@ -32,7 +34,7 @@ from meshd.agent.definitions import (
     parse_check,
     parse_service,
 )
-from meshd.agent.dns import DNSSettings
+from meshd.agent.dns import DNSSettings, DNSView
 from meshd.agent.dns_server import DNSServer
 from meshd.agent.events import EventReceiver
 from meshd.agent.http.guard import ConnectionLimits, GuardedSite, runner_options
@@ -213,6 +215,7 @@ class Agent:
                     server_name=server_name,
                     limits=Limits.from_config(cfg.limits),
                     tombstone_ttl=cfg.kv_tombstone_ttl,
+                    acl=cfg.acl,
                 )
             )
             try:
@@ -220,7 +223,7 @@ class Agent:
             finally:
                 if dev_raft is not None:
                     dev_raft.close()  # Raft's listener holds the port now
-            self.backend = LocalBackend(self.server)
+            self.backend = LocalBackend(self.server, cfg.acl.tokens.agent)
             self.view = StoreView(self.server.store, cfg.datacenter, cfg.node_name)
             if not cfg.dev:
                 self._rpc_runner = web.AppRunner(make_rpc_app(self.server), access_log=None)
@@ -238,8 +241,11 @@ class Agent:
                 ssl_context=ssl_client,
                 server_name=server_name,
             )
-            self.backend = RemoteBackend(self.rpc, Limits.from_config(cfg.limits))
+            self.backend = RemoteBackend(
+                self.rpc, Limits.from_config(cfg.limits), cfg.acl.tokens.agent
+            )
         self.cache = WatchCache(self.backend)
+        self.acl = TokenResolver(cfg.acl, self.backend)
         if self.server is None:
             self.view = CacheView(self.cache, cfg.datacenter, cfg.node_name)
         self.ae = AntiEntropy(self.local, self.backend)
@@ -281,7 +287,9 @@ class Agent:
         self._tasks.append(asyncio.create_task(self._heartbeats(), name="heartbeats"))
         # serve only once the node is in the catalog and known to the leader (bounded wait:
         # a client agent whose servers are down still starts, and keeps retrying)
-        await self.wait_ready(15.0)
+        # with ACLs on and no token of its own, the agent's sync waits for `set-agent-token`
+        can_sync = not cfg.acl.enabled or bool(cfg.acl.tokens.agent or cfg.acl.tokens.default)
+        await self.wait_ready(15.0, sync=can_sync)
         await self.events.positioned(5.0)
         app = make_app(self, max_body=cfg.http_max_body)
         self._runner = web.AppRunner(app, **runner_options())
@@ -296,11 +304,17 @@ class Agent:
         elif cfg.watches:
             log.warning("watches need the HTTP port (ports.http); %d not run", len(cfg.watches))
         if cfg.ports.grpc > 0:
+            if cfg.acl.enabled:  # a stream needs service:write on the service it fronts
+                self.mesh.ads.authorize = mesh_acl.xds_hook(self)
             await self.mesh.start()
             self._mesh_started = True
         if cfg.ports.dns > 0:
             dns_addr = cfg.addresses.get("dns", cfg.client_addr).split()[0]
-            self.dns = DNSServer(self.view, dns_settings(cfg), dns_addr, cfg.ports.dns)
+            dns_view: DNSView = self.view
+            if cfg.acl.enabled:  # services the dns token cannot read do not exist
+                dns_view, refresher = await dns_acl.guarded(self.view, self.acl)
+                self._tasks.append(refresher)
+            self.dns = DNSServer(dns_view, dns_settings(cfg), dns_addr, cfg.ports.dns)
             await self.dns.start()
         if self.kube is not None:
             await self.kube.start()
@@ -393,7 +407,7 @@ class Agent:
         await self.backend.heartbeat(hb)
         await self.backend.write(Deregister(Node=self.config.node_name))
 
-    async def wait_ready(self, timeout: float = 10.0) -> None:
+    async def wait_ready(self, timeout: float = 10.0, sync: bool = True) -> None:
         deadline = time.monotonic() + timeout
         while self.server is not None and (
             self.server.raft is None or not self.server.raft.ready()
@@ -401,7 +415,8 @@ class Agent:
             if time.monotonic() > deadline:
                 return
             await asyncio.sleep(0.01)
-        await self.ae.wait_synced(max(deadline - time.monotonic(), 0.1))
+        if sync:
+            await self.ae.wait_synced(max(deadline - time.monotonic(), 0.1))
         try:
             await asyncio.wait_for(self._heartbeat_ok.wait(), max(deadline - time.monotonic(), 0.1))
         except TimeoutError:

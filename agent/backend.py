@@ -8,6 +8,7 @@ server uses `LocalBackend` (the in-process server); a client agent on another ho
 from __future__ import annotations
 
 import random
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,6 +36,18 @@ from meshd.server.store import CommandError, StateConflictError
 from meshd.structs import Command, Session
 from meshd.validate import Limits
 
+# The ACL token of the HTTP request being served (set by the ACL middleware), so that the
+# writes a handler makes reach the servers with the caller's token; tasks of the agent itself
+# (anti-entropy, checks) run outside any request and use the agent's own token.
+caller_token: ContextVar[str | None] = ContextVar("caller_token", default=None)
+
+
+def _token(explicit: str | None, own: str) -> str:
+    if explicit is not None:
+        return explicit
+    caller = caller_token.get()
+    return own if caller is None else caller
+
 
 @dataclass
 class ReadResult:
@@ -45,7 +58,10 @@ class ReadResult:
 
 
 class CatalogBackend(Protocol):
-    async def write(self, cmd: Command) -> Any: ...
+    token: str  # the agent's own ACL token (acl.tokens.agent), for its background writes
+
+    async def write(self, cmd: Command, token: str | None = None) -> Any:
+        """`token`: the caller's ACL token; None = this agent's own (`acl.tokens.agent`)."""
 
     async def read(
         self, query: q.Query, *, min_index: int = 0, wait: float = 0.0, consistency: str = "default"
@@ -77,12 +93,13 @@ def blocking_wait(wait: float) -> float:
 
 
 class LocalBackend:
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, token: str = "") -> None:
         self.server = server
+        self.token = token
 
-    async def write(self, cmd: Command) -> Any:
+    async def write(self, cmd: Command, token: str | None = None) -> Any:
         # the HTTP API's writes are an agent's, whichever host it runs on
-        return await self.server.write(cmd, Origin.AGENT)
+        return await self.server.write(cmd, Origin.AGENT, _token(token, self.token))
 
     async def read(
         self, query: q.Query, *, min_index: int = 0, wait: float = 0.0, consistency: str = "default"
@@ -121,8 +138,9 @@ class LocalBackend:
 class RemoteBackend:
     """A client agent's view: every call is an RPC to some server (failover inside RPCClient)."""
 
-    def __init__(self, rpc: RPCClient, limits: Limits | None = None) -> None:
+    def __init__(self, rpc: RPCClient, limits: Limits | None = None, token: str = "") -> None:
         self.rpc = rpc
+        self.token = token
         self.limits = limits or Limits()
         self._joined = list(rpc.servers)
 
@@ -132,12 +150,16 @@ class RemoteBackend:
         current = [rpc for raft, rpc in info.Known if raft in info.Peers]
         self.rpc.set_servers(current + [s for s in self._joined if s not in current])
 
-    async def write(self, cmd: Command) -> Any:
+    async def write(self, cmd: Command, token: str | None = None) -> Any:
         # the servers' own stateless rules, here first: a bad command fails with its reason
         # instead of as an undecodable RPC body
         cmd = check_command(cmd, self.limits)
         try:
-            reply = await self.rpc.call("write", WriteRequest(Command=cmd), WriteReply)
+            reply = await self.rpc.call(
+                "write",
+                WriteRequest(Command=cmd, Token=_token(token, self.token)),
+                WriteReply,
+            )
         except RPCError as e:
             if e.code == 400:
                 raise CommandError(str(e)) from None

@@ -84,9 +84,32 @@ def resolve_address(explicit: str | None = None, env: Mapping[str, str] | None =
     return addr
 
 
-def resolve_token(explicit: str | None = None, env: Mapping[str, str] | None = None) -> str | None:
+def resolve_token(
+    explicit: str | None = None,
+    env: Mapping[str, str] | None = None,
+    token_file: str | None = None,
+) -> str | None:
+    """Consul's order: -token, -token-file, $..._HTTP_TOKEN, then $..._HTTP_TOKEN_FILE."""
     env = os.environ if env is None else env
-    return explicit or env.get("MESHD_HTTP_TOKEN") or env.get("CONSUL_HTTP_TOKEN") or None
+    if explicit:
+        return explicit
+    for path in (
+        token_file,
+        None,
+        env.get("MESHD_HTTP_TOKEN_FILE"),
+        env.get("CONSUL_HTTP_TOKEN_FILE"),
+    ):
+        if path is None:  # between the files given by flag and by environment: the variables
+            value = env.get("MESHD_HTTP_TOKEN") or env.get("CONSUL_HTTP_TOKEN")
+            if value:
+                return value
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read().strip() or None
+        except OSError as e:
+            raise ValueError(f"cannot read the token file {path}: {e.strerror}") from None
+    return None
 
 
 def decode_kv_value(value: str | None) -> bytes:
@@ -131,9 +154,10 @@ class Client:
         token: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         ca_file: str | None = None,
+        token_file: str | None = None,
     ) -> None:
         self.address = resolve_address(address)
-        self.token = resolve_token(token)
+        self.token = resolve_token(token, token_file=token_file)
         self.timeout = timeout
         handlers: list[urllib.request.BaseHandler] = []
         host = urllib.parse.urlsplit(self.address).hostname or ""

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from meshd import configvalues as cv
+from meshd.acl import settings as acl_settings
 from meshd.configvalues import Schema, Validator
 from meshd.durations import DurationError, parse_duration_seconds
 from meshd.hclparse import parse_hcl
@@ -151,6 +152,7 @@ class Config:
     pid_file: str | None = None
     watches: list[dict[str, Any]] = field(default_factory=list)  # stored; run by a later issue
     kubernetes: k8s_settings.KubernetesConfig | None = None  # the agent's Kubernetes mode
+    acl: acl_settings.ACLConfig = field(default_factory=acl_settings.ACLConfig)
 
     def __post_init__(self) -> None:
         # Derived here rather than in load_config so a hand-built Config(dev=True) behaves too.
@@ -295,7 +297,8 @@ _TOP: Schema = {
     "dns_config": (None, _DNS),
     "tls": (None, _TLS),
     "limits": (None, _LIMITS),
-    "kubernetes": (("kubernetes", "enabled"), k8s_settings.SCHEMA),  # target: the block is there
+    "kubernetes": (("kubernetes", "enabled"), k8s_settings.SCHEMA),
+    "acl": (None, acl_settings.SCHEMA),  # target: the block is there
     **_TLS_FILES,
     **_TLS_HOSTNAME,  # Consul's pre-1.12 top-level TLS keys
 }
@@ -478,6 +481,7 @@ def _build(merged: dict[str, Any], dev: bool) -> Config:
     return Config(
         dev=dev,
         kubernetes=k8s_settings.build(merged.pop("kubernetes", None)),
+        acl=acl_settings.build(merged.pop("acl", None)),
         ports=Ports(**merged.pop("ports", {})),
         dns_config=DNSConfig(**dns),
         tls=TLSConfig(**tls),

@@ -257,3 +257,13 @@ def select(query: Mapping[str, Any], rows: list[CheckServiceNode]) -> list[Check
 def dns_ttl(query: Mapping[str, Any]) -> float | None:
     ttl = query.get("DNS", {}).get("TTL", "")
     return parse_duration(ttl) if ttl else None
+
+
+def acl_prefix(query: dict[str, Any]) -> str | None:
+    """The `query` ACL name guarding a definition (Consul's GetACLPrefix): its name, which a
+    template treats as a prefix; None for an unnamed query, which only its ID holder manages."""
+    name = str(query.get("Name") or "")
+    template = query.get("Template") or {}
+    if name or (isinstance(template, dict) and template.get("Type")):
+        return name
+    return None

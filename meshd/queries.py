@@ -81,6 +81,29 @@ class Sessions(msgspec.Struct, tag="sessions", frozen=True):
     Node: str = ""
 
 
+class ACLTokens(msgspec.Struct, tag="acl_tokens", frozen=True):
+    """Tokens: one by AccessorID or by SecretID, or (both empty) all of them."""
+
+    AccessorID: str = ""
+    SecretID: str = ""
+
+
+class ACLPolicies(msgspec.Struct, tag="acl_policies", frozen=True):
+    ID: str = ""
+    Name: str = ""
+
+
+class ACLRoles(msgspec.Struct, tag="acl_roles", frozen=True):
+    ID: str = ""
+    Name: str = ""
+
+
+class ACLResolve(msgspec.Struct, tag="acl_resolve", frozen=True):
+    """A token's accessor and resolved rules: the one read an agent's token cache makes."""
+
+    SecretID: str
+
+
 class AutopilotConfig(msgspec.Struct, tag="autopilot_config", frozen=True):
     pass
 
@@ -111,6 +134,10 @@ Query = (
     | TxnRead
     | Events
     | Sessions
+    | ACLTokens
+    | ACLPolicies
+    | ACLRoles
+    | ACLResolve
     | AutopilotConfig
     | Coordinates
     | PreparedQueries

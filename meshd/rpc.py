@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 
 from meshd import queries as q
+from meshd.acl.model import ACLPolicy, ACLRole, ACLToken, ResolvedToken
 from meshd.structs import (
     CheckServiceNode,
     Command,
@@ -56,6 +57,7 @@ class ReadReply(msgspec.Struct):
 
 class WriteRequest(msgspec.Struct):
     Command: Command
+    Token: str = ""  # the caller's ACL SecretID; the server authorises the command with it
 
 
 class WriteReply(msgspec.Struct):
@@ -117,6 +119,10 @@ VALUE_TYPES: dict[type, Any] = {
     q.TxnRead: TxnReply,
     q.Events: EventsPage,
     q.Sessions: list[Session],
+    q.ACLTokens: list[ACLToken],
+    q.ACLPolicies: list[ACLPolicy],
+    q.ACLRoles: list[ACLRole],
+    q.ACLResolve: ResolvedToken | None,
     q.AutopilotConfig: dict[str, Any],
     q.Coordinates: list[dict[str, Any]],
     q.PreparedQueries: list[dict[str, Any]],

@@ -11,6 +11,8 @@ from typing import Any
 
 import msgspec
 
+from meshd.acl.model import ACLPolicyOp, ACLRoleOp, ACLTokenOp
+
 
 class Weights(msgspec.Struct, omit_defaults=False):
     Passing: int = 1
@@ -367,6 +369,9 @@ Command = (
     | Txn
     | SessionOp
     | SessionInvalidate
+    | ACLTokenOp
+    | ACLPolicyOp
+    | ACLRoleOp
     | AutopilotConfigOp
     | CoordinateBatch
     | PreparedQueryOp

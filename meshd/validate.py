@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from meshd.acl.checks import RULES as ACL_RULES
 from meshd.autopilot import AutopilotConfigError, normalize_config
 from meshd.coordinate import Coordinate, CoordinateError
 from meshd.durations import DurationError, parse_duration_seconds
@@ -527,6 +528,7 @@ RULES: dict[type[Any], Callable[[Any, Limits], None]] = {
     Txn: txn,
     SessionOp: session_op,
     SessionInvalidate: session_invalidate,
+    **ACL_RULES,  # tokens, policies, roles: meshd/acl/checks.py
     AutopilotConfigOp: autopilot_config,
     CoordinateBatch: coordinates,
     PreparedQueryOp: prepared_query,

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -36,6 +36,14 @@ NackHook = Callable[[str, str, str, str], None]
 NACK_HISTORY = 20
 
 
+def _token(context: grpc.aio.ServicerContext) -> str:
+    """The ACL token Envoy sends as `x-consul-token` (its bootstrap's initial_metadata)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-consul-token":
+            return value if isinstance(value, str) else value.decode()
+    return ""
+
+
 class _Servicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def __init__(self, server: ADSServer) -> None:
         self._server = server
@@ -45,9 +53,12 @@ class _Servicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         stream: BaseStream,
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[Any]:
+        stream.token = _token(context)
         try:
             async for resp in stream.run():
                 yield resp
+        except PermissionError as e:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(e))
         except ValueError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
 
@@ -101,6 +112,9 @@ class ADSServer:
         self._streams: dict[str, set[BaseStream]] = {}
         self._acked: dict[str, dict[str, str]] = {}
         self._nacks: dict[str, deque[dict[str, Any]]] = {}
+        #: `await authorize(node_id, token)` raises PermissionError to refuse a stream (the
+        #: agent's ACL check); None: every local stream is served (ACLs off).
+        self.authorize: Callable[[str, str], Awaitable[None]] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import contextlib
 import hashlib
 import itertools
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -89,6 +89,7 @@ class StreamHost(Protocol):
     """What a stream needs from the server; keeps this module free of grpc server plumbing."""
 
     cds_gate_s: float
+    authorize: Callable[[str, str], Awaitable[None]] | None  # raises PermissionError to refuse
 
     def lookup(self, node_id: str) -> NodeResources | None: ...
     def register(self, stream: BaseStream) -> None: ...
@@ -105,6 +106,7 @@ class BaseStream:
     def __init__(self, host: StreamHost, request_iterator: AsyncIterator[Any]) -> None:
         self.host = host
         self.node_id: str | None = None
+        self.token = ""  # the caller's ACL token (gRPC metadata), checked once node_id is known
         self.wake = asyncio.Event()
         self._requests = request_iterator
         self._inbox: deque[Any] = deque()
@@ -133,6 +135,8 @@ class BaseStream:
                     if self.node_id is None:
                         if not req.node.id:
                             raise ValueError("first xDS request carries no node.id")
+                        if self.host.authorize is not None:
+                            await self.host.authorize(req.node.id, self.token)
                         self.node_id = req.node.id
                         self.host.register(self)
                     self.handle(req)

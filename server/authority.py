@@ -16,10 +16,13 @@ from typing import Any
 import msgspec
 
 from meshd import validate
+from meshd.acl.checks import ValidationError as ACLValidationError
+from meshd.acl.model import ACLPolicyOp, ACLRoleOp, ACLTokenOp
 from meshd.chain import CHAIN_KINDS, ChainError, check_chains
 from meshd.config_entries import KINDS, ConfigEntryError, normalize_entry
 from meshd.prepared_query import PreparedQueryError, check_unique
 from meshd.prepared_query import normalize as normalize_query
+from meshd.server.acl_state import BootstrapDoneError
 from meshd.server.ca import CARoot
 from meshd.server.mesh_state import INTENTIONS, CommandRejectedError, intention_entry
 from meshd.server.store import CommandError, Store
@@ -74,6 +77,9 @@ ORIGINS: dict[type[Any], frozenset[Origin]] = {
     Restore: _SERVERS,  # replaces the whole state: only via a server's snapshot restore
     SessionOp: _ANY,  # a user's create / destroy
     SessionInvalidate: _SERVERS,  # the leader's TTL verdict
+    ACLTokenOp: _ANY,  # ACL writes need acl:write on the caller's token (and bootstrap, none)
+    ACLPolicyOp: _ANY,
+    ACLRoleOp: _ANY,
     AutopilotConfigOp: _ANY,  # an operator's, through any agent's HTTP API
     CoordinateBatch: _ANY,  # the leader's batches, and /v1/coordinate/update from agents
     PreparedQueryOp: _ANY,
@@ -111,6 +117,7 @@ def check_command(cmd: Command, limits: validate.Limits | None = None) -> Comman
         return _normalise(cmd)
     except (
         validate.ValidationError,
+        ACLValidationError,
         ConfigEntryError,
         CommandRejectedError,
         PreparedQueryError,
@@ -234,6 +241,17 @@ def _config_entry_refs(cmd: ConfigEntryOp, store: Store, added: dict[str, set[st
         raise CommandError(str(e)) from None
 
 
+def _acl_refs(
+    cmd: ACLTokenOp | ACLPolicyOp | ACLRoleOp, store: Store, added: dict[str, set[str]]
+) -> None:
+    try:
+        store.acl.check(cmd)
+    except BootstrapDoneError as e:
+        raise CommandForbiddenError(f"Permission denied: {e}") from None
+    except CommandRejectedError as e:
+        raise CommandError(str(e)) from None
+
+
 def _prepared_query_refs(cmd: PreparedQueryOp, store: Store, added: dict[str, set[str]]) -> None:
     if cmd.Op == "set":
         try:
@@ -243,6 +261,9 @@ def _prepared_query_refs(cmd: PreparedQueryOp, store: Store, added: dict[str, se
 
 
 _REFERENCES: dict[type[Any], Callable[[Any, Store, dict[str, set[str]]], None]] = {
+    ACLTokenOp: _acl_refs,
+    ACLPolicyOp: _acl_refs,
+    ACLRoleOp: _acl_refs,
     PreparedQueryOp: _prepared_query_refs,
     Register: _register_refs,
     CASetRoots: _ca_roots_refs,

@@ -19,6 +19,8 @@ from typing import Any
 
 from meshd import keyring, validate
 from meshd import queries as q
+from meshd.acl import PermissionDeniedError
+from meshd.acl.settings import ACLConfig
 from meshd.fsutil import atomic_write_json, private_dirs
 from meshd.rpc import (
     CAConfigRequest,
@@ -36,7 +38,13 @@ from meshd.rpc import (
 from meshd.rpc_client import RPCClient, RPCError, normalize_addr
 from meshd.server import connect_ca, operator
 from meshd.server import keyring as server_keyring
-from meshd.server.authority import Origin, admit
+from meshd.server.acl_authz import (
+    TokenNotFoundError,
+    authorize,
+    authorize_query_owner,
+    server_authorizer,
+)
+from meshd.server.authority import CommandForbiddenError, Origin, admit
 from meshd.server.ca import CAError
 from meshd.server.members import Membership
 from meshd.server.operator import OperatorRequest
@@ -46,7 +54,16 @@ from meshd.server.reaper import CriticalReaper
 from meshd.server.sessions import SessionTimers, lock_delayed
 from meshd.server.store import CommandError, Store
 from meshd.server.tombstones import DEFAULT_TTL, TombstoneGC
-from meshd.structs import SERF_CHECK_ID, Barrier, Command, CoordinateBatch, KVOp, Restore, Session
+from meshd.structs import (
+    SERF_CHECK_ID,
+    Barrier,
+    Command,
+    CoordinateBatch,
+    KVOp,
+    PreparedQueryOp,
+    Restore,
+    Session,
+)
 from meshd.validate import Limits
 
 log = logging.getLogger("meshd.server")
@@ -73,6 +90,7 @@ class ServerSettings:
     server_name: str | None = None  # TLS name servers present to each other
     fsync: bool = True
     limits: Limits = field(default_factory=Limits)
+    acl: ACLConfig = field(default_factory=ACLConfig)
     keyring: list[str] = field(default_factory=list)  # cluster keys, primary first (encrypt)
     tombstone_ttl: float = DEFAULT_TTL  # deleted KV keys are forgotten after this
 
@@ -245,17 +263,32 @@ class Server:
             raise RaftError("No cluster leader")
         return self.known.get(leader, _rpc_for(leader, self.s.rpc_port))
 
-    async def write(self, cmd: Command, origin: Origin = Origin.SERVER) -> Any:
+    async def write(
+        self, cmd: Command, origin: Origin = Origin.SERVER, token: str | None = None
+    ) -> Any:
         """Propose `cmd` once it passes `admit`: the servers decide what enters the state.
 
         `origin` is AGENT for anything an agent asked for (RPC and the HTTP API of an agent on
         this server); a server's own decisions (CA, liveness, restore) come as SERVER.
         """
         raft = self._raft()
+        if origin is Origin.AGENT and self.s.acl.enabled:
+            self._authorize(cmd, token or "")
         cmd = admit(cmd, origin, self.store, self.s.limits)
         if isinstance(cmd, KVOp) and cmd.Verb == "lock" and lock_delayed(self.store, cmd.Key):
             return False  # Consul refuses before the log: lock-delay is this server's clock
         return await raft.apply(cmd)
+
+    def _authorize(self, cmd: Command, token: str) -> None:
+        """The caller's token against the command's permission row (server/acl_authz.py)."""
+        try:
+            with self.store.lock:
+                authz = server_authorizer(self.s.acl, self.store.acl, token)
+                if isinstance(cmd, PreparedQueryOp):
+                    authorize_query_owner(cmd, self.store.prepared_queries.queries, authz)
+            authorize(cmd, authz)
+        except (PermissionDeniedError, TokenNotFoundError) as e:
+            raise CommandForbiddenError(str(e)) from None
 
     async def restore(self, data: bytes) -> None:
         """Replace the state with a snapshot: an operator's request, served by a server agent

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from meshd import queries as q
-from meshd.server import sessions
+from meshd.server import acl_state, sessions
 from meshd.server.ca import public_view
 from meshd.server.coordinates import read_autopilot, read_coordinates
 from meshd.server.prepared_queries import read_prepared_queries
@@ -200,6 +200,7 @@ _QUERIES: dict[type[Any], Callable[[Store, Any], Answer]] = {
     q.TxnRead: _txn_read,
     q.Events: _events,
     q.Sessions: sessions.read_sessions,
+    **acl_state.read_handlers(lambda store: store.acl),
     q.AutopilotConfig: read_autopilot,
     q.Coordinates: read_coordinates,
     q.PreparedQueries: read_prepared_queries,

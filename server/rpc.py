@@ -91,7 +91,9 @@ def make_rpc_app(server: Server) -> web.Application:
         """An agent's write: admitted as Origin.AGENT, so server-only commands are refused."""
         req = msgspec.msgpack.decode(await request.read(), type=WriteRequest)
         try:
-            return _reply(WriteReply(Result=await server.write(req.Command, Origin.AGENT)))
+            return _reply(
+                WriteReply(Result=await server.write(req.Command, Origin.AGENT, req.Token))
+            )
         except CommandForbiddenError as e:
             return _reply(WriteReply(Error=str(e), Code=403))
         except StateConflictError as e:

@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from meshd.server import sessions, tombstones
+from meshd.server.acl_state import ACLState
 from meshd.server.autopilot import AutopilotState
 from meshd.server.coordinates import CoordinateState
 from meshd.server.events import EventRing
@@ -81,6 +82,7 @@ class _Snapshot(msgspec.Struct):
     mesh: dict[str, Any] = {}
     events: dict[str, Any] = {}
     sessions: list[Session] = []
+    acl: dict[str, Any] = {}
     autopilot: dict[str, Any] = {}
     coordinates: list[list[Any]] = []
     prepared_queries: list[dict[str, Any]] = []
@@ -113,6 +115,7 @@ class Store:
         self.mesh = MeshState()
         self.events = EventRing()
         self.sessions = sessions.SessionTable()
+        self.acl = ACLState()
         self.autopilot = AutopilotState()
         self.coordinates = CoordinateState(self.nodes)
         self.prepared_queries = PreparedQueryState()
@@ -130,6 +133,7 @@ class Store:
             EventFire: self.events.apply,
             Txn: lambda cmd, index, changed: apply_txn(self, cmd, index, changed),
             **sessions.handlers(self),
+            **self.acl.handlers(),
             **self.autopilot.handlers(),
             **self.coordinates.handlers(),
             **self.prepared_queries.handlers(),
@@ -434,6 +438,7 @@ class Store:
                 mesh=self.mesh.dump(),
                 events=self.events.dump(),
                 sessions=self.sessions.dump(),
+                acl=self.acl.dump(),
                 autopilot=self.autopilot.dump(),
                 coordinates=self.coordinates.dump(),
                 prepared_queries=self.prepared_queries.dump(),
@@ -478,6 +483,7 @@ class Store:
         self.mesh.load(snap.mesh)
         self.events.load(snap.events)
         self.sessions.load(snap.sessions, self.kv)
+        self.acl.load(snap.acl)
         self.autopilot.load(snap.autopilot)
         self.coordinates.load(snap.coordinates, self.nodes)
         self.prepared_queries.load(snap.prepared_queries)

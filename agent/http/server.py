@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from meshd.agent.http import (
+    acl_api,
     agent_api,
     catalog_api,
     connect_api,
@@ -19,6 +20,7 @@ from meshd.agent.http import (
     session_api,
     txn_api,
 )
+from meshd.agent.http.acl_guard import acl_middleware
 from meshd.agent.http.common import AGENT_KEY, datacenter_middleware, error_middleware
 from meshd.agent.http.guard import refuse_http09
 
@@ -35,7 +37,13 @@ async def count_middleware(request: web.Request, handler: Any) -> web.StreamResp
 
 def make_app(agent: Agent, max_body: int = 1024 * 1024) -> web.Application:
     app = web.Application(
-        middlewares=[refuse_http09, count_middleware, error_middleware, datacenter_middleware],
+        middlewares=[
+            refuse_http09,
+            count_middleware,
+            error_middleware,
+            datacenter_middleware,
+            acl_middleware,
+        ],
         client_max_size=max_body,
     )
     app[AGENT_KEY] = agent
@@ -48,6 +56,7 @@ def make_app(agent: Agent, max_body: int = 1024 * 1024) -> web.Application:
         session_api,
         event_api,
         txn_api,
+        acl_api,
         ops_api,
         coordinate_api,
         query_api,

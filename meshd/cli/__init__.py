@@ -22,6 +22,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 FORMATS = ("pretty", "text", "table", "json")
 _META_ADDR = "meshd.http_addr"
 _META_TOKEN = "meshd.token"
+_META_TOKEN_FILE = "meshd.token_file"
 
 
 class CLIError(click.ClickException):
@@ -59,6 +60,15 @@ def http_options(f: F) -> F:
         help="ACL token (else $MESHD_HTTP_TOKEN / $CONSUL_HTTP_TOKEN).",
     )(f)
     f = click.option(
+        "-token-file",
+        "--token-file",
+        expose_value=False,
+        default=None,
+        metavar="PATH",
+        callback=_remember(_META_TOKEN_FILE),
+        help="File holding the ACL token (else $MESHD_HTTP_TOKEN_FILE / $CONSUL_HTTP_TOKEN_FILE).",
+    )(f)
+    f = click.option(
         "-http-addr",
         "--http-addr",
         expose_value=False,
@@ -87,6 +97,10 @@ def client() -> Client:
     """The API client for the current invocation; a bad address is a usage-level error."""
     ctx = click.get_current_context()
     try:
-        return Client(ctx.meta.get(_META_ADDR), token=ctx.meta.get(_META_TOKEN))
+        return Client(
+            ctx.meta.get(_META_ADDR),
+            token=ctx.meta.get(_META_TOKEN),
+            token_file=ctx.meta.get(_META_TOKEN_FILE),
+        )
     except ValueError as e:
         raise CLIError(str(e)) from None

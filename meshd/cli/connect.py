@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 
 import click
 
+from meshd.api import APIError, Client
 from meshd.cli import CLIError, client, http_options
 
 
@@ -27,6 +28,17 @@ def _find_proxy(services: dict, sidecar_for: str) -> dict:
         f"no sidecar proxy registered for service ID {sidecar_for!r} on this agent "
         "(register the service with connect { sidecar_service {} })"
     )
+
+
+def _xds_port(api: Client) -> str:
+    """The agent's xDS port from /v1/agent/self; a service's own token has no agent:read, and
+    then the default port is used (as Consul's CLI does)."""
+    try:
+        return str(api.get("/v1/agent/self").get("xDS", {}).get("Port", 8502))
+    except APIError as e:
+        if e.status != 403:
+            raise
+        return "8502"
 
 
 @connect.command("envoy", context_settings={"ignore_unknown_options": True})
@@ -79,7 +91,7 @@ def envoy(
         grpc_addr = grpc_addr.split("://", 1)[-1]
         host, _, port = grpc_addr.rpartition(":")
     else:
-        port = str(api.get("/v1/agent/self").get("xDS", {}).get("Port", 8502))
+        port = _xds_port(api)
         host = urlparse(api.address).hostname or "127.0.0.1"
     if not port.isdigit():
         raise CLIError(f"invalid gRPC address {grpc_addr!r}: expected host:port")
@@ -89,6 +101,7 @@ def envoy(
         ads_host=host,
         ads_port=int(port),
         admin_bind=admin_bind,
+        ads_token=api.token,  # the ADS stream needs service:write on the service (ACLs on)
     )
     if print_only:
         click.echo(json.dumps(config, indent=2))

@@ -14,6 +14,7 @@ import click
 
 from meshd.api import APIError
 from meshd.cli import CLIError, http_options
+from meshd.cli.acl import acl
 from meshd.cli.agent_cmd import agent
 from meshd.cli.catalog import catalog
 from meshd.cli.config_cmd import config
@@ -71,6 +72,7 @@ def cli() -> None:
 
 
 for command in (
+    acl,
     agent,
     catalog,
     config,

@@ -1,0 +1,94 @@
+"""The agent's token cache: a SecretID -> a compiled Authorizer, kept for `token_ttl`.
+
+Resolving a token is one read on the servers (`ACLResolve`, the token's resolved rule texts);
+the compiled authorizer is cached so that a request with a known token costs a dict lookup.
+When no server answers, `down_policy` decides (Consul's): `allow`, `deny`, or, for
+`extend-cache`/`async-cache`, the last known answer for that token (deny if none).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections import OrderedDict
+
+from meshd import queries as q
+from meshd.acl import MANAGEMENT, Authorizer, build_authorizer, parse_rules
+from meshd.acl.model import ANONYMOUS_ACCESSOR, expired
+from meshd.acl.settings import ACLConfig
+from meshd.agent.backend import CatalogBackend
+from meshd.server.raft import RaftError
+
+log = logging.getLogger("meshd.acl")
+MAX_CACHED = 10_000
+
+
+class ACLNotFoundError(Exception):
+    """403 `ACL not found`: the token does not exist (or expired), as Consul answers."""
+
+    def __init__(self) -> None:
+        super().__init__("ACL not found")
+
+
+class TokenResolver:
+    def __init__(self, config: ACLConfig, backend: CatalogBackend) -> None:
+        self.config = config
+        self.backend = backend
+        self._cache: OrderedDict[str, tuple[Authorizer, float, str]] = OrderedDict()
+        self._anonymous = build_authorizer([], config.default_policy, ANONYMOUS_ACCESSOR)
+        self._deny = build_authorizer([], "deny")
+        self._allow = build_authorizer([], "allow")
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.enabled
+
+    def _is_initial_management(self, secret: str) -> bool:
+        configured = self.config.tokens.initial_management
+        return bool(configured) and hmac.compare_digest(configured.encode(), secret.encode())
+
+    async def resolve(self, secret: str) -> Authorizer:
+        """The authorizer of `secret` ("" = the agent's default token, else anonymous)."""
+        if not self.config.enabled:
+            return MANAGEMENT
+        secret = secret or self.config.tokens.default
+        if not secret:
+            return self._anonymous
+        if self._is_initial_management(secret):
+            return MANAGEMENT
+        now = time.monotonic()
+        hit = self._cache.get(secret)
+        if hit is not None and hit[1] > now and not expired(hit[2]):
+            return hit[0]
+        try:
+            answer = await self.backend.read(q.ACLResolve(SecretID=secret))
+        except RaftError:
+            return self._down(hit)
+        resolved = answer.value
+        if resolved is None or expired(resolved.ExpirationTime):
+            self._cache.pop(secret, None)
+            raise ACLNotFoundError()
+        if resolved.Management:
+            authz = Authorizer(management=True, accessor=resolved.AccessorID)
+        else:
+            rules = [r for text in resolved.Rules for r in parse_rules(text)]
+            authz = build_authorizer(rules, self.config.default_policy, resolved.AccessorID)
+        self._cache[secret] = (authz, now + self.config.token_ttl, resolved.ExpirationTime)
+        self._cache.move_to_end(secret)
+        while len(self._cache) > MAX_CACHED:
+            self._cache.popitem(last=False)
+        return authz
+
+    def _down(self, hit: tuple[Authorizer, float, str] | None) -> Authorizer:
+        policy = self.config.down_policy
+        log.warning("no server answered a token lookup; applying down_policy %s", policy)
+        if policy == "allow":
+            return self._allow
+        if policy in ("extend-cache", "async-cache") and hit is not None:
+            return hit[0]
+        return self._deny
+
+    def forget(self) -> None:
+        """Drop every cached answer (after a token or policy write through this agent)."""
+        self._cache.clear()

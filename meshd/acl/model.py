@@ -1,0 +1,112 @@
+"""ACL tokens, policies and roles as stored and as Consul's API shows them, and their commands.
+
+Field names are Consul's JSON names (the same struct is the Raft payload, the row and the HTTP
+body). IDs, secrets and times are chosen by the agent that receives the request, never by
+`apply`, so every server stores the same values.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import msgspec
+
+MANAGEMENT_POLICY_ID = "00000000-0000-0000-0000-000000000001"
+MANAGEMENT_POLICY_NAME = "global-management"
+ANONYMOUS_ACCESSOR = "00000000-0000-0000-0000-000000000002"
+
+
+class ACLLink(msgspec.Struct, omit_defaults=True):
+    """A reference from a token or role to a policy or role: by ID, or by Name on input."""
+
+    ID: str = ""
+    Name: str = ""
+
+
+class ACLServiceIdentity(msgspec.Struct, omit_defaults=True):
+    ServiceName: str
+    Datacenters: list[str] = []
+
+
+class ACLNodeIdentity(msgspec.Struct):
+    NodeName: str
+    Datacenter: str = ""
+
+
+class ACLToken(msgspec.Struct):
+    AccessorID: str
+    SecretID: str
+    Description: str = ""
+    Policies: list[ACLLink] = []
+    Roles: list[ACLLink] = []
+    ServiceIdentities: list[ACLServiceIdentity] = []
+    NodeIdentities: list[ACLNodeIdentity] = []
+    Local: bool = False
+    ExpirationTTL: str = ""
+    ExpirationTime: str = ""
+    CreateTime: str = ""
+    CreateIndex: int = 0
+    ModifyIndex: int = 0
+
+
+class ACLPolicy(msgspec.Struct):
+    ID: str
+    Name: str
+    Description: str = ""
+    Rules: str = ""
+    Datacenters: list[str] = []
+    CreateIndex: int = 0
+    ModifyIndex: int = 0
+
+
+class ACLRole(msgspec.Struct):
+    ID: str
+    Name: str
+    Description: str = ""
+    Policies: list[ACLLink] = []
+    ServiceIdentities: list[ACLServiceIdentity] = []
+    NodeIdentities: list[ACLNodeIdentity] = []
+    CreateIndex: int = 0
+    ModifyIndex: int = 0
+
+
+class ACLTokenOp(msgspec.Struct, tag="acl_token"):
+    """Op: "set" (create or update), "delete" (by AccessorID) or "bootstrap" (once ever)."""
+
+    Op: str
+    Token: ACLToken | None = None
+    AccessorID: str = ""
+
+
+class ACLPolicyOp(msgspec.Struct, tag="acl_policy"):
+    Op: str  # "set" or "delete"
+    Policy: ACLPolicy | None = None
+    ID: str = ""
+
+
+class ACLRoleOp(msgspec.Struct, tag="acl_role"):
+    Op: str  # "set" or "delete"
+    Role: ACLRole | None = None
+    ID: str = ""
+
+
+class ResolvedToken(msgspec.Struct):
+    """What an agent needs to authorise a token: its accessor and every rule text it carries."""
+
+    AccessorID: str
+    Management: bool = False
+    Rules: list[str] = []
+    ExpirationTime: str = ""
+
+
+def expired(expiration_time: str, now: float | None = None) -> bool:
+    if not expiration_time:
+        return False
+    try:
+        when = datetime.fromisoformat(expiration_time.replace("Z", "+00:00"))
+    except ValueError:
+        return True  # an unreadable expiry must not make a token live forever
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp() <= (time.time() if now is None else now)

@@ -1,0 +1,77 @@
+"""A dev agent with ACLs on (default deny), and a client for it that sends a token."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import urllib.error
+import urllib.request
+import uuid
+from typing import Any
+
+from helpers import MeshdProcess, Response, dev_agent
+
+MGMT = str(uuid.uuid4())  # acl.tokens.initial_management (and the agent's own token)
+
+
+class ACLAgent:
+    """A dev agent with ACLs on; every request carries `token` (None: no token at all)."""
+
+    def __init__(self, proc: MeshdProcess) -> None:
+        self.proc = proc
+
+    def call(
+        self, method: str, path: str, body: Any = None, token: str | None = MGMT, how: str = "x"
+    ) -> Response:
+        data = None
+        if body is not None:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        headers = {}
+        if token is not None and how == "x":
+            headers["X-Consul-Token"] = token
+        elif token is not None and how == "bearer":
+            headers["Authorization"] = f"Bearer {token}"
+        elif token is not None:
+            path += ("&" if "?" in path else "?") + f"token={token}"
+        req = urllib.request.Request(
+            self.proc.http + path, data=data, method=method, headers=headers
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return Response(r.status, r.read(), dict(r.headers))
+        except urllib.error.HTTPError as e:
+            return Response(e.code, e.read(), dict(e.headers))
+
+    def ok(self, method: str, path: str, body: Any = None, token: str | None = MGMT) -> Any:
+        r = self.call(method, path, body, token)
+        assert r.status == 200, (method, path, r.status, r.body)
+        return r.json() if r.body.strip() else None
+
+    def token_for(self, rules: str) -> tuple[str, str]:
+        """(AccessorID, SecretID) of a new token with one policy of `rules`."""
+        name = f"p-{uuid.uuid4().hex[:8]}"
+        self.ok("PUT", "/v1/acl/policy", {"Name": name, "Rules": rules})
+        tok = self.ok("PUT", "/v1/acl/token", {"Policies": [{"Name": name}]})
+        return tok["AccessorID"], tok["SecretID"]
+
+
+def start_acl_agent(
+    tokens: str = "", acl: str = "", agent_token: bool = True, args: tuple[str, ...] = ()
+) -> ACLAgent:
+    """`tokens`/`acl`: extra HCL lines inside `acl.tokens {}` / `acl {}`; `args`: more flags.
+    Logs at debug level, so that tests can look for secrets in everything the agent writes."""
+    conf_dir = tempfile.mkdtemp(prefix="meshd-acl-")
+    conf = os.path.join(conf_dir, "acl.hcl")
+    with open(conf, "w") as f:
+        f.write(
+            f'acl {{\n  enabled = true\n  default_policy = "deny"\n{acl}\n'
+            f'  tokens {{\n    initial_management = "{MGMT}"\n'
+            f'    agent = "{MGMT if agent_token else ""}"\n'
+            f"{tokens}\n  }}\n}}\n"
+        )
+    proc = dev_agent(f"-config-file={conf}", "-log-level=debug", *args)
+    proc.request = lambda method, path, body=None, timeout=10.0: ACLAgent(proc).call(  # type: ignore[method-assign]
+        method, path, body
+    )
+    return ACLAgent(proc.start())

@@ -1,0 +1,139 @@
+"""Agent -> server writes with ACLs on: the server authorises each command with the token the
+agent sent, on a real server behind the real RPC app, signed with the cluster key (a key holder
+is no longer trusted with everything)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from helpers import free_port
+
+from meshd.acl import Access
+from meshd.acl.model import ACLLink, ACLPolicy, ACLPolicyOp, ACLToken, ACLTokenOp
+from meshd.acl.settings import ACLConfig, ACLTokens
+from meshd.agent.acl import ACLNotFoundError, TokenResolver
+from meshd.agent.backend import RemoteBackend
+from meshd.rpc import AUTH_HEADER, WriteReply, WriteRequest, encoder, sign
+from meshd.rpc_client import RPCClient
+from meshd.server.authority import CommandForbiddenError
+from meshd.server.cluster import Server, ServerSettings
+from meshd.server.rpc import make_rpc_app
+from meshd.structs import KVOp, NodeService, Register
+
+KEY = os.urandom(32)
+MGMT = str(uuid.uuid4())
+
+
+class RPC:
+    def __init__(self, server: Server, client: TestClient[Any, Any]) -> None:
+        self.server, self.client = server, client
+
+    async def write(self, cmd: Any, token: str) -> WriteReply:
+        path = "/rpc/write"
+        body = encoder.encode(WriteRequest(Command=cmd, Token=token))
+        resp = await self.client.post(path, data=body, headers={AUTH_HEADER: sign(KEY, path, body)})
+        assert resp.status == 200, await resp.read()
+        return msgspec.msgpack.decode(await resp.read(), type=WriteReply)
+
+
+@pytest.fixture
+async def rpc(tmp_path: Any) -> AsyncIterator[RPC]:
+    acl = ACLConfig(enabled=True, default_policy="deny", tokens=ACLTokens(initial_management=MGMT))
+    server = Server(
+        ServerSettings(
+            node_name="s1",
+            datacenter="dc1",
+            advertise="127.0.0.1",
+            rpc_port=free_port(),
+            raft_port=free_port(),
+            data_dir=str(tmp_path),
+            key=KEY,
+            password=base64.b64encode(KEY).decode(),
+            acl=acl,
+        )
+    )
+    await server.start()
+    client = TestClient(TestServer(make_rpc_app(server)))
+    await client.start_server()
+    try:
+        for _ in range(200):
+            if server.raft is not None and server.raft.is_leader:
+                break
+            await asyncio.sleep(0.05)
+        yield RPC(server, client)
+    finally:
+        await client.close()
+        await server.close()
+
+
+async def _agent_token(rpc: RPC, node: str) -> tuple[str, str]:
+    pid, accessor, secret = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    rules = f'node "{node}" {{ policy = "write" }}\nservice_prefix "" {{ policy = "read" }}'
+    policy = ACLPolicy(ID=pid, Name=f"agent-{node}", Rules=rules)
+    assert (await rpc.write(ACLPolicyOp(Op="set", Policy=policy), MGMT)).Code == 0
+    token = ACLToken(AccessorID=accessor, SecretID=secret, Policies=[ACLLink(ID=pid)])
+    assert (await rpc.write(ACLTokenOp(Op="set", Token=token), MGMT)).Code == 0
+    return accessor, secret
+
+
+def _register(node: str, service: str = "web") -> Register:
+    return Register(
+        Node=node, Address="10.0.0.1", Service=NodeService(ID=service, Service=service, Port=80)
+    )
+
+
+async def test_agent_token_registers_its_own_node_only(rpc: RPC) -> None:
+    accessor, secret = await _agent_token(rpc, "node-a")
+    ok = await rpc.write(_register("node-a"), secret)
+    assert (ok.Code, ok.Result) == (0, True)
+    assert "web" in rpc.server.store.services["node-a"]
+    refused = await rpc.write(_register("node-b"), secret)
+    assert refused.Code == 403
+    assert refused.Error == (
+        f"Permission denied: token with AccessorID '{accessor}' lacks permission "
+        "'service:write' on \"web\""
+    )
+    assert "node-b" not in rpc.server.store.nodes
+    kv = await rpc.write(KVOp(Verb="set", Key="k", Value=b"v"), secret)
+    assert kv.Code == 403 and "'key:write' on \"k\"" in kv.Error
+    acl_write = await rpc.write(ACLPolicyOp(Op="delete", ID=str(uuid.uuid4())), secret)
+    assert acl_write.Code == 403 and "lacks permission 'acl:write'" in acl_write.Error
+
+
+async def test_no_token_and_unknown_token_are_refused(rpc: RPC) -> None:
+    anonymous = await rpc.write(_register("node-a"), "")
+    assert anonymous.Code == 403 and anonymous.Error.startswith("Permission denied")
+    unknown = await rpc.write(_register("node-a"), str(uuid.uuid4()))
+    assert (unknown.Code, unknown.Error) == (403, "ACL not found")
+    assert "node-a" not in rpc.server.store.nodes
+
+
+async def test_a_client_agent_resolves_and_writes_with_tokens_over_rpc(rpc: RPC) -> None:
+    """A client agent's RemoteBackend: token resolution is one read over RPC, its compiled
+    authorizer is cached, and a write carries the token the caller gave."""
+    accessor, secret = await _agent_token(rpc, "node-a")
+    port = rpc.client.server.port
+    backend = RemoteBackend(RPCClient([f"127.0.0.1:{port}"], KEY, default_port=port), token="")
+    resolver = TokenResolver(rpc.server.s.acl, backend)
+    try:
+        authz = await resolver.resolve(secret)
+        assert authz.accessor == accessor
+        assert authz.allowed("node", "node-a", Access.WRITE)
+        assert not authz.allowed("node", "node-b", Access.WRITE)
+        with pytest.raises(ACLNotFoundError):
+            await resolver.resolve(str(uuid.uuid4()))
+        assert await backend.write(_register("node-a"), secret) is True
+        with pytest.raises(CommandForbiddenError, match="lacks permission"):
+            await backend.write(_register("node-b"), secret)
+        with pytest.raises(CommandForbiddenError):  # the agent's own token: none configured
+            await backend.write(_register("node-a", "api"))
+    finally:
+        await backend.rpc.close()
