@@ -238,7 +238,8 @@ def server_cluster(
 ) -> list[MeshdProcess]:
     """`n` real servers on loopback that form one cluster (bootstrap_expect n, each joining the
     others' RPC ports), a node failure timeout of 2 s; not started: start them together."""
-    ports = [free_ports(2) for _ in range(n)]
+    flat = free_ports(2 * n)  # one pick: separate picks can hand out the same port twice
+    ports = [(flat[2 * i], flat[2 * i + 1]) for i in range(n)]
     key = base64.b64encode(os.urandom(32)).decode()  # servers with peers refuse to run without
     procs = []
     for i, (rpc, raft) in enumerate(ports):
