@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from envoy.service.discovery.v3 import discovery_pb2 as ds
 from google.protobuf import any_pb2, descriptor_pool, message_factory
 
+from .bootstrap import ADMIN_ADDR_KEY
 from .common import (
     CLUSTER,
     ENDPOINT,
@@ -105,6 +106,8 @@ class BaseStream:
     def __init__(self, host: StreamHost, request_iterator: AsyncIterator[Any]) -> None:
         self.host = host
         self.node_id: str | None = None
+        #: Envoy's admin address as its bootstrap announced it (node metadata), for telemetry.
+        self.admin_addr = ""
         self.wake = asyncio.Event()
         self._requests = request_iterator
         self._inbox: deque[Any] = deque()
@@ -134,6 +137,8 @@ class BaseStream:
                         if not req.node.id:
                             raise ValueError("first xDS request carries no node.id")
                         self.node_id = req.node.id
+                        meta = req.node.metadata.fields.get(ADMIN_ADDR_KEY)
+                        self.admin_addr = meta.string_value if meta is not None else ""
                         self.host.register(self)
                     self.handle(req)
                 if self._closed:

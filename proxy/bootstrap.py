@@ -16,6 +16,8 @@ from typing import Any
 
 ADS_CLUSTER = "meshd_ads"
 ENV_BINARY = "MESHD_ENVOY_BINARY"
+#: Node metadata key carrying the admin address, so the agent can read this Envoy's stats.
+ADMIN_ADDR_KEY = "meshd_admin_addr"
 
 
 class EnvoyNotFoundError(RuntimeError):
@@ -99,7 +101,7 @@ def bootstrap_config(
         grpc_service["initial_metadata"] = [{"key": "x-consul-token", "value": ads_token}]
     ads_source = {"ads": {}, "resource_api_version": "V3"}
     return {
-        "node": {"id": node_id, "cluster": cluster},
+        "node": {"id": node_id, "cluster": cluster, "metadata": {ADMIN_ADDR_KEY: admin_bind}},
         "admin": {"address": _socket_address(admin_host, admin_port)},
         "dynamic_resources": {
             "ads_config": {
