@@ -39,6 +39,7 @@ from meshd.agent.local import LocalState, UnknownCheckError
 from meshd.agent.mesh import MeshManager
 from meshd.agent.persist import Persisted
 from meshd.agent.sidecar import expand_sidecar
+from meshd.agent.telemetry import TelemetryCollector
 from meshd.agent.views import CacheView, StoreView
 from meshd.agent.watches import WatchRunner, local_address, parse_watches
 from meshd.config import Config
@@ -149,6 +150,7 @@ class Agent:
         self.mesh: MeshManager
         self._rpc_runner: web.AppRunner | None = None
         self.server: Server | None = None
+        self.telemetry: TelemetryCollector | None = None
         self.rpc: RPCClient | None = None
         self.cache: WatchCache  # one cache of server watches: DNS, HTTP reads, the mesh
         self.view: StoreView | CacheView
@@ -282,6 +284,8 @@ class Agent:
         if cfg.ports.grpc > 0:
             await self.mesh.start()
             self._mesh_started = True
+            self.telemetry = TelemetryCollector(self)
+            self._tasks.append(asyncio.create_task(self.telemetry.run(), name="telemetry"))
         if cfg.ports.dns > 0:
             dns_addr = cfg.addresses.get("dns", cfg.client_addr).split()[0]
             self.dns = DNSServer(self.view, dns_settings(cfg), dns_addr, cfg.ports.dns)

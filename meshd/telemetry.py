@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -334,27 +334,48 @@ def _round(x: float, nd: int = 3) -> float:
     return round(x, nd) if math.isfinite(x) else 0.0
 
 
-def golden(samples: Iterable[EdgeSample | InboundSample], window_s: float) -> Golden:
-    """Sum the samples of one edge (or one service's inbound side) over a window of seconds.
+Sample = EdgeSample | InboundSample
 
-    Rates divide by the window, not by the samples' intervals: several instances reporting
-    the same window add up. Active connections are the latest reading per reporter, summed
-    by the caller passing only the latest sample of each for that purpose.
+
+def golden(by_reporter: Mapping[str, Sequence[Sample]]) -> Golden:
+    """One edge's (or one service's inbound side's) metrics from every reporter's samples.
+
+    Each reporter (a sidecar) covers its own intervals, so its rates divide by the time its
+    samples span, and the reporters' rates add up: two web instances calling api at 5 rps each
+    make 10 rps, whatever their scrape phases. Percentiles come from the merged histograms.
     """
-    ss = [s for s in samples if s.interval_s > 0]
-    w = max(window_s, 1e-9)
-    req = sum(s.requests for s in ss)
-    err = sum(s.errors_5xx for s in ss)
-    hist = merge_buckets(s.latency for s in ss)
-    denied = sum(s.denied_4xx if isinstance(s, EdgeSample) else s.rbac_denied for s in ss)
+    rps = rx = tx = cps = denied_ps = 0.0
+    req = err = active = 0
+    hists: list[Buckets] = []
+    for samples in by_reporter.values():
+        if samples:
+            active += samples[-1].active_connections
+        ss = [s for s in samples if s.interval_s > 0]
+        span = sum(s.interval_s for s in ss)
+        if not span:
+            continue
+        r = sum(s.requests for s in ss)
+        req += r
+        err += sum(s.errors_5xx for s in ss)
+        rps += r / span
+        cps += sum(s.connections for s in ss) / span
+        denied_ps += sum(_denied(s) for s in ss) / span
+        rx += sum(s.rx_bytes for s in ss if isinstance(s, EdgeSample)) / span
+        tx += sum(s.tx_bytes for s in ss if isinstance(s, EdgeSample)) / span
+        hists.extend(s.latency for s in ss)
+    hist = merge_buckets(hists)
     return Golden(
-        rps=req / w,
+        rps=rps,
         success_rate=(req - err) / req if req else None,
         p50_ms=percentile(hist, 0.5),
         p99_ms=percentile(hist, 0.99),
-        rx_bytes_per_s=sum(s.rx_bytes for s in ss if isinstance(s, EdgeSample)) / w,
-        tx_bytes_per_s=sum(s.tx_bytes for s in ss if isinstance(s, EdgeSample)) / w,
-        connections_per_s=sum(s.connections for s in ss) / w,
-        active_connections=0,
-        denied_per_s=denied / w,
+        rx_bytes_per_s=rx,
+        tx_bytes_per_s=tx,
+        connections_per_s=cps,
+        active_connections=active,
+        denied_per_s=denied_ps,
     )
+
+
+def _denied(s: Sample) -> int:
+    return s.denied_4xx if isinstance(s, EdgeSample) else s.rbac_denied

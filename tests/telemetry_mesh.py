@@ -94,8 +94,8 @@ class TelemetryMesh:
         self.apps.close()
 
 
-def start_mesh(*agent_args: str) -> TelemetryMesh:
-    agent = dev_agent(*agent_args).start()
+def start_mesh(*agent_args: str, env: dict[str, str] | None = None) -> TelemetryMesh:
+    agent = dev_agent(*agent_args, env=env).start()
     m = TelemetryMesh(agent)
     names = ("api", "db", "web", "up-api", "up-db", "pub-api", "pub-db", "pub-web")
     names += tuple(f"admin-{s}" for s in ("api", "db", "web"))

@@ -14,6 +14,7 @@ from meshd.agent.http import (
     kv_api,
     operator_api,
     session_api,
+    telemetry_api,
     txn_api,
 )
 from meshd.agent.http.common import AGENT_KEY, error_middleware
@@ -45,6 +46,7 @@ def make_app(agent: Agent, max_body: int = 1024 * 1024) -> web.Application:
         session_api,
         event_api,
         txn_api,
+        telemetry_api,
     ):
         app.add_routes(mod.routes)
     return app

@@ -49,7 +49,7 @@ def test_http_edge_counts_requests_and_5xx_between_two_scrapes():
     assert (e.source, e.destination, e.protocol, e.interval_s) == ("web", "api", "http", 10)
     assert e.requests == 40 and e.errors_5xx == 10 and e.denied_4xx == 0
     assert e.rx_bytes > 0 and e.tx_bytes > 0
-    g = golden([e], 10)
+    g = golden({"web-1": [e]})
     assert g.rps == pytest.approx(4.0) and g.success_rate == pytest.approx(0.75)
     assert g.p50_ms is not None and g.p99_ms is not None and 0 <= g.p50_ms <= g.p99_ms
 
@@ -58,7 +58,7 @@ def test_tcp_edge_has_connections_and_bytes_but_no_requests():
     e = edges(scrape("web-t0", 0), scrape("web-t1", 10))["db"]
     assert e.protocol == "tcp" and e.requests == 0 and e.connections == 30
     assert e.rx_bytes > 0 and e.tx_bytes > 0
-    g = golden([e], 10)
+    g = golden({"web-1": [e]})
     assert g.success_rate is None and g.connections_per_s == pytest.approx(3.0)
 
 
@@ -122,7 +122,7 @@ def test_instances_merge_before_percentiles():
         latency=((1.0, 0), (100.0, 10)),
     )
     assert merge_buckets([a.latency, b.latency]) == ((1.0, 10), (100.0, 20))
-    g = golden([a, b], 10)
+    g = golden({"web-1": [a], "web-2": [b]})
     assert g.rps == pytest.approx(2.0) and g.success_rate == pytest.approx(0.75)
     assert g.p50_ms == pytest.approx(1.0) and g.p99_ms is not None and g.p99_ms > 90
 
