@@ -40,6 +40,7 @@ from meshd.agent.mesh import MeshManager
 from meshd.agent.persist import Persisted
 from meshd.agent.sidecar import expand_sidecar
 from meshd.agent.telemetry import TelemetryCollector
+from meshd.agent.telemetry import register_metrics as register_telemetry_metrics
 from meshd.agent.views import CacheView, StoreView
 from meshd.agent.watches import WatchRunner, local_address, parse_watches
 from meshd.config import Config
@@ -286,6 +287,7 @@ class Agent:
             self._mesh_started = True
             self.telemetry = TelemetryCollector(self)
             self._tasks.append(asyncio.create_task(self.telemetry.run(), name="telemetry"))
+            register_telemetry_metrics(self)
         if cfg.ports.dns > 0:
             dns_addr = cfg.addresses.get("dns", cfg.client_addr).split()[0]
             self.dns = DNSServer(self.view, dns_settings(cfg), dns_addr, cfg.ports.dns)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from meshd.rpc_client import RPCError
-from meshd.server.telemetry import ForwardedReport, accept_report
+from meshd.server.telemetry import ForwardedReport, accept_report, graph_of
 from meshd.telemetry import (
     STATS_PATH,
     Scrape,
@@ -133,3 +133,23 @@ class TelemetryCollector:
             accept_report(self.agent.server, report)
         elif self.agent.rpc is not None:
             await self.agent.rpc.call("telemetry_report", ForwardedReport(Report=report), bool)
+
+
+def register_metrics(agent: Agent) -> None:
+    """Consul's names where Consul has the metric, `meshd.telemetry.*` for the collector."""
+    g = agent.stats.named_gauges
+    ads = agent.mesh.ads
+    g["consul.xds.server.streams"] = lambda: ads.stream_count()
+    g["meshd.xds.envoys"] = lambda: len(ads.admin_addresses())
+    col = agent.telemetry
+    if col is not None:
+        g["meshd.telemetry.scrapes"] = lambda: col.scrapes
+        g["meshd.telemetry.scrape_errors"] = lambda: col.scrape_errors
+        g["meshd.telemetry.reports_failed"] = lambda: col.reports_failed
+    server = agent.server
+    if server is not None:
+        g["consul.server.isLeader"] = lambda: float(bool(server.raft and server.raft.is_leader))
+        g["consul.state.nodes"] = lambda: len(server.store.nodes)
+        g["consul.state.services"] = lambda: len(server.store.by_name)
+        graph = graph_of(server)
+        g["meshd.telemetry.graph_edges"] = lambda: graph.edge_count()

@@ -205,6 +205,10 @@ class ADSServer:
             "nacks": nacks,
         }
 
+    def stream_count(self) -> int:
+        with self._lock:
+            return sum(len(s) for s in self._streams.values())
+
     def admin_addresses(self) -> dict[str, str]:
         """node id -> admin address announced by a live stream (only Envoys announce one)."""
         with self._lock:

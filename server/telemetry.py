@@ -73,6 +73,9 @@ class TelemetryGraph:
                 self._inbound[sc.service].append((now, reporter, sc.inbound))
         self.prune(now)
 
+    def edge_count(self) -> int:
+        return len(self._edges)
+
     def prune(self, now: float) -> None:
         cutoff = now - HISTORY_S
         _prune(self._edges, cutoff)

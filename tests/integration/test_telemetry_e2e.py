@@ -175,3 +175,16 @@ def test_cli_top_and_explain(mesh):
     assert ok.returncode == 0, ok
     assert "[ok] intention" in ok.stdout and "web can reach api" in ok.stdout
     assert "spiffe://" in ok.stdout
+
+
+def test_agent_metrics_under_consul_names(mesh):
+    wait_for(lambda: mesh.traffic.sent > 0, 10)
+    gauges = {g["Name"]: g["Value"] for g in mesh.agent.get("/v1/agent/metrics").json()["Gauges"]}
+    assert gauges["consul.xds.server.streams"] >= 3  # one ADS stream per sidecar
+    assert gauges["meshd.xds.envoys"] == 3
+    assert gauges["consul.server.isLeader"] == 1
+    assert gauges["consul.state.services"] >= 3
+    assert gauges["meshd.telemetry.scrapes"] > 0
+    assert gauges["meshd.telemetry.graph_edges"] == 2
+    prom = mesh.agent.get("/v1/agent/metrics?format=prometheus").body.decode()
+    assert "\nconsul_xds_server_streams " in prom and "\nconsul_server_isLeader 1.0" in prom
