@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +24,8 @@ from helpers import BackgroundHTTP, MeshdProcess, dev_agent, free_ports, wait_fo
 
 FIXTURES = Path(__file__).parent / "fixtures" / "envoy"
 #: what the agent's collector reads (meshd.telemetry.STATS_PATH; kept literal: tests import it)
+#: requests per second of the background traffic web -> api
+RATE = 20.0
 STATS_PATH = "/stats?format=json&histogram_buckets=cumulative"
 
 
@@ -92,6 +95,31 @@ class TelemetryMesh:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
         self.apps.close()
+
+
+class Traffic:
+    """web -> api at RATE requests/s on an absolute schedule, and a db connection per 4."""
+
+    def __init__(self, mesh: TelemetryMesh) -> None:
+        self.mesh = mesh
+        self.stop = threading.Event()
+        self.sent = 0
+        self.late = 0  # ticks the sender could not keep (the machine too busy for the rate)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        while not self.stop.is_set():
+            self.mesh.call("up-api")
+            if self.sent % 4 == 0:
+                self.mesh.call("up-db")
+            self.sent += 1
+            delay = start + self.sent / RATE - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                self.late += 1
 
 
 def start_mesh(*agent_args: str, env: dict[str, str] | None = None) -> TelemetryMesh:

@@ -16,6 +16,7 @@ from meshd.agent.http import (
     session_api,
     telemetry_api,
     txn_api,
+    ui,
 )
 from meshd.agent.http.common import AGENT_KEY, error_middleware
 from meshd.agent.http.guard import refuse_http09
@@ -47,6 +48,7 @@ def make_app(agent: Agent, max_body: int = 1024 * 1024) -> web.Application:
         event_api,
         txn_api,
         telemetry_api,
+        ui,
     ):
         app.add_routes(mod.routes)
     return app

@@ -7,39 +7,14 @@ connections, for the whole module.
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
 import pytest
 from helpers import run_meshd, wait_for
-from telemetry_mesh import TelemetryMesh, start_mesh
+from telemetry_mesh import RATE, TelemetryMesh, Traffic, start_mesh
 
-RATE = 20.0
 WINDOW = "10s"
-
-
-class Traffic:
-    def __init__(self, mesh: TelemetryMesh) -> None:
-        self.mesh = mesh
-        self.stop = threading.Event()
-        self.sent = 0
-        self.late = 0  # ticks the sender could not keep (the machine too busy for the rate)
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        start = time.monotonic()
-        while not self.stop.is_set():
-            self.mesh.call("up-api")
-            if self.sent % 4 == 0:
-                self.mesh.call("up-db")
-            self.sent += 1
-            delay = start + self.sent / RATE - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            else:
-                self.late += 1
 
 
 @pytest.fixture(scope="module")
