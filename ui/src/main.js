@@ -107,7 +107,7 @@ function Service({ name }) {
   return html`<h1>${name}</h1><${Problem} error=${error} />
     ${data && html`<p>Inbound: <${Golden} m=${inbound && inbound.Inbound} /></p>
       <h2>Instances</h2>
-      ${data.rows.map((r) => html`<div class="instance"><b>${r.Service.ID}</b> on ${r.Node.Node}
+      ${data.rows.map((r) => html`<div class="instance"><b>${r.Service.ID}</b> on ${r.Node.Node} at
         ${r.Service.Address || r.Node.Address}:${r.Service.Port}
         <ul>${r.Checks.map((c) => html`<li class=${c.Status}>${c.Name}: ${c.Status}<pre>${c.Output}</pre></li>`)}</ul></div>`)}
       ${peer(data.topo.Upstreams, "Upstreams")}${peer(data.topo.Downstreams, "Downstreams")}`}`;

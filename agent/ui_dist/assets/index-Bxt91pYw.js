@@ -333,7 +333,7 @@ In order to be iterable, non-array objects must have a [Symbol.iterator]() metho
       <${B_} m=${e.Metrics} /></li>`)}</ul>`;return $`<h1>${e}</h1><${F_} error=${n} />
     ${t&&$`<p>Inbound: <${B_} m=${r&&r.Inbound} /></p>
       <h2>Instances</h2>
-      ${t.rows.map(e=>$`<div class="instance"><b>${e.Service.ID}</b> on ${e.Node.Node}
+      ${t.rows.map(e=>$`<div class="instance"><b>${e.Service.ID}</b> on ${e.Node.Node} at
         ${e.Service.Address||e.Node.Address}:${e.Service.Port}
         <ul>${e.Checks.map(e=>$`<li class=${e.Status}>${e.Name}: ${e.Status}<pre>${e.Output}</pre></li>`)}</ul></div>`)}
       ${i(t.topo.Upstreams,`Upstreams`)}${i(t.topo.Downstreams,`Downstreams`)}`}`}function H_(){let[{data:e,error:t}]=P_(()=>je(`/v1/catalog/nodes`),[],5e3);return $`<h1>Nodes</h1><${F_} error=${t} />
