@@ -36,6 +36,7 @@ log = logging.getLogger("meshd.telemetry")
 ENV_INTERVAL = "MESHD_TELEMETRY_INTERVAL"
 DEFAULT_INTERVAL_S = 10.0
 SCRAPE_TIMEOUT_S = 2.0
+FORGET_AFTER_S = 300.0
 
 
 def interval_from_env() -> float:
@@ -66,6 +67,7 @@ class TelemetryCollector:
         self.agent = agent
         self.interval_s = interval_s or interval_from_env()
         self._prev: dict[str, Scrape] = {}
+        self._seen: dict[str, float] = {}
         #: the last report sent, per proxy id: `meshd explain` reads recent errors here
         self.last: dict[str, SidecarReport] = {}
         self.scrapes = 0
@@ -120,7 +122,13 @@ class TelemetryCollector:
             self._prev[pid] = cur
             self.last[pid] = rep
             sidecars.append(rep)
-        for gone in set(self._prev) - set(wanted):
+        now = time.monotonic()
+        for pid in wanted:
+            self._seen[pid] = now
+        # a sidecar whose stream dropped keeps its last scrape a while: when it comes back
+        # (reconnect, or an Envoy restart) the next delta covers the gap
+        for gone in [p for p, t in self._seen.items() if now - t > FORGET_AFTER_S]:
+            del self._seen[gone]
             self._prev.pop(gone, None)
             self.last.pop(gone, None)
         report = TelemetryReport(node=node, sidecars=sidecars)

@@ -29,6 +29,9 @@ UPSTREAM_PREFIX = "upstream."
 PUBLIC_PREFIX = "public_listener"
 L4_RBAC_PREFIX = "connect_authz"
 
+UPTIME = "server.uptime"
+#: uptime is whole seconds and scrapes are not instantaneous
+UPTIME_SLACK_S = 2.0
 _PER_THREAD = re.compile(r"\.(worker_\d+|main_thread)$")
 #: (upper bound in ms, count) pairs, ascending; a histogram delta or a cumulative snapshot.
 Buckets = tuple[tuple[float, int], ...]
@@ -280,11 +283,24 @@ def inbound_sample(service: str, prev: Scrape | None, cur: Scrape) -> InboundSam
     )
 
 
+def restarted(prev: Scrape, cur: Scrape) -> bool:
+    """Envoy restarted between the scrapes: its uptime is short of what the time between them
+    says. Catches the restart even when a counter has grown past its old value again."""
+    was = prev.values.get(UPTIME)
+    now = cur.values.get(UPTIME)
+    if was is None or now is None:
+        return False
+    return now + UPTIME_SLACK_S < was + (cur.at - prev.at)
+
+
 def sidecar_report(
     *, proxy_id: str, service: str, node: str, prev: Scrape | None, cur: Scrape
 ) -> SidecarReport:
     """The interval between two scrapes of one sidecar (prev None: its first scrape, which
-    reports totals since Envoy started over an unknown interval, interval_s 0)."""
+    reports totals since Envoy started over an unknown interval, interval_s 0). Across a
+    restart everything the new Envoy counted is the interval's, over the real time between."""
+    if prev is not None and restarted(prev, cur):
+        prev = Scrape(at=prev.at, values={}, histograms={})
     edges = [
         edge_sample(service, dest, proto, prev, cur)
         for dest, proto in sorted(upstream_destinations(cur).items())

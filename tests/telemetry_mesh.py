@@ -35,6 +35,7 @@ class TelemetryMesh:
         self.apps = BackgroundHTTP()
         self.envoys: list[subprocess.Popen[bytes]] = []
         self.admin: dict[str, int] = {}
+        self.by_id: dict[str, subprocess.Popen[bytes]] = {}
         self.ports: dict[str, int] = {}
         #: api answers with this status (200 normally; a test sets 503)
         self.api_status = 200
@@ -49,25 +50,31 @@ class TelemetryMesh:
     def sidecar(self, service_id: str) -> None:
         port = self.ports[f"admin-{service_id}"]
         self.admin[service_id] = port
-        with open(f"{self.agent.log_path}.envoy-{service_id}", "wb") as log:
-            self.envoys.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "meshd",
-                        "connect",
-                        "envoy",
-                        f"-sidecar-for={service_id}",
-                        f"-admin-bind=127.0.0.1:{port}",
-                        f"-grpc-addr=127.0.0.1:{self.agent.grpc_port}",
-                    ],
-                    env={**os.environ, "MESHD_HTTP_ADDR": self.agent.http},
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+        with open(f"{self.agent.log_path}.envoy-{service_id}", "ab") as log:
+            self.by_id[service_id] = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "meshd",
+                    "connect",
+                    "envoy",
+                    f"-sidecar-for={service_id}",
+                    f"-admin-bind=127.0.0.1:{port}",
+                    f"-grpc-addr=127.0.0.1:{self.agent.grpc_port}",
+                ],
+                env={**os.environ, "MESHD_HTTP_ADDR": self.agent.http},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
+            self.envoys.append(self.by_id[service_id])
+
+    def restart_sidecar(self, service_id: str) -> None:
+        """Stop that Envoy and start a new one on the same admin port: its counters restart."""
+        old = self.by_id[service_id]
+        _stop(old)
+        self.envoys.remove(old)
+        self.sidecar(service_id)
 
     def admin_get(self, service_id: str, path: str) -> str:
         url = f"http://127.0.0.1:{self.admin[service_id]}{path}"
@@ -88,13 +95,18 @@ class TelemetryMesh:
 
     def close(self) -> None:
         for p in self.envoys:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGTERM)
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+            _stop(p)
         self.apps.close()
+
+
+def _stop(p: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(p.pid, signal.SIGTERM)
+    try:
+        p.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(10)
 
 
 class Traffic:

@@ -163,3 +163,18 @@ def test_agent_metrics_under_consul_names(mesh):
     assert gauges["meshd.telemetry.graph_edges"] == 2
     prom = mesh.agent.get("/v1/agent/metrics?format=prometheus").body.decode()
     assert "\nconsul_xds_server_streams " in prom and "\nconsul_server_isLeader 1.0" in prom
+
+
+def test_rate_survives_a_restart_of_the_callers_envoy(mesh):
+    """Envoy's counters start again from zero: a delta that would be negative is a reset."""
+    steady(mesh)
+    mesh.restart_sidecar("web")
+    wait_for(lambda: mesh.call("up-api") == 200, 30)
+    e = steady(mesh)
+    assert abs(e["Metrics"]["RequestsPerSecond"] - RATE) <= 0.1 * RATE, e
+    hist = mesh.agent.get("/v1/meshd/graph?window=10s&history").json()
+    (edge_hist,) = [
+        x["History"] for x in hist["Edges"] if (x["Source"], x["Destination"]) == ("web", "api")
+    ]
+    # every 10 s step, across the restart, stays a plausible rate (never negative, no spike)
+    assert all(0 <= step["RequestsPerSecond"] <= 1.5 * RATE for step in edge_hist), edge_hist

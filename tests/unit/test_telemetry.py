@@ -1,8 +1,9 @@
 """Envoy admin stats -> edge metrics, on stats captured from real Envoys (tests/telemetry_mesh.py).
 
-The captures: t0 after 20 requests web->api (200) and 20 connections web->db; t1 after 10 more
-api requests answered 503 and 30 answered 200, and 30 more db connections; t2 after a deny
-intention web->api, with the 403s api's RBAC sent back.
+The captures are about 5 s apart (Envoy's uptime 5, 10, 15 s; the tests read them at 0, 5, 10):
+t0 after 20 requests web->api (200) and 20 connections web->db; t1 after 10 more api requests
+answered 503 and 30 answered 200, and 30 more db connections; t2 after a deny intention
+web->api, with the 403s api's RBAC sent back.
 """
 
 from __future__ import annotations
@@ -45,27 +46,27 @@ def test_edges_named_from_the_upstream_listeners():
 
 
 def test_http_edge_counts_requests_and_5xx_between_two_scrapes():
-    e = edges(scrape("web-t0", 0), scrape("web-t1", 10))["api"]
-    assert (e.source, e.destination, e.protocol, e.interval_s) == ("web", "api", "http", 10)
+    e = edges(scrape("web-t0", 0), scrape("web-t1", 5))["api"]
+    assert (e.source, e.destination, e.protocol, e.interval_s) == ("web", "api", "http", 5)
     assert e.requests == 40 and e.errors_5xx == 10 and e.denied_4xx == 0
     assert e.rx_bytes > 0 and e.tx_bytes > 0
     g = golden({"web-1": [e]})
-    assert g.rps == pytest.approx(4.0) and g.success_rate == pytest.approx(0.75)
+    assert g.rps == pytest.approx(8.0) and g.success_rate == pytest.approx(0.75)
     assert g.p50_ms is not None and g.p99_ms is not None and 0 <= g.p50_ms <= g.p99_ms
 
 
 def test_tcp_edge_has_connections_and_bytes_but_no_requests():
-    e = edges(scrape("web-t0", 0), scrape("web-t1", 10))["db"]
+    e = edges(scrape("web-t0", 0), scrape("web-t1", 5))["db"]
     assert e.protocol == "tcp" and e.requests == 0 and e.connections == 30
     assert e.rx_bytes > 0 and e.tx_bytes > 0
     g = golden({"web-1": [e]})
-    assert g.success_rate is None and g.connections_per_s == pytest.approx(3.0)
+    assert g.success_rate is None and g.connections_per_s == pytest.approx(6.0)
 
 
 def test_rbac_denials_seen_on_both_sides_of_the_edge():
-    denied = edges(scrape("web-t1", 10), scrape("web-t2", 20))["api"].denied_4xx
+    denied = edges(scrape("web-t1", 5), scrape("web-t2", 10))["api"].denied_4xx
     assert denied > 0
-    a1, a2 = scrape("api-t1", 10), scrape("api-t2", 20)
+    a1, a2 = scrape("api-t1", 5), scrape("api-t2", 10)
     inbound = sidecar_report(proxy_id="api", service="api", node="n", prev=a1, cur=a2).inbound
     assert inbound is not None and inbound.protocol == "http"
     assert inbound.rbac_denied == denied
@@ -74,7 +75,7 @@ def test_rbac_denials_seen_on_both_sides_of_the_edge():
 
 
 def test_tcp_inbound_side_counts_connections():
-    d0, d1 = scrape("db-t0", 0), scrape("db-t1", 10)
+    d0, d1 = scrape("db-t0", 0), scrape("db-t1", 5)
     inbound = sidecar_report(proxy_id="db", service="db", node="n", prev=d0, cur=d1).inbound
     assert inbound is not None and inbound.protocol == "tcp" and inbound.connections == 30
 
@@ -87,6 +88,15 @@ def test_counter_going_down_means_envoy_restarted():
     fresh = edges(None, scrape("web-t0", 30))["api"]
     assert after_restart.requests == fresh.requests > 0
     assert after_restart.latency == fresh.latency
+
+
+def test_restart_seen_in_uptime_even_when_counters_grew_back():
+    # web-t0 (uptime 5 s) then web-t1 (uptime 10 s) read 100 s apart: Envoy restarted between
+    prev, cur = scrape("web-t0", 0), scrape("web-t1", 100)
+    e = edges(prev, cur)["api"]
+    assert e.requests == edges(None, cur)["api"].requests and e.interval_s == 100
+    # read 5 s apart, the same pair is one Envoy: the delta only
+    assert edges(scrape("web-t0", 0), scrape("web-t1", 5))["api"].requests == 40
 
 
 def test_histogram_reset_takes_the_new_buckets():
