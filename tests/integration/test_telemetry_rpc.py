@@ -3,11 +3,18 @@ nothing."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import os
+from typing import Any
 
 import msgspec
-from test_rpc_authority import Cluster, cluster  # noqa: F401 - the fixture
+from aiohttp import web
+from helpers import free_port
+from test_rpc_authority import KEY, Cluster, cluster  # noqa: F401 - the fixture
 
+from meshd.server.cluster import Server, ServerSettings
+from meshd.server.rpc import make_rpc_app
 from meshd.server.telemetry import ForwardedReport, GraphRequest, graph_of
 from meshd.telemetry import EdgeSample, SidecarReport, TelemetryReport
 
@@ -48,3 +55,36 @@ async def test_report_shows_in_the_graph_rpc(cluster: Cluster) -> None:  # noqa:
     assert status == 200
     view = msgspec.msgpack.decode(body)
     assert view["Edges"][0]["Metrics"]["RequestsPerSecond"] == 5.0
+
+
+async def test_a_report_reaches_every_server(cluster: Cluster, tmp_path: Any) -> None:  # noqa: F811
+    """Agents report to one server; it passes the report on once, so any server can answer."""
+    other = Server(
+        ServerSettings(
+            node_name="s2",
+            datacenter="dc1",
+            advertise="127.0.0.1",
+            rpc_port=free_port(),
+            raft_port=free_port(),
+            data_dir=str(tmp_path / "s2"),
+            key=KEY,
+            password=base64.b64encode(KEY).decode(),
+        )
+    )
+    runner = web.AppRunner(make_rpc_app(other))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", other.s.rpc_port).start()
+    try:
+        cluster.server.known[other.raft_addr] = other.rpc_addr
+        first = ForwardedReport(Report=REPORT.Report)  # from an agent: not yet forwarded
+        status, _ = await cluster.post("/rpc/telemetry_report", first)
+        assert status == 200
+        for _ in range(100):
+            if graph_of(other).edge_count():
+                break
+            await asyncio.sleep(0.05)
+        view = graph_of(other).view(now=float("inf"), window_s=float("inf"))
+        assert [(e["Source"], e["Destination"]) for e in view["Edges"]] == [("web", "api")]
+        assert edges(cluster) == [("web", "api")]
+    finally:
+        await runner.cleanup()
