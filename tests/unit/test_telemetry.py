@@ -27,6 +27,7 @@ from meshd.telemetry import (
     upstream_destinations,
 )
 
+RQ_TIME = "http.upstream.api.downstream_rq_time"
 FIX = Path(__file__).parent.parent / "fixtures" / "envoy"
 
 
@@ -144,7 +145,7 @@ def test_instances_merge_before_percentiles():
         {"stats": "x"},
         {"stats": [1]},
         {"stats": [{"histograms": {"supported_quantiles": [50], "computed_quantiles": []}}]},
-        {"stats": [{"histograms": [{"name": "h", "buckets": [{"upper_bound": 1}]}]}]},
+        {"stats": [{"histograms": [{"name": RQ_TIME, "buckets": [{"upper_bound": 1}]}]}]},
     ],
 )
 def test_not_envoy_stats_is_a_clear_error(doc):
