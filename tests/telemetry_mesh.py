@@ -134,8 +134,11 @@ class Traffic:
                 self.late += 1
 
 
-def start_mesh(*agent_args: str, env: dict[str, str] | None = None) -> TelemetryMesh:
-    agent = dev_agent(*agent_args, env=env).start()
+def start_mesh(
+    *agent_args: str, env: dict[str, str] | None = None, agent: MeshdProcess | None = None
+) -> TelemetryMesh:
+    """The services and sidecars on `agent` (default: a new `-dev` agent)."""
+    agent = agent or dev_agent(*agent_args, env=env).start()
     m = TelemetryMesh(agent)
     names = ("api", "db", "web", "up-api", "up-db", "pub-api", "pub-db", "pub-web")
     names += tuple(f"admin-{s}" for s in ("api", "db", "web"))
