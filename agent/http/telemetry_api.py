@@ -180,7 +180,7 @@ def _step(name: str, ok: bool, detail: str, **extra: Any) -> dict[str, Any]:
 
 async def _cert_step(agent: Agent, service: str, trust_domain: str) -> dict[str, Any]:
     want = spiffe_service_id(trust_domain, agent.config.datacenter, service)
-    leaf = agent.mesh.leaves.leaves.get(service) if hasattr(agent, "mesh") else None
+    leaf = agent.mesh.leaves.leaves.get(service)
     if leaf is None:
         return _step(
             f"certificate of {service}",
@@ -202,9 +202,7 @@ async def _cert_step(agent: Agent, service: str, trust_domain: str) -> dict[str,
 
 def _xds_step(agent: Agent, service: str) -> dict[str, Any] | None:
     """Last ACK/NACK of the local sidecars of `service` (None: none on this agent)."""
-    mesh = getattr(agent, "mesh", None)
-    if mesh is None:
-        return None
+    mesh = agent.mesh
     sids = [
         sid
         for sid, svc in agent.local.services.items()
