@@ -141,7 +141,7 @@ def start_mesh(
     agent = agent or dev_agent(*agent_args, env=env).start()
     m = TelemetryMesh(agent)
     names = ("api", "db", "web", "up-api", "up-db", "pub-api", "pub-db", "pub-web")
-    names += tuple(f"admin-{s}" for s in ("api", "db", "web"))
+    names += (*(f"admin-{s}" for s in ("api", "db", "web")), "prom-web")
     m.ports = dict(zip(names, free_ports(len(names)), strict=True))
     p = m.ports
     assert agent.put(
@@ -170,7 +170,15 @@ def start_mesh(
             "Name": "web",
             "ID": "web",
             "Port": p["web"],
-            "Connect": {"SidecarService": {"Port": p["pub-web"], "Proxy": {"Upstreams": ups}}},
+            "Connect": {
+                "SidecarService": {
+                    "Port": p["pub-web"],
+                    "Proxy": {
+                        "Upstreams": ups,
+                        "Config": {"envoy_prometheus_bind_addr": f"127.0.0.1:{p['prom-web']}"},
+                    },
+                }
+            },
         },
     )
     assert r.status == 200, r.body

@@ -6,10 +6,12 @@ import json
 import os
 import sys
 import tempfile
+from typing import Any
 from urllib.parse import urlparse
 
 import click
 
+from meshd.api import APIError
 from meshd.cli import CLIError, client, http_options
 
 
@@ -26,6 +28,21 @@ def _find_proxy(services: dict, sidecar_for: str) -> dict:
     raise CLIError(
         f"no sidecar proxy registered for service ID {sidecar_for!r} on this agent "
         "(register the service with connect { sidecar_service {} })"
+    )
+
+
+def _metrics_binds(api: Any, proxy: dict[str, Any]) -> tuple[str, str]:
+    """Consul's `envoy_prometheus_bind_addr` / `envoy_stats_bind_addr`: the registration's
+    proxy Config wins over proxy-defaults'."""
+    try:
+        conf = dict((api.get("/v1/config/proxy-defaults/global") or {}).get("Config") or {})
+    except APIError as e:
+        if e.status != 404:
+            raise
+        conf = {}
+    conf.update((proxy.get("Proxy") or {}).get("Config") or {})
+    return str(conf.get("envoy_prometheus_bind_addr") or ""), str(
+        conf.get("envoy_stats_bind_addr") or ""
     )
 
 
@@ -83,12 +100,15 @@ def envoy(
         host = urlparse(api.address).hostname or "127.0.0.1"
     if not port.isdigit():
         raise CLIError(f"invalid gRPC address {grpc_addr!r}: expected host:port")
+    prom_bind, stats_bind = _metrics_binds(api, proxy)
     config = bootstrap_config(
         node_id=proxy["ID"],
         cluster=proxy["Proxy"].get("DestinationServiceName") or proxy["Service"],
         ads_host=host,
         ads_port=int(port),
         admin_bind=admin_bind,
+        prometheus_bind=prom_bind,
+        stats_bind=stats_bind,
     )
     if print_only:
         click.echo(json.dumps(config, indent=2))

@@ -8,6 +8,8 @@ connections, for the whole module.
 from __future__ import annotations
 
 import time
+import urllib.error
+import urllib.request
 from typing import Any
 
 import pytest
@@ -178,3 +180,20 @@ def test_rate_survives_a_restart_of_the_callers_envoy(mesh):
     ]
     # every 10 s step, across the restart, stays a plausible rate (never negative, no spike)
     assert all(0 <= step["RequestsPerSecond"] <= 1.5 * RATE for step in edge_hist), edge_hist
+
+
+def test_sidecar_serves_prometheus_metrics_when_asked(mesh):
+    """`envoy_prometheus_bind_addr` in web's proxy config: `/metrics` there, nothing else of
+    Envoy's admin API."""
+    base = f"http://127.0.0.1:{mesh.ports['prom-web']}"
+    with urllib.request.urlopen(base + "/metrics", timeout=5) as r:
+        body = r.read().decode()
+    assert "# TYPE envoy_cluster_upstream_rq_total counter" in body
+    # the upstream's destination is a tag (meshd_destination), not part of the metric's name
+    assert (
+        'envoy_http_downstream_rq_completed{meshd_destination="api",'
+        'envoy_http_conn_manager_prefix="upstream"}' in body
+    )
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(base + "/quitquitquit", timeout=5)
+    assert e.value.code == 404
