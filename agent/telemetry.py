@@ -85,6 +85,9 @@ class TelemetryCollector:
                 except (RPCError, OSError) as e:
                     self.reports_failed += 1
                     log.debug("telemetry report failed: %s", e)
+                except Exception:  # an odd Envoy answer must not end collection for good
+                    self.reports_failed += 1
+                    log.exception("telemetry collection failed; retrying next interval")
 
     def _service_of(self, proxy_id: str) -> str | None:
         svc = self.agent.local.services.get(proxy_id)
