@@ -44,6 +44,8 @@ from meshd.agent.local import LocalState, UnknownCheckError
 from meshd.agent.mesh import MeshManager
 from meshd.agent.persist import Persisted
 from meshd.agent.sidecar import expand_sidecar
+from meshd.agent.telemetry import TelemetryCollector
+from meshd.agent.telemetry import register_metrics as register_telemetry_metrics
 from meshd.agent.views import CacheView, StoreView
 from meshd.agent.watches import WatchRunner, local_address, parse_watches
 from meshd.config import Config
@@ -164,6 +166,7 @@ class Agent:
         self.mesh: MeshManager
         self._rpc_runner: web.AppRunner | None = None
         self.server: Server | None = None
+        self.telemetry: TelemetryCollector | None = None
         self.rpc: RPCClient | None = None
         self.cache: WatchCache  # one cache of server watches: DNS, HTTP reads, the mesh
         self.view: StoreView | CacheView
@@ -308,6 +311,9 @@ class Agent:
                 self.mesh.ads.authorize = mesh_acl.xds_hook(self)
             await self.mesh.start()
             self._mesh_started = True
+            self.telemetry = TelemetryCollector(self)
+            self._tasks.append(asyncio.create_task(self.telemetry.run(), name="telemetry"))
+            register_telemetry_metrics(self)
         if cfg.ports.dns > 0:
             dns_addr = cfg.addresses.get("dns", cfg.client_addr).split()[0]
             dns_view: DNSView = self.view

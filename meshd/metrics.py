@@ -21,6 +21,9 @@ class Stats:
         # read at scrape time from the components that own the numbers
         self.counters: dict[str, Callable[[], float]] = {}
         self.gauges: dict[str, Callable[[], float]] = {}
+        #: gauges under their full dotted name, Consul's where it has one (consul.server.isLeader):
+        #: Prometheus sees the name with dots as underscores, as Consul's own exporter does
+        self.named_gauges: dict[str, Callable[[], float]] = {}
 
 
 def prometheus_text(stats: Stats) -> bytes:
@@ -41,6 +44,8 @@ def prometheus_text(stats: Stats) -> bytes:
                 yield CounterMetricFamily(f"meshd_{name}", name.replace("_", " "), value=fn())
             for name, fn in sorted(s.gauges.items()):
                 yield GaugeMetricFamily(f"meshd_{name}", name.replace("_", " "), value=fn())
+            for name, fn in sorted(s.named_gauges.items()):
+                yield GaugeMetricFamily(name.replace(".", "_"), name, value=fn())
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Collector())
@@ -60,6 +65,7 @@ def consul_json(stats: Stats) -> dict[str, Any]:
         {"Name": f"meshd.{k.replace('_', '.')}", "Value": fn()}
         for k, fn in sorted(stats.gauges.items())
     ]
+    gauges += [{"Name": k, "Value": fn()} for k, fn in sorted(stats.named_gauges.items())]
     return {
         "Timestamp": time.strftime("%Y-%m-%d %H:%M:%S +0000", time.gmtime()),
         "Gauges": gauges,

@@ -219,6 +219,20 @@ class ADSServer:
             "nacks": nacks,
         }
 
+    def stream_count(self) -> int:
+        with self._lock:
+            return sum(len(s) for s in self._streams.values())
+
+    def admin_addresses(self) -> dict[str, str]:
+        """node id -> admin address announced by a live stream (only Envoys announce one)."""
+        with self._lock:
+            out = {}
+            for node_id, streams in self._streams.items():
+                addrs = sorted(s.admin_addr for s in streams if s.admin_addr)
+                if addrs:
+                    out[node_id] = addrs[0]
+            return out
+
     async def wait_synced(self, node_id: str, timeout: float = 10.0) -> dict[str, Any]:
         """Poll until the node's streams have ACKed the current resources (tests, tooling)."""
         deadline = time.monotonic() + timeout

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from envoy.service.discovery.v3 import discovery_pb2 as ds
 from google.protobuf import any_pb2, descriptor_pool, message_factory
 
+from .bootstrap import ADMIN_ADDR_KEY
 from .common import (
     CLUSTER,
     ENDPOINT,
@@ -107,6 +108,8 @@ class BaseStream:
         self.host = host
         self.node_id: str | None = None
         self.token = ""  # the caller's ACL token (gRPC metadata), checked once node_id is known
+        #: Envoy's admin address as its bootstrap announced it (node metadata), for telemetry.
+        self.admin_addr = ""
         self.wake = asyncio.Event()
         self._requests = request_iterator
         self._inbox: deque[Any] = deque()
@@ -138,6 +141,8 @@ class BaseStream:
                         if self.host.authorize is not None:
                             await self.host.authorize(req.node.id, self.token)
                         self.node_id = req.node.id
+                        meta = req.node.metadata.fields.get(ADMIN_ADDR_KEY)
+                        self.admin_addr = meta.string_value if meta is not None else ""
                         self.host.register(self)
                     self.handle(req)
                 if self._closed:

@@ -16,6 +16,8 @@ from typing import Any
 
 ADS_CLUSTER = "meshd_ads"
 ENV_BINARY = "MESHD_ENVOY_BINARY"
+#: Node metadata key carrying the admin address, so the agent can read this Envoy's stats.
+ADMIN_ADDR_KEY = "meshd_admin_addr"
 
 
 class EnvoyNotFoundError(RuntimeError):
@@ -53,6 +55,8 @@ def bootstrap_config(
     ads_token: str | None = None,
     delta: bool = False,
     max_downstream_connections: int = 50_000,
+    prometheus_bind: str = "",
+    stats_bind: str = "",
 ) -> dict[str, Any]:
     """Envoy v3 bootstrap that takes everything else (LDS, CDS and what they reference) over ADS.
 
@@ -99,7 +103,7 @@ def bootstrap_config(
         grpc_service["initial_metadata"] = [{"key": "x-consul-token", "value": ads_token}]
     ads_source = {"ads": {}, "resource_api_version": "V3"}
     return {
-        "node": {"id": node_id, "cluster": cluster},
+        "node": {"id": node_id, "cluster": cluster, "metadata": {ADMIN_ADDR_KEY: admin_bind}},
         "admin": {"address": _socket_address(admin_host, admin_port)},
         "dynamic_resources": {
             "ads_config": {
@@ -111,7 +115,10 @@ def bootstrap_config(
             "lds_config": dict(ads_source),
             "cds_config": dict(ads_source),
         },
-        "static_resources": {"clusters": [ads_cluster]},
+        "stats_config": {"stats_tags": STATS_TAGS},
+        "static_resources": _static_resources(
+            ads_cluster, admin_host, admin_port, prometheus_bind, stats_bind
+        ),
         # Without a global connection limit Envoy warns at startup and a connection flood could
         # exhaust file descriptors.
         "overload_manager": {
@@ -126,6 +133,105 @@ def bootstrap_config(
                 }
             ]
         },
+    }
+
+
+SELF_ADMIN_CLUSTER = "self_admin"
+#: The destination of an upstream listener's stats (`upstream.<dest>` stat prefix) as a tag, so
+#: Prometheus sees `envoy_http_downstream_rq_completed{meshd_destination="api",...}` rather than
+#: a metric name per destination. Group 1 is cut from the name, group 2 is the value; the lazy
+#: match stops before the stat's own name, so dotted service names stay whole.
+STATS_TAGS = [
+    {
+        "tag_name": "meshd.destination",
+        "regex": r"^(?:http|tcp|listener)\.upstream\.((.+?)\.)"
+        r"(?:downstream_|rbac\.|rds\.|worker_|http\.|rq_|no_route|idle_|upstream_|"
+        r"max_|early_|route_|on_demand|connections_)",
+    }
+]
+
+
+def _static_resources(
+    ads_cluster: dict[str, Any],
+    admin_host: str,
+    admin_port: int,
+    prometheus_bind: str,
+    stats_bind: str,
+) -> dict[str, Any]:
+    """The ADS cluster, plus Consul's metrics listeners that proxy to Envoy's own admin API:
+    only the one path each, so the rest of the admin API stays on its loopback address."""
+    listeners = []
+    if prometheus_bind:
+        listeners.append(
+            _admin_path_listener(
+                "envoy_prometheus_metrics_listener",
+                prometheus_bind,
+                "/metrics",
+                "/stats/prometheus",
+            )
+        )
+    if stats_bind:
+        listeners.append(_admin_path_listener("envoy_metrics_listener", stats_bind, "/stats", ""))
+    if not listeners:
+        return {"clusters": [ads_cluster]}
+    host = "127.0.0.1" if admin_host in ("0.0.0.0", "") else admin_host
+    host = "::1" if host == "::" else host
+    self_admin = {
+        "name": SELF_ADMIN_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "5s",
+        "load_assignment": {
+            "cluster_name": SELF_ADMIN_CLUSTER,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": _socket_address(host, admin_port)}}]}
+            ],
+        },
+    }
+    return {"clusters": [ads_cluster, self_admin], "listeners": listeners}
+
+
+def _admin_path_listener(name: str, bind: str, prefix: str, rewrite: str) -> dict[str, Any]:
+    host, port = _split_hostport(bind)
+    route: dict[str, Any] = {"cluster": SELF_ADMIN_CLUSTER}
+    if rewrite:
+        route["prefix_rewrite"] = rewrite
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network."
+        "http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": name,
+        "codec_type": "HTTP1",
+        "route_config": {
+            "name": "self_admin_route",
+            "virtual_hosts": [
+                {
+                    "name": "self_admin",
+                    "domains": ["*"],
+                    "routes": [
+                        {"match": {"path": prefix}, "route": route},
+                        {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
+                    ],
+                }
+            ],
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                },
+            }
+        ],
+    }
+    return {
+        "name": name,
+        "address": _socket_address(host, port),
+        "filter_chains": [
+            {
+                "filters": [
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                ]
+            }
+        ],
     }
 
 

@@ -119,6 +119,7 @@ def public_listener(snap: ProxySnapshot) -> listener_pb2.Listener:
         alpn = []
     return listener_pb2.Listener(
         name=public_listener_name(snap),
+        stat_prefix=PUBLIC_ROUTE,
         address=socket_address(snap.public_listener_address, snap.public_listener_port),
         traffic_direction=base_pb2.INBOUND,
         filter_chains=[lc.FilterChain(filters=filters, transport_socket=downstream_tls(alpn))],
@@ -135,6 +136,7 @@ def upstream_listener(snap: ProxySnapshot, up: Upstream) -> listener_pb2.Listene
         filt = _tcp_proxy(chain_tcp_cluster(up) if up.chain else cluster, stat)
     return listener_pb2.Listener(
         name=upstream_listener_name(up),
+        stat_prefix=stat,
         address=socket_address(up.local_bind_address, up.local_bind_port),
         traffic_direction=base_pb2.OUTBOUND,
         filter_chains=[lc.FilterChain(filters=[filt])],

@@ -32,6 +32,7 @@ from meshd.server.cluster import Server
 from meshd.server.operator import OperatorRequest
 from meshd.server.raft import RaftError
 from meshd.server.store import CommandError, StateConflictError
+from meshd.server.telemetry import add_rpc_routes as add_telemetry_routes
 
 MAX_RPC_BODY = 8 * 1024 * 1024
 
@@ -146,4 +147,5 @@ def make_rpc_app(server: Server) -> web.Application:
     app.router.add_post("/rpc/members", members)
     app.router.add_post("/rpc/session_renew", session_renew)
     app.router.add_post("/rpc/peer", peer)
+    add_telemetry_routes(app, server)
     return app

@@ -287,7 +287,23 @@ OPERATOR_READ = Perm(need("operator", R))
 OPERATOR_WRITE = Perm(need("operator", W))
 KEYRING_WRITE = Perm(need("keyring", W))
 
+
+async def _both_ends(request: web.Request, authz: Authorizer) -> None:
+    """The explainer reads about both services of an edge."""
+    for end in ("source", "destination"):
+        authz.check("service", request.query.get(end, ""), R)
+
+
 PERMISSIONS: dict[tuple[str, str], Perm] = {
+    # the web UI (static files: its pages call the API with the user's token) and the graph
+    ("GET", "/ui"): OPEN,
+    ("GET", "/ui/"): OPEN,
+    ("GET", "/ui/assets/{name}"): OPEN,
+    ("GET", "/v1/internal/ui/service-topology/{service}"): Perm(
+        need("service", R, path("service"))
+    ),
+    ("GET", "/v1/meshd/graph"): OPERATOR_READ,  # every service's edges: an operator's view
+    ("GET", "/v1/meshd/explain"): Perm(_both_ends),
     # agent
     ("GET", "/v1/agent/checks"): CHECK_ROWS,
     ("GET", "/v1/agent/connect/ca/leaf/{service}"): Perm(need("service", W, path("service"))),

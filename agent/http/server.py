@@ -18,7 +18,9 @@ from meshd.agent.http import (
     ops_api,
     query_api,
     session_api,
+    telemetry_api,
     txn_api,
+    ui,
 )
 from meshd.agent.http.acl_guard import acl_middleware
 from meshd.agent.http.common import AGENT_KEY, datacenter_middleware, error_middleware
@@ -60,6 +62,8 @@ def make_app(agent: Agent, max_body: int = 1024 * 1024) -> web.Application:
         ops_api,
         coordinate_api,
         query_api,
+        telemetry_api,
+        ui,
     ):
         app.add_routes(mod.routes)
     return app

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import tempfile
+from typing import Any
 from urllib.parse import urlparse
 
 import click
@@ -39,6 +40,21 @@ def _xds_port(api: Client) -> str:
         if e.status != 403:
             raise
         return "8502"
+
+
+def _metrics_binds(api: Any, proxy: dict[str, Any]) -> tuple[str, str]:
+    """Consul's `envoy_prometheus_bind_addr` / `envoy_stats_bind_addr`: the registration's
+    proxy Config wins over proxy-defaults'."""
+    try:
+        conf = dict((api.get("/v1/config/proxy-defaults/global") or {}).get("Config") or {})
+    except APIError as e:
+        if e.status != 404:
+            raise
+        conf = {}
+    conf.update((proxy.get("Proxy") or {}).get("Config") or {})
+    return str(conf.get("envoy_prometheus_bind_addr") or ""), str(
+        conf.get("envoy_stats_bind_addr") or ""
+    )
 
 
 @connect.command("envoy", context_settings={"ignore_unknown_options": True})
@@ -95,6 +111,7 @@ def envoy(
         host = urlparse(api.address).hostname or "127.0.0.1"
     if not port.isdigit():
         raise CLIError(f"invalid gRPC address {grpc_addr!r}: expected host:port")
+    prom_bind, stats_bind = _metrics_binds(api, proxy)
     config = bootstrap_config(
         node_id=proxy["ID"],
         cluster=proxy["Proxy"].get("DestinationServiceName") or proxy["Service"],
@@ -102,6 +119,8 @@ def envoy(
         ads_port=int(port),
         admin_bind=admin_bind,
         ads_token=api.token,  # the ADS stream needs service:write on the service (ACLs on)
+        prometheus_bind=prom_bind,
+        stats_bind=stats_bind,
     )
     if print_only:
         click.echo(json.dumps(config, indent=2))

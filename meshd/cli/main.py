@@ -25,6 +25,7 @@ from meshd.cli.intention import intention
 from meshd.cli.k8s import k8s
 from meshd.cli.kv import kv
 from meshd.cli.lock import lock
+from meshd.cli.observe import explain, top
 from meshd.cli.operator import keygen, leave, operator, snapshot
 from meshd.cli.reload_cmd import reload
 from meshd.cli.rtt import rtt
@@ -78,6 +79,7 @@ for command in (
     config,
     connect,
     event,
+    explain,
     info,
     intention,
     k8s,
@@ -92,6 +94,7 @@ for command in (
     services,
     snapshot,
     tls,
+    top,
     validate,
     version,
     watch,

@@ -43,6 +43,21 @@ def _denied_then_allowed(
     ("method", "path", "body", "rules", "permission"),
     [
         ("POST", "/v1/operator/keyring", None, 'keyring = "write"', "keyring:write"),
+        ("GET", "/v1/meshd/graph", None, 'operator = "read"', "operator:read"),
+        (
+            "GET",
+            "/v1/internal/ui/service-topology/web?kind=",
+            None,
+            'service "web" { policy = "read" }',
+            "service:read",
+        ),
+        (
+            "GET",
+            "/v1/meshd/explain?source=web&destination=api",
+            None,
+            'service_prefix "" { policy = "read" }',
+            "service:read",
+        ),
         ("GET", "/v1/operator/keyring", None, 'keyring = "read"', "keyring:read"),
         (
             "PUT",

@@ -28,7 +28,12 @@ def test_bootstrap_points_everything_at_ads() -> None:
         ads_port=8502,
         admin_bind="127.0.0.1:19005",
     )
-    assert cfg["node"] == {"id": "web-sidecar-proxy", "cluster": "web"}
+    # the admin address rides in the node metadata: the agent reads this Envoy's stats there
+    assert cfg["node"] == {
+        "id": "web-sidecar-proxy",
+        "cluster": "web",
+        "metadata": {"meshd_admin_addr": "127.0.0.1:19005"},
+    }
     assert cfg["admin"]["address"]["socket_address"] == {
         "address": "127.0.0.1",
         "port_value": 19005,

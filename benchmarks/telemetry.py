@@ -1,0 +1,134 @@
+"""The agent's cost of reading 50 local Envoys' admin stats (issue 14's target: < 5% of a core
+and < 20 MB extra at a 10 s interval).
+
+The Envoys are stand-ins in a child process: each port answers with a real capture
+(tests/fixtures/envoy/web-t1.json, ~130 kB, 1,500 stats and 60 histograms) whose counters grow
+between reads. The collector here is the agent's own (meshd.agent.telemetry), reading, parsing
+and deriving edges as in the agent; only the report to the servers is left out.
+
+    python benchmarks/telemetry.py [--envoys 50] [--rounds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURE = REPO / "tests" / "fixtures" / "envoy" / "web-t1.json"
+
+SERVE = r"""
+import asyncio, json, sys
+from aiohttp import web
+doc = json.load(open(sys.argv[1]))
+ports = [int(p) for p in sys.argv[2:]]
+reads = {"n": 0}
+async def stats(request):
+    reads["n"] += 1
+    n = reads["n"]
+    out = []
+    for s in doc["stats"]:
+        if "value" in s and isinstance(s["value"], int) and not s["name"].endswith("_active"):
+            out.append({"name": s["name"], "value": s["value"] + n})
+        else:
+            out.append(s)
+    return web.json_response({"stats": out})
+async def main():
+    app = web.Application()
+    app.router.add_get("/stats", stats)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    for p in ports:
+        await web.TCPSite(runner, "127.0.0.1", p).start()
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+def rss_kb() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+async def run(envoys: int, rounds: int) -> dict[str, Any]:
+    from meshd.agent.telemetry import TelemetryCollector
+    from meshd.structs import NodeService
+    from meshd.testing import free_ports
+
+    ports = free_ports(envoys)
+    child = subprocess.Popen(
+        [sys.executable, "-c", SERVE, str(FIXTURE), *map(str, ports)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        admin = {f"web-{i}-sidecar-proxy": f"127.0.0.1:{p}" for i, p in enumerate(ports)}
+        services = {
+            pid: NodeService(
+                ID=pid,
+                Service="web-sidecar-proxy",
+                Kind="connect-proxy",
+                Proxy={"DestinationServiceName": "web"},
+            )
+            for pid in admin
+        }
+        agent = SimpleNamespace(
+            mesh=SimpleNamespace(ads=SimpleNamespace(admin_addresses=lambda: admin)),
+            local=SimpleNamespace(services=services),
+            config=SimpleNamespace(node_name="bench"),
+            server=None,
+            rpc=None,
+        )
+        col = TelemetryCollector(agent, interval_s=10)  # type: ignore[arg-type]
+        rss0 = rss_kb()
+        cpu: list[float] = []
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+            await col.collect_once(session)  # warm-up: imports, first connections
+            for _ in range(rounds):
+                c0 = time.process_time()
+                report = await col.collect_once(session)
+                cpu.append(time.process_time() - c0)
+                await asyncio.sleep(0.2)
+        assert len(report.sidecars) == envoys, f"read {len(report.sidecars)} of {envoys}"
+        cpu.sort()
+        per_round = sum(cpu) / len(cpu)
+        return {
+            "envoys": envoys,
+            "rounds": rounds,
+            "cpu_ms_per_round_mean": round(per_round * 1000, 1),
+            "cpu_ms_per_round_max": round(cpu[-1] * 1000, 1),
+            "core_share_at_10s_interval_pct": round(per_round / 10 * 100, 2),
+            "rss_growth_mb": round((rss_kb() - rss0) / 1024, 1),
+            "scrape_errors": col.scrape_errors,
+        }
+    finally:
+        child.terminate()
+        child.wait(10)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--envoys", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=20)
+    a = ap.parse_args()
+    print(json.dumps(asyncio.run(run(a.envoys, a.rounds)), indent=1))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    main()
