@@ -184,6 +184,7 @@ class RemoteBackend:
                 ReadRequest(Query=query, MinIndex=min_index, Wait=wait, Consistency=consistency),
                 ReadReply,
                 timeout=wait + 10.0,
+                blocking=min_index > 0,
             )
         except RPCError as e:
             raise RaftError(str(e)) from None

@@ -333,7 +333,7 @@ class MeshManager:
             http=protocol != "tcp",
         )
         td = roots["TrustDomain"]
-        upstreams = [self._upstream(up, dest, td, read) for up in proxy.get("Upstreams") or []]
+        upstreams = [self._upstream(up, dest, td, read) for up in valid_upstreams(sid, proxy)]
         return ProxySnapshot(
             proxy_id=sid,
             service=dest,
@@ -352,12 +352,33 @@ class MeshManager:
         )
 
 
+def valid_upstreams(proxy_id: str, proxy: dict[str, Any]) -> list[dict[str, Any]]:
+    """The upstreams a snapshot can be built from. Registration refuses the others; one that
+    slips through (an old persisted definition) is skipped with a logged reason, because a
+    failure here would also stop the config of every proxy built after this one."""
+    ups = proxy.get("Upstreams") or []
+    if not isinstance(ups, list):
+        log.warning("proxy %s: Upstreams is not a list; ignored", proxy_id)
+        return []
+    good = []
+    for i, up in enumerate(ups):
+        if (
+            isinstance(up, dict)
+            and isinstance(up.get("DestinationName"), str)
+            and up["DestinationName"]
+        ):
+            good.append(up)
+        else:
+            log.warning("proxy %s: upstream %d has no DestinationName; skipped", proxy_id, i)
+    return good
+
+
 def _reads_of(svc: NodeService) -> frozenset[q.Query]:
     """The queries one sidecar's snapshot is built from (besides the CA roots)."""
     proxy = svc.Proxy or {}
     dest = proxy.get("DestinationServiceName", "")
     reads: set[q.Query] = {*_intentions(dest), _defaults(dest)}
-    for up in proxy.get("Upstreams") or []:
+    for up in valid_upstreams(svc.ID, proxy):
         name = up["DestinationName"]
         reads.update((q.ServiceNodes(Service=name, Connect=True), _defaults(name)))
     return frozenset(reads)

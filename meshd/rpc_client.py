@@ -1,4 +1,7 @@
-"""Calling servers' RPC: one pooled aiohttp session, failover across the known servers."""
+"""Calling servers' RPC: pooled aiohttp sessions, failover across the known servers.
+
+Blocking reads hold a connection for up to their wait (minutes), so they get their own pool:
+heartbeats, writes and plain reads never queue behind watches, however many there are."""
 
 from __future__ import annotations
 
@@ -31,6 +34,14 @@ def normalize_addr(addr: str, default_port: int) -> str:
     return addr if ":" in addr else f"{addr}:{default_port}"
 
 
+def _timeout(seconds: float, blocking: bool) -> aiohttp.ClientTimeout:
+    """A blocking read may wait for a free connection in the (bounded) watch pool; that wait
+    is not counted against its own, or reads queued behind full watches would fail."""
+    if blocking:
+        return aiohttp.ClientTimeout(total=None, connect=None, sock_connect=2.0, sock_read=seconds)
+    return aiohttp.ClientTimeout(total=seconds, connect=2.0)
+
+
 class RPCClient:
     def __init__(
         self,
@@ -45,19 +56,19 @@ class RPCClient:
         self.key = key
         self.ssl = ssl_context
         self.server_name = server_name  # verify_server_hostname: the name servers must present
-        self._session: aiohttp.ClientSession | None = None
+        self._sessions: dict[bool, aiohttp.ClientSession] = {}
         self._preferred: str | None = None
 
-    def _sess(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=256, ssl=self.ssl or False)
-            )
-        return self._session
+    def _sess(self, blocking: bool) -> aiohttp.ClientSession:
+        session = self._sessions.get(blocking)
+        if session is None or session.closed:
+            connector = aiohttp.TCPConnector(limit=256, ssl=self.ssl or False)
+            session = self._sessions[blocking] = aiohttp.ClientSession(connector=connector)
+        return session
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for session in self._sessions.values():
+            await session.close()
 
     def set_servers(self, servers: list[str]) -> None:
         if servers:
@@ -71,8 +82,10 @@ class RPCClient:
         *,
         timeout: float = 10.0,
         addr: str | None = None,
+        blocking: bool = False,
     ) -> T:
-        """Try `addr` (or the last server that answered, then the others shuffled)."""
+        """Try `addr` (or the last server that answered, then the others shuffled). A
+        `blocking` call (a read that may wait) goes through the watch pool."""
         if addr:
             order = [addr]
         else:
@@ -87,14 +100,14 @@ class RPCClient:
         for server in order:
             scheme = "https" if self.ssl else "http"
             try:
-                async with self._sess().post(
+                async with self._sess(blocking).post(
                     f"{scheme}://{server}{path}",
                     data=body,
                     headers={
                         AUTH_HEADER: sign(self.key, path, body),
                         "Content-Type": "application/msgpack",
                     },
-                    timeout=aiohttp.ClientTimeout(total=timeout, connect=2.0),
+                    timeout=_timeout(timeout, blocking),
                     server_hostname=self.server_name if self.ssl else None,
                 ) as resp:
                     data = await resp.read()

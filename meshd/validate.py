@@ -203,7 +203,24 @@ def service(svc: NodeService, where: str = "Service") -> None:
             raise ValidationError(
                 f"{where}.Proxy.DestinationServiceName must be set for a connect-proxy"
             )
+    upstreams(svc.Proxy, f"{where}.Proxy.Upstreams")
     meta(svc.Meta, f"{where}.Meta")
+
+
+def upstreams(proxy: dict[str, Any] | None, where: str) -> None:
+    """An upstream without a destination cannot be configured; refusing it here keeps it from
+    reaching the sidecar snapshot builder, where it would stop config for the other proxies."""
+    ups = (proxy or {}).get("Upstreams")
+    if ups is None:
+        return
+    if not isinstance(ups, list):
+        raise ValidationError(f"{where} must be a list")
+    for i, up in enumerate(ups):
+        if not isinstance(up, dict):
+            raise ValidationError(f"{where}[{i}] must be an object")
+        dest = up.get("DestinationName")
+        if not isinstance(dest, str) or not dest:
+            raise ValidationError(f"{where}[{i}].DestinationName is required")
 
 
 def check(c: HealthCheck, node: str, where: str = "Check") -> None:

@@ -291,6 +291,12 @@ class RaftNode:
             self._last_contact = time.monotonic()
 
     async def apply(self, cmd: Command, timeout: float = 10.0) -> Any:
+        return await self.apply_encoded(encode_command(cmd), timeout)
+
+    async def apply_encoded(self, data: bytes, timeout: float = 10.0) -> Any:
+        """Propose an already encoded entry; `apply` is the way in for commands (the admission
+        checks run before it). Raw bytes exist here so a test can commit what admission would
+        refuse, as a bug or an old journal might, and show the state machine survives it."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
 
@@ -299,7 +305,7 @@ class RaftNode:
             loop.call_soon_threadsafe(_settle, fut, res, err)
 
         self._submitted += 1
-        self._fsm.apply_command(encode_command(cmd), callback=done)
+        self._fsm.apply_command(data, callback=done)
         self._wake()  # batch mode does not wake the tick by itself
         try:
             result = await asyncio.wait_for(fut, timeout)
