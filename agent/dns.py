@@ -13,54 +13,28 @@ which always sits at offset 12, so every chunk is position-independent and can b
 
 from __future__ import annotations
 
-import random
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dnslib import DNSRecord
 
-from dnslib import CNAME, NS, PTR, SOA, SRV, TXT, DNSRecord
-
-from meshd import prepared_query as pq
-from meshd import queries as q
+from meshd.agent.dns_cache import AnswerCache
+from meshd.agent.dns_query import IN_ADDR, IP6, Query
+from meshd.agent.dns_types import DNSOutcome, DNSRead, DNSSettings, DNSView, service_ttl, zones
 from meshd.agent.dns_wire import (
     BADVERS,
     FORMERR,
     HEADER,
-    NOERROR,
     NOTIMP,
     NXDOMAIN,
     REFUSED,
-    RR_FIXED,
     SERVFAIL,
-    T_A,
-    T_AAAA,
-    T_ANY,
-    T_CNAME,
-    T_NS,
-    T_PTR,
-    T_SOA,
-    T_SRV,
-    T_TXT,
     TCP_MAX,
-    U16,
     UDP_PLAIN,
-    Glue,
-    Labels,
-    clamp_ttl,
-    encode_rdata,
     find_opt,
     header_flags,
-    memo_put,
     opt_wire,
-    parse_addr,
     parse_packet,
     question_wire,
-    rr_memo,
-    to_labels,
     udp_limit,
 )
-from meshd.structs import HEALTH_CRITICAL, HEALTH_PASSING, HEALTH_WARNING, CheckServiceNode, Node
 
 __all__ = [  # the DNS interface the listener and the tests use (some defined in dns_wire)
     "FORMERR",
@@ -70,7 +44,6 @@ __all__ = [  # the DNS interface the listener and the tests use (some defined in
     "SERVFAIL",
     "TCP_MAX",
     "UDP_PLAIN",
-    "AnswerCache",
     "DNSOutcome",
     "DNSRead",
     "DNSSettings",
@@ -80,95 +53,6 @@ __all__ = [  # the DNS interface the listener and the tests use (some defined in
     "parse_packet",
     "service_ttl",
 ]
-_KINDS = frozenset((b"service", b"connect", b"node", b"addr", b"query", b"ingress", b"virtual"))
-_ADDR_TYPES = frozenset((T_A, T_AAAA, T_ANY))
-_IN_ADDR, _IP6 = (b"in-addr", b"arpa"), (b"ip6", b"arpa")
-_NODES = q.Nodes()
-_QUERIES = q.PreparedQueries()
-_zone_memo: dict[tuple[str, str | None], tuple[tuple[Labels, Labels], ...]] = {}
-
-
-DNSRead = q.ServiceNodes | q.Nodes | q.PreparedQueries  # the reads an answer is built from
-
-
-class DNSView(Protocol):
-    """What DNS reads; implemented by the agent over its in-memory catalog (sync, fast, no I/O).
-
-    A view may also offer `stamp(read) -> int | None` and a `dns_answers: AnswerCache`: a stamp
-    moves whenever that read's answer changes, which lets answers be cached until something they
-    were built from changes; None says the view does not hold that data, and `answer()` returns
-    `NeedData` so the caller can run the view's `async load(reads)` and ask again."""
-
-    datacenter: str
-    node_name: str  # this agent's node (for NS/SOA answers)
-
-    def service_instances(self, name: str) -> list[CheckServiceNode]: ...  # health unfiltered
-    def connect_instances(self, name: str) -> list[CheckServiceNode]: ...  # proxies / native
-    def node(self, name: str) -> Node | None: ...
-    def nodes(self) -> list[Node]: ...
-    def server_nodes(self) -> list[Node]: ...  # the servers, for NS records
-
-
-@dataclass
-class DNSSettings:
-    domain: str = "consul."
-    alt_domain: str | None = None
-    node_ttl: float = 0
-    service_ttl: dict[str, float] = field(default_factory=dict)
-    only_passing: bool = False
-    a_record_limit: int = 0
-    udp_answer_limit: int = 3
-    enable_truncate: bool = True
-    recursors: list[str] = field(default_factory=list)
-    recursor_timeout: float = 2.0
-    soa_refresh: int = 3600
-    soa_retry: int = 600
-    soa_expire: int = 86400
-    soa_min_ttl: int = 0
-
-
-@dataclass(slots=True)
-class DNSOutcome:
-    """`wire` is the response to send. It is empty when the caller has to act first (this
-    module never touches a socket nor awaits): with `forward`, relay the query to the recursors;
-    with `need` (NeedData), load those reads into the view and call `answer()` again."""
-
-    wire: bytes
-    forward: bool = False
-    rcode: int = NOERROR
-    truncated: bool = False
-    need: tuple[DNSRead, ...] = ()
-
-    @property
-    def response(self) -> DNSRecord:
-        """Decoded on demand: only tests and debugging look, the server sends `wire`."""
-        return DNSRecord.parse(self.wire)
-
-
-def _zones(cfg: DNSSettings) -> tuple[tuple[Labels, Labels], ...]:
-    """(lowercase labels for matching, configured labels for building names) per domain."""
-    key = (cfg.domain, cfg.alt_domain)
-    zones = _zone_memo.get(key)
-    if zones is None:
-        found = (to_labels(d) if d else None for d in (cfg.domain, cfg.alt_domain))
-        zones = tuple((tuple(x.lower() for x in z), z) for z in found if z)
-        zones = zones or (((b"consul",), (b"consul",)),)  # an unusable domain: Consul's default
-        memo_put(_zone_memo, key, zones)
-    return zones
-
-
-def service_ttl(cfg: DNSSettings, name: str) -> int:
-    """Consul's lookup: the exact name, else the longest matching `prefix*` (`*` is the empty
-    prefix, so it is the default), else 0."""
-    table = cfg.service_ttl
-    if not table:
-        return 0
-    if name in table:
-        return clamp_ttl(table[name])
-    best = max(
-        (k for k in table if k.endswith("*") and name.startswith(k[:-1])), key=len, default=None
-    )
-    return clamp_ttl(table[best]) if best is not None else 0
 
 
 def error_response(req: DNSRecord, rcode: int, cfg: DNSSettings) -> bytes:
@@ -195,7 +79,7 @@ def answer(request: DNSRecord, view: DNSView, cfg: DNSSettings, *, max_size: int
     if opt is not None and (opt.ttl >> 16) & 0xFF:  # EDNS version > 0: RFC 6891 says BADVERS
         return DNSOutcome(error_response(request, BADVERS, cfg), rcode=BADVERS)
 
-    query = _Query(request, view, cfg)
+    query = Query(request, view, cfg)
     stamp = getattr(view, "stamp", None)
     cache: AnswerCache | None = None
     if stamp is not None:
@@ -205,14 +89,14 @@ def answer(request: DNSRecord, view: DNSView, cfg: DNSSettings, *, max_size: int
             if cache is not None and cache.restore(query, stamp):
                 return query.assemble(udp_limit(max_size, opt), opt is not None)
     low = query.qlow
-    for zone_low, zone in _zones(cfg):
+    for zone_low, zone in zones(cfg):
         n = len(zone_low)
         if low[-n:] == zone_low:
             query.aa, query.zone = True, zone
             query.in_zone(low[:-n], query.qlabels[: len(low) - n])
             break
     else:
-        reverse = low[-2:] in (_IN_ADDR, _IP6)
+        reverse = low[-2:] in (IN_ADDR, IP6)
         if not (reverse and query.reverse()):
             if cfg.recursors:
                 return DNSOutcome(b"", forward=True)
@@ -225,450 +109,3 @@ def answer(request: DNSRecord, view: DNSView, cfg: DNSSettings, *, max_size: int
     if cache is not None:
         cache.store(query)
     return query.assemble(udp_limit(max_size, opt), opt is not None)
-
-
-# ---- answer cache -----------------------------------------------------------------------------
-# Building an answer (view lookups, health filtering, record encoding) is most of a query's
-# cost, yet the catalog changes far less often than it is asked. A view that stamps its reads
-# gets its encoded answers cached per question, each with the stamps of the reads it was built
-# from; a hit checks those stamps and only reshuffles and reassembles. Only with
-# a_record_limit = 0: a limit picks a random subset, which a cached list would freeze.
-
-_CACHE_MAX = 8192
-Deps = tuple[tuple[DNSRead, int], ...]
-Stamp = Callable[[DNSRead], int | None]  # a view's `stamp` method
-
-
-class AnswerCache:
-    """A view's encoded answers per question; `hits`/`misses` are exported as metrics."""
-
-    __slots__ = ("entries", "hits", "misses")
-
-    def __init__(self) -> None:
-        self.entries: dict[tuple[Labels, int], tuple[Any, ...]] = {}
-        self.hits = 0
-        self.misses = 0
-
-    def restore(self, query: _Query, stamp: Stamp) -> bool:
-        """Fill `query` from a still-valid cached answer; False on a miss."""
-        hit = self.entries.get((query.qlabels, query.qtype))
-        if hit is not None:
-            for read, seen in hit[0]:
-                if stamp(read) != seen:
-                    break
-            else:
-                _, query.aa, query.zone, query.rcode, answers, query.authority = hit
-                query.answers = random.sample(answers, len(answers))
-                self.hits += 1
-                return True
-        self.misses += 1
-        return False
-
-    def store(self, query: _Query) -> None:
-        entries = self.entries
-        if len(entries) >= _CACHE_MAX:
-            entries.clear()
-        entries[(query.qlabels, query.qtype)] = (
-            query.deps,
-            query.aa,
-            query.zone,
-            query.rcode,
-            list(query.answers),
-            list(query.authority),
-        )
-
-
-class _Query:
-    """One question being answered: header bits plus sections as encoded chunks. Each answer
-    carries its own glue so truncation drops an SRV record together with its additional A
-    record (Consul's syncExtra)."""
-
-    __slots__ = (
-        "_suffixes",
-        "aa",
-        "answers",
-        "authority",
-        "cfg",
-        "deps",
-        "needs",
-        "qlabels",
-        "qlow",
-        "qtype",
-        "rcode",
-        "req",
-        "stamp",
-        "view",
-        "zone",
-    )
-
-    def __init__(self, req: DNSRecord, view: DNSView, cfg: DNSSettings) -> None:
-        q = req.questions[0]
-        self.req, self.view, self.cfg = req, view, cfg
-        self.qlabels: Labels = q.qname.label
-        self.qlow = tuple(x.lower() for x in self.qlabels)
-        self.qtype: int = q.qtype
-        self.zone: Labels = _zones(cfg)[0][1]
-        self.aa = False
-        self.rcode = NOERROR
-        self.answers: list[tuple[bytes, Glue]] = []
-        self.authority: list[bytes] = []
-        self._suffixes: dict[Labels, int] | None = None
-        self.stamp: Stamp | None = None  # the view's, when it has one
-        self.deps: Deps = ()  # tuples, not lists: a cache hit never allocates these
-        self.needs: tuple[DNSRead, ...] = ()
-
-    def uses(self, read: DNSRead) -> bool:
-        """Record that this answer is built from `read`; False when the view does not hold it
-        (the answer becomes NeedData, and the caller treats the data as absent meanwhile)."""
-        if self.stamp is None:
-            return True
-        seen = self.stamp(read)
-        if seen is None:
-            if read not in self.needs:
-                self.needs += (read,)
-            return False
-        self.deps += ((read, seen),)
-        return True
-
-    # ---- encoding ----
-
-    def add(self, rtype: int, ttl: int, rdata: bytes, glue: Glue = ()) -> None:
-        """An answer owned by the question name: a pointer to offset 12."""
-        self.answers.append((b"\xc0\x0c" + RR_FIXED.pack(rtype, 1, ttl, len(rdata)) + rdata, glue))
-
-    def rr(self, owner: Labels, rtype: int, ttl: int, rdata: bytes) -> bytes:
-        """A record owned by another name (glue, SOA); memoized, as its encoding depends only on
-        the key (compression points into the question, whose layout `qlow` fixes)."""
-        key = (self.qlow, owner, rtype, ttl, rdata)
-        data = rr_memo.get(key)
-        if data is None:
-            data = self.name(owner) + RR_FIXED.pack(rtype, 1, ttl, len(rdata)) + rdata
-            memo_put(rr_memo, key, data)
-        return data
-
-    def name(self, labels: Labels) -> bytes:
-        """Encode a name, compressed against a suffix of the question name when one matches."""
-        sfx = self._suffixes
-        if sfx is None:
-            sfx, off = {}, 12
-            for i, lab in enumerate(self.qlabels):
-                sfx[self.qlow[i:]] = off
-                off += 1 + len(lab)
-            self._suffixes = sfx
-        low = tuple(x.lower() for x in labels)
-        out = []
-        for i, lab in enumerate(labels):
-            ptr = sfx.get(low[i:])
-            if ptr is not None:
-                out.append(U16.pack(0xC000 | ptr))
-                return b"".join(out)
-            out.append(bytes((len(lab),)) + lab)
-        out.append(b"\x00")
-        return b"".join(out)
-
-    def soa(self) -> None:
-        """RFC 2308: negative answers carry the zone's SOA so resolvers know how long to cache."""
-        cfg, zone = self.cfg, self.zone
-        times = (
-            int(time.time()) & 0xFFFFFFFF,
-            cfg.soa_refresh,
-            cfg.soa_retry,
-            cfg.soa_expire,
-            cfg.soa_min_ttl,
-        )
-        rdata = encode_rdata(SOA, (b"ns", *zone), (b"hostmaster", *zone), times)
-        self.authority.append(self.rr(zone, T_SOA, clamp_ttl(cfg.soa_min_ttl), rdata))
-
-    def negative(self, rcode: int) -> None:
-        self.rcode = rcode
-        self.answers.clear()
-        self.soa()
-
-    def target(self, first: Labels | None, kind: bytes = b"node") -> Labels | None:
-        """`FIRST.KIND.DC.DOMAIN`, or None when that would exceed DNS's 255-byte limit."""
-        if first is None:
-            return None
-        name = (*first, kind, self.view.datacenter.encode(), *self.zone)
-        return name if sum(map(len, name)) + len(name) < 255 else None
-
-    # ---- the query forms ----
-
-    def in_zone(self, rest: Labels, orig: Labels) -> None:
-        """Consul's forms: NAME.KIND[.DC.dc] and the legacy NAME.KIND.DC, under a domain."""
-        if not rest:
-            return self.apex()
-        dc = None
-        if len(rest) >= 4 and rest[-1] == b"dc" and rest[-3] in _KINDS:
-            dc, rest, orig = rest[-2], rest[:-2], orig[:-2]
-        elif len(rest) >= 3 and rest[-2] in _KINDS and rest[-1] not in _KINDS:
-            dc, rest, orig = rest[-1], rest[:-1], orig[:-1]
-        kind, names, orig = rest[-1], rest[:-1], orig[:-1]
-        if dc is not None and dc != self.view.datacenter.lower().encode():
-            kind = b""  # no WAN federation: another datacenter's names do not exist here
-        if kind == b"service" and names:
-            if len(names) == 2 and names[0][:1] == b"_" and names[1][:1] == b"_":  # RFC 2782
-                tag = names[1][1:]
-                return self.service(orig[0][1:].decode(), None if tag in (b"tcp", b"udp") else tag)
-            return self.service(orig[-1].decode(), b".".join(names[:-1]) or None)
-        if kind == b"connect" and len(names) == 1:
-            return self.service(orig[0].decode(), None, connect=True)
-        if kind == b"node" and names:
-            return self.node(b".".join(orig).decode())
-        if kind == b"addr" and len(names) == 1:
-            return self.addr(names[0])
-        if kind == b"query" and len(names) == 1:
-            return self.prepared(orig[0].decode())
-        return self.negative(NXDOMAIN)
-
-    def service(self, name: str, tag_label: bytes | None, connect: bool = False) -> None:
-        view, cfg = self.view, self.cfg
-        lookup = view.connect_instances if connect else view.service_instances
-        lname = name.lower()
-        instances = self.uses(q.ServiceNodes(Service=name, Connect=connect)) and lookup(name)
-        if not instances and lname != name:
-            instances = self.uses(q.ServiceNodes(Service=lname, Connect=connect)) and lookup(lname)
-        if self.needs:
-            return None
-        tag = tag_label.decode().lower() if tag_label is not None else None
-        healthy = _healthy(instances or [], cfg.only_passing, tag)
-        if not healthy:
-            return self.negative(NXDOMAIN)
-        random.shuffle(healthy)
-        self.instances(healthy, service_ttl(cfg, lname))
-
-    def prepared(self, name: str) -> None:
-        """`NAME.query.DOMAIN`: a prepared query, executed as the HTTP API does (its filters,
-        its DNS TTL), answered like a service."""
-        queries = getattr(self.view, "prepared_queries", None)
-        if queries is None or not self.uses(_QUERIES):
-            return None if queries is not None else self.negative(NXDOMAIN)
-        resolved = pq.resolve(queries(), name)
-        if resolved is None:
-            return self.negative(NXDOMAIN)
-        query = resolved.query
-        svc = query["Service"]
-        connect = bool(svc["Connect"]["Enabled"])
-        if not self.uses(q.ServiceNodes(Service=svc["Service"], Connect=connect)):
-            return None
-        lookup = self.view.connect_instances if connect else self.view.service_instances
-        rows = pq.select(query, lookup(svc["Service"]))
-        if not rows:
-            return self.negative(NXDOMAIN)
-        warned = [(r, any(c.Status == HEALTH_WARNING for c in r.Checks)) for r in rows]
-        random.shuffle(warned)
-        ttl = pq.dns_ttl(query)
-        self.instances(warned, clamp_ttl(ttl) if ttl is not None else service_ttl(self.cfg, name))
-
-    def instances(self, healthy: list[tuple[CheckServiceNode, bool]], ttl: int) -> None:
-        """A/AAAA or SRV records for (instance, has a warning) pairs, in the order given."""
-        cfg, qtype = self.cfg, self.qtype
-        if qtype in _ADDR_TYPES:
-            seen: set[str] = set()
-            limit = cfg.a_record_limit if cfg.a_record_limit > 0 else len(healthy)
-            for inst, _warn in healthy:
-                address = inst.Service.Address or inst.Node.Address
-                if address not in seen:
-                    seen.add(address)
-                    if self.address_record(address, ttl) and len(self.answers) >= limit:
-                        break
-        elif qtype == T_SRV:
-            for inst, warn in healthy:
-                weights = inst.Service.Weights
-                weight = (weights.Warning if warn else weights.Passing) if weights else 1
-                target, glue = self.srv_target(inst, ttl)
-                if target is not None:
-                    rdata = encode_rdata(
-                        SRV, 1, min(max(weight, 0), 0xFFFF), inst.Service.Port & 0xFFFF, target
-                    )
-                    self.add(T_SRV, ttl, rdata, glue)
-        if not self.answers:
-            self.soa()
-
-    def address_record(self, address: str, ttl: int) -> bool:
-        """A or AAAA as asked, or a CNAME when the address is a hostname."""
-        kind, value = parse_addr(address)
-        if kind == 4 and self.qtype != T_AAAA:
-            self.add(T_A, ttl, value)
-        elif kind == 6 and self.qtype != T_A:
-            self.add(T_AAAA, ttl, value)
-        elif kind == 0 and value is not None:
-            self.add(T_CNAME, ttl, encode_rdata(CNAME, value))
-        else:
-            return False
-        return True
-
-    def srv_target(self, inst: CheckServiceNode, ttl: int) -> tuple[Labels | None, Glue]:
-        """Consul's SRV target: the node's name when the instance uses the node's address, the
-        `<hex>.addr.DC.DOMAIN` form for a different IP (so the glue A is unambiguous), else the
-        service's hostname itself (no glue: we are not authoritative for it)."""
-        address = inst.Service.Address or inst.Node.Address
-        kind, value = parse_addr(address)
-        if kind == 0:
-            return value, ()
-        if address == inst.Node.Address:
-            target = self.target(to_labels(inst.Node.Node))
-        else:
-            target = self.target((value.hex().encode(),), b"addr")
-        if target is None:
-            return None, ()
-        return target, (self.rr(target, T_A if kind == 4 else T_AAAA, ttl, value),)
-
-    def node(self, name: str) -> None:
-        if not self.uses(_NODES):
-            return None
-        node = self.view.node(name) or _node_nocase(self.view, name)
-        if node is None:
-            return self.negative(NXDOMAIN)
-        ttl = clamp_ttl(self.cfg.node_ttl)
-        if self.qtype in _ADDR_TYPES:
-            self.address_record(node.Address, ttl)
-        if self.qtype in (T_TXT, T_ANY):
-            for key, value in node.Meta.items():
-                text = (value if key.startswith("rfc1035-") else f"{key}={value}").encode()
-                chunks = tuple(text[i : i + 255] for i in range(0, len(text), 255)) or (b"",)
-                self.add(T_TXT, ttl, encode_rdata(TXT, chunks))
-        if not self.answers:
-            self.soa()
-
-    def addr(self, label: bytes) -> None:
-        """`<hex>.addr.DC.DOMAIN`: the names our own SRV answers point at."""
-        try:
-            packed = bytes.fromhex(label.decode())
-        except ValueError:
-            packed = b""
-        if len(packed) not in (4, 16):
-            return self.negative(NXDOMAIN)
-        rtype = T_A if len(packed) == 4 else T_AAAA
-        if self.qtype in (rtype, T_ANY):
-            self.add(rtype, 0, packed)
-        else:
-            self.soa()
-
-    def apex(self) -> None:
-        if self.qtype in (T_SOA, T_ANY):
-            self.soa()
-            self.answers.append((self.authority.pop(), ()))
-        if self.qtype in (T_NS, T_ANY) and self.uses(_NODES):
-            ttl = clamp_ttl(self.cfg.node_ttl)
-            servers = self.view.server_nodes()
-            if not servers:
-                me = self.view.node(self.view.node_name)
-                servers = [me] if me is not None else []
-            for server in servers:
-                target = self.target(to_labels(server.Node))
-                kind, value = parse_addr(server.Address)
-                if target is not None:
-                    rtype = T_A if kind == 4 else T_AAAA
-                    glue = (self.rr(target, rtype, ttl, value),) if kind else ()
-                    self.add(T_NS, ttl, encode_rdata(NS, target), glue)
-        if not self.answers:
-            self.soa()
-
-    def reverse(self) -> bool:
-        """PTR for our nodes' addresses; False when no node has it, so the caller can recurse."""
-        low = self.qlow
-        try:
-            if low[-2:] == _IN_ADDR and len(low) == 6 and all(x.isdigit() for x in low[:4]):
-                packed = bytes(int(x) for x in reversed(low[:4]))
-            elif low[-2:] == _IP6 and len(low) == 34 and all(len(x) == 1 for x in low[:32]):
-                packed = bytes.fromhex(b"".join(reversed(low[:32])).decode())
-            else:
-                return False
-        except ValueError:
-            return False
-        if not self.uses(_NODES):
-            return True  # NeedData: asked again once the nodes are here
-        ttl = clamp_ttl(self.cfg.node_ttl)
-        found = [n for n in self.view.nodes() if parse_addr(n.Address)[1] == packed]
-        if not found:
-            return False
-        self.aa = True
-        if self.qtype in (T_PTR, T_ANY):
-            for node in found:
-                target = self.target(to_labels(node.Node))
-                if target is not None:
-                    self.add(T_PTR, ttl, encode_rdata(PTR, target))
-        if not self.answers:
-            self.soa()
-        return True
-
-    def assemble(self, limit: int, edns: bool) -> DNSOutcome:
-        """Encode, trimming answers from the end to fit `limit` (Consul's trimUDPResponse): a
-        plain 512-byte UDP answer also stops at `udp_answer_limit` records. Running out of room
-        always sets TC; the count limit sets it only with `enable_truncate`, as in Consul."""
-        answers, authority, cfg = self.answers, self.authority, self.cfg
-        tc = False
-        keep = len(answers)
-        if limit == UDP_PLAIN and 0 < cfg.udp_answer_limit < keep:
-            keep, tc = cfg.udp_answer_limit, cfg.enable_truncate
-        qwire = question_wire(self.req)
-        opt = opt_wire(0) if edns else b""
-        size = 12 + len(qwire) + sum(map(len, authority)) + len(opt)
-        if size > limit:  # only a pathological SOA could do this; never exceed the limit anyway
-            authority, size, keep, tc = [], 12 + len(qwire) + len(opt), 0, True
-        trimmed = keep < len(answers)
-        an, ar, overflow = _sections(answers, keep, size, limit, trimmed)
-        if overflow and not trimmed:
-            an, ar, overflow = _sections(answers, keep, size, limit, True)
-        tc = tc or overflow
-        if opt:
-            ar.append(opt)
-        flags = header_flags(self.req, self.rcode, self.aa, tc, bool(cfg.recursors))
-        head = HEADER.pack(self.req.header.id, flags, 1, len(an), len(authority), len(ar))
-        return DNSOutcome(
-            b"".join((head, qwire, *an, *authority, *ar)), rcode=self.rcode, truncated=tc
-        )
-
-
-def _sections(
-    answers: list[tuple[bytes, Glue]], keep: int, size: int, limit: int, dedupe: bool
-) -> tuple[list[bytes], list[bytes], bool]:
-    """(answer, additional, overflowed). An answer that is not being trimmed carries one glue
-    record per SRV record even when targets repeat (HAProxy's server-template fills one slot per
-    additional record); once trimming, a target's glue is sent once, as Consul's syncExtra."""
-    an: list[bytes] = []
-    ar: list[bytes] = []
-    seen: set[bytes] | None = set() if dedupe else None
-    for rr, glue in answers[:keep]:
-        extra = glue
-        if seen is not None and glue:
-            extra = tuple(g for g in glue if g not in seen)
-            seen.update(extra)
-        grow = len(rr) + sum(map(len, extra))
-        if size + grow > limit:
-            return an, ar, True
-        size += grow
-        an.append(rr)
-        if extra:
-            ar.extend(extra)
-    return an, ar, False
-
-
-def _healthy(
-    instances: list[CheckServiceNode], only_passing: bool, tag: str | None
-) -> list[tuple[CheckServiceNode, bool]]:
-    """(instance, has a warning) for the instances DNS may hand out: any critical check (which
-    includes maintenance) hides an instance, and with only_passing so does a warning."""
-    out = []
-    for inst in instances:
-        warn = False
-        for check in inst.Checks:
-            status = check.Status
-            if status == HEALTH_PASSING:
-                continue
-            if status == HEALTH_CRITICAL or only_passing:
-                break
-            warn = warn or status == HEALTH_WARNING
-        else:
-            if tag is None or any(t.lower() == tag for t in inst.Service.Tags):
-                out.append((inst, warn))
-    return out
-
-
-def _node_nocase(view: DNSView, name: str) -> Node | None:
-    """Labels are case-insensitive but the catalog is keyed by exact name; the scan runs only
-    when the name as asked missed."""
-    low = name.lower()
-    if low != name and (node := view.node(low)) is not None:
-        return node
-    return next((n for n in view.nodes() if n.Node.lower() == low), None)

@@ -15,7 +15,8 @@ from typing import Any
 
 from meshd.acl import Access, Authorizer, build_authorizer
 from meshd.agent.acl import ACLNotFoundError, TokenResolver
-from meshd.agent.dns import AnswerCache, DNSView
+from meshd.agent.dns import DNSView
+from meshd.agent.dns_cache import AnswerCache
 from meshd.structs import CheckServiceNode, Node
 
 log = logging.getLogger("meshd.dns")

@@ -14,7 +14,8 @@ from typing import Any
 
 from meshd import queries as q
 from meshd.agent.cache import WatchCache
-from meshd.agent.dns import AnswerCache, DNSRead
+from meshd.agent.dns import DNSRead
+from meshd.agent.dns_cache import AnswerCache
 from meshd.server.prepared_queries import TOPIC as QUERIES_TOPIC
 from meshd.server.reads import run_query
 from meshd.server.store import Store

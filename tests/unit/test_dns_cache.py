@@ -9,7 +9,8 @@ from dnslib import DNSRecord
 from test_dns_answer import MemView, ask
 
 from meshd import queries as q
-from meshd.agent.dns import NXDOMAIN, TCP_MAX, AnswerCache, DNSOutcome, DNSRead, DNSSettings, answer
+from meshd.agent.dns import NXDOMAIN, TCP_MAX, DNSOutcome, DNSRead, DNSSettings, answer
+from meshd.agent.dns_cache import AnswerCache
 
 
 @dataclass
