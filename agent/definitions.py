@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshd import validate
+from meshd import validate, validate_catalog, validate_fields
 from meshd.config import ConfigError, parse_duration
 from meshd.jsonshape import JSONShapeError, check_json_shape
 from meshd.structs import HEALTH_STATES, SERF_CHECK_ID, HealthCheck, NodeService, Weights
@@ -276,8 +276,10 @@ def parse_check(raw: dict[str, Any], *, service_id: str = "", index: int = 0) ->
         c.Interval = MIN_INTERVAL
     if c.Type == "http" and not c.HTTP.startswith(("http://", "https://")):
         raise DefinitionError(f"check: invalid HTTP URL {c.HTTP!r}")
-    if c.OutputMaxSize > validate.OUTPUT_MAX_SIZE:
-        raise DefinitionError(f"check: OutputMaxSize must be at most {validate.OUTPUT_MAX_SIZE}")
+    if c.OutputMaxSize > validate_fields.OUTPUT_MAX_SIZE:
+        raise DefinitionError(
+            f"check: OutputMaxSize must be at most {validate_fields.OUTPUT_MAX_SIZE}"
+        )
     if len(c.Notes) > validate.MAX_TEXT:
         raise DefinitionError(f"check: Notes is longer than {validate.MAX_TEXT} characters")
     for k in ("SuccessBeforePassing", "FailuresBeforeWarning", "FailuresBeforeCritical"):
@@ -371,7 +373,7 @@ def parse_service(raw: dict[str, Any]) -> ServiceDefinition:
     sid = _typed(d, "id", str, where, "") or name
     for what, v in (("name", name), ("ID", sid)):
         _servers_rule(validate.name, v, f"{where}: service {what}")
-    if not validate.dns_safe(name):
+    if not validate_fields.dns_safe(name):
         log.warning(
             "Service name %r will not be discoverable via DNS: valid characters are letters, "
             "digits and dashes, at most 63 of them",
@@ -414,7 +416,7 @@ def parse_service(raw: dict[str, Any]) -> ServiceDefinition:
         TaggedAddresses=_tagged_addresses(d.get("taggedaddresses"), where),
         Locality=_locality(d.get("locality"), where),
     )
-    _servers_rule(validate.service, svc)
+    _servers_rule(validate_catalog.service, svc)
     raw_checks: list[Any] = []
     if d.get("check"):
         raw_checks.append(d["check"])

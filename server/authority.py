@@ -71,7 +71,7 @@ ORIGINS: dict[type[Any], frozenset[Origin]] = {
     ConfigEntryOp: _ANY,
     IntentionOp: _ANY,
     EventFire: _ANY,  # user events (`meshd event`)
-    Txn: _ANY,  # /v1/txn; every op is checked by meshd.validate.txn
+    Txn: _ANY,  # /v1/txn; every op is checked by meshd.validate_session.txn
     NodeStatus: _SERVERS,  # liveness verdicts of the leader (serfHealth)
     CASetRoots: _SERVERS,  # CA roots and rotation: the CA key never comes from outside
     Restore: _SERVERS,  # replaces the whole state: only via a server's snapshot restore

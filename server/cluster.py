@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshd import keyring, validate
+from meshd import keyring, validate, validate_fields
 from meshd import queries as q
 from meshd.acl import PermissionDeniedError
 from meshd.acl.settings import ACLConfig
@@ -369,7 +369,7 @@ class Server:
     async def heartbeat(self, hb: Heartbeat) -> Any:
         try:  # the leader turns heartbeats into NodeStatus commands: the same rules apply
             validate.name(hb.Node, "Node")
-            validate.address(hb.Address, "Address")
+            validate_fields.address(hb.Address, "Address")
         except validate.ValidationError as e:
             raise CommandError(f"heartbeat refused: {e}") from None
         raft = self._raft()

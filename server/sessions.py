@@ -28,7 +28,7 @@ from meshd.structs import (
     SessionInvalidate,
     SessionOp,
 )
-from meshd.validate import session_ttl
+from meshd.validate_session import session_ttl
 
 if TYPE_CHECKING:
     from meshd.server.store import Store

@@ -12,7 +12,7 @@ from aiohttp import web
 from meshd.agent.events import list_index
 from meshd.agent.http.common import AGENT_KEY, BadRequestError, json_response, query_options
 from meshd.structs import UserEvent
-from meshd.validate import MAX_EVENT_PAYLOAD
+from meshd.validate_session import MAX_EVENT_PAYLOAD
 
 routes = web.RouteTableDef()
 

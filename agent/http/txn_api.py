@@ -17,7 +17,7 @@ from meshd.agent.http.common import (
 )
 from meshd.server.txn import result_value
 from meshd.structs import Txn, TxnOp, TxnReply
-from meshd.validate import MAX_TXN_OPS, txn_is_read_only
+from meshd.validate_session import MAX_TXN_OPS, txn_is_read_only
 
 routes = web.RouteTableDef()
 MAX_REQ_LEN = 512 * 1024  # Consul's limits.txn_max_req_len

@@ -10,7 +10,8 @@ import pytest
 from meshd.agent.mesh import _reads_of, valid_upstreams
 from meshd.queries import ServiceNodes
 from meshd.structs import NodeService
-from meshd.validate import ValidationError, service
+from meshd.validate import ValidationError
+from meshd.validate_catalog import service
 
 
 def test_broken_upstreams_are_skipped_with_a_logged_reason(

@@ -28,7 +28,7 @@ from meshd.structs import (
     TxnReply,
     TxnServiceOp,
 )
-from meshd.validate import txn_is_read_only
+from meshd.validate_session import txn_is_read_only
 
 
 def kv(verb: str, key: str, value: bytes | None = None, **kw: object) -> TxnOp:
