@@ -16,25 +16,31 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from meshd import configvalues as cv
 from meshd.acl import settings as acl_settings
-from meshd.configvalues import Schema, Validator
-from meshd.durations import DurationError, parse_duration_seconds
+from meshd.config_model import (
+    SOA_DEFAULTS,
+    Config,
+    ConfigError,
+    DNSConfig,
+    Ports,
+    TLSConfig,
+    parse_duration,
+)
+from meshd.config_schema import FLAGS, TOP
+from meshd.configvalues import Schema
 from meshd.hclparse import parse_hcl
 from meshd.k8s import settings as k8s_settings
 
-__all__ = [
+__all__ = [  # the loader, and the names imported from many places (defined in config_model)
     "Config",
     "ConfigError",
     "ConfigReport",
-    "DNSConfig",
-    "Ports",
     "TLSConfig",
     "collect_config",
     "load_config",
@@ -42,305 +48,7 @@ __all__ = [
     "read_config_file",
 ]
 
-DEFAULT_HTTP_MAX_BODY = 1 << 20
-DEFAULT_HTTP_MAX_CONNS_PER_CLIENT = 200  # Consul's default
-DEFAULT_HTTP_READ_HEADER_TIMEOUT = 10.0
-DEFAULT_HTTP_MAX_SNAPSHOT = 256 << 20
-SOA_DEFAULTS: dict[str, int] = {"refresh": 3600, "retry": 600, "expire": 86400, "min_ttl": 0}
 CONFIG_EXTENSIONS = (".json", ".hcl")
-
-
-class ConfigError(ValueError):
-    """Invalid configuration; the message names the file or flag and the dotted key."""
-
-
-def parse_duration(v: str | float) -> float:
-    """Seconds from a Go duration ("1m30s") or a bare number; shared by config, HTTP and checks."""
-    try:
-        return parse_duration_seconds(v)
-    except DurationError as e:
-        raise ConfigError(str(e)) from None
-
-
-@dataclass
-class Ports:
-    http: int = 8500
-    https: int = -1
-    grpc: int = 8502
-    dns: int = 8600
-    server: int = 8300
-    raft: int = 8301
-
-
-@dataclass
-class DNSConfig:
-    allow_stale: bool = True
-    max_stale: float = 87600 * 3600.0  # Consul's "87600h": any server may answer
-    node_ttl: float = 0.0
-    service_ttl: dict[str, float] = field(default_factory=dict)
-    only_passing: bool = False
-    a_record_limit: int = 0
-    udp_answer_limit: int = 3
-    enable_truncate: bool = True
-    recursor_timeout: float = 2.0
-    soa: dict[str, int] = field(default_factory=lambda: dict(SOA_DEFAULTS))
-
-    def ttl_for(self, service: str) -> float:
-        """Consul's lookup order: the exact name, then the longest `prefix*` ("*" matches all)."""
-        if service in self.service_ttl and not service.endswith("*"):
-            return self.service_ttl[service]
-        best_len, ttl = -1, 0.0
-        for key, value in self.service_ttl.items():
-            prefix = key[:-1]
-            if key.endswith("*") and service.startswith(prefix) and len(prefix) > best_len:
-                best_len, ttl = len(prefix), value
-        return ttl
-
-
-@dataclass
-class TLSConfig:
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    verify_incoming: bool = False
-    verify_outgoing: bool = False
-    verify_server_hostname: bool = False
-
-
-@dataclass
-class Config:
-    dev: bool = False
-    server: bool = False
-    bootstrap: bool = False
-    bootstrap_expect: int = 0
-    node_name: str = field(default_factory=socket.gethostname)
-    datacenter: str = "dc1"
-    data_dir: str | None = None
-    client_addr: str = "127.0.0.1"
-    # Consul binds 0.0.0.0 outside dev mode; meshd stays on loopback until told otherwise.
-    bind_addr: str = "127.0.0.1"
-    advertise_addr: str | None = None
-    addresses: dict[str, str] = field(default_factory=dict)
-    ports: Ports = field(default_factory=Ports)
-    domain: str = "consul."
-    alt_domain: str | None = None
-    recursors: list[str] = field(default_factory=list)
-    dns_config: DNSConfig = field(default_factory=DNSConfig)
-    services: list[dict[str, Any]] = field(default_factory=list)
-    checks: list[dict[str, Any]] = field(default_factory=list)
-    enable_script_checks: bool = False
-    enable_local_script_checks: bool = False  # script checks from config files only (Consul)
-    encrypt: str | None = None
-    retry_join: list[str] = field(default_factory=list)
-    retry_interval: float = 30.0
-    reconnect_timeout: float = 72 * 3600.0
-    kv_tombstone_ttl: float = 15 * 60.0  # deleted KV keys' tombstones are reaped after this
-    log_level: str = "INFO"
-    node_meta: dict[str, str] = field(default_factory=dict)
-    tls: TLSConfig = field(default_factory=TLSConfig)
-    default_intention_policy: str = ""  # "" = derive: "allow" in dev mode, else "deny"
-    leave_on_terminate: bool | None = None  # None = derive: True for clients, False for servers
-    raft_fsync: bool = True
-    limits: dict[str, int] = field(default_factory=dict)
-    # None = derive: True for servers (a ^C must not shrink the quorum), False for clients
-    skip_leave_on_interrupt: bool | None = None
-    log_json: bool = False
-    log_file: str | None = None
-    log_rotate_bytes: int = 0  # 0: no size limit
-    log_rotate_duration: float = 24 * 3600.0
-    log_rotate_max_files: int = 0  # 0: keep every archive; -1: keep none
-    pid_file: str | None = None
-    watches: list[dict[str, Any]] = field(default_factory=list)  # stored; run by a later issue
-    kubernetes: k8s_settings.KubernetesConfig | None = None  # the agent's Kubernetes mode
-    acl: acl_settings.ACLConfig = field(default_factory=acl_settings.ACLConfig)
-
-    def __post_init__(self) -> None:
-        # Derived here rather than in load_config so a hand-built Config(dev=True) behaves too.
-        if self.dev:
-            self.server = True
-            self.data_dir = None
-            if not self.bootstrap_expect:
-                self.bootstrap = True
-        if not self.default_intention_policy:
-            self.default_intention_policy = "allow" if self.dev else "deny"
-        if self.leave_on_terminate is None:
-            self.leave_on_terminate = not self.server
-        if self.skip_leave_on_interrupt is None:
-            self.skip_leave_on_interrupt = self.server
-
-    @property
-    def http_max_body(self) -> int:
-        return int(self.limits.get("http_max_body_bytes", DEFAULT_HTTP_MAX_BODY))
-
-    @property
-    def http_max_conns_per_client(self) -> int:
-        return int(self.limits.get("http_max_conns_per_client", DEFAULT_HTTP_MAX_CONNS_PER_CLIENT))
-
-    @property
-    def http_read_header_timeout(self) -> float:
-        return float(self.limits.get("http_read_header_timeout", DEFAULT_HTTP_READ_HEADER_TIMEOUT))
-
-    @property
-    def http_max_snapshot(self) -> int:
-        return int(self.limits.get("http_max_snapshot_bytes", DEFAULT_HTTP_MAX_SNAPSHOT))
-
-
-# --- schemas: key -> (target path in the canonical dict or None to drop, validator/schema) ------
-
-
-def _fields(prefix: tuple[str, ...], **validators: Validator) -> Schema:
-    return {key: ((*prefix, key), check) for key, check in validators.items()}
-
-
-_PORTS: Schema = {
-    **_fields(
-        ("ports",),
-        http=cv.port,
-        https=cv.port,
-        grpc=cv.port,
-        dns=cv.port,
-        server=cv.port,
-        raft=cv.port,
-    ),
-    "serf_lan": (None, cv.port),
-    "serf_wan": (None, cv.port),  # accepted for Consul files, unused
-}
-_ADDRESSES = _fields(
-    ("addresses",), http=cv.ip_list, https=cv.ip_list, grpc=cv.ip_list, dns=cv.ip_list
-)
-_SOA = _fields(
-    ("dns_config", "soa"), refresh=cv.count, retry=cv.count, expire=cv.count, min_ttl=cv.count
-)
-_DNS: Schema = {
-    **_fields(
-        ("dns_config",),
-        allow_stale=cv.boolean,
-        max_stale=cv.duration(),
-        node_ttl=cv.duration(),
-        service_ttl=cv.service_ttl,
-        only_passing=cv.boolean,
-        a_record_limit=cv.count,
-        udp_answer_limit=cv.count,
-        enable_truncate=cv.boolean,
-        recursor_timeout=cv.duration(positive=True),
-    ),
-    "soa": (None, _SOA),
-}
-_TLS_FILES = _fields(
-    ("tls",),
-    ca_file=cv.string,
-    cert_file=cv.string,
-    key_file=cv.string,
-    verify_incoming=cv.boolean,
-    verify_outgoing=cv.boolean,
-)
-_TLS_HOSTNAME = _fields(("tls",), verify_server_hostname=cv.boolean)
-_TLS: Schema = {
-    "defaults": (None, _TLS_FILES),
-    "internal_rpc": (None, _TLS_HOSTNAME),  # Consul >= 1.12
-    **_TLS_FILES,
-    **_TLS_HOSTNAME,  # meshd shorthand: tls { ca_file = "..." }
-}
-_LIMITS = _fields(
-    ("limits",),
-    http_max_body_bytes=cv.count,
-    http_max_conns_per_client=cv.count,
-    http_read_header_timeout=cv.duration(positive=True),
-    http_max_snapshot_bytes=cv.count,
-    node_failure_timeout=cv.duration(positive=True),
-    rpc_max_conns_per_client=cv.count,
-    kv_max_value_size=cv.count,
-    txn_max_req_len=cv.count,
-)
-_TOP: Schema = {
-    **_fields(
-        (),
-        server=cv.boolean,
-        bootstrap=cv.boolean,
-        bootstrap_expect=cv.count,
-        node_name=cv.node_name,
-        datacenter=cv.datacenter,
-        data_dir=cv.string,
-        client_addr=cv.ip_list,
-        bind_addr=cv.ip,
-        advertise_addr=cv.optional(cv.ip),
-        domain=cv.domain,
-        alt_domain=cv.optional(cv.domain),
-        recursors=cv.str_list,
-        services=cv.object_list,
-        checks=cv.object_list,
-        enable_script_checks=cv.boolean,
-        enable_local_script_checks=cv.boolean,
-        encrypt=cv.optional(cv.encrypt),
-        retry_join=cv.str_list,
-        retry_interval=cv.duration(positive=True),
-        reconnect_timeout=cv.duration(8 * 3600.0),
-        kv_tombstone_ttl=cv.duration(positive=True),
-        log_level=cv.log_level,
-        node_meta=cv.node_meta,
-        leave_on_terminate=cv.boolean,
-        skip_leave_on_interrupt=cv.boolean,
-        default_intention_policy=cv.policy,
-        raft_fsync=cv.boolean,
-        log_json=cv.boolean,
-        log_file=cv.string,
-        log_rotate_bytes=cv.count,
-        log_rotate_duration=cv.duration(positive=True),
-        log_rotate_max_files=cv.max_files,
-        pid_file=cv.string,
-        watches=cv.object_list,
-    ),
-    "service": (("services",), cv.object_list),
-    "check": (("checks",), cv.object_list),
-    "ports": (None, _PORTS),
-    "addresses": (None, _ADDRESSES),
-    "dns_config": (None, _DNS),
-    "tls": (None, _TLS),
-    "limits": (None, _LIMITS),
-    "kubernetes": (("kubernetes", "enabled"), k8s_settings.SCHEMA),
-    "acl": (None, acl_settings.SCHEMA),  # target: the block is there
-    **_TLS_FILES,
-    **_TLS_HOSTNAME,  # Consul's pre-1.12 top-level TLS keys
-}
-
-_FLAGS: Schema = {
-    **{
-        name: _TOP[key]
-        for name, key in {
-            "server": "server",
-            "bootstrap": "bootstrap",
-            "bootstrap-expect": "bootstrap_expect",
-            "node": "node_name",
-            "datacenter": "datacenter",
-            "data-dir": "data_dir",
-            "client": "client_addr",
-            "bind": "bind_addr",
-            "advertise": "advertise_addr",
-            "domain": "domain",
-            "alt-domain": "alt_domain",
-            "recursor": "recursors",
-            "retry-join": "retry_join",
-            "retry-interval": "retry_interval",
-            "encrypt": "encrypt",
-            "log-level": "log_level",
-            "enable-script-checks": "enable_script_checks",
-            "log-json": "log_json",
-            "log-file": "log_file",
-            "log-rotate-bytes": "log_rotate_bytes",
-            "log-rotate-duration": "log_rotate_duration",
-            "log-rotate-max-files": "log_rotate_max_files",
-            "pid-file": "pid_file",
-            "enable-local-script-checks": "enable_local_script_checks",
-        }.items()
-    },
-    **{f"{p}-port": (("ports", p), cv.port) for p in ("http", "https", "grpc", "dns", "server")},
-    "serf-lan-port": (None, cv.port),
-    "serf-wan-port": (None, cv.port),
-    "node-meta": (("node_meta",), cv.meta_pairs),
-}
-
-
-# --- sources -------------------------------------------------------------------------------------
 
 
 def _merge(base: dict[str, Any], new: Mapping[str, Any]) -> None:
@@ -427,7 +135,7 @@ def read_config_file(
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be an object")
     out: dict[str, Any] = {}
-    _walk(raw, _TOP, "", source, out, errors)
+    _walk(raw, TOP, "", source, out, errors)
     return out
 
 
@@ -451,7 +159,7 @@ def _read_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
         name = raw_name.lstrip("-").replace("_", "-")
         if name == "dev":
             continue  # load_config reads it; accepted so a CLI may pass all its params
-        entry = _FLAGS.get(name)
+        entry = FLAGS.get(name)
         if entry is None:
             raise ConfigError(f"unknown flag -{name}")
         target, check = entry

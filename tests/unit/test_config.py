@@ -14,12 +14,11 @@ import pytest
 from meshd.config import (
     Config,
     ConfigError,
-    DNSConfig,
-    Ports,
     TLSConfig,
     load_config,
     parse_duration,
 )
+from meshd.config_model import DNSConfig, Ports
 
 KEY16 = base64.b64encode(b"0123456789abcdef").decode()
 KEY32 = base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from meshd.agent.reload import merge_reload
-from meshd.config import Config, Ports, TLSConfig
+from meshd.config import Config, TLSConfig
+from meshd.config_model import Ports
 
 merge = merge_reload
 
