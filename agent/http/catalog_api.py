@@ -18,6 +18,7 @@ from meshd.agent.http.common import (
     json_body,
     json_response,
     query_options,
+    require_local_datacenter,
     to_builtins,
 )
 from meshd.agent.http.coordinate_api import sort_near
@@ -145,6 +146,7 @@ async def catalog_register(request: web.Request) -> web.Response:
     unknown = sorted(k for k in body if k.lower() not in _REGISTER_KEYS)
     if unknown:
         raise BadRequestError(f"Request decode failed: unknown field {unknown[0]!r}")
+    require_local_datacenter(request, folded.get("datacenter"))
     node = folded.get("node")
     if not isinstance(node, str) or not node:
         raise BadRequestError("Must provide node")
@@ -183,6 +185,7 @@ async def catalog_register(request: web.Request) -> web.Response:
 @routes.put("/v1/catalog/deregister")
 async def catalog_deregister(request: web.Request) -> web.Response:
     body = {k.lower(): v for k, v in (await json_body(request)).items()}
+    require_local_datacenter(request, body.get("datacenter"))
     node = body.get("node")
     if not isinstance(node, str) or not node:
         raise BadRequestError("Must provide node")
