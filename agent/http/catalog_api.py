@@ -263,7 +263,8 @@ async def catalog_node(request: web.Request) -> web.Response:
     if res.value is None:
         return json_response(None, result=res)
     node, svcs, _ = res.value
-    services = {s.ID: s for s in svcs}
+    # Consul evaluates ?filter= against each entry of the Services map, not the whole answer.
+    services = {s.ID: s for s in filtered(opts, list(svcs))}
     return json_response(
         {"Node": _with_dc(node, agent.config.datacenter), "Services": services}, result=res
     )
