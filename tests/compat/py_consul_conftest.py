@@ -46,13 +46,18 @@ def _config_file(config: dict[str, Any]) -> str:
     return path
 
 
-def _start(config: dict[str, Any]) -> MeshdProcess:
-    agent = dev_agent(f"-config-file={_config_file(config)}")
-    try:
-        return agent.start(timeout=30)
-    except RuntimeError as e:
-        agent.stop()
-        raise AgentStartError(str(e)) from e
+def _start(config: dict[str, Any], attempts: int = 3) -> MeshdProcess:
+    """A ready agent; a failed start is retried on fresh ports, since on a busy shared host a
+    port picked free can be taken by another process before the agent binds it."""
+    errors: list[str] = []
+    for _ in range(attempts):
+        agent = dev_agent(f"-config-file={_config_file(config)}")
+        try:
+            return agent.start(timeout=30)
+        except (RuntimeError, OSError) as e:
+            agent.stop()
+            errors.append(str(e))
+    raise AgentStartError("\n---\n".join(errors))
 
 
 class AgentPool:
