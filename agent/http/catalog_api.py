@@ -221,6 +221,12 @@ async def catalog_services(request: web.Request) -> web.Response:
     return json_response(value, result=res)
 
 
+def _from_peer(request: web.Request) -> bool:
+    """`?peer=` asks for instances imported from a cluster peer; meshd has no peering, so no
+    peer has any (Consul answers an unknown peer with an empty list, not this cluster's)."""
+    return bool(request.query.get("peer"))
+
+
 @routes.get("/v1/catalog/service/{name}")
 async def catalog_service(request: web.Request) -> web.Response:
     agent = _agent(request)
@@ -229,7 +235,8 @@ async def catalog_service(request: web.Request) -> web.Response:
         agent.backend, q.ServiceNodes(Service=request.match_info["name"]), opts
     )
     tags = _tags(request)
-    rows = [service_node(r, agent.config.datacenter) for r in res.value if _has_tags(r, tags)]
+    found = [] if _from_peer(request) else res.value
+    rows = [service_node(r, agent.config.datacenter) for r in found if _has_tags(r, tags)]
     rows = await sort_near(request, filtered(opts, rows), _node_key)
     return json_response(rows, result=res)
 
@@ -305,7 +312,8 @@ async def _health_rows(request: web.Request, connect: bool) -> web.Response:
     res = await _cached(agent, query, opts) or await blocking_read(agent.backend, query, opts)
     tags = _tags(request)
     passing = flag(request, "passing")
-    rows = [r for r in res.value if _has_tags(r, tags) and (not passing or _all_passing(r))]
+    found = [] if _from_peer(request) else res.value
+    rows = [r for r in found if _has_tags(r, tags) and (not passing or _all_passing(r))]
     if opts.filter:
         rows = filtered(opts, rows)
     rows = await sort_near(request, rows, lambda r: r.Node.Node)
