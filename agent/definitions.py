@@ -186,7 +186,10 @@ class CheckDefinition:
 
 
 def parse_check(raw: dict[str, Any], *, service_id: str = "", index: int = 0) -> CheckDefinition:
-    """Parse one check; `service_id` is set when the check is embedded in a service."""
+    """Parse one check; `service_id` is set when the check is embedded in a service.
+
+    `index` numbers the checks of a service that has more than one (1, 2, ...; 0 when it has
+    one): Consul names them `service:<id>:<n>`, a lone check just `service:<id>`."""
     where = "check"
     d = _fold(raw, where)
     unknown = sorted(set(d) - _CHECK_KEYS)
@@ -196,7 +199,7 @@ def parse_check(raw: dict[str, Any], *, service_id: str = "", index: int = 0) ->
     cid = _typed(d, "checkid", str, where, "") or _typed(d, "id", str, where, "")
     sid = _typed(d, "serviceid", str, where, "") or service_id
     if not cid:
-        cid = f"service:{service_id}" + (f":{index + 1}" if index else "") if service_id else name
+        cid = f"service:{service_id}" + (f":{index}" if index else "") if service_id else name
     if not name:
         name = f"Service '{service_id}' check" if service_id else cid
     if not cid:
@@ -421,7 +424,10 @@ def parse_service(raw: dict[str, Any]) -> ServiceDefinition:
     if d.get("check"):
         raw_checks.append(d["check"])
     raw_checks.extend(check_list(d.get("checks"), where))
-    checks = [parse_check(c, service_id=sid, index=i) for i, c in enumerate(raw_checks)]
+    many = len(raw_checks) > 1
+    checks = [
+        parse_check(c, service_id=sid, index=i + 1 if many else 0) for i, c in enumerate(raw_checks)
+    ]
     sidecar = None
     if svc.Connect:
         sidecar = {k.lower().replace("_", ""): v for k, v in svc.Connect.items()}.get(

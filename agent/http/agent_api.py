@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from meshd.agent import introspect
-from meshd.agent.definitions import parse_check, parse_service
+from meshd.agent.definitions import DefinitionError, parse_check, parse_service
 from meshd.agent.http.common import (
     AGENT_KEY,
     BadRequestError,
@@ -166,7 +166,12 @@ async def list_checks(request: web.Request) -> web.Response:
 
 @routes.put("/v1/agent/check/register")
 async def register_check(request: web.Request) -> web.Response:
-    await _agent(request).register_check(parse_check(await json_body(request)))
+    agent = _agent(request)
+    check = parse_check(await json_body(request))
+    if check.ServiceID and check.ServiceID not in agent.local.services:
+        # Consul refuses it: a check of an unknown service would never be shown with one.
+        raise DefinitionError(f"ServiceID {check.ServiceID!r} does not exist")
+    await agent.register_check(check)
     return web.Response(status=200)
 
 

@@ -18,6 +18,7 @@ from meshd.agent.http.common import (
     json_body,
     json_response,
     query_options,
+    require_local_datacenter,
     to_builtins,
 )
 from meshd.agent.http.coordinate_api import sort_near
@@ -145,6 +146,7 @@ async def catalog_register(request: web.Request) -> web.Response:
     unknown = sorted(k for k in body if k.lower() not in _REGISTER_KEYS)
     if unknown:
         raise BadRequestError(f"Request decode failed: unknown field {unknown[0]!r}")
+    require_local_datacenter(request, folded.get("datacenter"))
     node = folded.get("node")
     if not isinstance(node, str) or not node:
         raise BadRequestError("Must provide node")
@@ -183,6 +185,7 @@ async def catalog_register(request: web.Request) -> web.Response:
 @routes.put("/v1/catalog/deregister")
 async def catalog_deregister(request: web.Request) -> web.Response:
     body = {k.lower(): v for k, v in (await json_body(request)).items()}
+    require_local_datacenter(request, body.get("datacenter"))
     node = body.get("node")
     if not isinstance(node, str) or not node:
         raise BadRequestError("Must provide node")
@@ -218,6 +221,12 @@ async def catalog_services(request: web.Request) -> web.Response:
     return json_response(value, result=res)
 
 
+def _from_peer(request: web.Request) -> bool:
+    """`?peer=` asks for instances imported from a cluster peer; meshd has no peering, so no
+    peer has any (Consul answers an unknown peer with an empty list, not this cluster's)."""
+    return bool(request.query.get("peer"))
+
+
 @routes.get("/v1/catalog/service/{name}")
 async def catalog_service(request: web.Request) -> web.Response:
     agent = _agent(request)
@@ -226,7 +235,8 @@ async def catalog_service(request: web.Request) -> web.Response:
         agent.backend, q.ServiceNodes(Service=request.match_info["name"]), opts
     )
     tags = _tags(request)
-    rows = [service_node(r, agent.config.datacenter) for r in res.value if _has_tags(r, tags)]
+    found = [] if _from_peer(request) else res.value
+    rows = [service_node(r, agent.config.datacenter) for r in found if _has_tags(r, tags)]
     rows = await sort_near(request, filtered(opts, rows), _node_key)
     return json_response(rows, result=res)
 
@@ -260,7 +270,8 @@ async def catalog_node(request: web.Request) -> web.Response:
     if res.value is None:
         return json_response(None, result=res)
     node, svcs, _ = res.value
-    services = {s.ID: s for s in svcs}
+    # Consul evaluates ?filter= against each entry of the Services map, not the whole answer.
+    services = {s.ID: s for s in filtered(opts, list(svcs))}
     return json_response(
         {"Node": _with_dc(node, agent.config.datacenter), "Services": services}, result=res
     )
@@ -301,7 +312,8 @@ async def _health_rows(request: web.Request, connect: bool) -> web.Response:
     res = await _cached(agent, query, opts) or await blocking_read(agent.backend, query, opts)
     tags = _tags(request)
     passing = flag(request, "passing")
-    rows = [r for r in res.value if _has_tags(r, tags) and (not passing or _all_passing(r))]
+    found = [] if _from_peer(request) else res.value
+    rows = [r for r in found if _has_tags(r, tags) and (not passing or _all_passing(r))]
     if opts.filter:
         rows = filtered(opts, rows)
     rows = await sort_near(request, rows, lambda r: r.Node.Node)

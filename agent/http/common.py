@@ -43,6 +43,20 @@ class BadRequestError(Exception):
     """400 with this text."""
 
 
+class NoPathToDatacenterError(Exception):
+    """A request names a datacenter this agent cannot reach (Consul answers 500)."""
+
+    def __init__(self) -> None:
+        super().__init__("No path to datacenter")
+
+
+def require_local_datacenter(request: web.Request, dc: Any) -> None:
+    """A `Datacenter` in a request body names where it must apply: another one fails, as `?dc=`
+    does, rather than being applied here."""
+    if dc and dc != request.app[AGENT_KEY].config.datacenter:
+        raise NoPathToDatacenterError()
+
+
 class NotFoundError(Exception):
     """404 with this text."""
 
@@ -173,7 +187,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except CommandForbiddenError as e:
         return _text(403, str(e))
-    except StateConflictError as e:
+    except (StateConflictError, NoPathToDatacenterError) as e:
         return _text(500, str(e))
     except (
         BadRequestError,
@@ -204,5 +218,5 @@ async def datacenter_middleware(request: web.Request, handler: Handler) -> web.S
     dc = request.query.get("dc")
     local = request.app[AGENT_KEY].config.datacenter
     if dc and dc != local and not request.path.startswith("/v1/agent/"):
-        return _text(500, "No path to datacenter")
+        return _text(500, str(NoPathToDatacenterError()))
     return await handler(request)

@@ -93,8 +93,9 @@ async def config_get(request: web.Request) -> web.Response:
 @routes.delete("/v1/config/{kind}/{name}")
 async def config_delete(request: web.Request) -> web.Response:
     kind, name = _kind(request.match_info["kind"]), request.match_info["name"]
-    await _agent(request).backend.write(ConfigEntryOp(Op="delete", Kind=kind, Name=name))
-    return json_response(True)
+    cas = query_uint(request, "cas")
+    op = ConfigEntryOp(Op="delete", Kind=kind, Name=name, CASIndex=-1 if cas is None else cas)
+    return json_response(bool(await _agent(request).backend.write(op)))
 
 
 _OVERRIDES = {"OverrideProtocol": "Protocol", "OverrideConnectTimeout": "ConnectTimeout"}
