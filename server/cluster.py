@@ -211,7 +211,7 @@ class Server:
             Started=self.raft is not None,
             Peers=self.raft.peers() if self.raft else [],
             Known=[[r, p] for r, p in self.known.items()],
-            Leader=self.raft.leader() if self.raft else "",
+            Leader=self.raft.reported_leader() if self.raft else "",
             Datacenter=self.s.datacenter,
         )
 

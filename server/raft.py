@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import os
 import socket
@@ -208,6 +209,10 @@ class RaftNode:
             journal = os.path.join(raft_dir, "journal.bin")
             dump = os.path.join(raft_dir, "snapshot.bin")
         self._last_contact = time.monotonic()
+        # what `reported_leader` answers while an election is under way: the last leader seen
+        # (address, when), and the server this one handed leadership to (address, until when)
+        self._seen_leader: tuple[str, float] = ("", 0.0)
+        self._handover: tuple[str, float] = ("", 0.0)
         conf = SyncObjConf(
             journalFile=journal,
             fullDumpFile=dump,
@@ -287,8 +292,10 @@ class RaftNode:
             if state != self._sent:  # new entries or a new commit index: send them now, batched
                 self._sent = state
                 sync._SyncObj__sendAppendEntries()  # its sends flush the journal first
-        if sync._getLeader() is not None:
-            self._last_contact = time.monotonic()
+        leader = sync._getLeader()
+        if leader is not None:
+            self._last_contact = now = time.monotonic()
+            self._seen_leader = (str(leader.address), now)
 
     async def apply(self, cmd: Command, timeout: float = 10.0) -> Any:
         loop = asyncio.get_running_loop()
@@ -333,20 +340,50 @@ class RaftNode:
         self._on_raft_thread.append(swap)
         self._wake()
 
-    async def transfer_leadership(self, addr: str | None) -> None:
+    async def transfer_leadership(self, addr: str | None, timeout: float = 5.0) -> None:
         """Ask the Raft thread to hand leadership to `addr` (None: the most caught-up peer).
-        Success means the request was sent; the caller watches `is_leader` for the outcome."""
+        Success means the request was sent; the caller watches `is_leader` for the outcome.
+
+        pysyncobj refuses a target whose log is behind by even one entry, which is common while
+        agents write (heartbeats, checks): it catches up within a round of append-entries, so a
+        refusal is retried until `timeout`."""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
+        deadline = loop.time() + timeout
+        while True:
+            fut: asyncio.Future[Any] = loop.create_future()
+            self._on_raft_thread.append(functools.partial(self._transfer, addr, loop, fut))
+            self._wake()
+            try:
+                await asyncio.wait_for(fut, 10.0)
+                return
+            except RaftError:
+                if not self.is_leader or loop.time() >= deadline:
+                    raise
+            await asyncio.sleep(self.settings.append_entries_period)
 
-        def call() -> None:
-            self._sync.transferLeadership(
-                addr, callback=lambda res, err: loop.call_soon_threadsafe(_settle, fut, res, err)
-            )
+    def _transfer(self, addr: str | None, loop: asyncio.AbstractEventLoop, fut: Any) -> None:
+        """On the Raft thread: send TimeoutNow, and remember the target for `reported_leader`."""
+        target = addr or self._most_caught_up()
 
-        self._on_raft_thread.append(call)
-        self._wake()
-        await asyncio.wait_for(fut, 10.0)
+        def done(res: Any, err: int) -> None:
+            if err == FAIL_REASON.SUCCESS:
+                self._handover = (target, time.monotonic() + self.settings.raft_max_timeout)
+            loop.call_soon_threadsafe(_settle, fut, res, err)
+
+        if not target:
+            done(None, FAIL_REASON.REQUEST_DENIED)
+            return
+        self._sync.transferLeadership(target, callback=done)
+
+    def _most_caught_up(self) -> str:
+        """pysyncobj's own choice for an automatic transfer, made here to know the target."""
+        status = self._sync.getStatus()
+        connected = [
+            (status.get(f"match_idx_server_{n.id}", 0), n.id)
+            for n in self._sync.otherNodes
+            if status.get(f"partner_node_status_server_{n.id}") == 2
+        ]
+        return str(max(connected)[1]) if connected else ""
 
     async def add_peer(self, addr: str) -> None:
         if addr in self.peers():
@@ -367,6 +404,28 @@ class RaftNode:
     def leader(self) -> str:
         node = self._sync._getLeader()
         return str(node.address) if node is not None else ""
+
+    def reported_leader(self) -> str:
+        """The leader as /v1/status/leader reports it: Raft's own view, except while an
+        election is under way, when every server (pysyncobj clears its leader as soon as a vote
+        request arrives) would answer "" for a round trip even during a leadership transfer.
+
+        Then the server that handed leadership over names its target, and the others the last
+        leader they saw, for at most the shortest election timeout: a leader that is really gone
+        is reported "" once that has passed (Consul's followers, too, keep naming the last
+        leader until they hear from a new one).
+        """
+        node = self._sync._getLeader()
+        if node is not None:
+            return str(node.address)
+        now = time.monotonic()
+        target, until = self._handover
+        if target and now < until:
+            return target
+        seen, at = self._seen_leader
+        if seen != self.settings.self_addr and now - at < self.settings.raft_min_timeout:
+            return seen
+        return ""
 
     def peers(self) -> list[str]:
         return sorted([self.settings.self_addr, *(n.address for n in self._sync.otherNodes)])

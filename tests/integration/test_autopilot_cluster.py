@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import base64
+import os
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 
@@ -14,7 +17,8 @@ from helpers import MeshdProcess, server_cluster, start_all, wait_for
 @pytest.fixture
 def cluster() -> Iterator[list[MeshdProcess]]:
     with tempfile.TemporaryDirectory() as tmp:
-        procs = server_cluster(tmp)
+        # servers that expect peers refuse to start without a cluster key
+        procs = server_cluster(tmp, config={"encrypt": base64.b64encode(os.urandom(32)).decode()})
         try:
             start_all(procs)
             yield procs
@@ -61,6 +65,56 @@ def test_transfer_leader_and_dead_server_cleanup(cluster):
     victim.start(timeout=60)
     wait_for(lambda: _peers(survivor) == everyone, 40)
     wait_for(lambda: victim.get("/v1/kv/after-cleanup?raw&stale").body == b"ok", 30)
+
+
+def _poll_leaders(procs: list[MeshdProcess], stop: threading.Event) -> list[tuple[int, str]]:
+    """Every server's /v1/status/leader, asked in a tight loop until `stop` is set."""
+    answers: list[tuple[int, str]] = []
+
+    def poll(i: int, p: MeshdProcess) -> None:
+        while not stop.is_set():
+            r = p.get("/v1/status/leader", timeout=5)
+            answers.append((i, r.json() if r.status == 200 else f"HTTP {r.status}"))
+            stop.wait(0.002)
+
+    threads = [threading.Thread(target=poll, args=(i, p)) for i, p in enumerate(procs)]
+    for t in threads:
+        t.start()
+    stop.wait()
+    for t in threads:
+        t.join()
+    return answers
+
+
+def test_every_server_names_a_leader_throughout_transfers(cluster):
+    """During a hand-over no server is leader for a round trip; /v1/status/leader still names
+    one at every poll (the new one, or the one handing over), as a rolling restart needs."""
+    everyone = sorted(_rpc(p) for p in cluster)
+    wait_for(lambda: _peers(cluster[0]) == everyone, 30)
+    stop = threading.Event()
+    result: list[list[tuple[int, str]]] = []
+    poller = threading.Thread(target=lambda: result.append(_poll_leaders(cluster, stop)))
+    poller.start()
+    try:
+        for _ in range(4):
+            leader = cluster[0].get("/v1/status/leader").json()
+            r = next(p for p in cluster if _rpc(p) == leader).put(
+                "/v1/operator/raft/transfer-leader"
+            )
+            assert r.status == 200 and r.json() == {"Success": True}, r.body
+
+            def moved(old: str = leader) -> bool:
+                named = {p.get("/v1/status/leader").json() for p in cluster}
+                return len(named) == 1 and old not in named
+
+            assert wait_for(moved, 15)
+            time.sleep(0.3)
+    finally:
+        stop.set()
+        poller.join()
+    answers = result[0]
+    assert len(answers) > 100
+    assert [a for a in answers if a[1] not in everyone] == []
 
 
 def test_cleanup_off_keeps_the_dead_server(cluster):
