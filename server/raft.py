@@ -16,6 +16,7 @@ import collections
 import functools
 import logging
 import os
+import random
 import socket
 import struct
 import time
@@ -56,6 +57,7 @@ _REASONS = {
 # connection has delivered one message that decrypted with the cluster key, its frames are
 # capped (the key exchange is a ~200-byte token) and it is dropped on a larger announcement.
 PREAUTH_MAX_MESSAGE = 64 * 1024
+_CONNECTION_RETRY = 1.0  # seconds between pysyncobj's attempts to (re)connect to a peer
 _FRAME = struct.Struct("i")
 
 
@@ -226,7 +228,7 @@ class RaftNode:
             dynamicMembershipChange=True,
             useFork=False,
             commandsWaitLeader=True,
-            connectionRetryTime=1.0,
+            connectionRetryTime=_CONNECTION_RETRY,
             bindAddress=settings.bind,
             logCompactionMinEntries=20000,
             logCompactionMinTime=600,
@@ -242,6 +244,8 @@ class RaftNode:
         self._sync = SyncObj(
             settings.self_addr, list(settings.peers), conf=conf, consumers=[self._fsm]
         )
+        if settings.peers:
+            self._hold_first_election()
         # pysyncobj only builds its own wake-up pipe in its one-round-per-command mode
         self._notifier = PipeNotifier(self._sync._poller)
         self._journal: _GroupCommit | None = None
@@ -250,6 +254,19 @@ class RaftNode:
         # calls that must run on the Raft thread (pysyncobj's state is not locked)
         self._on_raft_thread: collections.deque[Callable[[], None]] = collections.deque()
         self._sync.addOnTickCallback(self._on_tick)
+
+    def _hold_first_election(self) -> None:
+        """A (re)started server must hear from the running leader before it may call an
+        election. pysyncobj connects a pair of servers from the one with the larger address
+        only, retrying every `_CONNECTION_RETRY`; a restarted server with the smaller address
+        waits up to that long for the leader's connection, and its first election timeout
+        (0.4-1.2 s) often expired first: it called an election that deposed a healthy leader
+        (pysyncobj has no pre-vote), once every few restarts in testing. Its first timeout now
+        starts after the leader's retry period; a new cluster elects its first leader ~1 s later.
+        """
+        s = self.settings
+        first = _CONNECTION_RETRY + random.uniform(s.raft_min_timeout, s.raft_max_timeout)
+        self._sync._SyncObj__raftElectionDeadline = time.monotonic() + first  # no public setter
 
     def _install_group_commit(self) -> None:
         # pysyncobj keeps these in name-mangled attributes; there is no public hook for either.

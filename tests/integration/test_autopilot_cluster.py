@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import tempfile
 import threading
@@ -115,6 +116,38 @@ def test_every_server_names_a_leader_throughout_transfers(cluster):
     answers = result[0]
     assert len(answers) > 100
     assert [a for a in answers if a[1] not in everyone] == []
+
+
+def _raft_addr(p: MeshdProcess) -> str:
+    with open(p.args[p.args.index("-config-file") + 1]) as f:
+        return f"127.0.0.1:{json.load(f)['ports']['raft']}"
+
+
+def _term(p: MeshdProcess) -> str:
+    return p.get("/v1/agent/self").json()["Stats"]["raft"]["term"]
+
+
+def test_restarted_followers_do_not_depose_the_leader(cluster):
+    """Raft peers connect from the larger address to the smaller one: a restarted follower
+    below the leader waits for the leader's reconnection, and must not call an election
+    meanwhile (a rolling restart would change leaders at every such restart)."""
+    everyone = sorted(_rpc(p) for p in cluster)
+    wait_for(lambda: _peers(cluster[0]) == everyone, 30)
+    top = max(cluster, key=_raft_addr)
+    leader = cluster[0].get("/v1/status/leader").json()
+    if leader != _rpc(top):
+        old = next(p for p in cluster if _rpc(p) == leader)
+        assert old.put(f"/v1/operator/raft/transfer-leader?id={_rpc(top)}").status == 200
+        wait_for(lambda: all(p.get("/v1/status/leader").json() == _rpc(top) for p in cluster), 15)
+    term = _term(top)
+    followers = [p for p in cluster if p is not top]
+    for follower in followers * 2:
+        follower.stop()
+        follower.start(timeout=60)
+        wait_for(lambda f=follower: _peers(f) == everyone and f.get("/v1/status/leader").json(), 30)
+        time.sleep(1.5)  # past the restarted server's election timeouts
+        assert [p.get("/v1/status/leader").json() for p in cluster] == [_rpc(top)] * 3
+        assert _term(top) == term
 
 
 def test_cleanup_off_keeps_the_dead_server(cluster):
