@@ -37,7 +37,7 @@ from meshd.agent.definitions import (
 from meshd.agent.dns import DNSSettings, DNSView
 from meshd.agent.dns_server import DNSServer
 from meshd.agent.events import EventReceiver
-from meshd.agent.http.guard import ConnectionLimits, GuardedSite, runner_options
+from meshd.agent.http.guard import SHUTDOWN_GRACE, ConnectionLimits, GuardedSite, runner_options
 from meshd.agent.http.server import make_app
 from meshd.agent.keyring_client import AgentKeyring
 from meshd.agent.local import LocalState, UnknownCheckError
@@ -229,7 +229,9 @@ class Agent:
             self.backend = LocalBackend(self.server, cfg.acl.tokens.agent)
             self.view = StoreView(self.server.store, cfg.datacenter, cfg.node_name)
             if not cfg.dev:
-                self._rpc_runner = web.AppRunner(make_rpc_app(self.server), access_log=None)
+                self._rpc_runner = web.AppRunner(
+                    make_rpc_app(self.server), access_log=None, shutdown_timeout=SHUTDOWN_GRACE
+                )
                 await self._rpc_runner.setup()
                 await web.TCPSite(
                     self._rpc_runner, cfg.bind_addr, cfg.ports.server, ssl_context=ssl_server
@@ -471,10 +473,14 @@ class Agent:
         await self.checks.close()
         if self.dns:
             await self.dns.stop()
-        if self._runner:
-            await self._runner.cleanup()
-        if self._rpc_runner:
-            await self._rpc_runner.cleanup()
+        runners = [r for r in (self._runner, self._rpc_runner) if r is not None]
+        for runner in runners:  # no new connections: agents fail over to another server
+            for site in list(runner.sites):
+                await site.stop()
+        if self.server:
+            self.server.end_blocking_queries()
+        for runner in runners:  # what is still in flight gets SHUTDOWN_GRACE
+            await runner.cleanup()
         if self.server:
             await self.server.close()
 

@@ -111,7 +111,7 @@ class LocalBackend:
         raft = self.server.raft
         if raft is None:
             return "", []
-        leader = raft.leader()
+        leader = raft.reported_leader()
         return (self.server.rpc_of(leader) if leader else ""), [
             self.server.rpc_of(p) for p in raft.peers()
         ]

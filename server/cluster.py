@@ -127,6 +127,7 @@ class Server:
         self.tombstone_gc = TombstoneGC(settings.tombstone_ttl)
         self.started = time.time()
         self.keys: list[str] = list(settings.keyring)  # the ring this server uses now
+        self._stopping = asyncio.Event()
 
     # ---- formation ----------------------------------------------------------------------
 
@@ -231,7 +232,7 @@ class Server:
             Started=self.raft is not None,
             Peers=self.raft.peers() if self.raft else [],
             Known=[[r, p] for r, p in self.known.items()],
-            Leader=self.raft.leader() if self.raft else "",
+            Leader=self.raft.reported_leader() if self.raft else "",
             Datacenter=self.s.datacenter,
         )
 
@@ -300,12 +301,8 @@ class Server:
     ) -> ReadAnswer:
         raft = self._raft()
         if consistency != "stale" and not raft.is_leader:
-            reply = await self.rpc.call(
-                "read",
-                ReadRequest(Query=query, MinIndex=min_index, Wait=wait, Consistency=consistency),
-                ReadReply,
-                addr=self.leader_rpc(),
-                timeout=wait * 1.1 + 10,
+            reply = await self._forward_read(
+                ReadRequest(Query=query, MinIndex=min_index, Wait=wait, Consistency=consistency)
             )
             return ReadAnswer(
                 reply.Index, decode_value(query, reply.Value), reply.KnownLeader, reply.LastContact
@@ -317,6 +314,32 @@ class Server:
             self.store, query, min_index if wait > 0 else 0, loop.time() + wait
         )
         return ReadAnswer(index, value, bool(raft.leader()), raft.last_contact_ms())
+
+    async def _forward_read(self, req: ReadRequest) -> ReadReply:
+        call = self.rpc.call(
+            "read", req, ReadReply, addr=self.leader_rpc(), timeout=req.Wait * 1.1 + 10
+        )
+        if req.Wait <= 0:
+            return await call
+        # a blocking query waits at the leader for minutes: it must not hold up this server's
+        # shutdown, and the agent that asked retries on another server
+        read = asyncio.ensure_future(call)
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({read, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not read.done():
+                read.cancel()
+        if not read.done() or read.cancelled():
+            raise RaftError("server shutting down")
+        return read.result()
+
+    def end_blocking_queries(self) -> None:
+        """Shutdown, once the RPC and HTTP listeners are closed: blocking queries answer now
+        (Consul's servers do the same) instead of keeping the process alive for their wait."""
+        self._stopping.set()
+        self.store.watches.close()
 
     async def change_peer(self, change: PeerChange) -> bool:
         raft = self._raft()

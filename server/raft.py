@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import os
+import random
 import socket
 import struct
 import time
@@ -55,6 +57,7 @@ _REASONS = {
 # connection has delivered one message that decrypted with the cluster key, its frames are
 # capped (the key exchange is a ~200-byte token) and it is dropped on a larger announcement.
 PREAUTH_MAX_MESSAGE = 64 * 1024
+_CONNECTION_RETRY = 1.0  # seconds between pysyncobj's attempts to (re)connect to a peer
 _FRAME = struct.Struct("i")
 
 
@@ -208,6 +211,10 @@ class RaftNode:
             journal = os.path.join(raft_dir, "journal.bin")
             dump = os.path.join(raft_dir, "snapshot.bin")
         self._last_contact = time.monotonic()
+        # what `reported_leader` answers while an election is under way: the last leader seen
+        # (address, when), and the server this one handed leadership to (address, until when)
+        self._seen_leader: tuple[str, float] = ("", 0.0)
+        self._handover: tuple[str, float] = ("", 0.0)
         conf = SyncObjConf(
             journalFile=journal,
             fullDumpFile=dump,
@@ -221,7 +228,7 @@ class RaftNode:
             dynamicMembershipChange=True,
             useFork=False,
             commandsWaitLeader=True,
-            connectionRetryTime=1.0,
+            connectionRetryTime=_CONNECTION_RETRY,
             bindAddress=settings.bind,
             logCompactionMinEntries=20000,
             logCompactionMinTime=600,
@@ -237,6 +244,8 @@ class RaftNode:
         self._sync = SyncObj(
             settings.self_addr, list(settings.peers), conf=conf, consumers=[self._fsm]
         )
+        if settings.peers:
+            self._hold_first_election()
         # pysyncobj only builds its own wake-up pipe in its one-round-per-command mode
         self._notifier = PipeNotifier(self._sync._poller)
         self._journal: _GroupCommit | None = None
@@ -245,6 +254,19 @@ class RaftNode:
         # calls that must run on the Raft thread (pysyncobj's state is not locked)
         self._on_raft_thread: collections.deque[Callable[[], None]] = collections.deque()
         self._sync.addOnTickCallback(self._on_tick)
+
+    def _hold_first_election(self) -> None:
+        """A (re)started server must hear from the running leader before it may call an
+        election. pysyncobj connects a pair of servers from the one with the larger address
+        only, retrying every `_CONNECTION_RETRY`; a restarted server with the smaller address
+        waits up to that long for the leader's connection, and its first election timeout
+        (0.4-1.2 s) often expired first: it called an election that deposed a healthy leader
+        (pysyncobj has no pre-vote), once every few restarts in testing. Its first timeout now
+        starts after the leader's retry period; a new cluster elects its first leader ~1 s later.
+        """
+        s = self.settings
+        first = _CONNECTION_RETRY + random.uniform(s.raft_min_timeout, s.raft_max_timeout)
+        self._sync._SyncObj__raftElectionDeadline = time.monotonic() + first  # no public setter
 
     def _install_group_commit(self) -> None:
         # pysyncobj keeps these in name-mangled attributes; there is no public hook for either.
@@ -287,8 +309,10 @@ class RaftNode:
             if state != self._sent:  # new entries or a new commit index: send them now, batched
                 self._sent = state
                 sync._SyncObj__sendAppendEntries()  # its sends flush the journal first
-        if sync._getLeader() is not None:
-            self._last_contact = time.monotonic()
+        leader = sync._getLeader()
+        if leader is not None:
+            self._last_contact = now = time.monotonic()
+            self._seen_leader = (str(leader.address), now)
 
     async def apply(self, cmd: Command, timeout: float = 10.0) -> Any:
         return await self.apply_encoded(encode_command(cmd), timeout)
@@ -339,20 +363,50 @@ class RaftNode:
         self._on_raft_thread.append(swap)
         self._wake()
 
-    async def transfer_leadership(self, addr: str | None) -> None:
+    async def transfer_leadership(self, addr: str | None, timeout: float = 5.0) -> None:
         """Ask the Raft thread to hand leadership to `addr` (None: the most caught-up peer).
-        Success means the request was sent; the caller watches `is_leader` for the outcome."""
+        Success means the request was sent; the caller watches `is_leader` for the outcome.
+
+        pysyncobj refuses a target whose log is behind by even one entry, which is common while
+        agents write (heartbeats, checks): it catches up within a round of append-entries, so a
+        refusal is retried until `timeout`."""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
+        deadline = loop.time() + timeout
+        while True:
+            fut: asyncio.Future[Any] = loop.create_future()
+            self._on_raft_thread.append(functools.partial(self._transfer, addr, loop, fut))
+            self._wake()
+            try:
+                await asyncio.wait_for(fut, 10.0)
+                return
+            except RaftError:
+                if not self.is_leader or loop.time() >= deadline:
+                    raise
+            await asyncio.sleep(self.settings.append_entries_period)
 
-        def call() -> None:
-            self._sync.transferLeadership(
-                addr, callback=lambda res, err: loop.call_soon_threadsafe(_settle, fut, res, err)
-            )
+    def _transfer(self, addr: str | None, loop: asyncio.AbstractEventLoop, fut: Any) -> None:
+        """On the Raft thread: send TimeoutNow, and remember the target for `reported_leader`."""
+        target = addr or self._most_caught_up()
 
-        self._on_raft_thread.append(call)
-        self._wake()
-        await asyncio.wait_for(fut, 10.0)
+        def done(res: Any, err: int) -> None:
+            if err == FAIL_REASON.SUCCESS:
+                self._handover = (target, time.monotonic() + self.settings.raft_max_timeout)
+            loop.call_soon_threadsafe(_settle, fut, res, err)
+
+        if not target:
+            done(None, FAIL_REASON.REQUEST_DENIED)
+            return
+        self._sync.transferLeadership(target, callback=done)
+
+    def _most_caught_up(self) -> str:
+        """pysyncobj's own choice for an automatic transfer, made here to know the target."""
+        status = self._sync.getStatus()
+        connected = [
+            (status.get(f"match_idx_server_{n.id}", 0), n.id)
+            for n in self._sync.otherNodes
+            if status.get(f"partner_node_status_server_{n.id}") == 2
+        ]
+        return str(max(connected)[1]) if connected else ""
 
     async def add_peer(self, addr: str) -> None:
         if addr in self.peers():
@@ -373,6 +427,28 @@ class RaftNode:
     def leader(self) -> str:
         node = self._sync._getLeader()
         return str(node.address) if node is not None else ""
+
+    def reported_leader(self) -> str:
+        """The leader as /v1/status/leader reports it: Raft's own view, except while an
+        election is under way, when every server (pysyncobj clears its leader as soon as a vote
+        request arrives) would answer "" for a round trip even during a leadership transfer.
+
+        Then the server that handed leadership over names its target, and the others the last
+        leader they saw, for at most the shortest election timeout: a leader that is really gone
+        is reported "" once that has passed (Consul's followers, too, keep naming the last
+        leader until they hear from a new one).
+        """
+        node = self._sync._getLeader()
+        if node is not None:
+            return str(node.address)
+        now = time.monotonic()
+        target, until = self._handover
+        if target and now < until:
+            return target
+        seen, at = self._seen_leader
+        if seen != self.settings.self_addr and now - at < self.settings.raft_min_timeout:
+            return seen
+        return ""
 
     def peers(self) -> list[str]:
         return sorted([self.settings.self_addr, *(n.address for n in self._sync.otherNodes)])

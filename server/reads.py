@@ -210,7 +210,8 @@ _QUERIES: dict[type[Any], Callable[[Store, Any], Answer]] = {
 async def blocking_query(
     store: Store, query: q.Query, min_index: int, deadline: float
 ) -> tuple[int, Any]:
-    """Consul's blocking query: answer once the index passes `min_index` or the deadline hits.
+    """Consul's blocking query: answer once the index passes `min_index`, the deadline hits or
+    the server stops (as Consul's servers answer on shutdown; the agent retries elsewhere).
 
     The waiter subscribes before the re-check so that a write landing between the first read and
     the subscription cannot be missed.
@@ -219,7 +220,7 @@ async def blocking_query(
     while True:
         index, value, topics = run_query(store, query)
         remaining = deadline - loop.time()
-        if min_index <= 0 or index > min_index or remaining <= 0:
+        if min_index <= 0 or index > min_index or remaining <= 0 or store.watches.closed:
             return index, value
         waiter = Waiter(loop)
         store.watches.add(waiter, topics)

@@ -38,10 +38,23 @@ class WatchSet:
         self._lock = threading.Lock()
         self._exact: dict[str, set[Waiter]] = defaultdict(set)
         self._prefix: dict[str, set[Waiter]] = defaultdict(set)
+        self.closed = False
+
+    def close(self) -> None:
+        """The server is stopping: wake every waiter now, and any added later at once, so that
+        blocking queries answer instead of holding the shutdown for up to their wait time."""
+        with self._lock:
+            self.closed = True
+            fire = set().union(*self._exact.values(), *self._prefix.values())
+        for w in fire:
+            w.fire()
 
     def add(self, waiter: Waiter, topics: list[str]) -> None:
         """Topics ending in '*' match every topic with that prefix (KV recurse reads)."""
         with self._lock:
+            if self.closed:
+                waiter.fire()
+                return
             for t in topics:
                 if t.endswith("*"):
                     self._prefix[t[:-1]].add(waiter)

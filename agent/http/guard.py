@@ -35,6 +35,9 @@ log = logging.getLogger("meshd.http")
 _LINGER = 2.0  # seconds a refused connection may take to read its 429
 _BACKLOG = 1024  # aiohttp's 128 drops a burst of connections before the cap can answer them
 KEEPALIVE = 120.0  # seconds; see the module docstring
+# seconds a request still in flight at shutdown may take to finish (aiohttp's default, 60 s, is
+# longer than the unit's TimeoutStopSec); blocking queries are ended before it starts to count
+SHUTDOWN_GRACE = 2.0
 _HEAD_END = b"\r\n\r\n"
 
 _TOO_MANY_TEXT = (
@@ -205,7 +208,12 @@ class QuietBadRequests(logging.LoggerAdapter[logging.Logger]):
 
 def runner_options() -> dict[str, Any]:
     """Keyword arguments for web.AppRunner: the keep-alive bound and the quiet error logger."""
-    return {"access_log": None, "keepalive_timeout": KEEPALIVE, "logger": QuietBadRequests()}
+    return {
+        "access_log": None,
+        "keepalive_timeout": KEEPALIVE,
+        "logger": QuietBadRequests(),
+        "shutdown_timeout": SHUTDOWN_GRACE,
+    }
 
 
 @web.middleware

@@ -126,9 +126,6 @@ def inventory(hosts: dict[str, SSHHost], wheels: Path) -> dict[str, Any]:
                 "ansible_python_interpreter": "/usr/bin/python3",
                 "meshd_wheelhouse": str(wheels),
                 "meshd_extra_config": {"retry_interval": "1s"},
-                # a server with client agents connected can take the whole stop timeout to
-                # exit (see the report of the rolling-restart test); keep restarts short here
-                "meshd_timeout_stop_sec": 10,
             },
             "children": {
                 "servers": {"hosts": {n: hostvars(n) for n in SERVERS}},

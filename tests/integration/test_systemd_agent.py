@@ -3,17 +3,30 @@ through real `meshd agent` processes (issue 11, test 5)."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import os
 import signal
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import MeshdProcess, client_agent, dev_agent, free_port, server_agent, wait_for
+from helpers import (
+    MeshdProcess,
+    Response,
+    client_agent,
+    dev_agent,
+    free_port,
+    server_agent,
+    server_cluster,
+    start_all,
+    wait_for,
+)
 
 RECV_BOUND = 30.0  # a bound on a hung agent, not a performance assertion
 
@@ -257,3 +270,67 @@ def test_server_does_not_leave_on_sigterm_by_default() -> None:
     agent.stop()
     assert "shutting down" in agent.read_log()
     assert "leaving the cluster" not in agent.read_log()
+
+
+# --- stopping a server that client agents use -------------------------------------------------
+
+
+def _blocking_get(agent: MeshdProcess, key: str) -> list[Response]:
+    """A user's blocking query on `key` through `agent`, left waiting in a thread; its answer
+    is appended to the list returned."""
+    index = int(agent.get(f"/v1/kv/{key}").headers["X-Consul-Index"])
+    answers: list[Response] = []
+
+    def get() -> None:
+        with contextlib.suppress(OSError):
+            answers.append(agent.get(f"/v1/kv/{key}?index={index}&wait=120s", timeout=130))
+
+    threading.Thread(target=get, daemon=True).start()
+    return answers
+
+
+def test_server_with_a_connected_client_exits_on_sigterm(tmp_path: Path) -> None:
+    """Client agents keep blocking queries open on their server; systemd's stop (SIGTERM, then
+    SIGKILL after TimeoutStopSec) must not have to kill the server because of them."""
+    server = server_agent(str(tmp_path)).start()
+    client = client_agent(server, "c-watching").start()
+    try:
+        assert client.put("/v1/kv/watched", b"v0").json() is True
+        _blocking_get(client, "watched")
+        _blocking_get(server, "watched")
+        time.sleep(0.5)  # both long polls reach the server
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=15) == 0
+        assert "shutting down" in server.read_log()
+    finally:
+        client.stop()
+        server.stop()
+
+
+def test_follower_stops_and_the_clients_blocking_query_moves_on() -> None:
+    """A follower forwards a client's blocking query to the leader; on SIGTERM it exits
+    without waiting for it, and the client agent's query goes on against another server."""
+    key = base64.b64encode(os.urandom(32)).decode()
+    with tempfile.TemporaryDirectory() as tmp:
+        servers = server_cluster(tmp, config={"encrypt": key})
+        client: MeshdProcess | None = None
+        try:
+            start_all(servers)
+            first = servers[0]  # the client's server: it joins through this one
+            if first.get("/v1/status/leader").json().endswith(f":{first.rpc_port}"):  # type: ignore[attr-defined]
+                assert first.put("/v1/operator/raft/transfer-leader").status == 200
+            client = client_agent(first, "c-moving", f"-encrypt={key}").start()
+            assert client.put("/v1/kv/moving", b"v0").json() is True
+            answers = _blocking_get(client, "moving")
+            time.sleep(0.5)
+            assert first.proc is not None
+            first.proc.send_signal(signal.SIGTERM)
+            assert first.proc.wait(timeout=15) == 0
+            assert answers == []  # still waiting, now on another server
+            assert servers[1].put("/v1/kv/moving", b"v1").json() is True
+            assert wait_for(lambda: answers, 15)
+            assert answers[0].status == 200 and answers[0].json()[0]["Value"] == "djE="
+        finally:
+            for p in [*([client] if client else []), *servers]:
+                p.stop()
