@@ -48,7 +48,7 @@ def _metrics_binds(api: Any, proxy: dict[str, Any]) -> tuple[str, str]:
     try:
         conf = dict((api.get("/v1/config/proxy-defaults/global") or {}).get("Config") or {})
     except APIError as e:
-        if e.status != 404:
+        if e.status not in (403, 404):  # none, or the proxy's token may not read it (ACLs)
             raise
         conf = {}
     conf.update((proxy.get("Proxy") or {}).get("Config") or {})
