@@ -80,21 +80,23 @@ def _rpc_reply(port: int, head: bytes) -> bytes:
         return s.recv(4096)
 
 
+PLAUSIBLE = b"plausible"
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     ("auth", "status"),
     [
         (b"", b"403"),  # no header: nothing is read
-        (
-            f"{int(time.time())}:{'0' * 32}:{'0' * 64}".encode(),
-            b"413",
-        ),  # plausible header: length checked
+        (PLAUSIBLE, b"413"),  # plausible header: length checked
     ],
 )
 def test_an_rpc_body_is_refused_before_it_is_read(
     server: tuple[MeshdProcess, int, int], auth: bytes, status: bytes
 ) -> None:
     agent, _, rpc_port = server
+    if auth == PLAUSIBLE:  # fresh when sent: the suite may reach this test minutes after collection
+        auth = f"{int(time.time())}:{'0' * 32}:{'0' * 64}".encode()
     head = (
         b"POST /rpc/write HTTP/1.1\r\nHost: x\r\nContent-Type: application/msgpack\r\n"
         b"Content-Length: 2147483648\r\n"

@@ -46,6 +46,15 @@ def test_add_fourth_and_fifth_server_then_remove(network_factory):
         target = f"{extra[-1].host.addr}:8300"
         assert target in c.servers[0].get("/v1/status/peers")[1]
         extra[-1].kill()
+        # as with Consul, the leader re-adds a server it still sees alive: remove it once failed
+        wait(
+            lambda: (
+                {m["Name"]: m["Status"] for m in c.servers[0].get("/v1/agent/members")[1]}.get("s5")
+                != 1
+            ),
+            30,
+            "s5 never marked failed",
+        )
         r = run_meshd(
             "operator", "raft", "remove-peer", f"-address={target}", http_addr=c.servers[0].http
         )
