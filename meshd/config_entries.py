@@ -400,8 +400,8 @@ def _permission(raw: Any, where: str) -> dict[str, Any]:
     return {"Action": action, "HTTP": _http(perm["HTTP"], f"{where}.HTTP")}
 
 
-def _http(raw: Any, where: str) -> dict[str, Any]:
-    http = _fold(raw, _HTTP_KEYS, where)
+def path_match(http: dict[str, Any], where: str) -> dict[str, Any]:
+    """At most one of PathExact/PathPrefix/PathRegex, checked the same for intentions and routes."""
     out: dict[str, Any] = {}
     for field in ("PathExact", "PathPrefix", "PathRegex"):
         value = _string(http.get(field), f"{where}.{field}")
@@ -416,6 +416,12 @@ def _http(raw: Any, where: str) -> dict[str, Any]:
         raise ConfigEntryError(
             f"{where} should only contain at most one of PathExact, PathPrefix, or PathRegex"
         )
+    return out
+
+
+def _http(raw: Any, where: str) -> dict[str, Any]:
+    http = _fold(raw, _HTTP_KEYS, where)
+    out = path_match(http, where)
     headers = http.get("Header")
     if headers is not None and not isinstance(headers, list):
         raise ConfigEntryError(f"{where}.Header must be a list")

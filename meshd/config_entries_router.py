@@ -19,6 +19,7 @@ from meshd.config_entries import (
     _header,
     _regex,
     _string,
+    path_match,
 )
 from meshd.config_entries_l7 import (
     _TARGET_KEYS,
@@ -126,20 +127,7 @@ def _route_http(raw: Any, where: str) -> dict[str, Any]:
         "Methods",
     )
     http = _fold(raw, keys, where)
-    out: dict[str, Any] = {}
-    for field in ("PathExact", "PathPrefix", "PathRegex"):
-        value = _string(http.get(field), f"{where}.{field}")
-        if not value:
-            continue
-        if field == "PathRegex":
-            _regex(value, f"{where}.PathRegex")
-        elif not value.startswith("/"):
-            raise ConfigEntryError(f"{where}.{field} doesn't start with '/': {value!r}")
-        out[field] = value
-    if len(out) > 1:
-        raise ConfigEntryError(
-            f"{where} should only contain at most one of PathExact, PathPrefix, or PathRegex"
-        )
+    out = path_match(http, where)
     if _bool(http.get("CaseInsensitive"), f"{where}.CaseInsensitive"):
         if "PathRegex" in out:  # Envoy ignores it for regexes: a regex says (?i) itself
             raise ConfigEntryError(f"{where}.CaseInsensitive cannot be used with PathRegex")
