@@ -274,8 +274,8 @@ def verify_signature(token: str, keys: list[Any], algorithms: list[str]) -> dict
                 "verify_aud": False, "verify_iss": False},
             )  # fmt: skip
             return claims
-        except jwt.PyJWTError:
-            continue
+        except (jwt.PyJWTError, TypeError, ValueError):
+            continue  # PyJWT raises TypeError for a key of another kind than the token's alg
     raise LoginError("no known key successfully validated the token signature")
 
 
