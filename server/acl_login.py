@@ -197,12 +197,13 @@ def logout_command(cmd: ACLLogout, secret: str, state: ACLState, lock: threading
 
 
 async def exchange(
-    cmd: ACLLogin | ACLLogout,
+    cmd: Any,
     secret: str,
     state: ACLState,
     lock: threading.RLock,
     datacenter: str,
 ) -> ACLTokenOp:
+    """`cmd` (an ACLLogin or ACLLogout, checked by the stateless rules) as a token command."""
     if isinstance(cmd, ACLLogin):
         return await login_command(cmd, state, lock, datacenter)
     result: ACLTokenOp = logout_command(cmd, secret, state, lock)

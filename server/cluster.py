@@ -45,7 +45,7 @@ from meshd.server.acl_authz import (
     authorize_query_owner,
     server_authorizer,
 )
-from meshd.server.authority import CommandForbiddenError, Origin, admit
+from meshd.server.authority import CommandForbiddenError, Origin, admit, check_command
 from meshd.server.ca import CAError
 from meshd.server.members import Membership
 from meshd.server.operator import OperatorRequest
@@ -276,7 +276,11 @@ class Server:
         raft = self._raft()
         if isinstance(cmd, (ACLLogin, ACLLogout)):  # authorised by the bearer token instead
             cmd = await acl_login.exchange(
-                cmd, token or "", self.store.acl, self.store.lock, self.s.datacenter
+                check_command(cmd, self.s.limits),
+                token or "",
+                self.store.acl,
+                self.store.lock,
+                self.s.datacenter,
             )
         elif origin is Origin.AGENT and self.s.acl.enabled:
             self._authorize(cmd, token or "")
