@@ -111,8 +111,9 @@ def test_auth_method_binding_rule_login_logout(acl: ACLAgent, k8s: TokenReviewSe
     assert (changed["Description"], changed["BindType"]) == ("web pods", "service")
 
     sink = os.path.join(tempfile.mkdtemp(), "token")
+    bearer = write(k8s.issue("default", "web"))
     meshd(
-        acl, "login", "-method=minikube", f"-bearer-token-file={write(k8s.issue('default', 'web'))}",
+        acl, "login", "-method=minikube", f"-bearer-token-file={bearer}",
         f"-token-sink-file={sink}", "-meta=pod=web-1",
     )  # fmt: skip
     assert stat.S_IMODE(os.stat(sink).st_mode) == 0o600
