@@ -9,7 +9,9 @@ core/v1, https://kubernetes.io/docs/reference/kubernetes-api/authentication-reso
   is a TokenReview, validated strictly against the Kubernetes 1.30 schema; the answer (201) is
   the TokenReview with `status.authenticated` and `status.user` (username
   `system:serviceaccount:NS:NAME`, uid) for a service account token this server issued;
-- `GET /api/v1/namespaces/NS/serviceaccounts/NAME`: the ServiceAccount with its annotations.
+- `GET /api/v1/namespaces/NS/serviceaccounts/NAME`: the ServiceAccount with its annotations;
+- `GET /openid/v1/jwks`: the service account signing key as a JWK set (the real server's
+  discovery endpoint), which a `jwt` auth method can use as its JWKSURL.
 
 Service account tokens are real JWTs (RS256) signed by this server's own key, as the real API
 server signs them; anything else is `authenticated: false`. Runs on its own loop in a thread.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import json
 import os
 import ssl
 import tempfile
@@ -190,6 +193,12 @@ class TokenReviewServer:
             return _status(404, "NotFound", f'serviceaccounts "{key[1]}" not found')
         return web.json_response(self.accounts[key])
 
+    async def _jwks(self, request: web.Request) -> web.Response:
+        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self._signer.public_key()))
+        return web.json_response(
+            {"keys": [{**jwk, "kid": "stand-in", "use": "sig", "alg": "RS256"}]}
+        )
+
     async def _start(self) -> None:
         cert_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         now = datetime.datetime.now(datetime.UTC)
@@ -224,6 +233,7 @@ class TokenReviewServer:
         app = web.Application()
         app.router.add_post("/apis/authentication.k8s.io/v1/tokenreviews", self._review)
         app.router.add_get("/api/v1/namespaces/{ns}/serviceaccounts/{name}", self._account)
+        app.router.add_get("/openid/v1/jwks", self._jwks)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=ctx).start()

@@ -364,3 +364,33 @@ def test_jwt_login_with_templated_policy_binding(acl: ACLAgent) -> None:
     assert acl.ok("GET", "/v1/acl/binding-rules?authmethod=idp") == []
     gone = acl.call("GET", "/v1/acl/token/self", token=token["SecretID"])
     assert (gone.status, gone.body) == (403, b"ACL not found\n")
+
+
+def test_jwt_login_with_keys_from_a_jwks_url(acl: ACLAgent, k8s: TokenReviewServer) -> None:
+    """Consul's JWT method on Kubernetes' own issuer: keys from the API server's JWKS, over TLS."""
+    acl.ok(
+        "PUT",
+        "/v1/acl/auth-method",
+        {
+            "Name": "k8s-oidc",
+            "Type": "jwt",
+            "Config": {
+                "JWKSURL": f"{k8s.url}/openid/v1/jwks",
+                "JWKSCACert": k8s.ca_pem,
+                "BoundIssuer": "https://kubernetes.default.svc.cluster.local",
+                "BoundAudiences": ["https://kubernetes.default.svc.cluster.local"],
+                "ClaimMappings": {"/kubernetes.io/serviceaccount/name": "sa"},
+            },
+        },
+    )
+    acl.ok(
+        "PUT",
+        "/v1/acl/binding-rule",
+        {"AuthMethod": "k8s-oidc", "BindType": "service", "BindName": "${value.sa}"},
+    )
+    r = login(acl, "k8s-oidc", k8s.issue("default", "web"))
+    assert r.status == 200, r.body
+    assert r.json()["ServiceIdentities"] == [{"ServiceName": "web"}]
+    forged = jwt.encode({"iss": "x", "iat": int(time.time())}, OTHER_KEY, algorithm="ES256")
+    denied = login(acl, "k8s-oidc", forged)
+    assert denied.status == 403 and denied.body.decode().startswith("Permission denied")
