@@ -394,3 +394,32 @@ def test_jwt_login_with_keys_from_a_jwks_url(acl: ACLAgent, k8s: TokenReviewServ
     forged = jwt.encode({"iss": "x", "iat": int(time.time())}, OTHER_KEY, algorithm="ES256")
     denied = login(acl, "k8s-oidc", forged)
     assert denied.status == 403 and denied.body.decode().startswith("Permission denied")
+
+
+def test_kubernetes_reviewer_without_rights_fails_the_login(
+    acl: ACLAgent, k8s: TokenReviewServer
+) -> None:
+    """The method's own ServiceAccountJWT must be allowed to create TokenReviews."""
+    acl.ok(
+        "PUT",
+        "/v1/acl/auth-method",
+        {
+            "Name": "k8s-weak-reviewer",
+            "Type": "kubernetes",
+            "Config": {
+                "Host": k8s.url,
+                "CACert": k8s.ca_pem,
+                "ServiceAccountJWT": k8s.issue("default", "db"),  # not the reviewer
+            },
+        },
+    )
+    acl.ok(
+        "PUT",
+        "/v1/acl/binding-rule",
+        {"AuthMethod": "k8s-weak-reviewer", "BindType": "service", "BindName": "web"},
+    )
+    before = snapshot(acl)
+    r = login(acl, "k8s-weak-reviewer", k8s.issue("default", "web"))
+    assert r.status == 403
+    assert "the Kubernetes API answered 403" in r.body.decode()
+    assert snapshot(acl) == before
