@@ -225,11 +225,13 @@ async def token_list(request: web.Request) -> web.Response:
     opts = query_options(request)
     ans = await request.app[AGENT_KEY].backend.read(q.ACLTokens(), consistency=opts.consistency)
     policy, role = request.query.get("policy"), request.query.get("role")
+    method = request.query.get("authmethod")
     rows = [
         _show_token(request, t)
         for t in ans.value
         if (not policy or any(policy == p.ID for p in t.Policies))
         and (not role or any(role == r.ID for r in t.Roles))
+        and (not method or t.AuthMethod == method)
     ]
     return json_response(rows, result=ans)
 

@@ -240,6 +240,8 @@ def test_kubernetes_login_logout(acl: ACLAgent, k8s: TokenReviewServer) -> None:
     assert token["Description"] == "token created via login"
     assert register(acl, "web", token["SecretID"]) == 200
     assert register(acl, "db", token["SecretID"]) == 403
+    listed = acl.ok("GET", "/v1/acl/tokens?authmethod=k8s")
+    assert [t["AccessorID"] for t in listed] == [token["AccessorID"]]
 
     # a regular token may not log out; nor may no token at all
     _, plain = acl.token_for('key "x" { policy = "read" }')
