@@ -126,7 +126,7 @@ async def verify(method: ACLAuthMethod, bearer: str) -> Identity:
         if method.Type == "jwt":
             return await _jwt(method, bearer)
         return await _kubernetes(method, bearer)
-    except (LoginError, AuthMethodError) as e:
+    except (LoginError, AuthMethodError, OSError) as e:  # OSError: TLS setup (ssl.SSLError)
         raise CommandForbiddenError(f"Permission denied: {e}") from None
 
 

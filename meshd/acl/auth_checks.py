@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from meshd.acl.auth_model import (
@@ -86,6 +87,10 @@ def login(cmd: ACLLogin, limits: Any) -> None:
             uuid.UUID(value)
         except ValueError:
             raise ValidationError("Invalid Login request: token IDs must be UUIDs") from None
+    try:
+        datetime.fromisoformat(cmd.CreateTime.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationError("Invalid Login request: CreateTime is not a time") from None
 
 
 def _nothing(cmd: ACLLogout, limits: Any) -> None:

@@ -119,6 +119,11 @@ def jwt_config(cfg: dict[str, Any]) -> JWTConfig:
         raise AuthMethodError("OIDCDiscoveryURL is not supported by meshd; use JWKSURL")
     if cfg.get("JWKSCACert") and not url:
         raise AuthMethodError("'JWKSCACert' should not be set unless 'JWKSURL' is set")
+    if cfg.get("JWKSCACert"):
+        try:
+            x509.load_pem_x509_certificates(str(cfg["JWKSCACert"]).encode())
+        except ValueError as e:
+            raise AuthMethodError(f"error checking JWKSCACert: {e}") from None
     keys = []
     for i, pem in enumerate(pems):
         try:

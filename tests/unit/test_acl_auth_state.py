@@ -7,7 +7,15 @@ import uuid
 
 import pytest
 
-from meshd.acl.auth_model import ACLAuthMethod, ACLAuthMethodOp, ACLBindingRule, ACLBindingRuleOp
+from meshd.acl.auth_checks import login
+from meshd.acl.auth_model import (
+    ACLAuthMethod,
+    ACLAuthMethodOp,
+    ACLBindingRule,
+    ACLBindingRuleOp,
+    ACLLogin,
+)
+from meshd.acl.checks import ValidationError
 from meshd.acl.model import ACLToken, ACLTokenOp
 from meshd.server.acl_state import ACLState
 from meshd.server.mesh_state import CommandRejectedError
@@ -76,3 +84,26 @@ def test_snapshot_round_trip_keeps_methods_and_rules() -> None:
     assert copy.auth.methods == state.auth.methods
     assert copy.auth.rules == state.auth.rules
     assert copy.dump() == state.dump()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"AuthMethod": ""}, "Missing auth method name"),
+        ({"BearerToken": ""}, "Missing bearer token"),
+        ({"AccessorID": "x"}, "token IDs must be UUIDs"),
+        ({"CreateTime": "yesterday"}, "CreateTime is not a time"),
+    ],
+)
+def test_a_malformed_login_is_refused_before_any_lookup(
+    change: dict[str, str], message: str
+) -> None:
+    fields = {
+        "AuthMethod": "k8s",
+        "BearerToken": "t",
+        "AccessorID": str(uuid.uuid4()),
+        "SecretID": str(uuid.uuid4()),
+        "CreateTime": "2026-01-01T00:00:00Z",
+    }
+    with pytest.raises(ValidationError, match=message):
+        login(ACLLogin(**{**fields, **change}), None)

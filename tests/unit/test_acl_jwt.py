@@ -136,6 +136,8 @@ def test_algorithm_outside_the_supported_list_is_refused() -> None:
         ({"JWKSURL": "https://k", "JWTSupportedAlgs": ["HS256"]}, "Invalid supported algorithm"),
         ({"JWKSURL": "https://k", "ClaimMappings": {"a": "x", "b": "x"}}, "multiple mappings"),
         ({"JWKSURL": "https://k", "ClockSkewLeeway": "soon"}, "ClockSkewLeeway"),
+        ({"JWKSURL": "https://k", "JWKSCACert": "junk"}, "error checking JWKSCACert"),
+        ({"JWTValidationPubKeys": ["x"], "JWKSCACert": "junk"}, "unless 'JWKSURL' is set"),
     ],
 )
 def test_bad_jwt_configs_are_refused(cfg: dict[str, Any], message: str) -> None:
