@@ -98,6 +98,19 @@ class ACLRoles(msgspec.Struct, tag="acl_roles", frozen=True):
     Name: str = ""
 
 
+class ACLAuthMethods(msgspec.Struct, tag="acl_auth_methods", frozen=True):
+    """Auth methods: one by Name, or (empty) all of them."""
+
+    Name: str = ""
+
+
+class ACLBindingRules(msgspec.Struct, tag="acl_binding_rules", frozen=True):
+    """Binding rules: one by ID, an auth method's, or (both empty) all of them."""
+
+    ID: str = ""
+    AuthMethod: str = ""
+
+
 class ACLResolve(msgspec.Struct, tag="acl_resolve", frozen=True):
     """A token's accessor and resolved rules: the one read an agent's token cache makes."""
 
@@ -138,6 +151,8 @@ Query = (
     | ACLPolicies
     | ACLRoles
     | ACLResolve
+    | ACLAuthMethods
+    | ACLBindingRules
     | AutopilotConfig
     | Coordinates
     | PreparedQueries

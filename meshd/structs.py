@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from meshd.acl.auth_model import ACLAuthMethodOp, ACLBindingRuleOp, ACLLogin, ACLLogout
 from meshd.acl.model import ACLPolicyOp, ACLRoleOp, ACLTokenOp
 
 
@@ -372,6 +373,10 @@ Command = (
     | ACLTokenOp
     | ACLPolicyOp
     | ACLRoleOp
+    | ACLAuthMethodOp
+    | ACLBindingRuleOp
+    | ACLLogin
+    | ACLLogout
     | AutopilotConfigOp
     | CoordinateBatch
     | PreparedQueryOp

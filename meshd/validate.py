@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from meshd.acl.auth_checks import RULES as ACL_AUTH_RULES
 from meshd.acl.checks import RULES as ACL_RULES
 from meshd.structs import (
     AutopilotConfigOp,
@@ -114,6 +115,7 @@ RULES: dict[type[Any], Callable[[Any, Limits], None]] = {
     SessionOp: session_op,
     SessionInvalidate: session_invalidate,
     **ACL_RULES,  # tokens, policies, roles: meshd/acl/checks.py
+    **ACL_AUTH_RULES,  # auth methods, binding rules, login: meshd/acl/auth_checks.py
     AutopilotConfigOp: autopilot_config,
     CoordinateBatch: coordinates,
     PreparedQueryOp: prepared_query,

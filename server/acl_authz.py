@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from meshd.acl import MANAGEMENT, Access, Authorizer, build_authorizer, parse_rules
+from meshd.acl.auth_model import ACLAuthMethodOp, ACLBindingRuleOp
 from meshd.acl.model import ACLPolicyOp, ACLRoleOp, ACLTokenOp, expired
 from meshd.acl.settings import ACLConfig
 from meshd.prepared_query import acl_prefix
@@ -85,7 +86,7 @@ def _txn(cmd: Txn, authz: Authorizer) -> None:
             authz.check("node", op.Check.Check.Node, W)
 
 
-def _acl(cmd: ACLTokenOp | ACLPolicyOp | ACLRoleOp, authz: Authorizer) -> None:
+def _acl(cmd: Any, authz: Authorizer) -> None:
     if isinstance(cmd, ACLTokenOp) and cmd.Op == "bootstrap":
         return  # anyone, once: the state refuses a second one
     authz.check("acl", "", W)
@@ -128,6 +129,8 @@ PERMISSIONS: dict[type[Any], Callable[[Any, Authorizer], None]] = {
     ACLTokenOp: _acl,
     ACLPolicyOp: _acl,
     ACLRoleOp: _acl,
+    ACLAuthMethodOp: _acl,
+    ACLBindingRuleOp: _acl,
     AutopilotConfigOp: lambda cmd, a: a.check("operator", "", W),
     KeyringOp: lambda cmd, a: a.check("keyring", "", W),
     PreparedQueryOp: _prepared_query,

@@ -15,6 +15,8 @@ from typing import Any
 import msgspec
 
 from meshd import queries as q
+from meshd.acl import templates
+from meshd.acl.auth_model import ACLAuthMethod, ACLAuthMethodOp, ACLBindingRule, ACLBindingRuleOp
 from meshd.acl.model import (
     MANAGEMENT_POLICY_ID,
     MANAGEMENT_POLICY_NAME,
@@ -23,10 +25,13 @@ from meshd.acl.model import (
     ACLPolicyOp,
     ACLRole,
     ACLRoleOp,
+    ACLTemplatedPolicy,
     ACLToken,
     ACLTokenOp,
     ResolvedToken,
 )
+from meshd.server import acl_auth_state
+from meshd.server.acl_auth_state import AuthTables
 from meshd.server.mesh_state import CommandRejectedError
 
 replace = msgspec.structs.replace
@@ -56,6 +61,8 @@ class _Snap(msgspec.Struct):
     policies: list[ACLPolicy] = []
     roles: list[ACLRole] = []
     bootstrap_index: int = 0
+    auth_methods: list[ACLAuthMethod] = []
+    binding_rules: list[ACLBindingRule] = []
 
 
 class ACLState:
@@ -65,6 +72,7 @@ class ACLState:
         self.policies: dict[str, ACLPolicy] = {}
         self.roles: dict[str, ACLRole] = {}
         self.bootstrap_index = 0
+        self.auth = AuthTables(self._drop_login_tokens)
 
     # ---- references ----------------------------------------------------------------------
 
@@ -87,9 +95,11 @@ class ACLState:
                 f"Invalid {what}: A {what} with name {name!r} already exists"
             )
 
-    def check(self, cmd: ACLTokenOp | ACLPolicyOp | ACLRoleOp) -> None:
+    def check(self, cmd: Any) -> None:
         """What apply would refuse, checked before the command is proposed."""
-        if isinstance(cmd, ACLTokenOp):
+        if isinstance(cmd, (ACLAuthMethodOp, ACLBindingRuleOp)):
+            self.auth.check(cmd)
+        elif isinstance(cmd, ACLTokenOp):
             if cmd.Op == "bootstrap" and self.bootstrap_index:
                 raise BootstrapDoneError(
                     f"ACL bootstrap no longer allowed (reset index: {self.bootstrap_index})"
@@ -112,7 +122,18 @@ class ACLState:
     # ---- apply ---------------------------------------------------------------------------
 
     def handlers(self) -> dict[type[Any], Callable[[Any, int, set[str]], Any]]:
-        return {ACLTokenOp: self._token, ACLPolicyOp: self._policy, ACLRoleOp: self._role}
+        return {
+            ACLTokenOp: self._token,
+            ACLPolicyOp: self._policy,
+            ACLRoleOp: self._role,
+            **self.auth.handlers(),
+        }
+
+    def _drop_login_tokens(self, method: str, changed: set[str]) -> None:
+        """Deleting an auth method deletes the tokens its logins made (as Consul)."""
+        for accessor in [a for a, t in self.tokens.items() if t.AuthMethod == method]:
+            self.by_secret.pop(self.tokens.pop(accessor).SecretID, None)
+            changed.add(TOKENS)
 
     def _token(self, cmd: ACLTokenOp, index: int, changed: set[str]) -> Any:
         self.check(cmd)
@@ -196,6 +217,8 @@ class ACLState:
             list(self.policies.values()),
             list(self.roles.values()),
             self.bootstrap_index,
+            list(self.auth.methods.values()),
+            list(self.auth.rules.values()),
         )
         result: dict[str, Any] = msgspec.to_builtins(snap)
         return result
@@ -208,6 +231,7 @@ class ACLState:
         self.policies = {p.ID: p for p in snap.policies}
         self.roles = {r.ID: r for r in snap.roles}
         self.bootstrap_index = snap.bootstrap_index
+        self.auth.load(snap.auth_methods, snap.binding_rules)
 
     # ---- reads ---------------------------------------------------------------------------
 
@@ -225,14 +249,12 @@ class ACLState:
         if token is None:
             return None
         policy_ids = [link.ID for link in token.Policies]
-        rules = [service_identity_rules(s.ServiceName) for s in token.ServiceIdentities]
-        rules += [node_identity_rules(n.NodeName) for n in token.NodeIdentities]
+        rules = _identity_rules(token)
         for link in token.Roles:
             role = self.roles.get(link.ID)
             if role is not None:
                 policy_ids += [p.ID for p in role.Policies]
-                rules += [service_identity_rules(s.ServiceName) for s in role.ServiceIdentities]
-                rules += [node_identity_rules(n.NodeName) for n in role.NodeIdentities]
+                rules += _identity_rules(role)
         rules += [self.policies[p].Rules for p in policy_ids if p in self.policies]
         return ResolvedToken(
             AccessorID=token.AccessorID,
@@ -240,6 +262,22 @@ class ACLState:
             Rules=rules,
             ExpirationTime=token.ExpirationTime,
         )
+
+
+def _templated_rules(tp: ACLTemplatedPolicy) -> str:
+    """A stored templated policy was checked when written; one that no longer expands (a
+    template this version lacks) grants nothing rather than failing the whole token."""
+    try:
+        return templates.rules(tp)
+    except templates.TemplateError:
+        return ""
+
+
+def _identity_rules(row: ACLToken | ACLRole) -> list[str]:
+    """The synthetic policies of a token's or role's identities and templated policies."""
+    rules = [service_identity_rules(s.ServiceName) for s in row.ServiceIdentities]
+    rules += [node_identity_rules(n.NodeName) for n in row.NodeIdentities]
+    return rules + [_templated_rules(tp) for tp in row.TemplatedPolicies]
 
 
 def _index(topics: dict[str, int], names: list[str]) -> int:
@@ -286,4 +324,5 @@ def read_handlers(
         q.ACLPolicies: policies,
         q.ACLRoles: roles,
         q.ACLResolve: resolve,
+        **acl_auth_state.read_handlers(lambda store: state(store).auth),
     }

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 
 from meshd import validate
+from meshd.acl.auth_model import ACLAuthMethodOp, ACLBindingRuleOp, ACLLogin, ACLLogout
 from meshd.acl.checks import ValidationError as ACLValidationError
 from meshd.acl.model import ACLPolicyOp, ACLRoleOp, ACLTokenOp
 from meshd.chain import CHAIN_KINDS, ChainError, check_chains
@@ -80,6 +81,10 @@ ORIGINS: dict[type[Any], frozenset[Origin]] = {
     ACLTokenOp: _ANY,  # ACL writes need acl:write on the caller's token (and bootstrap, none)
     ACLPolicyOp: _ANY,
     ACLRoleOp: _ANY,
+    ACLAuthMethodOp: _ANY,
+    ACLBindingRuleOp: _ANY,
+    ACLLogin: frozenset(),  # exchanged for an ACLTokenOp before admission (server/acl_login.py)
+    ACLLogout: frozenset(),
     AutopilotConfigOp: _ANY,  # an operator's, through any agent's HTTP API
     CoordinateBatch: _ANY,  # the leader's batches, and /v1/coordinate/update from agents
     PreparedQueryOp: _ANY,
@@ -241,9 +246,7 @@ def _config_entry_refs(cmd: ConfigEntryOp, store: Store, added: dict[str, set[st
         raise CommandError(str(e)) from None
 
 
-def _acl_refs(
-    cmd: ACLTokenOp | ACLPolicyOp | ACLRoleOp, store: Store, added: dict[str, set[str]]
-) -> None:
+def _acl_refs(cmd: Any, store: Store, added: dict[str, set[str]]) -> None:
     try:
         store.acl.check(cmd)
     except BootstrapDoneError as e:
@@ -264,6 +267,8 @@ _REFERENCES: dict[type[Any], Callable[[Any, Store, dict[str, set[str]]], None]] 
     ACLTokenOp: _acl_refs,
     ACLPolicyOp: _acl_refs,
     ACLRoleOp: _acl_refs,
+    ACLAuthMethodOp: _acl_refs,
+    ACLBindingRuleOp: _acl_refs,
     PreparedQueryOp: _prepared_query_refs,
     Register: _register_refs,
     CASetRoots: _ca_roots_refs,

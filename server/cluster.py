@@ -20,6 +20,7 @@ from typing import Any
 from meshd import keyring, validate, validate_fields
 from meshd import queries as q
 from meshd.acl import PermissionDeniedError
+from meshd.acl.auth_model import ACLLogin, ACLLogout
 from meshd.acl.settings import ACLConfig
 from meshd.fsutil import atomic_write_json, private_dirs
 from meshd.rpc import (
@@ -36,7 +37,7 @@ from meshd.rpc import (
     decode_value,
 )
 from meshd.rpc_client import RPCClient, RPCError, normalize_addr
-from meshd.server import connect_ca, operator
+from meshd.server import acl_login, connect_ca, operator
 from meshd.server import keyring as server_keyring
 from meshd.server.acl_authz import (
     TokenNotFoundError,
@@ -44,7 +45,7 @@ from meshd.server.acl_authz import (
     authorize_query_owner,
     server_authorizer,
 )
-from meshd.server.authority import CommandForbiddenError, Origin, admit
+from meshd.server.authority import CommandForbiddenError, Origin, admit, check_command
 from meshd.server.ca import CAError
 from meshd.server.members import Membership
 from meshd.server.operator import OperatorRequest
@@ -273,7 +274,15 @@ class Server:
         this server); a server's own decisions (CA, liveness, restore) come as SERVER.
         """
         raft = self._raft()
-        if origin is Origin.AGENT and self.s.acl.enabled:
+        if isinstance(cmd, (ACLLogin, ACLLogout)):  # authorised by the bearer token instead
+            cmd = await acl_login.exchange(
+                check_command(cmd, self.s.limits),
+                token or "",
+                self.store.acl,
+                self.store.lock,
+                self.s.datacenter,
+            )
+        elif origin is Origin.AGENT and self.s.acl.enabled:
             self._authorize(cmd, token or "")
         cmd = admit(cmd, origin, self.store, self.s.limits)
         if isinstance(cmd, KVOp) and cmd.Verb == "lock" and lock_delayed(self.store, cmd.Key):

@@ -15,7 +15,7 @@ import msgspec
 from aiohttp import web
 
 from meshd import queries as q
-from meshd.acl import Access
+from meshd.acl import Access, templates
 from meshd.acl.model import (
     ACLLink,
     ACLNodeIdentity,
@@ -60,7 +60,12 @@ def _links(body: dict[str, Any], field: str) -> list[ACLLink]:
 
 
 def _identities(body: dict[str, Any]) -> dict[str, Any]:
+    try:
+        templated = templates.from_json(body.get("TemplatedPolicies"))
+    except templates.TemplateError as e:
+        raise BadRequestError(f"Request decode failed: {e}") from None
     return {
+        "TemplatedPolicies": templated,
         "ServiceIdentities": _convert(
             body.get("ServiceIdentities") or [], list[ACLServiceIdentity], "ServiceIdentities"
         ),
@@ -100,6 +105,7 @@ def _token_from(body: dict[str, Any], accessor: str, secret: str, old: ACLToken 
         Policies=_links(body, "Policies"),
         Roles=_links(body, "Roles"),
         Local=bool(body.get("Local", old.Local if old else False)),
+        AuthMethod=old.AuthMethod if old else "",  # set by login only, kept by updates
         ExpirationTTL=ttl or (old.ExpirationTTL if old else ""),
         ExpirationTime=when or (old.ExpirationTime if old else ""),
         CreateTime=old.CreateTime if old else _now().isoformat().replace("+00:00", "Z"),
@@ -196,6 +202,8 @@ async def token_update(request: web.Request) -> web.Response:
 async def token_clone(request: web.Request) -> web.Response:
     body = await json_body(request, None) or {}
     old = await _read_one(request, q.ACLTokens(AccessorID=request.match_info["id"]), "ACL")
+    if old.AuthMethod:
+        raise BadRequestError("Cannot clone a token created from an auth method")
     clone = msgspec.structs.replace(
         old,
         AccessorID=str(uuid.uuid4()),
@@ -217,11 +225,13 @@ async def token_list(request: web.Request) -> web.Response:
     opts = query_options(request)
     ans = await request.app[AGENT_KEY].backend.read(q.ACLTokens(), consistency=opts.consistency)
     policy, role = request.query.get("policy"), request.query.get("role")
+    method = request.query.get("authmethod")
     rows = [
         _show_token(request, t)
         for t in ans.value
         if (not policy or any(policy == p.ID for p in t.Policies))
         and (not role or any(role == r.ID for r in t.Roles))
+        and (not method or t.AuthMethod == method)
     ]
     return json_response(rows, result=ans)
 

@@ -435,6 +435,23 @@ PERMISSIONS: dict[tuple[str, str], Perm] = {
             ("GET", f"/v1/acl/{plural}"): ACL_READ,
         }.items()
     },
+    # templated policies, auth methods, binding rules (agent/http/acl_auth_api.py)
+    ("GET", "/v1/acl/templated-policies"): ACL_READ,
+    ("GET", "/v1/acl/templated-policy/name/{name}"): ACL_READ,
+    ("POST", "/v1/acl/templated-policy/preview/{name}"): ACL_READ,
+    **{
+        row: perm
+        for kind, key in (("auth-method", "name"), ("binding-rule", "id"))
+        for row, perm in {
+            ("PUT", f"/v1/acl/{kind}"): ACL_WRITE,
+            ("GET", f"/v1/acl/{kind}/{{{key}}}"): ACL_READ,
+            ("PUT", f"/v1/acl/{kind}/{{{key}}}"): ACL_WRITE,
+            ("DELETE", f"/v1/acl/{kind}/{{{key}}}"): ACL_WRITE,
+            ("GET", f"/v1/acl/{kind}s"): ACL_READ,
+        }.items()
+    },
+    ("POST", "/v1/acl/login"): OPEN,  # the bearer token is the credential (checked by servers)
+    ("POST", "/v1/acl/logout"): OPEN,  # the servers delete the caller's token, if login made it
 }
 
 

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from meshd.agent.http import (
     acl_api,
+    acl_auth_api,
     agent_api,
     catalog_api,
     connect_api,
@@ -59,6 +60,7 @@ def make_app(agent: Agent, max_body: int = 1024 * 1024) -> web.Application:
         event_api,
         txn_api,
         acl_api,
+        acl_auth_api,
         ops_api,
         coordinate_api,
         query_api,

@@ -7,8 +7,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from meshd.acl.model import ACLPolicyOp, ACLRoleOp, ACLTokenOp
+from meshd.acl.model import ACLPolicyOp, ACLRoleOp, ACLTemplatedPolicy, ACLTokenOp
 from meshd.acl.rules import RulesError, parse_rules
+from meshd.acl.templates import TemplateError
+from meshd.acl.templates import check as check_template
 
 
 class ValidationError(ValueError):
@@ -54,6 +56,15 @@ def token_op(cmd: ACLTokenOp, limits: Any) -> None:
         if not (link.ID or link.Name):
             raise ValidationError("a policy or role link needs an ID or a Name")
     _identities(cmd.Token)
+    _templated(cmd.Token.TemplatedPolicies)
+
+
+def _templated(tps: list[ACLTemplatedPolicy]) -> None:
+    for tp in tps:
+        try:
+            check_template(tp)
+        except TemplateError as e:
+            raise ValidationError(str(e)) from None
 
 
 def policy_op(cmd: ACLPolicyOp, limits: Any) -> None:
@@ -83,6 +94,7 @@ def role_op(cmd: ACLRoleOp, limits: Any) -> None:
     if not _NAME.match(cmd.Role.Name):
         raise ValidationError(f"Invalid Role: invalid Name {cmd.Role.Name!r}")
     _identities(cmd.Role)
+    _templated(cmd.Role.TemplatedPolicies)
 
 
 RULES: dict[type[Any], Callable[[Any, Any], None]] = {

@@ -34,6 +34,18 @@ class ACLNodeIdentity(msgspec.Struct):
     Datacenter: str = ""
 
 
+class ACLTemplatedPolicyVariables(msgspec.Struct, omit_defaults=True):
+    """Consul's JSON spells the one variable `name` in lower case (Go decodes either case)."""
+
+    Name: str = msgspec.field(default="", name="name")
+
+
+class ACLTemplatedPolicy(msgspec.Struct, omit_defaults=True):
+    TemplateName: str
+    TemplateVariables: ACLTemplatedPolicyVariables | None = None
+    Datacenters: list[str] = []
+
+
 class ACLToken(msgspec.Struct):
     AccessorID: str
     SecretID: str
@@ -42,6 +54,8 @@ class ACLToken(msgspec.Struct):
     Roles: list[ACLLink] = []
     ServiceIdentities: list[ACLServiceIdentity] = []
     NodeIdentities: list[ACLNodeIdentity] = []
+    TemplatedPolicies: list[ACLTemplatedPolicy] = []
+    AuthMethod: str = ""  # set on tokens made by /v1/acl/login: only those may log out
     Local: bool = False
     ExpirationTTL: str = ""
     ExpirationTime: str = ""
@@ -67,6 +81,7 @@ class ACLRole(msgspec.Struct):
     Policies: list[ACLLink] = []
     ServiceIdentities: list[ACLServiceIdentity] = []
     NodeIdentities: list[ACLNodeIdentity] = []
+    TemplatedPolicies: list[ACLTemplatedPolicy] = []
     CreateIndex: int = 0
     ModifyIndex: int = 0
 

@@ -53,6 +53,13 @@ def _pretty_token(t: dict[str, Any]) -> str:
         lines += ["Service Identities:", f"   {s['ServiceName']} (Datacenters: all)"]
     for n in t.get("NodeIdentities") or []:
         lines += ["Node Identities:", f"   {n['NodeName']} (Datacenter: {n.get('Datacenter', '')})"]
+    for p in t.get("TemplatedPolicies") or []:
+        lines += [
+            "Templated Policies:",
+            f"   {p['TemplateName']} {p.get('TemplateVariables') or ''}",
+        ]
+    if t.get("AuthMethod"):
+        lines.append(f"Auth Method:      {t['AuthMethod']}")
     return "\n".join(lines)
 
 
@@ -122,6 +129,8 @@ def token() -> None:
 @click.option("-role-name", "--role-name", "role_names", multiple=True)
 @click.option("-service-identity", "--service-identity", "services", multiple=True)
 @click.option("-node-identity", "--node-identity", "nodes", multiple=True, metavar="NODE:DC")
+@click.option("-templated-policy", "--templated-policy", "templated", default="")
+@click.option("-var", "--var", "variables", multiple=True, metavar="name:VALUE")
 @click.option("-local", "--local", is_flag=True)
 @click.option("-expires-ttl", "--expires-ttl", default="")
 @click.option("-secret", "--secret", default="", help="Use this SecretID (a UUID).")
@@ -135,6 +144,8 @@ def token_create(
     role_names: Sequence[str],
     services: Sequence[str],
     nodes: Sequence[str],
+    templated: str,
+    variables: Sequence[str],
     local: bool,
     expires_ttl: str,
     secret: str,
@@ -151,6 +162,9 @@ def token_create(
         ],
         "Local": local,
     }
+    if templated:  # Consul's `-templated-policy builtin/service -var name:api`
+        pairs = dict(v.split(":", 1) for v in variables if ":" in v)
+        body["TemplatedPolicies"] = [{"TemplateName": templated, "TemplateVariables": pairs}]
     if expires_ttl:
         body["ExpirationTTL"] = expires_ttl
     if secret:

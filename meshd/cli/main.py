@@ -15,6 +15,7 @@ import click
 from meshd.api import APIError
 from meshd.cli import CLIError, http_options
 from meshd.cli.acl import acl
+from meshd.cli.acl_auth import ACL_COMMANDS, login, logout
 from meshd.cli.agent_cmd import agent
 from meshd.cli.catalog import catalog
 from meshd.cli.config_cmd import config
@@ -87,6 +88,8 @@ for command in (
     kv,
     leave,
     lock,
+    login,
+    logout,
     members,
     operator,
     reload,
@@ -100,6 +103,8 @@ for command in (
     watch,
 ):
     cli.add_command(command)
+for command in ACL_COMMANDS:
+    acl.add_command(command)
 
 
 def main() -> None:
