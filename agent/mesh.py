@@ -30,6 +30,7 @@ from meshd.filter import compile_filter
 from meshd.intentions import WILDCARD, flatten, rbac_for_destination
 from meshd.proxy.ads import ADSServer
 from meshd.proxy.snapshot import PROTOCOLS, Endpoint, ProxySnapshot, Upstream
+from meshd.proxy_observability import snapshot_fields
 from meshd.structs import HEALTH_CRITICAL, HEALTH_WARNING, CheckServiceNode, NodeService
 
 if TYPE_CHECKING:
@@ -349,6 +350,7 @@ class MeshManager:
             leaf_cert_pem=leaf.cert_pem,
             leaf_key_pem=leaf.key_pem,
             roots_pem=[r["RootCert"] for r in roots["Roots"]],
+            **snapshot_fields(proxy, read.entry("proxy-defaults", "global"), dest),
         )
 
 
