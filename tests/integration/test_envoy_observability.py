@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from helpers import free_ports, wait_for
+from helpers import free_ports, run_meshd, wait_for
 from telemetry_mesh import TelemetryMesh, start_mesh
 
 from meshd.proxy_observability import DEFAULT_JSON_FORMAT
@@ -202,3 +202,29 @@ def test_bad_tracing_config_is_refused(mesh):
         )
         assert r.status == 400 and reason in r.body.decode(), r.body
     assert mesh.agent.get("/v1/config/proxy-defaults/global").status == 404
+
+
+def test_connect_envoy_refuses_a_bad_bootstrap_key_with_the_reason(mesh):
+    (port,) = free_ports(1)
+    body = {
+        "Name": "odd",
+        "Port": port,
+        "Connect": {
+            "SidecarService": {"Proxy": {"Config": {"envoy_stats_flush_interval": "5 seconds"}}}
+        },
+    }
+    assert mesh.agent.put("/v1/agent/service/register", body).status == 200
+    try:
+        out = run_meshd(
+            "connect", "envoy", "-sidecar-for=odd", "-bootstrap", http_addr=mesh.agent.http
+        )
+        assert out.returncode != 0
+        assert "envoy_stats_flush_interval must be a duration" in out.stderr, out
+        ok = run_meshd(
+            "connect", "envoy", "-sidecar-for=web", "-bootstrap", http_addr=mesh.agent.http
+        )
+        assert ok.returncode == 0, ok
+        tags = json.loads(ok.stdout)["stats_config"]["stats_tags"]
+        assert {"tag_name": "consul.source.datacenter", "fixed_value": "dc1"} in tags
+    finally:
+        mesh.agent.put("/v1/agent/service/deregister/odd", {})
