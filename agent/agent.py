@@ -42,6 +42,7 @@ from meshd.agent.http.server import make_app
 from meshd.agent.keyring_client import AgentKeyring
 from meshd.agent.local import LocalState, UnknownCheckError
 from meshd.agent.mesh import MeshManager
+from meshd.agent.metrics_consul import HEARTBEAT_RTT, register_consul_metrics
 from meshd.agent.persist import Persisted
 from meshd.agent.sidecar import expand_sidecar
 from meshd.agent.telemetry import TelemetryCollector
@@ -353,6 +354,7 @@ class Agent:
             st.gauges["catalog_services"] = lambda: len(server.store.by_name)
             st.gauges["raft_index"] = lambda: server.store.index
             st.counters["raft_commits"] = lambda: server.raft.commits if server.raft else 0
+        register_consul_metrics(self)
 
     async def _restore_persisted(self) -> None:
         """Services and checks registered over the API survive a restart, as in Consul."""
@@ -394,6 +396,7 @@ class Agent:
                 sent = time.monotonic()
                 reply = await self.backend.heartbeat(hb)
                 self.coordinate.observe(reply, time.monotonic() - sent)
+                self.stats.timer(HEARTBEAT_RTT).observe((time.monotonic() - sent) * 1000.0)
                 self.keyring.observe(reply, self.rpc)
                 self._heartbeat_ok.set()
                 beats += 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ import msgspec
 from meshd import queries as q
 from meshd.agent.cache import Subscription
 from meshd.agent.leaf import LeafManager
+from meshd.agent.metrics_consul import SNAPSHOT_BUILD
 from meshd.chain import ChainError, compile_chain
 from meshd.chain import protocol_of as chain_protocol
 from meshd.filter import compile_filter
@@ -216,7 +218,9 @@ class MeshManager:
 
     def _build(self, sid: str, svc: NodeService, roots: Any, reader: _Reader) -> None:
         self.builds[sid] += 1
+        started = time.perf_counter()
         snap = self._snapshot(sid, svc, roots, reader)
+        self.agent.stats.timer(SNAPSHOT_BUILD).since(started)
         if snap is None:
             return
         old = self._snapshots.get(sid)
