@@ -6,7 +6,13 @@ The Envoys are stand-ins in a child process: each port answers with a real captu
 between reads. The collector here is the agent's own (meshd.agent.telemetry), reading, parsing
 and deriving edges as in the agent; only the report to the servers is left out.
 
-    python benchmarks/telemetry.py [--envoys 50] [--rounds 20]
+`--graph` also measures the time from traffic to the graph on a real mesh (a `-dev` agent, real
+Envoys, web -> api as in tests/telemetry_mesh.py): once the edge has gone quiet, traffic starts,
+and the clock runs until `/v1/meshd/graph` shows web -> api with a non-zero rate. It is bounded
+by the collection interval (`--interval`, the agent's MESHD_TELEMETRY_INTERVAL): the first
+reading after the traffic starts is the one that carries it.
+
+    python benchmarks/telemetry.py [--envoys 50] [--rounds 20] [--graph [--interval 10]]
 """
 
 from __future__ import annotations
@@ -121,12 +127,59 @@ async def run(envoys: int, rounds: int) -> dict[str, Any]:
         child.wait(10)
 
 
+def _edge_rate(agent: Any) -> float:
+    """web -> api requests/s in the graph's last 10 s (0 when the edge is absent)."""
+    graph = agent.get("/v1/meshd/graph?window=10s").json()
+    for e in graph["Edges"]:
+        if (e["Source"], e["Destination"]) == ("web", "api"):
+            return float(e["Metrics"].get("RequestsPerSecond") or 0)
+    return 0.0
+
+
+def traffic_to_graph(interval_s: float) -> dict[str, Any]:
+    sys.path.insert(0, str(REPO / "tests"))
+    from telemetry_mesh import Traffic, start_mesh
+
+    mesh = start_mesh(env={"MESHD_TELEMETRY_INTERVAL": str(interval_s)})
+    try:
+        quiet_deadline = time.monotonic() + 4 * interval_s + 30
+        while _edge_rate(mesh.agent) > 0:  # the setup's own requests leave the window first
+            if time.monotonic() > quiet_deadline:
+                raise SystemExit("the web -> api edge never went quiet before the measurement")
+            time.sleep(0.5)
+        started = time.monotonic()
+        traffic = Traffic(mesh)
+        try:
+            deadline = started + 4 * interval_s + 30
+            while (rate := _edge_rate(mesh.agent)) <= 0:
+                if time.monotonic() > deadline:
+                    raise SystemExit("traffic never showed in the graph")
+                time.sleep(0.1)
+            elapsed = time.monotonic() - started
+        finally:
+            traffic.stop.set()
+            traffic.thread.join(5)
+        return {
+            "collection_interval_s": interval_s,
+            "traffic_to_graph_s": round(elapsed, 2),
+            "first_rate_rps": rate,
+        }
+    finally:
+        mesh.close()
+        mesh.agent.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--envoys", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--graph", action="store_true", help="also time traffic -> graph (real mesh)")
+    ap.add_argument("--interval", type=float, default=10.0, help="collection interval, --graph")
     a = ap.parse_args()
-    print(json.dumps(asyncio.run(run(a.envoys, a.rounds)), indent=1))
+    out = asyncio.run(run(a.envoys, a.rounds))
+    if a.graph:
+        out.update(traffic_to_graph(a.interval))
+    print(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":
