@@ -31,7 +31,7 @@ def register_consul_metrics(agent: Agent) -> None:
         ads = mesh.ads
         gauges["consul.xds.server.streams"] = lambda: ads.stream_count()
         counters["meshd.xds.pushes"] = lambda: ads.pushes
-        counters["meshd.xds.acks"] = lambda: ads.acks
+        counters["meshd.xds.acks"] = lambda: ads.acks_total
         counters["meshd.xds.nacks"] = lambda: ads.nacks_total
     st.timer(HEARTBEAT_RTT)
     st.timer(SNAPSHOT_BUILD)

@@ -10,6 +10,7 @@ unless `DisableListenerLogs`.
 from __future__ import annotations
 
 import ipaddress
+import logging
 from typing import Any
 
 from envoy.config.accesslog.v3 import accesslog_pb2
@@ -29,11 +30,12 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import json_format, struct_pb2
 
-from meshd.proxy_observability import AccessLogs, ObservabilityConfigError, Tracing
+from meshd.proxy_observability import AccessLogs, Tracing
 
 from .common import pack, seconds, socket_address
 from .snapshot import ProxySnapshot
 
+log = logging.getLogger("meshd.mesh")
 TRACING_CLUSTER = "meshd_tracing"
 ZIPKIN_PATH = "/api/v2/spans"
 _HCM_TYPE = hcm.HttpConnectionManager.DESCRIPTOR.full_name
@@ -104,7 +106,9 @@ def hcm_tracing(snap: ProxySnapshot) -> hcm.HttpConnectionManager.Tracing | None
         try:
             json_format.Parse(snap.listener_tracing_json, out)
         except json_format.ParseError as e:
-            raise ObservabilityConfigError(f"envoy_listener_tracing_json: {e}") from None
+            # one bad key must not freeze the proxy's config: the rest still goes out
+            log.warning("sidecar %s: envoy_listener_tracing_json ignored: %s", snap.proxy_id, e)
+            return None
         return out
     if snap.bootstrap_tracing:
         return hcm.HttpConnectionManager.Tracing(random_sampling=percent_pb2.Percent(value=0))

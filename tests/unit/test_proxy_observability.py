@@ -207,3 +207,9 @@ def test_listener_tracing_json_is_used_as_given():
 def test_bad_tracing_says_why(raw, reason):
     with pytest.raises(ObservabilityConfigError, match=reason):
         parse_tracing(raw, "web")
+
+
+def test_bad_listener_tracing_json_is_ignored_not_fatal():
+    s = snap(proxy={"Config": {"envoy_listener_tracing_json": "{not json"}})
+    res = build_resources(s)
+    assert not filters(res)["public_listener:10.0.0.5:21000"].HasField("tracing")
