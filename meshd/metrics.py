@@ -57,8 +57,8 @@ class Timer:
             return math.nan
         return values[min(len(values) - 1, int(q * len(values)))]
 
-    def to_json(self, name: str) -> dict[str, Any]:
-        """One entry of Consul's `Samples`."""
+    def to_json(self, name: str, elapsed_s: float) -> dict[str, Any]:
+        """One entry of Consul's `Samples`; Rate is Sum per second, here over `elapsed_s`."""
         n = self.count
         mean = self.sum / n if n else 0.0
         var = self.sumsq / n - mean * mean if n else 0.0
@@ -70,6 +70,7 @@ class Timer:
             "Max": self.max,
             "Mean": mean,
             "Stddev": math.sqrt(max(var, 0.0)),
+            "Rate": self.sum / elapsed_s if elapsed_s > 0 else 0.0,
             "Labels": {},
         }
 
@@ -79,6 +80,7 @@ class Stats:
 
     def __init__(self) -> None:
         self.http = Counter[tuple[str, int]]()  # (method, status) -> requests
+        self.started = time.monotonic()
         #: timers and counters under their full dotted name (consul.raft.commitTime)
         self.timers: dict[str, Timer] = {}
         self.named_counters: dict[str, Callable[[], float]] = {}
@@ -161,5 +163,9 @@ def consul_json(stats: Stats) -> dict[str, Any]:
         "Timestamp": time.strftime("%Y-%m-%d %H:%M:%S +0000", time.gmtime()),
         "Gauges": gauges,
         "Counters": counters,
-        "Samples": [t.to_json(k) for k, t in sorted(stats.timers.items()) if t.count],
+        "Samples": [
+            t.to_json(k, time.monotonic() - stats.started)
+            for k, t in sorted(stats.timers.items())
+            if t.count
+        ],
     }

@@ -11,7 +11,8 @@ def test_timer_sample_in_consuls_shape():
     t = Timer()
     for ms in (1.0, 2.0, 3.0, 6.0):
         t.observe(ms)
-    row = t.to_json("consul.raft.commitTime")
+    row = t.to_json("consul.raft.commitTime", 6.0)
+    assert row["Rate"] == 2.0  # Sum per second, as Consul's
     assert (row["Count"], row["Sum"], row["Min"], row["Max"], row["Mean"]) == (4, 12, 1, 6, 3)
     assert math.isclose(row["Stddev"], math.sqrt((4 + 1 + 0 + 9) / 4))
     assert t.quantile(0.5) == 3.0 and t.quantile(0.99) == 6.0
