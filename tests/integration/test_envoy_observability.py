@@ -82,6 +82,33 @@ def test_upstream_cluster_metrics_carry_consuls_destination_tags(mesh):
     assert not metric_lines(mesh, f"envoy_cluster_api_default_dc1_internal_{trust_domain}")
 
 
+def test_the_label_sets_consuls_grafana_dashboards_query_have_data(mesh):
+    """The service-to-service and service dashboards' selectors (Consul's grafana/ folder):
+    upstream requests by local_cluster and consul_destination_service, latency buckets by
+    consul_destination_target, inbound requests by local_cluster on the public listener."""
+    for _ in range(5):
+        assert mesh.call("up-api") == 200
+
+    def find(lines: list[str], want: dict[str, str]) -> list[float]:
+        return [float(x.rsplit(" ", 1)[1]) for x in lines if want.items() <= labels(x).items()]
+
+    ok = {"local_cluster": "web", "consul_destination_service": "api"}
+    assert sum(find(metric_lines(mesh, "envoy_cluster_upstream_rq_total"), ok)) >= 5
+    xx = find(
+        metric_lines(mesh, "envoy_cluster_upstream_rq_xx"), {**ok, "envoy_response_code_class": "2"}
+    )
+    assert sum(xx) >= 5
+    # histograms reach Prometheus at Envoy's stats flush (5 s)
+    target = {"local_cluster": "web", "consul_destination_target": "api.default.dc1", "le": "+Inf"}
+    wait_for(
+        lambda: sum(find(metric_lines(mesh, "envoy_cluster_upstream_rq_time_bucket"), target)), 15
+    )
+    inbound = mesh.admin_get("api", "/stats/prometheus").splitlines()
+    rows = [x for x in inbound if x.startswith("envoy_http_downstream_rq_xx{")]
+    public = {"local_cluster": "api", "envoy_http_conn_manager_prefix": "public_listener"}
+    assert sum(find(rows, {**public, "envoy_response_code_class": "2"})) >= 5
+
+
 def test_upstream_listener_metrics_carry_the_upstream_service(mesh):
     assert mesh.call("up-api") == 200
     rows = [labels(x) for x in metric_lines(mesh, "envoy_http_downstream_rq_completed")]
