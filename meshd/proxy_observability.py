@@ -200,3 +200,26 @@ def snapshot_fields(
             log.warning("sidecar for %s: %s; ignored", service, e)
             out[key] = None
     return out
+
+
+_ACCESS_LOG_KEYS = {
+    k.lower(): k
+    for k in ("Enabled", "DisableListenerLogs", "Type", "Path", "JSONFormat", "TextFormat")
+}
+
+
+def sidecar_access_logs(raw: Any) -> dict[str, Any] | None:
+    """A sidecar registration's `access_logs` / `AccessLogs`, in Consul's field names and
+    validated (ObservabilityConfigError), so a bad one is refused at registration."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ObservabilityConfigError("AccessLogs must be an object")
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = _ACCESS_LOG_KEYS.get(str(key).lower().replace("_", ""))
+        if name is None:
+            raise ObservabilityConfigError(f"AccessLogs: unknown field {key!r}")
+        out[name] = value
+    parse_access_logs(out)
+    return out

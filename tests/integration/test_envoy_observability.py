@@ -257,3 +257,24 @@ def test_connect_envoy_refuses_a_bad_bootstrap_key_with_the_reason(mesh):
         assert {"tag_name": "consul.source.datacenter", "fixed_value": "dc1"} in tags
     finally:
         mesh.agent.put("/v1/agent/service/deregister/odd", {})
+
+
+def test_a_sidecars_own_access_logs_and_tracing_are_checked_at_registration(mesh):
+    (port,) = free_ports(1)
+
+    def register(proxy: dict[str, Any]) -> Any:
+        body = {"Name": "logged", "Port": port, "Connect": {"SidecarService": {"Proxy": proxy}}}
+        return mesh.agent.put("/v1/agent/service/register", body)
+
+    bad = register({"AccessLogs": {"Enabled": True, "Type": "file"}})
+    assert bad.status == 400 and b"Path is required" in bad.body, bad.body
+    bad = register({"Config": {"tracing": {"zipkin": "nowhere"}}})
+    assert bad.status == 400 and b"host:port" in bad.body, bad.body
+    assert mesh.agent.get("/v1/agent/service/logged").status == 404  # nothing registered
+    ok = register({"access_logs": {"enabled": True, "type": "stderr"}})  # HCL-style names too
+    assert ok.status == 200, ok.body
+    try:
+        proxy = mesh.agent.get("/v1/agent/service/logged-sidecar-proxy").json()["Proxy"]
+        assert proxy["AccessLogs"] == {"Enabled": True, "Type": "stderr"}
+    finally:
+        mesh.agent.put("/v1/agent/service/deregister/logged", {})
