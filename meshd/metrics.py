@@ -23,28 +23,20 @@ RECENT = 256
 
 
 class Timer:
-    """Durations in milliseconds, Consul's timer: count, sum, min, max since start, and the
-    latest RECENT observations for quantiles. `observe` is a handful of float operations and a
-    bounded deque append, so hot paths (every HTTP request, every DNS query) can afford it."""
+    """Durations in milliseconds, Consul's timer: count and sum since start, and the latest
+    RECENT observations for min, max, deviation and quantiles. `observe` is two additions and a
+    bounded deque append, so hot paths (every HTTP request, every DNS question) can afford it."""
 
-    __slots__ = ("count", "max", "min", "recent", "sum", "sumsq")
+    __slots__ = ("count", "recent", "sum")
 
     def __init__(self) -> None:
         self.count = 0
         self.sum = 0.0
-        self.sumsq = 0.0
-        self.min = math.inf
-        self.max = 0.0
         self.recent: deque[float] = deque(maxlen=RECENT)
 
     def observe(self, ms: float) -> None:
         self.count += 1
         self.sum += ms
-        self.sumsq += ms * ms
-        if ms < self.min:
-            self.min = ms
-        if ms > self.max:
-            self.max = ms
         self.recent.append(ms)
 
     def since(self, started: float) -> None:
@@ -58,18 +50,20 @@ class Timer:
         return values[min(len(values) - 1, int(q * len(values)))]
 
     def to_json(self, name: str, elapsed_s: float) -> dict[str, Any]:
-        """One entry of Consul's `Samples`; Rate is Sum per second, here over `elapsed_s`."""
+        """One entry of Consul's `Samples`: Count, Sum, Mean and Rate (Sum per second, over
+        `elapsed_s`) since start; Min, Max and Stddev over the recent observations."""
         n = self.count
-        mean = self.sum / n if n else 0.0
-        var = self.sumsq / n - mean * mean if n else 0.0
+        recent = list(self.recent)
+        mean = sum(recent) / len(recent) if recent else 0.0
+        var = sum((x - mean) ** 2 for x in recent) / len(recent) if recent else 0.0
         return {
             "Name": name,
             "Count": n,
             "Sum": self.sum,
-            "Min": self.min if n else 0.0,
-            "Max": self.max,
-            "Mean": mean,
-            "Stddev": math.sqrt(max(var, 0.0)),
+            "Min": min(recent, default=0.0),
+            "Max": max(recent, default=0.0),
+            "Mean": self.sum / n if n else 0.0,
+            "Stddev": math.sqrt(var),
             "Rate": self.sum / elapsed_s if elapsed_s > 0 else 0.0,
             "Labels": {},
         }
