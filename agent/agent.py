@@ -41,6 +41,7 @@ from meshd.agent.keyring_client import AgentKeyring
 from meshd.agent.local import LocalState
 from meshd.agent.local_writes import LocalWrites
 from meshd.agent.mesh import MeshManager
+from meshd.agent.metrics_consul import HEARTBEAT_RTT, register_consul_metrics
 from meshd.agent.persist import Persisted
 from meshd.agent.telemetry import TelemetryCollector
 from meshd.agent.telemetry import register_metrics as register_telemetry_metrics
@@ -348,6 +349,7 @@ class Agent(LocalWrites):
             st.gauges["catalog_services"] = lambda: len(server.store.by_name)
             st.gauges["raft_index"] = lambda: server.store.index
             st.counters["raft_commits"] = lambda: server.raft.commits if server.raft else 0
+        register_consul_metrics(self)
 
     async def _restore_persisted(self) -> None:
         """Services and checks registered over the API survive a restart, as in Consul."""
@@ -389,6 +391,7 @@ class Agent(LocalWrites):
                 sent = time.monotonic()
                 reply = await self.backend.heartbeat(hb)
                 self.coordinate.observe(reply, time.monotonic() - sent)
+                self.stats.timer(HEARTBEAT_RTT).observe((time.monotonic() - sent) * 1000.0)
                 self.keyring.observe(reply, self.rpc)
                 self._heartbeat_ok.set()
                 beats += 1

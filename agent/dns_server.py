@@ -17,6 +17,7 @@ import logging
 import secrets
 import socket
 import struct
+import time
 from typing import Any
 
 from dnslib import DNSRecord
@@ -34,6 +35,7 @@ from meshd.agent.dns import (
     parse_packet,
 )
 from meshd.agent.dns_wire import fit_udp
+from meshd.metrics import Timer
 
 log = logging.getLogger("meshd.dns")
 _U16 = struct.Struct("!H")
@@ -49,6 +51,8 @@ PARSE_CACHE_BYTES = 256 * 1024  # wire bytes of the memo's keys (cleared wholesa
 PARSE_CACHE_ENTRY_MAX = 512
 TCP_IDLE_TIMEOUT = 10.0  # between queries on a kept-open connection (RFC 7766 allows closing)
 TCP_IO_TIMEOUT = 5.0  # to finish reading one message once its length arrived (slowloris)
+#: the reverse zones end in `.arpa.`: a PTR question is timed as consul.dns.ptr_query
+_ARPA = b"\x04arpa\x00"
 
 
 def parse_recursor(spec: str) -> tuple[str, int]:
@@ -119,6 +123,9 @@ class DNSServer:
         self.udp_port = 0
         self.tcp_port = 0
         self.queries = 0  # answered locally; read by the metrics endpoint
+        #: Consul's consul.dns.domain_query / ptr_query: a question to the reply sent
+        self.domain_timer = Timer()
+        self.ptr_timer = Timer()
         self.recursors: list[tuple[str, int]] = []
         self.reconfigure(cfg)
         # A view that can lack data (the agent's cache) loads it when an answer needs it.
@@ -240,10 +247,20 @@ class DNSServer:
             log.debug("dns: loading %s failed", reads, exc_info=True)
             return False
 
+    def _timed(self, data: bytes, started: float) -> None:
+        """Reverse lookups (the in-addr.arpa / ip6.arpa zones) are timed apart, as Consul's."""
+        ms = (time.perf_counter() - started) * 1000.0
+        timer = self.ptr_timer if _ARPA in data else self.domain_timer
+        timer.count += 1  # Timer.observe inlined: this runs for every question
+        timer.sum += ms
+        timer.recent.append(ms)
+
     def on_datagram(self, data: bytes, addr: Any, proto: _UDPProtocol) -> None:
+        started = time.perf_counter()
         outcome = self._reply(data, UDP_PLAIN)
         if not (outcome.need or outcome.forward):
-            return proto.send(outcome.wire, addr)
+            proto.send(outcome.wire, addr)
+            return self._timed(data, started)
         if len(self._tasks) >= MAX_PENDING:
             return proto.send(self._servfail(data), addr)
 
@@ -252,6 +269,7 @@ class DNSServer:
             if len(reply) > UDP_PLAIN and not isinstance(request := parse_packet(data), bytes):
                 reply = fit_udp(request, reply)  # a recursor's reply may ignore the limit
             proto.send(reply, addr)
+            self._timed(data, started)
 
         task = asyncio.get_running_loop().create_task(slow())
         self._tasks.add(task)
@@ -343,6 +361,7 @@ class DNSServer:
                 self._conns[writer] = (client, None)
                 size = int.from_bytes(head, "big")
                 data = await asyncio.wait_for(reader.readexactly(size), TCP_IO_TIMEOUT)
+                started = time.perf_counter()
                 outcome = self._reply(data, TCP_MAX)
                 reply = outcome.wire
                 if outcome.need or outcome.forward:
@@ -350,6 +369,7 @@ class DNSServer:
                 if reply:
                     writer.write(len(reply).to_bytes(2, "big") + reply)
                     await writer.drain()
+                self._timed(data, started)
                 if writer in self._conns:
                     self._conns[writer] = (client, loop.time())
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError, OSError):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -24,12 +25,14 @@ import msgspec
 from meshd import queries as q
 from meshd.agent.cache import Subscription
 from meshd.agent.leaf import LeafManager
+from meshd.agent.metrics_consul import SNAPSHOT_BUILD
 from meshd.chain import ChainError, compile_chain
 from meshd.chain import protocol_of as chain_protocol
 from meshd.filter import compile_filter
 from meshd.intentions import WILDCARD, flatten, rbac_for_destination
 from meshd.proxy.ads import ADSServer
 from meshd.proxy.snapshot import PROTOCOLS, Endpoint, ProxySnapshot, Upstream
+from meshd.proxy_observability import snapshot_fields
 from meshd.structs import HEALTH_CRITICAL, HEALTH_WARNING, CheckServiceNode, NodeService
 
 if TYPE_CHECKING:
@@ -215,7 +218,9 @@ class MeshManager:
 
     def _build(self, sid: str, svc: NodeService, roots: Any, reader: _Reader) -> None:
         self.builds[sid] += 1
+        started = time.perf_counter()
         snap = self._snapshot(sid, svc, roots, reader)
+        self.agent.stats.timer(SNAPSHOT_BUILD).since(started)
         if snap is None:
             return
         old = self._snapshots.get(sid)
@@ -349,6 +354,7 @@ class MeshManager:
             leaf_cert_pem=leaf.cert_pem,
             leaf_key_pem=leaf.key_pem,
             roots_pem=[r["RootCert"] for r in roots["Roots"]],
+            **snapshot_fields(proxy, read.entry("proxy-defaults", "global"), dest),
         )
 
 

@@ -10,6 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from meshd.agent.definitions import DefinitionError, ServiceDefinition, parse_service
+from meshd.proxy_observability import (
+    TRACING_KEY,
+    ObservabilityConfigError,
+    parse_tracing,
+    sidecar_access_logs,
+)
 
 PORT_MIN, PORT_MAX = 21000, 21255
 
@@ -51,6 +57,12 @@ def expand_sidecar(defn: ServiceDefinition, used_ports: set[int]) -> ServiceDefi
             upstream["Config"] = dict(up["config"])  # opaque; `protocol` overrides the chain's
         upstreams.append(upstream)
     sid = f"{svc.ID}-sidecar-proxy"
+    config = dict(proxy.get("config") or {})
+    try:  # refused here, with the reason, rather than ignored when the snapshot is built
+        access_logs = sidecar_access_logs(proxy.get("accesslogs"))
+        parse_tracing(config.get(TRACING_KEY), svc.Service)
+    except ObservabilityConfigError as e:
+        raise DefinitionError(f"sidecar proxy: {e}") from None
     raw = {
         "ID": sid,
         "Name": f"{svc.Service}-sidecar-proxy",
@@ -67,7 +79,8 @@ def expand_sidecar(defn: ServiceDefinition, used_ports: set[int]) -> ServiceDefi
             "LocalServiceAddress": proxy.get("localserviceaddress") or "127.0.0.1",
             "LocalServicePort": proxy.get("localserviceport") or svc.Port,
             "Upstreams": upstreams,
-            "Config": dict(proxy.get("config") or {}),
+            "Config": config,
+            **({"AccessLogs": access_logs} if access_logs is not None else {}),
         },
         # an explicit `checks = []` means none; absent means Consul's two defaults
         "Checks": sc["checks"]

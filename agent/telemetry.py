@@ -17,6 +17,7 @@ import aiohttp
 
 from meshd.rpc_client import RPCError
 from meshd.server.telemetry import ForwardedReport, accept_report, graph_of
+from meshd.server.telemetry_auth import ReportRefusedError
 from meshd.telemetry import (
     STATS_PATH,
     Scrape,
@@ -82,6 +83,9 @@ class TelemetryCollector:
                 await asyncio.sleep(self.interval_s)
                 try:
                     await self.collect_once(session)
+                except ReportRefusedError as e:  # the servers say this node may not send it
+                    self.reports_failed += 1
+                    log.warning("%s", e)
                 except (RPCError, OSError) as e:
                     self.reports_failed += 1
                     log.debug("telemetry report failed: %s", e)
@@ -143,7 +147,13 @@ class TelemetryCollector:
         if self.agent.server is not None:
             accept_report(self.agent.server, report)
         elif self.agent.rpc is not None:
-            await self.agent.rpc.call("telemetry_report", ForwardedReport(Report=report), bool)
+            body = ForwardedReport(Report=report, Token=self.agent.backend.token or "")
+            try:
+                await self.agent.rpc.call("telemetry_report", body, bool)
+            except RPCError as e:
+                if e.code == 403 and "telemetry report for node" in str(e):
+                    raise ReportRefusedError(str(e)) from None
+                raise
 
 
 def register_metrics(agent: Agent) -> None:

@@ -6,7 +6,14 @@ The Envoys are stand-ins in a child process: each port answers with a real captu
 between reads. The collector here is the agent's own (meshd.agent.telemetry), reading, parsing
 and deriving edges as in the agent; only the report to the servers is left out.
 
-    python benchmarks/telemetry.py [--envoys 50] [--rounds 20]
+`--graph` also measures the time from traffic to the graph on a real mesh (a `-dev` agent, real
+Envoys, web -> api as in tests/telemetry_mesh.py): once the edge is in the graph and quiet,
+traffic starts, and the clock runs until `/v1/meshd/graph` shows web -> api with a non-zero
+rate (`--trials` times). It is bounded by the collection interval (`--interval`, the agent's
+MESHD_TELEMETRY_INTERVAL): the first reading after the traffic starts carries it. (A sidecar's
+very first reading is only a baseline, so a brand-new sidecar takes up to one interval more.)
+
+    python benchmarks/telemetry.py [--envoys 50] [--rounds 20] [--graph [--interval 10]]
 """
 
 from __future__ import annotations
@@ -121,12 +128,65 @@ async def run(envoys: int, rounds: int) -> dict[str, Any]:
         child.wait(10)
 
 
+def _edge_rate(agent: Any) -> float | None:
+    """web -> api requests/s in the graph's last 10 s; None until the edge is in the graph."""
+    graph = agent.get("/v1/meshd/graph?window=10s").json()
+    for e in graph["Edges"]:
+        if (e["Source"], e["Destination"]) == ("web", "api"):
+            return float(e["Metrics"].get("RequestsPerSecond") or 0)
+    return None
+
+
+def _until(cond: Any, limit_s: float, what: str) -> None:
+    deadline = time.monotonic() + limit_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{what} within {limit_s:.0f} s")
+        time.sleep(0.1)
+
+
+def traffic_to_graph(interval_s: float, trials: int) -> dict[str, Any]:
+    """Each trial waits until the edge is in the graph and quiet (the sidecars already read
+    once: a first reading is only a baseline), then starts traffic and times it into the graph."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from telemetry_mesh import Traffic, start_mesh
+
+    mesh = start_mesh(env={"MESHD_TELEMETRY_INTERVAL": str(interval_s)})
+    limit = 4 * interval_s + 30
+    times: list[float] = []
+    try:
+        for _ in range(trials):
+            _until(lambda: _edge_rate(mesh.agent) == 0, limit, "the edge never went quiet")
+            started = time.monotonic()
+            traffic = Traffic(mesh)
+            try:
+                _until(lambda: (_edge_rate(mesh.agent) or 0) > 0, limit, "no traffic in the graph")
+                times.append(time.monotonic() - started)
+            finally:
+                traffic.stop.set()
+                traffic.thread.join(5)
+        return {
+            "collection_interval_s": interval_s,
+            "traffic_to_graph_s": [round(t, 2) for t in times],
+            "traffic_to_graph_max_s": round(max(times), 2),
+        }
+    finally:
+        mesh.close()
+        mesh.agent.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--envoys", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--graph", action="store_true", help="also time traffic -> graph (real mesh)")
+    ap.add_argument("--interval", type=float, default=10.0, help="collection interval, --graph")
+    ap.add_argument("--trials", type=int, default=3, help="traffic -> graph runs, --graph")
     a = ap.parse_args()
-    print(json.dumps(asyncio.run(run(a.envoys, a.rounds)), indent=1))
+    out = asyncio.run(run(a.envoys, a.rounds))
+    if a.graph:
+        out.update(traffic_to_graph(a.interval, a.trials))
+    print(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import re
 from typing import Any
 
 from meshd.intentions import WILDCARD, precedence
+from meshd.proxy_observability import ObservabilityConfigError, validate_proxy_defaults
 
 __all__ = ["KINDS", "PROTOCOLS", "ConfigEntryError", "normalize_entry"]
 
@@ -314,6 +315,10 @@ def _defaults(entry: dict[str, Any]) -> dict[str, Any]:
                 f"Config.protocol: invalid protocol {proxy_protocol!r}; "
                 f"expected one of {', '.join(PROTOCOLS)}"
             )
+        try:
+            validate_proxy_defaults(entry)
+        except ObservabilityConfigError as e:
+            raise ConfigEntryError(str(e)) from None
     return entry
 
 

@@ -7,10 +7,66 @@ path almost nothing.
 
 from __future__ import annotations
 
+import math
+import re
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from typing import Any
+
+_PROM_BAD = re.compile(r"[^a-zA-Z0-9_:]")
+
+
+#: quantiles of a timer in the Prometheus output, over its most recent observations
+QUANTILES = (0.5, 0.9, 0.99)
+RECENT = 256
+
+
+class Timer:
+    """Durations in milliseconds, Consul's timer: count and sum since start, and the latest
+    RECENT observations for min, max, deviation and quantiles. `observe` is two additions and a
+    bounded deque append, so hot paths (every HTTP request, every DNS question) can afford it."""
+
+    __slots__ = ("count", "recent", "sum")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.sum = 0.0
+        self.recent: deque[float] = deque(maxlen=RECENT)
+
+    def observe(self, ms: float) -> None:
+        self.count += 1
+        self.sum += ms
+        self.recent.append(ms)
+
+    def since(self, started: float) -> None:
+        """Observe the time since `started` (a time.perf_counter() reading)."""
+        self.observe((time.perf_counter() - started) * 1000.0)
+
+    def quantile(self, q: float) -> float:
+        values = sorted(self.recent)
+        if not values:
+            return math.nan
+        return values[min(len(values) - 1, int(q * len(values)))]
+
+    def to_json(self, name: str, elapsed_s: float) -> dict[str, Any]:
+        """One entry of Consul's `Samples`: Count, Sum, Mean and Rate (Sum per second, over
+        `elapsed_s`) since start; Min, Max and Stddev over the recent observations."""
+        n = self.count
+        recent = list(self.recent)
+        mean = sum(recent) / len(recent) if recent else 0.0
+        var = sum((x - mean) ** 2 for x in recent) / len(recent) if recent else 0.0
+        return {
+            "Name": name,
+            "Count": n,
+            "Sum": self.sum,
+            "Min": min(recent, default=0.0),
+            "Max": max(recent, default=0.0),
+            "Mean": self.sum / n if n else 0.0,
+            "Stddev": math.sqrt(var),
+            "Rate": self.sum / elapsed_s if elapsed_s > 0 else 0.0,
+            "Labels": {},
+        }
 
 
 class Stats:
@@ -18,6 +74,12 @@ class Stats:
 
     def __init__(self) -> None:
         self.http = Counter[tuple[str, int]]()  # (method, status) -> requests
+        self.started = time.monotonic()
+        #: timers and counters under their full dotted name (consul.raft.commitTime)
+        self.timers: dict[str, Timer] = {}
+        self.named_counters: dict[str, Callable[[], float]] = {}
+        #: (method, route resource) -> its consul.http.* timer (agent/http/http_metrics.py)
+        self.route_timers: dict[tuple[str, Any], Timer] = {}
         # read at scrape time from the components that own the numbers
         self.counters: dict[str, Callable[[], float]] = {}
         self.gauges: dict[str, Callable[[], float]] = {}
@@ -25,11 +87,18 @@ class Stats:
         #: Prometheus sees the name with dots as underscores, as Consul's own exporter does
         self.named_gauges: dict[str, Callable[[], float]] = {}
 
+    def timer(self, name: str) -> Timer:
+        """The timer called `name`, made on first use."""
+        t = self.timers.get(name)
+        if t is None:
+            t = self.timers[name] = Timer()
+        return t
+
 
 def prometheus_text(stats: Stats) -> bytes:
     """prometheus_client is imported on the first scrape: an agent nobody scrapes stays light."""
     from prometheus_client import CollectorRegistry, generate_latest
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 
     class Collector:
         def collect(self) -> Iterable[Any]:
@@ -45,11 +114,26 @@ def prometheus_text(stats: Stats) -> bytes:
             for name, fn in sorted(s.gauges.items()):
                 yield GaugeMetricFamily(f"meshd_{name}", name.replace("_", " "), value=fn())
             for name, fn in sorted(s.named_gauges.items()):
-                yield GaugeMetricFamily(name.replace(".", "_"), name, value=fn())
+                yield GaugeMetricFamily(prom_name(name), name, value=fn())
+            for name, fn in sorted(s.named_counters.items()):
+                yield CounterMetricFamily(prom_name(name), name, value=fn())
+            for name, t in sorted(s.timers.items()):
+                # a summary in milliseconds, as Consul's Prometheus sink exports its timers
+                fam = SummaryMetricFamily(prom_name(name), f"{name} (ms)", labels=["quantile"])
+                for q in QUANTILES:
+                    fam.add_sample(prom_name(name), {"quantile": str(q)}, t.quantile(q))
+                fam.add_sample(prom_name(name) + "_sum", {}, t.sum)
+                fam.add_sample(prom_name(name) + "_count", {}, t.count)
+                yield fam
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Collector())
     return generate_latest(registry)
+
+
+def prom_name(dotted: str) -> str:
+    """Consul's Prometheus names: every character Prometheus refuses becomes `_`."""
+    return _PROM_BAD.sub("_", dotted)
 
 
 def consul_json(stats: Stats) -> dict[str, Any]:
@@ -66,9 +150,16 @@ def consul_json(stats: Stats) -> dict[str, Any]:
         for k, fn in sorted(stats.gauges.items())
     ]
     gauges += [{"Name": k, "Value": fn()} for k, fn in sorted(stats.named_gauges.items())]
+    for k, fn in sorted(stats.named_counters.items()):
+        n = fn()
+        counters.append({"Name": k, "Count": n, "Sum": n})
     return {
         "Timestamp": time.strftime("%Y-%m-%d %H:%M:%S +0000", time.gmtime()),
         "Gauges": gauges,
         "Counters": counters,
-        "Samples": [],
+        "Samples": [
+            t.to_json(k, time.monotonic() - stats.started)
+            for k, t in sorted(stats.timers.items())
+            if t.count
+        ],
     }

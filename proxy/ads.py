@@ -112,6 +112,8 @@ class ADSServer:
         self._streams: dict[str, set[BaseStream]] = {}
         self._acked: dict[str, dict[str, str]] = {}
         self._nacks: dict[str, deque[dict[str, Any]]] = {}
+        #: totals since start, for the agent's metrics
+        self.pushes = self.acks_total = self.nacks_total = 0
         #: `await authorize(node_id, token)` raises PermissionError to refuse a stream (the
         #: agent's ACL check); None: every local stream is served (ACLs off).
         self.authorize: Callable[[str, str], Awaitable[None]] | None = None
@@ -263,6 +265,7 @@ class ADSServer:
 
     def record_ack(self, node_id: str, type_url: str, version: str) -> None:
         with self._lock:
+            self.acks_total += 1
             self._acked.setdefault(node_id, {})[type_url] = version
         if self.on_ack is not None:
             try:
@@ -279,6 +282,7 @@ class ADSServer:
             version,
         )
         with self._lock:
+            self.nacks_total += 1
             self._nacks.setdefault(node_id, deque(maxlen=NACK_HISTORY)).append(
                 {"type_url": type_url, "version": version, "message": message, "time": time.time()}
             )

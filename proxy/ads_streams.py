@@ -90,6 +90,7 @@ class StreamHost(Protocol):
     """What a stream needs from the server; keeps this module free of grpc server plumbing."""
 
     cds_gate_s: float
+    pushes: int  # responses sent to any client (metrics)
     authorize: Callable[[str, str], Awaitable[None]] | None  # raises PermissionError to refuse
 
     def lookup(self, node_id: str) -> NodeResources | None: ...
@@ -316,6 +317,7 @@ class SotwStream(BaseStream):
             nonce = _nonce()
             st.must_respond, st.sent_nonce, st.sent_hash = False, nonce, h
             st.sent_version, st.sent_at = res.version, now
+            self.host.pushes += 1
             yield ds.DiscoveryResponse(
                 version_info=res.version,
                 type_url=t,
@@ -445,6 +447,7 @@ class DeltaStream(BaseStream):
                 st.known.pop(n, None)
             nonce = _nonce()
             st.outstanding[nonce] = (res.version, now)
+            self.host.pushes += 1
             yield ds.DeltaDiscoveryResponse(
                 system_version_info=res.version,
                 type_url=t,

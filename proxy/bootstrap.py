@@ -171,7 +171,10 @@ def _static_resources(
             )
         )
     if stats_bind:
-        listeners.append(_admin_path_listener("envoy_metrics_listener", stats_bind, "/stats", ""))
+        # a prefix, as Consul's: /stats?format=json and /stats/prometheus both answer
+        listeners.append(
+            _admin_path_listener("envoy_metrics_listener", stats_bind, "/stats", "", prefix=True)
+        )
     if not listeners:
         return {"clusters": [ads_cluster]}
     host = "127.0.0.1" if admin_host in ("0.0.0.0", "") else admin_host
@@ -190,7 +193,9 @@ def _static_resources(
     return {"clusters": [ads_cluster, self_admin], "listeners": listeners}
 
 
-def _admin_path_listener(name: str, bind: str, prefix: str, rewrite: str) -> dict[str, Any]:
+def _admin_path_listener(
+    name: str, bind: str, path: str, rewrite: str, *, prefix: bool = False
+) -> dict[str, Any]:
     host, port = _split_hostport(bind)
     route: dict[str, Any] = {"cluster": SELF_ADMIN_CLUSTER}
     if rewrite:
@@ -207,7 +212,7 @@ def _admin_path_listener(name: str, bind: str, prefix: str, rewrite: str) -> dic
                     "name": "self_admin",
                     "domains": ["*"],
                     "routes": [
-                        {"match": {"path": prefix}, "route": route},
+                        {"match": {"prefix" if prefix else "path": path}, "route": route},
                         {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
                     ],
                 }

@@ -37,6 +37,7 @@ from .common import (
     seconds,
     socket_address,
 )
+from .observability import decorate_listeners
 from .rbac import build_rbac, deny_all
 from .snapshot import H2_PROTOCOLS, HTTP_PROTOCOLS, PROTOCOLS, ProxySnapshot, Upstream
 
@@ -179,4 +180,5 @@ def build_listeners(
             else:
                 routes.setdefault(name, _route(name, name, up.protocol))
     listeners.sort(key=lambda x: x.name)
+    decorate_listeners(snap, listeners)
     return listeners, [routes[n] for n in sorted(routes)]

@@ -26,6 +26,7 @@ from .common import (
     roots_secret,
 )
 from .listeners import build_listeners
+from .observability import tracing_clusters
 from .snapshot import ProxySnapshot
 
 __all__ = [
@@ -54,7 +55,7 @@ def build_resources(snap: ProxySnapshot) -> dict[str, list[Message]]:
         secrets.append(roots_secret(snap.roots_pem))
     out: dict[str, list[Message]] = {
         LISTENER: list(listeners),
-        CLUSTER: list(clusters),
+        CLUSTER: [*clusters, *tracing_clusters(snap)],
         ENDPOINT: list(assignments),
         ROUTE: list(routes),
         SECRET: secrets,

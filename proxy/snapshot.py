@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshd.intentions import RBACPlan
+from meshd.proxy_observability import AccessLogs, Tracing
 from meshd.spiffe import spiffe_service_id
 
 #: Protocols for which Envoy runs an HTTP connection manager (and so L7 intentions apply).
@@ -75,6 +76,11 @@ class ProxySnapshot:
     leaf_cert_pem: str = ""
     leaf_key_pem: str = ""
     roots_pem: list[str] = field(default_factory=list)
+    #: proxy-defaults / the proxy's AccessLogs, and its tracing (proxy/observability.py)
+    access_logs: AccessLogs | None = None
+    tracing: Tracing | None = None
+    listener_tracing_json: str = ""
+    bootstrap_tracing: bool = False
     version: int = 0
 
     def spiffe_for(self, service: str, datacenter: str | None = None) -> str:

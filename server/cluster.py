@@ -52,6 +52,7 @@ from meshd.server.operator import OperatorRequest
 from meshd.server.raft import RaftError, RaftNode, RaftSettings
 from meshd.server.reads import blocking_query
 from meshd.server.reaper import CriticalReaper
+from meshd.server.server_metrics import ServerMetrics
 from meshd.server.sessions import SessionTimers, lock_delayed
 from meshd.server.store import CommandError, Store
 from meshd.server.tombstones import DEFAULT_TTL, TombstoneGC
@@ -122,6 +123,7 @@ class Server:
         )
         self._tasks: list[asyncio.Task[Any]] = []
         self._was_leader = False
+        self.metrics = ServerMetrics()
         self._last_peers: list[str] = []
         self.reaper = CriticalReaper()
         self.session_timers = SessionTimers()
@@ -274,6 +276,7 @@ class Server:
         this server); a server's own decisions (CA, liveness, restore) come as SERVER.
         """
         raft = self._raft()
+        started = time.perf_counter()
         if isinstance(cmd, (ACLLogin, ACLLogout)):  # authorised by the bearer token instead
             cmd = await acl_login.exchange(
                 check_command(cmd, self.s.limits),
@@ -287,7 +290,10 @@ class Server:
         cmd = admit(cmd, origin, self.store, self.s.limits)
         if isinstance(cmd, KVOp) and cmd.Verb == "lock" and lock_delayed(self.store, cmd.Key):
             return False  # Consul refuses before the log: lock-delay is this server's clock
-        return await raft.apply(cmd)
+        proposed = time.perf_counter()
+        result = await raft.apply(cmd)
+        self.metrics.written(cmd, started, proposed)
+        return result
 
     def _authorize(self, cmd: Command, token: str) -> None:
         """The caller's token against the command's permission row (server/acl_authz.py)."""
@@ -471,6 +477,7 @@ class Server:
                     continue
                 if not self._was_leader:
                     self._was_leader = True
+                    self.metrics.became_leader += 1
                     with self.store.lock:  # agents only: catalog-registered nodes never beat
                         nodes = [
                             (n.Node, n.Address)

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from meshd.rpc import encoder
 from meshd.rpc_client import RPCError
+from meshd.server.telemetry_auth import ReportRefusedError, check_report
 from meshd.telemetry import Sample, TelemetryReport, golden
 
 if TYPE_CHECKING:
@@ -46,6 +47,8 @@ class ForwardedReport(msgspec.Struct, frozen=True, kw_only=True):
 
     Report: TelemetryReport
     Forwarded: bool = False
+    #: the sending agent's ACL token (acl.tokens.agent), checked on every server it reaches
+    Token: str = ""
 
 
 #: (received at, reporter, sample)
@@ -174,18 +177,27 @@ def graph_of(server: Server) -> TelemetryGraph:
     return g
 
 
-def accept_report(server: Server, report: TelemetryReport, *, forward: bool = True) -> None:
-    """Keep a report, and pass it on to the other servers (fire and forget)."""
+def accept_report(
+    server: Server, report: TelemetryReport, *, forward: bool = True, token: str | None = None
+) -> None:
+    """Keep a report its node may send (server/telemetry_auth.py; ReportRefusedError if
+    not), and pass it on to the other servers (fire and forget), which check it again.
+
+    token: the sender's ACL token; None for the agent inside this server.
+    """
+    check_report(server, report, token)
     graph_of(server).ingest(report, time.time())
     if not forward:
         return
     others = sorted(set(server.known.values()) - {server.rpc_addr})
     for addr in others:
-        asyncio.get_running_loop().create_task(_forward(server, addr, report))
+        asyncio.get_running_loop().create_task(_forward(server, addr, report, token))
 
 
-async def _forward(server: Server, addr: str, report: TelemetryReport) -> None:
-    body = ForwardedReport(Report=report, Forwarded=True)
+async def _forward(server: Server, addr: str, report: TelemetryReport, token: str | None) -> None:
+    # the local agent's own reports travel with this server's agent token
+    sent = token if token is not None else server.s.acl.tokens.agent
+    body = ForwardedReport(Report=report, Forwarded=True, Token=sent or "")
     try:
         await server.rpc.call("telemetry_report", body, bool, timeout=5.0, addr=addr)
     except RPCError as e:
@@ -202,7 +214,10 @@ def add_rpc_routes(app: web.Application, server: Server) -> None:
 
     async def report(request: web.Request) -> web.Response:
         body = msgspec.msgpack.decode(await request.read(), type=ForwardedReport)
-        accept_report(server, body.Report, forward=not body.Forwarded)
+        try:
+            accept_report(server, body.Report, forward=not body.Forwarded, token=body.Token)
+        except ReportRefusedError as e:
+            return web.Response(status=403, text=f"{e}\n")
         return web.Response(body=encoder.encode(True), content_type="application/msgpack")
 
     async def graph(request: web.Request) -> web.Response:

@@ -40,6 +40,11 @@ class WatchSet:
         self._prefix: dict[str, set[Waiter]] = defaultdict(set)
         self.closed = False
 
+    def waiter_count(self) -> int:
+        """Blocking queries waiting now (metrics; a scan, so only at scrape time)."""
+        with self._lock:
+            return len(set().union(*self._exact.values(), *self._prefix.values()))
+
     def close(self) -> None:
         """The server is stopping: wake every waiter now, and any added later at once, so that
         blocking queries answer instead of holding the shutdown for up to their wait time."""

@@ -39,10 +39,13 @@ class TelemetryMesh:
         self.ports: dict[str, int] = {}
         #: api answers with this status (200 normally; a test sets 503)
         self.api_status = 200
+        #: the headers of the last request each app received (trace propagation tests)
+        self.last_headers: dict[str, dict[str, str]] = {}
 
     def _app(self, name: str) -> Any:
         async def handler(request: web.Request) -> web.Response:
             status = self.api_status if name == "api" else 200
+            self.last_headers[name] = dict(request.headers)
             return web.json_response({"name": name}, status=status)
 
         return handler

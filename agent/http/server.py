@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -26,6 +27,7 @@ from meshd.agent.http import (
 from meshd.agent.http.acl_guard import acl_middleware
 from meshd.agent.http.common import AGENT_KEY, datacenter_middleware, error_middleware
 from meshd.agent.http.guard import refuse_http09
+from meshd.agent.http.http_metrics import route_timer
 
 if TYPE_CHECKING:
     from meshd.agent.agent import Agent
@@ -33,8 +35,11 @@ if TYPE_CHECKING:
 
 @web.middleware
 async def count_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    started = time.perf_counter()
     resp = await handler(request)
-    request.app[AGENT_KEY].stats.http[(request.method, resp.status)] += 1
+    stats = request.app[AGENT_KEY].stats
+    stats.http[(request.method, resp.status)] += 1
+    route_timer(stats, request).since(started)
     return resp
 
 

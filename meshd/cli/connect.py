@@ -42,9 +42,9 @@ def _xds_port(api: Client) -> str:
         return "8502"
 
 
-def _metrics_binds(api: Any, proxy: dict[str, Any]) -> tuple[str, str]:
-    """Consul's `envoy_prometheus_bind_addr` / `envoy_stats_bind_addr`: the registration's
-    proxy Config wins over proxy-defaults'."""
+def _proxy_conf(api: Any, proxy: dict[str, Any]) -> dict[str, Any]:
+    """The proxy Config the bootstrap reads (`envoy_prometheus_bind_addr`, stats tags,
+    tracing...): the registration's keys win over proxy-defaults'."""
     try:
         conf = dict((api.get("/v1/config/proxy-defaults/global") or {}).get("Config") or {})
     except APIError as e:
@@ -52,9 +52,7 @@ def _metrics_binds(api: Any, proxy: dict[str, Any]) -> tuple[str, str]:
             raise
         conf = {}
     conf.update((proxy.get("Proxy") or {}).get("Config") or {})
-    return str(conf.get("envoy_prometheus_bind_addr") or ""), str(
-        conf.get("envoy_stats_bind_addr") or ""
-    )
+    return conf
 
 
 @connect.command("envoy", context_settings={"ignore_unknown_options": True})
@@ -99,6 +97,7 @@ def envoy(
 ) -> None:
     """Write the Envoy bootstrap for a sidecar and exec Envoy (arguments after -- go to it)."""
     from meshd.proxy.bootstrap import EnvoyNotFoundError, bootstrap_config, envoy_argv
+    from meshd.proxy.bootstrap_extras import BootstrapConfigError, apply_proxy_config
 
     api = client()
     proxy = _find_proxy(api.get("/v1/agent/services"), sidecar_for)
@@ -111,7 +110,7 @@ def envoy(
         host = urlparse(api.address).hostname or "127.0.0.1"
     if not port.isdigit():
         raise CLIError(f"invalid gRPC address {grpc_addr!r}: expected host:port")
-    prom_bind, stats_bind = _metrics_binds(api, proxy)
+    conf = _proxy_conf(api, proxy)
     config = bootstrap_config(
         node_id=proxy["ID"],
         cluster=proxy["Proxy"].get("DestinationServiceName") or proxy["Service"],
@@ -119,9 +118,18 @@ def envoy(
         ads_port=int(port),
         admin_bind=admin_bind,
         ads_token=api.token,  # the ADS stream needs service:write on the service (ACLs on)
-        prometheus_bind=prom_bind,
-        stats_bind=stats_bind,
+        prometheus_bind=str(conf.get("envoy_prometheus_bind_addr") or ""),
+        stats_bind=str(conf.get("envoy_stats_bind_addr") or ""),
     )
+    try:
+        apply_proxy_config(
+            config,
+            conf,
+            service=proxy["Proxy"].get("DestinationServiceName") or proxy["Service"],
+            datacenter=str(proxy.get("Datacenter") or ""),
+        )
+    except BootstrapConfigError as e:
+        raise CLIError(f"sidecar for {sidecar_for}: {e}") from None
     if print_only:
         click.echo(json.dumps(config, indent=2))
         return

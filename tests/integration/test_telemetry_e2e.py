@@ -7,6 +7,7 @@ connections, for the whole module.
 
 from __future__ import annotations
 
+import re
 import time
 import urllib.error
 import urllib.request
@@ -190,10 +191,16 @@ def test_sidecar_serves_prometheus_metrics_when_asked(mesh):
         body = r.read().decode()
     assert "# TYPE envoy_cluster_upstream_rq_total counter" in body
     # the upstream's destination is a tag (meshd_destination), not part of the metric's name
-    assert (
-        'envoy_http_downstream_rq_completed{meshd_destination="api",'
-        'envoy_http_conn_manager_prefix="upstream"}' in body
-    )
+    completed = [
+        dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
+        for line in body.splitlines()
+        if line.startswith("envoy_http_downstream_rq_completed{")
+    ]
+    assert {
+        "meshd_destination": "api",
+        "envoy_http_conn_manager_prefix": "upstream",
+    }.items() <= next(x for x in completed if x.get("meshd_destination")).items()
+    assert not any("upstream_api_" in line.split("{")[0] for line in body.splitlines())
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(base + "/quitquitquit", timeout=5)
     assert e.value.code == 404

@@ -38,7 +38,7 @@ def test_prometheus_listener_exposes_only_metrics():
     assert first["match"] == {"path": "/metrics"}
     assert first["route"] == {"cluster": "self_admin", "prefix_rewrite": "/stats/prometheus"}
     assert rest["direct_response"] == {"status": 404}
-    assert routes(stats)[0]["match"] == {"path": "/stats"}
+    assert routes(stats)[0]["match"] == {"prefix": "/stats"}  # Consul: /stats/prometheus too
     (admin,) = [c for c in static["clusters"] if c["name"] == "self_admin"]
     ep = admin["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
     # a wildcard admin bind is reached over loopback

@@ -190,6 +190,8 @@ async def test_nack_is_logged_and_not_resent(ads: Any, caplog: pytest.LogCapture
     st = ads.stats(NODE)
     assert st["acked"][CLUSTER] == "1" and st["nacks"][-1]["version"] == "2"
     assert not st["synced"]
+    # the agent's metrics: two responses went out, one accepted, one rejected
+    assert (ads.pushes, ads.acks_total, ads.nacks_total) == (2, 1, 1)
     ads.set_snapshot(NODE, snap(3, local_app_port=9999))  # same content, new version: no resend
     await c.silent()
     ads.set_snapshot(NODE, snap(4, local_app_port=9998))
