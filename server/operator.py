@@ -81,18 +81,20 @@ async def handle(server: Server, req: OperatorRequest) -> Any:
 
 
 async def _force_leave(server: Server, req: ForceLeave) -> bool:
-    known = server.members.nodes.get(req.Node)
+    view = server.liveness.view_or_fail()
+    known = view.claims.get(req.Node)
     if known is None:
         raise UnknownNodeError(f"agent: No node found with name '{req.Node}'")
-    if known.raft_addr and known.raft_addr == server.raft_addr:
+    summary = known.summary
+    if summary.RaftAddr and summary.RaftAddr == server.raft_addr:
         raise CommandError("the leader cannot force-leave itself")
-    st = server.members.force_leave(req.Node, req.Prune)
-    assert st is not None
+    view.force_leave(req.Node, req.Prune)
+    server.liveness.forget_own()
     log.info("force-leave of %s (prune=%s)", req.Node, req.Prune)
     raft = server.raft
-    if raft is not None and st.role == "consul" and st.raft_addr in raft.peers():
-        await raft.remove_peer(st.raft_addr)
-    return st.status == LEFT
+    if raft is not None and summary.Role == "consul" and summary.RaftAddr in raft.peers():
+        await raft.remove_peer(summary.RaftAddr)
+    return True
 
 
 async def _transfer_leader(server: Server, target: str) -> bool:
