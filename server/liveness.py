@@ -72,10 +72,11 @@ class Liveness:
         except validate.ValidationError as e:
             raise CommandError(f"heartbeat refused: {e}") from None
         raft = self.server._raft()
-        if not raft.is_leader and raft.last_contact_ms() > self.members.failure_timeout * 500:
-            # cut off from the leader: our verdicts cannot reach it, the agent must move
+        self.members.heartbeat(hb)  # an election must not cost the node its timer here
+        if not raft.is_leader and raft.last_contact_ms() > self.members.failure_timeout * 1000:
+            # cut off from the leader for longer than an election: our verdicts cannot reach
+            # it, so the agent must move (the leader gives it a grace period to turn up)
             raise RaftError("this server has lost contact with the cluster leader")
-        self.members.heartbeat(hb)
         reply: dict[str, Any] = {
             "Node": self.server.s.node_name,
             "Coord": self.own_coord,
@@ -144,6 +145,8 @@ class Liveness:
                 await self._flush_if_due(now)
             except (RaftError, RPCError, CommandError) as e:
                 log.warning("liveness: %s", e)
+            except Exception:  # a bug must not stop every verdict of this server for good
+                log.exception("liveness loop")
 
     def view_or_fail(self) -> LeaderView:
         if self.view is None:

@@ -1,0 +1,188 @@
+"""Liveness that scales out: agents attach to every server, a server's death does not fail its
+agents, transitions are batched, and a new leader writes nothing about unchanged nodes."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import pytest
+from cluster import Cluster, Node, wait
+
+from meshd.liveness import placement
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0, reason="network namespaces need root (CI runs as root)"
+)
+FAILURE_TIMEOUT = 3.0  # tests/multihost/cluster.py's node_failure_timeout
+
+
+def _spread_names(servers: list[Node], per_server: int) -> list[str]:
+    """Client names the placement puts on each server in turn, `per_server` each."""
+    rpc = [f"{s.host.addr}:8300" for s in servers]
+    names: list[str] = []
+    for target in rpc * per_server:
+        names.append(
+            next(
+                f"c{i}"
+                for i in range(10_000)
+                if f"c{i}" not in names and placement(f"c{i}", rpc)[0] == target
+            )
+        )
+    return names
+
+
+def _cluster(net: Any, n_clients: int) -> Cluster:
+    """Three servers; clients named so that each server is some client's first choice."""
+    c = Cluster(net, n_servers=3)
+    joins = [f"-retry-join={s.host.addr}" for s in c.servers]
+    names = _spread_names(c.servers, (n_clients + 2) // 3)[:n_clients]
+    hosts = net.hosts[3 : 3 + n_clients]
+    c.clients = [c._node(h, name, list(joins)) for h, name in zip(hosts, names, strict=True)]
+    return c.start()
+
+
+def _members(node: Node) -> dict[str, dict[str, Any]]:
+    status, body, _ = node.get("/v1/agent/members")
+    assert status == 200, body
+    return {m["Name"]: m for m in body}
+
+
+def _serf(node: Node) -> dict[str, str]:
+    status, body, _ = node.get("/v1/health/state/any")
+    assert status == 200, body
+    return {c["Node"]: c["Status"] for c in body if c["CheckID"] == "serfHealth"}
+
+
+def _counter(node: Node, name: str) -> int:
+    status, body, _ = node.get("/v1/agent/metrics")
+    assert status == 200, body
+    return next(int(c["Count"]) for c in body["Counters"] if c["Name"] == name)
+
+
+class Watch:
+    """Every serfHealth verdict the leader's catalog shows, sampled until stopped."""
+
+    def __init__(self, cluster: Cluster, nodes: list[str]) -> None:
+        self.cluster, self.nodes = cluster, nodes
+        self.seen: dict[str, set[str]] = {n: set() for n in nodes}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            for s in self.cluster.servers:
+                if s.proc is None or s.proc.poll() is not None:
+                    continue
+                try:
+                    serf = _serf(s)
+                except (ConnectionError, TimeoutError, AssertionError):
+                    continue
+                for n in self.nodes:
+                    if n in serf:
+                        self.seen[n].add(serf[n])
+            time.sleep(0.1)
+
+    def __enter__(self) -> Watch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+
+def _attached(node: Node) -> dict[str, str]:
+    return {n: m["Tags"].get("liveness_server", "") for n, m in _members(node).items()}
+
+
+def test_heartbeats_spread_then_a_server_dies_then_five_clients_die(network_factory):
+    net = network_factory(9)
+    c = _cluster(net, 6)
+    try:
+        names = {s.host.addr: s.name for s in c.servers}
+        expected = {
+            cl.name: names[placement(cl.name, [f"{a}:8300" for a in names])[0].split(":")[0]]
+            for cl in c.clients
+        }
+        wait(lambda: _attached(c.servers[0]).items() >= expected.items(), 30, c.logs())
+        assert set(expected.values()) == {"s1", "s2", "s3"}  # every server owns agents
+        assert all(v == "passing" for v in _serf(c.servers[0]).values())
+
+        # a follower dies: its agents move to another server and never turn critical
+        leader = c.leader_node()
+        victim = next(s for s in c.servers if s is not leader)
+        moved = [n for n, s in expected.items() if s == victim.name]
+        with Watch(c, [cl.name for cl in c.clients]) as watch:
+            victim.kill()
+            alive = [s.name for s in c.servers if s is not victim]
+            wait(
+                lambda: all(_attached(leader).get(n) in alive for n in moved),
+                20,
+                f"{moved} did not re-attach:\n{c.logs()}",
+            )
+            wait(lambda: _serf(leader).get(victim.name) == "critical", 20, "dead server")
+            time.sleep(FAILURE_TIMEOUT * 2)  # well past every timer the death could start
+        assert all(watch.seen[n] == {"passing"} for n in watch.nodes), watch.seen
+
+        # five clients die at once: each is failed within the timeout (plus the beat interval
+        # and a batch window), and their verdicts share Raft entries
+        time.sleep(1)
+        batches = _counter(leader, "meshd.liveness.batches")
+        batched = _counter(leader, "meshd.liveness.batch.nodes")
+        dying = c.clients[:5]
+        threads = [threading.Thread(target=cl.kill) for cl in dying]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wait(
+            lambda: all(_serf(leader)[cl.name] == "critical" for cl in dying),
+            FAILURE_TIMEOUT + 3,
+            "dead clients not detected in time",
+        )
+        time.sleep(0.5)
+        assert _serf(leader)[c.clients[5].name] == "passing"
+        assert _counter(leader, "meshd.liveness.batch.nodes") - batched == 5
+        assert _counter(leader, "meshd.liveness.batches") - batches < 5
+    finally:
+        c.close()
+
+
+def test_a_new_leader_rewrites_nothing_and_the_old_leaders_agents_stay_alive(network_factory):
+    net = network_factory(7)
+    c = _cluster(net, 4)
+    try:
+        leader = c.leader_node()
+        wait(lambda: len(_serf(leader)) == 7, 30, c.logs())
+        time.sleep(1)
+        batches = _counter(leader, "meshd.liveness.batches")
+        index = int(leader.get("/v1/catalog/nodes")[2]["X-Consul-Index"])
+        status, body, _ = leader.request("POST", "/v1/operator/raft/transfer-leader")
+        assert status == 200, body
+        new = wait(lambda: (n := c.leader_node()) is not leader and n, 20, "no new leader")
+        time.sleep(FAILURE_TIMEOUT * 2)  # past the new leader's grace period
+        assert all(v == "passing" for v in _serf(new).values())
+        # no NodeStatusBatch at all; the index moved by less than one entry per node
+        assert _counter(new, "meshd.liveness.batches") == batches
+        after = int(new.get("/v1/catalog/nodes")[2]["X-Consul-Index"])
+        assert after - index < 7, (index, after)
+
+        # the leader dies: the agents it held move and none is failed
+        owned = [n for n, s in _attached(new).items() if s == new.name and n.startswith("c")]
+        survivors = [s for s in c.servers if s is not new]
+        with Watch(c, [cl.name for cl in c.clients]) as watch:
+            new.kill()
+            third = wait(lambda: (n := c.leader_node()) is not new and n, 20, "no new leader")
+            assert third in survivors
+            wait(
+                lambda: all(_attached(third).get(n) in {s.name for s in survivors} for n in owned),
+                20,
+                f"{owned} did not re-attach:\n{c.logs()}",
+            )
+            time.sleep(FAILURE_TIMEOUT * 2)
+        assert all(watch.seen[n] == {"passing"} for n in watch.nodes), watch.seen
+    finally:
+        c.close()
