@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     CpuMeter,
     MeshdAgent,
     fmt,
@@ -34,9 +34,9 @@ from _common import (  # noqa: E402
     table,
 )
 
-from meshd.agent.liveness_client import HeartbeatLink  # noqa: E402
-from meshd.rpc import Heartbeat  # noqa: E402
-from meshd.rpc_client import RPCClient  # noqa: E402
+from meshd.agent.liveness_client import HeartbeatLink
+from meshd.rpc import Heartbeat
+from meshd.rpc_client import RPCClient
 
 COORD = {"Vec": [0.001] * 8, "Error": 0.4, "Adjustment": 0.0, "Height": 1e-5}
 
