@@ -58,6 +58,7 @@ class Liveness:
         self._reported_to = ""  # the leader our last report reached
         self._last_report = 0.0
         self._sending: asyncio.Task[None] | None = None
+        self._sending_to = ""
         self._window_start = 0.0
         self._waiters: list[asyncio.Future[None]] = []
         self.attached_sockets = 0
@@ -203,12 +204,15 @@ class Liveness:
                 self.members.forget(name)
 
     def _maybe_send(self, now: float) -> None:
-        if self._sending is not None and not self._sending.done():
-            return
         try:
             leader = self.server.leader_rpc()
         except RaftError:
             return
+        if self._sending is not None and not self._sending.done():
+            if leader == self._sending_to:
+                return
+            self._sending.cancel()  # to a leader that is gone: the new one must hear from us now
+            self._full = True
         if leader != self._reported_to:
             self._full = True
         quiet = now - self._last_report < KEEPALIVE
@@ -216,12 +220,13 @@ class Liveness:
             return
         report = self._report(now)
         self._last_report = now
+        self._sending_to = leader
         self._sending = asyncio.create_task(self._send(leader, report), name="liveness-report")
 
     async def _send(self, leader: str, report: LivenessReport) -> None:
         try:
             reply = await self.server.rpc.call(
-                REPORT_METHOD, report, LivenessReply, addr=leader, timeout=10.0
+                REPORT_METHOD, report, LivenessReply, addr=leader, timeout=5.0
             )
         except RPCError as e:
             log.debug("liveness report to %s: %s", leader, e)
@@ -272,7 +277,7 @@ class Liveness:
         waiters, self._waiters = self._waiters, []
         store = self.server.store
         with store.lock:
-            updates = [u for u in updates if status_differs(store, u)]
+            updates = [u for u in updates if status_differs(store, u) and _valid(u)]
             gone = [n for n in gone if n in store.nodes]
         try:
             if updates or gone:
@@ -298,6 +303,16 @@ class Liveness:
         for w in waiters:
             if not w.done():
                 w.set_exception(err)
+
+
+def _valid(op: NodeStatus) -> bool:
+    """One node the rules refuse is left out: it must not keep the whole batch out of Raft."""
+    try:
+        validate.validate(op)
+    except validate.ValidationError as e:
+        log.warning("liveness: not writing %s: %s", op.Node, e)
+        return False
+    return True
 
 
 def status_differs(store: Store, op: NodeStatus) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections import Counter
 
 import pytest
@@ -11,7 +12,15 @@ from meshd.liveness import FrameError, open_frame, placement, seal_frame
 from meshd.server.authority import CommandForbiddenError, Origin, admit
 from meshd.server.liveness import status_differs
 from meshd.server.store import CommandError, Store
-from meshd.structs import NodeStatus, NodeStatusBatch, Register
+from meshd.structs import (
+    SERF_CHECK_ID,
+    KVOp,
+    NodeStatus,
+    NodeStatusBatch,
+    Register,
+    Session,
+    SessionOp,
+)
 
 KEY, OTHER = os.urandom(32), os.urandom(32)
 
@@ -94,3 +103,24 @@ def test_a_batch_is_refused_from_an_agent_and_checked_node_by_node() -> None:
     with pytest.raises(CommandError, match="Node"):
         admit(NodeStatusBatch(Deregisters=["bad\nname"]), Origin.SERVER, s)
     assert s.index == 0 and not s.nodes
+
+
+def test_a_node_failed_in_a_batch_loses_its_sessions_and_locks() -> None:
+    s = Store()
+    index = 0
+
+    def apply(cmd: object) -> None:
+        nonlocal index
+        index += 1
+        assert not isinstance(s.apply(cmd, index), CommandError)  # type: ignore[arg-type]
+
+    sids = {}
+    for node in ("n1", "n2"):
+        apply(NodeStatus(Node=node, Address="10.0.0.1", Status="passing"))
+        sids[node] = str(uuid.uuid4())
+        session = Session(ID=sids[node], Node=node, NodeChecks=[SERF_CHECK_ID])
+        apply(SessionOp(Op="create", Session=session))
+        apply(KVOp(Verb="lock", Key=f"lock/{node}", Value=b"v", Session=sids[node]))
+    apply(NodeStatusBatch(Updates=[NodeStatus(Node="n1", Address="10.0.0.1", Status="critical")]))
+    assert sids["n1"] not in s.sessions.sessions and s.kv["lock/n1"].Session == ""
+    assert sids["n2"] in s.sessions.sessions and s.kv["lock/n2"].Session == sids["n2"]
