@@ -70,8 +70,9 @@ class HeartbeatLink:
             raise RPCError("no servers known to this agent")
         addr = order[0]
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=4, ssl=self.rpc.ssl or False)
+            self._session = aiohttp.ClientSession(  # a server cut off must not hold us up
+                connector=aiohttp.TCPConnector(limit=4, ssl=self.rpc.ssl or False),
+                timeout=aiohttp.ClientTimeout(total=None, connect=REPLY_TIMEOUT),
             )
         header = sign(self.rpc.key, LIVENESS_PATH, b"")
         scheme = "wss" if self.rpc.ssl else "ws"
