@@ -61,7 +61,7 @@ class Liveness:
         self._sending_to = ""
         self._window_start = 0.0
         self._waiters: list[asyncio.Future[None]] = []
-        self.attached_sockets = 0
+        self._sockets: set[web.WebSocketResponse] = set()
 
     # ---- heartbeats -------------------------------------------------------------------
 
@@ -95,27 +95,36 @@ class Liveness:
         conn = conn_id(request.headers.get(AUTH_HEADER, ""))
         ws = web.WebSocketResponse(max_msg_size=MAX_FRAME)
         await ws.prepare(request)
-        self.attached_sockets += 1
-        last = 0
+        self._sockets.add(ws)
         try:
-            async for msg in ws:
-                if msg.type != WSMsgType.BINARY:
-                    break
-                keys = self.server.rpc_keys()
-                try:
-                    last, body, key = open_frame(keys, conn, last, msg.data)
-                    hb = msgspec.msgpack.decode(body, type=Heartbeat)
-                except (FrameError, msgspec.DecodeError) as e:
-                    await ws.close(code=1008, message=str(e)[:120].encode())
-                    break
-                try:
-                    reply: dict[str, Any] = self.beat(hb)
-                except (CommandError, RaftError) as e:
-                    reply = {"Error": str(e)}
-                await ws.send_bytes(seal_frame(key, conn, last, encoder.encode(reply)))
+            await self._serve_frames(ws, conn)
         finally:
-            self.attached_sockets -= 1
+            self._sockets.discard(ws)
         return ws
+
+    async def _serve_frames(self, ws: web.WebSocketResponse, conn: str) -> None:
+        last = 0
+        async for msg in ws:
+            if msg.type != WSMsgType.BINARY:
+                break
+            keys = self.server.rpc_keys()
+            try:
+                last, body, key = open_frame(keys, conn, last, msg.data)
+                hb = msgspec.msgpack.decode(body, type=Heartbeat)
+            except (FrameError, msgspec.DecodeError) as e:
+                await ws.close(code=1008, message=str(e)[:120].encode())
+                break
+            try:
+                reply: dict[str, Any] = self.beat(hb)
+            except (CommandError, RaftError) as e:
+                reply = {"Error": str(e)}
+            await ws.send_bytes(seal_frame(key, conn, last, encoder.encode(reply)))
+
+    async def close_sockets(self, app: web.Application | None = None) -> None:
+        """On shutdown: "going away", so agents move to another server at once instead of the
+        listener waiting out its grace period for connections that never end."""
+        for ws in list(self._sockets):
+            await ws.close(code=1001, message=b"server shutting down")
 
     # ---- the loop: judge, report, and (on the leader) batch ---------------------------
 

@@ -89,13 +89,14 @@ class LeaderView:
         """Take `server`'s word on a node, or refuse it (the node belongs elsewhere)."""
         cur = self.claims.get(s.Node)
         seen_at = now - s.Ago
-        if cur is not None and cur.server not in (server, UNOWNED):
-            fresher = s.Status in (ALIVE, LEFT) and (
-                seen_at >= cur.seen_at or cur.summary.Status != ALIVE
-            )
-            if not fresher:
-                return False
-            self.forget.setdefault(cur.server, set()).add(s.Node)
+        if cur is not None and cur.server != server:
+            if s.Status in (ALIVE, LEFT):
+                if cur.server != UNOWNED and cur.summary.Status == ALIVE and seen_at < cur.seen_at:
+                    return False  # its owner heard from it more recently
+            elif cur.summary.Status == ALIVE or cur.server != UNOWNED:
+                return False  # only its owner fails it; an unowned one fails when its grace ends
+            if cur.server != UNOWNED:
+                self.forget.setdefault(cur.server, set()).add(s.Node)
         if cur is not None and cur.summary.Status == LEFT and s.Status == FAILED:
             return True  # a node that was made to leave is not brought back as failed
         if s.Status == REAPED:

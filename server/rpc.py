@@ -150,6 +150,7 @@ def make_rpc_app(server: Server) -> web.Application:
     app.router.add_post("/rpc/write", write)
     app.router.add_post("/rpc/heartbeat", heartbeat)
     app.router.add_get(LIVENESS_PATH, server.liveness.serve_socket)
+    app.on_shutdown.append(server.liveness.close_sockets)
     app.router.add_post(f"/rpc/{REPORT_METHOD}", liveness_report)
     app.router.add_post("/rpc/members", members)
     app.router.add_post("/rpc/session_renew", session_renew)

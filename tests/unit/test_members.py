@@ -166,3 +166,18 @@ def test_server_status_carries_its_rpc_port_and_coordinates_pass_once() -> None:
     assert status.Node == "s9" and status.ServerPort == 8300
     assert [(u.Node, u.Coord) for u in f.view.take_coordinates()] == [("s1", coord)]
     assert f.members["s1"].pending_coordinates() == []  # unchanged since: nothing to send
+
+
+def test_a_stale_failed_word_does_not_fail_a_node_a_new_leader_is_waiting_for() -> None:
+    """After a leader change, the server a node left says "failed" before the server it moved
+    to says "alive": the node keeps its grace period and nothing is written."""
+    f = Fleet("s1", "s2", "s3")
+    f.view.take_office([("n", "10.0.0.4", True, 0)], now=100)
+    f.members["s2"].heartbeat(hb("n"), now=90)  # it left s2 long ago ...
+    f.members["s3"].heartbeat(hb("n"), now=100.5)  # ... and beats to s3
+    f.members["s2"].tick(100)
+    assert f.members["s2"].nodes["n"].status == FAILED
+    assert f.step(101, silent=("s3",)) == []  # s2's word comes first: refused
+    assert "n" not in f.members["s2"].nodes
+    assert f.step(101.5) == [("n", "passing")]  # the store already says so: filtered out
+    assert f.view.claims["n"].server == "s3"
