@@ -186,3 +186,33 @@ def test_a_new_leader_rewrites_nothing_and_the_old_leaders_agents_stay_alive(net
         assert all(watch.seen[n] == {"passing"} for n in watch.nodes), watch.seen
     finally:
         c.close()
+
+
+def test_a_cut_off_server_loses_its_agents_without_failing_them(network_factory):
+    """Unplugged, the server answers nothing (no reset): its agents time out and move; when it
+    comes back, its stale word that they failed is refused."""
+    net = network_factory(6)
+    c = _cluster(net, 3)
+    try:
+        leader = c.leader_node()
+        wait(lambda: len(_serf(leader)) == 6, 30, c.logs())
+        victim = next(s for s in c.servers if s is not leader)
+        moved = [n for n, s in _attached(leader).items() if s == victim.name and n[0] == "c"]
+        assert moved
+        others = {s.name for s in c.servers if s is not victim}
+        with Watch(c, [cl.name for cl in c.clients]) as watch:
+            victim.host.link_down()
+            try:
+                wait(
+                    lambda: all(_attached(leader).get(n) in others for n in moved),
+                    20,
+                    f"{moved} did not re-attach:\n{c.logs()}",
+                )
+                time.sleep(FAILURE_TIMEOUT * 2)
+            finally:
+                victim.host.link_up()
+            wait(lambda: _serf(leader).get(victim.name) == "passing", 30, "server back")
+            time.sleep(FAILURE_TIMEOUT * 2)  # its reports reach the leader again
+        assert all(watch.seen[n] == {"passing"} for n in watch.nodes), watch.seen
+    finally:
+        c.close()
