@@ -6,7 +6,10 @@ transport every beat used before issue 13; pooled keep-alive connections, HMAC-s
 one WebSocket per node (`meshd.agent.liveness_client.HeartbeatLink`, what client agents use now).
 Prints the server's CPU per beat for each, and this process's (the senders'). Not a test.
 
-    python benchmarks/heartbeats.py [--nodes 1000] [--rounds 10] [--inflight 64]
+Then a steady fleet: `--steady` nodes (a third of 10,000 by default) beating once a second
+over sockets for `--seconds`, and the server's CPU (cores) and heartbeat round-trip p99.
+
+    python benchmarks/heartbeats.py [--nodes 1000] [--rounds 10] [--inflight 64] [--steady 3334]
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from _common import (
     fmt,
     install_sigterm_as_interrupt,
     machine_summary,
+    percentile,
     result_line,
     self_cpu_seconds,
     table,
@@ -91,6 +95,37 @@ async def measure(
     }
 
 
+async def steady(
+    server_pid: int, nodes: int, seconds: float, send: Callable[[int], Awaitable[Any]]
+) -> dict[str, float]:
+    """Every node beats once a second (phases spread over the second), as a fleet does."""
+    await run_rounds(nodes, 1, 64, send)  # connect them all first
+    await asyncio.sleep(1.0)
+    loop = asyncio.get_running_loop()
+    rtts: list[float] = []
+    meter = CpuMeter(server_pid).start()
+    stop = loop.time() + seconds
+
+    async def node(i: int) -> None:
+        await asyncio.sleep(i / nodes)
+        due = loop.time()
+        while loop.time() < stop:
+            t0 = loop.time()
+            await send(i)
+            rtts.append(loop.time() - t0)
+            due += 1.0
+            await asyncio.sleep(max(0.0, due - loop.time()))
+
+    await asyncio.gather(*(node(i) for i in range(nodes)))
+    meter.stop()
+    rtts.sort()
+    return {
+        "beats_per_s": len(rtts) / meter.wall,
+        "server_cores": meter.cores,
+        "p99_ms": percentile(rtts, 99) * 1000,
+    }
+
+
 async def main_async(args: argparse.Namespace) -> None:
     key = base64.b64encode(os.urandom(32)).decode()
     with MeshdAgent(mode="data-dir", node="hb-server", dns=False, extra=[f"-encrypt={key}"]) as srv:
@@ -116,6 +151,15 @@ async def main_async(args: argparse.Namespace) -> None:
             )
             for link in links:
                 await link.close()
+            fleet = [beat(i) for i in range(args.steady)]
+            fleet_links = [HeartbeatLink(rpc, b.Node) for b in fleet]
+
+            async def fleet_beat(i: int) -> Any:
+                return await fleet_links[i].beat(fleet[i])
+
+            held = await steady(srv.pid, args.steady, args.seconds, fleet_beat)
+            for link in fleet_links:
+                await link.close()
         finally:
             await rpc.close()
     rows = [
@@ -139,6 +183,12 @@ async def main_async(args: argparse.Namespace) -> None:
     )
     before, now = results.values()
     print(f"server CPU per beat, now / before: {now['server_us'] / before['server_us']:.2f}")
+    print(
+        f"steady fleet on one server over sockets: {args.steady} nodes at 1 beat/s for "
+        f"{args.seconds:.0f} s: {held['beats_per_s']:,.0f} beats/s, server "
+        f"{held['server_cores']:.3f} cores, heartbeat round trip p99 {held['p99_ms']:.1f} ms"
+    )
+    print(result_line("heartbeats_steady", {"nodes": args.steady, **held}))
     for name, r in results.items():
         print(result_line("heartbeats", {"transport": name.split()[0].lower(), **r}))
 
@@ -148,6 +198,8 @@ def main() -> None:
     p.add_argument("--nodes", type=int, default=1000)
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--inflight", type=int, default=64)
+    p.add_argument("--steady", type=int, default=3334, help="fleet share of one server (10k/3)")
+    p.add_argument("--seconds", type=float, default=10.0)
     install_sigterm_as_interrupt()
     asyncio.run(main_async(p.parse_args()))
 
