@@ -179,6 +179,9 @@ class Liveness:
         s = self.server.s
         self.view = LeaderView(s.node_name, s.failure_timeout, s.reap_after)
         self.view.take_office(catalog, now)
+        for name, addr, passing, port in catalog:  # autopilot judges servers by our timers
+            if port:
+                self.members.adopt_server(name, f"{addr}:{port}", passing, now)
         self._full = True
         log.info("liveness: took office with %d nodes in the catalog", len(catalog))
 

@@ -87,6 +87,16 @@ class Membership:
             st.alive_since = time.time()
         return st
 
+    def adopt_server(self, name: str, rpc_addr: str, alive: bool, now: float) -> None:
+        """On taking office: a server in the catalog that has not beat to us yet. Alive ones get
+        a full grace period; failed ones stay failed (autopilot may clean them up)."""
+        if name in self.nodes:
+            return
+        addr = rpc_addr.rsplit(":", 1)[0]
+        st = self.nodes[name] = NodeState(name, addr, "", "consul", rpc_addr, last_seen=now)
+        if not alive:
+            st.status, st.failed_at = FAILED, now
+
     def tick(self, now: float | None = None) -> None:
         """Judge the silent: failed after `failure_timeout`; failed and left nodes are
         forgotten after `reap_after`."""

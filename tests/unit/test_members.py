@@ -181,3 +181,16 @@ def test_a_stale_failed_word_does_not_fail_a_node_a_new_leader_is_waiting_for() 
     assert "n" not in f.members["s2"].nodes
     assert f.step(101.5) == [("n", "passing")]  # the store already says so: filtered out
     assert f.view.claims["n"].server == "s3"
+
+
+def test_a_new_leader_times_the_servers_of_the_catalog_itself() -> None:
+    """Autopilot judges servers by the leader's own timers: a server that never beats to the
+    new leader fails after its grace period, one already failed stays failed."""
+    m = Membership(TIMEOUT, 100)
+    m.adopt_server("s2", "10.0.0.2:8300", alive=True, now=10)
+    m.adopt_server("s3", "10.0.0.3:8300", alive=False, now=10)
+    m.tick(14)
+    assert (m.nodes["s2"].status, m.nodes["s3"].status) == (ALIVE, FAILED)
+    assert m.nodes["s2"].rpc_addr == "10.0.0.2:8300" and m.nodes["s2"].role == "consul"
+    m.tick(16)
+    assert m.nodes["s2"].status == FAILED
