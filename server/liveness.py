@@ -46,6 +46,7 @@ TICK = 0.05  # how often the batch window is checked
 WINDOW = 0.15  # transitions arriving within this much of the first go in one Raft entry
 REPORT_EVERY = 0.2  # how often a server judges its nodes and reports what changed
 KEEPALIVE = 1.0  # a server with nothing to say still reports this often (the leader's clock)
+MAX_BATCH = 2000  # nodes per Raft entry: 10,000 nodes starting at once make 5 entries, not one
 
 
 class Liveness:
@@ -190,7 +191,7 @@ class Liveness:
             return
         self.view = None
         self.members.drop_role("consul")  # servers' agents beat to the leader
-        self._fail_waiters(RaftError("leadership lost"))
+        self._settle(self._take_waiters(), RaftError("leadership lost"))
         self._full = True
 
     def _report(self, now: float) -> LivenessReport:
@@ -277,8 +278,8 @@ class Liveness:
         view = self.view
         if view is None or not view.pending:
             self._window_start = 0.0
-            if self._waiters:  # nothing to write for them: what they brought is in the store
-                self._resolve(None)
+            # nothing (more) to write for them: what they brought is in the store
+            self._settle(self._take_waiters(), None)
             return
         if not self._window_start:
             self._window_start = now
@@ -286,34 +287,35 @@ class Liveness:
             return
         self._window_start = 0.0
         updates, gone = view.take_batch()
-        waiters, self._waiters = self._waiters, []
+        waiters = self._take_waiters()
         store = self.server.store
         with store.lock:
             updates = [u for u in updates if status_differs(store, u) and _valid(u)]
             gone = [n for n in gone if n in store.nodes]
         try:
-            if updates or gone:
-                await self.server.write(NodeStatusBatch(Updates=updates, Deregisters=gone))
+            for i in range(0, max(len(updates), len(gone)), MAX_BATCH):
+                batch = NodeStatusBatch(
+                    Updates=updates[i : i + MAX_BATCH], Deregisters=gone[i : i + MAX_BATCH]
+                )
+                await self.server.write(batch)
         except (RaftError, CommandError) as e:
             view.full_from.clear()  # everyone sends everything again: nothing is lost
-            for w in waiters:
-                if not w.done():
-                    w.set_exception(RaftError(f"liveness batch not committed: {e}"))
+            self._settle(waiters, RaftError(f"liveness batch not committed: {e}"))
             raise
-        for w in waiters:
-            if not w.done():
-                w.set_result(None)
+        self._settle(waiters, None)
 
-    def _resolve(self, _: None) -> None:
+    def _take_waiters(self) -> list[asyncio.Future[None]]:
         waiters, self._waiters = self._waiters, []
-        for w in waiters:
-            if not w.done():
-                w.set_result(None)
+        return waiters
 
-    def _fail_waiters(self, err: Exception) -> None:
-        waiters, self._waiters = self._waiters, []
+    @staticmethod
+    def _settle(waiters: list[asyncio.Future[None]], err: Exception | None) -> None:
         for w in waiters:
-            if not w.done():
+            if w.done():
+                continue
+            if err is None:
+                w.set_result(None)
+            else:
                 w.set_exception(err)
 
 
