@@ -248,10 +248,10 @@ class Agent:
                 ssl_context=ssl_client,
                 server_name=server_name,
             )
-            self.backend = RemoteBackend(
+            remote = self.backend = RemoteBackend(
                 self.rpc, Limits.from_config(cfg.limits), cfg.acl.tokens.agent
             )
-            self.link = HeartbeatLink(self.rpc, cfg.node_name)
+            self.link = HeartbeatLink(self.rpc, cfg.node_name, lambda: remote.current)
         self.cache = WatchCache(self.backend)
         self.acl = TokenResolver(cfg.acl, self.backend)
         if self.server is None:

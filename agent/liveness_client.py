@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -28,9 +29,14 @@ PENALTY = 10.0
 
 
 class HeartbeatLink:
-    def __init__(self, rpc: RPCClient, node: str) -> None:
-        self.rpc = rpc  # its server list, key, TLS settings: shared with the agent's RPC
+    def __init__(
+        self, rpc: RPCClient, node: str, servers: Callable[[], list[str]] | None = None
+    ) -> None:
+        self.rpc = rpc  # its key and TLS settings: shared with the agent's RPC
         self.node = node
+        # the servers to place on: their own RPC addresses once known (the join addresses may
+        # name the same servers again, by host name, which would skew placement and failover)
+        self.servers = servers or (lambda: rpc.servers)
         self.server = ""  # the server this agent is attached to now
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -41,14 +47,14 @@ class HeartbeatLink:
     def order(self, now: float | None = None) -> list[str]:
         """The servers to try: placement order, penalised ones last."""
         now = time.monotonic() if now is None else now
-        ranked = placement(self.node, self.rpc.servers)
+        ranked = placement(self.node, self.servers() or self.rpc.servers)
         ok = [s for s in ranked if self._penalised.get(s, 0.0) <= now]
         return ok + [s for s in ranked if s not in ok]
 
     async def beat(self, hb: Heartbeat) -> Any:
         """Send one heartbeat; its reply. Fails over across every server before it gives up."""
         errors = []
-        for _ in range(max(len(self.rpc.servers), 1)):
+        for _ in range(max(len(self.servers() or self.rpc.servers), 1)):
             try:
                 if self._ws is None or self._ws.closed:
                     await self._connect()
