@@ -57,7 +57,8 @@ class HeartbeatLink:
         for _ in range(max(len(self.servers() or self.rpc.servers), 1)):
             try:
                 if self._ws is None or self._ws.closed:
-                    await self._connect()
+                    # bounded as a whole: a paused server accepts TCP but never upgrades
+                    await asyncio.wait_for(self._connect(), REPLY_TIMEOUT)
                 return await self._exchange(hb)
             except (RPCError, FrameError, TimeoutError, aiohttp.ClientError, OSError) as e:
                 errors.append(f"{self.server or 'no server'}: {e or type(e).__name__}")

@@ -14,7 +14,14 @@ import pytest
 from test_rpc_authority import KEY, Cluster, cluster  # noqa: F401 (the fixture)
 
 from meshd.agent.liveness_client import HeartbeatLink
-from meshd.liveness import LIVENESS_PATH, REPORT_METHOD, LivenessReport, MemberSummary, seal_frame
+from meshd.liveness import (
+    LIVENESS_PATH,
+    REPORT_METHOD,
+    LivenessReport,
+    MemberSummary,
+    placement,
+    seal_frame,
+)
 from meshd.rpc import AUTH_HEADER, Heartbeat, encoder, sign
 from meshd.rpc_client import RPCClient, RPCError
 
@@ -98,3 +105,25 @@ async def test_a_report_from_a_server_outside_raft_is_refused(cluster: Cluster) 
     status, body = await cluster.post(f"/rpc/{REPORT_METHOD}", report)
     assert status == 403 and b"Raft peers only" in body
     assert "victim" not in cluster.server.store.nodes
+
+
+async def test_a_server_that_accepts_but_never_answers_is_skipped(
+    cluster: Cluster,  # noqa: F811
+) -> None:
+    """A paused server still accepts TCP (its listen backlog): the beat moves on to the next
+    server instead of waiting on it, and the silent one is not tried first again."""
+    silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    silent_addr = f"127.0.0.1:{silent.sockets[0].getsockname()[1]}"
+    servers = [silent_addr, _addr(cluster)]
+    node = next(f"n{i}" for i in range(1000) if placement(f"n{i}", servers)[0] == silent_addr)
+    rpc = RPCClient(servers, KEY)
+    link = HeartbeatLink(rpc, node)
+    try:
+        reply = await link.beat(Heartbeat(Node=node, Address="10.0.0.7", Datacenter="dc1"))
+        assert reply["Node"] == "s1" and link.server == _addr(cluster)
+        assert link.order()[0] == _addr(cluster)
+        assert node in cluster.server.members.nodes
+    finally:
+        await link.close()
+        await rpc.close()
+        silent.close()
