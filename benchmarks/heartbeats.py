@@ -6,8 +6,9 @@ transport every beat used before issue 13; pooled keep-alive connections, HMAC-s
 one WebSocket per node (`meshd.agent.liveness_client.HeartbeatLink`, what client agents use now).
 Prints the server's CPU per beat for each, and this process's (the senders'). Not a test.
 
-Then a steady fleet: `--steady` nodes (a third of 10,000 by default) beating once a second
-over sockets for `--seconds`, and the server's CPU (cores) and heartbeat round-trip p99.
+Then a fleet: `--steady` new nodes (a third of 10,000 by default) arriving at once (how long
+until all are `serfHealth` passing), then beating once a second over sockets for `--seconds`:
+the server's CPU (cores) and the heartbeat round-trip p99.
 
     python benchmarks/heartbeats.py [--nodes 1000] [--rounds 10] [--inflight 64] [--steady 3334]
 """
@@ -27,9 +28,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
+    BenchError,
     CpuMeter,
     MeshdAgent,
     fmt,
+    http,
     install_sigterm_as_interrupt,
     machine_summary,
     percentile,
@@ -45,9 +48,9 @@ from meshd.rpc_client import RPCClient
 COORD = {"Vec": [0.001] * 8, "Error": 0.4, "Adjustment": 0.0, "Height": 1e-5}
 
 
-def beat(i: int) -> Heartbeat:
+def beat(i: int, prefix: str = "sim") -> Heartbeat:
     return Heartbeat(
-        Node=f"sim-{i}",
+        Node=f"{prefix}-{i}",
         Address=f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}",
         Datacenter="dc1",
         Coord=COORD,
@@ -95,13 +98,26 @@ async def measure(
     }
 
 
+def passing(http_port: int, prefix: str) -> int:
+    checks = http("GET", http_port, "/v1/health/state/passing")
+    return sum(1 for c in checks if c["CheckID"] == "serfHealth" and c["Node"].startswith(prefix))
+
+
 async def steady(
-    server_pid: int, nodes: int, seconds: float, send: Callable[[int], Awaitable[Any]]
+    srv: MeshdAgent, nodes: int, seconds: float, send: Callable[[int], Awaitable[Any]]
 ) -> dict[str, float]:
-    """Every node beats once a second (phases spread over the second), as a fleet does."""
-    await run_rounds(nodes, 1, 64, send)  # connect them all first
-    await asyncio.sleep(1.0)
+    """The fleet arrives at once (how long until every node is `serfHealth` passing), then
+    every node beats once a second (phases spread over the second), as a fleet does."""
     loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await run_rounds(nodes, 1, 64, send)
+    while await asyncio.to_thread(passing, srv.http_port, "fleet-") < nodes:
+        if loop.time() - t0 > 120:
+            raise BenchError("the fleet's nodes did not all turn passing within 120 s")
+        await asyncio.sleep(0.05)
+    arrival = loop.time() - t0
+    await asyncio.sleep(1.0)
+    server_pid = srv.pid
     rtts: list[float] = []
     meter = CpuMeter(server_pid).start()
     stop = loop.time() + seconds
@@ -120,6 +136,7 @@ async def steady(
     meter.stop()
     rtts.sort()
     return {
+        "arrival_s": arrival,
         "beats_per_s": len(rtts) / meter.wall,
         "server_cores": meter.cores,
         "p99_ms": percentile(rtts, 99) * 1000,
@@ -151,13 +168,13 @@ async def main_async(args: argparse.Namespace) -> None:
             )
             for link in links:
                 await link.close()
-            fleet = [beat(i) for i in range(args.steady)]
+            fleet = [beat(i, "fleet") for i in range(args.steady)]
             fleet_links = [HeartbeatLink(rpc, b.Node) for b in fleet]
 
             async def fleet_beat(i: int) -> Any:
                 return await fleet_links[i].beat(fleet[i])
 
-            held = await steady(srv.pid, args.steady, args.seconds, fleet_beat)
+            held = await steady(srv, args.steady, args.seconds, fleet_beat)
             for link in fleet_links:
                 await link.close()
         finally:
@@ -183,6 +200,10 @@ async def main_async(args: argparse.Namespace) -> None:
     )
     before, now = results.values()
     print(f"server CPU per beat, now / before: {now['server_us'] / before['server_us']:.2f}")
+    print(
+        f"{args.steady} new nodes at once: all serfHealth passing after "
+        f"{held['arrival_s']:.2f} s (their first beats included)"
+    )
     print(
         f"steady fleet on one server over sockets: {args.steady} nodes at 1 beat/s for "
         f"{args.seconds:.0f} s: {held['beats_per_s']:,.0f} beats/s, server "
