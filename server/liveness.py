@@ -241,9 +241,13 @@ class Liveness:
             reply = await self.server.rpc.call(
                 REPORT_METHOD, report, LivenessReply, addr=leader, timeout=5.0
             )
+        except asyncio.CancelledError:  # the leader changed: the next report is a full one
+            self.members.unreport(report.Members)
+            raise
         except RPCError as e:
             log.debug("liveness report to %s: %s", leader, e)
             self._full, self._reported_to = True, ""
+            self.members.unreport(report.Members)
             return
         self._reported_to = leader
         self._full = self._full or reply.NeedFull

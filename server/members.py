@@ -120,6 +120,11 @@ class Membership:
         self._reaped.clear()
         return out
 
+    def unreport(self, summaries: list[MemberSummary]) -> None:
+        """A report that did not reach the leader: forgotten nodes are told again (the next
+        report is a full one, which covers every node still here)."""
+        self._reaped.update(s.Node for s in summaries if s.Status == REAPED)
+
     def has_changes(self) -> bool:
         return bool(self._reaped) or any(st.dirty for st in self.nodes.values())
 

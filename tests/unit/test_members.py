@@ -3,7 +3,7 @@ feeding the leader's view (`LeaderView`), whose pending writes are what Raft wou
 
 from __future__ import annotations
 
-from meshd.liveness import LivenessReport
+from meshd.liveness import REAPED, LivenessReport
 from meshd.rpc import Heartbeat
 from meshd.server.liveness_view import LeaderView
 from meshd.server.members import ALIVE, FAILED, LEFT, Membership
@@ -194,3 +194,15 @@ def test_a_new_leader_times_the_servers_of_the_catalog_itself() -> None:
     assert m.nodes["s2"].rpc_addr == "10.0.0.2:8300" and m.nodes["s2"].role == "consul"
     m.tick(16)
     assert m.nodes["s2"].status == FAILED
+
+
+def test_a_forgotten_node_is_told_again_when_the_report_is_lost() -> None:
+    m = Membership(TIMEOUT, reap_after=10)
+    m.heartbeat(hb("r"), now=0)
+    m.tick(6)  # failed
+    m.tick(17)  # forgotten
+    lost = m.changes(17)
+    assert [(s.Node, s.Status) for s in lost] == [("r", REAPED)]
+    assert m.changes(18) == []
+    m.unreport(lost)
+    assert [(s.Node, s.Status) for s in m.changes(19)] == [("r", REAPED)]
