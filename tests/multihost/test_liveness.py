@@ -34,11 +34,20 @@ def _spread_names(servers: list[Node], per_server: int) -> list[str]:
     return names
 
 
-def _cluster(net: Any, n_clients: int) -> Cluster:
-    """Three servers; clients named so that each server is some client's first choice."""
+def _names_on(target: Any, server_hosts: list[Any], n: int) -> list[str]:
+    """`n` client names the placement puts on the server of host `target` first."""
+    rpc = [f"{h.addr}:8300" for h in server_hosts]
+    mine = f"{target.addr}:8300"
+    ours = (f"r{i}" for i in range(10_000) if placement(f"r{i}", rpc)[0] == mine)
+    return [next(ours) for _ in range(n)]
+
+
+def _cluster(net: Any, n_clients: int, names: list[str] | None = None) -> Cluster:
+    """Three servers; clients named so that each server is some client's first choice (or as
+    given)."""
     c = Cluster(net, n_servers=3)
     joins = [f"-retry-join={s.host.addr}" for s in c.servers]
-    names = _spread_names(c.servers, (n_clients + 2) // 3)[:n_clients]
+    names = names or _spread_names(c.servers, (n_clients + 2) // 3)[:n_clients]
     hosts = net.hosts[3 : 3 + n_clients]
     c.clients = [c._node(h, name, list(joins)) for h, name in zip(hosts, names, strict=True)]
     return c.start()
@@ -214,5 +223,42 @@ def test_a_cut_off_server_loses_its_agents_without_failing_them(network_factory)
             wait(lambda: _serf(leader).get(victim.name) == "passing", 30, "server back")
             time.sleep(FAILURE_TIMEOUT * 2)  # its reports reach the leader again
         assert all(watch.seen[n] == {"passing"} for n in watch.nodes), watch.seen
+    finally:
+        c.close()
+
+
+def test_a_server_dying_with_its_agents_fails_them_in_one_entry(network_factory):
+    """A rack goes: a server and the five agents attached to it die together. The server is
+    failed by the leader's own timer; its agents, silent everywhere, after their grace period,
+    all at once: one Raft entry carrying the five."""
+    net = network_factory(8)
+    c = _cluster(net, 5, _names_on(net.hosts[2], net.hosts[:3], 5))
+    rack = c.servers[2]
+    try:
+        leader = c.leader_node()
+        if leader.name == rack.name:  # the rack's server must be a follower
+            status, body, _ = leader.request("POST", "/v1/operator/raft/transfer-leader")
+            assert status == 200, body
+            leader = wait(lambda: (n := c.leader_node()).name != rack.name and n, 20, "leader")
+        wait(lambda: len(_serf(leader)) == 8, 30, c.logs())
+        wait(lambda: set(_attached(leader).values()) >= {rack.name}, 20, c.logs())
+        assert {_attached(leader)[cl.name] for cl in c.clients} == {rack.name}
+        killers = [threading.Thread(target=n.kill) for n in [rack, *c.clients]]
+        for t in killers:
+            t.start()
+        for t in killers:
+            t.join()
+        wait(lambda: _serf(leader).get(rack.name) == "critical", 20, "dead server")
+        time.sleep(0.5)
+        batches = _counter(leader, "meshd.liveness.batches")
+        batched = _counter(leader, "meshd.liveness.batch.nodes")
+        assert all(_serf(leader)[cl.name] == "passing" for cl in c.clients)  # grace period
+        wait(
+            lambda: all(_serf(leader)[cl.name] == "critical" for cl in c.clients),
+            2 * FAILURE_TIMEOUT + 3,
+            "agents silent everywhere were not failed",
+        )
+        assert _counter(leader, "meshd.liveness.batch.nodes") - batched == 5
+        assert _counter(leader, "meshd.liveness.batches") - batches == 1
     finally:
         c.close()
