@@ -400,7 +400,10 @@ class Server:
             self.known[hb.RaftAddr] = hb.RPCAddr
         if hb.Role == "consul" and not raft.is_leader:
             return await self._forward_heartbeat(raft, hb)
-        return self.liveness.beat(hb)
+        reply = self.liveness.beat(hb)
+        if hb.Leaving:
+            await self.liveness.report_now()
+        return reply
 
     async def _forward_heartbeat(self, raft: RaftNode, hb: Heartbeat) -> Any:
         """To the leader; with no leader known, through any other server. A server that

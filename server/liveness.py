@@ -90,6 +90,25 @@ class Liveness:
             reply["Keyring"] = {"Version": ring.version, "Sealed": keyring.seal(ring.keys)}
         return reply
 
+    async def report_now(self) -> None:
+        """A leave is answered once the leader knows it: whoever lists the members right after
+        the agent stopped sees it left, as when heartbeats went to the leader itself."""
+        raft = self.server.raft
+        if raft is None:
+            return
+        now = time.monotonic()
+        if raft.is_leader and self.view is not None:
+            self._receive(self._report(now), now)
+            return
+        for _ in range(2):  # one report may be in flight already, without this change
+            before = self._sending
+            self._maybe_send(now, force=True)
+            sending = self._sending
+            if sending is not None and not sending.done():
+                await _await_quietly(sending)
+            if sending is not before:
+                return
+
     async def serve_socket(self, request: web.Request) -> web.WebSocketResponse:
         """`GET /rpc/liveness`: one agent's heartbeats, a frame each, on one connection (the
         upgrade request passed the RPC authentication like any other request)."""
@@ -117,6 +136,8 @@ class Liveness:
                 break
             try:
                 reply: dict[str, Any] = self.beat(hb)
+                if hb.Leaving:
+                    await self.report_now()
             except (CommandError, RaftError) as e:
                 reply = {"Error": str(e)}
             await ws.send_bytes(seal_frame(key, conn, last, encoder.encode(reply)))
@@ -216,7 +237,7 @@ class Liveness:
             for name in self.view.forget.pop(self.server.s.node_name, ()):
                 self.members.forget(name)
 
-    def _maybe_send(self, now: float) -> None:
+    def _maybe_send(self, now: float, force: bool = False) -> None:
         try:
             leader = self.server.leader_rpc()
         except RaftError:
@@ -229,7 +250,7 @@ class Liveness:
         if leader != self._reported_to:
             self._full = True
         quiet = now - self._last_report < KEEPALIVE
-        if not self._full and quiet and not self.members.has_changes():
+        if not (self._full or force) and quiet and not self.members.has_changes():
             return
         report = self._report(now)
         self._last_report = now
@@ -321,6 +342,18 @@ class Liveness:
                 w.set_result(None)
             else:
                 w.set_exception(err)
+
+
+async def _await_quietly(task: asyncio.Task[None], timeout: float = 5.0) -> None:
+    """Wait for a report without owning it: its failure is its own (it marks the next report
+    full), and only our own cancellation propagates."""
+    try:
+        await asyncio.wait_for(asyncio.shield(task), timeout)
+    except asyncio.CancelledError:
+        if not task.cancelled():
+            raise
+    except Exception as e:  # TimeoutError, or a bug in the report, logged by it
+        log.debug("liveness: waiting for a report: %r", e)
 
 
 def _valid(op: NodeStatus) -> bool:

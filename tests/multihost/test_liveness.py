@@ -223,6 +223,12 @@ def test_a_cut_off_server_loses_its_agents_without_failing_them(network_factory)
             wait(lambda: _serf(leader).get(victim.name) == "passing", 30, "server back")
             time.sleep(FAILURE_TIMEOUT * 2)  # its reports reach the leader again
         assert all(watch.seen[n] == {"passing"} for n in watch.nodes), watch.seen
+
+        # a client attached to a follower leaves: once its leave returns, the leader lists it
+        owners = _attached(leader)
+        leaver = next(cl for cl in c.clients if owners[cl.name] != leader.name)
+        assert leaver.put("/v1/agent/leave")[0] == 200
+        assert _members(leader)[leaver.name]["Status"] == 3
     finally:
         c.close()
 
