@@ -50,6 +50,9 @@ MAX_BATCH = 2000  # nodes per Raft entry: 10,000 nodes starting at once make 5 e
 
 
 class Liveness:
+    """One per server: its agents' timers, its reports, and, while it leads, the view and the
+    batches. Runs on the server's event loop; the store is only read here, under its lock."""
+
     def __init__(self, server: Server) -> None:
         self.server = server
         self.members = Membership(server.s.failure_timeout, server.s.reap_after)
