@@ -14,7 +14,7 @@ import os
 import ssl
 import time
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -38,6 +38,7 @@ from meshd.agent.events import EventReceiver
 from meshd.agent.http.guard import SHUTDOWN_GRACE, ConnectionLimits, GuardedSite, runner_options
 from meshd.agent.http.server import make_app
 from meshd.agent.keyring_client import AgentKeyring
+from meshd.agent.liveness_client import HeartbeatLink
 from meshd.agent.local import LocalState
 from meshd.agent.local_writes import LocalWrites
 from meshd.agent.mesh import MeshManager
@@ -51,7 +52,7 @@ from meshd.config import Config
 from meshd.fsutil import atomic_write, prepare_data_dir
 from meshd.metrics import Stats
 from meshd.rpc import Heartbeat
-from meshd.rpc_client import RPCClient
+from meshd.rpc_client import RPCClient, RPCError
 from meshd.server.cluster import Server, ServerSettings
 from meshd.server.raft import RaftError, reserve_port
 from meshd.server.rpc import make_rpc_app
@@ -164,6 +165,7 @@ class Agent(LocalWrites):
         self.server: Server | None = None
         self.telemetry: TelemetryCollector | None = None
         self.rpc: RPCClient | None = None
+        self.link: HeartbeatLink | None = None  # a client agent's heartbeat socket
         self.cache: WatchCache  # one cache of server watches: DNS, HTTP reads, the mesh
         self.view: StoreView | CacheView
         self.ae: AntiEntropy  # set in start(); stop() copes with a start that failed first
@@ -242,9 +244,10 @@ class Agent(LocalWrites):
                 ssl_context=ssl_client,
                 server_name=server_name,
             )
-            self.backend = RemoteBackend(
+            remote = self.backend = RemoteBackend(
                 self.rpc, Limits.from_config(cfg.limits), cfg.acl.tokens.agent
             )
+            self.link = HeartbeatLink(self.rpc, cfg.node_name, lambda: remote.current)
         self.cache = WatchCache(self.backend)
         self.acl = TokenResolver(cfg.acl, self.backend)
         if self.server is None:
@@ -349,6 +352,9 @@ class Agent(LocalWrites):
             st.gauges["catalog_services"] = lambda: len(server.store.by_name)
             st.gauges["raft_index"] = lambda: server.store.index
             st.counters["raft_commits"] = lambda: server.raft.commits if server.raft else 0
+            st.counters["liveness_batches"] = lambda: server.store.status_batches
+            st.counters["liveness_batch_nodes"] = lambda: server.store.status_batch_nodes
+            st.gauges["liveness_attached_nodes"] = lambda: len(server.members.nodes)
         register_consul_metrics(self)
 
     async def _restore_persisted(self) -> None:
@@ -389,7 +395,7 @@ class Agent(LocalWrites):
                 hb.KeyringVersion = self.keyring.version
                 hb.KeyFingerprints = self.keyring.fingerprints()
                 sent = time.monotonic()
-                reply = await self.backend.heartbeat(hb)
+                reply = await self._send_heartbeat(hb)
                 self.coordinate.observe(reply, time.monotonic() - sent)
                 self.stats.timer(HEARTBEAT_RTT).observe((time.monotonic() - sent) * 1000.0)
                 self.keyring.observe(reply, self.rpc)
@@ -397,9 +403,21 @@ class Agent(LocalWrites):
                 beats += 1
                 if isinstance(self.backend, RemoteBackend) and beats % 30 == 1:
                     await self.backend.refresh_servers()
+                    if self.link is not None:
+                        await self.link.rebalance()
             except Exception as e:
                 log.debug("heartbeat failed: %s", e)
             await asyncio.sleep(1.0 if self._heartbeat_ok.is_set() else 0.1)
+
+    async def _send_heartbeat(self, hb: Heartbeat) -> Any:
+        """Over the heartbeat socket (a client agent), else by request: in-process on a server
+        agent, and a client's fallback when no server takes the socket."""
+        if self.link is not None:
+            try:
+                return await self.link.beat(hb)
+            except RPCError as e:
+                log.debug("heartbeat socket: %s", e)
+        return await self.backend.heartbeat(hb)
 
     async def leave(self) -> None:
         """Graceful leave: the leader marks the node left and removes it from the catalog."""
@@ -410,7 +428,7 @@ class Agent(LocalWrites):
         for t in self._tasks:
             t.cancel()
         await self.ae.stop()
-        await self.backend.heartbeat(hb)
+        await self._send_heartbeat(hb)
         await self.backend.write(Deregister(Node=self.config.node_name))
 
     async def wait_ready(self, timeout: float = 10.0, sync: bool = True) -> None:
@@ -466,6 +484,8 @@ class Agent(LocalWrites):
         cache = getattr(self, "cache", None)
         if cache is not None:
             await cache.close()
+        if self.link is not None:
+            await self.link.close()
         if self.rpc:
             await self.rpc.close()
         await self.checks.close()

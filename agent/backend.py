@@ -143,11 +143,13 @@ class RemoteBackend:
         self.token = token
         self.limits = limits or Limits()
         self._joined = list(rpc.servers)
+        self.current: list[str] = []  # the servers' own RPC addresses, once a server said them
 
     async def refresh_servers(self) -> None:
         """Learn the current server set, so servers added later are used and failed over to."""
         info = await self.rpc.call("info", b"", ServerInfo)
         current = [rpc for raft, rpc in info.Known if raft in info.Peers]
+        self.current = current
         self.rpc.set_servers(current + [s for s in self._joined if s not in current])
 
     async def write(self, cmd: Command, token: str | None = None) -> Any:

@@ -66,7 +66,10 @@ async def members(agent: Agent) -> list[dict[str, Any]]:
     for m in await agent.backend.members():
         port = int(m.RPCAddr.rsplit(":", 1)[1]) if m.RPCAddr else cfg.ports.server
         dc = m.Datacenter or cfg.datacenter
-        out.append(_member_row(m.Name, m.Addr, port, m.Role, dc, m.Status))
+        row = _member_row(m.Name, m.Addr, port, m.Role, dc, m.Status)
+        if m.Server:  # meshd's own tag: the server that holds this node's liveness timer
+            row["Tags"]["liveness_server"] = m.Server
+        out.append(row)
     return out
 
 

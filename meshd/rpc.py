@@ -86,6 +86,7 @@ class Member(msgspec.Struct):
     Status: int  # 1 alive, 3 left, 4 failed (Consul's serf codes)
     Datacenter: str = ""
     RPCAddr: str = ""
+    Server: str = ""  # the server the node is attached to (its heartbeats and timer)
 
 
 class ServerInfo(msgspec.Struct):

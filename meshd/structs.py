@@ -215,6 +215,15 @@ class NodeStatus(msgspec.Struct, tag="node_status"):
     ServerPort: int = 0  # a server's RPC port: its node carries the `consul` service
 
 
+class NodeStatusBatch(msgspec.Struct, tag="node_status_batch"):
+    """Many nodes' liveness verdicts in one entry: the leader batches what its servers report
+    (`NodeStatus` stays for replaying older logs). `Deregisters`: nodes that left or were
+    reaped."""
+
+    Updates: list[NodeStatus] = []
+    Deregisters: list[str] = []
+
+
 class CASetRoots(msgspec.Struct, tag="ca_roots"):
     """The CA state: cluster id (trust domain), roots (msgpack of server.ca.CARoot), config."""
 
@@ -365,6 +374,7 @@ Command = (
     | ConfigEntryOp
     | IntentionOp
     | NodeStatus
+    | NodeStatusBatch
     | CASetRoots
     | EventFire
     | Txn

@@ -35,6 +35,7 @@ from meshd.structs import (
     KVOp,
     KVReap,
     NodeStatus,
+    NodeStatusBatch,
     PreparedQueryOp,
     Register,
     Restore,
@@ -44,7 +45,14 @@ from meshd.structs import (
     decode_command,
     encode_command,
 )
-from meshd.validate_catalog import deregister, kv, kv_reap, node_status, register
+from meshd.validate_catalog import (
+    deregister,
+    kv,
+    kv_reap,
+    node_status,
+    node_status_batch,
+    register,
+)
 from meshd.validate_fields import MAX_TEXT, Limits, ValidationError, name
 from meshd.validate_mesh import (
     autopilot_config,
@@ -109,6 +117,7 @@ RULES: dict[type[Any], Callable[[Any, Limits], None]] = {
     ConfigEntryOp: config_entry,
     IntentionOp: intention,
     NodeStatus: node_status,
+    NodeStatusBatch: node_status_batch,
     CASetRoots: ca_roots,
     EventFire: event_fire,
     Txn: txn,

@@ -12,6 +12,7 @@ from meshd.structs import (
     KVOp,
     NodeService,
     NodeStatus,
+    NodeStatusBatch,
     Register,
 )
 from meshd.validate_fields import (
@@ -155,6 +156,16 @@ def node_status(s: NodeStatus, limits: Limits) -> None:
         raise ValidationError(f"Status {s.Status!r} is not one of {', '.join(HEALTH_STATES)}")
     if not 0 <= s.ServerPort <= 65535:
         raise ValidationError(f"ServerPort {s.ServerPort} is out of range 0-65535")
+
+
+def node_status_batch(b: NodeStatusBatch, limits: Limits) -> None:
+    for i, s in enumerate(b.Updates):
+        try:
+            node_status(s, limits)
+        except ValidationError as e:
+            raise ValidationError(f"Updates[{i}]: {e}") from None
+    for n in b.Deregisters:
+        name(n, "Node")
 
 
 def kv_reap(cmd: Any, limits: Limits) -> None:

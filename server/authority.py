@@ -42,6 +42,7 @@ from meshd.structs import (
     KVOp,
     KVReap,
     NodeStatus,
+    NodeStatusBatch,
     PreparedQueryOp,
     Register,
     Restore,
@@ -74,6 +75,7 @@ ORIGINS: dict[type[Any], frozenset[Origin]] = {
     EventFire: _ANY,  # user events (`meshd event`)
     Txn: _ANY,  # /v1/txn; every op is checked by meshd.validate_session.txn
     NodeStatus: _SERVERS,  # liveness verdicts of the leader (serfHealth)
+    NodeStatusBatch: _SERVERS,  # the same, many nodes per entry
     CASetRoots: _SERVERS,  # CA roots and rotation: the CA key never comes from outside
     Restore: _SERVERS,  # replaces the whole state: only via a server's snapshot restore
     SessionOp: _ANY,  # a user's create / destroy

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshd import keyring, validate, validate_fields
+from meshd import keyring
 from meshd import queries as q
 from meshd.acl import PermissionDeniedError
 from meshd.acl.auth_model import ACLLogin, ACLLogout
@@ -47,7 +47,7 @@ from meshd.server.acl_authz import (
 )
 from meshd.server.authority import CommandForbiddenError, Origin, admit, check_command
 from meshd.server.ca import CAError
-from meshd.server.members import Membership
+from meshd.server.liveness import Liveness
 from meshd.server.operator import OperatorRequest
 from meshd.server.raft import RaftError, RaftNode, RaftSettings
 from meshd.server.reads import blocking_query
@@ -57,7 +57,6 @@ from meshd.server.sessions import SessionTimers, lock_delayed
 from meshd.server.store import CommandError, Store
 from meshd.server.tombstones import DEFAULT_TTL, TombstoneGC
 from meshd.structs import (
-    SERF_CHECK_ID,
     Barrier,
     Command,
     CoordinateBatch,
@@ -113,7 +112,8 @@ class Server:
         self.raft_addr = f"{settings.advertise}:{settings.raft_port}"
         self.rpc_addr = f"{settings.advertise}:{settings.rpc_port}"
         self.known: dict[str, str] = {self.raft_addr: self.rpc_addr}  # raft -> rpc
-        self.members = Membership(settings.failure_timeout, settings.reap_after)
+        self.liveness = Liveness(self)
+        self.members = self.liveness.members  # the timers of the nodes attached here
         self.rpc = RPCClient(
             settings.retry_join,
             settings.key,
@@ -186,6 +186,7 @@ class Server:
         else:
             self._tasks.append(asyncio.create_task(self._form(), name="raft-formation"))
         self._tasks.append(asyncio.create_task(self._leader_loop(), name="leader-loop"))
+        self._tasks.append(asyncio.create_task(self.liveness.run(), name="liveness"))
 
     async def _form(self) -> None:
         delay = 0.2
@@ -405,28 +406,18 @@ class Server:
     # ---- liveness -----------------------------------------------------------------------
 
     async def heartbeat(self, hb: Heartbeat) -> Any:
-        try:  # the leader turns heartbeats into NodeStatus commands: the same rules apply
-            validate.name(hb.Node, "Node")
-            validate_fields.address(hb.Address, "Address")
-        except validate.ValidationError as e:
-            raise CommandError(f"heartbeat refused: {e}") from None
+        """A heartbeat by request. A client's stays on this server, which keeps its timer; a
+        server's goes to the leader, so that a server is judged by another one."""
         raft = self._raft()
-        if not raft.is_leader:
-            return await self._forward_heartbeat(raft, hb)
-        self.members.heartbeat(hb)
+        if hb.Node == self.s.node_name:
+            self.liveness.own_coord = hb.Coord
         if hb.Role == "consul" and hb.RaftAddr:
             self.known[hb.RaftAddr] = hb.RPCAddr
-        # the reply carries the leader's coordinate: the sender's RTT sample is to us
-        me = self.members.nodes.get(self.s.node_name)
-        reply: dict[str, Any] = {
-            "Node": self.s.node_name,
-            "Coord": me.coord if me is not None else None,
-            "Self": hb.Node == self.s.node_name,
-        }
-        ring = self.store.keyring
-        if ring.keys and hb.KeyringVersion != ring.version and hb.Role != "consul":
-            # a client that has not seen this rotation (servers take it from Raft)
-            reply["Keyring"] = {"Version": ring.version, "Sealed": keyring.seal(ring.keys)}
+        if hb.Role == "consul" and not raft.is_leader:
+            return await self._forward_heartbeat(raft, hb)
+        reply = self.liveness.beat(hb)
+        if hb.Leaving:
+            await self.liveness.report_now()
         return reply
 
     async def _forward_heartbeat(self, raft: RaftNode, hb: Heartbeat) -> Any:
@@ -460,7 +451,11 @@ class Server:
         raft = self._raft()
         if not raft.is_leader:
             return await self.rpc.call("members", b"", list[Member], addr=self.leader_rpc())
-        return self.members.members(self.s.datacenter)
+        for _ in range(20):  # just elected: the liveness loop sets up its view within a tick
+            if self.liveness.view is not None or not raft.is_leader:
+                break
+            await asyncio.sleep(0.05)
+        return self.liveness.view_or_fail().members(self.s.datacenter)
 
     async def _leader_loop(self) -> None:
         rounds = 0
@@ -478,22 +473,18 @@ class Server:
                 if not self._was_leader:
                     self._was_leader = True
                     self.metrics.became_leader += 1
-                    with self.store.lock:  # agents only: catalog-registered nodes never beat
-                        nodes = [
-                            (n.Node, n.Address)
-                            for n in self.store.nodes.values()
-                            if SERF_CHECK_ID in self.store.checks.get(n.Node, {})
-                        ]
-                    self.members.take_office(nodes)
                     self.reaper.reset()
                     self.session_timers.reset()
                     self.tombstone_gc.reset()
                     await connect_ca.ensure_ca(self)
                 await operator.reconcile(self)
-                ops: list[Command] = [*self.members.tick()]
+                ops: list[Command] = []
                 rounds += 1
-                if rounds % COORDINATE_BATCH_ROUNDS == 0 and (
-                    coords := self.members.pending_coordinates()
+                view = self.liveness.view
+                if (
+                    rounds % COORDINATE_BATCH_ROUNDS == 0
+                    and view
+                    and (coords := view.take_coordinates())
                 ):
                     ops.append(CoordinateBatch(Updates=coords))
                 ops += self.reaper.tick(self.store, time.monotonic())
@@ -506,8 +497,6 @@ class Server:
                         log.warning("leader loop: %s refused: %s", type(op).__name__, e)
             except (RaftError, RPCError, CAError) as e:
                 log.warning("leader loop: %s", e)
-                for st in self.members.nodes.values():
-                    st.synced_status = 0
 
     def _peers_changed(self, raft: RaftNode) -> None:
         peers = raft.peers()

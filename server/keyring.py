@@ -82,9 +82,11 @@ def listing(server: Server) -> list[dict[str, Any]]:
     by_fp = {keyring.fingerprint(k): k for k in keys}
     held: dict[str, int] = {}
     primary: dict[str, int] = {}
-    members = [st for st in server.members.nodes.values() if st.key_fps]
-    for st in members:
-        for i, fp in enumerate(st.key_fps):
+    view = server.liveness.view_or_fail()
+    members = [c.summary.KeyFingerprints for c in view.claims.values()]
+    members = [fps for fps in members if fps]
+    for fps in members:
+        for i, fp in enumerate(fps):
             key = by_fp.get(fp, fp)
             held[key] = held.get(key, 0) + 1
             if i == 0:

@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from meshd.liveness import LIVENESS_PATH, REPORT_METHOD, LivenessReport
 from meshd.rpc import (
     AUTH_HEADER,
     CAConfigRequest,
@@ -106,6 +107,10 @@ def make_rpc_app(server: Server) -> web.Application:
         hb = msgspec.msgpack.decode(await request.read(), type=Heartbeat)
         return _reply(await server.heartbeat(hb))
 
+    async def liveness_report(request: web.Request) -> web.Response:
+        report = msgspec.msgpack.decode(await request.read(), type=LivenessReport)
+        return _reply(await server.liveness.on_report(report))
+
     async def session_renew(request: web.Request) -> web.Response:
         req = msgspec.msgpack.decode(await request.read(), type=SessionRenew)
         return _reply(await server.renew_session(req.ID))
@@ -144,6 +149,9 @@ def make_rpc_app(server: Server) -> web.Application:
     app.router.add_post("/rpc/read", read)
     app.router.add_post("/rpc/write", write)
     app.router.add_post("/rpc/heartbeat", heartbeat)
+    app.router.add_get(LIVENESS_PATH, server.liveness.serve_socket)
+    app.on_shutdown.append(server.liveness.close_sockets)
+    app.router.add_post(f"/rpc/{REPORT_METHOD}", liveness_report)
     app.router.add_post("/rpc/members", members)
     app.router.add_post("/rpc/session_renew", session_renew)
     app.router.add_post("/rpc/peer", peer)

@@ -43,6 +43,7 @@ from meshd.structs import (
     Node,
     NodeService,
     NodeStatus,
+    NodeStatusBatch,
     Register,
     Restore,
     Session,
@@ -100,6 +101,8 @@ class Store:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.watches = WatchSet()
+        self.status_batches = 0  # NodeStatusBatch entries applied, and the nodes they carried
+        self.status_batch_nodes = 0
         self._reset()
 
     def _reset(self) -> None:
@@ -129,6 +132,7 @@ class Store:
             Barrier: self._barrier,
             Restore: self._restore,
             NodeStatus: self._node_status,
+            NodeStatusBatch: self._node_status_batch,
             **self.mesh.handlers(),
             EventFire: self.events.apply,
             Txn: lambda cmd, index, changed: apply_txn(self, cmd, index, changed),
@@ -219,6 +223,19 @@ class Store:
             Node=s.Node, Address=s.Address, SkipNodeUpdate=True, Check=check, Service=svc
         )
         return self._register(reg, index, changed)
+
+    def _node_status_batch(self, b: NodeStatusBatch, index: int, changed: set[str]) -> bool:
+        """Each node on its own: one that cannot apply (a bug, a skew) does not stop the rest."""
+        self.status_batches += 1
+        self.status_batch_nodes += len(b.Updates) + len(b.Deregisters)
+        for s in b.Updates:
+            with contextlib.suppress(CommandError):
+                self._dispatch(s, index, changed)
+        for node in b.Deregisters:
+            if node in self.nodes:
+                with contextlib.suppress(CommandError):
+                    self._dispatch(Deregister(Node=node), index, changed)
+        return True
 
     def _touch_service(self, node: str, svc: NodeService, changed: set[str]) -> None:
         changed.update((f"svc:{svc.Service}", f"node:{node}", "tbl:services"))
