@@ -58,6 +58,13 @@ class KeyringList(msgspec.Struct, tag="keyring_list"):
 OperatorRequest = ForceLeave | TransferLeader | AutopilotHealth | Usage | KeyringList
 
 
+class OperatorCall(msgspec.Struct):
+    """The body of `/rpc/operator`: the request and the caller's ACL token (operator rights)."""
+
+    Request: OperatorRequest
+    Token: str = ""
+
+
 _STATES = {ALIVE: "alive", FAILED: "failed", LEFT: "left"}
 
 

@@ -16,15 +16,34 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from helpers import free_port
 
+from meshd import queries as q
 from meshd.acl import Access
 from meshd.acl.model import ACLLink, ACLPolicy, ACLPolicyOp, ACLToken, ACLTokenOp
 from meshd.acl.settings import ACLConfig, ACLTokens
 from meshd.agent.acl import ACLNotFoundError, TokenResolver
 from meshd.agent.backend import RemoteBackend
-from meshd.rpc import AUTH_HEADER, WriteReply, WriteRequest, encoder, sign
+from meshd.rpc import (
+    AUTH_HEADER,
+    CAConfigRequest,
+    ReadReply,
+    ReadRequest,
+    WriteReply,
+    WriteRequest,
+    decode_value,
+    encoder,
+    sign,
+)
 from meshd.rpc_client import RPCClient
 from meshd.server.authority import CommandForbiddenError
 from meshd.server.cluster import Server, ServerSettings
+from meshd.server.operator import (
+    AutopilotHealth,
+    ForceLeave,
+    KeyringList,
+    OperatorCall,
+    TransferLeader,
+    Usage,
+)
 from meshd.server.rpc import make_rpc_app
 from meshd.structs import KVOp, NodeService, Register
 
@@ -42,6 +61,19 @@ class RPC:
         resp = await self.client.post(path, data=body, headers={AUTH_HEADER: sign(KEY, path, body)})
         assert resp.status == 200, await resp.read()
         return msgspec.msgpack.decode(await resp.read(), type=WriteReply)
+
+    async def post(self, method: str, payload: Any) -> tuple[int, bytes]:
+        """A signed RPC: the caller holds the cluster key, whatever its token."""
+        path = f"/rpc/{method}"
+        body = encoder.encode(payload)
+        resp = await self.client.post(path, data=body, headers={AUTH_HEADER: sign(KEY, path, body)})
+        return resp.status, await resp.read()
+
+    async def read(self, query: Any, token: str) -> tuple[int, Any]:
+        status, body = await self.post("read", ReadRequest(Query=query, Token=token))
+        if status != 200:
+            return status, body.decode()
+        return status, decode_value(query, msgspec.msgpack.decode(body, type=ReadReply).Value)
 
 
 @pytest.fixture
@@ -74,10 +106,10 @@ async def rpc(tmp_path: Any) -> AsyncIterator[RPC]:
         await server.close()
 
 
-async def _agent_token(rpc: RPC, node: str) -> tuple[str, str]:
+async def _agent_token(rpc: RPC, node: str, extra: str = "") -> tuple[str, str]:
     pid, accessor, secret = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
     rules = f'node "{node}" {{ policy = "write" }}\nservice_prefix "" {{ policy = "read" }}'
-    policy = ACLPolicy(ID=pid, Name=f"agent-{node}", Rules=rules)
+    policy = ACLPolicy(ID=pid, Name=f"agent-{node}-{pid[:8]}", Rules=rules + extra)
     assert (await rpc.write(ACLPolicyOp(Op="set", Policy=policy), MGMT)).Code == 0
     token = ACLToken(AccessorID=accessor, SecretID=secret, Policies=[ACLLink(ID=pid)])
     assert (await rpc.write(ACLTokenOp(Op="set", Token=token), MGMT)).Code == 0
@@ -137,3 +169,63 @@ async def test_a_client_agent_resolves_and_writes_with_tokens_over_rpc(rpc: RPC)
             await backend.write(_register("node-a", "api"))
     finally:
         await backend.rpc.close()
+
+
+async def test_reading_acl_state_needs_acl_read_and_secrets_need_acl_write(rpc: RPC) -> None:
+    """A cluster-key holder without a token reads no ACL state; acl:read sees tokens with their
+    SecretIDs hidden (except its own); acl:write sees them."""
+    accessor, secret = await _agent_token(rpc, "node-a")
+    r_accessor, reader = await _agent_token(rpc, "node-r", '\nacl = "read"')
+    _, writer = await _agent_token(rpc, "node-w", '\nacl = "write"')
+    for query in (q.ACLTokens(), q.ACLPolicies(), q.ACLRoles(), q.ACLTokens(AccessorID=accessor)):
+        for token in ("", secret):
+            status, text = await rpc.read(query, token)
+            assert status == 403 and "lacks permission 'acl:read'" in text, (query, token)
+    assert await rpc.read(q.ACLTokens(), str(uuid.uuid4())) == (403, "ACL not found\n")
+    status, rows = await rpc.read(q.ACLTokens(), reader)
+    assert status == 200
+    shown = {t.AccessorID: t.SecretID for t in rows}
+    assert shown[accessor] == "<hidden>" and shown[r_accessor] == reader
+    assert secret not in shown.values() and MGMT not in shown.values()
+    status, rows = await rpc.read(q.ACLTokens(), writer)
+    assert {t.AccessorID: t.SecretID for t in rows}[accessor] == secret
+    status, policies = await rpc.read(q.ACLPolicies(), reader)
+    assert status == 200 and len(policies) == 3
+
+
+async def test_a_token_reads_itself_and_resolves_without_acl_read(rpc: RPC) -> None:
+    accessor, secret = await _agent_token(rpc, "node-a")
+    status, rows = await rpc.read(q.ACLTokens(SecretID=secret), secret)
+    assert status == 200 and [(t.AccessorID, t.SecretID) for t in rows] == [(accessor, secret)]
+    _, other_secret = await _agent_token(rpc, "node-b")
+    status, text = await rpc.read(q.ACLTokens(SecretID=other_secret), secret)
+    assert status == 403 and "acl:read" in text
+    status, resolved = await rpc.read(q.ACLResolve(SecretID=secret), "")
+    assert status == 200 and resolved.AccessorID == accessor
+
+
+async def test_operator_rpcs_need_operator_rights(rpc: RPC) -> None:
+    _, plain = await _agent_token(rpc, "node-a")
+    _, op_read = await _agent_token(rpc, "node-r", '\noperator = "read"')
+    _, kr_read = await _agent_token(rpc, "node-k", '\nkeyring = "read"')
+    cases: list[tuple[Any, str, str]] = [
+        (Usage(), op_read, "operator:read"),
+        (AutopilotHealth(), op_read, "operator:read"),
+        (KeyringList(), kr_read, "keyring:read"),
+        (ForceLeave(Node="nobody"), "", "operator:write"),
+        (TransferLeader(), "", "operator:write"),
+    ]
+    for req, allowed, permission in cases:
+        for token in ("", plain):
+            status, body = await rpc.post("operator", OperatorCall(Request=req, Token=token))
+            assert status == 403 and permission in body.decode(), (req, token, body)
+        if allowed:
+            status, body = await rpc.post("operator", OperatorCall(Request=req, Token=allowed))
+            assert status == 200, (req, body)
+    status, body = await rpc.post("operator", OperatorCall(Request=TransferLeader(), Token=op_read))
+    assert status == 403 and "operator:write" in body.decode()
+    index = rpc.server.store.mesh.ca_index
+    config = {"Provider": "consul", "Config": {"LeafCertTTL": "1h"}}
+    status, body = await rpc.post("caconfig", CAConfigRequest(Config=config, Token=op_read))
+    assert status == 403 and "operator:write" in body.decode()
+    assert rpc.server.store.mesh.ca_index == index  # the refused request changed nothing
