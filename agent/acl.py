@@ -8,6 +8,7 @@ When no server answers, `down_policy` decides (Consul's): `allow`, `deny`, or, f
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -15,6 +16,7 @@ from collections import OrderedDict
 
 from meshd import queries as q
 from meshd.acl import MANAGEMENT, Authorizer, build_authorizer, parse_rules
+from meshd.acl.expiry import epoch
 from meshd.acl.model import ANONYMOUS_ACCESSOR, expired
 from meshd.acl.settings import ACLConfig
 from meshd.agent.backend import CatalogBackend
@@ -35,10 +37,13 @@ class TokenResolver:
     def __init__(self, config: ACLConfig, backend: CatalogBackend) -> None:
         self.config = config
         self.backend = backend
-        self._cache: OrderedDict[str, tuple[Authorizer, float, str]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[Authorizer, float]] = OrderedDict()
         self._anonymous = build_authorizer([], config.default_policy, ANONYMOUS_ACCESSOR)
         self._deny = build_authorizer([], "deny")
         self._allow = build_authorizer([], "allow")
+        # set when cached answers are dropped (a token or policy write, an agent token set):
+        # the DNS view re-resolves its token then instead of at its next refresh
+        self.forgotten = asyncio.Event()
 
     @property
     def enabled(self) -> bool:
@@ -59,7 +64,10 @@ class TokenResolver:
             return MANAGEMENT
         now = time.monotonic()
         hit = self._cache.get(secret)
-        if hit is not None and hit[1] > now and not expired(hit[2]):
+        if hit is not None and hit[0].expired(time.time()):
+            self._cache.pop(secret, None)  # expired while cached: refused at once
+            raise ACLNotFoundError()
+        if hit is not None and hit[1] > now:
             return hit[0]
         try:
             answer = await self.backend.read(q.ACLResolve(SecretID=secret))
@@ -74,13 +82,14 @@ class TokenResolver:
         else:
             rules = [r for text in resolved.Rules for r in parse_rules(text)]
             authz = build_authorizer(rules, self.config.default_policy, resolved.AccessorID)
-        self._cache[secret] = (authz, now + self.config.token_ttl, resolved.ExpirationTime)
+        authz.expires_at = epoch(resolved.ExpirationTime)
+        self._cache[secret] = (authz, now + self.config.token_ttl)
         self._cache.move_to_end(secret)
         while len(self._cache) > MAX_CACHED:
             self._cache.popitem(last=False)
         return authz
 
-    def _down(self, hit: tuple[Authorizer, float, str] | None) -> Authorizer:
+    def _down(self, hit: tuple[Authorizer, float] | None) -> Authorizer:
         policy = self.config.down_policy
         log.warning("no server answered a token lookup; applying down_policy %s", policy)
         if policy == "allow":
@@ -92,3 +101,4 @@ class TokenResolver:
     def forget(self) -> None:
         """Drop every cached answer (after a token or policy write through this agent)."""
         self._cache.clear()
+        self.forgotten.set()

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from meshd.acl.model import ACLPolicyOp, ACLRoleOp, ACLTokenOp
+from meshd.acl.model import ACLPolicyOp, ACLRoleOp, ACLTokenOp, ACLTokenReap
 
 
 class Weights(msgspec.Struct, omit_defaults=False):
@@ -372,6 +372,7 @@ Command = (
     | ACLTokenOp
     | ACLPolicyOp
     | ACLRoleOp
+    | ACLTokenReap
     | AutopilotConfigOp
     | CoordinateBatch
     | PreparedQueryOp

@@ -113,8 +113,9 @@ class ADSServer:
         self._acked: dict[str, dict[str, str]] = {}
         self._nacks: dict[str, deque[dict[str, Any]]] = {}
         #: `await authorize(node_id, token)` raises PermissionError to refuse a stream (the
-        #: agent's ACL check); None: every local stream is served (ACLs off).
-        self.authorize: Callable[[str, str], Awaitable[None]] | None = None
+        #: agent's ACL check) and returns when the token expires (the stream is checked again
+        #: then); None: every local stream is served (ACLs off).
+        self.authorize: Callable[[str, str], Awaitable[float | None]] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
 

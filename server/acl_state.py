@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from meshd import queries as q
+from meshd.acl.expiry import epoch
 from meshd.acl.model import (
     MANAGEMENT_POLICY_ID,
     MANAGEMENT_POLICY_NAME,
@@ -25,6 +26,7 @@ from meshd.acl.model import (
     ACLRoleOp,
     ACLToken,
     ACLTokenOp,
+    ACLTokenReap,
     ResolvedToken,
 )
 from meshd.server.mesh_state import CommandRejectedError
@@ -112,7 +114,26 @@ class ACLState:
     # ---- apply ---------------------------------------------------------------------------
 
     def handlers(self) -> dict[type[Any], Callable[[Any, int, set[str]], Any]]:
-        return {ACLTokenOp: self._token, ACLPolicyOp: self._policy, ACLRoleOp: self._role}
+        return {
+            ACLTokenOp: self._token,
+            ACLPolicyOp: self._policy,
+            ACLRoleOp: self._role,
+            ACLTokenReap: self._reap,
+        }
+
+    def _reap(self, cmd: ACLTokenReap, index: int, changed: set[str]) -> int:
+        """Drop the listed tokens that expired by the leader's `Now`; the count dropped."""
+        dropped = 0
+        for accessor in cmd.AccessorIDs:
+            token = self.tokens.get(accessor)
+            expires = epoch(token.ExpirationTime) if token is not None else None
+            if token is not None and expires is not None and expires <= cmd.Now:
+                del self.tokens[accessor]
+                self.by_secret.pop(token.SecretID, None)
+                dropped += 1
+        if dropped:
+            changed.add(TOKENS)
+        return dropped
 
     def _token(self, cmd: ACLTokenOp, index: int, changed: set[str]) -> Any:
         self.check(cmd)

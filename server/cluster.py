@@ -44,6 +44,7 @@ from meshd.server.acl_authz import (
     authorize_query_owner,
     server_authorizer,
 )
+from meshd.server.acl_expiry import TokenReaper
 from meshd.server.acl_reads import guard_operator, guard_read, redact
 from meshd.server.authority import CommandForbiddenError, Origin, admit
 from meshd.server.ca import CAError
@@ -126,6 +127,7 @@ class Server:
         self.reaper = CriticalReaper()
         self.session_timers = SessionTimers()
         self.tombstone_gc = TombstoneGC(settings.tombstone_ttl)
+        self.token_reaper = TokenReaper()
         self.started = time.time()
         self.keys: list[str] = list(settings.keyring)  # the ring this server uses now
         self._stopping = asyncio.Event()
@@ -509,6 +511,7 @@ class Server:
                 ops += self.reaper.tick(self.store, time.monotonic())
                 ops += self.session_timers.tick(self.store)
                 ops += self.tombstone_gc.tick(self.store, time.monotonic())
+                ops += self.token_reaper.tick(self.store.acl, time.time())
                 for op in ops:
                     try:
                         await self.write(op)

@@ -8,14 +8,14 @@ or acl:write); the servers check acl:write again on the command with the caller'
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
 from meshd import queries as q
-from meshd.acl import Access
+from meshd.acl import Access, expiry
 from meshd.acl.model import (
     ACLLink,
     ACLNodeIdentity,
@@ -38,7 +38,6 @@ from meshd.agent.http.common import (
     query_options,
     to_builtins,
 )
-from meshd.durations import DurationError, parse_duration_seconds
 
 routes = web.RouteTableDef()
 HIDDEN = "<hidden>"
@@ -70,29 +69,23 @@ def _identities(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _expiration(body: dict[str, Any]) -> tuple[str, str]:
-    ttl = body.get("ExpirationTTL") or ""
-    when = body.get("ExpirationTime") or ""
-    if ttl and when:
-        raise BadRequestError("Expiration TTL and Expiration Time cannot both be set")
-    if ttl:
-        try:
-            seconds = parse_duration_seconds(str(ttl))
-        except DurationError as e:
-            raise BadRequestError(f"Invalid ExpirationTTL: {e}") from None
-        if seconds <= 0:
-            raise BadRequestError("Token Expiration TTL must be positive")
-        when = (_now() + timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
-    elif when:
-        try:
-            datetime.fromisoformat(str(when).replace("Z", "+00:00"))
-        except ValueError:
-            raise BadRequestError(f"Invalid ExpirationTime {when!r}") from None
-    return str(ttl), str(when)
+def _expiration(request: web.Request, body: dict[str, Any], old: ACLToken | None) -> str:
+    """The token's ExpirationTime: fixed at creation, never changed (meshd/acl/expiry.py)."""
+    ttl, when = body.get("ExpirationTTL"), body.get("ExpirationTime")
+    acl = request.app[AGENT_KEY].config.acl
+    try:
+        if old is not None:
+            return expiry.unchanged(ttl, when, old.ExpirationTime)
+        return expiry.new_expiration(
+            ttl, when, _now(), acl.token_min_expiration_ttl, acl.token_max_expiration_ttl
+        )
+    except expiry.ExpiryError as e:
+        raise BadRequestError(str(e)) from None
 
 
-def _token_from(body: dict[str, Any], accessor: str, secret: str, old: ACLToken | None) -> ACLToken:
-    ttl, when = _expiration(body)
+def _token_from(
+    request: web.Request, body: dict[str, Any], accessor: str, secret: str, old: ACLToken | None
+) -> ACLToken:
     return ACLToken(
         AccessorID=accessor,
         SecretID=secret,
@@ -100,8 +93,7 @@ def _token_from(body: dict[str, Any], accessor: str, secret: str, old: ACLToken 
         Policies=_links(body, "Policies"),
         Roles=_links(body, "Roles"),
         Local=bool(body.get("Local", old.Local if old else False)),
-        ExpirationTTL=ttl or (old.ExpirationTTL if old else ""),
-        ExpirationTime=when or (old.ExpirationTime if old else ""),
+        ExpirationTime=_expiration(request, body, old),
         CreateTime=old.CreateTime if old else _now().isoformat().replace("+00:00", "Z"),
         **_identities(body),
     )
@@ -159,7 +151,7 @@ async def token_create(request: web.Request) -> web.Response:
     body = await json_body(request)
     accessor, secret = _new_ids(body)
     stored = await _write(
-        request, ACLTokenOp(Op="set", Token=_token_from(body, accessor, secret, None))
+        request, ACLTokenOp(Op="set", Token=_token_from(request, body, accessor, secret, None))
     )
     return json_response(to_builtins(stored))
 
@@ -188,7 +180,7 @@ async def token_update(request: web.Request) -> web.Response:
     old = await _read_one(request, q.ACLTokens(AccessorID=accessor), "ACL")
     if body.get("SecretID") and body["SecretID"] != old.SecretID:
         raise BadRequestError("Token update failed: the SecretID cannot change")
-    token = _token_from(body, accessor, old.SecretID, old)
+    token = _token_from(request, body, accessor, old.SecretID, old)
     return json_response(to_builtins(await _write(request, ACLTokenOp(Op="set", Token=token))))
 
 

@@ -92,6 +92,9 @@ class Authorizer:
         self.default_allow = default_allow
         self.management = management
         self.accessor = accessor
+        # epoch seconds after which the token no longer works (None: never); the holders of a
+        # cached authorizer (token cache, DNS view, xDS stream) compare it on each use
+        self.expires_at: float | None = None
         self._single: dict[str, str] = {}
         self._tables: dict[str, _Table] = {}
         self._intentions = _Table()
@@ -146,6 +149,9 @@ class Authorizer:
         covered = self.default_allow if base is None else Access.READ in _GRANTS[base]
         rows = [*table.exact.values(), *table.prefix.values()]
         return covered and all(Access.READ in _GRANTS[p] for p in rows)
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
 
     def check(self, resource: str, name: str, access: Access) -> None:
         if not self.allowed(resource, name, access):

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from meshd.acl.model import ACLPolicyOp, ACLRoleOp, ACLTokenOp
+from meshd.acl.model import ACLPolicyOp, ACLRoleOp, ACLTokenOp, ACLTokenReap
 from meshd.acl.rules import RulesError, parse_rules
 
 
@@ -85,7 +85,15 @@ def role_op(cmd: ACLRoleOp, limits: Any) -> None:
     _identities(cmd.Role)
 
 
+def token_reap(cmd: ACLTokenReap, limits: Any) -> None:
+    for accessor in cmd.AccessorIDs:
+        _uuid(accessor, "AccessorID")
+    if not cmd.AccessorIDs:
+        raise ValidationError("no token to reap")
+
+
 RULES: dict[type[Any], Callable[[Any, Any], None]] = {
+    ACLTokenReap: token_reap,
     ACLTokenOp: token_op,
     ACLPolicyOp: policy_op,
     ACLRoleOp: role_op,

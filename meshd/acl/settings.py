@@ -38,6 +38,9 @@ class ACLConfig:
     down_policy: str = "extend-cache"
     enable_token_persistence: bool = False
     token_ttl: float = 30.0
+    # bounds of a token's ExpirationTTL (Consul's ACLTokenMin/MaxExpirationTTL)
+    token_min_expiration_ttl: float = 60.0
+    token_max_expiration_ttl: float = 24 * 3600.0
     tokens: ACLTokens = field(default_factory=ACLTokens)
 
 
@@ -60,6 +63,8 @@ SCHEMA: Schema = {
     "down_policy": (("acl", "down_policy"), _down_policy),
     "enable_token_persistence": (("acl", "enable_token_persistence"), cv.boolean),
     "token_ttl": (("acl", "token_ttl"), cv.duration(positive=True)),
+    "token_min_expiration_ttl": (("acl", "token_min_expiration_ttl"), cv.duration(positive=True)),
+    "token_max_expiration_ttl": (("acl", "token_max_expiration_ttl"), cv.duration(positive=True)),
     "tokens": (None, _TOKENS),
 }
 

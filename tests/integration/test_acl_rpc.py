@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -18,6 +20,7 @@ from helpers import free_port
 
 from meshd import queries as q
 from meshd.acl import Access
+from meshd.acl.expiry import epoch, iso
 from meshd.acl.model import ACLLink, ACLPolicy, ACLPolicyOp, ACLToken, ACLTokenOp
 from meshd.acl.settings import ACLConfig, ACLTokens
 from meshd.agent.acl import ACLNotFoundError, TokenResolver
@@ -229,3 +232,27 @@ async def test_operator_rpcs_need_operator_rights(rpc: RPC) -> None:
     status, body = await rpc.post("caconfig", CAConfigRequest(Config=config, Token=op_read))
     assert status == 403 and "operator:write" in body.decode()
     assert rpc.server.store.mesh.ca_index == index  # the refused request changed nothing
+
+
+async def test_an_expired_token_is_refused_over_rpc_then_reaped(rpc: RPC) -> None:
+    pid, accessor, secret = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    rules = 'key "k" { policy = "write" }\nacl = "read"'
+    policy = ACLPolicy(ID=pid, Name="short", Rules=rules)
+    assert (await rpc.write(ACLPolicyOp(Op="set", Policy=policy), MGMT)).Code == 0
+    expires = iso(datetime.now(UTC) + timedelta(seconds=2))
+    token = ACLToken(
+        AccessorID=accessor, SecretID=secret, Policies=[ACLLink(ID=pid)], ExpirationTime=expires
+    )
+    assert (await rpc.write(ACLTokenOp(Op="set", Token=token), MGMT)).Code == 0
+    assert (await rpc.write(KVOp(Verb="set", Key="k", Value=b"v"), secret)).Code == 0
+    assert (await rpc.read(q.ACLPolicies(), secret))[0] == 200
+    while time.time() <= epoch(expires) + 0.01:  # type: ignore[operator]
+        await asyncio.sleep(0.1)
+    late = await rpc.write(KVOp(Verb="set", Key="k", Value=b"w"), secret)
+    assert (late.Code, late.Error) == (403, "ACL not found")
+    assert await rpc.read(q.ACLPolicies(), secret) == (403, "ACL not found\n")
+    for _ in range(200):  # the leader's reaper scans every few seconds
+        if accessor not in rpc.server.store.acl.tokens:
+            break
+        await asyncio.sleep(0.1)
+    assert accessor not in rpc.server.store.acl.tokens
