@@ -57,10 +57,15 @@ class ACLAgent:
 
 
 def start_acl_agent(
-    tokens: str = "", acl: str = "", agent_token: bool = True, args: tuple[str, ...] = ()
+    tokens: str = "",
+    acl: str = "",
+    agent_token: bool = True,
+    args: tuple[str, ...] = (),
+    data_dir: str | None = None,
 ) -> ACLAgent:
-    """`tokens`/`acl`: extra HCL lines inside `acl.tokens {}` / `acl {}`; `args`: more flags.
-    Logs at debug level, so that tests can look for secrets in everything the agent writes."""
+    """`tokens`/`acl`: extra HCL lines inside `acl.tokens {}` / `acl {}`; `args`: more flags;
+    `data_dir`: a single server keeping its state there instead of a -dev agent (which keeps
+    none). Logs at debug level, so that tests can look for secrets in everything it writes."""
     conf_dir = tempfile.mkdtemp(prefix="meshd-acl-")
     conf = os.path.join(conf_dir, "acl.hcl")
     with open(conf, "w") as f:
@@ -71,6 +76,9 @@ def start_acl_agent(
             f"{tokens}\n  }}\n}}\n"
         )
     proc = dev_agent(f"-config-file={conf}", "-log-level=debug", *args)
+    if data_dir is not None:
+        proc.args = [a for a in proc.args if a != "-dev"]
+        proc.args += ["-server", "-bootstrap-expect=1", f"-data-dir={data_dir}"]
     proc.request = lambda method, path, body=None, timeout=10.0: ACLAgent(proc).call(  # type: ignore[method-assign]
         method, path, body
     )

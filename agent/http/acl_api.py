@@ -27,6 +27,7 @@ from meshd.acl.model import (
     ACLToken,
     ACLTokenOp,
 )
+from meshd.agent import acl_tokens_file
 from meshd.agent.acl import ACLNotFoundError
 from meshd.agent.http.acl_guard import authorizer_of, token_of
 from meshd.agent.http.common import (
@@ -307,7 +308,8 @@ _AGENT_TOKENS = {
 
 @routes.put("/v1/agent/token/{type}")
 async def set_agent_token(request: web.Request) -> web.Response:
-    """Set one of the agent's tokens in memory (until restart, as Consul without persistence)."""
+    """Set one of the agent's tokens: in memory, and in `acl-tokens.json` when
+    `acl.enable_token_persistence` is on (agent/acl_tokens_file.py)."""
     kind = _AGENT_TOKENS.get(request.match_info["type"])
     if kind is None:
         raise NotFoundError(f"Token {request.match_info['type']!r} is unknown")
@@ -317,6 +319,7 @@ async def set_agent_token(request: web.Request) -> web.Response:
         raise BadRequestError("Request decode failed: Token must be a string")
     agent = request.app[AGENT_KEY]
     setattr(agent.config.acl.tokens, kind, value)
+    acl_tokens_file.save(agent.config.data_dir, agent.config.acl, kind, value)
     if kind == "agent":
         agent.backend.token = value  # background writes (anti-entropy, checks) use it from now
     agent.acl.forget()
