@@ -48,7 +48,7 @@ from meshd.server.operator import (
     Usage,
 )
 from meshd.server.rpc import make_rpc_app
-from meshd.structs import KVOp, NodeService, Register
+from meshd.structs import IntentionOp, KVOp, NodeService, Register
 
 KEY = os.urandom(32)
 MGMT = str(uuid.uuid4())
@@ -256,3 +256,17 @@ async def test_an_expired_token_is_refused_over_rpc_then_reaped(rpc: RPC) -> Non
             break
         await asyncio.sleep(0.1)
     assert accessor not in rpc.server.store.acl.tokens
+
+
+async def test_intention_writes_over_rpc_need_intentions_write(rpc: RPC) -> None:
+    _, service_writer = await _agent_token(rpc, "node-a", '\nservice "db" { policy = "write" }')
+    _, writer = await _agent_token(
+        rpc, "node-b", '\nservice "db" { policy = "read" intentions = "write" }'
+    )
+    cmd = IntentionOp(Op="upsert", Destination="db", Source="web", Fields={"Action": "allow"})
+    for token in ("", service_writer):
+        refused = await rpc.write(cmd, token)
+        assert refused.Code == 403 and "'intention:write' on \"db\"" in refused.Error
+    assert ("service-intentions", "db") not in rpc.server.store.mesh.entries
+    assert (await rpc.write(cmd, writer)).Code == 0
+    assert ("service-intentions", "db") in rpc.server.store.mesh.entries
