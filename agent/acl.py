@@ -17,7 +17,7 @@ from collections import OrderedDict
 from meshd import queries as q
 from meshd.acl import MANAGEMENT, Authorizer, build_authorizer, parse_rules
 from meshd.acl.expiry import epoch
-from meshd.acl.model import ANONYMOUS_ACCESSOR, expired
+from meshd.acl.model import ANONYMOUS_ACCESSOR, ANONYMOUS_SECRET, expired
 from meshd.acl.settings import ACLConfig
 from meshd.agent.backend import CatalogBackend
 from meshd.server.raft import RaftError
@@ -57,9 +57,9 @@ class TokenResolver:
         """The authorizer of `secret` ("" = the agent's default token, else anonymous)."""
         if not self.config.enabled:
             return MANAGEMENT
-        secret = secret or self.config.tokens.default
-        if not secret:
-            return self._anonymous
+        # no token: the default token, else the anonymous token (whose policies an operator
+        # may extend, as in Consul; until the leader has created it, the default policy)
+        secret = secret or self.config.tokens.default or ANONYMOUS_SECRET
         if self._is_initial_management(secret):
             return MANAGEMENT
         now = time.monotonic()
@@ -74,6 +74,9 @@ class TokenResolver:
         except RaftError:
             return self._down(hit)
         resolved = answer.value
+        if resolved is None and secret == ANONYMOUS_SECRET:
+            self._cache[secret] = (self._anonymous, now + self.config.token_ttl)
+            return self._anonymous
         if resolved is None or expired(resolved.ExpirationTime):
             self._cache.pop(secret, None)
             raise ACLNotFoundError()

@@ -18,7 +18,14 @@ from meshd.fsutil import atomic_write_json
 log = logging.getLogger("meshd.acl")
 FILE = "acl-tokens.json"
 # the file's keys are Consul's; `agent_master` is its older name for agent_recovery
-KINDS = ("default", "agent", "agent_recovery", "dns", "config_file_service_registration")
+KINDS = (
+    "default",
+    "agent",
+    "agent_recovery",
+    "dns",
+    "config_file_service_registration",
+    "replication",
+)
 _ALIASES = {"agent_master": "agent_recovery"}
 
 

@@ -12,7 +12,14 @@ from collections.abc import Callable
 from typing import Any
 
 from meshd.acl import MANAGEMENT, Access, Authorizer, build_authorizer, parse_rules
-from meshd.acl.model import ACLPolicyOp, ACLRoleOp, ACLTokenOp, expired
+from meshd.acl.model import (
+    ANONYMOUS_ACCESSOR,
+    ANONYMOUS_SECRET,
+    ACLPolicyOp,
+    ACLRoleOp,
+    ACLTokenOp,
+    expired,
+)
 from meshd.acl.settings import ACLConfig
 from meshd.prepared_query import acl_prefix
 from meshd.server.acl_state import ACLState
@@ -156,13 +163,13 @@ def authorize(cmd: Any, authz: Authorizer) -> None:
 
 def server_authorizer(config: ACLConfig, state: ACLState, secret: str) -> Authorizer:
     """The authorizer of a token as the servers see it, straight from the replicated state."""
-    secret = secret or config.tokens.default
-    if not secret:
-        return build_authorizer([], config.default_policy)
+    secret = secret or config.tokens.default or ANONYMOUS_SECRET
     initial = config.tokens.initial_management
     if initial and hmac.compare_digest(initial.encode(), secret.encode()):
         return MANAGEMENT
     resolved = state.resolve(secret)
+    if resolved is None and secret == ANONYMOUS_SECRET:  # not created yet: the default policy
+        return build_authorizer([], config.default_policy, ANONYMOUS_ACCESSOR)
     if resolved is None or expired(resolved.ExpirationTime):
         raise TokenNotFoundError("ACL not found")
     if resolved.Management:

@@ -46,27 +46,24 @@ def _acl_read(query: Any, authz: Authorizer, token: str) -> None:
         authz.check("acl", "", R)
 
 
-def _open(query: Any, authz: Authorizer, token: str) -> None:
-    """The caller proves what it asks about (a SecretID) or the agent filters the answer."""
-
-
 ReadCheck = Callable[[Any, Authorizer, str], None]
 
-# reads the servers authorise themselves; any other ACL* query needs acl:read (`read_check`)
-READ_PERMISSIONS: dict[type[Any], ReadCheck] = {
+# reads the servers authorise themselves (None: open, the caller's token is not even looked
+# up); any other ACL* query needs acl:read (`read_check`)
+READ_PERMISSIONS: dict[type[Any], ReadCheck | None] = {
     q.ACLTokens: _acl_read,
     q.ACLPolicies: _acl_read,
     q.ACLRoles: _acl_read,
-    q.ACLResolve: _open,  # the agent's token cache: the secret is the proof
+    q.ACLResolve: None,  # the agent's token cache: the secret asked about is the proof
 }
 
 
 def read_check(query: Any) -> ReadCheck | None:
-    """The check for `query`, None for reads the agent filters (catalog, KV, ...)."""
-    check = READ_PERMISSIONS.get(type(query))
-    if check is None and type(query).__name__.startswith("ACL"):
-        return _acl_read  # a new ACL read is guarded until it gets its own row
-    return check
+    """The check for `query`, None for open reads and those the agent filters (catalog, KV)."""
+    kind = type(query)
+    if kind in READ_PERMISSIONS:
+        return READ_PERMISSIONS[kind]
+    return _acl_read if kind.__name__.startswith("ACL") else None
 
 
 def redact(query: Any, value: Any, authz: Authorizer, token: str) -> Any:

@@ -17,6 +17,7 @@ import msgspec
 from meshd import queries as q
 from meshd.acl.expiry import epoch
 from meshd.acl.model import (
+    ANONYMOUS_ACCESSOR,
     MANAGEMENT_POLICY_ID,
     MANAGEMENT_POLICY_NAME,
     ACLLink,
@@ -92,6 +93,8 @@ class ACLState:
     def check(self, cmd: ACLTokenOp | ACLPolicyOp | ACLRoleOp) -> None:
         """What apply would refuse, checked before the command is proposed."""
         if isinstance(cmd, ACLTokenOp):
+            if cmd.Op == "delete" and cmd.AccessorID == ANONYMOUS_ACCESSOR:
+                raise CommandRejectedError("Delete operation not permitted on the anonymous token")
             if cmd.Op == "bootstrap" and self.bootstrap_index:
                 raise BootstrapDoneError(
                     f"ACL bootstrap no longer allowed (reset index: {self.bootstrap_index})"

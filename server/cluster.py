@@ -36,7 +36,7 @@ from meshd.rpc import (
     decode_value,
 )
 from meshd.rpc_client import RPCClient, RPCError, normalize_addr
-from meshd.server import connect_ca, operator
+from meshd.server import acl_init, connect_ca, operator
 from meshd.server import keyring as server_keyring
 from meshd.server.acl_authz import (
     TokenNotFoundError,
@@ -501,6 +501,7 @@ class Server:
                     self.session_timers.reset()
                     self.tombstone_gc.reset()
                     await connect_ca.ensure_ca(self)
+                    await acl_init.initialize(self)
                 await operator.reconcile(self)
                 ops: list[Command] = [*self.members.tick()]
                 rounds += 1

@@ -117,10 +117,40 @@ async def _write(request: web.Request, cmd: Any) -> Any:
 
 
 async def _read_one(request: web.Request, query: Any, what: str) -> Any:
+    """A token that does not exist is 403 `ACL not found` (Consul); a policy or role, 404.
+    An ID that is not a UUID cannot name anything: 400."""
+    ident = getattr(query, "AccessorID", "") or getattr(query, "ID", "")
+    if ident:
+        try:
+            uuid.UUID(ident)
+        except ValueError:
+            raise BadRequestError(f"{what} ID must be a UUID: {ident!r}") from None
     ans = await request.app[AGENT_KEY].backend.read(query)
     if not ans.value:
+        if isinstance(query, q.ACLTokens):
+            raise ACLNotFoundError()
         raise NotFoundError(f"{what} not found")
     return ans.value[0]
+
+
+# Consul decodes bodies case-insensitively (Go's encoding/json): {"name": ...} is a Name
+_FIELDS = {
+    f.lower(): f
+    for f in (
+        *ACLToken.__struct_fields__,
+        *ACLPolicy.__struct_fields__,
+        *ACLRole.__struct_fields__,
+        "Token",
+        "TemplatedPolicies",
+    )
+}
+
+
+async def _body(request: web.Request, kind: type | None = dict) -> Any:
+    body = await json_body(request, kind)
+    if isinstance(body, dict):
+        return {_FIELDS.get(k.lower(), k) if isinstance(k, str) else k: v for k, v in body.items()}
+    return body
 
 
 def _new_ids(body: dict[str, Any]) -> tuple[str, str]:
@@ -135,7 +165,7 @@ def _new_ids(body: dict[str, Any]) -> tuple[str, str]:
 
 @routes.put("/v1/acl/bootstrap")
 async def bootstrap(request: web.Request) -> web.Response:
-    body = await json_body(request, None) or {}
+    body = await _body(request, None) or {}
     accessor, secret = _new_ids(body if isinstance(body, dict) else {})
     token = ACLToken(
         AccessorID=accessor,
@@ -149,7 +179,7 @@ async def bootstrap(request: web.Request) -> web.Response:
 
 @routes.put("/v1/acl/token")
 async def token_create(request: web.Request) -> web.Response:
-    body = await json_body(request)
+    body = await _body(request)
     accessor, secret = _new_ids(body)
     stored = await _write(
         request, ACLTokenOp(Op="set", Token=_token_from(request, body, accessor, secret, None))
@@ -174,7 +204,7 @@ async def token_read(request: web.Request) -> web.Response:
 
 @routes.put("/v1/acl/token/{id}")
 async def token_update(request: web.Request) -> web.Response:
-    body = await json_body(request)
+    body = await _body(request)
     accessor = request.match_info["id"]
     if body.get("AccessorID") and body["AccessorID"] != accessor:
         raise BadRequestError("Token update failed: AccessorID in the body and the URL differ")
@@ -187,7 +217,7 @@ async def token_update(request: web.Request) -> web.Response:
 
 @routes.put("/v1/acl/token/{id}/clone")
 async def token_clone(request: web.Request) -> web.Response:
-    body = await json_body(request, None) or {}
+    body = await _body(request, None) or {}
     old = await _read_one(request, q.ACLTokens(AccessorID=request.match_info["id"]), "ACL")
     clone = msgspec.structs.replace(
         old,
@@ -255,7 +285,7 @@ def _crud(kind: str) -> None:
     label = kind.capitalize()
 
     async def create(request: web.Request) -> web.Response:
-        row = build(await json_body(request), str(uuid.uuid4()))
+        row = build(await _body(request), str(uuid.uuid4()))
         return json_response(to_builtins(await _write(request, op(Op="set", **{field: row}))))
 
     async def read(request: web.Request) -> web.Response:
@@ -269,7 +299,7 @@ def _crud(kind: str) -> None:
     async def update(request: web.Request) -> web.Response:
         rid = request.match_info["id"]
         await _read_one(request, query(ID=rid), f"ACL {label}")
-        row = build(await json_body(request), rid)
+        row = build(await _body(request), rid)
         return json_response(to_builtins(await _write(request, op(Op="set", **{field: row}))))
 
     async def delete(request: web.Request) -> web.Response:
@@ -303,6 +333,7 @@ _AGENT_TOKENS = {
     "agent_master": "agent_recovery",
     "dns": "dns",
     "config_file_service_registration": "config_file_service_registration",
+    "replication": "replication",
 }
 
 
@@ -313,7 +344,7 @@ async def set_agent_token(request: web.Request) -> web.Response:
     kind = _AGENT_TOKENS.get(request.match_info["type"])
     if kind is None:
         raise NotFoundError(f"Token {request.match_info['type']!r} is unknown")
-    body = await json_body(request)
+    body = await _body(request)
     value = body.get("Token")
     if not isinstance(value, str):
         raise BadRequestError("Request decode failed: Token must be a string")

@@ -7,7 +7,14 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from meshd.acl.model import ACLPolicyOp, ACLRoleOp, ACLTokenOp, ACLTokenReap
+from meshd.acl.model import (
+    ANONYMOUS_ACCESSOR,
+    ANONYMOUS_SECRET,
+    ACLPolicyOp,
+    ACLRoleOp,
+    ACLTokenOp,
+    ACLTokenReap,
+)
 from meshd.acl.rules import RulesError, parse_rules
 
 
@@ -49,7 +56,9 @@ def token_op(cmd: ACLTokenOp, limits: Any) -> None:
     if cmd.Token is None:
         raise ValidationError("Token is required")
     _uuid(cmd.Token.AccessorID, "AccessorID")
-    _uuid(cmd.Token.SecretID, "SecretID")
+    anonymous = (cmd.Token.AccessorID, cmd.Token.SecretID) == (ANONYMOUS_ACCESSOR, ANONYMOUS_SECRET)
+    if not anonymous:
+        _uuid(cmd.Token.SecretID, "SecretID")
     for link in [*cmd.Token.Policies, *cmd.Token.Roles]:
         if not (link.ID or link.Name):
             raise ValidationError("a policy or role link needs an ID or a Name")

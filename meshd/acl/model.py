@@ -16,6 +16,7 @@ from meshd.acl.expiry import epoch
 MANAGEMENT_POLICY_ID = "00000000-0000-0000-0000-000000000001"
 MANAGEMENT_POLICY_NAME = "global-management"
 ANONYMOUS_ACCESSOR = "00000000-0000-0000-0000-000000000002"
+ANONYMOUS_SECRET = "anonymous"  # Consul's: the anonymous token's SecretID
 
 
 class ACLLink(msgspec.Struct, omit_defaults=True):

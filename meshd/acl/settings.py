@@ -29,6 +29,7 @@ class ACLTokens:
     default: str = ""
     dns: str = ""
     config_file_service_registration: str = ""
+    replication: str = ""  # Consul's; kept and persisted, unused (meshd has one datacenter)
 
 
 @dataclass
@@ -53,6 +54,7 @@ _TOKENS: Schema = {
         "default",
         "dns",
         "config_file_service_registration",
+        "replication",
     )
 }
 _TOKENS["master"] = (("acl", "tokens", "initial_management"), cv.string)  # Consul's old name
