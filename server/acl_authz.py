@@ -34,6 +34,7 @@ from meshd.structs import (
     IntentionOp,
     KeyringOp,
     KVOp,
+    Node,
     PreparedQueryOp,
     Register,
     SessionOp,
@@ -150,6 +151,30 @@ def authorize_query_owner(
     prefix = acl_prefix(existing) if existing is not None else None
     if prefix is not None:
         authz.check("query", prefix, W)
+
+
+def _changes_node(cmd: Register, node: Node | None) -> bool:
+    """Consul's `ChangesNode`: a new node, or node fields the registration would overwrite."""
+    if node is None:
+        return True
+    if cmd.SkipNodeUpdate:
+        return False
+    return (
+        cmd.Address != node.Address
+        or bool(cmd.ID and cmd.ID != node.ID)
+        or bool(cmd.TaggedAddresses and cmd.TaggedAddresses != node.TaggedAddresses)
+        or bool(cmd.NodeMeta and cmd.NodeMeta != node.Meta)
+    )
+
+
+def authorize_node_changes(cmd: Any, nodes: dict[str, Node], authz: Authorizer) -> None:
+    """A registration that creates or changes a node needs node:write on it, even when it
+    carries only a service: service:write alone cannot put a node into the catalog."""
+    if isinstance(cmd, Batch):
+        for op in cmd.Ops:
+            authorize_node_changes(op, nodes, authz)
+    elif isinstance(cmd, Register) and _changes_node(cmd, nodes.get(cmd.Node)):
+        authz.check("node", cmd.Node, W)
 
 
 def authorize(cmd: Any, authz: Authorizer) -> None:

@@ -41,6 +41,7 @@ from meshd.server import keyring as server_keyring
 from meshd.server.acl_authz import (
     TokenNotFoundError,
     authorize,
+    authorize_node_changes,
     authorize_query_owner,
     server_authorizer,
 )
@@ -290,6 +291,7 @@ class Server:
                 authz = server_authorizer(self.s.acl, self.store.acl, token)
                 if isinstance(cmd, PreparedQueryOp):
                     authorize_query_owner(cmd, self.store.prepared_queries.queries, authz)
+                authorize_node_changes(cmd, self.store.nodes, authz)
             authorize(cmd, authz)
         except (PermissionDeniedError, TokenNotFoundError) as e:
             raise CommandForbiddenError(str(e)) from None

@@ -132,9 +132,9 @@ async def test_agent_token_registers_its_own_node_only(rpc: RPC) -> None:
     assert "web" in rpc.server.store.services["node-a"]
     refused = await rpc.write(_register("node-b"), secret)
     assert refused.Code == 403
-    assert refused.Error == (
+    assert refused.Error == (  # a new node: node:write on it (Consul's ChangesNode)
         f"Permission denied: token with AccessorID '{accessor}' lacks permission "
-        "'service:write' on \"web\""
+        "'node:write' on \"node-b\""
     )
     assert "node-b" not in rpc.server.store.nodes
     kv = await rpc.write(KVOp(Verb="set", Key="k", Value=b"v"), secret)
@@ -270,3 +270,20 @@ async def test_intention_writes_over_rpc_need_intentions_write(rpc: RPC) -> None
     assert ("service-intentions", "db") not in rpc.server.store.mesh.entries
     assert (await rpc.write(cmd, writer)).Code == 0
     assert ("service-intentions", "db") in rpc.server.store.mesh.entries
+
+
+async def test_service_write_alone_registers_on_an_existing_node_but_creates_none(rpc: RPC) -> None:
+    _, node_token = await _agent_token(rpc, "node-a")
+    assert (await rpc.write(_register("node-a"), node_token)).Code == 0
+    _, api_token = await _agent_token(rpc, "node-x", '\nservice "api" { policy = "write" }')
+    ok = await rpc.write(_register("node-a", "api"), api_token)  # same node, same address
+    assert (ok.Code, ok.Error) == (0, "")
+    assert "api" in rpc.server.store.services["node-a"]
+    moved = Register(
+        Node="node-a", Address="10.9.9.9", Service=NodeService(ID="api", Service="api", Port=80)
+    )
+    for cmd, node in ((_register("intruder", "api"), "intruder"), (moved, "node-a")):
+        refused = await rpc.write(cmd, api_token)
+        assert refused.Code == 403 and f"'node:write' on \"{node}\"" in refused.Error
+    assert "intruder" not in rpc.server.store.nodes
+    assert rpc.server.store.nodes["node-a"].Address == "10.0.0.1"
