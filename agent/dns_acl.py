@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from typing import Any
 
@@ -26,32 +27,42 @@ _DENY = build_authorizer([], "deny")
 
 
 class ACLDNSView:
+    """Per query this adds one clock read (the expiry) to a cached answer: the hot path."""
+
     def __init__(self, view: DNSView, authz: Authorizer) -> None:
         self._view = view
         self.datacenter = view.datacenter
         self.node_name = view.node_name
+        # the answer path looks these up on every query: bound here, not via __getattr__
+        for name in ("stamp", "load"):
+            if hasattr(view, name):
+                setattr(self, name, getattr(view, name))
         self.authz = authz
+        self._until = math.inf
         self._answers = AnswerCache()
+        self.set_authorizer(authz, force=True)
 
     @property
     def dns_answers(self) -> AnswerCache:
-        self._current()
+        if self._until <= time.time():
+            self._current()
         return self._answers
 
     def _current(self) -> Authorizer:
         """The token's rights, until it expires: from then on nothing (checked per query, so
         an expired dns token stops answering at once, not at the next refresh)."""
-        if self.authz.expired(time.time()):
+        if self._until <= time.time():
             log.warning("the DNS token expired: DNS answers nothing")
             self.set_authorizer(_DENY)
         return self.authz
 
-    def __getattr__(self, name: str) -> Any:  # stamp, load: the underlying view's
+    def __getattr__(self, name: str) -> Any:  # anything else: the underlying view's
         return getattr(self._view, name)
 
-    def set_authorizer(self, authz: Authorizer) -> None:
-        if authz is not self.authz:
+    def set_authorizer(self, authz: Authorizer, force: bool = False) -> None:
+        if force or authz is not self.authz:
             self.authz = authz
+            self._until = math.inf if authz.expires_at is None else authz.expires_at
             self._answers = AnswerCache()
 
     def _instances(self, rows: list[CheckServiceNode]) -> list[CheckServiceNode]:
