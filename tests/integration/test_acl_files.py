@@ -35,7 +35,6 @@ def test_persisted_agent_tokens_are_0600_and_survive_a_restart(tmp_path: Path) -
     tokens_file = data / "acl-tokens.json"
     try:
         assert not tokens_file.exists()  # nothing set through the API yet
-        acl.ok("PUT", "/v1/agent/service/register", {"Name": "web", "Port": 80})
         _, agent_token = acl.token_for('node "persist" { policy = "write" }')
         _, dns_token = acl.token_for('service_prefix "" { policy = "read" }')
         _, weak = acl.token_for('key "x" { policy = "read" }')
@@ -53,6 +52,7 @@ def test_persisted_agent_tokens_are_0600_and_survive_a_restart(tmp_path: Path) -
         acl.ok("PUT", "/v1/agent/token/dns", {"Token": dns_token})
         assert _mode(tokens_file) == 0o600
         assert json.loads(tokens_file.read_text()) == {"agent": agent_token, "dns": dns_token}
+        acl.ok("PUT", "/v1/agent/service/register", {"Name": "web", "Port": 80})
         wait_for(lambda: acl.ok("GET", "/v1/catalog/service/web"), timeout=15)
     finally:
         acl.proc.stop()
