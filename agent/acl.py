@@ -60,15 +60,17 @@ class TokenResolver:
         # no token: the default token, else the anonymous token (whose policies an operator
         # may extend, as in Consul; until the leader has created it, the default policy)
         secret = secret or self.config.tokens.default or ANONYMOUS_SECRET
-        if self._is_initial_management(secret):
-            return MANAGEMENT
         now = time.monotonic()
         hit = self._cache.get(secret)
-        if hit is not None and hit[0].expired(time.time()):
-            self._cache.pop(secret, None)  # expired while cached: refused at once
-            raise ACLNotFoundError()
-        if hit is not None and hit[1] > now:
-            return hit[0]
+        if hit is not None:  # the hot path: a dict lookup and a clock read
+            authz, until = hit
+            if authz.expires_at is not None and authz.expires_at <= time.time():
+                self._cache.pop(secret, None)  # expired while cached: refused at once
+                raise ACLNotFoundError()
+            if until > now:
+                return authz
+        if self._is_initial_management(secret):
+            return MANAGEMENT
         try:
             answer = await self.backend.read(q.ACLResolve(SecretID=secret))
         except RaftError:

@@ -68,6 +68,8 @@ class Run:
     http_rps: float = math.nan
     http_errors: int = 0
     dns_notes: str = ""
+    dns_cpu_us: float = math.nan  # agent CPU per query: steadier than q/s on a busy machine
+    http_cpu_us: float = math.nan
 
 
 def _acl_config(workdir: str) -> str:
@@ -118,6 +120,7 @@ def one_run(acl: bool, args: argparse.Namespace, qfile: Path, dnsperf: str) -> R
                 per_query=False,
             )
             run.dns_qps = perf.qps
+            run.dns_cpu_us = _per_op(perf.server_cores, perf.qps)
             run.dns_notes = "; ".join(n for n in perf.notes if "per-query" not in n)
             wrk = find_tool("wrk")
             if wrk is not None and not args.aiohttp:
@@ -125,7 +128,13 @@ def one_run(acl: bool, args: argparse.Namespace, qfile: Path, dnsperf: str) -> R
             else:
                 load = run_aiohttp(agent, None, path, args)
             run.http_rps, run.http_errors = load.rps, load.errors
+            run.http_cpu_us = _per_op(load.agent_cores, load.rps)
     return run
+
+
+def _per_op(cores: float, rate: float) -> float:
+    """Microseconds of the agent's CPU per operation."""
+    return cores / rate * 1e6 if rate > 0 else math.nan
 
 
 def _pct(off: float, on: float) -> float:
@@ -171,7 +180,9 @@ def report(runs: list[Run], args: argparse.Namespace, load0: float, load1: float
         [
             "on" if r.acl else "off",
             fmt(r.dns_qps, 0),
+            fmt(r.dns_cpu_us, 1),
             fmt(r.http_rps, 0),
+            fmt(r.http_cpu_us, 1),
             str(r.http_errors),
             r.dns_notes or "-",
         ]
@@ -180,7 +191,7 @@ def report(runs: list[Run], args: argparse.Namespace, load0: float, load1: float
     print()
     print(
         table(
-            ["ACLs", "DNS q/s", "HTTP req/s", "HTTP non-200", "DNS notes"],
+            ["ACLs", "DNS q/s", "CPU us/q", "HTTP req/s", "CPU us/req", "HTTP non-200", "notes"],
             rows,
             title=f"each run ({args.duration:g}s of dnsperf A queries, then of HTTP reads)",
         )
@@ -194,6 +205,17 @@ def report(runs: list[Run], args: argparse.Namespace, load0: float, load1: float
     }
     dns_pct = _pct(best[False][0], best[True][0])
     http_pct = _pct(best[False][1], best[True][1])
+    # the agent's CPU per operation, lowest of each: what ACLs add to each query or request,
+    # much less disturbed by other load than throughput
+    cpu = {
+        acl: (
+            min((r.dns_cpu_us for r in runs if r.acl is acl), default=math.nan),
+            min((r.http_cpu_us for r in runs if r.acl is acl), default=math.nan),
+        )
+        for acl in (False, True)
+    }
+    dns_cpu_pct = _pct(cpu[False][0], cpu[True][0])
+    http_cpu_pct = _pct(cpu[False][1], cpu[True][1])
     targets = [
         [
             f"DNS q/s: ACLs on >= off - {TARGET_PCT:g}%",
@@ -204,6 +226,18 @@ def report(runs: list[Run], args: argparse.Namespace, load0: float, load1: float
             f"HTTP req/s: ACLs on >= off - {TARGET_PCT:g}%",
             f"{fmt(best[False][1], 0)} -> {fmt(best[True][1], 0)} ({fmt(http_pct, 1)}%)",
             "met" if http_pct >= -TARGET_PCT else "NOT met",
+        ],
+    ]
+    targets += [
+        [
+            "DNS: agent CPU per query (lowest)",
+            f"{fmt(cpu[False][0], 1)} -> {fmt(cpu[True][0], 1)} us ({fmt(dns_cpu_pct, 1)}%)",
+            "-",
+        ],
+        [
+            "HTTP: agent CPU per request (lowest)",
+            f"{fmt(cpu[False][1], 1)} -> {fmt(cpu[True][1], 1)} us ({fmt(http_cpu_pct, 1)}%)",
+            "-",
         ],
     ]
     print()
@@ -219,6 +253,10 @@ def report(runs: list[Run], args: argparse.Namespace, load0: float, load1: float
                 "http_off_rps": best[False][1],
                 "http_on_rps": best[True][1],
                 "http_diff_pct": http_pct,
+                "dns_cpu_us_off": cpu[False][0],
+                "dns_cpu_us_on": cpu[True][0],
+                "http_cpu_us_off": cpu[False][1],
+                "http_cpu_us_on": cpu[True][1],
                 "loadavg_before": load0,
                 "loadavg_after": load1,
             },

@@ -80,14 +80,15 @@ async def acl_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     if resource is None:  # no such route: aiohttp's 404/405
         return await handler(request)
     perm = PERMISSIONS.get(route_key(request.method, resource.canonical))
+    token = token_of(request)
     try:
-        authz = await agent.acl.resolve(token_of(request))
+        authz = await agent.acl.resolve(token)
         request[_AUTHZ] = authz
         if perm is None:
             raise PermissionDeniedError(authz.accessor, "operator", Access.WRITE)
         if perm.check is not None:
             await perm.check(request, authz)
-        reset = caller_token.set(token_of(request))
+        reset = caller_token.set(token)
         try:
             resp = await handler(request)
         finally:
