@@ -20,7 +20,7 @@ from aiohttp import web
 
 from meshd import keyring
 from meshd import queries as q
-from meshd.agent import dns_acl, mesh_acl
+from meshd.agent import acl_tokens_file, dns_acl, mesh_acl
 from meshd.agent.acl import TokenResolver
 from meshd.agent.antientropy import AntiEntropy
 from meshd.agent.backend import CatalogBackend, LocalBackend, RemoteBackend
@@ -180,6 +180,10 @@ class Agent(LocalWrites):
 
     async def start(self) -> None:
         cfg = self.config
+        try:  # tokens set through the API (acl.enable_token_persistence) beat the config's
+            acl_tokens_file.load(cfg.data_dir, cfg.acl)
+        except acl_tokens_file.TokenFileError as e:
+            raise StartError(str(e)) from None
         primary = self.keyring.primary
         key = keyring.hmac_key(primary) if primary else None
         ssl_server, ssl_client = self.ssl_contexts = tls_contexts(cfg)

@@ -30,7 +30,7 @@ from meshd.rpc import (
 from meshd.rpc_client import RPCClient, RPCError
 from meshd.server.authority import CommandForbiddenError, Origin, check_command
 from meshd.server.cluster import Server
-from meshd.server.operator import OperatorRequest
+from meshd.server.operator import OperatorCall, OperatorRequest
 from meshd.server.raft import RaftError
 from meshd.server.store import CommandError, StateConflictError
 from meshd.structs import Command, Session
@@ -104,7 +104,9 @@ class LocalBackend:
     async def read(
         self, query: q.Query, *, min_index: int = 0, wait: float = 0.0, consistency: str = "default"
     ) -> ReadResult:
-        ans = await self.server.read(query, min_index, blocking_wait(wait), consistency)
+        ans = await self.server.read(
+            query, min_index, blocking_wait(wait), consistency, _token(None, self.token)
+        )
         return ReadResult(ans.index, ans.value, ans.known_leader, ans.last_contact_ms)
 
     async def status(self) -> tuple[str, list[str]]:
@@ -126,13 +128,13 @@ class LocalBackend:
         return await self.server.sign(req)
 
     async def set_ca_config(self, config: dict[str, Any], force_rotate: bool) -> None:
-        await self.server.set_ca_config(config, force_rotate)
+        await self.server.set_ca_config(config, force_rotate, _token(None, self.token))
 
     async def renew_session(self, sid: str) -> list[Session]:
         return await self.server.renew_session(sid)
 
     async def operator(self, req: OperatorRequest) -> Any:
-        return await self.server.operator(req)
+        return await self.server.operator(req, _token(None, self.token))
 
 
 class RemoteBackend:
@@ -183,12 +185,20 @@ class RemoteBackend:
         try:
             reply = await self.rpc.call(
                 "read",
-                ReadRequest(Query=query, MinIndex=min_index, Wait=wait, Consistency=consistency),
+                ReadRequest(
+                    Query=query,
+                    MinIndex=min_index,
+                    Wait=wait,
+                    Consistency=consistency,
+                    Token=_token(None, self.token),
+                ),
                 ReadReply,
                 timeout=wait + 10.0,
                 blocking=min_index > 0,
             )
         except RPCError as e:
+            if e.code == 403:  # the servers' ACL check on ACL state (server/acl_reads.py)
+                raise CommandForbiddenError(str(e)) from None
             raise RaftError(str(e)) from None
         return ReadResult(
             reply.Index, decode_value(query, reply.Value), reply.KnownLeader, reply.LastContact
@@ -214,9 +224,15 @@ class RemoteBackend:
             raise RaftError(str(e)) from None
 
     async def set_ca_config(self, config: dict[str, Any], force_rotate: bool) -> None:
-        await self.rpc.call(
-            "caconfig", CAConfigRequest(Config=config, ForceRotate=force_rotate), bool
+        req = CAConfigRequest(
+            Config=config, ForceRotate=force_rotate, Token=_token(None, self.token)
         )
+        try:
+            await self.rpc.call("caconfig", req, bool)
+        except RPCError as e:
+            if e.code == 403:
+                raise CommandForbiddenError(str(e)) from None
+            raise
 
     async def renew_session(self, sid: str) -> list[Session]:
         try:
@@ -226,8 +242,11 @@ class RemoteBackend:
 
     async def operator(self, req: OperatorRequest) -> Any:
         try:
-            return await self.rpc.call("operator", req, Any, timeout=15.0)
+            call = OperatorCall(Request=req, Token=_token(None, self.token))
+            return await self.rpc.call("operator", call, Any, timeout=15.0)
         except RPCError as e:
             if e.code == 400:
                 raise CommandError(str(e)) from None
+            if e.code == 403:
+                raise CommandForbiddenError(str(e)) from None
             raise RaftError(str(e)) from None

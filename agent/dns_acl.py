@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from typing import Any
 
 from meshd.acl import Access, Authorizer, build_authorizer
@@ -21,26 +23,50 @@ from meshd.structs import CheckServiceNode, Node
 
 log = logging.getLogger("meshd.dns")
 R = Access.READ
+_DENY = build_authorizer([], "deny")
 
 
 class ACLDNSView:
+    """Per query this adds one clock read (the expiry) to a cached answer: the hot path."""
+
     def __init__(self, view: DNSView, authz: Authorizer) -> None:
         self._view = view
         self.datacenter = view.datacenter
         self.node_name = view.node_name
+        # the answer path looks these up on every query: bound here, not via __getattr__
+        for name in ("stamp", "load"):
+            if hasattr(view, name):
+                setattr(self, name, getattr(view, name))
         self.authz = authz
-        self.dns_answers = AnswerCache()
+        self._until = math.inf
+        self._answers = AnswerCache()
+        self.set_authorizer(authz, force=True)
 
-    def __getattr__(self, name: str) -> Any:  # stamp, load: the underlying view's
+    @property
+    def dns_answers(self) -> AnswerCache:
+        if self._until <= time.time():
+            self._current()
+        return self._answers
+
+    def _current(self) -> Authorizer:
+        """The token's rights, until it expires: from then on nothing (checked per query, so
+        an expired dns token stops answering at once, not at the next refresh)."""
+        if self._until <= time.time():
+            log.warning("the DNS token expired: DNS answers nothing")
+            self.set_authorizer(_DENY)
+        return self.authz
+
+    def __getattr__(self, name: str) -> Any:  # anything else: the underlying view's
         return getattr(self._view, name)
 
-    def set_authorizer(self, authz: Authorizer) -> None:
-        if authz is not self.authz:
+    def set_authorizer(self, authz: Authorizer, force: bool = False) -> None:
+        if force or authz is not self.authz:
             self.authz = authz
-            self.dns_answers = AnswerCache()
+            self._until = math.inf if authz.expires_at is None else authz.expires_at
+            self._answers = AnswerCache()
 
     def _instances(self, rows: list[CheckServiceNode]) -> list[CheckServiceNode]:
-        a = self.authz
+        a = self._current()
         return [
             r
             for r in rows
@@ -55,10 +81,11 @@ class ACLDNSView:
 
     def node(self, name: str) -> Node | None:
         node = self._view.node(name)
-        return node if node is not None and self.authz.allowed("node", node.Node, R) else None
+        return node if node is not None and self._current().allowed("node", node.Node, R) else None
 
     def nodes(self) -> list[Node]:
-        return [n for n in self._view.nodes() if self.authz.allowed("node", n.Node, R)]
+        a = self._current()
+        return [n for n in self._view.nodes() if a.allowed("node", n.Node, R)]
 
     def server_nodes(self) -> list[Node]:
         return self._view.server_nodes()  # NS records: the servers are not secret (Consul)
@@ -76,7 +103,9 @@ async def dns_authorizer(resolver: TokenResolver) -> Authorizer:
 async def refresh(view: ACLDNSView, resolver: TokenResolver) -> None:
     """Keep the view's authorizer current (the resolver's cache bounds the RPCs to one a TTL)."""
     while True:
-        await asyncio.sleep(resolver.config.token_ttl)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(resolver.forgotten.wait(), resolver.config.token_ttl)
+        resolver.forgotten.clear()
         with contextlib.suppress(Exception):  # logged by the resolver; keep the last rights
             view.set_authorizer(await dns_authorizer(resolver))
 

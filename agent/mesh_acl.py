@@ -27,12 +27,14 @@ def stream_service(agent: Agent, node_id: str) -> str:
     return connect_destination(svc) or svc.Service
 
 
-def xds_hook(agent: Agent) -> Callable[[str, str], Awaitable[None]]:
-    async def authorize(node_id: str, token: str) -> None:
+def xds_hook(agent: Agent) -> Callable[[str, str], Awaitable[float | None]]:
+    async def authorize(node_id: str, token: str) -> float | None:
+        """The stream's grant, until the token's expiry (when the stream checks again)."""
         try:
             authz = await agent.acl.resolve(token)
             authz.check("service", stream_service(agent, node_id), Access.WRITE)
         except (ACLNotFoundError, PermissionDeniedError) as e:
             raise PermissionError(str(e)) from None
+        return authz.expires_at
 
     return authorize

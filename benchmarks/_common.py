@@ -284,12 +284,23 @@ def fs_type(path: str) -> str:
 # --------------------------------------------------------------------------- HTTP (blocking)
 
 
-def http(method: str, port: int, path: str, body: Any = None, timeout: float = 10.0) -> Any:
-    """One blocking request to the agent; returns decoded JSON (or text); raises on non-2xx."""
+def http(
+    method: str,
+    port: int,
+    path: str,
+    body: Any = None,
+    timeout: float = 10.0,
+    token: str | None = None,
+) -> Any:
+    """One blocking request to the agent; returns decoded JSON (or text); raises on non-2xx.
+    `token`: an ACL token, sent as X-Consul-Token."""
     data = None
     if body is not None:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(f"http://{LOOPBACK}:{port}{path}", data=data, method=method)
+    headers = {"X-Consul-Token": token} if token else {}
+    req = urllib.request.Request(
+        f"http://{LOOPBACK}:{port}{path}", data=data, method=method, headers=headers
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             raw = resp.read()

@@ -72,7 +72,7 @@ def service_addr(i: int) -> str:
 # --------------------------------------------------------------------------- setup
 
 
-def register_services(http_port: int) -> None:
+def register_services(http_port: int, token: str | None = None) -> None:
     for i in range(N_SERVICES):
         name = service_name(i)
         http(
@@ -86,6 +86,7 @@ def register_services(http_port: int) -> None:
                 "Port": 8080,
                 "Check": {"TTL": "30m", "Status": "passing"},
             },
+            token=token,
         )
 
 

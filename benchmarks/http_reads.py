@@ -70,7 +70,7 @@ class LoadResult:
 # --------------------------------------------------------------------------- setup
 
 
-def register_web(port: int) -> None:
+def register_web(port: int, token: str | None = None) -> None:
     for i in range(1, INSTANCES + 1):
         http(
             "PUT",
@@ -83,14 +83,17 @@ def register_web(port: int) -> None:
                 "Port": 8080,
                 "Check": {"TTL": "30m", "Status": "passing"},
             },
+            token=token,
         )
 
 
-def wait_for_instances(port: int, path: str, timeout: float = 30.0) -> None:
+def wait_for_instances(
+    port: int, path: str, timeout: float = 30.0, token: str | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     got: object = None
     while time.monotonic() < deadline:
-        got = http("GET", port, path)
+        got = http("GET", port, path, token=token)
         if isinstance(got, list) and len(got) == INSTANCES:
             return
         time.sleep(0.1)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install the load tools the benchmarks need (dnsperf, dnsmasq, wrk) when missing, then run the
-# three benchmarks one after another and repeat their RESULT lines at the end.
+# benchmarks (dns_qps, http_reads, writes, acl_overhead) one after another and repeat their
+# RESULT lines at the end.
 #
-#   bash benchmarks/run_all.sh            # everything, about 4-5 minutes
+#   bash benchmarks/run_all.sh            # everything, about 6-7 minutes
 #   KEEP_LOGS=DIR bash benchmarks/run_all.sh   # also keep each benchmark's full output in DIR
 #
 # The benchmarks themselves install nothing; this script is the only place that calls apt-get.
@@ -57,7 +58,7 @@ fi
 logdir="${KEEP_LOGS:-$(mktemp -d -t meshd-bench-logs-XXXXXX)}"
 mkdir -p "$logdir"
 failed=()
-for bench in dns_qps http_reads writes; do
+for bench in dns_qps http_reads writes acl_overhead; do
   echo
   echo "################ $bench ################"
   "$PY" "benchmarks/$bench.py" 2>&1 | tee "$logdir/$bench.log"

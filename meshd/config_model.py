@@ -109,7 +109,8 @@ class Config:
     log_level: str = "INFO"
     node_meta: dict[str, str] = field(default_factory=dict)
     tls: TLSConfig = field(default_factory=TLSConfig)
-    default_intention_policy: str = ""  # "" = derive: "allow" in dev mode, else "deny"
+    # "" = derive as Consul: the ACL default_policy with ACLs on, else "allow"
+    default_intention_policy: str = ""
     leave_on_terminate: bool | None = None  # None = derive: True for clients, False for servers
     raft_fsync: bool = True
     limits: dict[str, int] = field(default_factory=dict)
@@ -133,7 +134,8 @@ class Config:
             if not self.bootstrap_expect:
                 self.bootstrap = True
         if not self.default_intention_policy:
-            self.default_intention_policy = "allow" if self.dev else "deny"
+            acl = self.acl
+            self.default_intention_policy = acl.default_policy if acl.enabled else "allow"
         if self.leave_on_terminate is None:
             self.leave_on_terminate = not self.server
         if self.skip_leave_on_interrupt is None:

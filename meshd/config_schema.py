@@ -123,6 +123,8 @@ TOP: Schema = {
     "limits": (None, _LIMITS),
     "kubernetes": (("kubernetes", "enabled"), k8s_settings.SCHEMA),
     "acl": (None, acl_settings.SCHEMA),  # target: the block is there
+    # Consul's ACL authority datacenter; meshd has one datacenter: accepted so Consul files load
+    "primary_datacenter": (None, cv.datacenter),
     **_TLS_FILES,
     **_TLS_HOSTNAME,  # Consul's pre-1.12 top-level TLS keys
 }

@@ -46,6 +46,7 @@ class ReadRequest(msgspec.Struct):
     MinIndex: int = 0
     Wait: float = 0.0
     Consistency: str = "default"
+    Token: str = ""  # the caller's ACL SecretID; ACL state is read only with acl:read
 
 
 class ReadReply(msgspec.Struct):
@@ -137,6 +138,7 @@ class SessionRenew(msgspec.Struct):
 class CAConfigRequest(msgspec.Struct):
     Config: dict[str, Any]
     ForceRotate: bool = False
+    Token: str = ""  # the caller's ACL SecretID: operator:write
 
 
 class SignRequest(msgspec.Struct):

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from meshd.acl.auth_model import ACLAuthMethodOp, ACLBindingRuleOp, ACLLogin, ACLLogout
-from meshd.acl.model import ACLPolicyOp, ACLRoleOp, ACLTokenOp
+from meshd.acl.model import ACLPolicyOp, ACLRoleOp, ACLTokenOp, ACLTokenReap
 
 
 class Weights(msgspec.Struct, omit_defaults=False):
@@ -387,6 +387,7 @@ Command = (
     | ACLBindingRuleOp
     | ACLLogin
     | ACLLogout
+    | ACLTokenReap
     | AutopilotConfigOp
     | CoordinateBatch
     | PreparedQueryOp

@@ -115,8 +115,9 @@ class ADSServer:
         #: totals since start, for the agent's metrics
         self.pushes = self.acks_total = self.nacks_total = 0
         #: `await authorize(node_id, token)` raises PermissionError to refuse a stream (the
-        #: agent's ACL check); None: every local stream is served (ACLs off).
-        self.authorize: Callable[[str, str], Awaitable[None]] | None = None
+        #: agent's ACL check) and returns when the token expires (the stream is checked again
+        #: then); None: every local stream is served (ACLs off).
+        self.authorize: Callable[[str, str], Awaitable[float | None]] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -91,7 +92,8 @@ class StreamHost(Protocol):
 
     cds_gate_s: float
     pushes: int  # responses sent to any client (metrics)
-    authorize: Callable[[str, str], Awaitable[None]] | None  # raises PermissionError to refuse
+    # raises PermissionError to refuse; returns when the grant lapses (epoch seconds) or None
+    authorize: Callable[[str, str], Awaitable[float | None]] | None
 
     def lookup(self, node_id: str) -> NodeResources | None: ...
     def register(self, stream: BaseStream) -> None: ...
@@ -109,6 +111,7 @@ class BaseStream:
         self.host = host
         self.node_id: str | None = None
         self.token = ""  # the caller's ACL token (gRPC metadata), checked once node_id is known
+        self._grant_until: float | None = None  # the token's expiry: checked again from then
         #: Envoy's admin address as its bootstrap announced it (node metadata), for telemetry.
         self.admin_addr = ""
         self.wake = asyncio.Event()
@@ -139,8 +142,7 @@ class BaseStream:
                     if self.node_id is None:
                         if not req.node.id:
                             raise ValueError("first xDS request carries no node.id")
-                        if self.host.authorize is not None:
-                            await self.host.authorize(req.node.id, self.token)
+                        await self._authorize(req.node.id)
                         self.node_id = req.node.id
                         meta = req.node.metadata.fields.get(ADMIN_ADDR_KEY)
                         self.admin_addr = meta.string_value if meta is not None else ""
@@ -148,6 +150,9 @@ class BaseStream:
                     self.handle(req)
                 if self._closed:
                     return
+                if self._grant_until is not None and time.time() >= self._grant_until:
+                    assert self.node_id is not None
+                    await self._authorize(self.node_id)  # an expired token ends the stream
                 res = self.host.lookup(self.node_id) if self.node_id is not None else None
                 self._gate_deadline = None
                 if res is not None:
@@ -156,6 +161,9 @@ class BaseStream:
                 timeout = None
                 if self._gate_deadline is not None:
                     timeout = max(0.0, self._gate_deadline - loop.time())
+                if self._grant_until is not None:
+                    left = max(0.0, self._grant_until - time.time())
+                    timeout = left if timeout is None else min(timeout, left)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), timeout)
                 self.wake.clear()
@@ -163,6 +171,10 @@ class BaseStream:
             reader.cancel()
             if self.node_id is not None:
                 self.host.unregister(self)
+
+    async def _authorize(self, node_id: str) -> None:
+        if self.host.authorize is not None:
+            self._grant_until = await self.host.authorize(node_id, self.token)
 
     def warming_since(
         self,

@@ -13,7 +13,14 @@ from typing import Any
 
 from meshd.acl import MANAGEMENT, Access, Authorizer, build_authorizer, parse_rules
 from meshd.acl.auth_model import ACLAuthMethodOp, ACLBindingRuleOp
-from meshd.acl.model import ACLPolicyOp, ACLRoleOp, ACLTokenOp, expired
+from meshd.acl.model import (
+    ANONYMOUS_ACCESSOR,
+    ANONYMOUS_SECRET,
+    ACLPolicyOp,
+    ACLRoleOp,
+    ACLTokenOp,
+    expired,
+)
 from meshd.acl.settings import ACLConfig
 from meshd.prepared_query import acl_prefix
 from meshd.server.acl_state import ACLState
@@ -28,6 +35,7 @@ from meshd.structs import (
     IntentionOp,
     KeyringOp,
     KVOp,
+    Node,
     PreparedQueryOp,
     Register,
     SessionOp,
@@ -148,6 +156,30 @@ def authorize_query_owner(
         authz.check("query", prefix, W)
 
 
+def _changes_node(cmd: Register, node: Node | None) -> bool:
+    """Consul's `ChangesNode`: a new node, or node fields the registration would overwrite."""
+    if node is None:
+        return True
+    if cmd.SkipNodeUpdate:
+        return False
+    return (
+        cmd.Address != node.Address
+        or bool(cmd.ID and cmd.ID != node.ID)
+        or bool(cmd.TaggedAddresses and cmd.TaggedAddresses != node.TaggedAddresses)
+        or bool(cmd.NodeMeta and cmd.NodeMeta != node.Meta)
+    )
+
+
+def authorize_node_changes(cmd: Any, nodes: dict[str, Node], authz: Authorizer) -> None:
+    """A registration that creates or changes a node needs node:write on it, even when it
+    carries only a service: service:write alone cannot put a node into the catalog."""
+    if isinstance(cmd, Batch):
+        for op in cmd.Ops:
+            authorize_node_changes(op, nodes, authz)
+    elif isinstance(cmd, Register) and _changes_node(cmd, nodes.get(cmd.Node)):
+        authz.check("node", cmd.Node, W)
+
+
 def authorize(cmd: Any, authz: Authorizer) -> None:
     """Raises PermissionDeniedError (Consul's text) when the token may not send `cmd`."""
     check = PERMISSIONS.get(type(cmd))
@@ -159,13 +191,13 @@ def authorize(cmd: Any, authz: Authorizer) -> None:
 
 def server_authorizer(config: ACLConfig, state: ACLState, secret: str) -> Authorizer:
     """The authorizer of a token as the servers see it, straight from the replicated state."""
-    secret = secret or config.tokens.default
-    if not secret:
-        return build_authorizer([], config.default_policy)
+    secret = secret or config.tokens.default or ANONYMOUS_SECRET
     initial = config.tokens.initial_management
     if initial and hmac.compare_digest(initial.encode(), secret.encode()):
         return MANAGEMENT
     resolved = state.resolve(secret)
+    if resolved is None and secret == ANONYMOUS_SECRET:  # not created yet: the default policy
+        return build_authorizer([], config.default_policy, ANONYMOUS_ACCESSOR)
     if resolved is None or expired(resolved.ExpirationTime):
         raise TokenNotFoundError("ACL not found")
     if resolved.Management:

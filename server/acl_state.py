@@ -17,7 +17,9 @@ import msgspec
 from meshd import queries as q
 from meshd.acl import templates
 from meshd.acl.auth_model import ACLAuthMethod, ACLAuthMethodOp, ACLBindingRule, ACLBindingRuleOp
+from meshd.acl.expiry import epoch
 from meshd.acl.model import (
+    ANONYMOUS_ACCESSOR,
     MANAGEMENT_POLICY_ID,
     MANAGEMENT_POLICY_NAME,
     ACLLink,
@@ -28,6 +30,7 @@ from meshd.acl.model import (
     ACLTemplatedPolicy,
     ACLToken,
     ACLTokenOp,
+    ACLTokenReap,
     ResolvedToken,
 )
 from meshd.server import acl_auth_state
@@ -100,6 +103,8 @@ class ACLState:
         if isinstance(cmd, (ACLAuthMethodOp, ACLBindingRuleOp)):
             self.auth.check(cmd)
         elif isinstance(cmd, ACLTokenOp):
+            if cmd.Op == "delete" and cmd.AccessorID == ANONYMOUS_ACCESSOR:
+                raise CommandRejectedError("Delete operation not permitted on the anonymous token")
             if cmd.Op == "bootstrap" and self.bootstrap_index:
                 raise BootstrapDoneError(
                     f"ACL bootstrap no longer allowed (reset index: {self.bootstrap_index})"
@@ -126,6 +131,7 @@ class ACLState:
             ACLTokenOp: self._token,
             ACLPolicyOp: self._policy,
             ACLRoleOp: self._role,
+            ACLTokenReap: self._reap,
             **self.auth.handlers(),
         }
 
@@ -134,6 +140,20 @@ class ACLState:
         for accessor in [a for a, t in self.tokens.items() if t.AuthMethod == method]:
             self.by_secret.pop(self.tokens.pop(accessor).SecretID, None)
             changed.add(TOKENS)
+
+    def _reap(self, cmd: ACLTokenReap, index: int, changed: set[str]) -> int:
+        """Drop the listed tokens that expired by the leader's `Now`; the count dropped."""
+        dropped = 0
+        for accessor in cmd.AccessorIDs:
+            token = self.tokens.get(accessor)
+            expires = epoch(token.ExpirationTime) if token is not None else None
+            if token is not None and expires is not None and expires <= cmd.Now:
+                del self.tokens[accessor]
+                self.by_secret.pop(token.SecretID, None)
+                dropped += 1
+        if dropped:
+            changed.add(TOKENS)
+        return dropped
 
     def _token(self, cmd: ACLTokenOp, index: int, changed: set[str]) -> Any:
         self.check(cmd)

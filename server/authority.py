@@ -18,11 +18,12 @@ import msgspec
 from meshd import validate
 from meshd.acl.auth_model import ACLAuthMethodOp, ACLBindingRuleOp, ACLLogin, ACLLogout
 from meshd.acl.checks import ValidationError as ACLValidationError
-from meshd.acl.model import ACLPolicyOp, ACLRoleOp, ACLTokenOp
+from meshd.acl.model import ACLPolicyOp, ACLRoleOp, ACLTokenOp, ACLTokenReap
 from meshd.chain import CHAIN_KINDS, ChainError, check_chains
 from meshd.config_entries import KINDS, ConfigEntryError, normalize_entry
 from meshd.prepared_query import PreparedQueryError, check_unique
 from meshd.prepared_query import normalize as normalize_query
+from meshd.server.acl_expiry import check_token_expiry
 from meshd.server.acl_state import BootstrapDoneError
 from meshd.server.ca import CARoot
 from meshd.server.mesh_state import INTENTIONS, CommandRejectedError, intention_entry
@@ -92,6 +93,7 @@ ORIGINS: dict[type[Any], frozenset[Origin]] = {
     PreparedQueryOp: _ANY,
     KeyringOp: _ANY,  # an operator's rotation, through any agent's HTTP API
     KVReap: _SERVERS,  # the leader's tombstone GC
+    ACLTokenReap: _SERVERS,  # the leader drops expired tokens (server/acl_expiry.py)
 }
 
 
@@ -251,6 +253,8 @@ def _config_entry_refs(cmd: ConfigEntryOp, store: Store, added: dict[str, set[st
 def _acl_refs(cmd: Any, store: Store, added: dict[str, set[str]]) -> None:
     try:
         store.acl.check(cmd)
+        if isinstance(cmd, ACLTokenOp):
+            check_token_expiry(cmd, store.acl)
     except BootstrapDoneError as e:
         raise CommandForbiddenError(f"Permission denied: {e}") from None
     except CommandRejectedError as e:

@@ -37,18 +37,21 @@ from meshd.rpc import (
     decode_value,
 )
 from meshd.rpc_client import RPCClient, RPCError, normalize_addr
-from meshd.server import acl_login, connect_ca, operator
+from meshd.server import acl_init, acl_login, connect_ca, operator
 from meshd.server import keyring as server_keyring
 from meshd.server.acl_authz import (
     TokenNotFoundError,
     authorize,
+    authorize_node_changes,
     authorize_query_owner,
     server_authorizer,
 )
+from meshd.server.acl_expiry import TokenReaper
+from meshd.server.acl_reads import guard_operator, guard_read, redact
 from meshd.server.authority import CommandForbiddenError, Origin, admit, check_command
 from meshd.server.ca import CAError
 from meshd.server.liveness import Liveness
-from meshd.server.operator import OperatorRequest
+from meshd.server.operator import OperatorCall, OperatorRequest
 from meshd.server.raft import RaftError, RaftNode, RaftSettings
 from meshd.server.reads import blocking_query
 from meshd.server.reaper import CriticalReaper
@@ -128,6 +131,7 @@ class Server:
         self.reaper = CriticalReaper()
         self.session_timers = SessionTimers()
         self.tombstone_gc = TombstoneGC(settings.tombstone_ttl)
+        self.token_reaper = TokenReaper()
         self.started = time.time()
         self.keys: list[str] = list(settings.keyring)  # the ring this server uses now
         self._stopping = asyncio.Event()
@@ -303,6 +307,7 @@ class Server:
                 authz = server_authorizer(self.s.acl, self.store.acl, token)
                 if isinstance(cmd, PreparedQueryOp):
                     authorize_query_owner(cmd, self.store.prepared_queries.queries, authz)
+                authorize_node_changes(cmd, self.store.nodes, authz)
             authorize(cmd, authz)
         except (PermissionDeniedError, TokenNotFoundError) as e:
             raise CommandForbiddenError(str(e)) from None
@@ -313,23 +318,40 @@ class Server:
         await self.write(Restore(Data=data))
 
     async def read(
-        self, query: q.Query, min_index: int, wait: float, consistency: str
+        self,
+        query: q.Query,
+        min_index: int,
+        wait: float,
+        consistency: str,
+        token: str | None = None,
     ) -> ReadAnswer:
+        """`token`: an agent's (RPC, or the HTTP API of an agent on this server), checked
+        against `server/acl_reads.py`; None for this server's own reads."""
         raft = self._raft()
+        authz = guard_read(self.s.acl, self.store, query, token)
         if consistency != "stale" and not raft.is_leader:
             reply = await self._forward_read(
-                ReadRequest(Query=query, MinIndex=min_index, Wait=wait, Consistency=consistency)
+                ReadRequest(
+                    Query=query,
+                    MinIndex=min_index,
+                    Wait=wait,
+                    Consistency=consistency,
+                    Token=token or "",
+                )
             )
-            return ReadAnswer(
-                reply.Index, decode_value(query, reply.Value), reply.KnownLeader, reply.LastContact
+            value = decode_value(query, reply.Value)
+            answer = ReadAnswer(reply.Index, value, reply.KnownLeader, reply.LastContact)
+        else:
+            if consistency == "consistent":
+                await raft.apply(Barrier())  # a quorum round: we are still the leader
+            loop = asyncio.get_running_loop()
+            index, value = await blocking_query(
+                self.store, query, min_index if wait > 0 else 0, loop.time() + wait
             )
-        if consistency == "consistent":
-            await raft.apply(Barrier())  # a quorum round: we are still the leader
-        loop = asyncio.get_running_loop()
-        index, value = await blocking_query(
-            self.store, query, min_index if wait > 0 else 0, loop.time() + wait
-        )
-        return ReadAnswer(index, value, bool(raft.leader()), raft.last_contact_ms())
+            answer = ReadAnswer(index, value, bool(raft.leader()), raft.last_contact_ms())
+        if authz is not None:
+            answer.value = redact(query, answer.value, authz, token or "")
+        return answer
 
     async def _forward_read(self, req: ReadRequest) -> ReadReply:
         call = self.rpc.call(
@@ -369,16 +391,20 @@ class Server:
 
     # ---- operator requests (force-leave, leadership, autopilot, usage) ------------------
 
-    async def operator(self, req: OperatorRequest) -> Any:
+    async def operator(self, req: OperatorRequest, token: str | None = None) -> Any:
         """Answered by the leader, which holds the liveness timers and follower positions."""
+        guard_operator(self.s.acl, self.store, token, req)
         if not self._raft().is_leader:
             try:
+                call = OperatorCall(Request=req, Token=token or "")
                 return await self.rpc.call(
-                    "operator", req, Any, addr=self.leader_rpc(), timeout=15.0
+                    "operator", call, Any, addr=self.leader_rpc(), timeout=15.0
                 )
             except RPCError as e:  # the leader's refusal keeps its reason and its status
                 if e.code == 400:
                     raise CommandError(str(e)) from None
+                if e.code == 403:
+                    raise CommandForbiddenError(str(e)) from None
                 raise RaftError(str(e)) from None
         return await operator.handle(self, req)
 
@@ -392,11 +418,15 @@ class Server:
             await connect_ca.ensure_ca(self)
         return await connect_ca.sign(self, req)
 
-    async def set_ca_config(self, config: dict[str, Any], force_rotate: bool) -> None:
+    async def set_ca_config(
+        self, config: dict[str, Any], force_rotate: bool, token: str | None = None
+    ) -> None:
+        """`token`: an agent's, which needs operator:write (Consul's CA configuration)."""
+        guard_operator(self.s.acl, self.store, token, "operator")
         if not self._raft().is_leader:
             await self.rpc.call(
                 "caconfig",
-                CAConfigRequest(Config=config, ForceRotate=force_rotate),
+                CAConfigRequest(Config=config, ForceRotate=force_rotate, Token=token or ""),
                 bool,
                 addr=self.leader_rpc(),
             )
@@ -477,6 +507,7 @@ class Server:
                     self.session_timers.reset()
                     self.tombstone_gc.reset()
                     await connect_ca.ensure_ca(self)
+                    await acl_init.initialize(self)
                 await operator.reconcile(self)
                 ops: list[Command] = []
                 rounds += 1
@@ -490,6 +521,7 @@ class Server:
                 ops += self.reaper.tick(self.store, time.monotonic())
                 ops += self.session_timers.tick(self.store)
                 ops += self.tombstone_gc.tick(self.store, time.monotonic())
+                ops += self.token_reaper.tick(self.store.acl, time.time())
                 for op in ops:
                     try:
                         await self.write(op)

@@ -58,6 +58,13 @@ class KeyringList(msgspec.Struct, tag="keyring_list"):
 OperatorRequest = ForceLeave | TransferLeader | AutopilotHealth | Usage | KeyringList
 
 
+class OperatorCall(msgspec.Struct):
+    """The body of `/rpc/operator`: the request and the caller's ACL token (operator rights)."""
+
+    Request: OperatorRequest
+    Token: str = ""
+
+
 _STATES = {ALIVE: "alive", FAILED: "failed", LEFT: "left"}
 # A server judged failed is removed from Raft only this long after: its verdict commits first,
 # and an operator who saw it fail can still remove it with remove-peer (liveness is judged every

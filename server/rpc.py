@@ -30,7 +30,7 @@ from meshd.rpc_client import RPCError
 from meshd.server.authority import CommandForbiddenError, Origin
 from meshd.server.ca import CAError
 from meshd.server.cluster import Server
-from meshd.server.operator import OperatorRequest
+from meshd.server.operator import OperatorCall
 from meshd.server.raft import RaftError
 from meshd.server.store import CommandError, StateConflictError
 from meshd.server.telemetry import add_rpc_routes as add_telemetry_routes
@@ -79,7 +79,9 @@ def make_rpc_app(server: Server) -> web.Application:
 
     async def read(request: web.Request) -> web.Response:
         req = msgspec.msgpack.decode(await request.read(), type=ReadRequest)
-        ans = await server.read(req.Query, req.MinIndex, min(req.Wait, 600.0), req.Consistency)
+        ans = await server.read(
+            req.Query, req.MinIndex, min(req.Wait, 600.0), req.Consistency, req.Token
+        )
         return _reply(
             ReadReply(
                 Index=ans.index,
@@ -132,14 +134,14 @@ def make_rpc_app(server: Server) -> web.Application:
     async def caconfig(request: web.Request) -> web.Response:
         req = msgspec.msgpack.decode(await request.read(), type=CAConfigRequest)
         try:
-            await server.set_ca_config(req.Config, req.ForceRotate)
+            await server.set_ca_config(req.Config, req.ForceRotate, req.Token)
         except CAError as e:
             return web.Response(status=400, text=f"{e}\n")
         return _reply(True)
 
     async def operator(request: web.Request) -> web.Response:
-        req = msgspec.msgpack.decode(await request.read(), type=OperatorRequest)
-        return _reply(await server.operator(req))
+        call = msgspec.msgpack.decode(await request.read(), type=OperatorCall)
+        return _reply(await server.operator(call.Request, call.Token))
 
     app = web.Application(middlewares=[auth], client_max_size=MAX_RPC_BODY)
     app.router.add_post("/rpc/operator", operator)

@@ -57,21 +57,35 @@ class ACLAgent:
 
 
 def start_acl_agent(
-    tokens: str = "", acl: str = "", agent_token: bool = True, args: tuple[str, ...] = ()
+    tokens: str = "",
+    acl: str = "",
+    agent_token: bool = True,
+    args: tuple[str, ...] = (),
+    data_dir: str | None = None,
+    initial_management: bool = True,
 ) -> ACLAgent:
-    """`tokens`/`acl`: extra HCL lines inside `acl.tokens {}` / `acl {}`; `args`: more flags.
-    Logs at debug level, so that tests can look for secrets in everything the agent writes."""
+    """`tokens`/`acl`: extra HCL lines inside `acl.tokens {}` / `acl {}`; `args`: more flags;
+    `data_dir`: a single server keeping its state there instead of a -dev agent (which keeps
+    none); `initial_management`: False leaves the one-time bootstrap to the test (the
+    configured token consumes it, as in Consul). Logs at debug level, so that tests can look
+    for secrets in everything it writes."""
     conf_dir = tempfile.mkdtemp(prefix="meshd-acl-")
     conf = os.path.join(conf_dir, "acl.hcl")
     with open(conf, "w") as f:
         f.write(
             f'acl {{\n  enabled = true\n  default_policy = "deny"\n{acl}\n'
-            f'  tokens {{\n    initial_management = "{MGMT}"\n'
+            f'  tokens {{\n    initial_management = "{MGMT if initial_management else ""}"\n'
             f'    agent = "{MGMT if agent_token else ""}"\n'
             f"{tokens}\n  }}\n}}\n"
         )
     proc = dev_agent(f"-config-file={conf}", "-log-level=debug", *args)
+    if data_dir is not None:
+        proc.args = [a for a in proc.args if a != "-dev"]
+        proc.args += ["-server", "-bootstrap-expect=1", f"-data-dir={data_dir}"]
+    own = MGMT if initial_management else None
     proc.request = lambda method, path, body=None, timeout=10.0: ACLAgent(proc).call(  # type: ignore[method-assign]
-        method, path, body
+        method, path, body, own
     )
+    if not initial_management:  # no token exists before the bootstrap: a leader is enough
+        proc._settled = lambda: True  # type: ignore[method-assign]
     return ACLAgent(proc.start())

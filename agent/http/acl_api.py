@@ -8,14 +8,14 @@ or acl:write); the servers check acl:write again on the command with the caller'
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
 from meshd import queries as q
-from meshd.acl import Access, templates
+from meshd.acl import Access, expiry, templates
 from meshd.acl.model import (
     ACLLink,
     ACLNodeIdentity,
@@ -27,6 +27,7 @@ from meshd.acl.model import (
     ACLToken,
     ACLTokenOp,
 )
+from meshd.agent import acl_tokens_file
 from meshd.agent.acl import ACLNotFoundError
 from meshd.agent.http.acl_guard import authorizer_of, token_of
 from meshd.agent.http.common import (
@@ -38,7 +39,6 @@ from meshd.agent.http.common import (
     query_options,
     to_builtins,
 )
-from meshd.durations import DurationError, parse_duration_seconds
 
 routes = web.RouteTableDef()
 HIDDEN = "<hidden>"
@@ -75,29 +75,23 @@ def _identities(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _expiration(body: dict[str, Any]) -> tuple[str, str]:
-    ttl = body.get("ExpirationTTL") or ""
-    when = body.get("ExpirationTime") or ""
-    if ttl and when:
-        raise BadRequestError("Expiration TTL and Expiration Time cannot both be set")
-    if ttl:
-        try:
-            seconds = parse_duration_seconds(str(ttl))
-        except DurationError as e:
-            raise BadRequestError(f"Invalid ExpirationTTL: {e}") from None
-        if seconds <= 0:
-            raise BadRequestError("Token Expiration TTL must be positive")
-        when = (_now() + timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
-    elif when:
-        try:
-            datetime.fromisoformat(str(when).replace("Z", "+00:00"))
-        except ValueError:
-            raise BadRequestError(f"Invalid ExpirationTime {when!r}") from None
-    return str(ttl), str(when)
+def _expiration(request: web.Request, body: dict[str, Any], old: ACLToken | None) -> str:
+    """The token's ExpirationTime: fixed at creation, never changed (meshd/acl/expiry.py)."""
+    ttl, when = body.get("ExpirationTTL"), body.get("ExpirationTime")
+    acl = request.app[AGENT_KEY].config.acl
+    try:
+        if old is not None:
+            return expiry.unchanged(ttl, when, old.ExpirationTime)
+        return expiry.new_expiration(
+            ttl, when, _now(), acl.token_min_expiration_ttl, acl.token_max_expiration_ttl
+        )
+    except expiry.ExpiryError as e:
+        raise BadRequestError(str(e)) from None
 
 
-def _token_from(body: dict[str, Any], accessor: str, secret: str, old: ACLToken | None) -> ACLToken:
-    ttl, when = _expiration(body)
+def _token_from(
+    request: web.Request, body: dict[str, Any], accessor: str, secret: str, old: ACLToken | None
+) -> ACLToken:
     return ACLToken(
         AccessorID=accessor,
         SecretID=secret,
@@ -106,8 +100,7 @@ def _token_from(body: dict[str, Any], accessor: str, secret: str, old: ACLToken 
         Roles=_links(body, "Roles"),
         Local=bool(body.get("Local", old.Local if old else False)),
         AuthMethod=old.AuthMethod if old else "",  # set by login only, kept by updates
-        ExpirationTTL=ttl or (old.ExpirationTTL if old else ""),
-        ExpirationTime=when or (old.ExpirationTime if old else ""),
+        ExpirationTime=_expiration(request, body, old),
         CreateTime=old.CreateTime if old else _now().isoformat().replace("+00:00", "Z"),
         **_identities(body),
     )
@@ -130,10 +123,40 @@ async def _write(request: web.Request, cmd: Any) -> Any:
 
 
 async def _read_one(request: web.Request, query: Any, what: str) -> Any:
+    """A token that does not exist is 403 `ACL not found` (Consul); a policy or role, 404.
+    An ID that is not a UUID cannot name anything: 400."""
+    ident = getattr(query, "AccessorID", "") or getattr(query, "ID", "")
+    if ident:
+        try:
+            uuid.UUID(ident)
+        except ValueError:
+            raise BadRequestError(f"{what} ID must be a UUID: {ident!r}") from None
     ans = await request.app[AGENT_KEY].backend.read(query)
     if not ans.value:
+        if isinstance(query, q.ACLTokens):
+            raise ACLNotFoundError()
         raise NotFoundError(f"{what} not found")
     return ans.value[0]
+
+
+# Consul decodes bodies case-insensitively (Go's encoding/json): {"name": ...} is a Name
+_FIELDS = {
+    f.lower(): f
+    for f in (
+        *ACLToken.__struct_fields__,
+        *ACLPolicy.__struct_fields__,
+        *ACLRole.__struct_fields__,
+        "Token",
+        "TemplatedPolicies",
+    )
+}
+
+
+async def _body(request: web.Request, kind: type | None = dict) -> Any:
+    body = await json_body(request, kind)
+    if isinstance(body, dict):
+        return {_FIELDS.get(k.lower(), k) if isinstance(k, str) else k: v for k, v in body.items()}
+    return body
 
 
 def _new_ids(body: dict[str, Any]) -> tuple[str, str]:
@@ -148,7 +171,7 @@ def _new_ids(body: dict[str, Any]) -> tuple[str, str]:
 
 @routes.put("/v1/acl/bootstrap")
 async def bootstrap(request: web.Request) -> web.Response:
-    body = await json_body(request, None) or {}
+    body = await _body(request, None) or {}
     accessor, secret = _new_ids(body if isinstance(body, dict) else {})
     token = ACLToken(
         AccessorID=accessor,
@@ -162,10 +185,10 @@ async def bootstrap(request: web.Request) -> web.Response:
 
 @routes.put("/v1/acl/token")
 async def token_create(request: web.Request) -> web.Response:
-    body = await json_body(request)
+    body = await _body(request)
     accessor, secret = _new_ids(body)
     stored = await _write(
-        request, ACLTokenOp(Op="set", Token=_token_from(body, accessor, secret, None))
+        request, ACLTokenOp(Op="set", Token=_token_from(request, body, accessor, secret, None))
     )
     return json_response(to_builtins(stored))
 
@@ -187,20 +210,20 @@ async def token_read(request: web.Request) -> web.Response:
 
 @routes.put("/v1/acl/token/{id}")
 async def token_update(request: web.Request) -> web.Response:
-    body = await json_body(request)
+    body = await _body(request)
     accessor = request.match_info["id"]
     if body.get("AccessorID") and body["AccessorID"] != accessor:
         raise BadRequestError("Token update failed: AccessorID in the body and the URL differ")
     old = await _read_one(request, q.ACLTokens(AccessorID=accessor), "ACL")
     if body.get("SecretID") and body["SecretID"] != old.SecretID:
         raise BadRequestError("Token update failed: the SecretID cannot change")
-    token = _token_from(body, accessor, old.SecretID, old)
+    token = _token_from(request, body, accessor, old.SecretID, old)
     return json_response(to_builtins(await _write(request, ACLTokenOp(Op="set", Token=token))))
 
 
 @routes.put("/v1/acl/token/{id}/clone")
 async def token_clone(request: web.Request) -> web.Response:
-    body = await json_body(request, None) or {}
+    body = await _body(request, None) or {}
     old = await _read_one(request, q.ACLTokens(AccessorID=request.match_info["id"]), "ACL")
     if old.AuthMethod:
         raise BadRequestError("Cannot clone a token created from an auth method")
@@ -272,7 +295,7 @@ def _crud(kind: str) -> None:
     label = kind.capitalize()
 
     async def create(request: web.Request) -> web.Response:
-        row = build(await json_body(request), str(uuid.uuid4()))
+        row = build(await _body(request), str(uuid.uuid4()))
         return json_response(to_builtins(await _write(request, op(Op="set", **{field: row}))))
 
     async def read(request: web.Request) -> web.Response:
@@ -286,7 +309,7 @@ def _crud(kind: str) -> None:
     async def update(request: web.Request) -> web.Response:
         rid = request.match_info["id"]
         await _read_one(request, query(ID=rid), f"ACL {label}")
-        row = build(await json_body(request), rid)
+        row = build(await _body(request), rid)
         return json_response(to_builtins(await _write(request, op(Op="set", **{field: row}))))
 
     async def delete(request: web.Request) -> web.Response:
@@ -320,21 +343,24 @@ _AGENT_TOKENS = {
     "agent_master": "agent_recovery",
     "dns": "dns",
     "config_file_service_registration": "config_file_service_registration",
+    "replication": "replication",
 }
 
 
 @routes.put("/v1/agent/token/{type}")
 async def set_agent_token(request: web.Request) -> web.Response:
-    """Set one of the agent's tokens in memory (until restart, as Consul without persistence)."""
+    """Set one of the agent's tokens: in memory, and in `acl-tokens.json` when
+    `acl.enable_token_persistence` is on (agent/acl_tokens_file.py)."""
     kind = _AGENT_TOKENS.get(request.match_info["type"])
     if kind is None:
         raise NotFoundError(f"Token {request.match_info['type']!r} is unknown")
-    body = await json_body(request)
+    body = await _body(request)
     value = body.get("Token")
     if not isinstance(value, str):
         raise BadRequestError("Request decode failed: Token must be a string")
     agent = request.app[AGENT_KEY]
     setattr(agent.config.acl.tokens, kind, value)
+    acl_tokens_file.save(agent.config.data_dir, agent.config.acl, kind, value)
     if kind == "agent":
         agent.backend.token = value  # background writes (anti-entropy, checks) use it from now
     agent.acl.forget()

@@ -65,23 +65,30 @@ def _filter(body: bytes, authz: Authorizer, keep: Any) -> tuple[bytes, bool]:
     return (orjson.dumps(kept) if dropped else body), dropped
 
 
+# Consul answers its ACL endpoints and the agent's token endpoints with 401 while ACLs are off
+_ACL_ONLY = ("/v1/acl/", "/v1/agent/token/")
+
+
 @web.middleware
 async def acl_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     agent = request.app[AGENT_KEY]
     if not agent.acl.enabled:
+        if request.path.startswith(_ACL_ONLY):
+            return web.Response(status=401, text="ACL support disabled")
         return await handler(request)
     resource = request.match_info.route.resource
     if resource is None:  # no such route: aiohttp's 404/405
         return await handler(request)
     perm = PERMISSIONS.get(route_key(request.method, resource.canonical))
+    token = token_of(request)
     try:
-        authz = await agent.acl.resolve(token_of(request))
+        authz = await agent.acl.resolve(token)
         request[_AUTHZ] = authz
         if perm is None:
             raise PermissionDeniedError(authz.accessor, "operator", Access.WRITE)
         if perm.check is not None:
             await perm.check(request, authz)
-        reset = caller_token.set(token_of(request))
+        reset = caller_token.set(token)
         try:
             resp = await handler(request)
         finally:

@@ -166,6 +166,12 @@ async def _intention_create(request: web.Request, authz: Authorizer) -> None:
     authz.check("intention", str(dest or ""), W)
 
 
+async def _intention_match(request: web.Request, authz: Authorizer) -> None:
+    """Every name asked about: the answer holds each one's intentions."""
+    for name in request.query.getall("name", []) or [""]:
+        authz.check("intention", name, R)
+
+
 async def _session_create(request: web.Request, authz: Authorizer) -> None:
     body = await _body(request)
     node = body.get("Node") if isinstance(body, dict) else None
@@ -380,7 +386,7 @@ PERMISSIONS: dict[tuple[str, str], Perm] = {
     ("GET", "/v1/connect/intentions/exact"): Perm(need("intention", R, query("destination"))),
     ("PUT", "/v1/connect/intentions/exact"): Perm(need("intention", W, query("destination"))),
     ("DELETE", "/v1/connect/intentions/exact"): Perm(need("intention", W, query("destination"))),
-    ("GET", "/v1/connect/intentions/match"): Perm(need("intention", R, query("name"))),
+    ("GET", "/v1/connect/intentions/match"): Perm(_intention_match),
     ("GET", "/v1/discovery-chain/{service}"): Perm(need("service", R, path("service"))),
     ("POST", "/v1/discovery-chain/{service}"): Perm(need("service", R, path("service"))),
     # events, KV, sessions, transactions

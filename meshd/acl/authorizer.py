@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 from meshd.acl.rules import SINGLE, Rule
 
+MEMO_SIZE = 4096  # answers an authorizer remembers (it is shared by every request of a token)
+
 
 class Access(enum.Enum):
     READ = "read"
@@ -92,10 +94,14 @@ class Authorizer:
         self.default_allow = default_allow
         self.management = management
         self.accessor = accessor
+        # epoch seconds after which the token no longer works (None: never); the holders of a
+        # cached authorizer (token cache, DNS view, xDS stream) compare it on each use
+        self.expires_at: float | None = None
         self._single: dict[str, str] = {}
         self._tables: dict[str, _Table] = {}
         self._intentions = _Table()
         self._reads_all: dict[str, bool] = {}
+        self._memo: dict[tuple[str, str, Access], bool] = {}  # `allowed` answers, bounded
         for r in rules:
             if r.resource in SINGLE:
                 self._single[r.resource] = _merge(self._single.get(r.resource, ""), r.policy)
@@ -122,10 +128,18 @@ class Authorizer:
     def allowed(self, resource: str, name: str, access: Access) -> bool:
         if self.management:
             return True
-        policy = self._policy(resource, name)
-        if policy is None:
-            return self.default_allow and resource != "acl"
-        return access in _GRANTS[policy]
+        key = (resource, name, access)
+        known = self._memo.get(key)
+        if known is None:
+            policy = self._policy(resource, name)
+            if policy is None:
+                known = self.default_allow and resource != "acl"
+            else:
+                known = access in _GRANTS[policy]
+            if len(self._memo) >= MEMO_SIZE:
+                self._memo.clear()  # many distinct names: start over rather than grow
+            self._memo[key] = known
+        return known
 
     def reads_all(self, resource: str) -> bool:
         """True when every name of `resource` is readable: lets a list answer skip filtering."""
@@ -146,6 +160,9 @@ class Authorizer:
         covered = self.default_allow if base is None else Access.READ in _GRANTS[base]
         rows = [*table.exact.values(), *table.prefix.values()]
         return covered and all(Access.READ in _GRANTS[p] for p in rows)
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
 
     def check(self, resource: str, name: str, access: Access) -> None:
         if not self.allowed(resource, name, access):

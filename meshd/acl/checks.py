@@ -7,7 +7,15 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from meshd.acl.model import ACLPolicyOp, ACLRoleOp, ACLTemplatedPolicy, ACLTokenOp
+from meshd.acl.model import (
+    ANONYMOUS_ACCESSOR,
+    ANONYMOUS_SECRET,
+    ACLPolicyOp,
+    ACLRoleOp,
+    ACLTemplatedPolicy,
+    ACLTokenOp,
+    ACLTokenReap,
+)
 from meshd.acl.rules import RulesError, parse_rules
 from meshd.acl.templates import TemplateError
 from meshd.acl.templates import check as check_template
@@ -51,7 +59,9 @@ def token_op(cmd: ACLTokenOp, limits: Any) -> None:
     if cmd.Token is None:
         raise ValidationError("Token is required")
     _uuid(cmd.Token.AccessorID, "AccessorID")
-    _uuid(cmd.Token.SecretID, "SecretID")
+    anonymous = (cmd.Token.AccessorID, cmd.Token.SecretID) == (ANONYMOUS_ACCESSOR, ANONYMOUS_SECRET)
+    if not anonymous:
+        _uuid(cmd.Token.SecretID, "SecretID")
     for link in [*cmd.Token.Policies, *cmd.Token.Roles]:
         if not (link.ID or link.Name):
             raise ValidationError("a policy or role link needs an ID or a Name")
@@ -97,7 +107,15 @@ def role_op(cmd: ACLRoleOp, limits: Any) -> None:
     _templated(cmd.Role.TemplatedPolicies)
 
 
+def token_reap(cmd: ACLTokenReap, limits: Any) -> None:
+    for accessor in cmd.AccessorIDs:
+        _uuid(accessor, "AccessorID")
+    if not cmd.AccessorIDs:
+        raise ValidationError("no token to reap")
+
+
 RULES: dict[type[Any], Callable[[Any, Any], None]] = {
+    ACLTokenReap: token_reap,
     ACLTokenOp: token_op,
     ACLPolicyOp: policy_op,
     ACLRoleOp: role_op,

@@ -8,13 +8,15 @@ body). IDs, secrets and times are chosen by the agent that receives the request,
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 
 import msgspec
+
+from meshd.acl.expiry import epoch
 
 MANAGEMENT_POLICY_ID = "00000000-0000-0000-0000-000000000001"
 MANAGEMENT_POLICY_NAME = "global-management"
 ANONYMOUS_ACCESSOR = "00000000-0000-0000-0000-000000000002"
+ANONYMOUS_SECRET = "anonymous"  # Consul's: the anonymous token's SecretID
 
 
 class ACLLink(msgspec.Struct, omit_defaults=True):
@@ -106,6 +108,15 @@ class ACLRoleOp(msgspec.Struct, tag="acl_role"):
     ID: str = ""
 
 
+class ACLTokenReap(msgspec.Struct, tag="acl_token_reap"):
+    """The leader's verdict on expired tokens (servers only): apply drops each listed token
+    whose ExpirationTime is at or before `Now` (epoch seconds, chosen by the leader), so every
+    server drops the same ones whatever its own clock says."""
+
+    AccessorIDs: list[str]
+    Now: float
+
+
 class ResolvedToken(msgspec.Struct):
     """What an agent needs to authorise a token: its accessor and every rule text it carries."""
 
@@ -116,12 +127,5 @@ class ResolvedToken(msgspec.Struct):
 
 
 def expired(expiration_time: str, now: float | None = None) -> bool:
-    if not expiration_time:
-        return False
-    try:
-        when = datetime.fromisoformat(expiration_time.replace("Z", "+00:00"))
-    except ValueError:
-        return True  # an unreadable expiry must not make a token live forever
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.timestamp() <= (time.time() if now is None else now)
+    expires = epoch(expiration_time)
+    return expires is not None and expires <= (time.time() if now is None else now)

@@ -29,6 +29,7 @@ class ACLTokens:
     default: str = ""
     dns: str = ""
     config_file_service_registration: str = ""
+    replication: str = ""  # Consul's; kept and persisted, unused (meshd has one datacenter)
 
 
 @dataclass
@@ -38,6 +39,9 @@ class ACLConfig:
     down_policy: str = "extend-cache"
     enable_token_persistence: bool = False
     token_ttl: float = 30.0
+    # bounds of a token's ExpirationTTL (Consul's ACLTokenMin/MaxExpirationTTL)
+    token_min_expiration_ttl: float = 60.0
+    token_max_expiration_ttl: float = 24 * 3600.0
     tokens: ACLTokens = field(default_factory=ACLTokens)
 
 
@@ -50,6 +54,7 @@ _TOKENS: Schema = {
         "default",
         "dns",
         "config_file_service_registration",
+        "replication",
     )
 }
 _TOKENS["master"] = (("acl", "tokens", "initial_management"), cv.string)  # Consul's old name
@@ -60,6 +65,8 @@ SCHEMA: Schema = {
     "down_policy": (("acl", "down_policy"), _down_policy),
     "enable_token_persistence": (("acl", "enable_token_persistence"), cv.boolean),
     "token_ttl": (("acl", "token_ttl"), cv.duration(positive=True)),
+    "token_min_expiration_ttl": (("acl", "token_min_expiration_ttl"), cv.duration(positive=True)),
+    "token_max_expiration_ttl": (("acl", "token_max_expiration_ttl"), cv.duration(positive=True)),
     "tokens": (None, _TOKENS),
 }
 

@@ -324,6 +324,7 @@ def role_delete(ident: str, name: str) -> None:
 @click.argument("secret", metavar="TOKEN")
 @http_options
 def set_agent_token(kind: str, secret: str) -> None:
-    """Set one of the agent's tokens (default, agent, agent_recovery, dns, ...) until restart."""
+    """Set one of the agent's tokens (default, agent, agent_recovery, dns, ...): until restart,
+    or kept in the agent's data dir with acl.enable_token_persistence."""
     _call(lambda: client().put(f"/v1/agent/token/{kind}", {"Token": secret}))
     click.echo("ACL token set successfully")

@@ -8,13 +8,13 @@ import tempfile
 from collections.abc import Iterator
 
 import pytest
-from acl_helpers import MGMT, ACLAgent, start_acl_agent
+from acl_helpers import ACLAgent, start_acl_agent
 from helpers import run_meshd
 
 
 @pytest.fixture(scope="module")
 def acl() -> Iterator[ACLAgent]:
-    agent = start_acl_agent()
+    agent = start_acl_agent(initial_management=False)
     try:
         yield agent
     finally:
@@ -69,7 +69,7 @@ def test_bootstrap_policy_token_role_round_trip(acl: ACLAgent) -> None:
     assert token["AccessorID"] in {t["AccessorID"] for t in json.loads(listed.stdout)}
     gone = run_meshd(
         "acl", "token", "delete", f"-id={token['AccessorID']}", http_addr=addr,
-        env={"MESHD_HTTP_TOKEN": MGMT},
+        env={"MESHD_HTTP_TOKEN": secret},
     )  # fmt: skip
     assert gone.returncode == 0, gone.stderr
     after = run_meshd(

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 from acl_helpers import MGMT, ACLAgent, start_acl_agent
-from helpers import wait_for
+
+from meshd.acl.model import ANONYMOUS_ACCESSOR, MANAGEMENT_POLICY_ID
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,43 @@ def test_anonymous_is_denied_and_unknown_token_is_acl_not_found(acl: ACLAgent) -
     assert (r.status, r.body) == (403, b"ACL not found\n")
 
 
-def test_bootstrap_once_then_403_with_reset_index(acl: ACLAgent) -> None:
+def test_initial_management_consumes_the_bootstrap(acl: ACLAgent) -> None:
+    """Consul's leader stores the configured token (with the bootstrap, when unused) and the
+    anonymous token."""
+    r = acl.call("PUT", "/v1/acl/bootstrap", token=None)
+    assert r.status == 403 and b"ACL bootstrap no longer allowed" in r.body
+    me = acl.ok("GET", "/v1/acl/token/self")
+    assert me["Description"] == "Initial Management Token" and me["SecretID"] == MGMT
+    assert me["Policies"] == [{"ID": MANAGEMENT_POLICY_ID, "Name": "global-management"}]
+    anonymous = acl.ok("GET", f"/v1/acl/token/{ANONYMOUS_ACCESSOR}")
+    assert anonymous["SecretID"] == "anonymous" and anonymous["Description"] == "Anonymous Token"
+    refused = acl.call("DELETE", f"/v1/acl/token/{ANONYMOUS_ACCESSOR}")
+    assert refused.status == 400 and b"not permitted on the anonymous token" in refused.body
+
+
+def test_anonymous_token_policies_apply_to_requests_without_a_token(acl: ACLAgent) -> None:
+    acl.ok("PUT", "/v1/kv/anon/k", b"v")
+    assert acl.call("GET", "/v1/kv/anon/k", token=None).status == 403
+    pol = acl.ok(
+        "PUT", "/v1/acl/policy", {"Name": "anon-kv", "Rules": 'key "anon/k" { policy = "read" }'}
+    )
+    acl.ok("PUT", f"/v1/acl/token/{ANONYMOUS_ACCESSOR}", {"Policies": [{"ID": pol["ID"]}]})
+    assert acl.call("GET", "/v1/kv/anon/k", token=None).status == 200
+    assert acl.call("GET", "/v1/kv/anon/k", token="anonymous").status == 200
+    assert acl.call("PUT", "/v1/kv/anon/k", b"w", token=None).status == 403
+    acl.ok("PUT", f"/v1/acl/token/{ANONYMOUS_ACCESSOR}", {"Policies": []})
+    assert acl.call("GET", "/v1/kv/anon/k", token=None).status == 403
+
+
+def test_bootstrap_once_then_403_with_reset_index() -> None:
+    acl = start_acl_agent(initial_management=False, agent_token=False)
+    try:
+        _bootstrap_once(acl)
+    finally:
+        acl.proc.stop()
+
+
+def _bootstrap_once(acl: ACLAgent) -> None:
     first = acl.call("PUT", "/v1/acl/bootstrap", token=None)
     assert first.status == 200, first.body
     secret = first.json()["SecretID"]
@@ -198,13 +235,33 @@ def test_secrets_are_not_logged(acl: ACLAgent) -> None:
         assert s not in log
 
 
-def test_an_expired_token_stops_working(acl: ACLAgent) -> None:
-    pol = acl.ok("PUT", "/v1/acl/policy", {"Name": "exp", "Rules": 'key "e" { policy = "write" }'})
-    tok = acl.ok("PUT", "/v1/acl/token", {"Policies": [{"ID": pol["ID"]}], "ExpirationTTL": "2s"})
-    assert tok["ExpirationTime"]
-    assert acl.call("PUT", "/v1/kv/e", b"1", token=tok["SecretID"]).status == 200
-    wait_for(lambda: acl.call("PUT", "/v1/kv/e", b"2", token=tok["SecretID"]).status == 403)
-    r = acl.call("PUT", "/v1/kv/e", b"2", token=tok["SecretID"])
-    assert r.body == b"ACL not found\n"
+def test_token_ttl_bounds_are_consuls_by_default(acl: ACLAgent) -> None:
+    """1 minute to 24 hours (an expired token on every path: test_acl_expiry.py)."""
+    short = acl.call("PUT", "/v1/acl/token", {"ExpirationTTL": "2s"})
+    assert short.status == 400
+    assert short.body.startswith(b"ExpirationTime cannot be less than 0:01:00 in the future")
+    long = acl.call("PUT", "/v1/acl/token", {"ExpirationTTL": "48h"})
+    assert long.status == 400 and b"cannot be more than 1 day" in long.body
+    tok = acl.ok("PUT", "/v1/acl/token", {"ExpirationTTL": "1m"})
+    live = acl.call("GET", "/v1/kv/anything", token=tok["SecretID"])
+    assert live.status == 403 and live.body.startswith(b"Permission denied")  # not "ACL not found"
     bad = acl.call("PUT", "/v1/acl/token", {"ExpirationTTL": "-5s"})
     assert bad.status == 400
+
+
+def test_unknown_ids_and_case_insensitive_bodies_as_consul(acl: ACLAgent) -> None:
+    unknown = str(uuid.uuid4())
+    for method in ("GET", "PUT"):
+        r = acl.call(method, f"/v1/acl/token/{unknown}", {} if method == "PUT" else None)
+        assert (r.status, r.body) == (403, b"ACL not found\n"), method
+    assert acl.call("PUT", f"/v1/acl/token/{unknown}/clone", {}).status == 403
+    for path in ("/v1/acl/token/unknown", "/v1/acl/policy/unknown", "/v1/acl/role/unknown"):
+        r = acl.call("GET", path)
+        assert r.status == 400 and b"must be a UUID" in r.body, path
+    assert acl.call("GET", f"/v1/acl/policy/{unknown}").status == 404
+    made = acl.ok(
+        "PUT", "/v1/acl/policy", {"name": "lower-case", "rules": 'key "l" { policy = "read" }'}
+    )
+    assert made["Name"] == "lower-case" and 'key "l"' in made["Rules"]
+    tok = acl.ok("PUT", "/v1/acl/token", {"description": "d", "policies": [{"ID": made["ID"]}]})
+    assert tok["Description"] == "d" and tok["Policies"][0]["Name"] == "lower-case"

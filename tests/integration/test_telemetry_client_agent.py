@@ -53,7 +53,7 @@ def test_client_agent_reports_through_the_server():
             os.path.join(tmp, "c1.log"),
             env={"MESHD_TELEMETRY_INTERVAL": "1"},
         ).start(60)
-        for dst in ("api", "db"):  # outside -dev the default intention policy is deny
+        for dst in ("api", "db"):  # explicit: the default follows the ACL policy
             r = client.put(
                 f"/v1/connect/intentions/exact?source=web&destination={dst}", {"Action": "allow"}
             )

@@ -7,7 +7,7 @@ Hosts are network namespaces on one bridge:
   sidecar against h0's agent (`HOST_IP:8502`), as an injected pod does; it is registered only
   through the Kubernetes mode, from the pod object the stand-in serves;
 - h2: a VM with a client agent, its own service and that service's Envoy sidecar.
-Intentions decide (default deny outside dev mode). Not a real cluster: no kubelet, no CNI.
+Intentions decide (explicit allow and deny). Not a real cluster: no kubelet, no CNI.
 """
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ def test_defaults_without_sources() -> None:
     assert cfg.dns_config.udp_answer_limit == 3 and cfg.dns_config.recursor_timeout == 2.0
     assert cfg.retry_interval == 30.0 and cfg.reconnect_timeout == 72 * 3600
     assert cfg.log_level == "INFO" and cfg.raft_fsync is True
-    assert cfg.default_intention_policy == "deny"
+    assert cfg.default_intention_policy == "allow"  # ACLs off (Consul); see the ACL test below
     assert cfg.leave_on_terminate is True  # clients leave on SIGTERM, as in Consul
     assert cfg.tls == TLSConfig()
     assert cfg.http_max_body == 1048576 and cfg.limits == {}
@@ -148,6 +148,29 @@ def test_dev_mode_explicit_intention_policy_wins(tmp_path: Path) -> None:
         load_json(tmp_path, {"default_intention_policy": "deny"}, dev=True).default_intention_policy
         == "deny"
     )
+
+
+@pytest.mark.parametrize(
+    ("acl", "explicit", "expected"),
+    [
+        ({}, None, "allow"),  # ACLs off: allow, as Consul
+        ({"enabled": True}, None, "allow"),  # ACLs on, default_policy allow (Consul's default)
+        ({"enabled": True, "default_policy": "deny"}, None, "deny"),
+        ({"enabled": False, "default_policy": "deny"}, None, "allow"),  # off: the policy is unused
+        ({"enabled": True, "default_policy": "deny"}, "allow", "allow"),  # set explicitly: kept
+        ({}, "deny", "deny"),
+    ],
+)
+def test_default_intention_policy_follows_the_acl_default_policy(
+    tmp_path: Path, acl: dict[str, Any], explicit: str | None, expected: str
+) -> None:
+    body: dict[str, Any] = {"acl": acl}
+    if explicit:
+        body["default_intention_policy"] = explicit
+    for dev in (False, True):
+        if not dev:
+            body["data_dir"] = str(tmp_path)
+        assert load_json(tmp_path, body, dev=dev).default_intention_policy == expected, dev
 
 
 def test_hand_built_config_derives_dev_defaults() -> None:
