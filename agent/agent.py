@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import logging
 import os
 import ssl
@@ -50,7 +51,7 @@ from meshd.agent.views import CacheView, StoreView
 from meshd.agent.watches import WatchRunner, local_address, parse_watches
 from meshd.config import Config
 from meshd.fsutil import atomic_write, prepare_data_dir
-from meshd.metrics import Stats
+from meshd.metrics import SNAPSHOT_GAUGES, Stats, snapshot_figure
 from meshd.rpc import Heartbeat, PeerChange
 from meshd.rpc_client import RPCClient
 from meshd.server.cluster import Server, ServerSettings
@@ -353,6 +354,8 @@ class Agent:
             st.gauges["catalog_services"] = lambda: len(server.store.by_name)
             st.gauges["raft_index"] = lambda: server.store.index
             st.counters["raft_commits"] = lambda: server.raft.commits if server.raft else 0
+            for name, attr in SNAPSHOT_GAUGES.items():  # the last Raft snapshot written
+                st.gauges[name] = functools.partial(snapshot_figure, server, attr)
 
     async def _restore_persisted(self) -> None:
         """Services and checks registered over the API survive a restart, as in Consul."""

@@ -74,11 +74,7 @@ def _service_nodes(store: Store, query: q.ServiceNodes) -> Answer:
 
 
 def _services(store: Store, query: q.Services) -> Answer:
-    names: dict[str, set[str]] = {}
-    for m in store.services.values():
-        for s in m.values():
-            names.setdefault(s.Service, set()).update(s.Tags)
-    value = {k: sorted(v) for k, v in sorted(names.items())}
+    value = store.service_names()  # from the tag index, not a scan of every instance
     return _index(store, ["tbl:services"], "tbl:services"), value, ["tbl:services"]
 
 
