@@ -212,6 +212,7 @@ class Agent:
                     retry_join=list(cfg.retry_join),
                     retry_interval=min(cfg.retry_interval, 30.0),
                     fsync=cfg.raft_fsync,
+                    snapshot_every=(cfg.raft_snapshot_threshold, cfg.raft_snapshot_interval),
                     failure_timeout=float(cfg.limits.get("node_failure_timeout", 5.0)),
                     reap_after=cfg.reconnect_timeout,
                     ssl_client=ssl_client,

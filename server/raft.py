@@ -179,6 +179,7 @@ class RaftSettings:
     raft_max_timeout: float = 1.2
     leader_fallback_timeout: float = 1.5
     fsync: bool = True  # group-committed msync of the journal (only with data_dir)
+    snapshot_every: tuple[int, float] = (20000, 600.0)  # journal entries, seconds: compact
 
 
 def reserve_port(host: str) -> socket.socket:
@@ -239,8 +240,8 @@ class RaftNode:
             commandsWaitLeader=True,
             connectionRetryTime=_CONNECTION_RETRY,
             bindAddress=settings.bind,
-            logCompactionMinEntries=20000,
-            logCompactionMinTime=600,
+            logCompactionMinEntries=settings.snapshot_every[0],
+            logCompactionMinTime=settings.snapshot_every[1],
         )
         self._single = not settings.peers
         # writes submitted (event-loop thread) and settled (Raft thread): each counter has one
