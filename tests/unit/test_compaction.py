@@ -76,7 +76,11 @@ async def test_writes_during_compactions_are_all_kept_across_a_restart(tmp_path:
         while not all(w.done() for w in writers):
             before = node.snapshots.written
             node._sync.forceLogCompaction()
-            await until(lambda: node.snapshots.written > before or all(w.done() for w in writers))
+            await until(
+                lambda before=before: (
+                    node.snapshots.written > before or all(w.done() for w in writers)
+                )
+            )
         await asyncio.gather(*writers)
         assert node.snapshots.written >= 2 and node.snapshots.failed == 0
         assert node.snapshots.bytes > 0
@@ -157,11 +161,11 @@ def test_journal_truncation_leaves_the_old_journal_or_the_new(
         journal.add(*e)
     journal.flush()
 
-    class Crash(Exception):
+    class CrashError(Exception):
         pass
 
     def crash(*args: Any, **kwargs: Any) -> None:
-        raise Crash
+        raise CrashError
 
     if point == "add":  # half of the kept entries written to the new file
         real_add = FileJournal.add
@@ -170,13 +174,13 @@ def test_journal_truncation_leaves_the_old_journal_or_the_new(
         def add(self: FileJournal, *e: Any) -> None:
             calls["n"] += 1
             if calls["n"] > 25:
-                raise Crash
+                raise CrashError
             real_add(self, *e)
 
         monkeypatch.setattr(FileJournal, "add", add)
     else:
         monkeypatch.setattr(compaction.os, point, crash)
-    with pytest.raises(Crash):
+    with pytest.raises(CrashError):
         compaction.rewrite_journal(journal, path, 150)
     monkeypatch.undo()
     reopened = FileJournal(path)
