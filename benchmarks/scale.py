@@ -167,7 +167,8 @@ class Fleet:
             raise BenchError(f"write refused: {reply.Error}")
 
     async def read(self, query: Any, server: str, min_index: int = 0, wait: float = 0) -> Any:
-        req = ReadRequest(Query=query, MinIndex=min_index, Wait=wait)
+        # stale, as the agents' watch cache reads: any server answers from its own store
+        req = ReadRequest(Query=query, MinIndex=min_index, Wait=wait, Consistency="stale")
         return await self.rpc.call(
             "read", req, ReadReply, addr=server, timeout=wait + 10, blocking=min_index > 0
         )
