@@ -57,6 +57,7 @@ from meshd.rpc_client import RPCClient
 from meshd.server.cluster import Server, ServerSettings
 from meshd.server.raft import RaftError, reserve_port
 from meshd.server.rpc import make_rpc_app
+from meshd.server.snapshot import encode as encode_snapshot
 from meshd.server.store import CommandError
 from meshd.structs import (
     HEALTH_CRITICAL,
@@ -656,8 +657,8 @@ class Agent:
         """A consistent point-in-time copy: a barrier first, so every committed write is in."""
         server = self._require_server()
         await server.write(Barrier())
-        data = server.store.dump()
-        return server.store.index, data
+        view = server.store.snapshot_view()  # cheap; the encoding runs beside the event loop
+        return view.index, await asyncio.to_thread(encode_snapshot, view)
 
     async def restore(self, data: bytes) -> None:
         await self._require_server().restore(data)
