@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import random
@@ -212,11 +213,8 @@ class Bench:
         await self._until(lambda: self._alive_nodes() >= f.n, 60 + f.n / 50, "nodes alive")
         out["nodes_alive_s"] = time.monotonic() - t0
         t0 = time.monotonic()
-        jobs = [
-            (lambda i=i: f.write(Batch(Ops=[f.register_op(j) for j in f.instances_of(i)])))
-            for i in range(f.n)
-        ]
-        await _bounded(jobs, 32)
+        batches = [Batch(Ops=[f.register_op(j) for j in f.instances_of(i)]) for i in range(f.n)]
+        await _bounded([functools.partial(f.write, b) for b in batches], 32)
         out["register_per_s"] = f.m / (time.monotonic() - t0)
         await self._steady(15.0)
         await self._catalog_services()
@@ -297,17 +295,15 @@ class Bench:
         await asyncio.sleep(2.0)  # every watcher parked on its first blocking read
         # the burst: `burst` changes, each a new port on an instance of a watched service
         rounds = max(1, self.args.burst // w)
-        ops = [
+        ops: list[Any] = [
             f.register_op(k + (r % 10) * f.names if k + (r % 10) * f.names < f.m else k, 40000 + r)
             for r in range(rounds)
             for k in range(w)
         ]
         last_port = 40000 + rounds - 1
         t0 = time.monotonic()
-        await _bounded(
-            [lambda b=b: f.write(Batch(Ops=ops[b : b + BATCH])) for b in range(0, len(ops), BATCH)],
-            8,
-        )
+        burst = [Batch(Ops=ops[b : b + BATCH]) for b in range(0, len(ops), BATCH)]
+        await _bounded([functools.partial(f.write, b) for b in burst], 8)
         acked = time.monotonic()
         await self._until(
             lambda: all(marks.get(k, (0, 0))[0] >= last_port for k in range(w)), 60, "the burst"
@@ -332,8 +328,8 @@ class Bench:
         self.out["one_change_from_ack_p50_ms"] = _ms(from_ack, 50)
         self.out["one_change_from_ack_p99_ms"] = _ms(from_ack, 99)
         self.out["one_change_from_send_p99_ms"] = _ms(from_send, 99)
-        for t in tasks:
-            t.cancel()
+        for task in tasks:
+            task.cancel()
 
     async def _node_death(self) -> None:
         f = self.fleet

@@ -88,6 +88,7 @@ class _Rows(dict[str, Any]):
     """
 
     __slots__ = ("gen",)
+    gen: int
 
 
 class Store:
