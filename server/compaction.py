@@ -114,7 +114,7 @@ class BackgroundSnapshots:
     def _write(self, view: snapshot.SnapshotView, raft_data: Any, inode: int, t0: float) -> None:
         tmp = self.path + ".meshd-tmp"
         try:
-            data = snapshot.encode(view)
+            data = snapshot.encode_buffer(view)
             last, before, cluster = raft_data
             # pysyncobj's own layout: ([its attributes, each consumer's state], entries, nodes)
             payload = ([{"_SyncObj__enabledCodeVersion": 0}, data], last, before, cluster)
