@@ -46,6 +46,28 @@ class SnapshotData(msgspec.Struct):
 
 _FIELDS: tuple[str, ...] = SnapshotData.__struct_fields__
 _ROW_TABLES = ("nodes", "services", "checks", "kv", "topics")
+# the store's sub-states, each with a `dump()` small enough to take on the Raft thread
+SMALL_TABLES = _FIELDS[len(_ROW_TABLES) + 1 :]
+
+
+class _Rows(dict[str, Any]):
+    """One node's services or checks, stamped with the snapshot generation it was made in."""
+
+    __slots__ = ("gen",)
+    gen: int
+
+
+def writable_rows(table: dict[str, dict[str, Any]], node: str, gen: int) -> dict[str, Any]:
+    """`table[node]`, safe to change: a `SnapshotView` shares every node's rows with the
+    store, so the first change to a node's rows after a view was taken (generation `gen`)
+    copies them; later changes in the same generation write in place. Taking a view thus
+    copies no rows, and a view stays unchanged while it is encoded on another thread."""
+    rows = table.get(node)
+    if type(rows) is not _Rows or rows.gen != gen:
+        rows = _Rows(rows or ())
+        rows.gen = gen
+        table[node] = rows
+    return rows
 
 
 class SnapshotView(msgspec.Struct):

@@ -79,18 +79,6 @@ def _decode_snapshot(data: bytes) -> SnapshotData:
         raise CommandError(f"not a meshd snapshot: {e}") from None
 
 
-class _Rows(dict[str, Any]):
-    """One node's services or checks, stamped with the snapshot generation it was made in.
-
-    A `SnapshotView` shares these dicts with the store; the store copies a node's rows the first
-    time it changes them after a view was taken (`Store._rows`), so a view stays unchanged while
-    it is encoded on another thread, and taking one copies no rows.
-    """
-
-    __slots__ = ("gen",)
-    gen: int
-
-
 class Store:
     def __init__(self) -> None:
         self.lock = threading.RLock()
@@ -107,6 +95,9 @@ class Store:
         # service name -> how many of its instances carry each tag: /v1/catalog/services
         # answers from this instead of scanning every instance
         self.service_tags: dict[str, Counter[str]] = {}
+        # node -> {check ID: status} of its checks that are not passing: /v1/health/state/
+        # critical (or warning) reads these, not every check in the catalog
+        self.not_passing: dict[str, dict[str, str]] = {}
         self.checks: dict[str, dict[str, HealthCheck]] = defaultdict(dict)
         self.kv: dict[str, KVEntry] = {}
         self.kv_keys: list[str] = []  # sorted, live keys and tombstones (their topics keep indexes)
@@ -161,6 +152,8 @@ class Store:
                 result = CommandError(f"the servers could not apply {type(cmd).__name__}: {e}")
             for t in changed:
                 self.topics[t] = index
+                if t[:5] == "node:":  # every change to a node's checks moves its topic
+                    self._index_checks(t[5:])
         if changed:
             self.watches.notify(changed)
         return result
@@ -437,14 +430,20 @@ class Store:
         """Every service name with the union of its instances' tags (sorted, as Consul's)."""
         return {name: sorted(self.service_tags.get(name, ())) for name in sorted(self.by_name)}
 
+    def _index_checks(self, node: str) -> None:
+        bad = {
+            cid: c.Status
+            for cid, c in self.checks.get(node, {}).items()
+            if c.Status != HEALTH_PASSING
+        }
+        if bad:
+            self.not_passing[node] = bad
+        else:
+            self.not_passing.pop(node, None)
+
     def _rows(self, table: dict[str, dict[str, Any]], node: str) -> dict[str, Any]:
         """A node's rows, ready to change: copied first if a snapshot view may share them."""
-        rows = table.get(node)
-        if type(rows) is not _Rows or rows.gen != self._gen:
-            rows = _Rows(rows or ())
-            rows.gen = self._gen
-            table[node] = rows
-        return rows
+        return snapshot.writable_rows(table, node, self._gen)
 
     def snapshot_view(self) -> SnapshotView:
         """A consistent copy of the whole state, cheap enough for the Raft thread: top-level
@@ -458,16 +457,7 @@ class Store:
                 checks=dict(self.checks),
                 kv=dict(self.kv),
                 topics=dict(self.topics),
-                small={
-                    "mesh": self.mesh.dump(),
-                    "events": self.events.dump(),
-                    "sessions": self.sessions.dump(),
-                    "acl": self.acl.dump(),
-                    "autopilot": self.autopilot.dump(),
-                    "coordinates": self.coordinates.dump(),
-                    "prepared_queries": self.prepared_queries.dump(),
-                    "keyring": self.keyring.dump(),
-                },
+                small={name: getattr(self, name).dump() for name in snapshot.SMALL_TABLES},
             )
 
     def dump(self) -> bytes:
@@ -501,6 +491,8 @@ class Store:
             self._index_service(node, s)
         for c in snap.checks:
             self.checks[c.Node][c.CheckID] = c
+        for node in self.checks:
+            self._index_checks(node)
         for e in snap.kv:
             self.kv[e.Key] = e
         self.topics = dict(snap.topics)

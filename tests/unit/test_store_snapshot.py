@@ -1,9 +1,9 @@
-"""The store's snapshot view and its service-tag index, against a random write history.
+"""The store's snapshot view and its read indexes, against a random write history.
 
 A view must stay exactly what the store held when it was taken while later writes change the
 same nodes' rows (it is encoded on another thread), and its bytes must be what encoding the
-whole state in one call gives. The tag index behind /v1/catalog/services must always equal a
-full scan of every instance.
+whole state in one call gives. The indexes behind /v1/catalog/services (tags per service) and
+/v1/health/state/{critical,warning} (checks not passing) must always equal a full scan.
 """
 
 from __future__ import annotations
@@ -48,12 +48,13 @@ def random_command(rng: random.Random) -> object:
             Node=node,
             CheckID=f"c-{sid}",
             Name="c",
-            Status=rng.choice(["passing", "critical"]),
+            Status=rng.choice(["passing", "critical", "warning"]),
             ServiceID=sid,
         )
         return Register(Node=node, Address="10.0.0.1", Service=svc, Check=check)
     if kind < 0.55:
-        check = HealthCheck(Node=node, CheckID="serfHealth", Name="serf", Status="passing")
+        status = rng.choice(["passing", "passing", "critical"])
+        check = HealthCheck(Node=node, CheckID="serfHealth", Name="serf", Status=status)
         return Register(Node=node, Address=f"10.0.0.{rng.randrange(3)}", Check=check)
     if kind < 0.7:
         return Deregister(Node=node, ServiceID=sid)
@@ -155,3 +156,31 @@ def test_a_tag_change_drops_the_old_tag_only_when_no_instance_carries_it() -> No
     assert run_query(s, q.Services())[1] == {"web": ["green"]}
     s.apply(Deregister(Node="n1"), 5)
     assert run_query(s, q.Services())[1] == {}
+
+
+def scanned_checks(s: Store, state: str) -> list[tuple[str, str, str]]:
+    rows = [
+        (c.Node, c.CheckID, c.Status)
+        for m in s.checks.values()
+        for c in m.values()
+        if state == "any" or c.Status == state
+    ]
+    return sorted(rows)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_health_state_answers_match_a_full_scan(seed: int) -> None:
+    rng = random.Random(200 + seed)
+    s = Store()
+    saved = b""
+    for index in range(1, 400):
+        s.apply(random_command(rng), index)  # type: ignore[arg-type]
+        for state in ("critical", "warning", "passing", "any"):
+            rows = run_query(s, q.ChecksInState(State=state))[1]
+            assert [(c.Node, c.CheckID, c.Status) for c in rows] == scanned_checks(s, state)
+        if index == 200:
+            saved = s.dump()
+    s.apply(Restore(Data=saved), 400)
+    for state in ("critical", "warning"):
+        rows = run_query(s, q.ChecksInState(State=state))[1]
+        assert [(c.Node, c.CheckID, c.Status) for c in rows] == scanned_checks(s, state)
