@@ -41,7 +41,7 @@ from meshd.server.store import Store
 
 log = logging.getLogger("meshd.raft")
 
-_GZIP_LEVEL = 1  # ~5x faster than gzip's default 9 on a snapshot, ~15% larger
+_GZIP_LEVEL = 1  # ~5x faster than gzip's default 9, ~40% larger (measured: 267 vs 194 KB)
 # 5: the encoded bytearray is written as it is (protocol 4 would copy it into bytes first, ~90 MB
 # under the GIL at 200k instances; pysyncobj's protocol 2 even re-encodes bytes as text);
 # every Python meshd supports (3.11+) reads it
