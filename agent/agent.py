@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import logging
 import os
 import ssl
@@ -50,7 +51,7 @@ from meshd.agent.views import CacheView, StoreView
 from meshd.agent.watches import WatchRunner, local_address, parse_watches
 from meshd.config import Config
 from meshd.fsutil import atomic_write, prepare_data_dir
-from meshd.metrics import Stats
+from meshd.metrics import SNAPSHOT_GAUGES, Stats, snapshot_figure
 from meshd.rpc import Heartbeat
 from meshd.rpc_client import RPCClient, RPCError
 from meshd.server.cluster import Server, ServerSettings
@@ -213,6 +214,7 @@ class Agent(LocalWrites):
                     retry_join=list(cfg.retry_join),
                     retry_interval=min(cfg.retry_interval, 30.0),
                     fsync=cfg.raft_fsync,
+                    snapshot_every=(cfg.raft_snapshot_threshold, cfg.raft_snapshot_interval),
                     failure_timeout=float(cfg.limits.get("node_failure_timeout", 5.0)),
                     reap_after=cfg.reconnect_timeout,
                     ssl_client=ssl_client,
@@ -359,6 +361,8 @@ class Agent(LocalWrites):
             st.counters["liveness_batches"] = lambda: server.store.status_batches
             st.counters["liveness_batch_nodes"] = lambda: server.store.status_batch_nodes
             st.gauges["liveness_attached_nodes"] = lambda: len(server.members.nodes)
+            for name, attr in SNAPSHOT_GAUGES.items():  # the last Raft snapshot written
+                st.gauges[name] = functools.partial(snapshot_figure, server, attr)
         register_consul_metrics(self)
 
     async def _restore_persisted(self) -> None:

@@ -80,6 +80,8 @@ def answer(request: DNSRecord, view: DNSView, cfg: DNSSettings, *, max_size: int
         return DNSOutcome(error_response(request, BADVERS, cfg), rcode=BADVERS)
 
     query = Query(request, view, cfg)
+    limit = udp_limit(max_size, opt)
+    query.fit(limit)
     stamp = getattr(view, "stamp", None)
     cache: AnswerCache | None = None
     if stamp is not None:
@@ -87,7 +89,7 @@ def answer(request: DNSRecord, view: DNSView, cfg: DNSSettings, *, max_size: int
         if not cfg.a_record_limit:
             cache = getattr(view, "dns_answers", None)
             if cache is not None and cache.restore(query, stamp):
-                return query.assemble(udp_limit(max_size, opt), opt is not None)
+                return query.assemble(limit, opt is not None)
     low = query.qlow
     for zone_low, zone in zones(cfg):
         n = len(zone_low)
@@ -106,6 +108,6 @@ def answer(request: DNSRecord, view: DNSView, cfg: DNSSettings, *, max_size: int
             query.negative(NXDOMAIN)
     if query.needs:
         return DNSOutcome(b"", need=query.needs)
-    if cache is not None:
+    if cache is not None and query.complete:  # a sample must not be frozen into the cache
         cache.store(query)
-    return query.assemble(udp_limit(max_size, opt), opt is not None)
+    return query.assemble(limit, opt is not None)

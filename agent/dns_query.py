@@ -6,8 +6,10 @@ memoized wire chunks.
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
+from collections.abc import Iterable, Iterator
 
 from dnslib import CNAME, NS, PTR, SOA, SRV, TXT, DNSRecord
 
@@ -49,6 +51,7 @@ _KINDS = frozenset((b"service", b"connect", b"node", b"addr", b"query", b"ingres
 _ADDR_TYPES = frozenset((T_A, T_AAAA, T_ANY))
 IN_ADDR, IP6 = (b"in-addr", b"arpa"), (b"ip6", b"arpa")
 _NODES = q.Nodes()
+_MIN_RR = 12  # the smallest answer record: a name pointer and the fixed fields, no rdata
 _QUERIES = q.PreparedQueries()
 
 
@@ -62,7 +65,9 @@ class Query:
         "aa",
         "answers",
         "authority",
+        "budget",
         "cfg",
+        "complete",
         "deps",
         "needs",
         "qlabels",
@@ -90,6 +95,17 @@ class Query:
         self.stamp: Stamp | None = None  # the view's, when it has one
         self.deps: Deps = ()  # tuples, not lists: a cache hit never allocates these
         self.needs: tuple[DNSRead, ...] = ()
+        # records worth building: one more than the answer can carry, so trimming still sees
+        # there were more (and sets TC); `complete` is False when instances were left unbuilt
+        self.budget = 1 << 30
+        self.complete = True
+
+    def fit(self, limit: int) -> None:
+        """Bound the records built to what a `limit`-byte answer can carry (see `budget`)."""
+        most = (limit - 12) // _MIN_RR + 1
+        if limit == UDP_PLAIN and self.cfg.udp_answer_limit > 0:
+            most = min(most, self.cfg.udp_answer_limit)
+        self.budget = most + 1
 
     def uses(self, read: DNSRead) -> bool:
         """Record that this answer is built from `read`; False when the view does not hold it
@@ -204,11 +220,13 @@ class Query:
         if self.needs:
             return None
         tag = tag_label.decode().lower() if tag_label is not None else None
-        healthy = _healthy(instances or [], cfg.only_passing, tag)
-        if not healthy:
+        # instances in a random order, health-checked as they are drawn: a 1,000-instance
+        # service answered with 3 records draws a few, not 1,000
+        healthy = _draw_healthy(list(instances or ()), cfg.only_passing, tag)
+        first = next(healthy, None)
+        if first is None:
             return self.negative(NXDOMAIN)
-        random.shuffle(healthy)
-        self.instances(healthy, service_ttl(cfg, lname))
+        self.instances(itertools.chain((first,), healthy), service_ttl(cfg, lname))
 
     def prepared(self, name: str) -> None:
         """`NAME.query.DOMAIN`: a prepared query, executed as the HTTP API does (its filters,
@@ -233,17 +251,21 @@ class Query:
         ttl = pq.dns_ttl(query)
         self.instances(warned, clamp_ttl(ttl) if ttl is not None else service_ttl(self.cfg, name))
 
-    def instances(self, healthy: list[tuple[CheckServiceNode, bool]], ttl: int) -> None:
-        """A/AAAA or SRV records for (instance, has a warning) pairs, in the order given."""
+    def instances(self, healthy: Iterable[tuple[CheckServiceNode, bool]], ttl: int) -> None:
+        """A/AAAA or SRV records for (instance, has a warning) pairs, in the order given, until
+        `budget` records are built (then `complete` is False: the rest were never looked at)."""
         cfg, qtype = self.cfg, self.qtype
+        budget = self.budget
+        if qtype in _ADDR_TYPES and cfg.a_record_limit > 0:
+            budget = min(budget, cfg.a_record_limit)
+        healthy = iter(healthy)
         if qtype in _ADDR_TYPES:
             seen: set[str] = set()
-            limit = cfg.a_record_limit if cfg.a_record_limit > 0 else len(healthy)
             for inst, _warn in healthy:
                 address = inst.Service.Address or inst.Node.Address
                 if address not in seen:
                     seen.add(address)
-                    if self.address_record(address, ttl) and len(self.answers) >= limit:
+                    if self.address_record(address, ttl) and len(self.answers) >= budget:
                         break
         elif qtype == T_SRV:
             for inst, warn in healthy:
@@ -255,6 +277,9 @@ class Query:
                         SRV, 1, min(max(weight, 0), 0xFFFF), inst.Service.Port & 0xFFFF, target
                     )
                     self.add(T_SRV, ttl, rdata, glue)
+                    if len(self.answers) >= budget:
+                        break
+        self.complete = next(healthy, None) is None
         if not self.answers:
             self.soa()
 
@@ -418,13 +443,18 @@ def _sections(
     return an, ar, False
 
 
-def _healthy(
-    instances: list[CheckServiceNode], only_passing: bool, tag: str | None
-) -> list[tuple[CheckServiceNode, bool]]:
-    """(instance, has a warning) for the instances DNS may hand out: any critical check (which
-    includes maintenance) hides an instance, and with only_passing so does a warning."""
-    out = []
-    for inst in instances:
+def _draw_healthy(
+    pool: list[CheckServiceNode], only_passing: bool, tag: str | None
+) -> Iterator[tuple[CheckServiceNode, bool]]:
+    """(instance, has a warning) for the instances DNS may hand out, in a uniformly random
+    order, drawn one at a time (a partial Fisher-Yates shuffle of `pool`, which it reorders):
+    any critical check (which includes maintenance) hides an instance, and with only_passing so
+    does a warning."""
+    n = len(pool)
+    for i in range(n):
+        j = random.randrange(i, n)
+        inst = pool[j]
+        pool[j] = pool[i]  # slot i is never looked at again: no need to store `inst` there
         warn = False
         for check in inst.Checks:
             status = check.Status
@@ -435,8 +465,7 @@ def _healthy(
             warn = warn or status == HEALTH_WARNING
         else:
             if tag is None or any(t.lower() == tag for t in inst.Service.Tags):
-                out.append((inst, warn))
-    return out
+                yield inst, warn
 
 
 def _node_nocase(view: DNSView, name: str) -> Node | None:

@@ -21,6 +21,7 @@ from meshd.agent.sidecar import expand_sidecar
 from meshd.config import Config
 from meshd.rpc import PeerChange
 from meshd.server.cluster import Server
+from meshd.server.snapshot import encode as encode_snapshot
 from meshd.structs import HEALTH_CRITICAL, Barrier, HealthCheck
 
 log = logging.getLogger("meshd.agent")
@@ -198,8 +199,8 @@ class LocalWrites:
         """A consistent point-in-time copy: a barrier first, so every committed write is in."""
         server = self._require_server()
         await server.write(Barrier())
-        data = server.store.dump()
-        return server.store.index, data
+        view = server.store.snapshot_view()  # cheap; the encoding runs beside the event loop
+        return view.index, await asyncio.to_thread(encode_snapshot, view)
 
     async def restore(self, data: bytes) -> None:
         await self._require_server().restore(data)

@@ -316,12 +316,20 @@ class MeshdCluster:
     """`n` meshd servers on 127.0.0.1 with distinct ports, joined through -retry-join."""
 
     def __init__(
-        self, procs: Procs, n: int = 3, encrypt: str | None = None, prefix: str = "s"
+        self,
+        procs: Procs,
+        n: int = 3,
+        encrypt: str | None = None,
+        prefix: str = "s",
+        config: dict[str, Any] | None = None,
+        dns_port: int = -1,
     ) -> None:
         self.procs = procs
         self.n = n
         self.encrypt = encrypt
         self.prefix = prefix
+        self.config = config or {}  # added to every server's config file
+        self.dns_port = dns_port  # the first server answers DNS here (-1: none does)
         self.nodes: list[MeshdNode] = []
 
     def start(self, timeout: float = 90.0) -> MeshdCluster:
@@ -335,7 +343,7 @@ class MeshdCluster:
             data_dir = self.procs.dir / name
             data_dir.mkdir(parents=True, exist_ok=True)
             cfg = self.procs.dir / f"{name}.json"
-            cfg.write_text(json.dumps({"ports": {"raft": raft_port}}))
+            cfg.write_text(json.dumps({**self.config, "ports": {"raft": raft_port}}))
             args = meshd_cmd(
                 "agent",
                 "-server",
@@ -346,7 +354,7 @@ class MeshdCluster:
                 f"-bind={LOOPBACK}",
                 f"-client={LOOPBACK}",
                 f"-http-port={http_port}",
-                "-dns-port=-1",
+                f"-dns-port={self.dns_port if i == 0 else -1}",
                 "-grpc-port=-1",
                 f"-server-port={server_port}",
                 f"-config-file={cfg}",
@@ -374,7 +382,9 @@ class MeshdCluster:
         if len(leaders) != 1 or "" in leaders:
             return None
         addr = leaders.pop()
-        return next((n for n in self.nodes if n.raft_addr == addr), None)
+        # /v1/status/leader names the server RPC address, as Consul's does (older: Raft's)
+        rpc = {f"{LOOPBACK}:{n.server_port}": n for n in self.nodes}
+        return rpc.get(addr) or next((n for n in self.nodes if n.raft_addr == addr), None)
 
     def formed(self) -> MeshdNode | None:
         """Every server is up, reports `n` Raft peers, and all agree on a live leader."""

@@ -113,6 +113,8 @@ class Config:
     default_intention_policy: str = ""
     leave_on_terminate: bool | None = None  # None = derive: True for clients, False for servers
     raft_fsync: bool = True
+    raft_snapshot_threshold: int = 20000  # journal entries between two snapshots (Consul's name)
+    raft_snapshot_interval: float = 600.0  # or this long, whichever comes first
     limits: dict[str, int] = field(default_factory=dict)
     # None = derive: True for servers (a ^C must not shrink the quorum), False for clients
     skip_leave_on_interrupt: bool | None = None

@@ -106,6 +106,8 @@ TOP: Schema = {
         skip_leave_on_interrupt=cv.boolean,
         default_intention_policy=cv.policy,
         raft_fsync=cv.boolean,
+        raft_snapshot_threshold=cv.positive,
+        raft_snapshot_interval=cv.duration(positive=True),
         log_json=cv.boolean,
         log_file=cv.string,
         log_rotate_bytes=cv.count,

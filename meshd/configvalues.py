@@ -40,6 +40,12 @@ def count(v: Any) -> int:
     return v
 
 
+def positive(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise InvalidError(f"must be a positive integer, got {show(v)}")
+    return v
+
+
 def port(v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not (v == -1 or 1 <= v <= 65535):
         raise InvalidError(f"must be a port number 1-65535, or -1 to disable; got {show(v)}")

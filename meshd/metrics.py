@@ -95,6 +95,22 @@ class Stats:
         return t
 
 
+# gauge name -> attribute of the server's Raft snapshot writer (server/compaction.py)
+SNAPSHOT_GAUGES = {
+    "snapshot_build_seconds": "build_seconds",  # view + encode + write + fsync, off the Raft thread
+    "snapshot_bytes": "bytes",  # the file on disk (gzip)
+    "snapshot_view_seconds": "view_seconds",  # what the Raft thread spent: writes waited this long
+}
+
+
+def snapshot_figure(server: Any, attr: str) -> float:
+    """One figure of the last snapshot a server wrote; 0 before the first (or without data_dir:
+    dev mode's in-memory Raft compacts on its own thread, as pysyncobj does)."""
+    raft = getattr(server, "raft", None)
+    writer = getattr(raft, "snapshots", None)
+    return float(getattr(writer, attr, 0) or 0)
+
+
 def prometheus_text(stats: Stats) -> bytes:
     """prometheus_client is imported on the first scrape: an agent nobody scrapes stays light."""
     from prometheus_client import CollectorRegistry, generate_latest

@@ -93,6 +93,7 @@ class ServerSettings:
     bind: str | None = None  # Raft listen host when it differs from `advertise`
     server_name: str | None = None  # TLS name servers present to each other
     fsync: bool = True
+    snapshot_every: tuple[int, float] = (20000, 600.0)  # journal entries, seconds
     limits: Limits = field(default_factory=Limits)
     acl: ACLConfig = field(default_factory=ACLConfig)
     keyring: list[str] = field(default_factory=list)  # cluster keys, primary first (encrypt)
@@ -168,6 +169,7 @@ class Server:
                 password=self.s.password,
                 bind=f"{self.s.bind or self.s.advertise}:{self.s.raft_port}",
                 fsync=self.s.fsync,
+                snapshot_every=self.s.snapshot_every,
             ),
         )
         if len(self.keys) > 1:  # restarted mid-rotation: accept every key from the start

@@ -31,6 +31,7 @@ from pysyncobj.pipe_notifier import PipeNotifier
 from pysyncobj.tcp_connection import TcpConnection
 
 from meshd.fsutil import make_private, private_dirs
+from meshd.server.compaction import BackgroundSnapshots, rewrite_journal
 from meshd.server.store import CommandError, Store
 from meshd.structs import Command, encode_command
 
@@ -113,8 +114,10 @@ class _GroupCommit:
     the end of every tick (a lone node's commit), so nothing is acknowledged before it is durable.
     """
 
-    def __init__(self, journal: Any) -> None:
+    def __init__(self, journal: Any, path: str, flush: bool) -> None:
         self._j = journal
+        self._path = path
+        self._flush = flush  # False: raft_fsync off, the wrapper only makes truncation atomic
         self.dirty = False
         self.flushes = 0
 
@@ -136,11 +139,12 @@ class _GroupCommit:
         self.dirty = True
 
     def deleteEntriesTo(self, entry_to: int) -> None:  # noqa: N802
-        self._j.deleteEntriesTo(entry_to)
-        self.dirty = True
+        """After a snapshot: written to a new file and renamed, never rewritten in place."""
+        self._j = rewrite_journal(self._j, self._path, entry_to)
+        self.dirty = False
 
     def flush_if_dirty(self) -> None:
-        if self.dirty:
+        if self.dirty and self._flush:
             self.dirty = False
             self._j.flush()
             self.flushes += 1
@@ -175,6 +179,7 @@ class RaftSettings:
     raft_max_timeout: float = 1.2
     leader_fallback_timeout: float = 1.5
     fsync: bool = True  # group-committed msync of the journal (only with data_dir)
+    snapshot_every: tuple[int, float] = (20000, 600.0)  # journal entries, seconds: compact
 
 
 def reserve_port(host: str) -> socket.socket:
@@ -204,12 +209,14 @@ class RaftNode:
         self.settings = settings
         self._fsm = _FSM(store)
         journal = dump = None
+        self.snapshots: BackgroundSnapshots | None = None
         if settings.data_dir:
             raft_dir = os.path.join(settings.data_dir, "raft")
             private_dirs(raft_dir)  # the journal holds the CA key and every KV value
             make_private(raft_dir)
             journal = os.path.join(raft_dir, "journal.bin")
             dump = os.path.join(raft_dir, "snapshot.bin")
+            self.snapshots = BackgroundSnapshots(store, dump, lambda: self._raft_log)
         self._last_contact = time.monotonic()
         # what `reported_leader` answers while an election is under way: the last leader seen
         # (address, when), and the server this one handed leadership to (address, until when)
@@ -226,12 +233,15 @@ class RaftNode:
             leaderFallbackTimeout=settings.leader_fallback_timeout,
             autoTickPeriod=0.05,
             dynamicMembershipChange=True,
-            useFork=False,
+            useFork=False,  # fork() beside grpcio's threads is unsafe: see server/compaction.py
+            serializer=self.snapshots.serialize if self.snapshots else None,
+            serializeChecker=self.snapshots.check if self.snapshots else None,
+            deserializer=self.snapshots.deserialize if self.snapshots else None,
             commandsWaitLeader=True,
             connectionRetryTime=_CONNECTION_RETRY,
             bindAddress=settings.bind,
-            logCompactionMinEntries=20000,
-            logCompactionMinTime=600,
+            logCompactionMinEntries=settings.snapshot_every[0],
+            logCompactionMinTime=settings.snapshot_every[1],
         )
         self._single = not settings.peers
         # writes submitted (event-loop thread) and settled (Raft thread): each counter has one
@@ -249,8 +259,8 @@ class RaftNode:
         # pysyncobj only builds its own wake-up pipe in its one-round-per-command mode
         self._notifier = PipeNotifier(self._sync._poller)
         self._journal: _GroupCommit | None = None
-        if journal and settings.fsync:
-            self._install_group_commit()
+        if journal:
+            self._install_group_commit(journal, settings.fsync)
         # calls that must run on the Raft thread (pysyncobj's state is not locked)
         self._on_raft_thread: collections.deque[Callable[[], None]] = collections.deque()
         self._sync.addOnTickCallback(self._on_tick)
@@ -268,10 +278,19 @@ class RaftNode:
         first = _CONNECTION_RETRY + random.uniform(s.raft_min_timeout, s.raft_max_timeout)
         self._sync._SyncObj__raftElectionDeadline = time.monotonic() + first  # no public setter
 
-    def _install_group_commit(self) -> None:
+    @property
+    def _raft_log(self) -> Any:
+        # read through the consumer: pysyncobj sets its back-reference before the tick thread
+        # starts, while `self._sync` is only assigned once the constructor has returned
+        sync = self._fsm._syncObj
+        return sync._SyncObj__raftLog if sync is not None else None
+
+    def _install_group_commit(self, path: str, flush: bool) -> None:
         # pysyncobj keeps these in name-mangled attributes; there is no public hook for either.
-        self._journal = _GroupCommit(self._sync._SyncObj__raftLog)
+        self._journal = _GroupCommit(self._sync._SyncObj__raftLog, path, flush)
         self._sync._SyncObj__raftLog = self._journal
+        if not flush:
+            return
         transport = self._sync._SyncObj__transport
         send = transport.send
         journal = self._journal

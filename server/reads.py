@@ -22,7 +22,14 @@ from meshd.server.tombstones import REAPED_TOPIC
 from meshd.server.txn import read_txn
 from meshd.server.watch import Waiter
 from meshd.spiffe import trust_domain
-from meshd.structs import CheckServiceNode, HealthCheck, KVEntry, Node, NodeService
+from meshd.structs import (
+    HEALTH_PASSING,
+    CheckServiceNode,
+    HealthCheck,
+    KVEntry,
+    Node,
+    NodeService,
+)
 
 
 def _index(store: Store, topics: list[str], fallback: str) -> int:
@@ -74,11 +81,7 @@ def _service_nodes(store: Store, query: q.ServiceNodes) -> Answer:
 
 
 def _services(store: Store, query: q.Services) -> Answer:
-    names: dict[str, set[str]] = {}
-    for m in store.services.values():
-        for s in m.values():
-            names.setdefault(s.Service, set()).update(s.Tags)
-    value = {k: sorted(v) for k, v in sorted(names.items())}
+    value = store.service_names()  # from the tag index, not a scan of every instance
     return _index(store, ["tbl:services"], "tbl:services"), value, ["tbl:services"]
 
 
@@ -110,12 +113,20 @@ def _service_checks(store: Store, query: q.ServiceChecks) -> Answer:
 
 
 def _checks_in_state(store: Store, query: q.ChecksInState) -> Answer:
-    out = [
-        c
-        for m in store.checks.values()
-        for c in m.values()
-        if query.State == "any" or c.Status == query.State
-    ]
+    if query.State in ("any", HEALTH_PASSING):  # (nearly) every check: a scan is the answer
+        out = [
+            c
+            for m in store.checks.values()
+            for c in m.values()
+            if query.State == "any" or c.Status == query.State
+        ]
+    else:  # the few that are not passing, from their index
+        out = [
+            store.checks[node][cid]
+            for node, bad in store.not_passing.items()
+            for cid, status in bad.items()
+            if status == query.State
+        ]
     out.sort(key=lambda c: (c.Node, c.CheckID))
     return _index(store, ["tbl:checks"], "tbl:checks"), out, ["tbl:checks"]
 

@@ -11,13 +11,13 @@ import bisect
 import contextlib
 import logging
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
-from meshd.server import sessions, tombstones
+from meshd.server import sessions, snapshot, tombstones
 from meshd.server.acl_state import ACLState
 from meshd.server.autopilot import AutopilotState
 from meshd.server.coordinates import CoordinateState
@@ -25,6 +25,7 @@ from meshd.server.events import EventRing
 from meshd.server.keyring import KeyringState
 from meshd.server.mesh_state import CommandRejectedError, MeshState
 from meshd.server.prepared_queries import PreparedQueryState
+from meshd.server.snapshot import SnapshotData, SnapshotView
 from meshd.server.txn import apply_txn
 from meshd.server.watch import WatchSet
 from meshd.structs import (
@@ -46,7 +47,6 @@ from meshd.structs import (
     NodeStatusBatch,
     Register,
     Restore,
-    Session,
     Txn,
     decode_command,
 )
@@ -73,26 +73,9 @@ def connect_destination(svc: NodeService) -> str:
     return ""
 
 
-class _Snapshot(msgspec.Struct):
-    index: int
-    nodes: list[Node]
-    services: list[tuple[str, NodeService]]
-    checks: list[HealthCheck]
-    kv: list[KVEntry]
-    topics: dict[str, int]
-    mesh: dict[str, Any] = {}
-    events: dict[str, Any] = {}
-    sessions: list[Session] = []
-    acl: dict[str, Any] = {}
-    autopilot: dict[str, Any] = {}
-    coordinates: list[list[Any]] = []
-    prepared_queries: list[dict[str, Any]] = []
-    keyring: dict[str, Any] = {}
-
-
-def _decode_snapshot(data: bytes) -> _Snapshot:
+def _decode_snapshot(data: bytes) -> SnapshotData:
     try:
-        return msgspec.msgpack.decode(data, type=_Snapshot)
+        return snapshot.decode(data)
     except msgspec.DecodeError as e:
         raise CommandError(f"not a meshd snapshot: {e}") from None
 
@@ -103,6 +86,7 @@ class Store:
         self.watches = WatchSet()
         self.status_batches = 0  # NodeStatusBatch entries applied, and the nodes they carried
         self.status_batch_nodes = 0
+        self._gen = 0  # snapshot generation: rows made in an older one are shared with a view
         self._reset()
 
     def _reset(self) -> None:
@@ -111,6 +95,12 @@ class Store:
         self.services: dict[str, dict[str, NodeService]] = defaultdict(dict)
         self.by_name: dict[str, set[tuple[str, str]]] = defaultdict(set)
         self.by_dest: dict[str, set[tuple[str, str]]] = defaultdict(set)
+        # service name -> how many of its instances carry each tag: /v1/catalog/services
+        # answers from this instead of scanning every instance
+        self.service_tags: dict[str, Counter[str]] = {}
+        # node -> {check ID: status} of its checks that are not passing: /v1/health/state/
+        # critical (or warning) reads these, not every check in the catalog
+        self.not_passing: dict[str, dict[str, str]] = {}
         self.checks: dict[str, dict[str, HealthCheck]] = defaultdict(dict)
         self.kv: dict[str, KVEntry] = {}
         self.kv_keys: list[str] = []  # sorted, live keys and tombstones (their topics keep indexes)
@@ -166,6 +156,8 @@ class Store:
                 result = CommandError(f"the servers could not apply {type(cmd).__name__}: {e}")
             for t in changed:
                 self.topics[t] = index
+                if t[:5] == "node:":  # every change to a node's checks moves its topic
+                    self._index_checks(t[5:])
         if changed:
             self.watches.notify(changed)
         return result
@@ -281,7 +273,7 @@ class Store:
         return True
 
     def _put_service(self, node: str, svc: NodeService, index: int, changed: set[str]) -> None:
-        old = self.services[node].get(svc.ID)
+        old = self.services.get(node, {}).get(svc.ID)
         svc = replace(svc, Datacenter="")
         if old is not None and _same(old, svc):
             return
@@ -289,29 +281,35 @@ class Store:
             self._unindex_service(node, old)
             self._touch_service(node, old, changed)
         new = replace(svc, CreateIndex=old.CreateIndex if old else index, ModifyIndex=index)
-        self.services[node][svc.ID] = new
+        self._rows(self.services, node)[svc.ID] = new
         self._index_service(node, new)
         self._touch_service(node, new, changed)
         # service checks carry the service's name and tags: keep them in step
         for c in list(self.checks.get(node, {}).values()):
             stale = c.ServiceName != new.Service or c.ServiceTags != new.Tags
             if c.ServiceID == svc.ID and stale:
-                self.checks[node][c.CheckID] = replace(
+                self._rows(self.checks, node)[c.CheckID] = replace(
                     c, ServiceName=new.Service, ServiceTags=list(new.Tags), ModifyIndex=index
                 )
 
     def _index_service(self, node: str, svc: NodeService) -> None:
         self.by_name[svc.Service].add((node, svc.ID))
+        self.service_tags.setdefault(svc.Service, Counter()).update(svc.Tags)
         dest = connect_destination(svc)
         if dest:
             self.by_dest[dest].add((node, svc.ID))
 
     def _unindex_service(self, node: str, svc: NodeService) -> None:
         s = self.by_name.get(svc.Service)
-        if s is not None:
+        if s is not None and (node, svc.ID) in s:
             s.discard((node, svc.ID))
+            tags = self.service_tags[svc.Service]
+            tags.subtract(svc.Tags)
+            for t in svc.Tags:
+                if tags.get(t, 0) <= 0:
+                    tags.pop(t, None)
             if not s:
-                del self.by_name[svc.Service]
+                del self.by_name[svc.Service], self.service_tags[svc.Service]
         dest = connect_destination(svc)
         if dest and dest in self.by_dest:
             self.by_dest[dest].discard((node, svc.ID))
@@ -326,10 +324,10 @@ class Store:
             ServiceName=svc.Service if svc else "",
             ServiceTags=list(svc.Tags) if svc else [],
         )
-        old = self.checks[node].get(c.CheckID)
+        old = self.checks.get(node, {}).get(c.CheckID)
         if old is not None and _same(old, c):
             return
-        self.checks[node][c.CheckID] = replace(
+        self._rows(self.checks, node)[c.CheckID] = replace(
             c, CreateIndex=old.CreateIndex if old else index, ModifyIndex=index
         )
         self._touch_check(node, c, changed)
@@ -350,8 +348,9 @@ class Store:
         if d.Node not in self.nodes:
             return True
         if d.CheckID:
-            c = self.checks.get(d.Node, {}).pop(d.CheckID, None)
+            c = self.checks.get(d.Node, {}).get(d.CheckID)
             if c:
+                del self._rows(self.checks, d.Node)[d.CheckID]
                 self._touch_check(d.Node, c, changed)
                 sessions.check_removed(self, d.Node, d.CheckID, index, changed)
             return True
@@ -369,14 +368,15 @@ class Store:
         return True
 
     def _drop_service(self, node: str, sid: str, index: int, changed: set[str]) -> None:
-        svc = self.services.get(node, {}).pop(sid, None)
+        svc = self.services.get(node, {}).get(sid)
         if svc is None:
             return
+        del self._rows(self.services, node)[sid]
         self._unindex_service(node, svc)
         self._touch_service(node, svc, changed)
         for cid, c in list(self.checks.get(node, {}).items()):
             if c.ServiceID == sid:
-                del self.checks[node][cid]
+                del self._rows(self.checks, node)[cid]
                 changed.add("tbl:checks")
                 sessions.check_removed(self, node, cid, index, changed)
 
@@ -443,25 +443,42 @@ class Store:
 
     # ---- snapshots ------------------------------------------------------------------------------
 
-    def dump(self) -> bytes:
+    def service_names(self) -> dict[str, list[str]]:
+        """Every service name with the union of its instances' tags (sorted, as Consul's)."""
+        return {name: sorted(self.service_tags.get(name, ())) for name in sorted(self.by_name)}
+
+    def _index_checks(self, node: str) -> None:
+        bad = {
+            cid: c.Status
+            for cid, c in self.checks.get(node, {}).items()
+            if c.Status != HEALTH_PASSING
+        }
+        if bad:
+            self.not_passing[node] = bad
+        else:
+            self.not_passing.pop(node, None)
+
+    def _rows(self, table: dict[str, dict[str, Any]], node: str) -> dict[str, Any]:
+        """A node's rows, ready to change: copied first if a snapshot view may share them."""
+        return snapshot.writable_rows(table, node, self._gen)
+
+    def snapshot_view(self) -> SnapshotView:
+        """A consistent copy of the whole state, cheap enough for the Raft thread: top-level
+        tables are copied, rows are shared until the store next changes them (`_rows`)."""
         with self.lock:
-            snap = _Snapshot(
+            self._gen += 1
+            return SnapshotView(
                 index=self.index,
-                nodes=list(self.nodes.values()),
-                services=[(n, s) for n, m in self.services.items() for s in m.values()],
-                checks=[c for m in self.checks.values() for c in m.values()],
-                kv=list(self.kv.values()),
+                nodes=dict(self.nodes),
+                services=dict(self.services),
+                checks=dict(self.checks),
+                kv=dict(self.kv),
                 topics=dict(self.topics),
-                mesh=self.mesh.dump(),
-                events=self.events.dump(),
-                sessions=self.sessions.dump(),
-                acl=self.acl.dump(),
-                autopilot=self.autopilot.dump(),
-                coordinates=self.coordinates.dump(),
-                prepared_queries=self.prepared_queries.dump(),
-                keyring=self.keyring.dump(),
+                small={name: getattr(self, name).dump() for name in snapshot.SMALL_TABLES},
             )
-            return msgspec.msgpack.encode(snap)
+
+    def dump(self) -> bytes:
+        return snapshot.encode(self.snapshot_view(), pause=False)
 
     @staticmethod
     def check_snapshot(data: bytes) -> None:
@@ -476,24 +493,23 @@ class Store:
             raise CommandError(f"not a meshd snapshot: {e}") from None
 
     def load(self, data: bytes) -> None:
-        snap = msgspec.msgpack.decode(data, type=_Snapshot)
+        snap = snapshot.decode(data)
         with self.lock:
             self._load(snap)
             changed = set(self.topics)
         self.watches.notify(changed | {"tbl:nodes", "tbl:services", "tbl:checks", "tbl:kv"})
 
-    def _load(self, snap: _Snapshot) -> None:
+    def _load(self, snap: SnapshotData) -> None:
         self._reset()
         self.index = snap.index
         self.nodes = {n.Node: n for n in snap.nodes}
         for node, s in snap.services:
             self.services[node][s.ID] = s
-            self.by_name[s.Service].add((node, s.ID))
-            dest = connect_destination(s)
-            if dest:
-                self.by_dest[dest].add((node, s.ID))
+            self._index_service(node, s)
         for c in snap.checks:
             self.checks[c.Node][c.CheckID] = c
+        for node in self.checks:
+            self._index_checks(node)
         for e in snap.kv:
             self.kv[e.Key] = e
         self.topics = dict(snap.topics)

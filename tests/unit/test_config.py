@@ -816,3 +816,24 @@ def test_every_error_is_reported_at_once(tmp_path: Path) -> None:
     message = json_error(tmp_path, {"bogus": 1, "ports": {"http": 0}, "log_level": "loud"})
     assert len(message.splitlines()) == 3
     assert "'bogus'" in message and "'ports.http'" in message and "'log_level'" in message
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ({"raft_snapshot_threshold": 0}, "positive integer"),
+        ({"raft_snapshot_threshold": "100"}, "positive integer"),
+        ({"raft_snapshot_interval": "0s"}, "greater than zero"),
+    ],
+)
+def test_bad_snapshot_settings_are_refused_with_the_key(
+    tmp_path: Path, content: dict[str, Any], reason: str
+) -> None:
+    """A threshold of 0 would compact on every Raft tick; the file names the bad key."""
+    message = json_error(tmp_path, content)
+    assert next(iter(content)) in message and reason in message
+
+
+def test_snapshot_settings_reach_the_config(tmp_path: Path) -> None:
+    cfg = load_json(tmp_path, {"raft_snapshot_threshold": 500, "raft_snapshot_interval": "30s"})
+    assert (cfg.raft_snapshot_threshold, cfg.raft_snapshot_interval) == (500, 30.0)
