@@ -17,9 +17,28 @@ export function setToken(t) {
   else localStorage.removeItem(TOKEN_KEY);
 }
 
-export async function call(method, path, body) {
+// Whether a list read for the page shown was cut by ACLs (Consul's X-Consul-Results-Filtered-By-ACLs):
+// an empty page then says that a token would show more, instead of looking like an empty mesh.
+let filtered = false;
+export const wasFiltered = () => filtered;
+export const newPage = () => {
+  filtered = false;
+};
+
+// Who the UI acts as: {enabled: false} when the agent has ACLs off (Consul answers token/self
+// with 401 "ACL support disabled"), else {enabled: true, token: the token's JSON or null}.
+export async function whoAmI() {
+  try {
+    return { enabled: true, token: await get("/v1/acl/token/self") };
+  } catch (err) {
+    if (err instanceof APIError && err.status === 403) return { enabled: true, token: null };
+    return { enabled: false, token: null };
+  }
+}
+
+export async function call(method, path, body, asToken = token()) {
   const headers = {};
-  if (token()) headers["X-Consul-Token"] = token();
+  if (asToken) headers["X-Consul-Token"] = asToken;
   const init = { method, headers };
   if (body !== undefined) {
     init.body = typeof body === "string" ? body : JSON.stringify(body);
@@ -27,6 +46,7 @@ export async function call(method, path, body) {
   const resp = await fetch(path, init);
   const text = await resp.text();
   if (!resp.ok) throw new APIError(resp.status, text.trim());
+  if (resp.headers.get("X-Consul-Results-Filtered-By-ACLs") === "true") filtered = true;
   const type = resp.headers.get("Content-Type") || "";
   return type.includes("json") && text ? JSON.parse(text) : text;
 }

@@ -2,7 +2,7 @@
 import { h, render } from "preact";
 import { useEffect, useRef, useState } from "preact/hooks";
 import htm from "htm";
-import { APIError, call, del, get, put, setToken, token } from "./api.js";
+import { APIError, call, del, get, put, setToken, token, newPage, wasFiltered, whoAmI } from "./api.js";
 import { drawGraph, label } from "./topology.js";
 import "./style.css";
 
@@ -12,7 +12,10 @@ const enc = encodeURIComponent;
 function useRoute() {
   const [hash, setHash] = useState(location.hash || "#/services");
   useEffect(() => {
-    const f = () => setHash(location.hash || "#/services");
+    const f = () => {
+      newPage();
+      setHash(location.hash || "#/services");
+    };
     addEventListener("hashchange", f);
     return () => removeEventListener("hashchange", f);
   }, []);
@@ -41,18 +44,58 @@ function useData(fn, deps, every = 0) {
 }
 
 function Problem({ error }) {
-  if (!error) return null;
+  if (!error) {
+    return wasFiltered()
+      ? html`<p class="note filtered">Some results are hidden by ACLs: <a href="#/login">log in</a> with a token that may read them.</p>`
+      : null;
+  }
   if (error instanceof APIError && error.status === 403) return html`<${TokenForm} />`;
   return html`<p class="error" role="alert">${String(error.message || error)}</p>`;
 }
 
+// The token is checked with the agent before it is kept: a wrong one is said at once, not on
+// every page after.
 function TokenForm() {
   const [t, setT] = useState(token());
-  return html`<form class="token" onSubmit=${(e) => { e.preventDefault(); setToken(t); location.reload(); }}>
+  const [msg, setMsg] = useState(null);
+  const submit = async (e) => {
+    e.preventDefault();
+    try {
+      await call("GET", "/v1/acl/token/self", undefined, t);
+      setToken(t);
+      location.hash = "#/services";
+      location.reload();
+    } catch (err) {
+      setMsg(String(err.message || err));
+    }
+  };
+  return html`<form class="token" onSubmit=${submit}>
     <p>ACLs are on: this page needs a token.</p>
     <input name="token" type="password" placeholder="ACL token" value=${t} onInput=${(e) => setT(e.target.value)} />
     <button>Use token</button>
-  </form>`;
+  </form>${msg && html`<p class="error" role="alert">${msg}</p>`}`;
+}
+
+function Login() {
+  return html`<h1>Log in</h1><${TokenForm} />`;
+}
+
+// The nav's right end: who the UI acts as, with a way in or out (only when ACLs are on).
+function Who() {
+  const [who, setWho] = useState(null);
+  useEffect(() => {
+    whoAmI().then(setWho);
+  }, []);
+  if (!who || !who.enabled) return null;
+  if (!who.token) return html`<a class="who" href="#/login">Log in</a>`;
+  const name = who.token.Description || who.token.AccessorID;
+  const logout = (e) => {
+    e.preventDefault();
+    setToken("");
+    location.hash = "#/services";
+    location.reload();
+  };
+  return html`<span class="who">${name} <a href="#/services" onClick=${logout}>Log out</a></span>`;
 }
 
 function health(rows) {
@@ -253,8 +296,9 @@ function App() {
     intentions: () => html`<${Intentions} />`,
     topology: () => html`<${Topology} />`,
     explain: () => html`<${Explain} />`,
+    login: () => html`<${Login} />`,
   }[page];
-  return html`<nav><b>meshd</b>${PAGES.map(([p, t]) => html`<a class=${p === page ? "on" : ""} href=${`#/${p}`}>${t}</a>`)}</nav>
+  return html`<nav><b>meshd</b>${PAGES.map(([p, t]) => html`<a class=${p === page ? "on" : ""} href=${`#/${p}`}>${t}</a>`)}<${Who} /></nav>
     <main>${body ? body() : html`<p>No such page.</p>`}</main>`;
 }
 
