@@ -125,6 +125,7 @@ class LocalBackend:
         return await self.server.member_list()
 
     async def sign(self, req: SignRequest) -> SignReply:
+        req.Token = req.Token or _token(None, self.token)
         return await self.server.sign(req)
 
     async def set_ca_config(self, config: dict[str, Any], force_rotate: bool) -> None:
@@ -216,11 +217,14 @@ class RemoteBackend:
         return await self.rpc.call("members", b"", list[Member])
 
     async def sign(self, req: SignRequest) -> SignReply:
+        req.Token = req.Token or _token(None, self.token)
         try:
             return await self.rpc.call("sign", req, SignReply)
         except RPCError as e:
             if e.code == 400:
                 raise CommandError(str(e)) from None
+            if e.code == 403:
+                raise CommandForbiddenError(str(e)) from None
             raise RaftError(str(e)) from None
 
     async def set_ca_config(self, config: dict[str, Any], force_rotate: bool) -> None:

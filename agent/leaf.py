@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import datetime as dt
 import logging
 import random
@@ -66,7 +67,11 @@ class LeafManager:
         task = self._tasks.get(service)
         if task:
             task.cancel()
-        self._tasks[service] = asyncio.create_task(self._loop(service), name=f"leaf {service}")
+        # a fresh context: the loop outlives whichever request started it, so it signs and
+        # renews with the agent's own token, never with a caller's that may be deleted later
+        self._tasks[service] = asyncio.create_task(
+            self._loop(service), name=f"leaf {service}", context=contextvars.Context()
+        )
 
     def ensure(self, service: str) -> None:
         """Start issuing (and renewing) a leaf for `service`, once.

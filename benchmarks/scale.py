@@ -5,8 +5,9 @@
     python benchmarks/scale.py --nodes 10000 --instances 200000 --watchers 1000
 
 The fleet is N simulated nodes in one asyncio loop, each heartbeating once a second (Consul's
-rate) through the real agent->server transport (`send_heartbeat`: today the heartbeat RPC, to
-the server the node is assigned to, round-robin), M service instances registered through the
+rate) through the real agent->server transport (`send_heartbeat`: a client agent's liveness
+socket, `meshd.agent.liveness_client.HeartbeatLink`, one per node, placed on its server by the
+agents' own rendezvous hash), M service instances registered through the
 real RPC (one anti-entropy `Batch` per node, as an agent's first sync sends them), and W
 blocking watchers (RPC reads with MinIndex, one per service, spread over the servers).
 Figures printed (issue 13's list):
@@ -66,6 +67,7 @@ from _common import (
 )
 
 from meshd import queries as q
+from meshd.agent.liveness_client import HeartbeatLink
 from meshd.keyring import hmac_key
 from meshd.rpc import Heartbeat, ReadReply, ReadRequest, WriteReply, WriteRequest
 from meshd.rpc_client import RPCClient, RPCError
@@ -75,9 +77,9 @@ FAILURE_TIMEOUT = 5.0  # the servers' node_failure_timeout (meshd's default)
 BATCH = 500  # registrations per write in the burst
 
 
-async def send_heartbeat(rpc: RPCClient, server: str, hb: Heartbeat) -> None:
-    """The one place a simulated node's beat leaves: switch here when the transport changes."""
-    await rpc.call("heartbeat", hb, Any, timeout=3.0, addr=server)
+async def send_heartbeat(link: HeartbeatLink, hb: Heartbeat) -> None:
+    """The one place a simulated node's beat leaves: the transport client agents use."""
+    await link.beat(hb)
 
 
 class _WideClient(RPCClient):
@@ -108,6 +110,9 @@ class Fleet:
         self.failures = 0
         self._stop = False
         self._inflight: set[asyncio.Task[None]] = set()
+        self.links: dict[int, HeartbeatLink] = {}
+        self.beating: set[int] = set()  # a link carries one beat at a time, as an agent's does
+        self.skipped = 0
 
     def node(self, i: int) -> str:
         return f"sim-{i}"
@@ -141,7 +146,9 @@ class Fleet:
             for _ in range(per_tick):
                 node = i % self.n
                 i += 1
-                if node not in self.dead:
+                if node in self.beating:
+                    self.skipped += 1  # its last beat is still out: an agent would wait too
+                elif node not in self.dead:
                     await slots.acquire()
                     task = asyncio.create_task(self._beat(node, slots))
                     self._inflight.add(task)
@@ -151,15 +158,23 @@ class Fleet:
 
     async def _beat(self, i: int, slots: asyncio.Semaphore) -> None:
         hb = Heartbeat(Node=self.node(i), Address=_address(i), Datacenter="dc1")
+        link = self.links.get(i)
+        if link is None:
+            link = self.links[i] = HeartbeatLink(self.rpc, self.node(i), lambda: self.servers)
+        self.beating.add(i)
         sent = time.monotonic()
         try:
-            await send_heartbeat(self.rpc, self.servers[i % len(self.servers)], hb)
+            await send_heartbeat(link, hb)
             self.latencies.append(time.monotonic() - sent)
             self.last_beat[i] = sent
         except Exception:
             self.failures += 1
         finally:
+            self.beating.discard(i)
             slots.release()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(link.close() for link in self.links.values()))
 
     def stop(self) -> None:
         self._stop = True
@@ -225,6 +240,7 @@ class Bench:
         await self._compaction()
         f.stop()
         beats.cancel()
+        await f.close()
         await self.rpc.close()
         return out
 
@@ -257,6 +273,7 @@ class Bench:
         self.out["heartbeat_p50_ms"] = _ms(f.latencies, 50)
         self.out["heartbeat_p99_ms"] = _ms(f.latencies, 99)
         self.out["heartbeat_failures"] = f.failures
+        self.out["heartbeats_skipped"] = f.skipped  # a node whose last beat was still out
 
     async def _catalog_services(self) -> None:
         leader = self.cluster.leader()

@@ -144,6 +144,7 @@ class CAConfigRequest(msgspec.Struct):
 class SignRequest(msgspec.Struct):
     CSR: str
     Service: str
+    Token: str = ""  # the agent's (ACLs: service:write on Service, or node:write where it runs)
 
 
 class SignReply(msgspec.Struct):

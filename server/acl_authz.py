@@ -204,3 +204,14 @@ def server_authorizer(config: ACLConfig, state: ACLState, secret: str) -> Author
         return Authorizer(management=True, accessor=resolved.AccessorID)
     rules = [r for text in resolved.Rules for r in parse_rules(text)]
     return build_authorizer(rules, config.default_policy, resolved.AccessorID)
+
+
+def authorize_sign(service: str, nodes_running: set[str], authz: Authorizer) -> None:
+    """A leaf for `service` goes to a token with service:write on it (Consul's rule), or to an
+    agent's token with node:write on a node where that service is registered: the agent that
+    runs the service and its sidecar renews its leaf with its own token, as it syncs it."""
+    if authz.allowed("service", service, W):
+        return
+    if any(authz.allowed("node", node, W) for node in sorted(nodes_running)):
+        return
+    authz.check("service", service, W)  # raises, with Consul's reason

@@ -44,6 +44,7 @@ from meshd.server.acl_authz import (
     authorize,
     authorize_node_changes,
     authorize_query_owner,
+    authorize_sign,
     server_authorizer,
 )
 from meshd.server.acl_expiry import TokenReaper
@@ -414,6 +415,14 @@ class Server:
 
     async def sign(self, req: SignRequest) -> SignReply:
         self._raft()
+        if self.s.acl.enabled:
+            try:
+                with self.store.lock:
+                    authz = server_authorizer(self.s.acl, self.store.acl, req.Token)
+                    running = {node for node, _ in self.store.by_name.get(req.Service, ())}
+                authorize_sign(req.Service, running, authz)
+            except (PermissionDeniedError, TokenNotFoundError) as e:
+                raise CommandForbiddenError(str(e)) from None
         if not self.store.mesh.roots:
             if not self.raft or not self.raft.is_leader:
                 return await self.rpc.call("sign", req, SignReply, addr=self.leader_rpc())

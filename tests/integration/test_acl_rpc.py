@@ -287,3 +287,37 @@ async def test_service_write_alone_registers_on_an_existing_node_but_creates_non
         assert refused.Code == 403 and f"'node:write' on \"{node}\"" in refused.Error
     assert "intruder" not in rpc.server.store.nodes
     assert rpc.server.store.nodes["node-a"].Address == "10.0.0.1"
+
+
+async def test_a_leaf_is_signed_only_for_service_write_or_the_agent_running_it(rpc: RPC) -> None:
+    """A holder of the cluster key gets no certificate without a token that may have it."""
+    from meshd.agent.leafkeys import new_key_and_csr
+    from meshd.rpc import SignReply, SignRequest
+    from meshd.server import connect_ca
+
+    await connect_ca.ensure_ca(rpc.server)
+    td = connect_ca.trust_domain(rpc.server.store.mesh.cluster_id)
+    _, csr = new_key_and_csr(td, "dc1", "web")
+    _, csr_api = new_key_and_csr(td, "dc1", "api")
+    _, agent_a = await _agent_token(rpc, "node-a")
+    _, agent_b = await _agent_token(rpc, "node-b")
+    _, web = await _agent_token(rpc, "node-z", '\nservice "web" { policy = "write" }')
+    assert (await rpc.write(_register("node-a"), agent_a)).Code == 0  # web runs on node-a
+
+    for token, why in (
+        ("", "anonymous"),
+        (agent_b, "node:write on a node that does not run web"),
+        (str(uuid.uuid4()), "unknown"),
+    ):
+        status, body = await rpc.post("sign", SignRequest(CSR=csr, Service="web", Token=token))
+        assert status == 403, why
+        assert body.decode().startswith(("Permission denied", "ACL not found")), body
+    # the agent running web, and a token with service:write on web, each get a leaf
+    for token in (agent_a, web):
+        status, body = await rpc.post("sign", SignRequest(CSR=csr, Service="web", Token=token))
+        assert status == 200, body
+        reply = msgspec.msgpack.decode(body, type=SignReply)
+        assert "BEGIN CERTIFICATE" in reply.CertPEM
+    # node:write on node-a gives no leaf for a service node-a does not run
+    status, _ = await rpc.post("sign", SignRequest(CSR=csr_api, Service="api", Token=agent_a))
+    assert status == 403
