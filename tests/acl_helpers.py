@@ -10,7 +10,9 @@ import urllib.request
 import uuid
 from typing import Any
 
-from helpers import MeshdProcess, Response, dev_agent
+from helpers import MeshdProcess, Response, dev_agent, wait_for
+
+from meshd.acl.model import ANONYMOUS_ACCESSOR
 
 MGMT = str(uuid.uuid4())  # acl.tokens.initial_management (and the agent's own token)
 
@@ -88,4 +90,9 @@ def start_acl_agent(
     )
     if not initial_management:  # no token exists before the bootstrap: a leader is enough
         proc._settled = lambda: True  # type: ignore[method-assign]
-    return ACLAgent(proc.start())
+        return ACLAgent(proc.start())
+    agent = ACLAgent(proc.start())
+    # the leader stores the configured and the anonymous tokens once it takes office (as
+    # Consul's does): tests about them start after that, as a user reading them would wait
+    wait_for(lambda: agent.call("GET", f"/v1/acl/token/{ANONYMOUS_ACCESSOR}").status == 200, 30)
+    return agent
