@@ -4,6 +4,7 @@ them: signature, time claims with Consul's leeways, bound issuer and audiences, 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jwt
@@ -77,23 +78,31 @@ def test_good_token_gives_the_mapped_claims(key: Any, alg: str) -> None:
     }
 
 
+# made when each test runs: a token made at collection could expire before its test comes
+# up (a whole suite's run is longer than its 300 s lifetime)
+BAD_TOKENS: list[tuple[Callable[[], str], str]] = [
+    (lambda: token(exp=int(time.time()) - 3600, iat=int(time.time()) - 7200), "token is expired"),
+    (lambda: token(iss="https://evil.example"), "invalid issuer"),
+    (lambda: token(aud="someone-else"), "aud claim does not match any bound audience"),
+    (lambda: token(OTHER_KEY), "no known key successfully validated the token signature"),
+    (lambda: token(iat=None, exp=None), "no issue time, notbefore, or expiration time"),
+    (lambda: token(nbf=int(time.time()) + 3600), "not valid yet"),
+    (
+        lambda: jwt.encode({"iat": int(time.time())}, "s" * 32, algorithm="HS256"),
+        "no known key",
+    ),
+    (lambda: "not-a-jwt", "error parsing token"),
+]
+
+
 @pytest.mark.parametrize(
     ("bad", "message"),
-    [
-        (token(exp=int(time.time()) - 3600, iat=int(time.time()) - 7200), "token is expired"),
-        (token(iss="https://evil.example"), "invalid issuer"),
-        (token(aud="someone-else"), "aud claim does not match any bound audience"),
-        (token(OTHER_KEY), "no known key successfully validated the token signature"),
-        (token(iat=None, exp=None), "no issue time, notbefore, or expiration time"),
-        (token(nbf=int(time.time()) + 3600), "not valid yet"),
-        (jwt.encode({"iat": int(time.time())}, "s" * 32, algorithm="HS256"), "no known key"),
-        ("not-a-jwt", "error parsing token"),
-    ],
+    BAD_TOKENS,
     ids=["expired", "issuer", "audience", "wrong-key", "no-times", "nbf", "hs256", "garbage"],
 )
-def test_bad_tokens_are_refused_with_the_reason(bad: str, message: str) -> None:
+def test_bad_tokens_are_refused_with_the_reason(bad: Callable[[], str], message: str) -> None:
     with pytest.raises(LoginError, match=message):
-        jwt_identity(config(), bad, config().keys)
+        jwt_identity(config(), bad(), config().keys)
 
 
 def test_missing_exp_lives_expiration_leeway_past_iat() -> None:
