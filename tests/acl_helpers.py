@@ -8,6 +8,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from helpers import MeshdProcess, Response, dev_agent, wait_for
@@ -96,3 +97,12 @@ def start_acl_agent(
     # Consul's does): tests about them start after that, as a user reading them would wait
     wait_for(lambda: agent.call("GET", f"/v1/acl/token/{ANONYMOUS_ACCESSOR}").status == 200, 30)
     return agent
+
+
+def running_acl_agent(**kw: Any) -> Iterator[ACLAgent]:
+    """A module fixture's body: an ACL agent (`start_acl_agent`'s options) stopped afterwards."""
+    agent = start_acl_agent(**kw)
+    try:
+        yield agent
+    finally:
+        agent.proc.stop()

@@ -6,17 +6,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from acl_helpers import MGMT, ACLAgent, start_acl_agent
+from acl_helpers import MGMT, ACLAgent, running_acl_agent
 from helpers import run_meshd, wait_for
 
 
 @pytest.fixture(scope="module")
 def acl() -> Iterator[ACLAgent]:
-    agent = start_acl_agent(agent_token=False)
-    try:
-        yield agent
-    finally:
-        agent.proc.stop()
+    yield from running_acl_agent(agent_token=False)
 
 
 def test_agent_token_enables_catalog_sync(acl: ACLAgent) -> None:

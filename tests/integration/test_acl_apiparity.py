@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from acl_helpers import ACLAgent, start_acl_agent
+from acl_helpers import ACLAgent, running_acl_agent
 
 OTHER_RULES = 'key "unrelated" { policy = "read" }'
 
@@ -20,11 +20,7 @@ def new_key() -> str:
 
 @pytest.fixture(scope="module")
 def acl() -> Iterator[ACLAgent]:
-    agent = start_acl_agent(args=(f"-encrypt={new_key()}",))
-    try:
-        yield agent
-    finally:
-        agent.proc.stop()
+    yield from running_acl_agent(args=(f"-encrypt={new_key()}",))
 
 
 def _denied_then_allowed(

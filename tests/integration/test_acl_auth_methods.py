@@ -11,7 +11,7 @@ from typing import Any
 
 import jwt
 import pytest
-from acl_helpers import ACLAgent, start_acl_agent
+from acl_helpers import ACLAgent, running_acl_agent
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from k8s_tokenreview import TokenReviewServer
@@ -27,11 +27,7 @@ JWT_PEM = (
 
 @pytest.fixture(scope="module")
 def acl() -> Iterator[ACLAgent]:
-    agent = start_acl_agent()
-    try:
-        yield agent
-    finally:
-        agent.proc.stop()
+    yield from running_acl_agent()
 
 
 @pytest.fixture(scope="module")

@@ -8,17 +8,13 @@ import tempfile
 from collections.abc import Iterator
 
 import pytest
-from acl_helpers import ACLAgent, start_acl_agent
+from acl_helpers import ACLAgent, running_acl_agent
 from helpers import run_meshd
 
 
 @pytest.fixture(scope="module")
 def acl() -> Iterator[ACLAgent]:
-    agent = start_acl_agent(initial_management=False)
-    try:
-        yield agent
-    finally:
-        agent.proc.stop()
+    yield from running_acl_agent(initial_management=False)
 
 
 def test_bootstrap_policy_token_role_round_trip(acl: ACLAgent) -> None:

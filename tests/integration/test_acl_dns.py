@@ -9,7 +9,7 @@ import dns.message
 import dns.query
 import dns.rcode
 import pytest
-from acl_helpers import ACLAgent, start_acl_agent
+from acl_helpers import ACLAgent, running_acl_agent
 from helpers import wait_for
 
 DNS_SECRET = str(uuid.uuid4())
@@ -17,11 +17,7 @@ DNS_SECRET = str(uuid.uuid4())
 
 @pytest.fixture(scope="module")
 def acl() -> Iterator[ACLAgent]:
-    agent = start_acl_agent(acl='token_ttl = "1s"')
-    try:
-        yield agent
-    finally:
-        agent.proc.stop()
+    yield from running_acl_agent(acl='token_ttl = "1s"')
 
 
 def _rcode(acl: ACLAgent, name: str) -> int:

@@ -8,18 +8,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from acl_helpers import MGMT, ACLAgent, start_acl_agent
+from acl_helpers import MGMT, ACLAgent, running_acl_agent, start_acl_agent
 
 from meshd.acl.model import ANONYMOUS_ACCESSOR, MANAGEMENT_POLICY_ID
 
 
 @pytest.fixture(scope="module")
 def acl() -> Iterator[ACLAgent]:
-    agent = start_acl_agent()
-    try:
-        yield agent
-    finally:
-        agent.proc.stop()
+    yield from running_acl_agent()
 
 
 def test_anonymous_is_denied_and_unknown_token_is_acl_not_found(acl: ACLAgent) -> None:

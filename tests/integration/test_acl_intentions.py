@@ -7,18 +7,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from acl_helpers import ACLAgent, start_acl_agent
+from acl_helpers import ACLAgent, running_acl_agent
 
 INTENTION_WRITER = 'service "api" { policy = "read" intentions = "write" }'
 
 
 @pytest.fixture(scope="module")
 def acl() -> Iterator[ACLAgent]:
-    agent = start_acl_agent()
-    try:
-        yield agent
-    finally:
-        agent.proc.stop()
+    yield from running_acl_agent()
 
 
 def _exact(src: str, dst: str) -> str:

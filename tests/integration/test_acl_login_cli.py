@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from acl_helpers import MGMT, ACLAgent, start_acl_agent
+from acl_helpers import MGMT, ACLAgent, running_acl_agent
 from helpers import run_meshd
 from k8s_tokenreview import TokenReviewServer
 
@@ -20,11 +20,7 @@ ENV = {"CONSUL_HTTP_TOKEN": MGMT}
 
 @pytest.fixture(scope="module")
 def acl() -> Iterator[ACLAgent]:
-    agent = start_acl_agent()
-    try:
-        yield agent
-    finally:
-        agent.proc.stop()
+    yield from running_acl_agent()
 
 
 @pytest.fixture(scope="module")
