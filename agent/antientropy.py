@@ -19,6 +19,7 @@ import msgspec
 from meshd import queries as q
 from meshd.agent.backend import CatalogBackend
 from meshd.agent.local import LocalState
+from meshd.server.authority import CommandForbiddenError
 from meshd.structs import (
     CONSUL_SERVICE,
     SERF_CHECK_ID,
@@ -126,6 +127,9 @@ class AntiEntropy:
         self.interval = interval
         self._wake = asyncio.Event()
         self._synced_gen = -1
+        # the last generation whose sync the servers refused (ACLs): waiting longer for it is
+        # pointless until something changes, so its waiters are answered at once
+        self._refused_gen = -1
         self._cond = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self.last_error: str = ""
@@ -150,9 +154,10 @@ class AntiEntropy:
         try:
             async with self._cond:
                 await asyncio.wait_for(
-                    self._cond.wait_for(lambda: self._synced_gen >= target), timeout
+                    self._cond.wait_for(lambda: max(self._synced_gen, self._refused_gen) >= target),
+                    timeout,
                 )
-            return True
+            return self._synced_gen >= target
         except TimeoutError:
             return False
 
@@ -174,6 +179,10 @@ class AntiEntropy:
                 raise
             except Exception as e:  # keep retrying: the servers may be down or electing
                 self.last_error = str(e)
+                if isinstance(e, CommandForbiddenError):
+                    async with self._cond:
+                        self._refused_gen = self.local.generation
+                        self._cond.notify_all()
                 failing_since = failing_since or loop.time()
                 # an election at start-up is normal; only a lasting failure is worth a warning
                 level = logging.WARNING if loop.time() - failing_since > 5 else logging.DEBUG
