@@ -517,8 +517,10 @@ class Server:
                     self.reaper.reset()
                     self.session_timers.reset()
                     self.tombstone_gc.reset()
-                    await connect_ca.ensure_ca(self)
+                    # ACLs first: clients read the stored tokens as soon as there is a leader,
+                    # while the CA's first root can take a moment to generate
                     await acl_init.initialize(self)
+                    await connect_ca.ensure_ca(self)
                 await operator.reconcile(self)
                 ops: list[Command] = []
                 rounds += 1

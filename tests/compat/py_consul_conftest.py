@@ -26,7 +26,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.environ["MESHD_REPO"], "tests"))
 
-from helpers import MeshdProcess, dev_agent
+from helpers import MeshdProcess, dev_agent, wait_for
 
 ConsulInstance = collections.namedtuple("ConsulInstance", ["container", "port", "version"])
 
@@ -139,6 +139,11 @@ def consul_instance(_meshd_agents: Agents) -> Iterator[ConsulInstance]:
 @pytest.fixture
 def acl_consul_instance(_meshd_agents: Agents) -> Iterator[tuple[ConsulInstance, str]]:
     agent = _meshd_agents.acl.take()
+    # the leader stores the initial management and anonymous tokens once it takes office (as
+    # Consul's does); upstream's tests read them first thing, so hand the agent over after that
+    token = _meshd_agents.acl_token
+    path = f"/v1/acl/token/00000000-0000-0000-0000-000000000002?token={token}"
+    wait_for(lambda: agent.get(path).status == 200, 30)
     yield ConsulInstance(agent, agent.http_port, _version(agent)), _meshd_agents.acl_token
     _meshd_agents.stop_later(agent)
 
