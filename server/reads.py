@@ -15,6 +15,7 @@ from typing import Any
 from meshd import queries as q
 from meshd.server import acl_state, sessions
 from meshd.server.ca import public_view
+from meshd.server.connect_ca import DEFAULT_CA_CONFIG
 from meshd.server.coordinates import read_autopilot, read_coordinates
 from meshd.server.prepared_queries import read_prepared_queries
 from meshd.server.store import Store
@@ -183,7 +184,9 @@ def _ca_roots(store: Store, query: q.CARoots) -> Answer:
         "TrustDomain": trust_domain(m.cluster_id) if m.cluster_id else "",
         "ActiveRootID": active.ID if active else "",
         "Roots": [public_view(r) for r in m.roots],
-        "Config": dict(m.ca_config),
+        # the effective configuration: the defaults until the leader has written the first
+        # root (a read right after start must not show an empty config)
+        "Config": {**DEFAULT_CA_CONFIG, **m.ca_config},
     }
     return max(store.topics.get("ca", 0), 1), value, ["ca"]
 
