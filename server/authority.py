@@ -27,7 +27,7 @@ from meshd.server.acl_expiry import check_token_expiry
 from meshd.server.acl_state import BootstrapDoneError
 from meshd.server.ca import CARoot
 from meshd.server.mesh_state import INTENTIONS, CommandRejectedError, intention_entry
-from meshd.server.store import CommandError, Store
+from meshd.server.store import CommandError, CommandForbiddenError, Store
 from meshd.structs import (
     AutopilotConfigOp,
     Barrier,
@@ -56,10 +56,6 @@ from meshd.structs import (
 class Origin(enum.Enum):
     AGENT = "agent"  # any holder of the cluster key, over /rpc/write (and every HTTP API write)
     SERVER = "server"  # a server's own decision, proposed in-process, never over RPC
-
-
-class CommandForbiddenError(CommandError):
-    """A command the caller's origin may not issue (HTTP 403 with this text)."""
 
 
 _ANY = frozenset(Origin)

@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from meshd.server import sessions, snapshot, tombstones
-from meshd.server.acl_state import ACLState
+from meshd.server.acl_state import ACLState, BootstrapDoneError
 from meshd.server.autopilot import AutopilotState
 from meshd.server.coordinates import CoordinateState
 from meshd.server.events import EventRing
@@ -61,6 +61,11 @@ class CommandError(Exception):
 
 class StateConflictError(CommandError):
     """Refused because of the current state, where Consul answers 500 (an invalid session)."""
+
+
+class CommandForbiddenError(CommandError):
+    """A command the caller may not issue (HTTP 403 with this text); also raised at apply
+    time, where a command checked on a lagging server meets the leader's newer state."""
 
 
 def _same(a: msgspec.Struct, b: msgspec.Struct) -> bool:
@@ -179,6 +184,8 @@ class Store:
             raise CommandError(f"unknown command {type(cmd).__name__}")
         try:
             return handler(cmd, index, changed)
+        except BootstrapDoneError as e:  # a second bootstrap raced the first: 403, as Consul
+            raise CommandForbiddenError(f"Permission denied: {e}") from None
         except CommandRejectedError as e:
             raise CommandError(str(e)) from None
         except sessions.SessionStateError as e:

@@ -206,11 +206,15 @@ def test_traces_reach_a_zipkin_collector_with_the_callers_trace_id(mesh):
 
         def traced() -> list[dict[str, Any]]:
             get(url, {"traceparent": TRACEPARENT})
-            return [s for s in spans if s.get("traceId") == TRACE_ID]
+            mine = [s for s in spans if s.get("traceId") == TRACE_ID]
+            # each sidecar takes the new config and flushes its spans on its own schedule
+            names = {s["localEndpoint"]["serviceName"] for s in mine}
+            return mine if {"web", "api"} <= names else []
 
-        mine = wait_for(traced, 40, interval=1)
-        names = {s["localEndpoint"]["serviceName"] for s in mine}
-        assert "web" in names, mine  # the caller's sidecar joined the W3C trace
+        try:
+            mine = wait_for(traced, 40, interval=1)
+        except AssertionError as e:  # the caller's sidecar must join the W3C trace, not only api's
+            raise AssertionError(f"no span from both sidecars: {spans}") from e
         assert any(s.get("tags", {}).get("http.url", "").endswith("/traced") for s in mine)
         # the trace context goes on to the app, in both W3C and B3 form
         seen = {k.lower(): v for k, v in mesh.last_headers["api"].items()}

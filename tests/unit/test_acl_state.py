@@ -44,6 +44,20 @@ def test_bootstrap_once_then_forbidden_with_reset_index() -> None:
     assert len(store.acl.tokens) == 1
 
 
+def test_a_second_bootstrap_admitted_on_a_lagging_server_is_forbidden_when_applied() -> None:
+    """Two servers each admit a bootstrap against state that has neither; the log orders
+    them, and the second one applied answers 403 as Consul does, not 400."""
+    lagging = Store()
+    first = admit(ACLTokenOp(Op="bootstrap", Token=_token()), Origin.AGENT, lagging)
+    second = admit(ACLTokenOp(Op="bootstrap", Token=_token()), Origin.AGENT, lagging)
+    store = Store()
+    assert not isinstance(store.apply(first, 1), Exception)
+    refused = store.apply(second, 2)
+    assert isinstance(refused, CommandForbiddenError)
+    assert "ACL bootstrap no longer allowed (reset index: 1)" in str(refused)
+    assert len(store.acl.tokens) == 1
+
+
 def test_policy_and_token_resolve_to_rules() -> None:
     store = Store()
     pid = _uuid()
