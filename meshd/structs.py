@@ -15,12 +15,12 @@ from meshd.acl.auth_model import ACLAuthMethodOp, ACLBindingRuleOp, ACLLogin, AC
 from meshd.acl.model import ACLPolicyOp, ACLRoleOp, ACLTokenOp, ACLTokenReap
 
 
-class Weights(msgspec.Struct, omit_defaults=False):
+class Weights(msgspec.Struct, omit_defaults=False, gc=False):
     Passing: int = 1
     Warning: int = 1
 
 
-class Node(msgspec.Struct):
+class Node(msgspec.Struct, gc=False):
     Node: str
     Address: str
     ID: str = ""
@@ -31,7 +31,7 @@ class Node(msgspec.Struct):
     ModifyIndex: int = 0
 
 
-class NodeService(msgspec.Struct):
+class NodeService(msgspec.Struct, gc=False):
     ID: str
     Service: str
     Tags: list[str] = []
@@ -50,7 +50,7 @@ class NodeService(msgspec.Struct):
     ModifyIndex: int = 0
 
 
-class HealthCheck(msgspec.Struct):
+class HealthCheck(msgspec.Struct, gc=False):
     Node: str
     CheckID: str
     Name: str
@@ -68,7 +68,7 @@ class HealthCheck(msgspec.Struct):
     ModifyIndex: int = 0
 
 
-class KVEntry(msgspec.Struct):
+class KVEntry(msgspec.Struct, gc=False):
     Key: str
     Value: bytes | None = None
     Flags: int = 0

@@ -68,6 +68,12 @@ class CommandForbiddenError(CommandError):
     time, where a command checked on a lagging server meets the leader's newer state."""
 
 
+# Rows are never changed in place (every change is a `replace`), so they may share one list:
+# a check's ServiceTags is its service's Tags, and every untagged service shares this one. At
+# 200k instances that is 400k fewer lists for the memory and for every full GC pass to walk.
+_NO_TAGS: list[str] = []
+
+
 def _same(a: msgspec.Struct, b: msgspec.Struct) -> bool:
     return replace(a, CreateIndex=0, ModifyIndex=0) == replace(b, CreateIndex=0, ModifyIndex=0)
 
@@ -281,7 +287,7 @@ class Store:
 
     def _put_service(self, node: str, svc: NodeService, index: int, changed: set[str]) -> None:
         old = self.services.get(node, {}).get(svc.ID)
-        svc = replace(svc, Datacenter="")
+        svc = replace(svc, Datacenter="", Tags=svc.Tags or _NO_TAGS)
         if old is not None and _same(old, svc):
             return
         if old is not None:
@@ -296,7 +302,7 @@ class Store:
             stale = c.ServiceName != new.Service or c.ServiceTags != new.Tags
             if c.ServiceID == svc.ID and stale:
                 self._rows(self.checks, node)[c.CheckID] = replace(
-                    c, ServiceName=new.Service, ServiceTags=list(new.Tags), ModifyIndex=index
+                    c, ServiceName=new.Service, ServiceTags=new.Tags, ModifyIndex=index
                 )
 
     def _index_service(self, node: str, svc: NodeService) -> None:
@@ -329,7 +335,7 @@ class Store:
             c,
             Node=node,
             ServiceName=svc.Service if svc else "",
-            ServiceTags=list(svc.Tags) if svc else [],
+            ServiceTags=svc.Tags if svc else _NO_TAGS,
         )
         old = self.checks.get(node, {}).get(c.CheckID)
         if old is not None and _same(old, c):
