@@ -110,14 +110,18 @@ def check_origin(cmd: Command, origin: Origin) -> None:
             check_origin(op, origin)
 
 
-def check_command(cmd: Command, limits: validate.Limits | None = None) -> Command:
+def check_command(
+    cmd: Command, limits: validate.Limits | None = None, *, decoded: bool = False
+) -> Command:
     """The stateless checks, returning the command to propose (config entries normalised).
 
     Agents call this too, for an early error; the server's call in `admit` is the one that
-    counts.
+    counts. `decoded`: the command was just decoded from an RPC body against its types, so the
+    round trip that type-checks a struct built in-process would only repeat that work.
     """
     try:
-        cmd = validate.typed(cmd)
+        if not decoded:
+            cmd = validate.typed(cmd)
         validate.validate(cmd, limits)
         return _normalise(cmd)
     except (
@@ -286,10 +290,15 @@ def _references(cmd: Command, store: Store, added: dict[str, set[str]]) -> None:
 
 
 def admit(
-    cmd: Command, origin: Origin, store: Store, limits: validate.Limits | None = None
+    cmd: Command,
+    origin: Origin,
+    store: Store,
+    limits: validate.Limits | None = None,
+    *,
+    decoded: bool = False,
 ) -> Command:
     """Everything a command must pass before it is proposed; returns what to propose."""
     check_origin(cmd, origin)
-    cmd = check_command(cmd, limits)
+    cmd = check_command(cmd, limits, decoded=decoded)
     check_references(cmd, store)
     return cmd

@@ -276,12 +276,18 @@ class Server:
         return self.known.get(leader, _rpc_for(leader, self.s.rpc_port))
 
     async def write(
-        self, cmd: Command, origin: Origin = Origin.SERVER, token: str | None = None
+        self,
+        cmd: Command,
+        origin: Origin = Origin.SERVER,
+        token: str | None = None,
+        *,
+        decoded: bool = False,
     ) -> Any:
         """Propose `cmd` once it passes `admit`: the servers decide what enters the state.
 
         `origin` is AGENT for anything an agent asked for (RPC and the HTTP API of an agent on
         this server); a server's own decisions (CA, liveness, restore) come as SERVER.
+        `decoded`: `cmd` came from an RPC body, already checked against its types.
         """
         raft = self._raft()
         started = time.perf_counter()
@@ -295,7 +301,7 @@ class Server:
             )
         elif origin is Origin.AGENT and self.s.acl.enabled:
             self._authorize(cmd, token or "")
-        cmd = admit(cmd, origin, self.store, self.s.limits)
+        cmd = admit(cmd, origin, self.store, self.s.limits, decoded=decoded)
         if isinstance(cmd, KVOp) and cmd.Verb == "lock" and lock_delayed(self.store, cmd.Key):
             return False  # Consul refuses before the log: lock-delay is this server's clock
         proposed = time.perf_counter()

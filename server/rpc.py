@@ -96,7 +96,9 @@ def make_rpc_app(server: Server) -> web.Application:
         req = msgspec.msgpack.decode(await request.read(), type=WriteRequest)
         try:
             return _reply(
-                WriteReply(Result=await server.write(req.Command, Origin.AGENT, req.Token))
+                WriteReply(
+                    Result=await server.write(req.Command, Origin.AGENT, req.Token, decoded=True)
+                )
             )
         except CommandForbiddenError as e:
             return _reply(WriteReply(Error=str(e), Code=403))

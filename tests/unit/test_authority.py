@@ -188,3 +188,14 @@ def test_apply_dispatches_every_command_type() -> None:
         assert s.apply(msgspec.msgpack.decode(encode_command(op), type=type(op)), i) is True
     assert s.checks["n1"]["serfHealth"].Status == "critical"
     assert s.kv["b"].Value == b"1" and "a" not in s.services["n1"]
+
+
+def test_a_command_decoded_from_an_rpc_body_still_meets_every_rule() -> None:
+    """The type round trip is skipped for it, never the rules or the references."""
+    wire = msgspec.msgpack.encode(Batch(Ops=[Register(Node="", Address="10.0.0.9")]))
+    decoded = msgspec.msgpack.decode(wire, type=Batch)
+    with pytest.raises(CommandError, match="Ops\\[0\\]: Node is required"):
+        admit(decoded, Origin.AGENT, Store(), decoded=True)
+    orphan = Register(Node="n1", Address="10.0.0.1", Checks=[check("missing")])
+    with pytest.raises(CommandError, match="Unknown service ID"):
+        admit(orphan, Origin.AGENT, store_with_node(), decoded=True)
