@@ -58,6 +58,13 @@ _REASONS = {
 # connection has delivered one message that decrypted with the cluster key, its frames are
 # capped (the key exchange is a ~200-byte token) and it is dropped on a larger announcement.
 PREAUTH_MAX_MESSAGE = 64 * 1024
+# pysyncobj sends an entry larger than its append-entries batch (64 KiB by default) in chunks,
+# and flags the last chunk by the entry's length before pickling, which protocol 2 inflates
+# (bytes >= 0x80 take two): the follower then unpickles a cut entry, its tick fails, and the
+# entry only lands with a later chunk. A 500-service batch is ~150 KiB, so this was routine.
+# Every entry up to this size now travels in one message; only a larger snapshot restore is
+# chunked. It also bounds how much of a backlog one message carries to a lagging follower.
+APPEND_BATCH_BYTES = 64 * 1024 * 1024
 _CONNECTION_RETRY = 1.0  # seconds between pysyncobj's attempts to (re)connect to a peer
 _FRAME = struct.Struct("i")
 
@@ -227,6 +234,7 @@ class RaftNode:
             fullDumpFile=dump,
             password=settings.password,
             appendEntriesUseBatch=True,
+            appendEntriesBatchSizeBytes=APPEND_BATCH_BYTES,
             appendEntriesPeriod=settings.append_entries_period,
             raftMinTimeout=settings.raft_min_timeout,
             raftMaxTimeout=settings.raft_max_timeout,
@@ -261,6 +269,7 @@ class RaftNode:
         self._journal: _GroupCommit | None = None
         if journal:
             self._install_group_commit(journal, settings.fsync)
+        self._keep_next_index_ahead()
         # calls that must run on the Raft thread (pysyncobj's state is not locked)
         self._on_raft_thread: collections.deque[Callable[[], None]] = collections.deque()
         self._sync.addOnTickCallback(self._on_tick)
@@ -300,6 +309,33 @@ class RaftNode:
             return send(node, message)
 
         transport.send = durable_send
+
+    def _keep_next_index_ahead(self) -> None:
+        """Stop pysyncobj sending entries a follower already has in flight (pysyncobj 0.3.17).
+
+        The leader sends entries optimistically, moving a follower's next index past them; but
+        a success ack for an earlier message set it back to just after what that message held,
+        so the next append-entries sent the in-flight entries again. The follower then truncated
+        its log over them ("truncating already-applied log entries", hundreds per benchmark run)
+        and appended the same entries once more: every burst's batches crossed the network and
+        the journal twice or more. A success ack now only ever moves the next index forward; a
+        follower missing entries still answers `reset`, and a reconnect still starts over.
+        """
+        sync = self._sync
+        handle = sync._SyncObj__onMessageReceived  # name-mangled: pysyncobj has no hook
+        next_index: dict[Any, int] = sync._SyncObj__raftNextIndex
+
+        def on_message(node: Any, message: Any) -> None:
+            ack = isinstance(message, dict) and message.get("type") == "next_node_idx"
+            if not ack or message.get("reset") or not message.get("success"):
+                handle(node, message)
+                return
+            ahead = next_index.get(node)
+            handle(node, message)
+            if ahead is not None and next_index.get(node, ahead) < ahead:
+                next_index[node] = ahead
+
+        sync._SyncObj__transport.setOnMessageReceivedCallback(on_message)
 
     def _wake(self) -> None:
         """Interrupt the tick thread's poll so it runs a tick now (thread-safe: a pipe write)."""
