@@ -189,3 +189,45 @@ def test_journal_truncation_leaves_the_old_journal_or_the_new(
     fresh = compaction.rewrite_journal(reopened, path, 150)
     assert [fresh[i] for i in range(len(fresh))] == entries[150:]
     assert [FileJournal(path)[i] for i in range(50)] == entries[150:]
+
+
+async def test_a_journal_of_protocol_2_entries_replays_and_new_entries_are_smaller(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Journals written before meshd switched pysyncobj to pickle protocol 5 still replay."""
+    data = str(tmp_path)
+    payload = bytes(range(256)) * 40  # high bytes, as msgpack headers are
+    store = Store()
+    monkeypatch.setattr(RaftNode, "__init__", _with_protocol(RaftNode.__init__, 2))
+    async with raft_node(data, 0, store) as node:
+        port = port_of(node)
+        for i in range(20):
+            await node.apply(KVOp(Verb="set", Key=f"old/{i}", Value=payload))
+        old_size = _last_entries_bytes(node, 20)
+    monkeypatch.undo()
+    restarted = Store()
+    async with raft_node(data, port, restarted) as node:
+        await until(lambda: len(restarted.kv) == 20)
+        for i in range(20):
+            await node.apply(KVOp(Verb="set", Key=f"new/{i}", Value=payload))
+        new_size = _last_entries_bytes(node, 20)
+    assert all(restarted.kv[f"old/{i}"].Value == payload for i in range(20))
+    again = Store()
+    async with raft_node(data, port, again):
+        await until(lambda: len(again.kv) == 40)
+    assert again.dump() == restarted.dump()
+    # what the journal, the memory and the wire hold per entry
+    assert new_size < 0.8 * old_size, (new_size, old_size)
+
+
+def _with_protocol(init: Callable[..., None], protocol: int) -> Callable[..., None]:
+    def patched(self: RaftNode, *args: Any, **kw: Any) -> None:
+        init(self, *args, **kw)
+        setattr(pysyncobj_pickle, "__protocol", protocol)  # as pysyncobj ships it
+
+    return patched
+
+
+def _last_entries_bytes(node: RaftNode, count: int) -> int:
+    log = node._raft_log
+    return sum(len(log[i][0]) for i in range(len(log) - count, len(log)))
