@@ -35,6 +35,7 @@ META_VALUE_MAX = 512
 DNS_LABEL_RE = re.compile(r"^[A-Za-z0-9-]{1,63}$")  # Consul's test for a discoverable name
 _META_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_SPACE_RE = re.compile(r"\s")  # str.isspace's characters, in one C scan
 
 
 def name(value: str, what: str, *, required: bool = True, limit: int = MAX_NAME) -> None:
@@ -78,7 +79,7 @@ def meta(values: Mapping[str, str], what: str) -> None:
 
 def address(value: str, what: str) -> None:
     name(value, what, required=False)
-    if any(ch.isspace() for ch in value):
+    if _SPACE_RE.search(value):
         raise ValidationError(f"{what} {value!r} contains whitespace")
 
 
