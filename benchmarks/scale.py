@@ -3,6 +3,8 @@
     python benchmarks/scale.py                                  # 1,000 nodes, 10,000 instances
     python benchmarks/scale.py --nodes 5000 --instances 50000
     python benchmarks/scale.py --nodes 10000 --instances 200000 --watchers 1000
+    python benchmarks/scale.py --nodes 10000 --instances 200000 --beat-interval 4
+        # a fleet this process cannot beat for at 1/s: each node every 4 s, timeout 20 s
 
 The fleet is N simulated nodes in one asyncio loop, each heartbeating once a second (Consul's
 rate) through the real agent->server transport (`send_heartbeat`: a client agent's liveness
@@ -73,7 +75,7 @@ from meshd.rpc import Heartbeat, ReadReply, ReadRequest, WriteReply, WriteReques
 from meshd.rpc_client import RPCClient, RPCError
 from meshd.structs import Batch, HealthCheck, KVOp, NodeService, Register
 
-FAILURE_TIMEOUT = 5.0  # the servers' node_failure_timeout (meshd's default)
+FAILURE_TIMEOUT = 5.0  # the servers' node_failure_timeout (meshd's default) at 1 beat/s
 BATCH = 500  # registrations per write in the burst
 
 
@@ -98,8 +100,11 @@ def _address(i: int) -> str:
 
 
 class Fleet:
-    def __init__(self, rpc: RPCClient, servers: list[str], nodes: int, instances: int) -> None:
+    def __init__(
+        self, rpc: RPCClient, servers: list[str], nodes: int, instances: int, interval: float = 1.0
+    ) -> None:
         self.rpc = rpc
+        self.interval = interval  # seconds between one node's beats
         self.servers = servers
         self.n = nodes
         self.m = instances
@@ -135,10 +140,10 @@ class Fleet:
         )
 
     async def beat_forever(self) -> None:
-        """Every node once a second, spread evenly over the second, 512 in flight at most."""
+        """Every node once an interval, spread evenly over it, 512 in flight at most."""
         slots = asyncio.Semaphore(512)
         tick = 0.02
-        per_tick = max(1, round(self.n * tick))
+        per_tick = max(1, round(self.n * tick / self.interval))
         i = 0
         start = time.monotonic()
         k = 0
@@ -220,7 +225,7 @@ class Bench:
         servers = [f"{LOOPBACK}:{n.server_port}" for n in cluster.nodes]
         self.rpc = _WideClient(servers, hmac_key(key))
         self.servers = servers
-        self.fleet = Fleet(self.rpc, servers, args.nodes, args.instances)
+        self.fleet = Fleet(self.rpc, servers, args.nodes, args.instances, args.beat_interval)
         self.out: dict[str, float] = {}
 
     async def run(self) -> dict[str, float]:
@@ -363,7 +368,8 @@ class Bench:
         await asyncio.sleep(0.05)
         t0 = f.last_beat.get(victim, time.monotonic())
         gone_passing = gone_dns = 0.0
-        deadline = time.monotonic() + FAILURE_TIMEOUT + 30
+        timeout = self.args.failure_timeout
+        deadline = time.monotonic() + timeout + 30
         while (not gone_passing or not gone_dns) and time.monotonic() < deadline:
             now = time.monotonic()
             # a busy server's refusal: asked again on the next round
@@ -374,7 +380,8 @@ class Bench:
             await asyncio.sleep(0.05)
         self.out["death_to_not_passing_s"] = gone_passing or float("nan")
         self.out["death_to_dns_gone_s"] = gone_dns or float("nan")
-        self.out["failure_timeout_s"] = FAILURE_TIMEOUT
+        self.out["failure_timeout_s"] = timeout
+        self.out["beat_interval_s"] = f.interval
 
     async def _death_seen(
         self, service: str, victim: int, addr: str, elapsed: float, passing: float, dns_: float
@@ -464,6 +471,13 @@ def main() -> None:
     ap.add_argument("--instances", type=int, default=10000)
     ap.add_argument("--watchers", type=int, default=1000)
     ap.add_argument("--burst", type=int, default=10000)
+    ap.add_argument(
+        "--beat-interval",
+        type=float,
+        default=1.0,
+        help="seconds between a node's beats (Consul's rate: 1); the failure timeout is 5x it."
+        " Above 1 it lets one process simulate fleets larger than it can beat for at 1/s",
+    )
     ap.add_argument("--compaction-wait", type=float, default=180.0)
     ap.add_argument("--keep", action="store_true", help="keep logs and data dirs")
     args = ap.parse_args()
@@ -473,7 +487,8 @@ def main() -> None:
     (args.dns_port,) = free_ports(1)
     with Procs("meshd-scale-", keep=args.keep) as procs:
         args.procs_dir = procs.dir
-        config = {"limits": {"node_failure_timeout": FAILURE_TIMEOUT}}
+        args.failure_timeout = FAILURE_TIMEOUT * max(1.0, args.beat_interval)
+        config = {"limits": {"node_failure_timeout": args.failure_timeout}}
         cluster = MeshdCluster(procs, 3, encrypt=key, config=config, dns_port=args.dns_port)
         cluster.start()
         bench = Bench(args, cluster, key)
