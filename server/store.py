@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import logging
+import sys
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -48,6 +49,7 @@ from meshd.structs import (
     Register,
     Restore,
     Txn,
+    Weights,
     decode_command,
 )
 
@@ -71,7 +73,38 @@ class CommandForbiddenError(CommandError):
 # Rows are never changed in place (every change is a `replace`), so they may share one list:
 # a check's ServiceTags is its service's Tags, and every untagged service shares this one. At
 # 200k instances that is 400k fewer lists for the memory and for every full GC pass to walk.
+# Likewise the strings repeated across rows (node and service names, check names and states)
+# are interned: one object each instead of one per row.
 _NO_TAGS: list[str] = []
+_NO_MAP: dict[str, Any] = {}  # the empty Meta, TaggedAddresses and Definition of every row
+_WEIGHTS = Weights()  # the default weights, shared by every row that has them
+
+
+def _shared_service(svc: NodeService) -> NodeService:
+    """The row to store: its repeated parts shared with other rows (see _NO_TAGS)."""
+    return replace(
+        svc,
+        Datacenter="",
+        Service=sys.intern(svc.Service),
+        Tags=svc.Tags or _NO_TAGS,
+        Meta=svc.Meta or _NO_MAP,
+        TaggedAddresses=svc.TaggedAddresses or _NO_MAP,
+        Weights=_WEIGHTS if svc.Weights == _WEIGHTS else svc.Weights,
+    )
+
+
+def _shared_check(c: HealthCheck, node: str, svc: NodeService | None) -> HealthCheck:
+    """The row to store, carrying its service's name and tags (the same objects)."""
+    return replace(
+        c,
+        Node=node,
+        Name=sys.intern(c.Name),
+        Status=sys.intern(c.Status),
+        ServiceID=svc.ID if svc else c.ServiceID,
+        Definition=c.Definition or _NO_MAP,
+        ServiceName=svc.Service if svc else "",
+        ServiceTags=svc.Tags if svc else _NO_TAGS,
+    )
 
 
 def _same(a: msgspec.Struct, b: msgspec.Struct) -> bool:
@@ -279,15 +312,16 @@ class Store:
                 )
                 changed.update(("tbl:nodes", f"node:{r.Node}"))
                 self._touch_node_services(r.Node, changed)
+        name = sys.intern(r.Node)  # one string for the node's every row (see _NO_TAGS)
         if r.Service:
-            self._put_service(r.Node, r.Service, index, changed)
+            self._put_service(name, r.Service, index, changed)
         for c in [*([r.Check] if r.Check else []), *r.Checks]:
-            self._put_check(r.Node, c, index, changed)
+            self._put_check(name, c, index, changed)
         return True
 
     def _put_service(self, node: str, svc: NodeService, index: int, changed: set[str]) -> None:
         old = self.services.get(node, {}).get(svc.ID)
-        svc = replace(svc, Datacenter="", Tags=svc.Tags or _NO_TAGS)
+        svc = _shared_service(svc)
         if old is not None and _same(old, svc):
             return
         if old is not None:
@@ -331,12 +365,7 @@ class Store:
 
     def _put_check(self, node: str, c: HealthCheck, index: int, changed: set[str]) -> None:
         svc = self.services.get(node, {}).get(c.ServiceID) if c.ServiceID else None
-        c = replace(
-            c,
-            Node=node,
-            ServiceName=svc.Service if svc else "",
-            ServiceTags=svc.Tags if svc else _NO_TAGS,
-        )
+        c = _shared_check(c, node, svc)
         old = self.checks.get(node, {}).get(c.CheckID)
         if old is not None and _same(old, c):
             return
@@ -515,12 +544,15 @@ class Store:
     def _load(self, snap: SnapshotData) -> None:
         self._reset()
         self.index = snap.index
-        self.nodes = {n.Node: n for n in snap.nodes}
-        for node, s in snap.services:
+        self.nodes = {sys.intern(n.Node): n for n in snap.nodes}
+        for name, s in snap.services:
+            node, s = sys.intern(name), _shared_service(s)
             self.services[node][s.ID] = s
             self._index_service(node, s)
         for c in snap.checks:
-            self.checks[c.Node][c.CheckID] = c
+            node = sys.intern(c.Node)
+            svc = self.services.get(node, {}).get(c.ServiceID) if c.ServiceID else None
+            self.checks[node][c.CheckID] = _shared_check(c, node, svc)
         for node in self.checks:
             self._index_checks(node)
         for e in snap.kv:

@@ -46,6 +46,16 @@ def test_instances_add_almost_nothing_for_the_gc_to_walk() -> None:
     grown = len(gc.get_objects()) - before
     # one tag list per tagged service; no struct, no untagged list, no copy for its check
     assert grown < 0.6 * 20_000, grown
+    # a server that starts from a snapshot holds it the same way
+    data = store.dump()
+    del store
+    gc.collect()
+    before = len(gc.get_objects())
+    loaded = Store()
+    loaded.load(data)
+    gc.collect()
+    assert len(gc.get_objects()) - before < 0.6 * 20_500
+    assert loaded.dump() == data
 
 
 def test_shared_tag_lists_never_show_in_answers() -> None:
