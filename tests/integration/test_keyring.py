@@ -86,7 +86,12 @@ def test_rotate_install_use_remove(pair):
 
 def test_bad_keyring_requests_change_nothing(pair):
     server, _ = pair
-    before = ring(server)
+
+    def reported() -> dict:  # after a restart (the test before), until the agents report in
+        r = ring(server)
+        return r if r.get("PrimaryKeys") else {}
+
+    before = wait_for(reported, 20)
     primary = next(iter(before["PrimaryKeys"]))
     for method, body, reason in (
         ("POST", {"Key": "not base64!"}, b"not base64"),
