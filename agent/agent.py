@@ -15,12 +15,11 @@ import os
 import ssl
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from meshd import keyring
-from meshd import queries as q
 from meshd.agent import acl_tokens_file, dns_acl, mesh_acl
 from meshd.agent.acl import TokenResolver
 from meshd.agent.antientropy import AntiEntropy
@@ -36,6 +35,7 @@ from meshd.agent.definitions import (
 from meshd.agent.dns import DNSSettings, DNSView
 from meshd.agent.dns_server import DNSServer
 from meshd.agent.events import EventReceiver
+from meshd.agent.heartbeats import Heartbeats
 from meshd.agent.http.guard import SHUTDOWN_GRACE, ConnectionLimits, GuardedSite, runner_options
 from meshd.agent.http.server import make_app
 from meshd.agent.keyring_client import AgentKeyring
@@ -43,7 +43,7 @@ from meshd.agent.liveness_client import HeartbeatLink
 from meshd.agent.local import LocalState
 from meshd.agent.local_writes import LocalWrites
 from meshd.agent.mesh import MeshManager
-from meshd.agent.metrics_consul import HEARTBEAT_RTT, register_consul_metrics
+from meshd.agent.metrics_consul import register_consul_metrics
 from meshd.agent.persist import Persisted
 from meshd.agent.telemetry import TelemetryCollector
 from meshd.agent.telemetry import register_metrics as register_telemetry_metrics
@@ -52,15 +52,11 @@ from meshd.agent.watches import WatchRunner, local_address, parse_watches
 from meshd.config import Config
 from meshd.fsutil import atomic_write, prepare_data_dir
 from meshd.metrics import SNAPSHOT_GAUGES, Stats, snapshot_figure
-from meshd.rpc import Heartbeat
-from meshd.rpc_client import RPCClient, RPCError
+from meshd.rpc_client import RPCClient
 from meshd.server.cluster import Server, ServerSettings
-from meshd.server.raft import RaftError, reserve_port
+from meshd.server.raft import reserve_port
 from meshd.server.rpc import make_rpc_app
-from meshd.server.store import CommandError
 from meshd.structs import (
-    HEALTH_PASSING,
-    SERF_CHECK_ID,
     Deregister,
 )
 from meshd.tls import server_hostname, tls_contexts
@@ -129,7 +125,7 @@ def dns_settings(cfg: Config) -> DNSSettings:
     )
 
 
-class Agent(LocalWrites):
+class Agent(LocalWrites, Heartbeats):
     def __init__(self, config: Config) -> None:
         self.config = config
         if config.data_dir:
@@ -380,53 +376,6 @@ class Agent(LocalWrites):
                 log.warning("dropping persisted check %s: %s", cid, e)
                 self.persisted.drop_check(cid)
 
-    def _heartbeat(self, leaving: bool = False) -> Heartbeat:
-        cfg = self.config
-        return Heartbeat(
-            Node=cfg.node_name,
-            Address=self.address,
-            Datacenter=cfg.datacenter,
-            Role="consul" if cfg.server else "node",
-            RPCAddr=f"{self.address}:{cfg.ports.server}" if cfg.server else "",
-            RaftAddr=self.server.raft_addr if self.server else "",
-            Leaving=leaving,
-        )
-
-    async def _heartbeats(self) -> None:
-        hb = self._heartbeat()
-        beats = 0
-        while True:
-            try:
-                hb.Coord = self.coordinate.coord.to_json()
-                if self.server is not None:
-                    self.keyring.follow(self.server.keys)
-                hb.KeyringVersion = self.keyring.version
-                hb.KeyFingerprints = self.keyring.fingerprints()
-                sent = time.monotonic()
-                reply = await self._send_heartbeat(hb)
-                self.coordinate.observe(reply, time.monotonic() - sent)
-                self.stats.timer(HEARTBEAT_RTT).observe((time.monotonic() - sent) * 1000.0)
-                self.keyring.observe(reply, self.rpc)
-                self._heartbeat_ok.set()
-                beats += 1
-                if isinstance(self.backend, RemoteBackend) and beats % 30 == 1:
-                    await self.backend.refresh_servers()
-                    if self.link is not None:
-                        await self.link.rebalance()
-            except Exception as e:
-                log.debug("heartbeat failed: %s", e)
-            await asyncio.sleep(1.0 if self._heartbeat_ok.is_set() else 0.1)
-
-    async def _send_heartbeat(self, hb: Heartbeat) -> Any:
-        """Over the heartbeat socket (a client agent), else by request: in-process on a server
-        agent, and a client's fallback when no server takes the socket."""
-        if self.link is not None:
-            try:
-                return await self.link.beat(hb)
-            except RPCError as e:
-                log.debug("heartbeat socket: %s", e)
-        return await self.backend.heartbeat(hb)
-
     async def leave(self) -> None:
         """Graceful leave: the leader marks the node left and removes it from the catalog."""
         hb = self._heartbeat(leaving=True)
@@ -438,42 +387,6 @@ class Agent(LocalWrites):
         await self.ae.stop()
         await self._send_heartbeat(hb)
         await self.backend.write(Deregister(Node=self.config.node_name))
-
-    async def wait_ready(self, timeout: float = 10.0, sync: bool = True) -> None:
-        deadline = time.monotonic() + timeout
-        while self.server is not None and (
-            self.server.raft is None or not self.server.raft.ready()
-        ):
-            if time.monotonic() > deadline:
-                return
-            await asyncio.sleep(0.01)
-        if sync:
-            await self.ae.wait_synced(max(deadline - time.monotonic(), 0.1))
-        try:
-            await asyncio.wait_for(self._heartbeat_ok.wait(), max(deadline - time.monotonic(), 0.1))
-        except TimeoutError:
-            log.warning("no server has answered a heartbeat yet")
-            return
-        await self._wait_node_alive(deadline)
-
-    async def _wait_node_alive(self, deadline: float) -> None:
-        """Until the leader's `serfHealth` verdict on this node is in the catalog: a user who
-        reads /v1/agent/members or the node's checks right after start sees this node, as with
-        Consul, whose agent joins Serf before it serves."""
-        index = 0
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                res = await self.backend.read(
-                    q.NodeInfo(Node=self.config.node_name), min_index=index, wait=min(left, 5.0)
-                )
-            except (RaftError, CommandError) as e:
-                log.debug("waiting for this node's serfHealth: %s", e)
-                await asyncio.sleep(0.1)
-                continue
-            checks = res.value[2] if res.value else []
-            if any(c.CheckID == SERF_CHECK_ID and c.Status == HEALTH_PASSING for c in checks):
-                return
-            index = res.index
 
     async def stop(self) -> None:
         if self.kube is not None:

@@ -1,17 +1,13 @@
 """A server: the store behind Raft, cluster formation, forwarding, and the leader's loops.
 
-Formation follows Consul's `bootstrap_expect`: a fresh server learns its peers through
-`retry_join` (transitively: each server tells what servers it knows) and starts Raft only once it
-knows `bootstrap_expect` servers, all with the same peer set. A server whose data dir holds a peer
-list restarts with it; a server that reaches an already running cluster asks its leader to add it.
+Formation (Consul's `bootstrap_expect`) is in server/formation.py, the leader's loop in
+server/leader_loop.py; both run on the `Server` defined here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -22,7 +18,6 @@ from meshd import queries as q
 from meshd.acl import PermissionDeniedError
 from meshd.acl.auth_model import ACLLogin, ACLLogout
 from meshd.acl.settings import ACLConfig
-from meshd.fsutil import atomic_write_json, private_dirs
 from meshd.rpc import (
     CAConfigRequest,
     Heartbeat,
@@ -36,9 +31,8 @@ from meshd.rpc import (
     SignRequest,
     decode_value,
 )
-from meshd.rpc_client import RPCClient, RPCError, normalize_addr
-from meshd.server import acl_init, acl_login, connect_ca, operator
-from meshd.server import keyring as server_keyring
+from meshd.rpc_client import RPCClient, RPCError
+from meshd.server import acl_login, connect_ca, formation, operator
 from meshd.server.acl_authz import (
     TokenNotFoundError,
     authorize,
@@ -50,10 +44,11 @@ from meshd.server.acl_authz import (
 from meshd.server.acl_expiry import TokenReaper
 from meshd.server.acl_reads import guard_operator, guard_read, redact
 from meshd.server.authority import CommandForbiddenError, Origin, admit, check_command
-from meshd.server.ca import CAError
+from meshd.server.formation import rpc_for
+from meshd.server.leader_loop import leader_loop
 from meshd.server.liveness import Liveness
 from meshd.server.operator import OperatorCall, OperatorRequest
-from meshd.server.raft import RaftError, RaftNode, RaftSettings
+from meshd.server.raft import RaftError, RaftNode
 from meshd.server.reads import blocking_query
 from meshd.server.reaper import CriticalReaper
 from meshd.server.server_metrics import ServerMetrics
@@ -63,7 +58,6 @@ from meshd.server.tombstones import DEFAULT_TTL, TombstoneGC
 from meshd.structs import (
     Barrier,
     Command,
-    CoordinateBatch,
     KVOp,
     PreparedQueryOp,
     Restore,
@@ -72,7 +66,6 @@ from meshd.structs import (
 from meshd.validate import Limits
 
 log = logging.getLogger("meshd.server")
-COORDINATE_BATCH_ROUNDS = 10  # leader rounds (0.5 s each) between coordinate writes: 5 s
 
 
 @dataclass
@@ -140,42 +133,8 @@ class Server:
 
     # ---- formation ----------------------------------------------------------------------
 
-    def _peers_file(self) -> str | None:
-        return os.path.join(self.s.data_dir, "raft", "peers.json") if self.s.data_dir else None
-
-    def _load_peers(self) -> dict[str, str] | None:
-        path = self._peers_file()
-        if path and os.path.exists(path):
-            with open(path) as f:
-                return dict(json.load(f))
-        return None
-
     def save_peers(self) -> None:
-        path = self._peers_file()
-        if not path or self.raft is None:
-            return
-        peers = {p: self.known.get(p, _rpc_for(p, self.s.rpc_port)) for p in self.raft.peers()}
-        private_dirs(os.path.dirname(path))
-        atomic_write_json(path, peers)
-
-    def _start_raft(self, peers: list[str]) -> None:
-        others = sorted(p for p in peers if p != self.raft_addr)
-        log.info("starting raft at %s with peers %s", self.raft_addr, others)
-        self.raft = RaftNode(
-            self.store,
-            RaftSettings(
-                self_addr=self.raft_addr,
-                peers=others,
-                data_dir=self.s.data_dir,
-                password=self.s.password,
-                bind=f"{self.s.bind or self.s.advertise}:{self.s.raft_port}",
-                fsync=self.s.fsync,
-                snapshot_every=self.s.snapshot_every,
-            ),
-        )
-        if len(self.keys) > 1:  # restarted mid-rotation: accept every key from the start
-            self.raft.set_passwords(self.keys)
-        self.save_peers()
+        formation.save_peers(self)
 
     def rpc_keys(self) -> list[bytes]:
         """The keys an RPC request may be signed with (none: the cluster has no key)."""
@@ -184,57 +143,16 @@ class Server:
         return [keyring.hmac_key(k) for k in self.keys]
 
     async def start(self) -> None:
-        stored = self._load_peers()
+        stored = formation.load_peers(self)
         if stored:
             self.known.update(stored)
-            self._start_raft(list(stored))
+            formation.start_raft(self, list(stored))
         elif self.s.bootstrap_expect <= 1 and not self.s.retry_join:
-            self._start_raft([self.raft_addr])
+            formation.start_raft(self, [self.raft_addr])
         else:
-            self._tasks.append(asyncio.create_task(self._form(), name="raft-formation"))
-        self._tasks.append(asyncio.create_task(self._leader_loop(), name="leader-loop"))
+            self._tasks.append(asyncio.create_task(formation.form(self), name="raft-formation"))
+        self._tasks.append(asyncio.create_task(leader_loop(self), name="leader-loop"))
         self._tasks.append(asyncio.create_task(self.liveness.run(), name="liveness"))
-
-    async def _form(self) -> None:
-        delay = 0.2
-        while self.raft is None:
-            for addr in list(self.s.retry_join) + list(self.known.values()):
-                addr = normalize_addr(addr, self.s.rpc_port)
-                if addr == self.rpc_addr:
-                    continue
-                try:
-                    info = await self.rpc.call("info", b"", ServerInfo, timeout=2.0, addr=addr)
-                except RPCError as e:
-                    log.debug("retry-join %s: %s", addr, e)
-                    continue
-                self.known[info.RaftAddr] = info.RPCAddr
-                for raft, rpc in info.Known:
-                    self.known.setdefault(raft, rpc)
-                if info.Started and self.raft is None:
-                    if self.raft_addr in info.Peers:
-                        # it bootstrapped with us in its peer set: start with the same set
-                        self._start_raft(list(info.Peers))
-                        return
-                    try:
-                        await self._join_running(info)
-                        return
-                    except (RPCError, RaftError) as e:
-                        log.info("joining the running cluster via %s: %s", addr, e)
-                        continue
-            if len(self.known) >= self.s.bootstrap_expect:
-                self._start_raft(list(self.known))
-                return
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, self.s.retry_interval)
-
-    async def _join_running(self, info: ServerInfo) -> None:
-        """Ask the running cluster to add us, then start Raft with its members as peers."""
-        for raft, rpc in info.Known:
-            self.known[raft] = rpc
-        await self.rpc.call(
-            "peer", PeerChange(RaftAddr=self.raft_addr), bool, addr=info.RPCAddr, timeout=10.0
-        )
-        self._start_raft([*list(info.Peers), self.raft_addr])
 
     def info(self) -> ServerInfo:
         return ServerInfo(
@@ -256,7 +174,7 @@ class Server:
 
     def rpc_of(self, raft_addr: str) -> str:
         """A server's RPC address, the one Consul's status and operator endpoints report."""
-        return self.known.get(raft_addr) or _rpc_for(raft_addr, self.s.rpc_port)
+        return self.known.get(raft_addr) or rpc_for(raft_addr, self.s.rpc_port)
 
     def raft_of(self, addr: str) -> str:
         """The Raft address of a server named by its RPC (or Raft) address."""
@@ -273,7 +191,7 @@ class Server:
         leader = self._raft().leader()
         if not leader:
             raise RaftError("No cluster leader")
-        return self.known.get(leader, _rpc_for(leader, self.s.rpc_port))
+        return self.known.get(leader, rpc_for(leader, self.s.rpc_port))
 
     async def write(
         self,
@@ -504,65 +422,9 @@ class Server:
             await asyncio.sleep(0.05)
         return self.liveness.view_or_fail().members(self.s.datacenter)
 
-    async def _leader_loop(self) -> None:
-        rounds = 0
-        while True:
-            await asyncio.sleep(0.5)
-            raft = self.raft
-            if raft is None:
-                continue
-            try:
-                await server_keyring.sync(self)
-                self._peers_changed(raft)
-                if not raft.is_leader:
-                    self._was_leader = False
-                    continue
-                if not self._was_leader:
-                    self._was_leader = True
-                    self.metrics.became_leader += 1
-                    self.reaper.reset()
-                    self.session_timers.reset()
-                    self.tombstone_gc.reset()
-                    # ACLs first: clients read the stored tokens as soon as there is a leader,
-                    # while the CA's first root can take a moment to generate
-                    await acl_init.initialize(self)
-                    await connect_ca.ensure_ca(self)
-                await operator.reconcile(self)
-                ops: list[Command] = []
-                rounds += 1
-                view = self.liveness.view
-                if (
-                    rounds % COORDINATE_BATCH_ROUNDS == 0
-                    and view
-                    and (coords := view.take_coordinates())
-                ):
-                    ops.append(CoordinateBatch(Updates=coords))
-                ops += self.reaper.tick(self.store, time.monotonic())
-                ops += self.session_timers.tick(self.store)
-                ops += self.tombstone_gc.tick(self.store, time.monotonic())
-                ops += self.token_reaper.tick(self.store.acl, time.time())
-                for op in ops:
-                    try:
-                        await self.write(op)
-                    except CommandError as e:  # one refused verdict must not stop the loop
-                        log.warning("leader loop: %s refused: %s", type(op).__name__, e)
-            except (RaftError, RPCError, CAError) as e:
-                log.warning("leader loop: %s", e)
-
-    def _peers_changed(self, raft: RaftNode) -> None:
-        peers = raft.peers()
-        if peers != self._last_peers:
-            self._last_peers = peers
-            self.save_peers()
-
     async def close(self) -> None:
         for t in self._tasks:
             t.cancel()
         await self.rpc.close()
         if self.raft:
             self.raft.close()
-
-
-def _rpc_for(raft_addr: str, rpc_port: int) -> str:
-    host = raft_addr.rsplit(":", 1)[0]
-    return f"{host}:{rpc_port}"

@@ -21,6 +21,8 @@ import msgspec
 from meshd.server import sessions, snapshot, tombstones
 from meshd.server.acl_state import ACLState, BootstrapDoneError
 from meshd.server.autopilot import AutopilotState
+from meshd.server.catalog_rows import CatalogRows, _same, shared_check, shared_service
+from meshd.server.catalog_rows import connect_destination as connect_destination
 from meshd.server.coordinates import CoordinateState
 from meshd.server.events import EventRing
 from meshd.server.keyring import KeyringState
@@ -49,7 +51,6 @@ from meshd.structs import (
     Register,
     Restore,
     Txn,
-    Weights,
     decode_command,
 )
 
@@ -70,53 +71,6 @@ class CommandForbiddenError(CommandError):
     time, where a command checked on a lagging server meets the leader's newer state."""
 
 
-# Rows are never changed in place (every change is a `replace`), so they may share one list:
-# a check's ServiceTags is its service's Tags, and every untagged service shares this one. At
-# 200k instances that is 400k fewer lists for the memory and for every full GC pass to walk.
-# Likewise the strings repeated across rows (node and service names, check names and states)
-# are interned: one object each instead of one per row.
-_NO_TAGS: list[str] = []
-_NO_MAP: dict[str, Any] = {}  # the empty Meta, TaggedAddresses and Definition of every row
-_WEIGHTS = Weights()  # the default weights, shared by every row that has them
-
-
-def _shared_service(svc: NodeService) -> NodeService:
-    """The row to store: its repeated parts shared with other rows (see _NO_TAGS)."""
-    return replace(
-        svc,
-        Datacenter="",
-        Service=sys.intern(svc.Service),
-        Tags=svc.Tags or _NO_TAGS,
-        Meta=svc.Meta or _NO_MAP,
-        TaggedAddresses=svc.TaggedAddresses or _NO_MAP,
-        Weights=_WEIGHTS if svc.Weights == _WEIGHTS else svc.Weights,
-    )
-
-
-def _shared_check(c: HealthCheck, node: str, svc: NodeService | None) -> HealthCheck:
-    """The row to store, carrying its service's name and tags (the same objects)."""
-    return replace(
-        c,
-        Node=node,
-        Name=sys.intern(c.Name),
-        Status=sys.intern(c.Status),
-        ServiceID=svc.ID if svc else c.ServiceID,
-        Definition=c.Definition or _NO_MAP,
-        ServiceName=svc.Service if svc else "",
-        ServiceTags=svc.Tags if svc else _NO_TAGS,
-    )
-
-
-def _same(a: msgspec.Struct, b: msgspec.Struct) -> bool:
-    return replace(a, CreateIndex=0, ModifyIndex=0) == replace(b, CreateIndex=0, ModifyIndex=0)
-
-
-def connect_destination(svc: NodeService) -> str:
-    if svc.Kind == "connect-proxy" and svc.Proxy:
-        return str(svc.Proxy.get("DestinationServiceName", ""))
-    return ""
-
-
 def _decode_snapshot(data: bytes) -> SnapshotData:
     try:
         return snapshot.decode(data)
@@ -124,7 +78,7 @@ def _decode_snapshot(data: bytes) -> SnapshotData:
         raise CommandError(f"not a meshd snapshot: {e}") from None
 
 
-class Store:
+class Store(CatalogRows):
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.watches = WatchSet()
@@ -275,16 +229,6 @@ class Store:
                     self._dispatch(Deregister(Node=node), index, changed)
         return True
 
-    def _touch_service(self, node: str, svc: NodeService, changed: set[str]) -> None:
-        changed.update((f"svc:{svc.Service}", f"node:{node}", "tbl:services"))
-        dest = connect_destination(svc)
-        if dest:
-            changed.add(f"connect:{dest}")
-
-    def _touch_node_services(self, node: str, changed: set[str]) -> None:
-        for svc in self.services.get(node, {}).values():
-            self._touch_service(node, svc, changed)
-
     def _register(self, r: Register, index: int, changed: set[str]) -> bool:
         if not r.Node or (not r.Address and r.Node not in self.nodes):
             raise CommandError("Must provide node and address")
@@ -321,7 +265,7 @@ class Store:
 
     def _put_service(self, node: str, svc: NodeService, index: int, changed: set[str]) -> None:
         old = self.services.get(node, {}).get(svc.ID)
-        svc = _shared_service(svc)
+        svc = shared_service(svc)
         if old is not None and _same(old, svc):
             return
         if old is not None:
@@ -339,33 +283,9 @@ class Store:
                     c, ServiceName=new.Service, ServiceTags=new.Tags, ModifyIndex=index
                 )
 
-    def _index_service(self, node: str, svc: NodeService) -> None:
-        self.by_name[svc.Service].add((node, svc.ID))
-        self.service_tags.setdefault(svc.Service, Counter()).update(svc.Tags)
-        dest = connect_destination(svc)
-        if dest:
-            self.by_dest[dest].add((node, svc.ID))
-
-    def _unindex_service(self, node: str, svc: NodeService) -> None:
-        s = self.by_name.get(svc.Service)
-        if s is not None and (node, svc.ID) in s:
-            s.discard((node, svc.ID))
-            tags = self.service_tags[svc.Service]
-            tags.subtract(svc.Tags)
-            for t in svc.Tags:
-                if tags.get(t, 0) <= 0:
-                    tags.pop(t, None)
-            if not s:
-                del self.by_name[svc.Service], self.service_tags[svc.Service]
-        dest = connect_destination(svc)
-        if dest and dest in self.by_dest:
-            self.by_dest[dest].discard((node, svc.ID))
-            if not self.by_dest[dest]:
-                del self.by_dest[dest]
-
     def _put_check(self, node: str, c: HealthCheck, index: int, changed: set[str]) -> None:
         svc = self.services.get(node, {}).get(c.ServiceID) if c.ServiceID else None
-        c = _shared_check(c, node, svc)
+        c = shared_check(c, node, svc)
         old = self.checks.get(node, {}).get(c.CheckID)
         if old is not None and _same(old, c):
             return
@@ -376,15 +296,6 @@ class Store:
         if old is not None and old.ServiceID != c.ServiceID:
             self._touch_check(node, old, changed)
         sessions.check_changed(self, node, c.CheckID, c.Status, index, changed)
-
-    def _touch_check(self, node: str, c: HealthCheck, changed: set[str]) -> None:
-        changed.update(("tbl:checks", f"node:{node}"))
-        if c.ServiceID:
-            svc = self.services.get(node, {}).get(c.ServiceID)
-            if svc:
-                self._touch_service(node, svc, changed)
-        else:
-            self._touch_node_services(node, changed)
 
     def _deregister(self, d: Deregister, index: int, changed: set[str]) -> bool:
         if d.Node not in self.nodes:
@@ -489,21 +400,6 @@ class Store:
         """Every service name with the union of its instances' tags (sorted, as Consul's)."""
         return {name: sorted(self.service_tags.get(name, ())) for name in sorted(self.by_name)}
 
-    def _index_checks(self, node: str) -> None:
-        bad = {
-            cid: c.Status
-            for cid, c in self.checks.get(node, {}).items()
-            if c.Status != HEALTH_PASSING
-        }
-        if bad:
-            self.not_passing[node] = bad
-        else:
-            self.not_passing.pop(node, None)
-
-    def _rows(self, table: dict[str, dict[str, Any]], node: str) -> dict[str, Any]:
-        """A node's rows, ready to change: copied first if a snapshot view may share them."""
-        return snapshot.writable_rows(table, node, self._gen)
-
     def snapshot_view(self) -> SnapshotView:
         """A consistent copy of the whole state, cheap enough for the Raft thread: top-level
         tables are copied, rows are shared until the store next changes them (`_rows`)."""
@@ -546,13 +442,13 @@ class Store:
         self.index = snap.index
         self.nodes = {sys.intern(n.Node): n for n in snap.nodes}
         for name, s in snap.services:
-            node, s = sys.intern(name), _shared_service(s)
+            node, s = sys.intern(name), shared_service(s)
             self.services[node][s.ID] = s
             self._index_service(node, s)
         for c in snap.checks:
             node = sys.intern(c.Node)
             svc = self.services.get(node, {}).get(c.ServiceID) if c.ServiceID else None
-            self.checks[node][c.CheckID] = _shared_check(c, node, svc)
+            self.checks[node][c.CheckID] = shared_check(c, node, svc)
         for node in self.checks:
             self._index_checks(node)
         for e in snap.kv:
