@@ -22,7 +22,8 @@ Figures printed (issue 13's list):
   and from sending it);
 - write latency p50/p99/max while the servers compact their Raft logs (8 sequential writers
   until each server wrote a snapshot, seen as `raft/snapshot.bin` changing);
-- `GET /v1/catalog/services` p50/p99 on a follower and the leader.
+- `GET /v1/catalog/services` p50/p99 on a follower and the leader;
+- nodes that flapped: failed at least once while they kept beating (should be 0).
 
 Not a test: figures drift 25% or more on this shared 2-core machine; the 1-minute load average
 is printed beside them. The fleet shares the cores with the servers: at 5,000 nodes and up its
@@ -243,6 +244,7 @@ class Bench:
         await self._watchers()
         await self._node_death()
         await self._compaction()
+        self.out["nodes_flapped"] = await asyncio.to_thread(self._flapped)
         f.stop()
         beats.cancel()
         await f.close()
@@ -261,6 +263,21 @@ class Bench:
         _, raw = request(leader.http_port, "GET", "/v1/health/state/passing", timeout=30)
         checks = json.loads(raw)
         return sum(1 for c in checks if c["CheckID"] == "serfHealth" and c["Node"][:4] == "sim-")
+
+    def _flapped(self) -> int:
+        """Nodes (other than the one killed) whose serfHealth ever changed: it is written once
+        when a node first beats and again only on a transition, so ModifyIndex != CreateIndex
+        means the node was failed at least once while it kept beating."""
+        victim = self.fleet.node(self.fleet.n - 1)
+        _, raw = request(self.cluster.nodes[0].http_port, "GET", "/v1/health/state/any", timeout=60)
+        return sum(
+            1
+            for c in json.loads(raw)
+            if c["CheckID"] == "serfHealth"
+            and c["Node"][:4] == "sim-"
+            and c["Node"] != victim
+            and c["ModifyIndex"] != c["CreateIndex"]
+        )
 
     async def _steady(self, seconds: float) -> None:
         f = self.fleet
