@@ -25,6 +25,7 @@ from meshd.agent.reload import ConfigSource, Reloader, ReloadError
 from meshd.agent.sdnotify import Notifier
 from meshd.config import Config
 from meshd.fsutil import atomic_write
+from meshd.metrics import watch_gc
 
 log = logging.getLogger("meshd.agent")
 
@@ -116,6 +117,7 @@ class _Run:
         gc.collect()
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
+        watch_gc(agent.stats)  # for the process's life: meshd.runtime.gc_pause and _full_pause
         print(
             f"==> meshd agent running (node {cfg.node_name}, datacenter {cfg.datacenter})",
             flush=True,

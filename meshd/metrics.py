@@ -7,6 +7,7 @@ path almost nothing.
 
 from __future__ import annotations
 
+import gc
 import math
 import re
 import time
@@ -93,6 +94,33 @@ class Stats:
         if t is None:
             t = self.timers[name] = Timer()
         return t
+
+
+GC_PAUSE = "meshd.runtime.gc_pause"  # every collection (ms); Consul's runtime.gc_pause_ns
+GC_FULL_PAUSE = "meshd.runtime.gc_full_pause"  # the oldest generation's: the long ones
+
+
+def watch_gc(stats: Stats) -> Callable[[], None]:
+    """Time CPython's collections into `stats`; returns the function that stops it.
+
+    A full collection holds the GIL while it walks every tracked object, so it stalls every
+    request and the Raft thread alike; on a big catalog that was the longest pause a server had
+    (issue 13). Exported, it explains a latency spike no other metric does.
+    """
+    every, full = stats.timer(GC_PAUSE), stats.timer(GC_FULL_PAUSE)
+    started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+            return
+        ms = (time.perf_counter() - started[0]) * 1000.0
+        every.observe(ms)
+        if info.get("generation") == 2:
+            full.observe(ms)
+
+    gc.callbacks.append(on_gc)
+    return lambda: gc.callbacks.remove(on_gc)
 
 
 # gauge name -> attribute of the server's Raft snapshot writer (server/compaction.py)
