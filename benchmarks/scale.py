@@ -11,7 +11,9 @@ rate) through the real agent->server transport (`send_heartbeat`: a client agent
 socket, `meshd.agent.liveness_client.HeartbeatLink`, one per node, placed on its server by the
 agents' own rendezvous hash), M service instances registered through the
 real RPC (one anti-entropy `Batch` per node, as an agent's first sync sends them), and W
-blocking watchers (RPC reads with MinIndex, one per service, spread over the servers).
+blocking watchers (RPC reads with MinIndex, one per service, spread over the servers) in
+`--watcher-procs` processes of their own (benchmarks/_watchers.py: in this one process they,
+not the servers, were what a burst waited for).
 Figures printed (issue 13's list):
 
 - per-server CPU (cores) and RSS over a steady window of heartbeats, the fleet's own CPU;
@@ -23,7 +25,8 @@ Figures printed (issue 13's list):
 - write latency p50/p99/max while the servers compact their Raft logs (8 sequential writers
   until each server wrote a snapshot, seen as `raft/snapshot.bin` changing);
 - `GET /v1/catalog/services` p50/p99 on a follower and the leader;
-- nodes that flapped: failed at least once while they kept beating (should be 0).
+- nodes that flapped: failed at least once while they kept beating (should be 0), and of
+  those, the nodes this process itself left without a beat for a whole timeout.
 
 Not a test: figures drift 25% or more on this shared 2-core machine; the 1-minute load average
 is printed beside them. The fleet shares the cores with the servers: at 5,000 nodes and up its
@@ -47,7 +50,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import dns.asyncquery
 import dns.exception
 import dns.message
@@ -69,6 +71,7 @@ from _common import (
     run_main,
     self_cpu_seconds,
 )
+from _watchers import WatcherPool, WideClient
 
 from meshd import queries as q
 from meshd.agent.liveness_client import HeartbeatLink
@@ -84,17 +87,6 @@ BATCH = 500  # registrations per write in the burst
 async def send_heartbeat(link: HeartbeatLink, hb: Heartbeat) -> None:
     """The one place a simulated node's beat leaves: the transport client agents use."""
     await link.beat(hb)
-
-
-class _WideClient(RPCClient):
-    """The real RPC client with no cap on parallel connections (a watcher each)."""
-
-    def _sess(self, blocking: bool) -> aiohttp.ClientSession:
-        session = self._sessions.get(blocking)
-        if session is None or session.closed:
-            connector = aiohttp.TCPConnector(limit=0, ssl=False)
-            session = self._sessions[blocking] = aiohttp.ClientSession(connector=connector)
-        return session
 
 
 def _address(i: int) -> str:
@@ -113,6 +105,9 @@ class Fleet:
         self.names = max(1, instances // 10)  # ~10 instances per service name
         self.dead: set[int] = set()
         self.last_beat: dict[int, float] = {}
+        self.last_ack: dict[int, float] = {}
+        self.late: set[int] = set()  # nodes this fleet left without a beat for a whole timeout
+        self.timeout = 5.0 * max(1.0, interval)  # the servers' node_failure_timeout
         self.latencies: list[float] = []
         self.failures = 0
         self._stop = False
@@ -170,9 +165,12 @@ class Fleet:
             link = self.links[i] = HeartbeatLink(self.rpc, self.node(i), lambda: self.servers)
         self.beating.add(i)
         sent = time.monotonic()
+        if sent - self.last_ack.get(i, sent) > self.timeout:
+            self.late.add(i)  # the server rightly failed it: this process was too busy to beat
         try:
             await send_heartbeat(link, hb)
-            self.latencies.append(time.monotonic() - sent)
+            self.last_ack[i] = time.monotonic()
+            self.latencies.append(self.last_ack[i] - sent)
             self.last_beat[i] = sent
         except Exception:
             self.failures += 1
@@ -225,7 +223,8 @@ class Bench:
         self.args = args
         self.cluster = cluster
         servers = [f"{LOOPBACK}:{n.server_port}" for n in cluster.nodes]
-        self.rpc = _WideClient(servers, hmac_key(key))
+        self.rpc = WideClient(servers, hmac_key(key))
+        self.key = key
         self.servers = servers
         self.fleet = Fleet(self.rpc, servers, args.nodes, args.instances, args.beat_interval)
         self.out: dict[str, float] = {}
@@ -250,6 +249,8 @@ class Bench:
         await self._node_death()
         await self._compaction()
         self.out["nodes_flapped"] = await asyncio.to_thread(self._flapped)
+        # of which the fleet's fault: it sent no beat for a whole timeout (it was saturated)
+        self.out["nodes_beat_late"] = len(f.late - f.dead)
         f.stop()
         beats.cancel()
         await f.close()
@@ -319,30 +320,18 @@ class Bench:
             self.out[f"catalog_services_{name}_p99_ms"] = _ms(times, 99)
 
     async def _watchers(self) -> None:
-        f, w = self.fleet, min(self.args.watchers, self.fleet.names)
-        marks: dict[int, tuple[int, float]] = {}  # watcher -> (highest port seen, when)
-        woke: dict[int, asyncio.Event] = {k: asyncio.Event() for k in range(w)}
+        w = min(self.args.watchers, self.fleet.names)
+        pool = WatcherPool(self.servers, self.key, w, self.args.watcher_procs)
+        await pool.start()
+        try:
+            await self._until(lambda: len(pool.marks) >= w, 60, "every watcher's first read")
+            await asyncio.sleep(1.0)  # every watcher parked on its blocking read
+            await self._burst(pool, w)
+        finally:
+            await pool.close()
 
-        async def watch(k: int) -> None:
-            server = self.servers[k % len(self.servers)]
-            query = q.ServiceNodes(Service=f"svc-{k}")
-            index = 0
-            while True:
-                try:  # a refused or timed-out read is retried, as the agents' cache does
-                    reply = await f.read(query, server, index, 60.0 if index else 0.0)
-                except RPCError:
-                    await asyncio.sleep(0.1)
-                    continue
-                now = time.monotonic()
-                index = reply.Index
-                ports = [r["Service"]["Port"] for r in _decode(reply.Value)]
-                top = max(ports, default=0)
-                if top > marks.get(k, (0, 0.0))[0]:
-                    marks[k] = (top, now)
-                    woke[k].set()
-
-        tasks = [asyncio.create_task(watch(k)) for k in range(w)]
-        await asyncio.sleep(2.0)  # every watcher parked on its first blocking read
+    async def _burst(self, pool: WatcherPool, w: int) -> None:
+        f = self.fleet
         # the burst: `burst` changes, each a new port on an instance of a watched service
         rounds = max(1, self.args.burst // w)
         ops: list[Any] = [
@@ -356,30 +345,28 @@ class Bench:
         await _bounded([functools.partial(f.write, b) for b in burst], 8)
         acked = time.monotonic()
         await self._until(
-            lambda: all(marks.get(k, (0, 0))[0] >= last_port for k in range(w)), 180, "the burst"
+            lambda: all(pool.seen(k) >= last_port for k in range(w)), 180, "the burst"
         )
         self.out["burst_changes"] = len(ops)
         self.out["burst_watchers"] = w
-        self.out["burst_all_seen_s"] = max(marks[k][1] for k in range(w)) - t0
+        self.out["burst_all_seen_s"] = max(pool.marks[k][1] for k in range(w)) - t0
         self.out["burst_written_s"] = acked - t0
         # one change at a time
         from_ack, from_send = [], []
         for n in range(200):
             k = random.randrange(w)
-            woke[k].clear()
+            pool.woke[k].clear()
             port = 50000 + n
             t = time.monotonic()
             await f.write(f.register_op(k, port))
             t_ack = time.monotonic()
-            await asyncio.wait_for(woke[k].wait(), 10)
-            seen = marks[k][1]
+            await asyncio.wait_for(pool.woke[k].wait(), 10)
+            seen = pool.marks[k][1]
             from_ack.append(max(0.0, seen - t_ack))
             from_send.append(seen - t)
         self.out["one_change_from_ack_p50_ms"] = _ms(from_ack, 50)
         self.out["one_change_from_ack_p99_ms"] = _ms(from_ack, 99)
         self.out["one_change_from_send_p99_ms"] = _ms(from_send, 99)
-        for task in tasks:
-            task.cancel()
 
     async def _node_death(self) -> None:
         f = self.fleet
@@ -492,6 +479,12 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=1000)
     ap.add_argument("--instances", type=int, default=10000)
     ap.add_argument("--watchers", type=int, default=1000)
+    ap.add_argument(
+        "--watcher-procs",
+        type=int,
+        default=4,
+        help="processes the watchers run in (agents are on hosts of their own)",
+    )
     ap.add_argument("--burst", type=int, default=10000)
     ap.add_argument(
         "--beat-interval",
@@ -509,7 +502,7 @@ def main() -> None:
     (args.dns_port,) = free_ports(1)
     with Procs("meshd-scale-", keep=args.keep) as procs:
         args.procs_dir = procs.dir
-        args.failure_timeout = FAILURE_TIMEOUT * max(1.0, args.beat_interval)
+        args.failure_timeout = FAILURE_TIMEOUT * max(1.0, args.beat_interval)  # as Fleet.timeout
         config = {"limits": {"node_failure_timeout": args.failure_timeout}}
         cluster = MeshdCluster(procs, 3, encrypt=key, config=config, dns_port=args.dns_port)
         cluster.start()
