@@ -18,7 +18,7 @@ from pysyncobj.journal import FileJournal
 from pysyncobj.node import TCPNode
 
 from meshd.server import compaction
-from meshd.server.raft import RaftNode, RaftSettings, _GroupCommit, reserve_port
+from meshd.server.raft import RaftNode, RaftSettings, _GroupCommit, reserve_port, staggered
 from meshd.server.store import Store
 from meshd.structs import KVOp, NodeService, Register
 
@@ -231,3 +231,12 @@ def _with_protocol(init: Callable[..., None], protocol: int) -> Callable[..., No
 def _last_entries_bytes(node: RaftNode, count: int) -> int:
     log = node._raft_log
     return sum(len(log[i][0]) for i in range(len(log) - count, len(log)))
+
+
+def test_each_server_draws_its_own_compaction_thresholds() -> None:
+    """Servers of one cluster apply the same entries: equal thresholds made them all compact
+    at the same moment. Each draws 1-1.5x the entries and 1-2x the interval configured."""
+    drawn = [staggered((20000, 600.0), random.Random(seed)) for seed in range(30)]
+    assert all(20000 <= e <= 30000 and 600.0 <= s <= 1200.0 for e, s in drawn)
+    assert len({e for e, _ in drawn}) > 25
+    assert staggered((1, 1.0))[0] >= 1
