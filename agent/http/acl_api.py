@@ -17,6 +17,7 @@ from aiohttp import web
 from meshd import queries as q
 from meshd.acl import Access, expiry, templates
 from meshd.acl.model import (
+    ANONYMOUS_SECRET,
     ACLLink,
     ACLNodeIdentity,
     ACLPolicy,
@@ -29,6 +30,7 @@ from meshd.acl.model import (
 )
 from meshd.agent import acl_tokens_file
 from meshd.agent.acl import ACLNotFoundError
+from meshd.agent.backend import caller_token
 from meshd.agent.http.acl_guard import authorizer_of, token_of
 from meshd.agent.http.common import (
     AGENT_KEY,
@@ -195,9 +197,16 @@ async def token_create(request: web.Request) -> web.Response:
 
 @routes.get("/v1/acl/token/self")
 async def token_self(request: web.Request) -> web.Response:
-    secret = token_of(request)
-    ans = await request.app[AGENT_KEY].backend.read(q.ACLTokens(SecretID=secret))
-    if not secret or not ans.value:
+    # no token: the request is the agent's default token's, else the anonymous token's, and
+    # Consul shows that token, as `consul acl token read -self` does
+    agent = request.app[AGENT_KEY]
+    secret = token_of(request) or agent.acl.config.tokens.default or ANONYMOUS_SECRET
+    held = caller_token.set(secret)  # the servers show a token to its holder
+    try:
+        ans = await agent.backend.read(q.ACLTokens(SecretID=secret))
+    finally:
+        caller_token.reset(held)
+    if not ans.value:
         raise ACLNotFoundError()
     return json_response(to_builtins(ans.value[0]))
 

@@ -37,6 +37,8 @@ def test_initial_management_consumes_the_bootstrap(acl: ACLAgent) -> None:
     assert me["Policies"] == [{"ID": MANAGEMENT_POLICY_ID, "Name": "global-management"}]
     anonymous = acl.ok("GET", f"/v1/acl/token/{ANONYMOUS_ACCESSOR}")
     assert anonymous["SecretID"] == "anonymous" and anonymous["Description"] == "Anonymous Token"
+    # without a token, "self" is the anonymous token (Consul's `acl token read -self`)
+    assert acl.ok("GET", "/v1/acl/token/self", token=None)["AccessorID"] == ANONYMOUS_ACCESSOR
     refused = acl.call("DELETE", f"/v1/acl/token/{ANONYMOUS_ACCESSOR}")
     assert refused.status == 400 and b"not permitted on the anonymous token" in refused.body
 
