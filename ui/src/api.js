@@ -25,11 +25,16 @@ export const newPage = () => {
   filtered = false;
 };
 
+// The anonymous token: what token/self shows a request without a token (as Consul).
+const ANONYMOUS_ACCESSOR = "00000000-0000-0000-0000-000000000002";
+
 // Who the UI acts as: {enabled: false} when the agent has ACLs off (Consul answers token/self
-// with 401 "ACL support disabled"), else {enabled: true, token: the token's JSON or null}.
+// with 401 "ACL support disabled"), else {enabled: true, token: the token's JSON, or null when
+// no token is in use (none stored, or the anonymous token: the UI offers to log in)}.
 export async function whoAmI() {
   try {
-    return { enabled: true, token: await get("/v1/acl/token/self") };
+    const self = await get("/v1/acl/token/self");
+    return { enabled: true, token: self && self.AccessorID !== ANONYMOUS_ACCESSOR ? self : null };
   } catch (err) {
     if (err instanceof APIError && err.status === 403) return { enabled: true, token: null };
     return { enabled: false, token: null };
