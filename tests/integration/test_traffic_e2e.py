@@ -327,7 +327,9 @@ def test_fault_injection_aborts_half_and_delays(traffic: Traffic) -> None:
         assert set(outcome) == {200, 503} and 0.40 <= outcome[503] / 400 <= 0.60, outcome
         started = time.monotonic()
         assert traffic.client.get("/delay")[0] == 200
-        assert time.monotonic() - started >= 0.3
+        # Envoy's 300 ms timer may fire a little early (298.6 ms was seen in CI); an undelayed
+        # request through the same sidecars takes a few ms
+        assert time.monotonic() - started >= 0.28
         assert traffic.client.get("/other")[0] == 200  # other routes are untouched
 
 
