@@ -27,7 +27,13 @@ def address(i: int) -> str:
 
 class Fleet:
     def __init__(
-        self, rpc: RPCClient, servers: list[str], nodes: int, instances: int, interval: float = 1.0
+        self,
+        rpc: RPCClient,
+        servers: list[str],
+        nodes: int,
+        instances: int,
+        interval: float = 1.0,
+        timeout: float = 5.0,
     ) -> None:
         self.rpc = rpc
         self.interval = interval  # seconds between one node's beats
@@ -39,7 +45,7 @@ class Fleet:
         self.last_beat: dict[int, float] = {}
         self.last_ack: dict[int, float] = {}
         self.late: set[int] = set()  # nodes this fleet left without a beat for a whole timeout
-        self.timeout = 5.0 * max(1.0, interval)  # the servers' node_failure_timeout
+        self.timeout = timeout  # the servers' node_failure_timeout
         self.latencies: list[float] = []
         self.failures = 0
         self._stop = False

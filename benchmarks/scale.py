@@ -112,7 +112,9 @@ class Bench:
         self.rpc = WideClient(servers, hmac_key(key))
         self.key = key
         self.servers = servers
-        self.fleet = Fleet(self.rpc, servers, args.nodes, args.instances, args.beat_interval)
+        self.fleet = Fleet(
+            self.rpc, servers, args.nodes, args.instances, args.beat_interval, args.failure_timeout
+        )
         self.out: dict[str, float] = {}
 
     async def run(self) -> dict[str, float]:
@@ -391,7 +393,7 @@ def main() -> None:
     (args.dns_port,) = free_ports(1)
     with Procs("meshd-scale-", keep=args.keep) as procs:
         args.procs_dir = procs.dir
-        args.failure_timeout = FAILURE_TIMEOUT * max(1.0, args.beat_interval)  # as Fleet.timeout
+        args.failure_timeout = FAILURE_TIMEOUT * max(1.0, args.beat_interval)
         config = {"limits": {"node_failure_timeout": args.failure_timeout}}
         cluster = MeshdCluster(procs, 3, encrypt=key, config=config, dns_port=args.dns_port)
         cluster.start()

@@ -241,10 +241,11 @@ class Store(CatalogRows):
                 and sid not in self.services.get(r.Node, {})
             ):
                 raise CommandError(f'Unknown service ID "{sid}" for check ID "{c.CheckID}"')
-        old = self.nodes.get(r.Node)
+        name = sys.intern(r.Node)  # one string for the node's every row (see _NO_TAGS)
+        old = self.nodes.get(name)
         if not (r.SkipNodeUpdate and old):
             node = Node(
-                Node=r.Node,
+                Node=name,
                 Address=r.Address or (old.Address if old else ""),
                 ID=r.ID,
                 Datacenter=r.Datacenter,
@@ -252,12 +253,11 @@ class Store(CatalogRows):
                 Meta=dict(r.NodeMeta),
             )
             if old is None or not _same(old, node):
-                self.nodes[r.Node] = replace(
+                self.nodes[name] = replace(
                     node, CreateIndex=old.CreateIndex if old else index, ModifyIndex=index
                 )
-                changed.update(("tbl:nodes", f"node:{r.Node}"))
-                self._touch_node_services(r.Node, changed)
-        name = sys.intern(r.Node)  # one string for the node's every row (see _NO_TAGS)
+                changed.update(("tbl:nodes", f"node:{name}"))
+                self._touch_node_services(name, changed)
         if r.Service:
             self._put_service(name, r.Service, index, changed)
         for c in [*([r.Check] if r.Check else []), *r.Checks]:
